@@ -1,0 +1,71 @@
+"""The p2v error tree: each class carries its exit code and a message template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ExitCode:
+    """Exit codes scripts can branch on (documented in docs/errors.md)."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    HOST_KEY = 3
+    BOOT_FAILED = 4
+    INTEGRITY = 5
+    INTERRUPTED = 130
+
+
+class P2VError(Exception):
+    """{detail}"""
+
+    exit_code: int = ExitCode.FAILURE
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        template = (type(self).__doc__ or "{detail}").strip().splitlines()[0]
+        try:
+            return template.format(**self.fields)
+        except (KeyError, IndexError):
+            return f"{template} {self.fields}"
+
+
+class UsageError(P2VError):
+    """{detail}"""
+
+    exit_code = ExitCode.USAGE
+
+
+class InputNotFound(UsageError):
+    """{what} not found: {path}. Check the path and try again."""
+
+
+class CommandNotFound(P2VError):
+    """required program {program!r} is not installed; install it (see README: make setup)."""
+
+
+class CommandFailed(P2VError):
+    """command {command} failed with exit code {returncode}: {stderr_tail}"""
+
+
+class CommandTimeout(P2VError):
+    """command {command} did not finish within {timeout:.0f} s"""
+
+
+class GuestfsError(P2VError):
+    """libguestfs failed while {action}: {detail}"""
+
+
+class BootFailed(P2VError):
+    """the guest did not boot: {reason} ({detail})"""
+
+    exit_code = ExitCode.BOOT_FAILED
+
+
+class FixtureError(P2VError):
+    """building the {variant} fixture failed: {detail}"""

@@ -1,0 +1,1 @@
+"""Boot checks: does an image reach userspace under qemu, and why not."""
