@@ -1,0 +1,1 @@
+"""Guest fixing with libguestfs: make a copied disk boot on virtio."""
