@@ -1,0 +1,56 @@
+# p2v: two commands on a fresh Debian 12 machine (as root): `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# pytest exits 5 when it collects nothing: say so plainly; it stays a failure.
+PYTEST := scripts/pytest-honest $(PY) -m pytest
+export LIBGUESTFS_BACKEND_SETTINGS ?= $(if $(filter kvm,$(P2V_ACCEL)),,force_tcg)
+
+.PHONY: setup sysdeps venv fixtures demo test test-slow test-unit test-integration test-e2e \
+        lint clean-venv
+
+setup: sysdeps venv
+
+sysdeps:
+	@scripts/install-system-deps
+
+# The venv sees Debian's site-packages: the guestfs and libvirt bindings live only there.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@# The dev tools belong to the venv even where the system python already has them.
+	$(PY) -m pip install -q --disable-pip-version-check --ignore-installed \
+	  ruff mypy pytest pytest-timeout
+	@touch $@
+
+venv: sysdeps $(STAMP)
+
+fixtures: setup
+	$(PY) -m p2v.testbed.fixtures build bios uefi
+
+demo: setup
+	$(VENV)/bin/p2v demo
+
+lint: setup
+	$(PY) -m ruff check p2v tests bench
+	$(PY) -m mypy p2v
+
+# What CI runs: lint, unit, integration and the e2e boots (not the tests marked slow).
+test: lint fixtures
+	$(PYTEST) -m "not slow" tests
+
+test-slow: setup fixtures
+	$(PYTEST) -m slow tests
+
+test-unit: setup
+	$(PYTEST) tests/unit
+
+test-integration: setup fixtures
+	$(PYTEST) -m "not slow" tests/integration
+
+test-e2e: setup fixtures
+	$(PYTEST) -m "not slow" tests/e2e
+
+clean-venv:
+	rm -rf $(VENV)

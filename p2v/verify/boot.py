@@ -1,0 +1,173 @@
+"""The boot check: boot images on a throwaway overlay, isolated from every network, and judge."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from p2v import runner
+from p2v.errors import InputNotFound, UsageError
+from p2v.fix.session import open_guest
+from p2v.verify import console as con
+from p2v.verify.accel import choose_accel
+from p2v.verify.probe import prepare_overlay
+from p2v.verify.qemu import Bus, Machine, Nic, NicModel, fresh_ovmf_vars
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAC = "52:54:00:70:32:76"
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    bus: Bus = "virtio"
+    firmware: str = "auto"          # bios, uefi, or auto (from --nvram, else the disk layout)
+    nvram: Path | None = None
+    macs: tuple[str, ...] = ()
+    nic_model: NicModel | None = None  # default follows the bus: virtio, or e1000e on sata
+    timeout: float = 300.0
+    memory_mib: int = 1024
+    vcpus: int = 1
+
+
+@dataclass(frozen=True)
+class BootVerdict:
+    booted: bool
+    reason: str | None
+    elapsed_s: float
+    accel: str
+    bus: str
+    firmware: str
+    os: str
+    hostname: str | None
+    root: str | None
+    interfaces: tuple[con.Interface, ...]
+    evidence: tuple[str, ...]
+    changed_in_overlay: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["interfaces"] = [asdict(i) for i in self.interfaces]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def image_format(path: Path) -> str:
+    """The image's format as qemu-img sees it (-U: the image may be in use elsewhere)."""
+    info = runner.run(["qemu-img", "info", "-U", "--output=json", str(path)], timeout=60)
+    return str(json.loads(info.stdout)["format"])
+
+
+def _check_inputs(images: Sequence[Path], options: BootOptions) -> None:
+    if not images:
+        raise UsageError(detail="verify needs at least one IMAGE")
+    for image in images:
+        if not image.is_file():
+            raise InputNotFound(what="disk image", path=str(image))
+    if options.nvram is not None and not options.nvram.is_file():
+        raise InputNotFound(what="UEFI variable store (--nvram)", path=str(options.nvram))
+    if options.firmware == "bios" and options.nvram is not None:
+        raise UsageError(detail="--nvram goes with --firmware uefi, not bios")
+    if options.timeout <= 0:
+        raise UsageError(detail="--timeout must be a positive number of seconds")
+
+
+def _has_esp(g: object) -> bool:
+    """True when the first disk is GPT with an EFI system partition (a UEFI install)."""
+    device = g.list_devices()[0]  # type: ignore[attr-defined]
+    if g.part_get_parttype(device) != "gpt":  # type: ignore[attr-defined]
+        return False
+    for part in g.part_list(device):  # type: ignore[attr-defined]
+        guid = g.part_get_gpt_type(device, part["part_num"])  # type: ignore[attr-defined]
+        if str(guid).upper() == ESP_GUID:
+            return True
+    return False
+
+
+def verify_boot(
+    images: Sequence[Path],
+    options: BootOptions,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> BootVerdict:
+    """Boot the images and report whether the guest reached userspace, with evidence."""
+    images = [Path(i).resolve() for i in images]
+    _check_inputs(images, options)
+    accel = choose_accel()
+    with tempfile.TemporaryDirectory(prefix="p2v-verify-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        overlays = []
+        for index, image in enumerate(images):
+            overlay = work / f"overlay{index}.qcow2"
+            runner.run(["qemu-img", "create", "-f", "qcow2", "-F", image_format(image),
+                        "-b", str(image), str(overlay)], timeout=60)
+            overlays.append(overlay)
+        progress("preparing a throwaway overlay (serial console, report probe)")
+        with open_guest(overlays, fmt="qcow2") as session:
+            firmware = options.firmware
+            if firmware == "auto":
+                firmware = "uefi" if options.nvram or _has_esp(session.g) else "bios"
+            prepared = prepare_overlay(session)
+        nvram = None
+        if firmware == "uefi":
+            nvram = work / "VARS.fd"
+            if options.nvram is not None:
+                shutil.copyfile(options.nvram, nvram)
+            else:
+                fresh_ovmf_vars(nvram)
+        model: NicModel = options.nic_model or ("e1000e" if options.bus == "sata" else "virtio")
+        nics = tuple(Nic(mac=m.lower(), model=model) for m in (options.macs or (DEFAULT_MAC,)))
+        serial, fwlog = work / "console.log", work / "firmware.log"
+        machine = Machine(
+            disks=tuple(overlays), serial_log=serial, bus=options.bus, firmware=firmware,  # type: ignore[arg-type]
+            nvram=nvram, nics=nics, memory_mib=options.memory_mib, vcpus=options.vcpus,
+            accel=accel, debugcon_log=fwlog, extra=("-device", "VGA"),
+        )
+        progress(f"booting on {options.bus} ({firmware}, {accel}), timeout {options.timeout:.0f} s")
+        started = time.monotonic()
+        with (work / "qemu.err").open("wb") as qemu_err:
+            proc = runner.spawn(machine.argv(), stderr=qemu_err.fileno())
+        report = None
+        try:
+            while True:
+                elapsed = time.monotonic() - started
+                text = con.clean(serial.read_text(errors="replace")) if serial.exists() else ""
+                fw = con.clean(fwlog.read_text(errors="replace")) if fwlog.exists() else ""
+                report = con.parse_probe(text)
+                if report is not None or con.is_stuck(text, fw) or elapsed > options.timeout:
+                    break
+                if proc.poll() is not None:
+                    err = (work / "qemu.err").read_text(errors="replace").strip()
+                    fw += "\n" + err
+                    break
+                time.sleep(1.0)
+        finally:
+            runner.stop(proc, grace=2.0)
+        elapsed = round(time.monotonic() - started, 1)
+        if report is not None:
+            reason = None
+        else:
+            reason = con.diagnose(text, fw) or ("timeout" if elapsed > options.timeout
+                                                else "qemu-exited")
+        return BootVerdict(
+            booted=report is not None,
+            reason=reason,
+            elapsed_s=elapsed,
+            accel=accel,
+            bus=options.bus,
+            firmware=firmware,
+            os=prepared.product if prepared.os_found else "no operating system found",
+            hostname=report.hostname if report else None,
+            root=report.root if report else None,
+            interfaces=report.interfaces if report else (),
+            evidence=tuple(con.evidence_lines(text, fw)),
+            changed_in_overlay=prepared.consoles_added,
+        )

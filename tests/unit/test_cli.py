@@ -1,0 +1,63 @@
+"""CLI behaviour a user sees: help, version, one-line errors with distinct exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2v import __version__
+from p2v.cli import main
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"p2v {__version__}"
+
+
+def test_help_lists_only_existing_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "verify" in out and "demo" in out
+    for future in ("convert", "batch", "register", "inspect"):
+        assert future not in out.split("options:")[0]
+
+
+def test_verify_help_documents_reasons(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["verify", "--help"])
+    out = capsys.readouterr().out
+    for word in ("--bus", "--firmware", "--nvram", "--mac", "--timeout", "--json",
+                 "no-bootloader", "root-device-missing", "kernel-panic"):
+        assert word in out
+
+
+def test_missing_image_is_a_one_line_usage_error(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["verify", str(tmp_path / "nope.qcow2")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.count("\n") == 0
+    assert "nope.qcow2" in err and "not found" in err
+
+
+def test_bad_mac_is_rejected_before_anything_runs(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "p2v.cli", "verify", "x.img", "--mac", "zz"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "not a MAC address: 'zz'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_nvram_with_bios_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img, vars_fd = tmp_path / "d.img", tmp_path / "VARS.fd"
+    img.write_bytes(b"\0" * 512)
+    vars_fd.write_bytes(b"\0" * 512)
+    rc = main(["verify", str(img), "--firmware", "bios", "--nvram", str(vars_fd)])
+    assert rc == 2
+    assert "--nvram goes with --firmware uefi" in capsys.readouterr().err
