@@ -15,19 +15,44 @@ from p2v.verify.accel import guestfs_env
 log = logging.getLogger(__name__)
 
 
+class _Handle:
+    """The guestfs handle with every call's RuntimeError turned into a GuestfsError.
+
+    Callers anywhere in p2v then get a one-line error naming the failed call, never a
+    traceback from the binding.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._raw, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except RuntimeError as exc:
+                raise GuestfsError(action=name, detail=str(exc).strip()) from exc
+
+        return call
+
+
 class GuestSession:
     """A launched libguestfs handle over one guest's disks.
 
-    `g` is the raw handle for the operations p2v needs; call through `call()` to get
-    GuestfsError with the action named instead of a bare RuntimeError.
+    `g` is the handle for the operations p2v needs (its errors are GuestfsError); `call()`
+    names the action in words for the error message.
     """
 
-    def __init__(self, g: Any) -> None:
-        self.g = g
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.g: Any = _Handle(raw)
 
     def call(self, action: str, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return getattr(self.g, method)(*args, **kwargs)
+            return getattr(self.raw, method)(*args, **kwargs)
         except RuntimeError as exc:
             raise GuestfsError(action=action, detail=str(exc).strip()) from exc
 
@@ -44,9 +69,9 @@ class GuestSession:
         for mountpoint, device in sorted(mounts.items(), key=lambda m: len(m[0])):
             try:
                 if readonly:
-                    self.g.mount_ro(device, mountpoint)
+                    self.raw.mount_ro(device, mountpoint)
                 else:
-                    self.g.mount(device, mountpoint)
+                    self.raw.mount(device, mountpoint)
             except RuntimeError as exc:
                 log.warning("could not mount %s on %s: %s", device, mountpoint, exc)
 

@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from p2v import runner
-from p2v.errors import InputNotFound, UsageError
+from p2v.errors import GuestfsError, InputNotFound, UsageError
 from p2v.fix.session import open_guest
 from p2v.verify import console as con
 from p2v.verify.accel import choose_accel
@@ -81,16 +82,17 @@ def _check_inputs(images: Sequence[Path], options: BootOptions) -> None:
         raise UsageError(detail="--timeout must be a positive number of seconds")
 
 
-def _has_esp(g: object) -> bool:
+def _has_esp(g: Any) -> bool:
     """True when the first disk is GPT with an EFI system partition (a UEFI install)."""
-    device = g.list_devices()[0]  # type: ignore[attr-defined]
-    if g.part_get_parttype(device) != "gpt":  # type: ignore[attr-defined]
+    device = g.list_devices()[0]
+    try:
+        if g.part_get_parttype(device) != "gpt":
+            return False
+        parts = g.part_list(device)
+    except GuestfsError:  # no partition table at all
         return False
-    for part in g.part_list(device):  # type: ignore[attr-defined]
-        guid = g.part_get_gpt_type(device, part["part_num"])  # type: ignore[attr-defined]
-        if str(guid).upper() == ESP_GUID:
-            return True
-    return False
+    return any(str(g.part_get_gpt_type(device, p["part_num"])).upper() == ESP_GUID
+               for p in parts)
 
 
 def verify_boot(
