@@ -69,7 +69,11 @@ class SourceEndpoint:
     fixture: FixtureImage | None    # None for sources over ad-hoc disks (from_files)
 
     def ssh_argv(
-        self, remote: Sequence[str] | None = None, *, known_hosts: Path | None = None
+        self,
+        remote: Sequence[str] | None = None,
+        *,
+        known_hosts: Path | None = None,
+        connect_timeout: int = 10,
     ) -> list[str]:
         """The OpenSSH client argv for this endpoint, with strict host-key checking.
 
@@ -86,7 +90,7 @@ class SourceEndpoint:
             "-o", "GlobalKnownHostsFile=/dev/null",
             "-o", "IdentitiesOnly=yes",
             "-o", "IdentityAgent=none",
-            "-o", "ConnectTimeout=10",
+            "-o", f"ConnectTimeout={connect_timeout}",
             "-i", str(self.key),
             "-p", str(self.port),
             "-l", self.user,
@@ -103,11 +107,11 @@ class SourceEndpoint:
         timeout: float | None = 120,
         check: bool = True,
         known_hosts: Path | None = None,
+        connect_timeout: int = 10,
     ) -> runner.Result:
         """Run one command on the source and return its output."""
-        return runner.run(
-            self.ssh_argv(remote, known_hosts=known_hosts), timeout=timeout, check=check
-        )
+        argv = self.ssh_argv(remote, known_hosts=known_hosts, connect_timeout=connect_timeout)
+        return runner.run(argv, timeout=timeout, check=check)
 
 
 def free_port() -> int:
@@ -601,8 +605,13 @@ class LiveSource(_Source):
                     kind="live",
                     detail=f"qemu exited with code {proc.returncode}: {self._log_tails()}",
                 )
+            # Until the guest's sshd listens, slirp accepts the connection and then holds it
+            # without a banner: bound each probe so the deadline is kept.
+            remaining = max(1, min(5, int(deadline - time.monotonic())))
             try:
-                result = endpoint.ssh(["true"], timeout=30, check=False)
+                result = endpoint.ssh(
+                    ["true"], timeout=remaining + 20, check=False, connect_timeout=remaining
+                )
             except CommandTimeout:
                 last = "ssh timed out"
             else:
@@ -623,8 +632,12 @@ class LiveSource(_Source):
         )
 
     def _shutdown(self, proc: subprocess.Popen[bytes], endpoint: SourceEndpoint) -> None:
-        """Ask the guest to power off (brief), then stop qemu by pid whatever happened."""
-        if proc.poll() is None:
+        """Ask the guest to power off (brief), then stop qemu by pid whatever happened.
+
+        The poweroff is only tried once SSH worked: a guest that never answered would just
+        cost another connect timeout.
+        """
+        if proc.poll() is None and self.boot_seconds is not None:
             try:
                 endpoint.ssh(["poweroff"], timeout=10, check=False)
                 proc.wait(self.poweroff_grace)
