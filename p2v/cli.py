@@ -129,6 +129,116 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------- register
+def _add_register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "register",
+        help="register converted disk image(s) as a libvirt guest that matches the source",
+        description=(
+            "Define a libvirt guest for IMAGE(s) (boot disk first): name, memory, vCPUs and "
+            "NICs (MACs kept) from the source inventory, disk bus, NIC model and firmware from "
+            "the guest caps of `p2v fix`; flags override both. Everything is checked before "
+            "anything is defined: the name is free (unless --replace), the images are "
+            "readable, networks, bridges, pool and firmware exist. If libvirt refuses the "
+            "definition the XML is kept and the way to define it by hand is printed. "
+            "--output local writes NAME.xml and copies of the images into --output-dir and "
+            "needs no libvirt. See docs/register.md."
+        ),
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="the guest's disk images (qcow2 or raw), boot disk first")
+    p.add_argument("--name", required=True, help="the guest's (domain) name")
+    p.add_argument("--inventory", type=Path, metavar="JSON",
+                   help="source inventory (hostname, CPUs, memory, NICs with MACs, firmware)")
+    p.add_argument("--caps", type=Path, metavar="JSON",
+                   help="guest caps from `p2v fix` (disk_bus, nic_model, machine, firmware); "
+                        "default: virtio, firmware from the inventory or bios")
+    p.add_argument("--memory", type=int, metavar="MiB",
+                   help="guest RAM (default: the source's, else 1024)")
+    p.add_argument("--vcpus", type=int, metavar="N",
+                   help="vCPUs as one socket of N cores (default: the source's topology, else 1)")
+    p.add_argument("--connect", default="qemu:///system", metavar="URI",
+                   help="libvirt URI (default: qemu:///system)")
+    p.add_argument("--network", action="append", default=[], metavar="[SRC=]NET",
+                   help="attach source NIC SRC (its name or MAC) to libvirt network NET; "
+                        "without SRC=, every NIC not mapped otherwise (default: 'default')")
+    p.add_argument("--bridge", action="append", default=[], metavar="[SRC=]BR",
+                   help="attach source NIC SRC (its name or MAC) to host bridge BR; "
+                        "without SRC=, every NIC not mapped otherwise")
+    p.add_argument("--nvram", type=Path, metavar="VARS",
+                   help="UEFI variable store to seed the guest's NVRAM with (e.g. the source "
+                        "machine's, with its boot entry); default: an empty one")
+    p.add_argument("--start", action="store_true", help="start the guest once defined")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a (shut off) guest of the same name and its pool volumes")
+    p.add_argument("--pool", metavar="NAME",
+                   help="upload the images into this libvirt storage pool (needed for a "
+                        "remote --connect)")
+    p.add_argument("--output", choices=("libvirt", "local"), default="libvirt",
+                   help="libvirt (default) or local: NAME.xml + images in --output-dir")
+    p.add_argument("--output-dir", type=Path, metavar="DIR",
+                   help="where --output local writes; with libvirt, where a refused XML is kept")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_cmd_register)
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from p2v.errors import InputNotFound, UsageError
+    from p2v.model import GuestCaps, SourceInventory
+    from p2v.target.domain import NicMapping
+    from p2v.target.register import RegisterRequest, register
+
+    def read(path: Path | None, what: str) -> str | None:
+        if path is None:
+            return None
+        if not path.is_file():
+            raise InputNotFound(what=what, path=str(path))
+        return path.read_text()
+
+    for flag, value in (("--memory", args.memory), ("--vcpus", args.vcpus)):
+        if value is not None and value < 1:
+            raise UsageError(detail=f"{flag} must be positive, not {value}")
+    inventory_text = read(args.inventory, "inventory")
+    caps_text = read(args.caps, "guest caps")
+    request = RegisterRequest(
+        name=args.name,
+        images=tuple(args.images),
+        inventory=(SourceInventory.from_json(inventory_text, str(args.inventory))
+                   if inventory_text is not None else SourceInventory()),
+        caps=GuestCaps.from_json(caps_text, str(args.caps)) if caps_text is not None else None,
+        memory_mib=args.memory,
+        vcpus=args.vcpus,
+        mappings=tuple([NicMapping.parse("network", m) for m in args.network]
+                       + [NicMapping.parse("bridge", m) for m in args.bridge]),
+        uri=args.connect,
+        start=args.start,
+        replace=args.replace,
+        pool=args.pool,
+        output=args.output,
+        output_dir=args.output_dir,
+        nvram=args.nvram,
+    )
+    result = register(request, progress=_say(args))
+    if args.json:
+        print(result.to_json())
+        return ExitCode.OK
+    where = result.xml if result.output == "local" else result.uri
+    state = "written" if result.output == "local" else (
+        "started" if result.started else "defined")
+    print(f"{result.name}: {state} ({where}); {result.domain_type}, {result.firmware}, "
+          f"disks on {result.disk_bus}, NICs {result.nic_model}; uuid {result.uuid}")
+    for disk in result.disks:
+        print(f"  disk {disk}")
+    for nic in result.nics:
+        attached = nic.get("network") or nic.get("bridge")
+        kind = "network" if nic.get("network") else "bridge"
+        print(f"  nic  {nic['mac'] or '(new MAC)'} -> {kind} {attached}"
+              + (f"  (was {nic['source_nic']})" if nic.get("source_nic") else ""))
+    if result.serial_log:
+        print(f"  console log: {result.serial_log}")
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -142,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_verify(sub)
     _add_demo(sub)
+    _add_register(sub)
     return parser
 
 

@@ -69,3 +69,27 @@ class BootFailed(P2VError):
 
 class FixtureError(P2VError):
     """building the {variant} fixture failed: {detail}"""
+
+
+class LibvirtUnreachable(P2VError):
+    """cannot connect to libvirt at {uri}: {detail}"""
+
+
+class LibvirtFailed(P2VError):
+    """libvirt failed while {action}: {detail}"""
+
+
+class DomainExists(UsageError):
+    """a domain named {name!r} already exists at {uri}; choose another --name or pass --replace"""
+
+
+class TargetNotReady(UsageError):
+    """the target is not ready, nothing was defined: {problems}"""
+
+
+class DefineFailed(P2VError):
+    """libvirt refused to define {name!r}: {detail}; the XML is kept in {xml}: fix it, then define it by hand with `virsh -c {uri} define {xml}`"""  # noqa: E501
+
+
+class StartFailed(P2VError):
+    """domain {name!r} is defined but did not start: {detail}; start it with `virsh -c {uri} start {name}`"""  # noqa: E501

@@ -1,0 +1,452 @@
+"""Register a guest through libvirt-python: the only module of p2v that imports libvirt.
+
+Order of work, as virt-v2v does it: every check first (name free, images readable, networks,
+bridges, pool and firmware present), then upload into the pool, then define, then start.
+Every libvirt error becomes a p2v error with one line of detail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from p2v.errors import (
+    DefineFailed,
+    DomainExists,
+    LibvirtFailed,
+    LibvirtUnreachable,
+    StartFailed,
+    TargetNotReady,
+    UsageError,
+)
+from p2v.model import GuestCaps
+from p2v.target.domain import (
+    DomainSpec,
+    DomainType,
+    GuestDisk,
+    UefiFiles,
+    domain_xml,
+    plan_domain,
+)
+from p2v.target.register import (
+    ImageInfo,
+    Progress,
+    RegisterRequest,
+    RegisterResult,
+    host_ovmf,
+    volume_names,
+)
+
+try:
+    import libvirt
+except ImportError:  # pragma: no cover - depends on the host
+    libvirt = None
+
+NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
+SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
+KEEP_DIR = Path(os.environ.get("P2V_STATE_DIR", "/var/tmp/p2v")) / "register"
+UPLOAD_CHUNK = 4 << 20
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _silence(_ctx: object, _err: object) -> None:
+    """libvirt prints every error to stderr by default; p2v reports them itself, once."""
+
+
+if libvirt is not None:
+    libvirt.registerErrorHandler(_silence, None)
+
+
+def _detail(exc: Exception) -> str:
+    message = exc.get_error_message() if hasattr(exc, "get_error_message") else None
+    text = str(message or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _code(exc: Exception) -> int | None:
+    return exc.get_error_code() if hasattr(exc, "get_error_code") else None
+
+
+@contextmanager
+def _libvirt_call(action: str) -> Iterator[None]:
+    """Turn a libvirt error raised inside the block into LibvirtFailed naming the action."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise LibvirtFailed(action=action, detail=_detail(exc)) from None
+
+
+def is_local(uri: str) -> bool:
+    """A URI without a host talks to this machine's libvirtd (qemu:///system, qemu+unix://)."""
+    return not urlsplit(uri).hostname
+
+
+def connect(uri: str) -> Any:
+    """Open a connection, or raise LibvirtUnreachable naming the URI in one line."""
+    if libvirt is None:
+        raise LibvirtUnreachable(uri=uri, detail=(
+            "the libvirt Python binding is missing (python3-libvirt); run p2v from the venv "
+            "built by `make setup`, or use --output local"))
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise LibvirtUnreachable(uri=uri, detail=_detail(exc)) from None
+    if conn is None:  # pragma: no cover - old bindings returned None
+        raise LibvirtUnreachable(uri=uri, detail="no connection")
+    return conn
+
+
+class _Meter:
+    """Progress of one upload: a line at most every 2 s, and one at the end."""
+
+    def __init__(self, label: str, total: int, progress: Progress) -> None:
+        self.label, self.total, self.progress = label, total, progress
+        self.started = self.last = time.monotonic()
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last < 2.0:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-3) / 2**20
+        pct = 100 * done // max(self.total, 1)
+        self.progress(f"uploading {self.label}: {pct}% "
+                      f"({done / 2**20:.0f} of {self.total / 2**20:.0f} MiB, {rate:.0f} MiB/s)")
+
+
+class LibvirtTarget:
+    """A libvirt host, reached at `uri`: checks, uploads, defines and starts the guest."""
+
+    def __init__(self, uri: str, progress: Progress = _quiet,
+                 opener: Callable[[str], Any] = connect) -> None:
+        self.uri = uri
+        self.progress = progress
+        self._opener = opener
+        self.conn: Any = None
+
+    def __enter__(self) -> LibvirtTarget:
+        self.conn = self._opener(self.uri)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - closing must not hide the real error
+                pass
+            self.conn = None
+
+    # ------------------------------------------------------------ facts about the host
+    @property
+    def local(self) -> bool:
+        return is_local(self.uri)
+
+    def domain_type(self) -> DomainType:
+        """kvm where KVM really works (probed locally, domcapabilities remotely), else qemu."""
+        if self.local:
+            from p2v.verify.accel import choose_accel
+
+            return "kvm" if choose_accel() == "kvm" else "qemu"
+        forced = os.environ.get("P2V_ACCEL")
+        if forced in ("kvm", "tcg"):
+            return "kvm" if forced == "kvm" else "qemu"
+        try:
+            self.conn.getDomainCapabilities(None, "x86_64", "q35", "kvm", 0)
+            return "kvm"
+        except libvirt.libvirtError:
+            return "qemu"
+
+    def uefi_files(self, name: str) -> UefiFiles:
+        """OVMF code and template: local files here, domcapabilities' list on a remote host."""
+        nvram = f"{NVRAM_DIR}/{name}_VARS.fd"
+        if self.local:
+            loader, template = host_ovmf()
+            return UefiFiles(loader=loader, nvram=nvram, template=template)
+        with _libvirt_call("reading the host's domain capabilities"):
+            caps = ET.fromstring(self.conn.getDomainCapabilities(None, "x86_64", "q35", None, 0))
+        values = [v.text or "" for v in caps.iterfind("os/loader/value")]
+        plain = [v for v in values if "OVMF_CODE" in v and not any(
+            s in v for s in ("secboot", ".ms.", "snakeoil"))]
+        if not plain:
+            raise TargetNotReady(problems=(
+                f"no OVMF firmware on {self.uri} (install ovmf there); it offers: "
+                f"{', '.join(values) or 'none'}"))
+        loader = plain[0]
+        return UefiFiles(loader=loader, nvram=nvram,
+                         template=loader.replace("OVMF_CODE", "OVMF_VARS"))
+
+    def _lookup_domain(self, name: str) -> Any | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if _code(exc) == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise LibvirtFailed(action=f"looking up domain {name!r}", detail=_detail(exc)) from None
+
+    # ------------------------------------------------------------ checks
+    def preflight(self, spec: DomainSpec, images: Sequence[ImageInfo], *, replace: bool,
+                  start: bool, pool: str | None, volumes: Sequence[str]) -> Any | None:
+        """Every check before anything changes; returns the domain being replaced, if any.
+
+        Problems are gathered and reported together, so one run shows all that is wrong.
+        """
+        existing = self._lookup_domain(spec.name)
+        if existing is not None:
+            if not replace:
+                raise DomainExists(name=spec.name, uri=self.uri)
+            with _libvirt_call(f"reading the state of {spec.name!r}"):
+                active = existing.isActive()
+            if active:
+                raise TargetNotReady(problems=(
+                    f"domain {spec.name!r} is running; shut it down before --replace"))
+        problems: list[str] = []
+        for image in images:
+            if not os.access(image.path, os.R_OK):
+                problems.append(f"image {image.path} is not readable")
+            if pool is not None and image.backing:
+                problems.append(
+                    f"image {image.path} has a backing file ({image.backing}); a pool upload "
+                    f"needs a self-contained image (qemu-img convert -O qcow2 IN OUT)")
+        if pool is None and not self.local:
+            problems.append(f"{self.uri} is a remote host: give --pool NAME so the images are "
+                            "uploaded there")
+        problems += self._check_networks(spec, start)
+        if pool is not None:
+            problems += self._check_pool(pool, images, volumes, replace)
+        if spec.uefi is not None and self.local:
+            for path in (spec.uefi.loader, spec.uefi.template):
+                if not Path(path).is_file():
+                    problems.append(f"UEFI firmware file {path} is missing (install ovmf)")
+        if problems:
+            raise TargetNotReady(problems="; ".join(problems))
+        return existing
+
+    def _check_networks(self, spec: DomainSpec, start: bool) -> list[str]:
+        problems = []
+        for nic in spec.nics:
+            label = f"NIC {nic.source_nic or nic.mac or '(new)'}"
+            if nic.kind == "network":
+                try:
+                    network = self.conn.networkLookupByName(nic.source)
+                except libvirt.libvirtError:
+                    try:
+                        known = ", ".join(sorted(self.conn.listNetworks()
+                                                 + self.conn.listDefinedNetworks()))
+                    except libvirt.libvirtError:
+                        known = "?"
+                    problems.append(
+                        f"{label}: network {nic.source!r} does not exist on {self.uri} "
+                        f"(networks there: {known or 'none'}); map it with --network SRC=NET "
+                        f"or --bridge SRC=BR")
+                    continue
+                if start and not network.isActive():
+                    problems.append(f"{label}: network {nic.source!r} is not active; "
+                                    f"start it with `virsh net-start {nic.source}`")
+            elif self.local:
+                if not Path(f"/sys/class/net/{nic.source}/bridge").is_dir():
+                    problems.append(f"{label}: bridge {nic.source!r} does not exist on this "
+                                    "host (see `ip link show type bridge`)")
+            else:
+                self.progress(f"cannot check bridge {nic.source!r} on a remote host; "
+                              "libvirt will when the guest starts")
+        return problems
+
+    def _check_pool(self, pool: str, images: Sequence[ImageInfo], volumes: Sequence[str],
+                    replace: bool) -> list[str]:
+        try:
+            p = self.conn.storagePoolLookupByName(pool)
+        except libvirt.libvirtError:
+            try:
+                known = ", ".join(sorted(self.conn.listStoragePools()
+                                         + self.conn.listDefinedStoragePools()))
+            except libvirt.libvirtError:
+                known = "?"
+            return [f"storage pool {pool!r} does not exist on {self.uri} "
+                    f"(pools there: {known or 'none'})"]
+        with _libvirt_call(f"reading storage pool {pool!r}"):
+            if not p.isActive():
+                return [f"storage pool {pool!r} is not active; start it with "
+                        f"`virsh pool-start {pool}`"]
+            p.refresh(0)
+            present = set(p.listVolumes())
+            available = p.info()[3]
+        problems = []
+        taken = [v for v in volumes if v in present]
+        if taken and not replace:
+            problems.append(f"volume(s) {', '.join(taken)} already exist in pool {pool!r}; "
+                            "pass --replace or choose another --name")
+        needed = sum(i.file_size for i in images)
+        if needed > available:
+            problems.append(f"pool {pool!r} has {available / 2**30:.1f} GiB free, the images "
+                            f"need {needed / 2**30:.1f} GiB")
+        return problems
+
+    # ------------------------------------------------------------ changes
+    def upload(self, pool: str, image: ImageInfo, volume: str, replace: bool) -> str:
+        """Create the volume and stream the image into it; returns the volume's path there.
+
+        The volume is created raw with the file's size and the file's bytes are sent as they
+        are (qcow2 stays qcow2: the domain's driver type says what it is); runs of zeros go
+        as holes when the pool supports sparse streams.
+        """
+        with _libvirt_call(f"preparing volume {volume!r} in pool {pool!r}"):
+            p = self.conn.storagePoolLookupByName(pool)
+            if replace and volume in p.listVolumes():
+                p.storageVolLookupByName(volume).delete(0)
+            root = ET.Element("volume")
+            ET.SubElement(root, "name").text = volume
+            ET.SubElement(root, "capacity", unit="bytes").text = str(image.file_size)
+            ET.SubElement(root, "allocation", unit="bytes").text = "0"
+            target = ET.SubElement(root, "target")
+            ET.SubElement(target, "format", type="raw")
+            vol = p.storageVolCreateXML(ET.tostring(root, encoding="unicode"), 0)
+        meter = _Meter(f"{image.path.name} to {pool}/{volume}", image.file_size, self.progress)
+        try:
+            self._send(vol, image, meter)
+        except BaseException:
+            try:
+                vol.delete(0)
+            except libvirt.libvirtError:
+                pass
+            raise
+        with _libvirt_call(f"refreshing pool {pool!r}"):
+            p.refresh(0)
+            return str(p.storageVolLookupByName(volume).path())
+
+    def _send(self, vol: Any, image: ImageInfo, meter: _Meter) -> None:
+        sparse = True
+        stream = self.conn.newStream(0)
+        try:
+            vol.upload(stream, 0, image.file_size, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+        except libvirt.libvirtError:
+            stream = self.conn.newStream(0)
+            sparse = False
+            with _libvirt_call(f"starting the upload of {image.path}"):
+                vol.upload(stream, 0, image.file_size, 0)
+        zero = bytes(UPLOAD_CHUNK)
+        done = 0
+        try:
+            with open(image.path, "rb") as f:
+                while True:
+                    chunk = f.read(UPLOAD_CHUNK)
+                    if not chunk:
+                        break
+                    if sparse and chunk == zero[: len(chunk)]:
+                        stream.sendHole(len(chunk), 0)
+                    else:
+                        view = memoryview(chunk)
+                        while view:
+                            sent = stream.send(bytes(view))
+                            if sent < 0:
+                                raise LibvirtFailed(action=f"uploading {image.path}",
+                                                    detail="the stream refused data")
+                            view = view[sent:]
+                    done += len(chunk)
+                    meter.update(done)
+            stream.finish()
+        except libvirt.libvirtError as exc:
+            try:
+                stream.abort()
+            except libvirt.libvirtError:
+                pass
+            raise LibvirtFailed(action=f"uploading {image.path}", detail=_detail(exc)) from None
+        except BaseException:
+            try:
+                stream.abort()
+            except libvirt.libvirtError:
+                pass
+            raise
+        meter.update(done, final=True)
+
+    def keep_xml(self, name: str, xml: str, directory: Path | None) -> Path:
+        where = directory or KEEP_DIR
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / f"{name}.xml"
+        path.write_text(xml)
+        return path.resolve()
+
+    def define(self, spec: DomainSpec, keep_dir: Path | None) -> Any:
+        """conn.defineXML; on failure keep the XML and say how to define it by hand."""
+        xml = domain_xml(spec)
+        try:
+            return self.conn.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            kept = self.keep_xml(spec.name, xml, keep_dir)
+            raise DefineFailed(name=spec.name, detail=_detail(exc), xml=kept,
+                               uri=self.uri) from None
+
+    # ------------------------------------------------------------ the job
+    def register(self, request: RegisterRequest, images: Sequence[ImageInfo],
+                 caps: GuestCaps) -> RegisterResult:
+        name = request.name
+        volumes = volume_names(name, images)
+        if request.pool is not None:
+            disks = [GuestDisk(i.format, pool=request.pool, volume=v)
+                     for i, v in zip(images, volumes, strict=True)]
+        else:
+            disks = [GuestDisk(i.format, str(i.path)) for i in images]
+        if request.nvram is not None and not self.local:
+            raise UsageError(detail="--nvram works with a local libvirt only, so far")
+        spec = plan_domain(
+            name=name, disks=disks, inventory=request.inventory, caps=caps,
+            mappings=request.mappings, memory_mib=request.memory_mib, vcpus=request.vcpus,
+            domain_type=self.domain_type(),
+            uefi=self.uefi_files(name) if caps.firmware == "uefi" else None,
+            serial_log=f"{SERIAL_LOG_DIR}/{name}-serial0.log",
+        )
+        existing = self.preflight(spec, images, replace=request.replace, start=request.start,
+                                  pool=request.pool, volumes=volumes)
+        if existing is not None:
+            # Same UUID: defineXML then replaces the definition in one step, so a failed
+            # define leaves the old guest as it was.
+            with _libvirt_call(f"reading the UUID of {name!r}"):
+                spec = _with_uuid(spec, existing.UUIDString())
+        paths = [str(i.path) for i in images]
+        if request.pool is not None:
+            paths = [self.upload(request.pool, i, v, request.replace)
+                     for i, v in zip(images, volumes, strict=True)]
+        if spec.uefi is not None and request.nvram is not None:
+            Path(spec.uefi.nvram).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(request.nvram, spec.uefi.nvram)
+            self.progress(f"NVRAM seeded from {request.nvram}")
+        self.progress(f"defining domain {name!r} ({spec.domain_type}, {caps.firmware}, "
+                      f"{caps.disk_bus}) at {self.uri}")
+        domain = self.define(spec, request.output_dir)
+        started = False
+        if request.start:
+            self.progress(f"starting {name!r}")
+            try:
+                domain.create()
+            except libvirt.libvirtError as exc:
+                raise StartFailed(name=name, detail=_detail(exc), uri=self.uri) from None
+            started = True
+        return RegisterResult(
+            name=name, uuid=spec.uuid, output="libvirt", domain_type=spec.domain_type,
+            firmware=caps.firmware, disk_bus=caps.disk_bus, nic_model=caps.nic_model,
+            disks=tuple(paths),
+            nics=tuple({"mac": n.mac, n.kind: n.source, "source_nic": n.source_nic}
+                       for n in spec.nics),
+            uri=self.uri, nvram=spec.uefi.nvram if spec.uefi else None,
+            serial_log=spec.serial_log, started=started,
+        )
+
+
+def _with_uuid(spec: DomainSpec, uuid: str) -> DomainSpec:
+    from dataclasses import replace
+
+    return replace(spec, uuid=uuid)
+
+
+__all__ = ["LibvirtTarget", "connect", "is_local"]

@@ -1,0 +1,97 @@
+"""`--output local`: write the domain XML and copies of the images into a directory; no libvirt.
+
+The directory is self-contained: DIR/NAME.xml names the copied disks (DIR/NAME-diskN.FMT),
+the guest's NVRAM (DIR/NAME_VARS.fd, UEFI only) and its console log (DIR/NAME-serial0.log),
+so `virsh define DIR/NAME.xml` on this host registers it later.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from p2v import runner
+from p2v.errors import UsageError
+from p2v.model import GuestCaps
+from p2v.target.domain import GuestDisk, UefiFiles, domain_xml, plan_domain
+from p2v.target.register import (
+    ImageInfo,
+    Progress,
+    RegisterRequest,
+    RegisterResult,
+    host_ovmf,
+    volume_names,
+)
+from p2v.verify.accel import choose_accel
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def copy_image(image: ImageInfo, dest: Path) -> None:
+    """Copy an image sparsely (a reflink where the file system can); flatten a backing chain.
+
+    Never a hard link or symlink: the guest writes to its disk, and the input must not change.
+    """
+    if image.backing:
+        runner.run(["qemu-img", "convert", "-O", image.format, str(image.path), str(dest)],
+                   timeout=None)
+    else:
+        runner.run(["cp", "--sparse=always", "--reflink=auto", str(image.path), str(dest)],
+                   timeout=None)
+
+
+class LocalTarget:
+    """Writes NAME.xml and the guest's files into one directory."""
+
+    def __init__(self, directory: Path, progress: Progress = _quiet) -> None:
+        self.directory = Path(directory).resolve()
+        self.progress = progress
+
+    def register(self, request: RegisterRequest, images: Sequence[ImageInfo],
+                 caps: GuestCaps) -> RegisterResult:
+        name = request.name
+        xml_path = self.directory / f"{name}.xml"
+        dests = [self.directory / n for n in volume_names(name, images)]
+        nvram = self.directory / f"{name}_VARS.fd"
+        existing = [p for p in (xml_path, *dests) if p.exists()]
+        if existing and not request.replace:
+            raise UsageError(detail=(
+                f"{existing[0]} already exists; choose another --name or --output-dir, "
+                "or pass --replace"))
+        uefi = None
+        template = None
+        if caps.firmware == "uefi":
+            loader, template = host_ovmf()
+            uefi = UefiFiles(loader=loader, nvram=str(nvram), template=template)
+        spec = plan_domain(
+            name=name,
+            disks=[GuestDisk(i.format, str(d)) for i, d in zip(images, dests, strict=True)],
+            inventory=request.inventory, caps=caps, mappings=request.mappings,
+            memory_mib=request.memory_mib, vcpus=request.vcpus,
+            domain_type="kvm" if choose_accel() == "kvm" else "qemu",
+            uefi=uefi, serial_log=str(self.directory / f"{name}-serial0.log"),
+        )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for image, dest in zip(images, dests, strict=True):
+            self.progress(f"copying {image.path} to {dest}")
+            dest.unlink(missing_ok=True)
+            copy_image(image, dest)
+        if uefi is not None:
+            shutil.copyfile(request.nvram or template or "", nvram)
+        xml_path.write_text(domain_xml(spec))
+        self.progress(f"wrote {xml_path}; define it with `virsh define {xml_path}`")
+        return RegisterResult(
+            name=name, uuid=spec.uuid, output="local", domain_type=spec.domain_type,
+            firmware=caps.firmware, disk_bus=caps.disk_bus, nic_model=caps.nic_model,
+            disks=tuple(d.path or "" for d in spec.disks),
+            nics=tuple({"mac": n.mac, n.kind: n.source, "source_nic": n.source_nic}
+                       for n in spec.nics),
+            xml=str(xml_path), nvram=str(nvram) if uefi else None,
+            serial_log=spec.serial_log,
+        )
+
+
+__all__ = ["LocalTarget", "copy_image"]
