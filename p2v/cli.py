@@ -133,7 +133,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _add_register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "register",
-        help="register converted disk image(s) as a libvirt guest that matches the source",
+        help="define a libvirt guest for disk image(s) that matches the source machine",
         description=(
             "Define a libvirt guest for IMAGE(s) (boot disk first): name, memory, vCPUs and "
             "NICs (MACs kept) from the source inventory, disk bus, NIC model and firmware from "
