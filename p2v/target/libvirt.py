@@ -311,7 +311,7 @@ class LibvirtTarget:
             ET.SubElement(root, "allocation", unit="bytes").text = "0"
             target = ET.SubElement(root, "target")
             ET.SubElement(target, "format", type="raw")
-            vol = p.storageVolCreateXML(ET.tostring(root, encoding="unicode"), 0)
+            vol = p.createXML(ET.tostring(root, encoding="unicode"), 0)
         meter = _Meter(f"{image.path.name} to {pool}/{volume}", image.file_size, self.progress)
         try:
             self._send(vol, image, meter)

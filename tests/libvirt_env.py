@@ -1,0 +1,203 @@
+"""A real libvirtd for the register tests, and the networks, bridge, pool and guests they use.
+
+Imported by tests/integration/conftest.py and tests/e2e/conftest.py (the root conftest is
+shared, so these fixtures live here). One libvirtd serves the whole session: when one already
+answers at qemu:///system it is used and left running; otherwise virtlogd and libvirtd are
+started in the foreground as children of the test run and stopped by their pids at the end.
+Everything a test creates (guests, the isolated network, the bridge, the pool, image dirs) is
+removed even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from p2v import runner
+
+URI = "qemu:///system"
+NETWORK = "p2vtest-isolated"
+NETWORK_BRIDGE = "virbr-p2vt0"
+BRIDGE = "br-p2vtest"
+POOL = "p2vtest-pool"
+# A URI whose daemon never answers: what "libvirtd not reachable" looks like.
+DEAD_URI = "qemu:///system?socket=/nonexistent/p2v-test/libvirt-sock"
+
+
+def _answers(uri: str) -> bool:
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    try:
+        libvirt.open(uri).close()
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+@dataclass
+class Libvirtd:
+    """libvirtd at URI; `owned` when this test run started it (and so stops it)."""
+
+    uri: str = URI
+    owned: bool = False
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workdir: Path | None = None
+
+    def start(self) -> None:
+        if _answers(self.uri):
+            return
+        for d in ("/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt/qemu/nvram"):
+            os.makedirs(d, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="p2v-libvirtd-"))
+        self.owned = True
+        if not Path("/run/libvirt/virtlogd-sock").exists():
+            self.procs.append(runner.spawn(
+                ["virtlogd", "-p", str(self.workdir / "virtlogd.pid")],
+                stderr=(self.workdir / "virtlogd.err").open("wb").fileno()))
+        self.procs.append(runner.spawn(
+            ["libvirtd", "-p", str(self.workdir / "libvirtd.pid")],
+            stderr=(self.workdir / "libvirtd.err").open("wb").fileno()))
+        deadline = time.monotonic() + 30
+        while not _answers(self.uri):
+            if self.procs[-1].poll() is not None or time.monotonic() > deadline:
+                err = (self.workdir / "libvirtd.err").read_text(errors="replace")[-2000:]
+                self.stop()
+                raise RuntimeError(f"libvirtd did not answer at {self.uri}: {err}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        # libvirtd first: it talks to virtlogd while shutting down.
+        for proc in reversed(self.procs):
+            runner.stop(proc, grace=10)
+        self.procs.clear()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def open_conn(uri: str = URI):  # type: ignore[no-untyped-def]
+    import libvirt
+
+    return libvirt.open(uri)
+
+
+def remove_domain(conn, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Destroy and undefine a guest (with its NVRAM) if it exists."""
+    import libvirt
+
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError:
+        return
+    if dom.isActive():
+        dom.destroy()
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                      | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+
+
+# ---------------------------------------------------------------- pytest fixtures
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[Libvirtd]:
+    """A libvirtd answering at qemu:///system for the whole session."""
+    daemon = Libvirtd()
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def isolated_network(libvirtd: Libvirtd) -> Iterator[str]:
+    """A transient libvirt network with no forward, no address and no DHCP."""
+    conn = open_conn(libvirtd.uri)
+    try:
+        try:
+            conn.networkLookupByName(NETWORK).destroy()
+        except Exception:  # noqa: BLE001 - leftover of a killed run, or none
+            pass
+        net = conn.networkCreateXML(
+            f"<network><name>{NETWORK}</name><bridge name='{NETWORK_BRIDGE}' stp='off'/>"
+            "</network>")
+        try:
+            yield NETWORK
+        finally:
+            net.destroy()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def host_bridge() -> Iterator[str]:
+    """A host bridge with no ports and no address (`ip link add ... type bridge`)."""
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        runner.run(["ip", "link", "del", BRIDGE])
+    runner.run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+    try:
+        runner.run(["ip", "link", "set", BRIDGE, "up"])
+        yield BRIDGE
+    finally:
+        runner.run(["ip", "link", "del", BRIDGE], check=False)
+
+
+@pytest.fixture
+def guest_dir() -> Iterator[Path]:
+    """A directory qemu (running as libvirt-qemu) can reach: /var/tmp, mode 0755."""
+    path = Path(tempfile.mkdtemp(prefix="p2v-register-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def storage_pool(libvirtd: Libvirtd, guest_dir: Path) -> Iterator[str]:
+    """A transient directory storage pool inside guest_dir."""
+    conn = open_conn(libvirtd.uri)
+    target = guest_dir / "pool"
+    target.mkdir()
+    target.chmod(0o755)
+    try:
+        try:
+            conn.storagePoolLookupByName(POOL).destroy()
+        except Exception:  # noqa: BLE001 - leftover of a killed run, or none
+            pass
+        pool = conn.storagePoolCreateXML(
+            f"<pool type='dir'><name>{POOL}</name><target><path>{target}</path></target>"
+            "</pool>", 0)
+        try:
+            yield POOL
+        finally:
+            pool.destroy()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def guest_names(libvirtd: Libvirtd) -> Iterator[list[str]]:
+    """Names of the guests a test registers: destroyed and undefined afterwards, always."""
+    names: list[str] = []
+    yield names
+    conn = open_conn(libvirtd.uri)
+    try:
+        for name in names:
+            remove_domain(conn, name)
+    finally:
+        conn.close()
+
+
+def qcow2(path: Path, size: str = "64M", backing: Path | None = None) -> Path:
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        argv += ["-F", "raw", "-b", str(backing)]
+    runner.run([*argv, str(path), *([] if backing is not None else [size])])
+    return path
