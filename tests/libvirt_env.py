@@ -96,11 +96,14 @@ def remove_domain(conn, name: str) -> None:  # type: ignore[no-untyped-def]
     try:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        dom.destroy()
-    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-                      | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        dom = None
+    if dom is not None:
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                          | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+    for log in (f"{name}-serial0.log", f"{name}.log"):
+        Path("/var/log/libvirt/qemu", log).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- pytest fixtures
@@ -201,3 +204,28 @@ def qcow2(path: Path, size: str = "64M", backing: Path | None = None) -> Path:
         argv += ["-F", "raw", "-b", str(backing)]
     runner.run([*argv, str(path), *([] if backing is not None else [size])])
     return path
+
+
+@pytest.fixture(scope="session")
+def ssh_uri(libvirtd: Libvirtd) -> Iterator[str]:
+    """qemu+ssh:// to this host's libvirtd through a loopback sshd with throwaway keys.
+
+    libvirt runs the `command=` of the URI as its ssh client: a wrapper that checks the test
+    sshd's real host key strictly and keeps the user's ssh configuration out.
+    """
+    from p2v.testbed.sources import SshServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="p2v-ssh-uri-"))
+    try:
+        with SshServer([]) as ep:
+            wrapper = workdir / "ssh"
+            wrapper.write_text(
+                "#!/bin/sh\n"
+                "exec ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes"
+                f" -o UserKnownHostsFile={ep.known_hosts} -o GlobalKnownHostsFile=/dev/null"
+                " -o IdentitiesOnly=yes -o IdentityAgent=none \"$@\"\n")
+            wrapper.chmod(0o755)
+            yield (f"qemu+ssh://{ep.user}@{ep.host}:{ep.port}/system"
+                   f"?keyfile={ep.key}&command={wrapper}&no_tty=1")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -6,5 +6,6 @@ from libvirt_env import (  # noqa: F401 - pytest finds fixtures by name
     host_bridge,
     isolated_network,
     libvirtd,
+    ssh_uri,
     storage_pool,
 )

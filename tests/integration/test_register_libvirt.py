@@ -302,3 +302,34 @@ def test_libvirt_binding_errors_never_reach_stderr_twice(
     finally:
         conn.close()
     assert capsys.readouterr().err == ""
+
+
+def test_remote_uri_uploads_into_the_pool_and_defines_there(
+    libvirtd: Libvirtd, ssh_uri: str, isolated_network: str, storage_pool: str,
+    guest_dir: Path, guest_names: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """qemu+ssh:// to a loopback sshd: the images travel through the storage API stream."""
+    name = "p2vtest-remote"
+    guest_names.append(name)
+    disk = guest_dir / "a.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 2M", str(disk)], check=True,
+                   capture_output=True)
+    argv = ["register", "--name", name, str(disk), "--connect", ssh_uri,
+            "--inventory", str(inventory(guest_dir / "inv.json")),
+            "--network", isolated_network,
+            "--caps", str(caps(guest_dir / "c.json", firmware="uefi")), "--json"]
+    code, _out, err = run(argv, capsys)
+    assert code == 2 and "is a remote host: give --pool NAME" in err
+    assert not defined(name)
+    code, out, err = run([*argv, "--pool", storage_pool], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["uri"] == ssh_uri
+    root = xml_of(name)
+    (source,) = root.iterfind("devices/disk/source")
+    assert source.attrib == {"pool": storage_pool, "volume": f"{name}-disk0.qcow2"}
+    loader = root.find("os/loader")
+    assert loader is not None and "OVMF_CODE" in (loader.text or "")
+    (path,) = result["disks"]
+    assert Path(path).read_bytes() == disk.read_bytes()
