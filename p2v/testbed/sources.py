@@ -489,10 +489,10 @@ class LiveSource(_Source):
     """A fixture image booted in qemu as the physical server p2v converts.
 
     The machine looks like the fixture's physical box: SATA/AHCI disks, an e1000e NIC with
-    the fixture's MAC at the onboard slot, its own UEFI NVRAM. Disks are throwaway qcow2
-    overlays over the cached raw images, so the cache is never written. Guest port 22 is
-    forwarded to a free port on 127.0.0.1, and the endpoint's known_hosts holds the host key
-    baked into the image, so a client that trusts the wrong machine fails.
+    the fixture's MAC at the onboard slot, a VGA adapter, its own UEFI NVRAM. Disks are
+    throwaway qcow2 overlays over the cached raw images, so the cache is never written.
+    Guest port 22 is forwarded to a free port on 127.0.0.1, and the endpoint's known_hosts
+    holds the host key baked into the image, so a client that trusts the wrong machine fails.
     """
 
     kind = "live"
@@ -567,6 +567,9 @@ class LiveSource(_Source):
                 accel=accel,
                 disk_format="qcow2",
                 debugcon_log=workdir / "firmware.log",
+                # Physical boards have a graphics adapter, and the fixtures (no serial
+                # console, like a real server) never reached SSH without one under TCG.
+                extra=("-device", "VGA"),
             )
             started = time.monotonic()
             with (workdir / "qemu.log").open("wb") as qemu_log:
