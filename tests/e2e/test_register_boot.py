@@ -115,6 +115,7 @@ def test_registered_bios_fixture_boots_in_libvirt(
     assert root.find("os/loader") is None
 
 
+@pytest.mark.slow
 def test_registered_uefi_fixture_boots_with_its_own_nvram(
     uefi_image: FixtureImage, libvirtd: Libvirtd, isolated_network: str, guest_dir: Path,
     guest_names: list[str], capsys: pytest.CaptureFixture[str],
@@ -130,3 +131,20 @@ def test_registered_uefi_fixture_boots_with_its_own_nvram(
     loader = root.find("os/loader")
     assert loader is not None and "OVMF_CODE" in (loader.text or "")
     assert root.findtext("os/nvram") == result["nvram"]
+
+
+@pytest.mark.slow
+def test_bios_fixture_registered_over_qemu_ssh_with_a_pool_upload_boots(
+    bios_image: FixtureImage, libvirtd: Libvirtd, ssh_uri: str, isolated_network: str,
+    storage_pool: str, guest_dir: Path, guest_names: list[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seen from "remote", /dev/kvm exists here but nested KVM hangs: say so, as a user would.
+    monkeypatch.setenv("P2V_ACCEL", "tcg")
+    result, root, report = register_and_boot(
+        bios_image, "p2vtest-boot-remote", isolated_network, guest_dir, guest_names, capsys,
+        extra=("--connect", ssh_uri, "--pool", storage_pool))
+    check_common(bios_image, root, report, isolated_network)
+    assert root.get("type") == "qemu"
+    assert root.find("devices/disk/source").get("pool") == storage_pool  # type: ignore[union-attr]
+    assert result["uri"] == ssh_uri
