@@ -333,3 +333,19 @@ def test_remote_uri_uploads_into_the_pool_and_defines_there(
     assert loader is not None and "OVMF_CODE" in (loader.text or "")
     (path,) = result["disks"]
     assert Path(path).read_bytes() == disk.read_bytes()
+
+
+def test_replace_refuses_a_running_guest(
+    libvirtd: Libvirtd, isolated_network: str, guest_dir: Path, guest_names: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = "p2vtest-running"
+    guest_names.append(name)
+    argv = ["register", "--name", name, str(qcow2(guest_dir / "a.qcow2")), "--network",
+            isolated_network, "--memory", "128"]
+    code, out, err = run([*argv, "--start"], capsys)   # an empty disk: it idles in firmware
+    assert code == 0, err
+    assert "started" in out
+    code, _out, err = run([*argv, "--replace"], capsys)
+    assert code == 2
+    assert f"domain '{name}' is running; shut it down before --replace" in err
