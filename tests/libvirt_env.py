@@ -15,9 +15,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,49 +108,115 @@ def remove_domain(conn, name: str) -> None:  # type: ignore[no-untyped-def]
         Path("/var/log/libvirt/qemu", log).unlink(missing_ok=True)
 
 
+# ---------------------------------------------------------------- session resources
+# tests/integration and tests/e2e each import these fixtures into their conftest, so pytest
+# sees two session fixtures of each name. Both must get the same daemon, network and bridge:
+# the resources live here, counted, and the last user tears them down.
+_shared: dict[str, tuple[Any, ExitStack, int]] = {}
+
+
+@contextmanager
+def _shared_resource(key: str, make: Callable[[ExitStack], Any]) -> Iterator[Any]:
+    if key in _shared:
+        value, stack, users = _shared[key]
+        _shared[key] = (value, stack, users + 1)
+    else:
+        stack = ExitStack()
+        try:
+            value = make(stack)
+        except BaseException:
+            stack.close()
+            raise
+        _shared[key] = (value, stack, 1)
+    try:
+        yield value
+    finally:
+        value, stack, users = _shared[key]
+        if users == 1:
+            del _shared[key]
+            stack.close()
+        else:
+            _shared[key] = (value, stack, users - 1)
+
+
+def _make_libvirtd(stack: ExitStack) -> Libvirtd:
+    daemon = Libvirtd()
+    daemon.start()
+    stack.callback(daemon.stop)
+    return daemon
+
+
+def _make_network(stack: ExitStack) -> str:
+    conn = open_conn(URI)
+    stack.callback(conn.close)
+    try:
+        conn.networkLookupByName(NETWORK).destroy()
+    except Exception:  # noqa: BLE001 - leftover of a killed run, or none
+        pass
+    net = conn.networkCreateXML(
+        f"<network><name>{NETWORK}</name><bridge name='{NETWORK_BRIDGE}' stp='off'/>"
+        "</network>")
+    stack.callback(net.destroy)
+    return NETWORK
+
+
+def _make_bridge(stack: ExitStack) -> str:
+    if Path(f"/sys/class/net/{BRIDGE}").exists():
+        runner.run(["ip", "link", "del", BRIDGE])
+    runner.run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+    stack.callback(runner.run, ["ip", "link", "del", BRIDGE], check=False)
+    runner.run(["ip", "link", "set", BRIDGE, "up"])
+    return BRIDGE
+
+
+def _make_ssh_uri(stack: ExitStack) -> str:
+    from p2v.testbed.sources import SshServer
+
+    workdir = Path(tempfile.mkdtemp(prefix="p2v-ssh-uri-"))
+    stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+    ep = stack.enter_context(SshServer([]))
+    wrapper = workdir / "ssh"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "exec ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes"
+        f" -o UserKnownHostsFile={ep.known_hosts} -o GlobalKnownHostsFile=/dev/null"
+        " -o IdentitiesOnly=yes -o IdentityAgent=none \"$@\"\n")
+    wrapper.chmod(0o755)
+    return (f"qemu+ssh://{ep.user}@{ep.host}:{ep.port}/system"
+            f"?keyfile={ep.key}&command={wrapper}&no_tty=1")
+
+
 # ---------------------------------------------------------------- pytest fixtures
 @pytest.fixture(scope="session")
 def libvirtd() -> Iterator[Libvirtd]:
     """A libvirtd answering at qemu:///system for the whole session."""
-    daemon = Libvirtd()
-    daemon.start()
-    try:
+    with _shared_resource("libvirtd", _make_libvirtd) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 @pytest.fixture(scope="session")
 def isolated_network(libvirtd: Libvirtd) -> Iterator[str]:
     """A transient libvirt network with no forward, no address and no DHCP."""
-    conn = open_conn(libvirtd.uri)
-    try:
-        try:
-            conn.networkLookupByName(NETWORK).destroy()
-        except Exception:  # noqa: BLE001 - leftover of a killed run, or none
-            pass
-        net = conn.networkCreateXML(
-            f"<network><name>{NETWORK}</name><bridge name='{NETWORK_BRIDGE}' stp='off'/>"
-            "</network>")
-        try:
-            yield NETWORK
-        finally:
-            net.destroy()
-    finally:
-        conn.close()
+    with _shared_resource("network", _make_network) as name:
+        yield name
 
 
 @pytest.fixture(scope="session")
 def host_bridge() -> Iterator[str]:
     """A host bridge with no ports and no address (`ip link add ... type bridge`)."""
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        runner.run(["ip", "link", "del", BRIDGE])
-    runner.run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-    try:
-        runner.run(["ip", "link", "set", BRIDGE, "up"])
-        yield BRIDGE
-    finally:
-        runner.run(["ip", "link", "del", BRIDGE], check=False)
+    with _shared_resource("bridge", _make_bridge) as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def ssh_uri(libvirtd: Libvirtd) -> Iterator[str]:
+    """qemu+ssh:// to this host's libvirtd through a loopback sshd with throwaway keys.
+
+    libvirt runs the `command=` of the URI as its ssh client: a wrapper that checks the test
+    sshd's real host key strictly and keeps the user's ssh configuration out.
+    """
+    with _shared_resource("ssh_uri", _make_ssh_uri) as uri:
+        yield uri
 
 
 @pytest.fixture
@@ -205,27 +273,3 @@ def qcow2(path: Path, size: str = "64M", backing: Path | None = None) -> Path:
     runner.run([*argv, str(path), *([] if backing is not None else [size])])
     return path
 
-
-@pytest.fixture(scope="session")
-def ssh_uri(libvirtd: Libvirtd) -> Iterator[str]:
-    """qemu+ssh:// to this host's libvirtd through a loopback sshd with throwaway keys.
-
-    libvirt runs the `command=` of the URI as its ssh client: a wrapper that checks the test
-    sshd's real host key strictly and keeps the user's ssh configuration out.
-    """
-    from p2v.testbed.sources import SshServer
-
-    workdir = Path(tempfile.mkdtemp(prefix="p2v-ssh-uri-"))
-    try:
-        with SshServer([]) as ep:
-            wrapper = workdir / "ssh"
-            wrapper.write_text(
-                "#!/bin/sh\n"
-                "exec ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes"
-                f" -o UserKnownHostsFile={ep.known_hosts} -o GlobalKnownHostsFile=/dev/null"
-                " -o IdentitiesOnly=yes -o IdentityAgent=none \"$@\"\n")
-            wrapper.chmod(0o755)
-            yield (f"qemu+ssh://{ep.user}@{ep.host}:{ep.port}/system"
-                   f"?keyfile={ep.key}&command={wrapper}&no_tty=1")
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)

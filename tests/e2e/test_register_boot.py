@@ -100,9 +100,9 @@ def check_common(image: FixtureImage, root: ET.Element, report: con.ProbeReport,
     assert nic.find("model").get("type") == "e1000e"  # type: ignore[union-attr]
     assert report.hostname == image.hostname
     assert report.root == image.root_device
-    nics = {i.name: i for i in report.interfaces}
-    assert image.nic_name in nics, nics
-    assert nics[image.nic_name].mac == image.mac
+    # The NIC keeps the source's MAC. Its name inside the guest may differ (a predictable
+    # name follows the PCI slot, e.g. enp0s25 -> enp1s0) until `p2v fix` pins names by MAC.
+    assert image.mac in [i.mac for i in report.interfaces], report.interfaces
 
 
 def test_registered_bios_fixture_boots_in_libvirt(

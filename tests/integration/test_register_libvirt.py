@@ -349,3 +349,21 @@ def test_replace_refuses_a_running_guest(
     code, _out, err = run([*argv, "--replace"], capsys)
     assert code == 2
     assert f"domain '{name}' is running; shut it down before --replace" in err
+
+
+def test_start_failure_leaves_the_guest_defined_and_says_how_to_start_it(
+    libvirtd: Libvirtd, isolated_network: str, tmp_path: Path, guest_names: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An image under a 0700 dir: libvirt defines the guest, qemu (libvirt-qemu) cannot open it."""
+    name = "p2vtest-nostart"
+    guest_names.append(name)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    code, _out, err = run(["register", "--name", name, str(qcow2(private / "a.qcow2")),
+                           "--network", isolated_network, "--memory", "128", "--start"], capsys)
+    assert code == 1
+    line = err.strip().splitlines()[-1]
+    assert f"p2v: error: domain '{name}' is defined but did not start: " in line
+    assert f"start it with `virsh -c {URI} start {name}`" in line
+    assert defined(name)
