@@ -1,0 +1,826 @@
+"""Build the test bed's "legacy physical servers" from Debian's packages, cached by recipe.
+
+A fixture is built in three stages, each as cheap as it can be:
+
+1. mmdebstrap makes a root file system tarball from the recipe's package list (cached on
+   its own, keyed by suite + packages, so editing a config file does not redo it);
+2. on the host, with the real CPU, the tarball is unpacked, configured (hostname, NIC,
+   sshd, keys, grub defaults, initramfs module list) and its initramfs rebuilt in a chroot;
+3. in the libguestfs appliance the disks are partitioned (LVM too: the host has no
+   device-mapper), the tree is unpacked onto them and the guest's own grub-install and
+   update-grub run; for UEFI variants a variable store holding the boot entry is made.
+
+The result lives in `<cache>/<variant>-<key>/` with a fixture.json (a FixtureImage); the key
+hashes the variant's recipe files and this source file. See docs/fixtures.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import glob
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from p2v import runner
+from p2v.errors import FixtureError, P2VError
+from p2v.fix.session import GuestSession, open_guest
+from p2v.testbed.image import FixtureImage
+
+log = logging.getLogger(__name__)
+
+RECIPE_DIR = Path(
+    os.environ.get("P2V_FIXTURE_RECIPES", Path(__file__).resolve().parents[2] / "fixtures")
+)
+DEFAULT_CACHE_DIR = Path("/var/cache/p2v/fixtures")
+FIXTURE_JSON = "fixture.json"
+OVMF_VARS_TEMPLATE = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+Progress = Callable[[str], None]
+
+# Partition types by name: (MBR id, GPT type GUID).
+PARTITION_TYPES: dict[str, tuple[int, str]] = {
+    "linux": (0x83, "0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+    "swap": (0x82, "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"),
+    "lvm": (0x8E, "E6D6D379-F507-44C2-A23C-238F2A3DF928"),
+    "raid": (0xFD, "A19D880F-05FC-4D3B-A006-743F0F84911E"),
+    "esp": (0xEF, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+}
+# File systems that cannot hold Unix ownership: mounted only after the tree is unpacked.
+NON_UNIX_FS = ("vfat",)
+ALIGN_SECTORS = 2048  # 1 MiB in 512-byte sectors
+
+
+def _log_progress(message: str) -> None:
+    log.info("%s", message)
+
+
+# --------------------------------------------------------------------------------------
+# Recipes
+
+
+@dataclass(frozen=True)
+class Partition:
+    size_mib: int  # 0: the rest of the disk
+    type: str = "linux"
+    bootable: bool = False
+
+
+@dataclass(frozen=True)
+class Disk:
+    size_mib: int
+    table: Literal["mbr", "gpt"]
+    partitions: tuple[Partition, ...]
+
+
+@dataclass(frozen=True)
+class LogicalVolume:
+    name: str
+    size_mib: int  # 0: what is left in the volume group
+
+
+@dataclass(frozen=True)
+class VolumeGroup:
+    name: str
+    pvs: tuple[str, ...]
+    lvs: tuple[LogicalVolume, ...]
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    device: str  # as the appliance sees it (/dev/sda1, /dev/vg0/root)
+    type: str  # ext4, xfs, vfat, swap
+    fstab: str  # "UUID" or the literal spec fstab names (/dev/sda1, /dev/mapper/vg0-root)
+    mountpoint: str | None = None
+    options: str | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    variant: str
+    suite: str
+    firmware: Literal["bios", "uefi"]
+    bootloader: Literal["grub-pc", "grub-efi"]
+    initramfs: Literal["initramfs-tools"]
+    hostname: str
+    mac: str
+    nic_name: str
+    pin_nic_name: bool
+    address: str
+    gateway: str
+    root_password: str
+    root_device: str
+    packages: tuple[str, ...]
+    initramfs_modules: tuple[str, ...]
+    disks: tuple[Disk, ...]
+    filesystems: tuple[Filesystem, ...]
+    volume_groups: tuple[VolumeGroup, ...] = ()
+    files: tuple[tuple[str, Path], ...] = ()  # (guest path, source file)
+    efi_loader: str | None = None
+    sources: tuple[Path, ...] = field(default=(), compare=False)  # recipe files read
+
+
+def variants(recipe_dir: Path | None = None) -> list[str]:
+    """The buildable variants: one TOML file each in fixtures/ (shared snippets live below)."""
+    return sorted(p.stem for p in (recipe_dir or RECIPE_DIR).glob("*.toml"))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        old = merged.get(key)
+        if isinstance(old, list) and isinstance(value, list):
+            merged[key] = old + [v for v in value if v not in old]
+        elif isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = _merge(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _load_toml(path: Path, recipe_dir: Path, seen: list[Path]) -> dict[str, Any]:
+    if path in seen:
+        raise ValueError(f"include loop at {path}")
+    seen.append(path)
+    data = tomllib.loads(path.read_text())
+    merged: dict[str, Any] = {}
+    for include in data.pop("include", []):
+        merged = _merge(merged, _load_toml(recipe_dir / include, recipe_dir, seen))
+    return _merge(merged, data)
+
+
+def load_recipe(variant: str, recipe_dir: Path | None = None) -> Recipe:
+    """Read fixtures/<variant>.toml (and what it includes) into a Recipe."""
+    recipe_dir = recipe_dir or RECIPE_DIR
+    path = recipe_dir / f"{variant}.toml"
+    if not path.is_file():
+        known = ", ".join(variants(recipe_dir)) or "none"
+        raise FixtureError(variant=variant, detail=f"no recipe {path} (variants: {known})")
+    seen: list[Path] = []
+    try:
+        data = _load_toml(path, recipe_dir, seen)
+        files = tuple(
+            (guest, recipe_dir / source) for guest, source in sorted(data.get("files", {}).items())
+        )
+        recipe = Recipe(
+            variant=variant,
+            suite=data["suite"],
+            firmware=data["firmware"],
+            bootloader=data["bootloader"],
+            initramfs=data.get("initramfs", "initramfs-tools"),
+            hostname=data["hostname"],
+            mac=data["mac"].lower(),
+            nic_name=data["nic_name"],
+            pin_nic_name=bool(data.get("pin_nic_name", False)),
+            address=data["address"],
+            gateway=data["gateway"],
+            root_password=data["root_password"],
+            root_device=data["root_device"],
+            packages=tuple(data["packages"]),
+            initramfs_modules=tuple(data.get("initramfs_modules", ())),
+            disks=tuple(
+                Disk(
+                    size_mib=int(d["size_mib"]),
+                    table=d["table"],
+                    partitions=tuple(Partition(**p) for p in d["partitions"]),
+                )
+                for d in data["disks"]
+            ),
+            filesystems=tuple(Filesystem(**f) for f in data["filesystems"]),
+            volume_groups=tuple(
+                VolumeGroup(
+                    name=vg["name"],
+                    pvs=tuple(vg["pvs"]),
+                    lvs=tuple(LogicalVolume(**lv) for lv in vg["lvs"]),
+                )
+                for vg in data.get("volume_groups", ())
+            ),
+            files=files,
+            efi_loader=data.get("efi_loader"),
+            sources=tuple(seen) + tuple(source for _, source in files),
+        )
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise FixtureError(variant=variant, detail=f"bad recipe {path}: {exc!r}") from exc
+    _check_recipe(recipe)
+    return recipe
+
+
+def _check_recipe(recipe: Recipe) -> None:
+    def bad(detail: str) -> FixtureError:
+        return FixtureError(variant=recipe.variant, detail=f"bad recipe: {detail}")
+
+    if recipe.firmware not in ("bios", "uefi"):
+        raise bad(f"firmware {recipe.firmware!r}")
+    if recipe.bootloader not in ("grub-pc", "grub-efi"):
+        raise bad(f"bootloader {recipe.bootloader!r}")
+    if recipe.initramfs != "initramfs-tools":
+        raise bad(f"initramfs {recipe.initramfs!r} is not supported yet")
+    if recipe.firmware == "uefi" and not recipe.efi_loader:
+        raise bad("a uefi variant needs efi_loader (the boot entry's file path)")
+    for disk in recipe.disks:
+        if disk.table not in ("mbr", "gpt"):
+            raise bad(f"partition table {disk.table!r}")
+        for part in disk.partitions:
+            if part.type not in PARTITION_TYPES:
+                raise bad(f"partition type {part.type!r}")
+    if not any(fs.mountpoint == "/" for fs in recipe.filesystems):
+        raise bad("no file system is mounted on /")
+    for _, source in recipe.files:
+        if not source.is_file():
+            raise bad(f"missing file {source}")
+
+
+# --------------------------------------------------------------------------------------
+# Keys and cache layout
+
+
+def _digest(parts: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def recipe_key(recipe: Recipe, builder_source: Path | None = None) -> str:
+    """Hash of the variant's recipe files and of this builder: any edit means a rebuild."""
+    recipe_dir = recipe.sources[0].parent if recipe.sources else RECIPE_DIR
+    parts = [Path(builder_source or __file__).read_bytes()]
+    for source in sorted(set(recipe.sources)):
+        try:
+            name = str(source.relative_to(recipe_dir))
+        except ValueError:
+            name = source.name
+        parts += [name.encode(), source.read_bytes()]
+    return _digest(parts)
+
+
+def rootfs_key(recipe: Recipe) -> str:
+    """Hash of what mmdebstrap is asked for: suite, variant and the sorted package list."""
+    packages = sorted(p.encode() for p in recipe.packages)
+    return _digest([recipe.suite.encode(), b"minbase", *packages])
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("P2V_CACHE_DIR")
+    return Path(env) / "fixtures" if env else DEFAULT_CACHE_DIR
+
+
+def fixture_dir(variant: str, cache_dir: Path | None = None) -> Path:
+    """Where the current build of the variant lives (it may not be built yet)."""
+    recipe = load_recipe(variant)
+    return (cache_dir or default_cache_dir()) / f"{variant}-{recipe_key(recipe)}"
+
+
+def cached_fixture(variant: str, cache_dir: Path | None = None) -> FixtureImage | None:
+    """The built fixture if it is current, else None (nothing is built)."""
+    meta = fixture_dir(variant, cache_dir) / FIXTURE_JSON
+    return FixtureImage.from_json(meta.read_text()) if meta.is_file() else None
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _remove_stale(cache_dir: Path, variant: str, keep: Path) -> None:
+    """Drop older builds (and leftover temp dirs) of this variant; call under its lock."""
+    for pattern in (f"{variant}-*", f".{variant}-*.tmp"):
+        for path in cache_dir.glob(pattern):
+            if path != keep and (path.is_dir() or path.suffix == ".tmp"):
+                # Names are <variant>-<16 hex>: don't touch "bios-xfs-..." when cleaning "bios".
+                stem = path.name.lstrip(".").removesuffix(".tmp").split(".")[0]
+                rest = stem[len(variant) + 1 :]
+                if len(rest) == 16 and all(c in "0123456789abcdef" for c in rest):
+                    log.info("removing stale fixture build %s", path)
+                    _remove(path)
+
+
+# --------------------------------------------------------------------------------------
+# Public API
+
+
+def build_fixture(
+    variant: str,
+    cache_dir: Path | None = None,
+    progress: Progress = _log_progress,
+) -> FixtureImage:
+    """Return the variant's fixture, building it first unless the cached one is current."""
+    recipe = load_recipe(variant)
+    cache = cache_dir or default_cache_dir()
+    key = recipe_key(recipe)
+    final = cache / f"{variant}-{key}"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FixtureError(variant=variant, detail=f"cannot create {cache}: {exc}") from exc
+    with _locked(cache / f".{variant}.lock"):
+        meta = final / FIXTURE_JSON
+        if meta.is_file():
+            progress(f"{variant}: cached at {final}")
+            return FixtureImage.from_json(meta.read_text())
+        started = time.monotonic()
+        work = Path(tempfile.mkdtemp(prefix=f".{variant}-{key}.", suffix=".tmp", dir=cache))
+        os.chmod(work, 0o755)
+        try:
+            image = _build(recipe, work, final, cache, progress)
+            os.rename(work, final)
+        except FixtureError:
+            _remove(work)
+            raise
+        except (P2VError, OSError, RuntimeError) as exc:
+            _remove(work)
+            raise FixtureError(variant=variant, detail=str(exc)) from exc
+        except BaseException:
+            _remove(work)
+            raise
+        _remove_stale(cache, variant, keep=final)
+        progress(f"{variant}: built in {time.monotonic() - started:.0f} s at {final}")
+        return image
+
+
+# --------------------------------------------------------------------------------------
+# Stage 1: the root file system tarball (mmdebstrap)
+
+
+def _apt_sources(suite: str) -> list[str]:
+    """The host's apt source files that serve the suite, passed to mmdebstrap as MIRRORs.
+
+    Keeps mirror names out of the repository: the fixture uses whatever this host uses.
+    """
+    candidates = ["/etc/apt/sources.list"]
+    candidates += sorted(glob.glob("/etc/apt/sources.list.d/*.list"))
+    candidates += sorted(glob.glob("/etc/apt/sources.list.d/*.sources"))
+    found = []
+    for candidate in candidates:
+        try:
+            text = Path(candidate).read_text()
+        except OSError:
+            continue
+        lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        if any(suite in line for line in lines):
+            found.append(candidate)
+    return found
+
+
+def _rootfs_tarball(recipe: Recipe, cache: Path, progress: Progress) -> Path:
+    store = cache / "rootfs"
+    store.mkdir(parents=True, exist_ok=True)
+    key = rootfs_key(recipe)
+    tarball = store / f"{recipe.variant}-{recipe.suite}-{key}.tar"
+    with _locked(store / f".{recipe.variant}.lock"):
+        if tarball.is_file():
+            progress(f"{recipe.variant}: root file system tarball cached ({tarball.name})")
+            return tarball
+        progress(f"{recipe.variant}: mmdebstrap {recipe.suite} ({len(recipe.packages)} packages)")
+        started = time.monotonic()
+        partial = tarball.with_name(f".{tarball.name}.{os.getpid()}.tmp")
+        try:
+            runner.run(
+                [
+                    "mmdebstrap",
+                    "--variant=minbase",
+                    "--mode=root",
+                    "--format=tar",
+                    "--include=" + ",".join(recipe.packages),
+                    "--aptopt=Acquire::Languages \"none\"",
+                    recipe.suite,
+                    partial,
+                    *_apt_sources(recipe.suite),
+                ],
+                timeout=3600,
+            )
+            os.rename(partial, tarball)
+        finally:
+            partial.unlink(missing_ok=True)
+        for old in store.glob(f"{recipe.variant}-*.tar"):
+            if old != tarball and old.name.count("-") == tarball.name.count("-"):
+                old.unlink(missing_ok=True)
+        progress(f"{recipe.variant}: mmdebstrap took {time.monotonic() - started:.0f} s")
+        return tarball
+
+
+# --------------------------------------------------------------------------------------
+# Stage 2: configure the tree on the host
+
+
+def _interfaces(recipe: Recipe) -> str:
+    return (
+        "# The loopback network interface\n"
+        "auto lo\n"
+        "iface lo inet loopback\n\n"
+        "# The primary network interface\n"
+        f"auto {recipe.nic_name}\n"
+        f"iface {recipe.nic_name} inet static\n"
+        f"    address {recipe.address}\n"
+        f"    gateway {recipe.gateway}\n"
+    )
+
+
+def _persistent_net_rule(recipe: Recipe) -> str:
+    return (
+        "# This file was automatically generated by the /lib/udev/write_net_rules\n"
+        "# program, run by the persistent-net-generator.rules rules file.\n\n"
+        "# PCI device (e1000e)\n"
+        'SUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", '
+        f'ATTR{{address}}=="{recipe.mac}", ATTR{{dev_id}}=="0x0", ATTR{{type}}=="1", '
+        f'KERNEL=="eth*", NAME="{recipe.nic_name}"\n'
+    )
+
+
+def fstab_text(recipe: Recipe, uuids: dict[str, str]) -> str:
+    """The guest's /etc/fstab; entries asking for a UUID not in `uuids` are left out."""
+    lines = ["# /etc/fstab: static file system information.", "#",
+             "# <file system> <mount point>   <type>  <options>       <dump>  <pass>"]
+    ordered = sorted(
+        recipe.filesystems, key=lambda f: (f.type == "swap", len(f.mountpoint or ""))
+    )
+    for fs in ordered:
+        if fs.fstab.upper() == "UUID":
+            if fs.device not in uuids:
+                continue
+            spec = f"UUID={uuids[fs.device]}"
+        else:
+            spec = fs.fstab
+        if fs.type == "swap":
+            lines.append(f"{spec} none swap sw 0 0")
+            continue
+        mountpoint = fs.mountpoint or "none"
+        if fs.options:
+            options = fs.options
+        elif mountpoint == "/":
+            options = "errors=remount-ro"
+        elif fs.type == "vfat":
+            options = "umask=0077"
+        else:
+            options = "defaults"
+        passno = 1 if mountpoint == "/" or fs.type == "vfat" else 2
+        lines.append(f"{spec} {mountpoint} {fs.type} {options} 0 {passno}")
+    return "\n".join(lines) + "\n"
+
+
+def _write(root: Path, guest_path: str, text: str, mode: int = 0o644) -> None:
+    target = root / guest_path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    target.write_text(text)
+    os.chmod(target, mode)
+
+
+def _set_initramfs_conf(root: Path, recipe: Recipe) -> None:
+    conf = root / "etc/initramfs-tools/initramfs.conf"
+    lines = conf.read_text().splitlines()
+    lines = ["MODULES=list" if line.startswith("MODULES=") else line for line in lines]
+    conf.write_text("\n".join(lines) + "\n")
+    _write(
+        root,
+        "/etc/initramfs-tools/modules",
+        "# Storage drivers of the physical server (SATA/AHCI) and its root file system.\n"
+        + "".join(f"{module}\n" for module in recipe.initramfs_modules),
+    )
+    _write(root, "/etc/initramfs-tools/conf.d/resume", "RESUME=none\n")
+
+
+def _host_keys(root: Path, hostname: str) -> str:
+    ssh_dir = root / "etc/ssh"
+    for old in ssh_dir.glob("ssh_host_*"):
+        old.unlink()
+    for kind, extra in (("ed25519", []), ("ecdsa", []), ("rsa", ["-b", "3072"])):
+        runner.run(
+            ["ssh-keygen", "-q", "-t", kind, *extra, "-N", "", "-C", f"root@{hostname}",
+             "-f", ssh_dir / f"ssh_host_{kind}_key"]
+        )
+    return (ssh_dir / "ssh_host_ed25519_key.pub").read_text().strip()
+
+
+def _configure_tree(recipe: Recipe, root: Path, client_public_key: str) -> str:
+    """Write the server's identity and configuration; return its ed25519 host key line."""
+    _write(root, "/etc/hostname", f"{recipe.hostname}\n")
+    _write(
+        root,
+        "/etc/hosts",
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{recipe.hostname}\n\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    )
+    _write(root, "/etc/network/interfaces", _interfaces(recipe))
+    if recipe.pin_nic_name:
+        _write(root, "/etc/udev/rules.d/70-persistent-net.rules", _persistent_net_rule(recipe))
+    for guest_path, source in recipe.files:
+        _write(root, guest_path, source.read_text())
+    _write(root, "/etc/fstab", fstab_text(recipe, {}))
+    ssh_root = root / "root/.ssh"
+    ssh_root.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(ssh_root, 0o700)
+    _write(root, "/root/.ssh/authorized_keys", client_public_key.strip() + "\n", 0o600)
+    runner.run(["chroot", root, "chpasswd"], input=f"root:{recipe.root_password}\n")
+    host_key = _host_keys(root, recipe.hostname)
+    _set_initramfs_conf(root, recipe)
+    return host_key
+
+
+def _build_initramfs(recipe: Recipe, root: Path) -> None:
+    runner.run(["chroot", root, "update-initramfs", "-u", "-k", "all"], timeout=900)
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if not initrds:
+        raise FixtureError(variant=recipe.variant, detail="update-initramfs made no initrd")
+    for initrd in initrds:
+        listing = runner.run(["chroot", root, "lsinitramfs", f"/boot/{initrd.name}"]).stdout
+        modules = {Path(line).name.split(".ko")[0] for line in listing.splitlines()
+                   if ".ko" in line}
+        wanted = {m.replace("-", "_") for m in recipe.initramfs_modules}
+        have = {m.replace("-", "_") for m in modules}
+        if missing := wanted - have:
+            raise FixtureError(
+                variant=recipe.variant, detail=f"{initrd.name} lacks {sorted(missing)}"
+            )
+        if virtio := sorted(m for m in have if m.startswith("virtio")):
+            raise FixtureError(variant=recipe.variant, detail=f"{initrd.name} has {virtio}")
+
+
+def _stage_tree(
+    recipe: Recipe, base: Path, work: Path, client_public_key: str, progress: Progress
+) -> tuple[Path, str]:
+    """Unpack, configure and re-pack the root file system; return (tarball, host key)."""
+    root = work / "rootfs"
+    root.mkdir()
+    try:
+        tar_opts = ["--numeric-owner", "--xattrs", "--xattrs-include=*"]
+        runner.run(["tar", "-C", root, *tar_opts, "-xpf", base], timeout=900)
+        progress(f"{recipe.variant}: configuring the tree, rebuilding the initramfs (host)")
+        host_key = _configure_tree(recipe, root, client_public_key)
+        _build_initramfs(recipe, root)
+        tarball = work / "rootfs.tar"
+        runner.run(["tar", "-C", root, *tar_opts, "-cpf", tarball, "."], timeout=900)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return tarball, host_key
+
+
+# --------------------------------------------------------------------------------------
+# Stage 3: disks, in the appliance
+
+
+def partition_bounds(
+    sizes_mib: list[int], total_sectors: int, table: str
+) -> list[tuple[int, int]]:
+    """(start, end) sectors of each partition, 1 MiB aligned; size 0 takes the rest."""
+    last_usable = total_sectors - (34 if table == "gpt" else 1)
+    bounds = []
+    start = ALIGN_SECTORS
+    for size in sizes_mib:
+        if size:
+            end = start + size * ALIGN_SECTORS - 1
+        else:
+            end = (last_usable + 1) // ALIGN_SECTORS * ALIGN_SECTORS - 1
+        if end > last_usable or end <= start:
+            raise ValueError(f"partitions {sizes_mib} MiB do not fit in {total_sectors} sectors")
+        bounds.append((start, end))
+        start = end + 1
+    return bounds
+
+
+def _disk_device(index: int) -> str:
+    return f"/dev/sd{chr(ord('a') + index)}"
+
+
+def _layout(s: GuestSession, recipe: Recipe) -> None:
+    for index, disk in enumerate(recipe.disks):
+        dev = _disk_device(index)
+        table = "msdos" if disk.table == "mbr" else "gpt"
+        s.call(f"partitioning {dev}", "part_init", dev, table)
+        total = int(s.call(f"sizing {dev}", "blockdev_getsz", dev))
+        bounds = partition_bounds([p.size_mib for p in disk.partitions], total, disk.table)
+        for number, (part, (start, end)) in enumerate(zip(disk.partitions, bounds, strict=True), 1):
+            s.call(f"adding partition {number} on {dev}", "part_add", dev, "p", start, end)
+            mbr_id, gpt_guid = PARTITION_TYPES[part.type]
+            if disk.table == "gpt":
+                s.call("setting a partition type", "part_set_gpt_type", dev, number, gpt_guid)
+            else:
+                s.call("setting a partition type", "part_set_mbr_id", dev, number, mbr_id)
+                if part.bootable:
+                    s.call("setting the boot flag", "part_set_bootable", dev, number, True)
+    for vg in recipe.volume_groups:
+        for pv in vg.pvs:
+            s.call(f"creating PV {pv}", "pvcreate", pv)
+        s.call(f"creating VG {vg.name}", "vgcreate", vg.name, list(vg.pvs))
+        for lv in vg.lvs:
+            if lv.size_mib:
+                s.call(f"creating LV {lv.name}", "lvcreate", lv.name, vg.name, lv.size_mib)
+            else:
+                s.call(f"creating LV {lv.name}", "lvcreate_free", lv.name, vg.name, 100)
+    for fs in recipe.filesystems:
+        if fs.type == "swap":
+            s.call(f"mkswap {fs.device}", "mkswap", fs.device)
+        else:
+            s.call(f"mkfs {fs.type} {fs.device}", "mkfs", fs.type, fs.device)
+
+
+def _mount_all(s: GuestSession, recipe: Recipe, unix: bool) -> None:
+    mounted = sorted(
+        (fs for fs in recipe.filesystems
+         if fs.mountpoint and (fs.type not in NON_UNIX_FS) == unix),
+        key=lambda fs: len(fs.mountpoint or ""),
+    )
+    for fs in mounted:
+        assert fs.mountpoint is not None
+        if fs.mountpoint != "/":
+            s.call(f"creating {fs.mountpoint}", "mkdir_p", fs.mountpoint)
+        s.call(f"mounting {fs.device} on {fs.mountpoint}", "mount", fs.device, fs.mountpoint)
+
+
+def _guest_command(s: GuestSession, argv: list[str]) -> str:
+    """Run one of the guest's own programs, chrooted in it (slow under TCG)."""
+    return str(s.call(f"running {' '.join(argv)} in the guest", "command", argv))
+
+
+def _install_bootloader(s: GuestSession, recipe: Recipe) -> None:
+    if recipe.bootloader == "grub-pc":
+        _guest_command(s, ["grub-install", "--target=i386-pc", _disk_device(0)])
+    else:
+        _guest_command(
+            s,
+            ["grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
+             "--bootloader-id=debian", "--no-nvram", "--no-uefi-secure-boot"],
+        )
+    _guest_command(s, ["update-grub"])
+
+
+def _check_disk(s: GuestSession, recipe: Recipe) -> None:
+    def fail(detail: str) -> FixtureError:
+        return FixtureError(variant=recipe.variant, detail=detail)
+
+    grub_cfg = s.read_text("/boot/grub/grub.cfg")
+    if f"root={recipe.root_device} " not in grub_cfg:
+        raise fail(f"grub.cfg does not boot root={recipe.root_device}")
+    for unwanted in ("/dev/loop", "console=ttyS", "/dev/vd"):
+        if unwanted in grub_cfg:
+            raise fail(f"grub.cfg mentions {unwanted}")
+    if recipe.bootloader == "grub-efi":
+        assert recipe.efi_loader is not None
+        loader = "/boot/efi" + recipe.efi_loader.replace("\\", "/")
+        if not s.exists(loader):
+            raise fail(f"grub-install left no {loader}")
+        if s.exists("/boot/efi/EFI/BOOT"):
+            raise fail("a removable-media fallback loader (/EFI/BOOT) was installed")
+
+
+def _make_disks(
+    recipe: Recipe, disks: list[Path], tarball: Path, progress: Progress
+) -> None:
+    for disk, spec in zip(disks, recipe.disks, strict=True):
+        with open(disk, "wb") as handle:  # raw and sparse
+            handle.truncate(spec.size_mib * 1024 * 1024)
+    progress(f"{recipe.variant}: partitioning and unpacking in the appliance")
+    with open_guest(disks, fmt="raw", memsize=1024) as s:
+        _layout(s, recipe)
+        _mount_all(s, recipe, unix=True)
+        s.call("unpacking the root file system", "tar_in", str(tarball), "/",
+               xattrs=True, acls=True)
+        _mount_all(s, recipe, unix=False)
+        uuids = {
+            fs.device: str(s.call(f"reading the UUID of {fs.device}", "vfs_uuid", fs.device))
+            for fs in recipe.filesystems
+        }
+        s.write_text("/etc/fstab", fstab_text(recipe, uuids), mode=0o644)
+        progress(f"{recipe.variant}: grub-install and update-grub in the guest (slow under TCG)")
+        _install_bootloader(s, recipe)
+        _check_disk(s, recipe)
+        s.call("syncing", "sync")
+
+
+def _virt_fw_vars() -> str:
+    beside = Path(sys.executable).parent / "virt-fw-vars"
+    return str(beside) if beside.exists() else runner.which("virt-fw-vars")
+
+
+def _make_nvram(recipe: Recipe, dest: Path) -> None:
+    assert recipe.efi_loader is not None
+    if not OVMF_VARS_TEMPLATE.is_file():
+        raise FixtureError(variant=recipe.variant, detail=f"{OVMF_VARS_TEMPLATE} missing")
+    runner.run(
+        [_virt_fw_vars(), "--input", OVMF_VARS_TEMPLATE, "--output", dest,
+         "--append-boot-filepath", recipe.efi_loader]
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The whole build
+
+
+def _build(
+    recipe: Recipe, work: Path, final: Path, cache: Path, progress: Progress
+) -> FixtureImage:
+    base = _rootfs_tarball(recipe, cache, progress)
+    key = work / "id_ed25519"
+    runner.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                f"p2v-testbed@{recipe.hostname}", "-f", key])
+    os.chmod(key, 0o600)
+    tarball, host_key = _stage_tree(
+        recipe, base, work, (work / "id_ed25519.pub").read_text(), progress
+    )
+    disks = [work / f"disk{index}.raw" for index in range(len(recipe.disks))]
+    try:
+        _make_disks(recipe, disks, tarball, progress)
+    finally:
+        tarball.unlink(missing_ok=True)
+    nvram = None
+    if recipe.firmware == "uefi":
+        _make_nvram(recipe, work / "nvram.fd")
+        nvram = final / "nvram.fd"
+    image = FixtureImage(
+        variant=recipe.variant,
+        directory=final,
+        disks=tuple(final / d.name for d in disks),
+        firmware=recipe.firmware,
+        nvram=nvram,
+        hostname=recipe.hostname,
+        nic_name=recipe.nic_name,
+        mac=recipe.mac,
+        address=recipe.address,
+        gateway=recipe.gateway,
+        root_password=recipe.root_password,
+        ssh_private_key=final / "id_ed25519",
+        host_public_key=host_key,
+        root_device=recipe.root_device,
+    )
+    (work / FIXTURE_JSON).write_text(image.to_json() + "\n")  # written last: marks it complete
+    return image
+
+
+# --------------------------------------------------------------------------------------
+# Command line: python -m p2v.testbed.fixtures build|path|list
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m p2v.testbed.fixtures",
+        description="Build and locate the test bed's fixture images (legacy physical servers).",
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="default: $P2V_CACHE_DIR/fixtures or /var/cache/p2v/fixtures")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build (or reuse) fixtures; print each fixture.json path")
+    build.add_argument("variants", nargs="+", metavar="VARIANT")
+    path = sub.add_parser("path", help="print the current fixture.json path (exit 1 if unbuilt)")
+    path.add_argument("variant", metavar="VARIANT")
+    show = sub.add_parser("show", help="print the current fixture.json (exit 1 if unbuilt)")
+    show.add_argument("variant", metavar="VARIANT")
+    sub.add_parser("list", help="list the variants")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        if args.command == "list":
+            print("\n".join(variants()))
+        elif args.command == "build":
+            for variant in args.variants:
+                image = build_fixture(variant, args.cache_dir, progress=say)
+                print(image.directory / FIXTURE_JSON)
+        else:
+            variant = cast(str, args.variant)
+            image_or_none = cached_fixture(variant, args.cache_dir)
+            if image_or_none is None:
+                say(f"{variant}: not built (run: python -m p2v.testbed.fixtures build {variant})")
+                return 1
+            if args.command == "path":
+                print(image_or_none.directory / FIXTURE_JSON)
+            else:
+                print(image_or_none.to_json())
+    except P2VError as exc:
+        say(f"error: {exc.message}")
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Pure logic of the fixture builder: recipes, cache keys, partition maths, fstab, staleness."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from p2v.errors import FixtureError
+from p2v.testbed import fixtures
+from p2v.testbed.fixtures import (
+    ALIGN_SECTORS,
+    fstab_text,
+    load_recipe,
+    partition_bounds,
+    recipe_key,
+    rootfs_key,
+    variants,
+)
+
+REPO_RECIPES = Path(__file__).resolve().parents[2] / "fixtures"
+
+
+@pytest.fixture()
+def recipes(tmp_path: Path) -> Path:
+    """A private copy of the repo's recipes, safe to edit."""
+    target = tmp_path / "fixtures"
+    shutil.copytree(REPO_RECIPES, target)
+    return target
+
+
+def test_variants_lists_the_toml_files_only() -> None:
+    assert {"bios", "uefi"} <= set(variants(REPO_RECIPES))
+    assert "common" not in variants(REPO_RECIPES)
+
+
+def test_bios_recipe_identity() -> None:
+    recipe = load_recipe("bios", REPO_RECIPES)
+    assert recipe.firmware == "bios"
+    assert recipe.hostname == "p2v-bios"
+    assert recipe.mac == "52:54:00:b1:05:01"
+    assert recipe.nic_name == "eth0" and recipe.pin_nic_name
+    assert recipe.root_device == "/dev/sda1"
+    assert "grub-pc" in recipe.packages and "openssh-server" in recipe.packages
+    assert not any("virtio" in m for m in recipe.initramfs_modules)
+    assert {"ahci", "sd_mod", "ext4"} <= set(recipe.initramfs_modules)
+
+
+def test_uefi_recipe_extends_common_lists() -> None:
+    recipe = load_recipe("uefi", REPO_RECIPES)
+    assert recipe.firmware == "uefi"
+    assert recipe.nic_name == "enp0s25" and not recipe.pin_nic_name
+    assert {"grub-efi-amd64", "lvm2", "linux-image-amd64"} <= set(recipe.packages)
+    assert "grub-pc" not in recipe.packages
+    assert "dm_mod" in recipe.initramfs_modules and "ahci" in recipe.initramfs_modules
+    assert recipe.efi_loader == "\\EFI\\debian\\grubx64.efi"
+    assert recipe.volume_groups[0].name == "vg0"
+
+
+def test_unknown_variant_is_a_fixture_error(recipes: Path) -> None:
+    with pytest.raises(FixtureError, match="no recipe"):
+        load_recipe("nope", recipes)
+
+
+def test_key_is_stable(recipes: Path) -> None:
+    assert recipe_key(load_recipe("bios", recipes)) == recipe_key(load_recipe("bios", recipes))
+
+
+def test_key_changes_when_the_variant_recipe_changes(recipes: Path) -> None:
+    before = recipe_key(load_recipe("bios", recipes))
+    path = recipes / "bios.toml"
+    path.write_text(path.read_text().replace('hostname = "p2v-bios"', 'hostname = "other"'))
+    assert recipe_key(load_recipe("bios", recipes)) != before
+
+
+def test_key_changes_when_a_shared_snippet_changes(recipes: Path) -> None:
+    before = {v: recipe_key(load_recipe(v, recipes)) for v in ("bios", "uefi")}
+    grub = recipes / "shared" / "default-grub"
+    grub.write_text(grub.read_text() + "GRUB_TIMEOUT=9\n")
+    after = {v: recipe_key(load_recipe(v, recipes)) for v in ("bios", "uefi")}
+    assert before["bios"] != after["bios"] and before["uefi"] != after["uefi"]
+
+
+def test_key_ignores_other_variants(recipes: Path) -> None:
+    before = recipe_key(load_recipe("bios", recipes))
+    path = recipes / "uefi.toml"
+    path.write_text(path.read_text() + "\n# a comment\n")
+    assert recipe_key(load_recipe("bios", recipes)) == before
+
+
+def test_key_changes_with_the_builder_source(recipes: Path, tmp_path: Path) -> None:
+    recipe = load_recipe("bios", recipes)
+    builder = tmp_path / "builder.py"
+    builder.write_text("one")
+    first = recipe_key(recipe, builder)
+    builder.write_text("two")
+    assert recipe_key(recipe, builder) != first
+
+
+def test_rootfs_key_depends_on_packages_only(recipes: Path) -> None:
+    recipe = load_recipe("bios", recipes)
+    before = rootfs_key(recipe)
+    path = recipes / "bios.toml"
+    path.write_text(path.read_text().replace('"p2v-bios"', '"renamed"'))
+    assert rootfs_key(load_recipe("bios", recipes)) == before
+    path.write_text(path.read_text().replace('packages = ["grub-pc"]',
+                                             'packages = ["grub-pc", "less"]'))
+    assert rootfs_key(load_recipe("bios", recipes)) != before
+
+
+def test_partition_bounds_are_aligned_and_fill_the_disk() -> None:
+    total = 2048 * 1024 * 2  # 2 GiB in sectors
+    bounds = partition_bounds([1536, 0], total, "mbr")
+    assert bounds[0] == (ALIGN_SECTORS, ALIGN_SECTORS + 1536 * ALIGN_SECTORS - 1)
+    assert bounds[1][0] == bounds[0][1] + 1
+    assert bounds[1][1] == total - 1
+    gpt = partition_bounds([128, 320, 0], total, "gpt")
+    assert all(start % ALIGN_SECTORS == 0 for start, _ in gpt)
+    assert gpt[-1][1] <= total - 34
+
+
+def test_partition_bounds_reject_overflow() -> None:
+    with pytest.raises(ValueError):
+        partition_bounds([4096], 2048 * 1024 * 2, "mbr")
+
+
+def test_fstab_names_devices_and_uuids() -> None:
+    recipe = load_recipe("uefi", REPO_RECIPES)
+    text = fstab_text(recipe, {"/dev/sda2": "1234-uuid", "/dev/sda1": "ABCD-EF01"})
+    lines = [line.split() for line in text.splitlines() if not line.startswith("#")]
+    assert ["/dev/mapper/vg0-root", "/", "ext4", "errors=remount-ro", "0", "1"] in lines
+    assert ["UUID=1234-uuid", "/boot", "ext4", "defaults", "0", "2"] in lines
+    assert ["UUID=ABCD-EF01", "/boot/efi", "vfat", "umask=0077", "0", "1"] in lines
+    assert ["/dev/mapper/vg0-swap", "none", "swap", "sw", "0", "0"] in lines
+    # Without the UUIDs (host stage), those entries are left out.
+    assert "UUID=" not in fstab_text(recipe, {})
+
+
+def test_bios_fstab_uses_sda_names() -> None:
+    text = fstab_text(load_recipe("bios", REPO_RECIPES), {})
+    assert "/dev/sda1 / ext4" in text and "/dev/sda2 none swap" in text
+    assert "UUID" not in text
+
+
+def test_remove_stale_keeps_current_and_other_variants(tmp_path: Path) -> None:
+    current = tmp_path / "bios-0123456789abcdef"
+    old = tmp_path / "bios-fedcba9876543210"
+    temp = tmp_path / ".bios-aaaaaaaaaaaaaaaa.x1y2z3.tmp"
+    other = tmp_path / "bios-xfs-0123456789abcdef"
+    for path in (current, old, temp, other):
+        path.mkdir()
+    fixtures._remove_stale(tmp_path, "bios", keep=current)
+    assert current.exists() and other.exists()
+    assert not old.exists() and not temp.exists()
+
+
+def test_cached_fixture_is_none_when_unbuilt(tmp_path: Path) -> None:
+    assert fixtures.cached_fixture("bios", tmp_path) is None
+
+
+def test_include_loop_is_reported(recipes: Path) -> None:
+    (recipes / "loop.toml").write_text('include = ["loop.toml"]\n')
+    with pytest.raises(FixtureError, match="include loop"):
+        load_recipe("loop", recipes)
