@@ -396,6 +396,8 @@ def _rootfs_tarball(recipe: Recipe, cache: Path, progress: Progress) -> Path:
         if tarball.is_file():
             progress(f"{recipe.variant}: root file system tarball cached ({tarball.name})")
             return tarball
+        for leftover in store.glob(f".{recipe.variant}-*.tmp"):  # from a killed build
+            leftover.unlink(missing_ok=True)
         progress(f"{recipe.variant}: mmdebstrap {recipe.suite} ({len(recipe.packages)} packages)")
         started = time.monotonic()
         partial = tarball.with_name(f".{tarball.name}.{os.getpid()}.tmp")
