@@ -93,3 +93,41 @@ class DefineFailed(P2VError):
 
 class StartFailed(P2VError):
     """domain {name!r} is defined but did not start: {detail}; start it with `virsh -c {uri} start {name}`"""  # noqa: E501
+
+
+class SourceSpecError(UsageError):
+    """bad SOURCE {source!r}: {detail} (want ssh://[user@]host[:port] or an ssh_config Host alias)"""  # noqa: E501
+
+
+class HostKeyError(P2VError):
+    """{detail}"""
+
+    exit_code = ExitCode.HOST_KEY
+
+
+class HostKeyUnknown(HostKeyError):
+    """the host key of {host} is not known ({key_type} {fingerprint}); if that is the server's key, rerun with --accept-new-host-key to record it in {known_hosts}"""  # noqa: E501
+
+
+class HostKeyChanged(HostKeyError):
+    """the host key of {host} has CHANGED ({key_type} {fingerprint}, {known_hosts} holds another key): refusing to connect; if the server really was reinstalled, remove its old entry with `ssh-keygen -f {known_hosts} -R '{pattern}'`"""  # noqa: E501
+
+
+class SshUnreachable(P2VError):
+    """cannot reach {host} port {port}: {detail}"""
+
+
+class SshAuthFailed(P2VError):
+    """{user}@{host} refused the login: {detail}; pass --identity FILE, load the key into ssh-agent, or set IdentityFile in ~/.ssh/config"""  # noqa: E501
+
+
+class SshFailed(P2VError):
+    """SSH to {host} failed: {detail}"""
+
+
+class SudoFailed(P2VError):
+    """sudo on {host} as {user} failed: {detail}; log in as root, or give the password in P2V_SUDO_PASSWORD or at the prompt"""  # noqa: E501
+
+
+class RemoteCommandFailed(P2VError):
+    """command `{command}` on {host} failed with exit code {returncode}: {stderr_tail}"""

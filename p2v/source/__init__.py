@@ -1,0 +1,1 @@
+"""Reading the source server: SSH connection, inventory, extents."""

@@ -1,0 +1,536 @@
+"""The SSH connection to a source server: the only module that imports paramiko.
+
+Everything p2v does on a source goes through `SshSource`: commands are argv lists quoted
+with shlex.join (the remote side runs them through the login user's shell), host keys are
+checked strictly against known_hosts, and a non-root login runs each command under sudo with
+the password sent on stdin, never on a command line and never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import shlex
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import paramiko
+
+from p2v.errors import (
+    HostKeyChanged,
+    HostKeyUnknown,
+    RemoteCommandFailed,
+    SourceSpecError,
+    SshAuthFailed,
+    SshFailed,
+    SshUnreachable,
+    SudoFailed,
+)
+
+log = logging.getLogger(__name__)
+
+SUDO_PASSWORD_ENV = "P2V_SUDO_PASSWORD"
+DEFAULT_SSH_CONFIG = Path("~/.ssh/config")
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+CONNECT_TIMEOUT = 15.0
+# A ProxyJump chain longer than this is most likely a loop in ssh_config.
+_MAX_JUMPS = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# SOURCE parsing
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and as whom to log in, after ssh_config was applied.
+
+    `name` is what the user typed (URL host or Host alias); `host` the address to connect to
+    (ssh_config HostName); `jump` the ProxyJump hops, outermost first.
+    """
+
+    name: str
+    host: str
+    port: int = 22
+    user: str = "root"
+    identity_files: tuple[Path, ...] = ()
+    jump: tuple[SshTarget, ...] = ()
+    known_hosts_files: tuple[Path, ...] = ()
+
+    @property
+    def known_hosts_pattern(self) -> str:
+        """How known_hosts names this server: host, or [host]:port off port 22."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}")
+
+
+def _load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
+    config_path = (path or DEFAULT_SSH_CONFIG).expanduser()
+    if path is not None and not config_path.is_file():
+        raise SourceSpecError(source=str(path), detail="ssh config file not found")
+    if not config_path.is_file():
+        return paramiko.SSHConfig()
+    try:
+        return paramiko.SSHConfig.from_path(str(config_path))
+    except (OSError, ValueError, paramiko.SSHException) as exc:
+        raise SourceSpecError(source=str(config_path), detail=f"unreadable ssh config: {exc}"
+                              ) from None
+
+
+def _port(text: str, source: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise SourceSpecError(source=source, detail=f"port {text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise SourceSpecError(source=source, detail=f"port {port} is out of range")
+    return port
+
+
+def _split_source(source: str) -> tuple[str | None, str, int | None]:
+    """(user, host, port) of `ssh://[user@]host[:port]`, `[user@]host[:port]` or an alias."""
+    text = source.strip()
+    if not text:
+        raise SourceSpecError(source=source, detail="it is empty")
+    if "://" in text:
+        url = urlsplit(text)
+        if url.scheme != "ssh":
+            raise SourceSpecError(source=source, detail=f"scheme {url.scheme!r} is not ssh")
+        if url.path not in ("", "/") or url.query or url.fragment:
+            raise SourceSpecError(source=source, detail="a source has no path or query")
+        if url.password is not None:
+            raise SourceSpecError(source=source,
+                                  detail="passwords do not belong in SOURCE; use keys or agent")
+        try:
+            port = url.port
+        except ValueError as exc:
+            raise SourceSpecError(source=source, detail=str(exc)) from None
+        if not url.hostname:
+            raise SourceSpecError(source=source, detail="no host")
+        return url.username or None, url.hostname, port
+    user: str | None = None
+    if "@" in text:
+        user, text = text.rsplit("@", 1)
+        if not user:
+            raise SourceSpecError(source=source, detail="empty user name")
+    port_value: int | None = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise SourceSpecError(source=source, detail="unbalanced [")
+        if rest:
+            if not rest.startswith(":"):
+                raise SourceSpecError(source=source, detail=f"junk after ]: {rest!r}")
+            port_value = _port(rest[1:], source)
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+        port_value = _port(port_text, source)
+    else:
+        host = text
+    if not host or any(c.isspace() for c in host) or host.startswith("-"):
+        raise SourceSpecError(source=source, detail=f"not a host name: {host!r}")
+    return user, host, port_value
+
+
+def parse_source(
+    source: str,
+    *,
+    ssh_config: Path | None = None,
+    identity: Path | None = None,
+    _config: paramiko.SSHConfig | None = None,
+    _depth: int = 0,
+) -> SshTarget:
+    """Turn SOURCE into an SshTarget, applying ~/.ssh/config (or `ssh_config`).
+
+    Values in SOURCE win over ssh_config (as with OpenSSH); `identity` replaces the
+    IdentityFile list. The login user defaults to root: p2v reads block devices.
+    """
+    if _depth > _MAX_JUMPS:
+        raise SourceSpecError(source=source, detail="ProxyJump chain too long (a loop?)")
+    config = _config if _config is not None else _load_ssh_config(ssh_config)
+    user, name, port = _split_source(source)
+    entry = config.lookup(name)
+    host = str(entry.get("hostname", name))
+    if port is None:
+        port = _port(str(entry.get("port", 22)), source)
+    user = user or entry.get("user") or "root"
+    if identity is not None:
+        identities: tuple[Path, ...] = (identity,)
+    else:
+        identities = tuple(Path(p).expanduser() for p in entry.get("identityfile", []))
+    known = tuple(Path(p).expanduser()
+                  for p in str(entry.get("userknownhostsfile", "")).split() if p != "none")
+    jumps: list[SshTarget] = []
+    proxy_jump = str(entry.get("proxyjump", "")).strip()
+    if proxy_jump and proxy_jump.lower() != "none":
+        for hop in proxy_jump.split(","):
+            jumps.append(parse_source(hop.strip(), _config=config, _depth=_depth + 1))
+    return SshTarget(name=name, host=host, port=port, user=str(user), identity_files=identities,
+                     jump=tuple(jumps), known_hosts_files=known)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host keys
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The key's fingerprint as OpenSSH prints it: SHA256:base64, unpadded."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class _StrictPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuse an unknown host (naming its fingerprint), or record it when allowed to."""
+
+    def __init__(self, target: SshTarget, known_hosts: Path, accept_new: bool) -> None:
+        self.target = target
+        self.known_hosts = known_hosts
+        self.accept_new = accept_new
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        if not self.accept_new:
+            raise HostKeyUnknown(host=self.target.known_hosts_pattern,
+                                 key_type=key.get_name(), fingerprint=fingerprint(key),
+                                 known_hosts=self.known_hosts)
+        # Appended, not rewritten: paramiko's save() would drop comments and markers.
+        self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self.known_hosts.open("a") as out:
+            out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        log.warning("recorded the host key of %s (%s %s) in %s", hostname, key.get_name(),
+                    fingerprint(key), self.known_hosts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The connection
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    command: str
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", errors="replace")
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    rest = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(rest[-lines:]) or "(no output)"
+
+
+@dataclass
+class SshOptions:
+    """How to connect: the CLI's --identity, --known-hosts, --accept-new-host-key, sudo."""
+
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+    ssh_config: Path | None = None
+    use_agent: bool = True
+    connect_timeout: float = CONNECT_TIMEOUT
+    # Asked for the sudo password when P2V_SUDO_PASSWORD is unset; None: fail instead.
+    sudo_prompt: Callable[[str], str] | None = field(default=None, repr=False)
+
+
+def terminal_sudo_prompt(question: str) -> str:
+    """A sudo password prompt on the terminal (no echo)."""
+    return getpass.getpass(question)
+
+
+class SshSource:
+    """A logged-in SSH session to the source; use as a context manager.
+
+    `run(argv)` runs a command and returns its output; `stream(argv)` yields its stdout as
+    a binary file for long transfers. Both run as root: directly for a root login, else
+    through sudo.
+    """
+
+    def __init__(self, target: SshTarget, options: SshOptions | None = None) -> None:
+        self.target = target
+        self.options = options or SshOptions()
+        self._clients: list[paramiko.SSHClient] = []
+        self._client: paramiko.SSHClient | None = None
+        self._sudo: str | None = None       # "none" (root), "nopasswd" or "password"
+        self._password: str | None = None
+
+    # -- connecting -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, source: str, options: SshOptions | None = None) -> SshSource:
+        options = options or SshOptions()
+        target = parse_source(source, ssh_config=options.ssh_config, identity=options.identity)
+        return cls(target, options).connect()
+
+    def _known_hosts(self, target: SshTarget) -> Path:
+        if self.options.known_hosts is not None:
+            return self.options.known_hosts
+        if target.known_hosts_files:
+            return target.known_hosts_files[0]
+        return DEFAULT_KNOWN_HOSTS.expanduser()
+
+    def _connect_one(self, target: SshTarget, sock: Any | None) -> paramiko.SSHClient:
+        known_hosts = self._known_hosts(target)
+        client = paramiko.SSHClient()
+        self._clients.append(client)
+        if self.options.known_hosts is None:
+            # The system-wide file counts too, as with OpenSSH; never written.
+            system = Path("/etc/ssh/ssh_known_hosts")
+            if system.is_file():
+                client.load_system_host_keys(str(system))
+        if known_hosts.is_file():
+            try:
+                client.load_host_keys(str(known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise SshFailed(host=target.host,
+                                detail=f"cannot read known_hosts {known_hosts}: {exc}") from None
+        elif self.options.known_hosts is not None:
+            raise SshFailed(host=target.host, detail=f"known_hosts file {known_hosts} not found")
+        client.set_missing_host_key_policy(
+            _StrictPolicy(target, known_hosts, self.options.accept_new_host_key))
+        identities = [str(p) for p in target.identity_files if p.is_file()]
+        missing = [str(p) for p in target.identity_files if not p.is_file()]
+        if self.options.identity is not None and missing:
+            raise SshAuthFailed(user=target.user, host=target.host,
+                                detail=f"identity file {missing[0]} not found")
+        timeout = self.options.connect_timeout
+        try:
+            client.connect(
+                target.host, port=target.port, username=target.user,
+                key_filename=identities or None,
+                allow_agent=self.options.use_agent and self.options.identity is None,
+                look_for_keys=not identities,
+                timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                sock=sock,
+            )
+        except paramiko.BadHostKeyException as exc:
+            raise HostKeyChanged(host=target.known_hosts_pattern, key_type=exc.key.get_name(),
+                                 fingerprint=fingerprint(exc.key), known_hosts=known_hosts,
+                                 pattern=target.known_hosts_pattern) from None
+        except paramiko.AuthenticationException as exc:
+            raise SshAuthFailed(user=target.user, host=target.host,
+                                detail=(str(exc) or type(exc).__name__).rstrip(".")
+                                ) from None
+        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+            detail = "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+            raise SshUnreachable(host=target.host, port=target.port, detail=detail) from None
+        except TimeoutError:
+            raise SshUnreachable(host=target.host, port=target.port,
+                                 detail=f"no answer within {timeout:.0f} s") from None
+        except socket.gaierror as exc:
+            raise SshUnreachable(host=target.host, port=target.port,
+                                 detail=f"unknown host ({exc.strerror})") from None
+        except OSError as exc:
+            raise SshUnreachable(host=target.host, port=target.port,
+                                 detail=exc.strerror or str(exc)) from None
+        except paramiko.SSHException as exc:
+            # e.g. "Error reading SSH protocol banner": something that is not sshd answered.
+            raise SshUnreachable(host=target.host, port=target.port,
+                                 detail=f"no SSH server answered ({exc})") from None
+        return client
+
+    def connect(self) -> SshSource:
+        """Log in (through the ProxyJump hops, if any); raises one of the SSH errors."""
+        try:
+            sock: Any | None = None
+            hops = [*self.target.jump, self.target]
+            for index, hop in enumerate(hops):
+                client = self._connect_one(hop, sock)
+                if index + 1 < len(hops):
+                    nxt = hops[index + 1]
+                    transport = client.get_transport()
+                    assert transport is not None
+                    try:
+                        sock = transport.open_channel("direct-tcpip", (nxt.host, nxt.port),
+                                                      ("127.0.0.1", 0))
+                    except paramiko.ChannelException as exc:
+                        raise SshUnreachable(host=nxt.host, port=nxt.port,
+                                             detail=f"jump host {hop.host} could not connect: "
+                                                    f"{exc.text}") from None
+                else:
+                    self._client = client
+        except BaseException:
+            self.close()
+            raise
+        log.info("connected to %s", self.target)
+        return self
+
+    def close(self) -> None:
+        for client in reversed(self._clients):
+            client.close()
+        self._clients.clear()
+        self._client = None
+
+    def __enter__(self) -> SshSource:
+        if self._client is None:
+            self.connect()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- sudo -------------------------------------------------------------------------------
+    def _exec(self, command: str, timeout: float | None) -> paramiko.Channel:
+        if self._client is None:
+            raise SshFailed(host=self.target.host, detail="not connected")
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise SshFailed(host=self.target.host, detail="the connection was lost")
+        try:
+            channel = transport.open_session(timeout=timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+        except (paramiko.SSHException, OSError) as exc:
+            raise SshFailed(host=self.target.host, detail=f"cannot start a command: {exc}"
+                            ) from None
+        return channel
+
+    def _sudo_mode(self) -> str:
+        """How commands get root: "none" (already root), "nopasswd" or "password"."""
+        if self._sudo is not None:
+            return self._sudo
+        who = self._plain(["id", "-u"], timeout=30)
+        if who.returncode == 0 and who.text.strip() == "0":
+            self._sudo = "none"
+            return self._sudo
+        if self._plain(["sudo", "-n", "true"], timeout=30).returncode == 0:
+            self._sudo = "nopasswd"
+            return self._sudo
+        password = os.environ.get(SUDO_PASSWORD_ENV)
+        if password is None and self.options.sudo_prompt is not None:
+            password = self.options.sudo_prompt(f"[sudo] password for {self.target}: ")
+        if password is None:
+            raise SudoFailed(host=self.target.host, user=self.target.user,
+                             detail="a password is needed and none was given")
+        self._password = password
+        self._sudo = "password"
+        check = self._plain(sudo_argv(["true"], "password"), timeout=60,
+                            stdin=password_input(password))
+        if check.returncode != 0:
+            self._sudo, self._password = None, None
+            raise SudoFailed(host=self.target.host, user=self.target.user,
+                             detail=_tail(check.stderr) if check.stderr.strip()
+                             else "wrong password or not allowed")
+        return self._sudo
+
+    # -- commands ---------------------------------------------------------------------------
+    def _plain(self, argv: Sequence[str], *, timeout: float | None,
+               stdin: bytes | None = None) -> RemoteResult:
+        command = shlex.join(argv)
+        channel = self._exec(command, timeout)
+        try:
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            out = bytearray()
+            err = bytearray()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                busy = False
+                if channel.recv_ready():
+                    out += channel.recv(1 << 16)
+                    busy = True
+                if channel.recv_stderr_ready():
+                    err += channel.recv_stderr(1 << 16)
+                    busy = True
+                if busy:
+                    continue
+                # Data precedes exit-status on the wire, so everything is buffered by now.
+                if channel.exit_status_ready() or channel.closed:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError
+                time.sleep(0.005)
+            code = channel.recv_exit_status()
+        except TimeoutError:
+            raise SshFailed(host=self.target.host,
+                            detail=f"`{_short(argv)}` did not finish within {timeout:.0f} s"
+                            ) from None
+        finally:
+            channel.close()
+        return RemoteResult(_short(argv), code, bytes(out), err.decode("utf-8", "replace"))
+
+    def run(self, argv: Sequence[str], *, timeout: float | None = 300, check: bool = True,
+            root: bool = True) -> RemoteResult:
+        """Run argv on the source (as root unless root=False) and return its output."""
+        mode = self._sudo_mode() if root else "none"
+        stdin = password_input(self._password) if mode == "password" and self._password else None
+        result = self._plain(sudo_argv(argv, mode), timeout=timeout, stdin=stdin)
+        if check and result.returncode != 0:
+            raise RemoteCommandFailed(command=_short(argv), host=self.target.host,
+                                      returncode=result.returncode,
+                                      stderr_tail=_tail(result.stderr))
+        return RemoteResult(_short(argv), result.returncode, result.stdout, result.stderr)
+
+    @contextmanager
+    def stream(self, argv: Sequence[str], *, timeout: float | None = 300,
+               root: bool = True) -> Iterator[IO[bytes]]:
+        """Run argv and yield its stdout as a binary file (reads block up to `timeout`).
+
+        On leaving the block the command's exit status is checked: a non-zero exit raises
+        RemoteCommandFailed with its stderr tail, unless the block itself raised.
+        """
+        mode = self._sudo_mode() if root else "none"
+        channel = self._exec(shlex.join(sudo_argv(argv, mode)), timeout)
+        try:
+            if mode == "password" and self._password:
+                channel.sendall(password_input(self._password))
+            channel.shutdown_write()
+            stdout = channel.makefile("rb")
+            yield stdout
+            code = channel.recv_exit_status()
+            if code != 0:
+                err = b""
+                while channel.recv_stderr_ready():
+                    err += channel.recv_stderr(1 << 16)
+                raise RemoteCommandFailed(command=_short(argv), host=self.target.host,
+                                          returncode=code,
+                                          stderr_tail=_tail(err.decode("utf-8", "replace")))
+        except TimeoutError:
+            raise SshFailed(host=self.target.host,
+                            detail=f"`{_short(argv)}` stalled for {timeout:.0f} s") from None
+        finally:
+            channel.close()
+
+
+def _short(argv: Sequence[str], limit: int = 80) -> str:
+    text = shlex.join(argv)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def sudo_argv(argv: Sequence[str], mode: str) -> list[str]:
+    """argv wrapped for root: unchanged for a root login, else through sudo.
+
+    With a password, -k makes sudo ignore any cached credential and so always read the
+    password from stdin (-S, empty prompt): it then never reaches the command's stdin.
+    """
+    if mode == "none":
+        return list(argv)
+    if mode == "nopasswd":
+        return ["sudo", "-n", "--", *argv]
+    return ["sudo", "-k", "-S", "-p", "", "--", *argv]
+
+
+def password_input(password: str) -> bytes:
+    return (password + "\n").encode()
+
+
+__all__ = [
+    "RemoteResult", "SshOptions", "SshSource", "SshTarget", "fingerprint", "parse_source",
+    "sudo_argv", "terminal_sudo_prompt",
+]
