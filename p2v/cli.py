@@ -239,6 +239,59 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------- inspect
+def _add_ssh_source(p: argparse.ArgumentParser) -> None:
+    """SOURCE and the SSH flags every subcommand that logs in to a source shares."""
+    p.add_argument("source", metavar="SOURCE",
+                   help="ssh://[user@]host[:port] or a Host alias from ~/.ssh/config")
+    p.add_argument("--identity", "-i", type=Path, metavar="FILE",
+                   help="private key to log in with (default: ssh-agent and ssh_config)")
+    p.add_argument("--known-hosts", type=Path, metavar="FILE",
+                   help="known_hosts file to check the host key against "
+                        "(default: ~/.ssh/known_hosts)")
+    p.add_argument("--accept-new-host-key", action="store_true",
+                   help="trust an unknown host key and record it in the known_hosts file "
+                        "(a changed key is always refused)")
+    p.add_argument("--ssh-config", type=Path, metavar="FILE",
+                   help="ssh client config to read instead of ~/.ssh/config")
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="inventory a running source over SSH (disks, LVM, NICs, firmware, OS)",
+        description=(
+            "Log in to SOURCE over SSH (strict host-key checking; a non-root login uses sudo, "
+            "password from P2V_SUDO_PASSWORD or a prompt) and run one batch of read-only "
+            "commands: disks with partitions and filesystems (used/free), LVM, md, "
+            "device-mapper, CPUs, memory, NICs (name, MAC, addresses, driver), firmware, OS "
+            "and kernel, the boot disk, and at most how many bytes a copy will send. Only sh, "
+            "coreutils, util-linux, /proc and /sys are needed; what is missing is reported "
+            "as unknown. --json prints the p2v.inventory/1 document (docs/inventory.md), "
+            "which `p2v register --inventory` reads."
+        ),
+    )
+    _add_ssh_source(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from p2v.source.inventory import format_inventory, inspect_source
+    from p2v.source.ssh import SshOptions, SshSource, terminal_sudo_prompt
+
+    options = SshOptions(
+        identity=args.identity, known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
+        sudo_prompt=terminal_sudo_prompt if sys.stdin.isatty() else None,
+    )
+    with SshSource.open(args.source, options) as source:
+        _say(args)(f"connected to {source.target}; collecting the inventory")
+        inventory = inspect_source(source)
+    print(inventory.to_json() if args.json else "\n".join(format_inventory(inventory)))
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -253,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_demo(sub)
     _add_register(sub)
+    _add_inspect(sub)
     return parser
 
 
