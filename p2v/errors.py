@@ -131,3 +131,11 @@ class SudoFailed(P2VError):
 
 class RemoteCommandFailed(P2VError):
     """command `{command}` on {host} failed with exit code {returncode}: {stderr_tail}"""
+
+
+class FixError(P2VError):
+    """cannot fix the guest in {images}: {detail}"""
+
+
+class UnsupportedGuest(FixError):
+    """p2v fix does not support this guest ({what}): {detail}"""
