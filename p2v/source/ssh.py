@@ -78,9 +78,9 @@ class SshTarget:
 
 def _load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
     config_path = (path or DEFAULT_SSH_CONFIG).expanduser()
-    if path is not None and not config_path.is_file():
+    if path is not None and not config_path.exists():
         raise SourceSpecError(source=str(path), detail="ssh config file not found")
-    if not config_path.is_file():
+    if not config_path.exists():
         return paramiko.SSHConfig()
     try:
         return paramiko.SSHConfig.from_path(str(config_path))
@@ -298,8 +298,6 @@ class SshSource:
             except (OSError, paramiko.SSHException) as exc:
                 raise SshFailed(host=target.host,
                                 detail=f"cannot read known_hosts {known_hosts}: {exc}") from None
-        elif self.options.known_hosts is not None:
-            raise SshFailed(host=target.host, detail=f"known_hosts file {known_hosts} not found")
         client.set_missing_host_key_policy(
             _StrictPolicy(target, known_hosts, self.options.accept_new_host_key))
         identities = [str(p) for p in target.identity_files if p.is_file()]
