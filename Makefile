@@ -38,7 +38,7 @@ lint: setup
 
 # What CI runs: lint, unit, integration and the e2e boots (not the tests marked slow).
 test: lint fixtures
-	$(PYTEST) -m "not slow" tests
+	$(PYTEST) -m "not slow" --durations=15 tests
 
 test-slow: setup fixtures
 	$(PYTEST) -m slow tests
