@@ -139,3 +139,21 @@ class FixError(P2VError):
 
 class UnsupportedGuest(FixError):
     """p2v fix does not support this guest ({what}): {detail}"""
+
+
+class SourceDeviceError(UsageError):
+    """{device} on {host}: {detail}"""
+
+
+class IntegrityError(P2VError):
+    """integrity failure copying {device}: chunk {index} (offset {offset}) arrived with sha256 {got} instead of {expected}, twice; the journal keeps every verified chunk, rerun to retry"""  # noqa: E501
+
+    exit_code = ExitCode.INTEGRITY
+
+
+class DestinationFull(P2VError):
+    """no space left for {image}: {detail}; the journal is intact — free space and rerun the same command to resume"""  # noqa: E501
+
+
+class StreamError(P2VError):
+    """the data stream from {host} for {device} broke: {detail}; rerun the same command to resume"""  # noqa: E501

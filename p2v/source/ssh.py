@@ -29,6 +29,7 @@ import paramiko
 from p2v.errors import (
     HostKeyChanged,
     HostKeyUnknown,
+    P2VError,
     RemoteCommandFailed,
     SourceSpecError,
     SshAuthFailed,
@@ -490,20 +491,31 @@ class SshSource:
                 channel.sendall(password_input(self._password))
             channel.shutdown_write()
             stdout = channel.makefile("rb")
-            yield stdout
-            code = channel.recv_exit_status()
-            if code != 0:
-                err = b""
-                while channel.recv_stderr_ready():
-                    err += channel.recv_stderr(1 << 16)
-                raise RemoteCommandFailed(command=_short(argv), host=self.target.host,
-                                          returncode=code,
-                                          stderr_tail=_tail(err.decode("utf-8", "replace")))
+            try:
+                yield stdout
+            except P2VError:
+                # The stream broke: if the command itself failed, its stderr says why.
+                deadline = time.monotonic() + 2
+                while not channel.exit_status_ready() and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if channel.exit_status_ready() and channel.recv_exit_status() != 0:
+                    self._raise_failed(argv, channel)
+                raise
+            if channel.recv_exit_status() != 0:
+                self._raise_failed(argv, channel)
         except TimeoutError:
             raise SshFailed(host=self.target.host,
                             detail=f"`{_short(argv)}` stalled for {timeout:.0f} s") from None
         finally:
             channel.close()
+
+    def _raise_failed(self, argv: Sequence[str], channel: paramiko.Channel) -> None:
+        err = b""
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(1 << 16)
+        raise RemoteCommandFailed(command=_short(argv), host=self.target.host,
+                                  returncode=channel.recv_exit_status(),
+                                  stderr_tail=_tail(err.decode("utf-8", "replace")))
 
 
 def _short(argv: Sequence[str], limit: int = 80) -> str:

@@ -1,0 +1,1 @@
+"""Writing disk images: qcow2 through qemu-storage-daemon over NBD."""

@@ -1,0 +1,99 @@
+"""A minimal NBD client (fixed newstyle, simple replies) for writing into an NBD export.
+
+Only what the copy needs: connect to a Unix socket, NBD_OPT_EXPORT_NAME, WRITE, FLUSH,
+READ (for tests and checks) and DISC. No Python binding of libnbd exists on the hosts, and
+this is a few dozen lines of a documented protocol (github.com/NetworkBlockDevice/nbd,
+doc/proto.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from pathlib import Path
+from types import TracebackType
+
+NBDMAGIC = b"NBDMAGIC"
+IHAVEOPT = b"IHAVEOPT"
+FLAG_FIXED_NEWSTYLE = 1
+FLAG_NO_ZEROES = 2
+OPT_EXPORT_NAME = 1
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
+
+
+class NbdError(OSError):
+    """An NBD request failed; errno is the server's error code."""
+
+
+class NbdClient:
+    def __init__(self, socket_path: Path, export: str = "", timeout: float = 300) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(socket_path))
+        self._handle = 0
+        self.size, self.flags = self._handshake(export)
+
+    def _recv(self, n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise NbdError(errno.ECONNRESET, "NBD server closed the connection")
+            data += chunk
+        return bytes(data)
+
+    def _handshake(self, export: str) -> tuple[int, int]:
+        if self._recv(8) != NBDMAGIC or self._recv(8) != IHAVEOPT:
+            raise NbdError(errno.EPROTO, "not a newstyle NBD server")
+        (server_flags,) = struct.unpack(">H", self._recv(2))
+        no_zeroes = bool(server_flags & FLAG_NO_ZEROES)
+        self.sock.sendall(struct.pack(">I", FLAG_FIXED_NEWSTYLE | (FLAG_NO_ZEROES if no_zeroes
+                                                                    else 0)))
+        name = export.encode()
+        self.sock.sendall(IHAVEOPT + struct.pack(">II", OPT_EXPORT_NAME, len(name)) + name)
+        size, flags = struct.unpack(">QH", self._recv(10))
+        if not no_zeroes:
+            self._recv(124)
+        return size, flags
+
+    def _request(self, command: int, offset: int, length: int, payload: bytes = b"") -> bytes:
+        self._handle += 1
+        header = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, command, self._handle, offset, length)
+        self.sock.sendall(header + payload if len(payload) < 65536 else header)
+        if len(payload) >= 65536:
+            self.sock.sendall(payload)
+        magic, error, handle = struct.unpack(">IIQ", self._recv(16))
+        if magic != SIMPLE_REPLY_MAGIC or handle != self._handle:
+            raise NbdError(errno.EPROTO, "unexpected NBD reply")
+        if error:
+            raise NbdError(error, f"NBD request failed: {os.strerror(error)}")
+        return self._recv(length) if command == CMD_READ else b""
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        self._request(CMD_WRITE, offset, len(data), data)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return self._request(CMD_READ, offset, length)
+
+    def flush(self) -> None:
+        self._request(CMD_FLUSH, 0, 0)
+
+    def close(self) -> None:
+        try:
+            self._handle += 1
+            self.sock.sendall(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_DISC, self._handle,
+                                          0, 0))
+        except OSError:
+            pass
+        self.sock.close()
+
+    def __enter__(self) -> NbdClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

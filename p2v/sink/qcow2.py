@@ -1,0 +1,128 @@
+"""Writing a qcow2 image in place: qemu-storage-daemon exports it over NBD, p2v writes extents.
+
+No raw staging copy: only the chunks written allocate clusters, so the image needs about
+its final size on disk, and an image can be reopened to resume a copy.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+from p2v import runner
+from p2v.errors import CommandFailed, DestinationFull, P2VError
+from p2v.sink.nbd import NbdClient, NbdError
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(P2VError):
+    """writing {image} failed: {detail}"""
+
+
+def create_qcow2(path: Path, size: int) -> None:
+    """A new, empty qcow2 of `size` virtual bytes (reads as zeros)."""
+    try:
+        runner.run(["qemu-img", "create", "-q", "-f", "qcow2", path, str(size)], timeout=60)
+    except CommandFailed as exc:
+        if "No space left" in exc.message:
+            raise DestinationFull(image=path, detail="qemu-img create failed") from None
+        raise
+
+
+class Qcow2Writer:
+    """An open qcow2 image: `write(offset, data)`, `flush()`, `close()`.
+
+    Zero chunks are never written: the image's unallocated clusters already read as zeros.
+    """
+
+    def __init__(self, image: Path, start_timeout: float = 30.0) -> None:
+        self.image = image
+        self._tmp = tempfile.TemporaryDirectory(prefix="p2v-nbd-")
+        self.socket_path = Path(self._tmp.name) / "nbd.sock"
+        self._log = Path(self._tmp.name) / "qsd.log"
+        with self._log.open("wb") as log_file:
+            self._proc = runner.spawn(
+                ["qemu-storage-daemon",
+                 "--blockdev", f"driver=file,filename={_escape(image)},node-name=file0,"
+                               "cache.direct=off",
+                 "--blockdev", "driver=qcow2,file=file0,node-name=disk0",
+                 "--nbd-server", f"addr.type=unix,addr.path={_escape(self.socket_path)}",
+                 "--export", "type=nbd,id=exp0,node-name=disk0,name=disk0,writable=on"],
+                stdout=log_file.fileno(), stderr=log_file.fileno(),
+            )
+        try:
+            self.client = self._connect(start_timeout)
+        except BaseException:
+            self._stop()
+            raise
+        self.size = self.client.size
+
+    def _connect(self, timeout: float) -> NbdClient:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise SinkError(image=self.image, detail="qemu-storage-daemon exited: "
+                                + self._log.read_text(errors="replace").strip()[-300:])
+            if self.socket_path.exists():
+                try:
+                    return NbdClient(self.socket_path, "disk0")
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise SinkError(image=self.image, detail="qemu-storage-daemon did not start")
+            time.sleep(0.05)
+
+    def _raise(self, exc: OSError, action: str) -> None:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DestinationFull(image=self.image, detail=f"{action}: {exc.strerror}") from None
+        raise SinkError(image=self.image, detail=f"{action}: {exc}") from None
+
+    def write(self, offset: int, data: bytes) -> None:
+        try:
+            self.client.pwrite(data, offset)
+        except (NbdError, OSError) as exc:
+            self._raise(exc, f"write at {offset}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.client.pread(length, offset)
+
+    def flush(self) -> None:
+        """Everything written so far is on disk when this returns (journal after it)."""
+        try:
+            self.client.flush()
+        except (NbdError, OSError) as exc:
+            self._raise(exc, "flush")
+
+    def _stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._tmp.cleanup()
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            self._stop()
+
+    def __enter__(self) -> Qcow2Writer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _escape(path: Path) -> str:
+    """qemu's option syntax: a comma inside a value is written twice."""
+    return str(path).replace(",", ",,")
