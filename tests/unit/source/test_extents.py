@@ -1,0 +1,111 @@
+"""The source-side reader and the stream parser, run locally on files (no SSH)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2v.copy import image_stem
+from p2v.errors import StreamError
+from p2v.source.extents import (
+    READER,
+    format_ranges,
+    missing_ranges,
+    read_extents,
+    read_header,
+    reader_argv,
+)
+
+CHUNK = 64 << 10
+
+
+def run_reader(path: Path, ranges: str, compress: bool = True) -> bytes:
+    return subprocess.run([sys.executable, "-c", READER, str(path), str(CHUNK), ranges,
+                           "1" if compress else "0"], capture_output=True, check=True).stdout
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Path:
+    """Chunks: 0 text (compressible), 1 zero, 2 random, 3 zero, 4 half a chunk of random."""
+    path = tmp_path / "disk.raw"
+    path.write_bytes((b"p2v text " * CHUNK)[:CHUNK] + bytes(CHUNK) + os.urandom(CHUNK)
+                     + bytes(CHUNK) + os.urandom(CHUNK // 2))
+    return path
+
+
+def test_frames_verify_and_skip_zeros(disk: Path) -> None:
+    raw = run_reader(disk, "0-5")
+    stream = io.BytesIO(raw)
+    assert read_header(stream) == (disk.stat().st_size, CHUNK)
+    extents = list(read_extents(stream, CHUNK))
+    content = disk.read_bytes()
+    assert [e.index for e in extents] == [0, 1, 2, 3, 4]
+    assert [e.zero for e in extents] == [False, True, False, True, False]
+    assert not any(e.corrupt for e in extents)
+    for e in extents:
+        expected = content[e.offset:e.offset + e.length]
+        assert (e.data if not e.zero else bytes(e.length)) == expected
+    assert extents[4].length == CHUNK // 2
+    # Zeros cost a header; text compresses; random data is sent as it is.
+    assert extents[1].wire_bytes < 64
+    assert extents[0].wire_bytes < CHUNK // 10
+    assert extents[2].wire_bytes > CHUNK
+    assert len(raw) < len(content) - CHUNK   # zeros and text did not cross in full
+
+
+def test_ranges_are_honoured(disk: Path) -> None:
+    stream = io.BytesIO(run_reader(disk, "2-3,4-9", compress=False))
+    read_header(stream)
+    assert [e.index for e in read_extents(stream, CHUNK)] == [2, 4]
+
+
+def test_a_damaged_chunk_is_flagged_corrupt(disk: Path) -> None:
+    raw = bytearray(run_reader(disk, "2-3", compress=False))
+    raw[-200] ^= 0xFF                   # inside chunk 2's payload (random: sent raw)
+    stream = io.BytesIO(bytes(raw))
+    read_header(stream)
+    (extent,) = read_extents(stream, CHUNK)
+    assert extent.corrupt and extent.index == 2
+
+
+def test_a_cut_stream_is_a_stream_error(disk: Path) -> None:
+    raw = run_reader(disk, "0-5")
+    stream = io.BytesIO(raw[: len(raw) // 2])
+    read_header(stream)
+    with pytest.raises(StreamError, match="rerun the same command to resume"):
+        list(read_extents(stream, CHUNK))
+
+
+def test_reader_refuses_nothing_and_writes_nothing(disk: Path) -> None:
+    before = disk.read_bytes()
+    mtime = disk.stat().st_mtime_ns
+    run_reader(disk, "0-5")
+    assert disk.read_bytes() == before and disk.stat().st_mtime_ns == mtime
+
+
+def test_range_helpers() -> None:
+    assert missing_ranges(set(), 4) == [(0, 4)]
+    assert missing_ranges({0, 1, 5}, 8) == [(2, 5), (6, 8)]
+    assert missing_ranges(set(range(8)), 8) == []
+    assert format_ranges([(2, 5), (6, 8), (9, 9)]) == "2-5,6-8"
+
+
+def test_reader_argv_low_priority_and_quoting() -> None:
+    argv = reader_argv("/dev/sda", CHUNK, [(0, 3)])
+    assert argv[:2] == ["sh", "-c"] and "ionice -c 3" in argv[2] and "nice -n 19" in argv[2]
+    assert argv[4:6] == ["python3", "-c"] and argv[-3:] == [str(CHUNK), "0-3", "1"]
+    assert reader_argv("/dev/sda", CHUNK, [(0, 3)], compress=False,
+                       low_priority=False)[:2] == ["python3", "-c"]
+
+
+@pytest.mark.parametrize(("device", "stem"), [
+    ("/dev/sda", "sda"), ("/dev/mapper/vg0-root", "vg0-root"), ("/dev/cciss/c0d0", "cciss_c0d0"),
+    ("/dev/nvme0n1", "nvme0n1"),
+])
+def test_image_stem(device: str, stem: str) -> None:
+    assert image_stem(device) == stem
