@@ -292,6 +292,100 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------- fix
+def _add_fix(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fix",
+        help="make copied disk images of a Linux guest boot on virtio, network intact",
+        description=(
+            "Open IMAGE(s) (all disks of one guest, boot disk first) in the libguestfs "
+            "appliance, report what the guest is (OS, kernels and their virtio support, boot "
+            "loader, BIOS/UEFI, filesystems, NICs) and the changes it needs, then make them: "
+            "virtio drivers in each kernel's initramfs (the guest's own tool), device names "
+            "in fstab/crypttab/grub/mdadm/LVM switched to UUID= or virtio names, the grub "
+            "config regenerated and checked, NIC names pinned to the VM's MACs, the UEFI "
+            "fallback loader. Writes the GuestCaps JSON beside the first image "
+            "(IMAGE.caps.json). --dry-run stops after the report; a second run changes "
+            "nothing. See docs/fix.md."
+        ),
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="disk images of one guest, in source order (boot disk first)")
+    p.add_argument("--inventory", type=Path, metavar="JSON",
+                   help="the source's inventory (p2v inspect --json): NIC MACs, disk names")
+    p.add_argument("--mac", action="append", default=[], metavar="NAME=MAC",
+                   help="pin interface NAME to the VM NIC with MAC (repeatable; wins over "
+                        "--inventory)")
+    p.add_argument("--dry-run", action="store_true", help="report the plan, change nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_cmd_fix)
+
+
+def _cmd_fix(args: argparse.Namespace) -> int:
+    from p2v.errors import InputNotFound, UsageError
+    from p2v.fix.fixer import FixOptions, fix_images
+    from p2v.fix.network import NicPin, valid_name
+    from p2v.model import SourceInventory, normalise_mac
+
+    for image in args.images:
+        if not image.is_file():
+            raise InputNotFound(what="image", path=str(image))
+    pins: dict[str, str] = {}
+    disks: tuple[str, ...] = ()
+    firmware = None
+    if args.inventory is not None:
+        if not args.inventory.is_file():
+            raise InputNotFound(what="inventory", path=str(args.inventory))
+        inventory = SourceInventory.from_json(args.inventory.read_text(), str(args.inventory))
+        pins.update({n.name: n.mac for n in inventory.nics})
+        disks = tuple(d.name for d in inventory.disks)
+        firmware = inventory.firmware
+        if disks and len(disks) != len(args.images):
+            raise UsageError(detail=f"--inventory lists {len(disks)} disk(s) but "
+                                    f"{len(args.images)} image(s) were given")
+    for item in args.mac:
+        name, sep, mac = item.partition("=")
+        if not sep or not valid_name(name):
+            raise UsageError(detail=f"--mac {item!r}: want NAME=MAC, e.g. eth0=52:54:00:12:34:56")
+        pins[name] = normalise_mac(mac, f"--mac {name}")
+    macs = list(pins.values())
+    if len(set(macs)) != len(macs):
+        raise UsageError(detail=f"the same MAC is given to two interfaces: {pins}")
+    options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pins.items()),
+                         source_disks=disks, firmware=firmware, dry_run=args.dry_run)
+    result = fix_images(args.images, options, progress=_say(args))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return ExitCode.OK
+    r = result.report
+    print(f"{r.product}: {r.distro} {r.version} (family {r.family or 'unknown'}), "
+          f"{r.firmware}, boot loader {r.bootloader}"
+          + (f" ({r.grub_cfg})" if r.grub_cfg else ""))
+    for k in r.kernels:
+        virtio = ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in k.virtio.items())
+        print(f"  kernel {k.version}: {k.initrd or 'no initramfs'}: {virtio}")
+    for f in r.filesystems:
+        print(f"  filesystem {f.device} {f.type} {f.mountpoint or '-'} UUID={f.uuid or '-'}")
+    if r.esp_loaders:
+        print(f"  EFI loaders: {', '.join(r.esp_loaders)}")
+    print(f"  NICs configured: {', '.join(r.nic_names) or 'none found'}"
+          + (f"; pinned by udev rules: {r.nic_pins}" if r.nic_pins else ""))
+    if result.plan.empty:
+        print("nothing to do: the guest already boots on virtio with its NIC names pinned")
+    else:
+        print(f"{'planned' if args.dry_run else 'made'} {len(result.plan.changes)} change(s):")
+        for change in result.plan.changes:
+            print(f"  {change}")
+    for warning in result.plan.warnings:
+        print(f"warning: {warning}")
+    for check in result.checks:
+        print(f"checked: {check}")
+    c = result.caps
+    print(f"guest caps: disks {c.disk_bus}, NIC {c.nic_model}, {c.machine}, {c.firmware}"
+          + (f" -> {result.caps_path}" if result.caps_path else " (dry run: nothing written)"))
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------- copy
 def _add_copy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -380,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_register(sub)
     _add_inspect(sub)
     _add_copy(sub)
+    _add_fix(sub)
     return parser
 
 

@@ -1,0 +1,394 @@
+"""Rewrite hardware-bound device names in a guest's config files to names that survive the move.
+
+Pure text logic, no libguestfs: a `DeviceMap` knows, for each disk of the guest (source
+order), the name it had on the physical machine (sda, nvme0n1, cciss/c0d0 ...), the name it
+will have on virtio (vda, vdb ...) and the UUID/LABEL of the filesystem on each partition.
+`DeviceMap.resolve` turns one device path into its stable form: `UUID=` (or `LABEL=`) where
+the file format accepts it and the filesystem has one, else the virtio name. The per-file
+functions (`rewrite_fstab`, `rewrite_crypttab`, `rewrite_kernel_args`, `rewrite_grub_default`,
+`rewrite_grub_cfg`, `rewrite_mdadm_conf`, `rewrite_lvm_conf`) return the new text and a list
+of what they changed; unchanged text comes back identical, which is what makes a second run
+of `p2v fix` a no-op.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+# A device path p2v knows to be bound to the old hardware or the old bus. Ordered longest
+# first where prefixes overlap; the trailing context excludes partial matches (/dev/sda1x).
+_DEVICE = re.compile(
+    r"/dev/(?:"
+    r"disk/by-(?:id|path)/[^\s\"',|;)]+"
+    r"|cciss/c\d+d\d+(?:p\d+)?"
+    r"|nvme\d+n\d+(?:p\d+)?"
+    r"|(?:sd|hd|xvd|vd)[a-z]{1,2}\d*"
+    r")(?![\w-])"
+)
+_LETTERS = re.compile(r"^(sd|hd|xvd|vd)([a-z]{1,2})(\d*)$")
+_CCISS = re.compile(r"^cciss/c(\d+)d(\d+)(?:p(\d+))?$")
+_NVME = re.compile(r"^nvme(\d+)n(\d+)(?:p(\d+))?$")
+_BY_PART = re.compile(r"-part(\d+)$")
+
+
+def letters_to_index(letters: str) -> int:
+    """sda -> 0, sdz -> 25, sdaa -> 26 (the kernel's naming)."""
+    index = 0
+    for ch in letters:
+        index = index * 26 + (ord(ch) - ord("a") + 1)
+    return index - 1
+
+
+def index_to_letters(index: int) -> str:
+    letters = ""
+    index += 1
+    while index > 0:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return letters
+
+
+def virtio_name(disk_index: int, partition: int | None = None) -> str:
+    """The name disk N (partition P) gets on virtio-blk: /dev/vda, /dev/vdb2 ..."""
+    return f"/dev/vd{index_to_letters(disk_index)}{partition or ''}"
+
+
+@dataclass(frozen=True)
+class ParsedDevice:
+    """A kernel device name split into its disk and partition number."""
+
+    disk: str                  # sda, hda, xvda, nvme0n1, cciss/c0d0, or by-id/... for links
+    partition: int | None      # None: the whole disk
+    guess_index: int | None    # the disk's position when nothing better is known
+
+
+def parse_device(path: str) -> ParsedDevice | None:
+    """Split /dev/sdb2, /dev/nvme0n1p1, /dev/cciss/c0d0p1, /dev/disk/by-id/...-part2."""
+    if not path.startswith("/dev/"):
+        return None
+    name = path[len("/dev/"):]
+    if m := _LETTERS.match(name):
+        part = int(m.group(3)) if m.group(3) else None
+        return ParsedDevice(m.group(1) + m.group(2), part, letters_to_index(m.group(2)))
+    if m := _CCISS.match(name):
+        part = int(m.group(3)) if m.group(3) else None
+        return ParsedDevice(f"cciss/c{m.group(1)}d{m.group(2)}", part, int(m.group(2)))
+    if m := _NVME.match(name):
+        part = int(m.group(3)) if m.group(3) else None
+        return ParsedDevice(f"nvme{m.group(1)}n{m.group(2)}", part, int(m.group(1)))
+    if name.startswith("disk/by-id/") or name.startswith("disk/by-path/"):
+        m = _BY_PART.search(name)
+        disk = name[: m.start()] if m else name
+        return ParsedDevice(disk, int(m.group(1)) if m else None, None)
+    return None
+
+
+@dataclass(frozen=True)
+class FsIdentity:
+    """What is on one partition: the filesystem's stable identifiers (any may be missing)."""
+
+    uuid: str | None = None
+    label: str | None = None
+    fstype: str | None = None
+
+
+@dataclass(frozen=True)
+class DiskLayout:
+    """One disk of the guest: its old name, and the identity of each partition (1-based)."""
+
+    source_name: str | None = None     # as the physical machine named it (sda, nvme0n1)
+    partitions: dict[int, FsIdentity] = field(default_factory=dict)
+    whole: FsIdentity | None = None    # a filesystem on the unpartitioned disk
+
+
+@dataclass(frozen=True)
+class Resolution:
+    old: str
+    new: str | None            # None: could not be resolved (reported, left as it is)
+    how: str                   # "uuid", "label", "virtio-name", "unresolved"
+
+
+class DeviceMap:
+    """The guest's disks in source order, and how each old device name maps onto them."""
+
+    def __init__(self, disks: Sequence[DiskLayout]) -> None:
+        self.disks = tuple(disks)
+        self._by_name = {d.source_name: i for i, d in enumerate(self.disks) if d.source_name}
+
+    def disk_index(self, parsed: ParsedDevice) -> int | None:
+        if parsed.disk in self._by_name:
+            return self._by_name[parsed.disk]
+        if parsed.disk.startswith("disk/by-"):
+            # A by-id/by-path name identifies hardware we no longer have; with one disk
+            # there is no doubt which one it meant.
+            return 0 if len(self.disks) == 1 else None
+        if self._by_name:
+            # The inventory named the source disks and this is none of them: it may be a
+            # disk that was not copied. Guessing from the letter could pick the wrong disk.
+            return None
+        if parsed.guess_index is not None and parsed.guess_index < len(self.disks):
+            return parsed.guess_index
+        return None
+
+    def identity(self, path: str) -> tuple[int, int | None, FsIdentity | None] | None:
+        parsed = parse_device(path)
+        if parsed is None:
+            return None
+        index = self.disk_index(parsed)
+        if index is None:
+            return None
+        disk = self.disks[index]
+        fs = disk.partitions.get(parsed.partition) if parsed.partition else disk.whole
+        return index, parsed.partition, fs
+
+    def resolve(self, path: str, *, allow_tags: bool = True) -> Resolution:
+        """The stable replacement of one hardware-bound path (tags: UUID=/LABEL= allowed)."""
+        found = self.identity(path)
+        if found is None:
+            return Resolution(path, None, "unresolved")
+        index, partition, fs = found
+        if allow_tags and fs is not None:
+            if fs.uuid:
+                return Resolution(path, f"UUID={fs.uuid}", "uuid")
+            if fs.label and " " not in fs.label:
+                return Resolution(path, f"LABEL={fs.label}", "label")
+        new = virtio_name(index, partition)
+        return Resolution(path, new, "virtio-name")
+
+    def remap(self, path: str) -> Resolution:
+        """Only rename onto the virtio bus (for places that take no UUID= tag)."""
+        return self.resolve(path, allow_tags=False)
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """The outcome of rewriting one file: new text, and one line per change or problem."""
+
+    text: str
+    changes: tuple[str, ...] = ()
+    unresolved: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+def _is_current(path: str) -> bool:
+    """Names p2v itself produces are already right: the virtio names."""
+    return path.startswith("/dev/vd")
+
+
+def _sub_devices(text: str, replace: Callable[[str], Resolution],
+                 changes: list[str], unresolved: list[str], where: str) -> str:
+    def repl(match: re.Match[str]) -> str:
+        old = match.group(0)
+        if _is_current(old):
+            return old
+        res = replace(old)
+        if res.new is None:
+            unresolved.append(f"{where}: {old} (no disk of this guest matches)")
+            return old
+        changes.append(f"{where}: {old} -> {res.new}")
+        return res.new
+
+    return _DEVICE.sub(repl, text)
+
+
+def _fields_rewrite(text: str, column: int, dmap: DeviceMap, what: str) -> Rewrite:
+    """Rewrite the device in one whitespace-separated column of a table file."""
+    changes: list[str] = []
+    unresolved: list[str] = []
+    out = []
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            out.append(line)
+            continue
+        parts = re.split(r"(\s+)", line)   # keep the original spacing
+        words = [i for i, p in enumerate(parts) if p and not p.isspace()]
+        if len(words) <= column:
+            out.append(line)
+            continue
+        i = words[column]
+        spec = parts[i]
+        if _DEVICE.fullmatch(spec) and not _is_current(spec):
+            res = dmap.resolve(spec)
+            if res.new is None:
+                unresolved.append(f"{what}: {spec} (no disk of this guest matches)")
+            else:
+                changes.append(f"{what}: {spec} -> {res.new}")
+                parts[i] = res.new
+        out.append("".join(parts))
+    return Rewrite("".join(out), tuple(changes), tuple(unresolved))
+
+
+def rewrite_fstab(text: str, dmap: DeviceMap) -> Rewrite:
+    """fstab: the first column, to UUID=/LABEL= (or the virtio name)."""
+    return _fields_rewrite(text, 0, dmap, "fstab")
+
+
+def rewrite_crypttab(text: str, dmap: DeviceMap) -> Rewrite:
+    """crypttab: the second column (the encrypted device) accepts UUID= too."""
+    return _fields_rewrite(text, 1, dmap, "crypttab")
+
+
+_KARG = re.compile(r"(?<![\w.-])(root|resume|real_root)=(/dev/\S+?)(?=[\s\"']|$)")
+
+
+def rewrite_kernel_args(text: str, dmap: DeviceMap, where: str) -> Rewrite:
+    """root=, resume=, real_root= on a kernel command line (any text that holds one)."""
+    changes: list[str] = []
+    unresolved: list[str] = []
+
+    def repl(match: re.Match[str]) -> str:
+        key, old = match.group(1), match.group(2)
+        if not _DEVICE.fullmatch(old) or _is_current(old):
+            return match.group(0)
+        res = dmap.resolve(old)
+        if res.new is None:
+            unresolved.append(f"{where}: {key}={old} (no disk of this guest matches)")
+            return match.group(0)
+        changes.append(f"{where}: {key}={old} -> {key}={res.new}")
+        return f"{key}={res.new}"
+
+    new = _KARG.sub(repl, text)
+    return Rewrite(new, tuple(changes), tuple(unresolved))
+
+
+_GRUB_CMDLINE = re.compile(r"^(\s*GRUB_CMDLINE_LINUX(?:_DEFAULT)?=)(.*)$", re.MULTILINE)
+_GRUB_NO_UUID = re.compile(r"^(\s*GRUB_DISABLE_LINUX_UUID=)[\"']?true[\"']?\s*$", re.MULTILINE)
+
+
+def rewrite_grub_default(text: str, dmap: DeviceMap) -> Rewrite:
+    """/etc/default/grub: device names in GRUB_CMDLINE_LINUX*, and GRUB_DISABLE_LINUX_UUID.
+
+    With GRUB_DISABLE_LINUX_UUID=true grub-mkconfig writes the root device's kernel name
+    (root=/dev/sda1), which does not exist on virtio; false makes it write root=UUID=.
+    """
+    changes: list[str] = []
+    unresolved: list[str] = []
+
+    def cmdline(match: re.Match[str]) -> str:
+        res = rewrite_kernel_args(match.group(2), dmap, "/etc/default/grub")
+        changes.extend(res.changes)
+        unresolved.extend(res.unresolved)
+        return match.group(1) + res.text
+
+    new = _GRUB_CMDLINE.sub(cmdline, text)
+
+    def no_uuid(match: re.Match[str]) -> str:
+        changes.append("/etc/default/grub: GRUB_DISABLE_LINUX_UUID=true -> false")
+        return match.group(1) + "false"
+
+    new = _GRUB_NO_UUID.sub(no_uuid, new)
+    return Rewrite(new, tuple(changes), tuple(unresolved))
+
+
+_GRUB_KERNEL_LINE = re.compile(r"^\s*(?:linux|linuxefi|linux16|kernel|options)\s.*$",
+                               re.MULTILINE)
+
+
+def rewrite_grub_cfg(text: str, dmap: DeviceMap, where: str) -> Rewrite:
+    """grub.cfg, menu.lst or a BLS entry: root=/resume= on the kernel lines.
+
+    Used where the guest has no tool to regenerate its config (grub legacy), and as the
+    check after regeneration.
+    """
+    changes: list[str] = []
+    unresolved: list[str] = []
+
+    def line(match: re.Match[str]) -> str:
+        res = rewrite_kernel_args(match.group(0), dmap, where)
+        changes.extend(res.changes)
+        unresolved.extend(res.unresolved)
+        return res.text
+
+    new = _GRUB_KERNEL_LINE.sub(line, text)
+    return Rewrite(new, tuple(changes), tuple(unresolved))
+
+
+def kernel_roots(text: str) -> list[str]:
+    """Every root= value on the kernel lines of a grub config."""
+    roots = []
+    for match in _GRUB_KERNEL_LINE.finditer(text):
+        roots += re.findall(r"(?<![\w.-])root=(\S+)", match.group(0))
+    return roots
+
+
+def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
+                    known_labels: set[str], mapper_names: set[str]) -> bool:
+    """Whether a root= value names a device the converted guest will have."""
+    spec = spec.strip("\"'")
+    if spec.startswith("UUID="):
+        return spec[5:] in known_uuids
+    if spec.startswith("LABEL="):
+        return spec[6:] in known_labels
+    if spec.startswith("/dev/mapper/"):
+        return spec[len("/dev/mapper/"):] in mapper_names
+    if spec.startswith("/dev/disk/by-uuid/"):
+        return spec.rsplit("/", 1)[1] in known_uuids
+    if spec.startswith("/dev/vd"):
+        parsed = parse_device(spec)
+        if parsed is None or parsed.guess_index is None or parsed.guess_index >= len(dmap.disks):
+            return False
+        disk = dmap.disks[parsed.guess_index]
+        return parsed.partition is None or parsed.partition in disk.partitions
+    if spec.startswith("/dev/md") or spec.startswith("ZFS=") or spec.startswith("PARTUUID="):
+        return True   # not bus-bound; trusted
+    lvm = re.fullmatch(r"/dev/([\w+.-]+)/([\w+.-]+)", spec)
+    if lvm and not _DEVICE.fullmatch(spec):
+        vg, lv = lvm.groups()
+        return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}" in mapper_names
+    return False
+
+
+def rewrite_mdadm_conf(text: str, dmap: DeviceMap) -> Rewrite:
+    """mdadm.conf: DEVICE lines and devices= lists name member disks; rename onto virtio.
+
+    ARRAY lines identified by UUID need nothing; a DEVICE line listing kernel names is
+    renamed (mdadm takes no UUID= there).
+    """
+    changes: list[str] = []
+    unresolved: list[str] = []
+    out = []
+    for line in text.splitlines(keepends=True):
+        if line.lstrip().startswith("#"):
+            out.append(line)
+            continue
+        out.append(_sub_devices(line, dmap.remap, changes, unresolved, "mdadm.conf"))
+    return Rewrite("".join(out), tuple(changes), tuple(unresolved))
+
+
+_LVM_PREFIX = re.compile(r"/dev/(?:sd|hd|xvd)(?=[^a-z])")
+_LVM_FILTER = re.compile(r"^(\s*(?:global_)?filter\s*=\s*)(.*)$", re.MULTILINE)
+
+
+def rewrite_lvm_conf(text: str, dmap: DeviceMap) -> Rewrite:
+    """lvm.conf filter/global_filter: a pattern naming /dev/sdX would hide the PVs on vdX.
+
+    Each old name inside a filter pattern is renamed onto virtio; whole-disk patterns
+    (`a|/dev/sda.*|`) keep their regex tail.
+    """
+    changes: list[str] = []
+    unresolved: list[str] = []
+
+    def filt(match: re.Match[str]) -> str:
+        body = _sub_devices(match.group(2), dmap.remap, changes, unresolved, "lvm.conf filter")
+
+        def prefix(m: re.Match[str]) -> str:
+            changes.append(f"lvm.conf filter: {m.group(0)}... -> /dev/vd...")
+            return "/dev/vd"
+
+        # Patterns over a whole family of names (a|/dev/sd.*|) follow the disks onto virtio.
+        body = _LVM_PREFIX.sub(prefix, body)
+        return match.group(1) + body
+
+    new = _LVM_FILTER.sub(filt, text)
+    return Rewrite(new, tuple(changes), tuple(unresolved))
+
+
+def find_devices(text: str) -> list[str]:
+    """Every hardware-bound device path in a text (for the report)."""
+    return [m.group(0) for m in _DEVICE.finditer(text) if not _is_current(m.group(0))]

@@ -1,0 +1,440 @@
+"""`p2v fix`: plan, then make, the changes that let a copied Linux guest boot on virtio.
+
+One straight pipeline: open the images in the appliance, inspect (p2v.fix.inspect), plan
+every change as new file contents plus a few actions (rebuild an initramfs, regenerate the
+grub config, copy the UEFI fallback loader), stop there for --dry-run, else apply, check the
+result and write the GuestCaps JSON beside the first image. A plan with nothing in it is
+what makes a second run a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2v.errors import FixError, GuestfsError
+from p2v.fix import devices, linux, network
+from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
+from p2v.fix.session import GuestSession, open_guest
+from p2v.model import GuestCaps
+
+CAPS_SUFFIX = ".caps.json"
+# Files whose device names are rewritten, and how: (path, rewrite function).
+_TABLES: tuple[tuple[str, Callable[[str, devices.DeviceMap], devices.Rewrite]], ...] = (
+    ("/etc/fstab", devices.rewrite_fstab),
+    ("/etc/crypttab", devices.rewrite_crypttab),
+    ("/etc/default/grub", devices.rewrite_grub_default),
+    ("/etc/mdadm/mdadm.conf", devices.rewrite_mdadm_conf),
+    ("/etc/mdadm.conf", devices.rewrite_mdadm_conf),
+    ("/etc/lvm/lvm.conf", devices.rewrite_lvm_conf),
+)
+# initramfs-tools' resume setting names the swap device.
+_RESUME_FILES = ("/etc/initramfs-tools/conf.d/resume", "/etc/uswsusp.conf")
+
+
+@dataclass(frozen=True)
+class FixOptions:
+    pins: tuple[network.NicPin, ...] = ()        # NIC name -> the VM's MAC
+    source_disks: tuple[str, ...] = ()           # the source's disk names, image order
+    firmware: str | None = None                  # from the inventory, when known
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Change:
+    """One planned change: a file written, or an action run inside the guest."""
+
+    kind: str           # edit, create, rebuild-initramfs, regenerate-grub, copy
+    target: str         # a guest path, or a kernel version
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target}: {self.why}"
+
+
+@dataclass
+class FixPlan:
+    files: dict[str, str] = field(default_factory=dict)     # guest path -> new text
+    modes: dict[str, int] = field(default_factory=dict)     # new files' modes
+    changes: list[Change] = field(default_factory=list)
+    rebuild: list[KernelInfo] = field(default_factory=list)
+    regenerate_grub: bool = False
+    fallback: tuple[str, str] | None = None                  # copy src -> dst (guest paths)
+    fallback_extra: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+@dataclass
+class FixResult:
+    images: tuple[Path, ...]
+    report: GuestReport
+    plan: FixPlan
+    applied: bool
+    caps: GuestCaps
+    caps_path: Path | None
+    dry_run: bool
+    pins: list[network.NicPin]
+    kernels_after: list[KernelInfo]
+    checks: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.plan.empty
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": [str(i) for i in self.images],
+            "dry_run": self.dry_run,
+            "nothing_to_do": self.plan.empty,
+            "applied": self.applied,
+            "inspection": self.report.to_dict(),
+            "changes": [asdict(c) for c in self.plan.changes],
+            "warnings": self.plan.warnings,
+            "checks": self.checks,
+            "caps": caps_document(self.caps, self.report, self.pins, self.kernels_after),
+            "caps_path": str(self.caps_path) if self.caps_path else None,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+def caps_path_for(images: Sequence[Path]) -> Path:
+    """The GuestCaps JSON lives beside the first image: disk0.qcow2 -> disk0.qcow2.caps.json."""
+    first = Path(images[0])
+    return first.with_name(first.name + CAPS_SUFFIX)
+
+
+def caps_document(caps: GuestCaps, report: GuestReport, pins: Sequence[network.NicPin],
+                  kernels: Sequence[KernelInfo]) -> dict[str, Any]:
+    """GuestCaps plus what it was decided from (GuestCaps.from_json ignores the extra keys).
+
+    Only facts about the guest go in, never this run's changes: a second run writes the
+    same document.
+    """
+    data: dict[str, Any] = dict(caps.to_dict())
+    data["os"] = {"distro": report.distro, "version": report.version,
+                  "product": report.product, "family": report.family}
+    data["kernels"] = [{"version": k.version, "virtio": k.virtio} for k in kernels]
+    data["nics"] = [{"name": p.name, "mac": p.mac} for p in pins]
+    return data
+
+
+def nic_pins(report: GuestReport, options: FixOptions) -> list[network.NicPin]:
+    """The names pinned to MACs: the ones given, else those the guest's udev rules pin."""
+    if options.pins:
+        return list(options.pins)
+    return [network.NicPin(n, m) for n, m in sorted(report.nic_pins.items())]
+
+
+# ------------------------------------------------------------------------------------ plan
+
+def _read(session: GuestSession, path: str) -> str | None:
+    return session.read_text(path) if session.g.is_file(path) else None
+
+
+def _edit(plan: FixPlan, path: str, old: str | None, new: str, why: str,
+          mode: int | None = None) -> None:
+    if old == new:
+        return
+    plan.files[path] = new
+    if mode is not None:
+        plan.modes[path] = mode
+    plan.changes.append(Change("create" if old is None else "edit", path, why))
+
+
+def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap,
+             options: FixOptions) -> FixPlan:
+    """Every change the guest needs, computed from its files; nothing is written."""
+    g = session.g
+    plan = FixPlan()
+    family = linux.family_named(report.family)
+
+    # 1. Device names in the config files.
+    for path, rewrite in _TABLES:
+        old = _read(session, path)
+        if old is None:
+            continue
+        res = rewrite(old, dmap)
+        plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
+        if res.changed:
+            _edit(plan, path, old, res.text, "; ".join(res.changes))
+            if path == "/etc/default/grub":
+                plan.regenerate_grub = True
+    for path in _RESUME_FILES:
+        old = _read(session, path)
+        if old is None:
+            continue
+        res = devices.rewrite_kernel_args(old.replace("RESUME=", "resume="), dmap, path)
+        if res.changed:
+            new = res.text.replace("resume=", "RESUME=") if "RESUME=" in old else res.text
+            _edit(plan, path, old, new, "; ".join(res.changes))
+
+    # 2. The grub config: regenerate when its kernel lines name a device that will not exist.
+    if report.grub_cfg:
+        cfg = session.read_text(report.grub_cfg)
+        bad = [r for r in devices.kernel_roots(cfg) if not _root_ok(r, report, dmap)]
+        if bad:
+            has_tool = family is not None and _mkconfig_argv(session, family) is not None
+            if report.bootloader == "grub2" and has_tool:
+                plan.regenerate_grub = True
+            else:
+                res = devices.rewrite_grub_cfg(cfg, dmap, report.grub_cfg)
+                if res.changed:
+                    _edit(plan, report.grub_cfg, cfg, res.text, "; ".join(res.changes))
+                plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
+        if plan.regenerate_grub:
+            why = (f"kernel lines name {', '.join(sorted(set(bad)))}" if bad
+                   else "follow the new /etc/default/grub")
+            plan.changes.append(Change("regenerate-grub", report.grub_cfg, why))
+    elif report.bootloader == "none found":
+        plan.warnings.append("no grub configuration found: the boot loader is not checked")
+
+    # 3. NIC names pinned to the VM's MACs.
+    if options.pins:
+        if g.is_dir("/etc/systemd") or report.has_systemd_udev:
+            for pin in options.pins:
+                path = network.link_path(pin.name)
+                _edit(plan, path, _read(session, path), network.link_text(pin),
+                      f"{pin.name} keeps its name on the NIC with MAC {pin.mac}", mode=0o644)
+        rules = _read(session, network.RULES_FILE)
+        if rules is not None:
+            new_rules, rule_changes = network.update_rules(rules, list(options.pins))
+            _edit(plan, network.RULES_FILE, rules, new_rules, "; ".join(rule_changes))
+        elif not report.has_systemd_udev:
+            text = "".join(network.rules_line(p) + "\n" for p in options.pins)
+            _edit(plan, network.RULES_FILE, None, text, "pin NIC names (udev without .link)",
+                  mode=0o644)
+        unknown = [n for n in report.nic_names if n not in {p.name for p in options.pins}]
+        if unknown:
+            plan.warnings.append(f"configured interfaces without a MAC to pin them to: "
+                                 f"{', '.join(unknown)} (give --mac NAME=MAC)")
+    elif report.nic_names:
+        plan.warnings.append(f"NIC names not pinned ({', '.join(report.nic_names)}): no --mac "
+                             "or --inventory NICs given; a virtio NIC may get another name")
+
+    # 4. virtio drivers in the initramfs of each kernel that lacks them.
+    if family is not None:
+        needs = [k for k in report.kernels if not k.boots_on_virtio and k.can_get_virtio
+                 and k.initrd is not None]
+        if needs:
+            old = _read(session, family.modules_file) or ""
+            new = family.modules_config(old)
+            _edit(plan, family.modules_file, old if g.is_file(family.modules_file) else None,
+                  new, f"keep {', '.join(linux.VIRTIO_MODULES)} in every future initramfs",
+                  mode=0o644)
+        for kernel in needs:
+            plan.rebuild.append(kernel)
+            missing = [m for m, ok in kernel.virtio.items() if not ok]
+            plan.changes.append(Change("rebuild-initramfs", kernel.version,
+                                       f"{kernel.initrd} lacks {', '.join(missing)} "
+                                       f"({family.initramfs_tool})"))
+        for kernel in report.kernels:
+            if not kernel.can_get_virtio:
+                plan.warnings.append(f"kernel {kernel.version} has no virtio_blk driver: it "
+                                     "cannot boot on virtio")
+    else:
+        plan.warnings.append(f"unknown distro family ({report.distro}): initramfs not changed")
+
+    # 5. UEFI: the removable-media fallback loader a fresh NVRAM boots.
+    if report.firmware == "uefi" and g.is_dir("/boot/efi/EFI"):
+        if not g.is_file(_esp_path(session, "BOOT/BOOTX64.EFI")):
+            source = _fallback_source(session)
+            if source is None:
+                plan.warnings.append("UEFI guest without \\EFI\\BOOT\\BOOTX64.EFI and no grub or "
+                                     "shim loader to copy there")
+            else:
+                src_dir = source.rsplit("/", 1)[0]
+                plan.fallback = (source, "/boot/efi/EFI/BOOT/BOOTX64.EFI")
+                # shim loads grubx64.efi from its own directory; a signed grub reads
+                # grub.cfg from it.
+                for extra in ("grubx64.efi", "mmx64.efi", "grub.cfg"):
+                    if source.endswith("/" + extra):
+                        continue
+                    path = f"{src_dir}/{extra}"
+                    if g.is_file(path):
+                        plan.fallback_extra.append((path, f"/boot/efi/EFI/BOOT/{extra}"))
+                plan.changes.append(Change("copy", "\\EFI\\BOOT\\BOOTX64.EFI",
+                                           f"fallback loader from {_efi_name(source)}: a VM "
+                                           "with a fresh NVRAM boots only that"))
+    return plan
+
+
+def _esp_path(session: GuestSession, rel: str) -> str:
+    """A path under /boot/efi/EFI as it exists (FAT is case-insensitive)."""
+    path = f"/boot/efi/EFI/{rel}"
+    try:
+        return str(session.g.case_sensitive_path(path))
+    except GuestfsError:
+        return path
+
+
+def _efi_name(path: str) -> str:
+    return "\\" + path[len("/boot/efi/"):].replace("/", "\\")
+
+
+def _fallback_source(session: GuestSession) -> str | None:
+    g = session.g
+    for vendor in [str(v) for v in g.ls("/boot/efi/EFI")]:
+        if vendor.upper() == "BOOT":
+            continue
+        for loader in ("shimx64.efi", "grubx64.efi"):
+            path = _esp_path(session, f"{vendor}/{loader}")
+            if g.is_file(path):
+                return path
+    return None
+
+
+def _mkconfig_argv(session: GuestSession, family: linux.LinuxFamily) -> list[str] | None:
+    g = session.g
+    for argv in family.grub_mkconfig:
+        for prefix in ("/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"):
+            if g.exists(prefix + argv[0]):
+                return list(argv)
+    return None
+
+
+def _root_ok(spec: str, report: GuestReport, dmap: devices.DeviceMap) -> bool:
+    uuids = {f.uuid for f in report.filesystems if f.uuid}
+    labels = {f.label for f in report.filesystems if f.label}
+    return devices.root_will_exist(spec, dmap, uuids, labels, set(report.mapper_names))
+
+
+# ----------------------------------------------------------------------------------- apply
+
+def _sh(session: GuestSession, argv: list[str], what: str) -> str:
+    return "\n".join(str(line) for line in session.call(what, "command_lines", argv))
+
+
+def apply_plan(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap,
+               plan: FixPlan, progress: Callable[[str], None]) -> list[str]:
+    """Make the planned changes; return the checks made afterwards (raise if one fails)."""
+    g = session.g
+    family = linux.family_named(report.family)
+    for path, text in plan.files.items():
+        g.mkdir_p(path.rsplit("/", 1)[0] or "/")
+        session.write_text(path, text, mode=plan.modes.get(path))
+    progress(f"wrote {len(plan.files)} file(s)")
+    checks: list[str] = []
+    for kernel in plan.rebuild:
+        assert family is not None and kernel.initrd is not None
+        progress(f"rebuilding the initramfs of {kernel.version} with {family.initramfs_tool} "
+                 "(minutes under TCG)")
+        started = time.monotonic()
+        _sh(session, family.rebuild(kernel.version, kernel.initrd),
+            f"rebuilding the initramfs of {kernel.version}")
+        listing = _sh(session, family.list_initrd(kernel.initrd),
+                      f"listing {kernel.initrd}")
+        have = linux.has_virtio(listing, set(kernel.builtin))
+        missing = [m for m in linux.VIRTIO_BOOT_MODULES if not have[m]]
+        if missing:
+            raise FixError(images=report.root, detail=f"{kernel.initrd} still lacks "
+                           f"{', '.join(missing)} after {family.initramfs_tool}")
+        checks.append(f"{kernel.initrd} holds {', '.join(m for m, ok in have.items() if ok)} "
+                      f"(rebuilt in {time.monotonic() - started:.0f} s)")
+    if plan.regenerate_grub and report.grub_cfg:
+        argv = _mkconfig_argv(session, family) if family else None
+        if argv is not None:
+            progress(f"regenerating {report.grub_cfg} with {argv[0]}")
+            _sh(session, argv, f"regenerating the grub config with {argv[0]}")
+        cfg = session.read_text(report.grub_cfg)
+        bad = [r for r in devices.kernel_roots(cfg) if not _root_ok(r, report, dmap)]
+        if bad:
+            # The guest's tool still wrote a bus-bound name (no udev links, say): fix the
+            # lines themselves rather than leave a config that cannot find its root.
+            res = devices.rewrite_grub_cfg(cfg, dmap, report.grub_cfg)
+            session.write_text(report.grub_cfg, res.text)
+            checks += [f"rewritten after regeneration: {c}" for c in res.changes]
+            cfg = res.text
+    if plan.fallback is not None:
+        src, dst = plan.fallback
+        g.mkdir_p("/boot/efi/EFI/BOOT")
+        g.cp(src, dst)
+        for extra_src, extra_dst in plan.fallback_extra:
+            g.cp(extra_src, extra_dst)
+        checks.append(f"\\EFI\\BOOT\\BOOTX64.EFI is a copy of {_efi_name(src)}")
+    checks += check_guest(session, report, dmap)
+    return checks
+
+
+def check_guest(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap) -> list[str]:
+    """The grub config names a root device the VM will have (raise FixError if not)."""
+    checks = []
+    if report.grub_cfg and session.g.is_file(report.grub_cfg):
+        cfg = session.read_text(report.grub_cfg)
+        roots = devices.kernel_roots(cfg)
+        bad = [r for r in roots if not _root_ok(r, report, dmap)]
+        if bad:
+            raise FixError(images=report.root, detail=f"{report.grub_cfg} still names "
+                           f"root={', '.join(sorted(set(bad)))}, which the VM will not have")
+        if roots:
+            checks.append(f"{report.grub_cfg}: every kernel line's root "
+                          f"({', '.join(sorted(set(roots)))}) will exist on virtio")
+    return checks
+
+
+# ------------------------------------------------------------------------------------ caps
+
+def decide_caps(report: GuestReport, options: FixOptions, after: list[KernelInfo]) -> GuestCaps:
+    """virtio when a bootable kernel has the drivers in its boot path, else the SATA fallback."""
+    firmware = options.firmware or report.firmware
+    virtio_disk = any(k.boots_on_virtio for k in after)
+    virtio_nic = any("virtio_net" in k.available for k in after)
+    return GuestCaps(disk_bus="virtio" if virtio_disk else "sata",
+                     nic_model="virtio" if virtio_nic else "e1000e",
+                     machine="q35", firmware="uefi" if firmware == "uefi" else "bios")
+
+
+def _after(report: GuestReport, plan: FixPlan, applied: bool) -> list[KernelInfo]:
+    if not applied:
+        return report.kernels
+    rebuilt = {k.version for k in plan.rebuild}
+    return [KernelInfo(k.version, k.initrd,
+                       {m: (ok or m in k.available) for m, ok in k.virtio.items()}
+                       if k.version in rebuilt else k.virtio, k.builtin, k.available)
+            for k in report.kernels]
+
+
+def fix_images(images: Sequence[Path], options: FixOptions,
+               progress: Callable[[str], None] = lambda _m: None) -> FixResult:
+    """Inspect, plan and (unless dry-run) fix one guest's disk images, all together."""
+    images = tuple(Path(i) for i in images)
+    started = time.monotonic()
+    progress(f"launching the appliance over {len(images)} image(s)")
+    with open_guest(images, readonly=options.dry_run) as session:
+        # Mounted read-only until there is something to change: a run with nothing to do
+        # (or a dry run) leaves every byte of the images as it was.
+        report = inspect_guest(session, list(options.source_disks) or None)
+        dmap = device_map(session, list(options.source_disks) or None)
+        progress(f"found {report.product} ({report.distro} {report.version}, {report.firmware}, "
+                 f"{report.bootloader}), kernels: "
+                 + ", ".join(f"{k.version} (virtio {'yes' if k.boots_on_virtio else 'no'})"
+                             for k in report.kernels))
+        plan = plan_fix(session, report, dmap, options)
+        checks: list[str] = []
+        applied = False
+        if not options.dry_run and not plan.empty:
+            session.g.umount_all()
+            session.mount_guest(report.root)
+            checks = apply_plan(session, report, dmap, plan, progress)
+            applied = True
+        elif not options.dry_run:
+            checks = check_guest(session, report, dmap)
+    after = _after(report, plan, applied)
+    caps = decide_caps(report, options, after)
+    pins = nic_pins(report, options)
+    caps_path = None
+    if not options.dry_run:
+        caps_path = caps_path_for(images)
+        text = json.dumps(caps_document(caps, report, pins, after), indent=2) + "\n"
+        if not caps_path.exists() or caps_path.read_text() != text:
+            caps_path.write_text(text)
+    return FixResult(images, report, plan, applied, caps, caps_path, options.dry_run, pins,
+                     after, checks, round(time.monotonic() - started, 1))

@@ -1,0 +1,221 @@
+"""Look at a guest before changing it: OS, kernels and their virtio support, boot, disks, NICs.
+
+Everything here only reads (the session may be read-only); the result, `GuestReport`, is
+what `p2v fix` prints before it plans anything and what `--dry-run` stops at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from p2v.errors import GuestfsError, UnsupportedGuest
+from p2v.fix import linux, network
+from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
+from p2v.fix.session import GuestSession
+
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+# Where grub configs live, per bootloader flavour (first existing wins).
+GRUB2_CFGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
+GRUB_LEGACY_CFGS = ("/boot/grub/menu.lst", "/boot/grub/grub.conf")
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    version: str
+    initrd: str | None
+    virtio: dict[str, bool]        # module -> in the initramfs (or built in)
+    builtin: tuple[str, ...]       # virtio drivers built into the kernel
+    available: tuple[str, ...]     # virtio drivers the kernel has at all (module or built in)
+
+    @property
+    def boots_on_virtio(self) -> bool:
+        return all(self.virtio.get(m, False) for m in linux.VIRTIO_BOOT_MODULES)
+
+    @property
+    def can_get_virtio(self) -> bool:
+        return all(m in self.available for m in linux.VIRTIO_BOOT_MODULES)
+
+
+@dataclass(frozen=True)
+class FsInfo:
+    device: str                    # as the appliance names it (/dev/sda1, /dev/vg0/root)
+    type: str | None
+    uuid: str | None
+    label: str | None
+    mountpoint: str | None
+
+
+@dataclass
+class GuestReport:
+    """What the guest is, as `p2v fix` found it."""
+
+    root: str
+    os_type: str
+    distro: str
+    version: str
+    product: str
+    family: str | None
+    firmware: str                                 # bios or uefi
+    bootloader: str                               # grub2, grub-legacy, none found
+    grub_cfg: str | None
+    kernels: list[KernelInfo] = field(default_factory=list)
+    filesystems: list[FsInfo] = field(default_factory=list)
+    mounts: dict[str, str] = field(default_factory=dict)
+    nic_names: list[str] = field(default_factory=list)    # names its network config uses
+    nic_pins: dict[str, str] = field(default_factory=dict)  # persistent-net name -> MAC
+    has_systemd_udev: bool = False
+    esp_loaders: list[str] = field(default_factory=list)  # \EFI\...\*.efi on the ESP
+    disks: int = 0
+    mapper_names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kernels"] = [dict(asdict(k), boots_on_virtio=k.boots_on_virtio)
+                           for k in self.kernels]
+        return data
+
+
+def _blkid(g: Any, device: str) -> dict[str, str]:
+    try:
+        return {str(k): str(v) for k, v in g.blkid(device).items()}
+    except GuestfsError:
+        return {}
+
+
+def device_map(session: GuestSession, source_names: list[str] | None = None) -> DeviceMap:
+    """The guest's disks (appliance order = source order) with their partitions' identities."""
+    g = session.g
+    layouts = []
+    for index, disk in enumerate(g.list_devices()):
+        parts: dict[int, FsIdentity] = {}
+        for part in g.list_partitions():
+            if str(g.part_to_dev(part)) != str(disk):
+                continue
+            info = _blkid(g, part)
+            number = int(g.part_to_partnum(part))
+            parts[number] = FsIdentity(info.get("UUID"), info.get("LABEL"), info.get("TYPE"))
+        whole = None
+        if not parts:
+            info = _blkid(g, disk)
+            if info.get("TYPE"):
+                whole = FsIdentity(info.get("UUID"), info.get("LABEL"), info.get("TYPE"))
+        name = source_names[index] if source_names and index < len(source_names) else None
+        layouts.append(DiskLayout(name, parts, whole))
+    return DeviceMap(layouts)
+
+
+def _kernels(session: GuestSession, family: linux.LinuxFamily | None) -> list[KernelInfo]:
+    g = session.g
+    moddir = next((d for d in ("/lib/modules", "/usr/lib/modules") if g.is_dir(d)), None)
+    if moddir is None:
+        return []
+    kernels = []
+    for kver in sorted(str(k) for k in g.ls(moddir)):
+        if not g.exists(f"/boot/vmlinuz-{kver}"):
+            continue   # modules left behind by a removed kernel: cannot boot
+        config = f"/boot/config-{kver}"
+        builtin = linux.builtin_modules(session.read_text(config)) if g.is_file(config) else set()
+        available = set(builtin)
+        for path in g.find(f"{moddir}/{kver}/kernel/drivers"):
+            base = str(path).rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
+            if base in linux.VIRTIO_MODULES:
+                available.add(base)
+        initrd = None
+        virtio = {m: m in builtin for m in linux.VIRTIO_MODULES}
+        if family is not None:
+            initrd = next((p for p in family.initrd_candidates(kver) if g.is_file(p)), None)
+            if initrd is not None:
+                listing = "\n".join(g.command_lines(family.list_initrd(initrd)))
+                virtio = linux.has_virtio(listing, builtin)
+        kernels.append(KernelInfo(kver, initrd, virtio, tuple(sorted(builtin)),
+                                  tuple(sorted(available))))
+    return kernels
+
+
+def _firmware(session: GuestSession, mounts: dict[str, str]) -> tuple[str, list[str]]:
+    """uefi when the guest mounts an ESP holding an EFI loader, else bios."""
+    g = session.g
+    loaders: list[str] = []
+    if "/boot/efi" in mounts and g.is_dir("/boot/efi/EFI"):
+        for path in g.find("/boot/efi/EFI"):
+            if str(path).lower().endswith(".efi"):
+                loaders.append("\\EFI\\" + str(path).replace("/", "\\"))
+    if loaders:
+        return "uefi", loaders
+    for disk in g.list_devices():
+        try:
+            if g.part_get_parttype(disk) != "gpt":
+                continue
+            for part in g.part_list(disk):
+                if str(g.part_get_gpt_type(disk, part["part_num"])).upper() == ESP_GUID:
+                    return "uefi", loaders
+        except GuestfsError:
+            continue
+    return "bios", loaders
+
+
+def _pretty_name(session: GuestSession) -> str | None:
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        if session.g.is_file(path):
+            for line in session.read_text(path).splitlines():
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip("\"'")
+    return None
+
+
+def inspect_guest(session: GuestSession, source_names: list[str] | None = None) -> GuestReport:
+    """Inspect the guest and mount it read-only; raise UnsupportedGuest for what p2v fix
+    cannot handle."""
+    g = session.g
+    root = session.inspect()
+    os_type = str(g.inspect_get_type(root))
+    distro = str(g.inspect_get_distro(root))
+    if os_type != "linux":
+        raise UnsupportedGuest(what=f"{os_type} {distro}",
+                               detail="only Linux guests are converted so far")
+    major, minor = int(g.inspect_get_major_version(root)), int(g.inspect_get_minor_version(root))
+    mounts = {str(k): str(v) for k, v in g.inspect_get_mountpoints(root).items()}
+    session.mount_guest(root, readonly=True)
+    has_dracut = bool(g.exists("/usr/bin/dracut") or g.exists("/sbin/dracut")
+                      or g.exists("/usr/sbin/dracut"))
+    family = linux.family_for(distro, major, has_dracut)
+    firmware, loaders = _firmware(session, mounts)
+    grub_cfg = next((p for p in GRUB2_CFGS if g.is_file(p)), None)
+    bootloader = "grub2" if grub_cfg else "none found"
+    if grub_cfg is None:
+        grub_cfg = next((p for p in GRUB_LEGACY_CFGS if g.is_file(p)), None)
+        if grub_cfg:
+            bootloader = "grub-legacy"
+    filesystems = []
+    for device, fstype in sorted(g.list_filesystems().items()):
+        if fstype in ("unknown", "") or fstype.startswith("LVM2") or fstype.endswith("_member"):
+            continue
+        info = _blkid(g, device)
+        mountpoint = next((m for m, d in mounts.items() if d == device), None)
+        filesystems.append(FsInfo(str(device), str(fstype), info.get("UUID"), info.get("LABEL"),
+                                  mountpoint))
+    interfaces = session.read_text("/etc/network/interfaces") \
+        if g.is_file("/etc/network/interfaces") else ""
+    ifcfg = tuple(session.read_text(str(p))
+                  for p in g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-*"))
+    netplan = tuple(session.read_text(str(p)) for p in g.glob_expand("/etc/netplan/*.yaml"))
+    rules = session.read_text(network.RULES_FILE) if g.is_file(network.RULES_FILE) else ""
+    udevd = any(g.exists(p) for p in ("/lib/systemd/systemd-udevd",
+                                      "/usr/lib/systemd/systemd-udevd"))
+    mapper = []
+    try:
+        mapper = [f"{lv.split('/')[-2].replace('-', '--')}-{lv.split('/')[-1].replace('-', '--')}"
+                  for lv in (str(p) for p in g.lvs())]
+    except GuestfsError:
+        pass
+    return GuestReport(
+        root=root, os_type=os_type, distro=distro, version=f"{major}.{minor}",
+        product=_pretty_name(session) or str(g.inspect_get_product_name(root)),
+        family=family.name if family else None, firmware=firmware, bootloader=bootloader,
+        grub_cfg=grub_cfg, kernels=_kernels(session, family), filesystems=filesystems,
+        mounts=mounts,
+        nic_names=network.configured_names(interfaces, ifcfg, netplan),
+        nic_pins=network.rules_names(rules), has_systemd_udev=udevd,
+        esp_loaders=loaders, disks=len(g.list_devices()), mapper_names=mapper,
+    )
