@@ -91,8 +91,13 @@ def spawn(
     stdout: int | None = subprocess.DEVNULL,
     stderr: int | None = subprocess.DEVNULL,
     cwd: str | Path | None = None,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-running process (qemu, sshd) in its own session; the caller stops it."""
+    """Start a long-running process (qemu, sshd) in its own session; the caller stops it.
+
+    die_with_parent: the kernel sends it SIGTERM when p2v dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG), so a helper holding an image lock never outlives a killed copy.
+    """
     args = [os.fspath(a) for a in argv]
     args[0] = which(args[0]) if "/" not in args[0] else args[0]
     log.debug("spawn: %s", shlex.join(args))
@@ -104,7 +109,16 @@ def spawn(
         env=_env(env),
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=_die_with_parent if die_with_parent else None,
     )
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

@@ -54,7 +54,7 @@ class Qcow2Writer:
                  "--blockdev", "driver=qcow2,file=file0,node-name=disk0",
                  "--nbd-server", f"addr.type=unix,addr.path={_escape(self.socket_path)}",
                  "--export", "type=nbd,id=exp0,node-name=disk0,name=disk0,writable=on"],
-                stdout=log_file.fileno(), stderr=log_file.fileno(),
+                stdout=log_file.fileno(), stderr=log_file.fileno(), die_with_parent=True,
             )
         try:
             self.client = self._connect(start_timeout)
