@@ -142,10 +142,15 @@ def test_missing_device_and_not_a_block_device(
     assert not list(tmp_path.iterdir())
 
 
-def test_bios_fixture_disk_copies_identically(bios_image: FixtureImage, tmp_path: Path) -> None:
-    with LoopSource(bios_image) as ep, open_source(ep) as source:
-        (result,) = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
-                                                   name="bios"))
-    raw = Path(bios_image.disks[0])
-    assert identical(raw, result.image)
-    assert result.wire_bytes < raw.stat().st_size // 2
+@pytest.mark.parametrize("variant", ["bios", "uefi"])
+def test_fixture_disks_copy_identically(variant: str, request: pytest.FixtureRequest,
+                                        tmp_path: Path) -> None:
+    """Each fixture's disks (MBR/ext4/swap; GPT/ESP/LVM) -> qcow2 identical to the source."""
+    image: FixtureImage = request.getfixturevalue(f"{variant}_image")
+    with LoopSource(image) as ep, open_source(ep) as source:
+        results = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
+                                                 name=variant))
+    for raw, result in zip(image.disks, results, strict=True):
+        assert identical(Path(raw), result.image)
+        assert result.wire_bytes < Path(raw).stat().st_size // 2
+        runner.run(["qemu-img", "check", "-q", result.image])
