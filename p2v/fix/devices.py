@@ -258,7 +258,7 @@ def rewrite_kernel_args(text: str, dmap: DeviceMap, where: str) -> Rewrite:
 
 
 _GRUB_CMDLINE = re.compile(r"^(\s*GRUB_CMDLINE_LINUX(?:_DEFAULT)?=)(.*)$", re.MULTILINE)
-_GRUB_NO_UUID = re.compile(r"^(\s*GRUB_DISABLE_LINUX_UUID=)[\"']?true[\"']?\s*$", re.MULTILINE)
+_GRUB_NO_UUID = re.compile(r"^(\s*GRUB_DISABLE_LINUX_UUID=)[\"']?true[\"']?[ \t]*$", re.MULTILINE)
 
 
 def rewrite_grub_default(text: str, dmap: DeviceMap) -> Rewrite:

@@ -140,7 +140,7 @@ def _firmware(session: GuestSession, mounts: dict[str, str]) -> tuple[str, list[
     if "/boot/efi" in mounts and g.is_dir("/boot/efi/EFI"):
         for path in g.find("/boot/efi/EFI"):
             if str(path).lower().endswith(".efi"):
-                loaders.append("\\EFI\\" + str(path).replace("/", "\\"))
+                loaders.append("\\EFI\\" + str(path).lstrip("/").replace("/", "\\"))
     if loaders:
         return "uefi", loaders
     for disk in g.list_devices():

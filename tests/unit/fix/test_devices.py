@@ -1,0 +1,228 @@
+"""Device-name rewriting (pure): fstab, crypttab, kernel args, grub, mdadm, LVM filters."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2v.fix import devices
+from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
+
+ROOT = FsIdentity("1111-root", None, "ext4")
+SWAP = FsIdentity("2222-swap", None, "swap")
+DATA = FsIdentity(None, "data", "xfs")       # a label, no UUID
+RAW = FsIdentity(None, None, None)           # nothing to name it by
+
+
+def two_disks(names: tuple[str | None, str | None] = (None, None)) -> DeviceMap:
+    return DeviceMap([DiskLayout(names[0], {1: ROOT, 2: SWAP}),
+                      DiskLayout(names[1], {1: DATA, 2: RAW})])
+
+
+@pytest.mark.parametrize(("path", "disk", "part", "index"), [
+    ("/dev/sda", "sda", None, 0),
+    ("/dev/sda1", "sda", 1, 0),
+    ("/dev/sdb12", "sdb", 12, 1),
+    ("/dev/sdaa3", "sdaa", 3, 26),
+    ("/dev/hdc1", "hdc", 1, 2),
+    ("/dev/xvdb2", "xvdb", 2, 1),
+    ("/dev/vda1", "vda", 1, 0),
+    ("/dev/cciss/c0d1p2", "cciss/c0d1", 2, 1),
+    ("/dev/cciss/c0d0", "cciss/c0d0", None, 0),
+    ("/dev/nvme0n1p3", "nvme0n1", 3, 0),
+    ("/dev/nvme1n1", "nvme1n1", None, 1),
+    ("/dev/disk/by-id/ata-WDC_WD10-part2", "disk/by-id/ata-WDC_WD10", 2, None),
+    ("/dev/disk/by-path/pci-0000:00:1f.2-ata-1", "disk/by-path/pci-0000:00:1f.2-ata-1", None,
+     None),
+])
+def test_parse_device(path: str, disk: str, part: int | None, index: int | None) -> None:
+    parsed = devices.parse_device(path)
+    assert parsed is not None
+    assert (parsed.disk, parsed.partition, parsed.guess_index) == (disk, part, index)
+
+
+@pytest.mark.parametrize("path", ["/dev/mapper/vg0-root", "/dev/md0", "UUID=x", "/dev/loop0",
+                                  "/dev/dm-0"])
+def test_parse_device_leaves_stable_names(path: str) -> None:
+    assert devices.parse_device(path) is None
+
+
+def test_letters_round_trip() -> None:
+    for i in (0, 1, 25, 26, 27, 51, 52, 701):
+        assert devices.letters_to_index(devices.index_to_letters(i)) == i
+    assert devices.index_to_letters(26) == "aa"
+    assert devices.virtio_name(1, 2) == "/dev/vdb2"
+    assert devices.virtio_name(0) == "/dev/vda"
+
+
+def test_resolve_prefers_uuid_then_label_then_virtio_name() -> None:
+    dmap = two_disks()
+    assert dmap.resolve("/dev/sda1").new == "UUID=1111-root"
+    assert dmap.resolve("/dev/sdb1").new == "LABEL=data"
+    assert dmap.resolve("/dev/sdb2").new == "/dev/vdb2"
+    assert dmap.resolve("/dev/sdb").new == "/dev/vdb"
+    assert dmap.remap("/dev/sda1").new == "/dev/vda1"
+    assert dmap.resolve("/dev/sdc1").new is None           # no third disk
+
+
+def test_resolve_other_buses_by_position() -> None:
+    dmap = two_disks()
+    assert dmap.resolve("/dev/hda2").new == "UUID=2222-swap"
+    assert dmap.resolve("/dev/xvdb2").new == "/dev/vdb2"
+    assert dmap.resolve("/dev/cciss/c0d0p1").new == "UUID=1111-root"
+    assert dmap.resolve("/dev/nvme1n1p2").new == "/dev/vdb2"
+
+
+def test_inventory_names_decide_the_disk_not_the_letter() -> None:
+    # The source had an NVMe boot disk and a SATA data disk, copied in that order.
+    dmap = two_disks(("nvme0n1", "sda"))
+    assert dmap.resolve("/dev/nvme0n1p1").new == "UUID=1111-root"
+    assert dmap.resolve("/dev/sda2").new == "/dev/vdb2"
+    assert dmap.resolve("/dev/sdb1").new is None    # a disk that was not copied
+
+
+def test_by_id_resolves_only_when_there_is_one_disk() -> None:
+    one = DeviceMap([DiskLayout(None, {1: ROOT})])
+    assert one.resolve("/dev/disk/by-id/ata-X_123-part1").new == "UUID=1111-root"
+    assert two_disks().resolve("/dev/disk/by-id/ata-X_123-part1").new is None
+
+
+FSTAB = """\
+# /etc/fstab: static file system information.
+# /dev/sda1 in a comment stays
+/dev/sda1 /     ext4 errors=remount-ro 0 1
+/dev/sda2 none  swap sw 0 0
+UUID=abcd /boot ext4 defaults 0 2
+/dev/mapper/vg0-root /srv ext4 defaults 0 2
+/dev/sdb1\t/data\txfs\tdefaults\t0 2
+/dev/sdb2 /raw ext2 defaults 0 2
+/dev/sdc1 /gone ext4 defaults 0 2
+proc /proc proc defaults 0 0
+"""
+
+
+def test_fstab_rewrite() -> None:
+    res = devices.rewrite_fstab(FSTAB, two_disks())
+    lines = res.text.splitlines()
+    assert lines[1] == "# /dev/sda1 in a comment stays"
+    assert lines[2] == "UUID=1111-root /     ext4 errors=remount-ro 0 1"
+    assert lines[3] == "UUID=2222-swap none  swap sw 0 0"
+    assert lines[4] == "UUID=abcd /boot ext4 defaults 0 2"
+    assert lines[5] == "/dev/mapper/vg0-root /srv ext4 defaults 0 2"
+    assert lines[6] == "LABEL=data\t/data\txfs\tdefaults\t0 2"
+    assert lines[7] == "/dev/vdb2 /raw ext2 defaults 0 2"
+    assert lines[8] == "/dev/sdc1 /gone ext4 defaults 0 2"
+    assert len(res.changes) == 4
+    assert res.unresolved == ("fstab: /dev/sdc1 (no disk of this guest matches)",)
+    assert res.text.endswith("\n")
+
+
+def test_fstab_rewrite_is_idempotent() -> None:
+    once = devices.rewrite_fstab(FSTAB, two_disks())
+    twice = devices.rewrite_fstab(once.text, two_disks())
+    assert twice.text == once.text and not twice.changed
+
+
+def test_crypttab_second_column() -> None:
+    text = "cryptroot /dev/sda2 none luks,discard\ncryptdata UUID=x /etc/key luks\n"
+    res = devices.rewrite_crypttab(text, two_disks())
+    assert res.text == ("cryptroot UUID=2222-swap none luks,discard\n"
+                        "cryptdata UUID=x /etc/key luks\n")
+
+
+@pytest.mark.parametrize(("line", "want"), [
+    ("root=/dev/sda1 ro quiet", "root=UUID=1111-root ro quiet"),
+    ("ro root=/dev/sda1 resume=/dev/sda2", "ro root=UUID=1111-root resume=UUID=2222-swap"),
+    ("root=/dev/mapper/vg0-root ro", "root=/dev/mapper/vg0-root ro"),
+    ("root=UUID=1111-root ro", "root=UUID=1111-root ro"),
+    ("root=/dev/vda1 ro", "root=/dev/vda1 ro"),
+    ("real_root=/dev/sdb2", "real_root=/dev/vdb2"),
+    ("myroot=/dev/sda1", "myroot=/dev/sda1"),      # not a kernel root argument
+])
+def test_kernel_args(line: str, want: str) -> None:
+    assert devices.rewrite_kernel_args(line, two_disks(), "cmdline").text == want
+
+
+GRUB_DEFAULT = """\
+GRUB_DEFAULT=0
+GRUB_CMDLINE_LINUX_DEFAULT="quiet resume=/dev/sda2"
+GRUB_CMDLINE_LINUX="root=/dev/sda1"
+GRUB_DISABLE_LINUX_UUID=true
+"""
+
+
+def test_grub_default_rewrites_cmdline_and_enables_uuids() -> None:
+    res = devices.rewrite_grub_default(GRUB_DEFAULT, two_disks())
+    assert 'GRUB_CMDLINE_LINUX_DEFAULT="quiet resume=UUID=2222-swap"' in res.text
+    assert 'GRUB_CMDLINE_LINUX="root=UUID=1111-root"' in res.text
+    assert "GRUB_DISABLE_LINUX_UUID=false" in res.text
+    assert len(res.changes) == 3
+    assert not devices.rewrite_grub_default(res.text, two_disks()).changed
+
+
+def test_grub_default_quoted_true() -> None:
+    res = devices.rewrite_grub_default('GRUB_DISABLE_LINUX_UUID="true"\n', two_disks())
+    assert res.text == "GRUB_DISABLE_LINUX_UUID=false\n"
+
+
+GRUB_CFG = """\
+menuentry 'Debian GNU/Linux' {
+\tset root='hd0,msdos1'
+\tsearch --no-floppy --fs-uuid --set=root 1111-root
+\tlinux\t/boot/vmlinuz-6.1.0 root=/dev/sda1 ro  quiet
+\tinitrd\t/boot/initrd.img-6.1.0
+}
+"""
+MENU_LST = """\
+title Debian
+root (hd0,0)
+kernel /boot/vmlinuz root=/dev/hda1 ro
+"""
+
+
+def test_grub_cfg_and_menu_lst() -> None:
+    res = devices.rewrite_grub_cfg(GRUB_CFG, two_disks(), "grub.cfg")
+    assert "\tlinux\t/boot/vmlinuz-6.1.0 root=UUID=1111-root ro  quiet" in res.text
+    assert "set root='hd0,msdos1'" in res.text     # grub's own disk naming is left alone
+    legacy = devices.rewrite_grub_cfg(MENU_LST, two_disks(), "menu.lst")
+    assert "kernel /boot/vmlinuz root=UUID=1111-root ro" in legacy.text
+    assert devices.kernel_roots(res.text) == ["UUID=1111-root"]
+
+
+def test_root_will_exist() -> None:
+    dmap = two_disks()
+    uuids, labels, mapper = {"1111-root"}, {"data"}, {"vg0-root", "my--vg-lv--a"}
+
+    def ok(spec: str) -> bool:
+        return devices.root_will_exist(spec, dmap, uuids, labels, mapper)
+
+    assert ok("UUID=1111-root") and not ok("UUID=nope")
+    assert ok("LABEL=data")
+    assert ok("/dev/mapper/vg0-root") and not ok("/dev/mapper/vg1-root")
+    assert ok("/dev/vg0/root") and ok("/dev/my-vg/lv-a")
+    assert ok("/dev/vda1") and not ok("/dev/vdc1") and not ok("/dev/vda7")
+    assert not ok("/dev/sda1")
+    assert not ok("/dev/disk/by-id/ata-X-part1")
+
+
+def test_mdadm_conf() -> None:
+    text = ("# DEVICE /dev/sda1\nDEVICE /dev/sda1 /dev/sdb1\n"
+            "ARRAY /dev/md0 metadata=1.2 UUID=aa:bb devices=/dev/sda1,/dev/sdb1\n")
+    res = devices.rewrite_mdadm_conf(text, two_disks())
+    assert res.text == ("# DEVICE /dev/sda1\nDEVICE /dev/vda1 /dev/vdb1\n"
+                        "ARRAY /dev/md0 metadata=1.2 UUID=aa:bb devices=/dev/vda1,/dev/vdb1\n")
+
+
+def test_lvm_filter() -> None:
+    text = ('devices {\n    filter = [ "a|^/dev/sda2$|", "a|/dev/sd.*|", "r|.*|" ]\n'
+            '    # filter = [ "a|/dev/sda|" ]\n'
+            '    global_filter = [ "a|/dev/cciss/c0d0p1|", "r|.*|" ]\n}\n')
+    res = devices.rewrite_lvm_conf(text, two_disks())
+    assert 'filter = [ "a|^/dev/vda2$|", "a|/dev/vd.*|", "r|.*|" ]' in res.text
+    assert '# filter = [ "a|/dev/sda|" ]' in res.text
+    assert 'global_filter = [ "a|/dev/vda1|", "r|.*|" ]' in res.text
+    assert not devices.rewrite_lvm_conf(res.text, two_disks()).changed
+
+
+def test_find_devices() -> None:
+    assert devices.find_devices("root=/dev/sda1 x /dev/vda2 /dev/nvme0n1p1,") == [
+        "/dev/sda1", "/dev/nvme0n1p1"]

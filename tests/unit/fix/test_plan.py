@@ -1,0 +1,189 @@
+"""The fix plan computed from a guest's files (a fake in-memory guest; no libguestfs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from p2v.fix import fixer, network
+from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
+from p2v.fix.fixer import FixOptions, plan_fix
+from p2v.fix.inspect import FsInfo, GuestReport, KernelInfo
+from p2v.model import GuestCaps
+
+KVER = "6.1.0-9-amd64"
+NO_VIRTIO = {m: False for m in ("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net")}
+ALL_VIRTIO = {m: True for m in NO_VIRTIO}
+AVAILABLE = tuple(sorted(NO_VIRTIO))
+
+
+class FakeG:
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+
+    def is_file(self, path: str) -> bool:
+        return path in self.files
+
+    def exists(self, path: str) -> bool:
+        return path in self.files or self.is_dir(path)
+
+    def is_dir(self, path: str) -> bool:
+        return any(f.startswith(path.rstrip("/") + "/") for f in self.files)
+
+    def ls(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        return sorted({f[len(prefix):].split("/")[0] for f in self.files if f.startswith(prefix)})
+
+    def case_sensitive_path(self, path: str) -> str:
+        for f in self.files:
+            if f.lower() == path.lower():
+                return f
+        return path
+
+
+class FakeSession:
+    def __init__(self, files: dict[str, str]) -> None:
+        self.g: Any = FakeG(files)
+
+    def read_text(self, path: str) -> str:
+        return str(self.g.files[path])
+
+
+BIOS_FILES = {
+    "/etc/fstab": "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/sda2 none swap sw 0 0\n",
+    "/etc/default/grub": 'GRUB_CMDLINE_LINUX=""\nGRUB_DISABLE_LINUX_UUID=true\n',
+    "/boot/grub/grub.cfg": "\tlinux\t/boot/vmlinuz root=/dev/sda1 ro quiet\n",
+    "/etc/initramfs-tools/modules": "ahci\nsd_mod\n",
+    "/etc/udev/rules.d/70-persistent-net.rules": (
+        'SUBSYSTEM=="net", ATTR{address}=="52:54:00:b1:05:01", NAME="eth0"\n'),
+    "/etc/systemd/system.conf": "",
+    "/usr/sbin/update-grub": "",
+    f"/boot/initrd.img-{KVER}": "",
+}
+DMAP = DeviceMap([DiskLayout(None, {1: FsIdentity("u-root", None, "ext4"),
+                                    2: FsIdentity("u-swap", None, "swap")})])
+
+
+def report(virtio: dict[str, bool] = NO_VIRTIO, firmware: str = "bios",
+           family: str | None = "debian") -> GuestReport:
+    return GuestReport(
+        root="/dev/sda1", os_type="linux", distro="debian", version="12.1",
+        product="Debian 12", family=family, firmware=firmware, bootloader="grub2",
+        grub_cfg="/boot/grub/grub.cfg",
+        kernels=[KernelInfo(KVER, f"/boot/initrd.img-{KVER}", dict(virtio), (), AVAILABLE)],
+        filesystems=[FsInfo("/dev/sda1", "ext4", "u-root", None, "/"),
+                     FsInfo("/dev/sda2", "swap", "u-swap", None, None)],
+        nic_names=["eth0"], nic_pins={"eth0": "52:54:00:b1:05:01"}, has_systemd_udev=True,
+        disks=1)
+
+
+PIN = FixOptions(pins=(network.NicPin("eth0", "52:54:00:b1:05:01"),))
+
+
+def kinds(plan: fixer.FixPlan) -> list[tuple[str, str]]:
+    return [(c.kind, c.target) for c in plan.changes]
+
+
+def test_bios_guest_plan() -> None:
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), report(), DMAP, PIN)  # type: ignore[arg-type]
+    assert kinds(plan) == [
+        ("edit", "/etc/fstab"),
+        ("edit", "/etc/default/grub"),
+        ("regenerate-grub", "/boot/grub/grub.cfg"),
+        ("create", "/etc/systemd/network/10-p2v-eth0.link"),
+        ("edit", "/etc/initramfs-tools/modules"),
+        ("rebuild-initramfs", KVER),
+    ]
+    assert plan.files["/etc/fstab"].startswith("UUID=u-root / ext4")
+    assert "GRUB_DISABLE_LINUX_UUID=false" in plan.files["/etc/default/grub"]
+    assert plan.modes["/etc/systemd/network/10-p2v-eth0.link"] == 0o644
+    assert plan.regenerate_grub and [k.version for k in plan.rebuild] == [KVER]
+    assert plan.fallback is None and not plan.warnings
+
+
+def test_a_fixed_guest_plans_nothing() -> None:
+    files = dict(BIOS_FILES)
+    first = plan_fix(FakeSession(files), report(), DMAP, PIN)  # type: ignore[arg-type]
+    files.update(first.files)
+    files["/boot/grub/grub.cfg"] = "\tlinux\t/boot/vmlinuz root=UUID=u-root ro quiet\n"
+    second = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    assert second.empty and second.files == {} and not second.rebuild
+
+
+def test_without_macs_names_are_not_pinned_and_that_is_said() -> None:
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), report(), DMAP,  # type: ignore[arg-type]
+                    FixOptions())
+    assert not any(c.target.endswith(".link") for c in plan.changes)
+    assert any("not pinned" in w for w in plan.warnings)
+
+
+def test_pin_to_a_new_mac_updates_the_persistent_rule() -> None:
+    options = FixOptions(pins=(network.NicPin("eth0", "52:54:00:00:00:42"),))
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), report(), DMAP, options)  # type: ignore[arg-type]
+    assert "52:54:00:00:00:42" in plan.files[network.RULES_FILE]
+    assert "MACAddress=52:54:00:00:00:42" in plan.files[network.link_path("eth0")]
+
+
+def test_uefi_without_fallback_loader_plans_the_copy() -> None:
+    files = dict(BIOS_FILES)
+    files["/boot/efi/EFI/debian/grubx64.efi"] = "x"
+    plan = plan_fix(FakeSession(files), report(firmware="uefi"), DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.fallback == ("/boot/efi/EFI/debian/grubx64.efi", "/boot/efi/EFI/BOOT/BOOTX64.EFI")
+    assert ("copy", "\\EFI\\BOOT\\BOOTX64.EFI") in kinds(plan)
+    files["/boot/efi/EFI/BOOT/bootx64.efi"] = "x"          # FAT: any case will do
+    plan = plan_fix(FakeSession(files), report(firmware="uefi"), DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.fallback is None
+
+
+def test_uefi_shim_is_preferred_and_takes_grub_along() -> None:
+    files = dict(BIOS_FILES)
+    files["/boot/efi/EFI/redhat/shimx64.efi"] = "s"
+    files["/boot/efi/EFI/redhat/grubx64.efi"] = "g"
+    files["/boot/efi/EFI/redhat/grub.cfg"] = "c"
+    plan = plan_fix(FakeSession(files), report(firmware="uefi"), DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.fallback == ("/boot/efi/EFI/redhat/shimx64.efi",
+                             "/boot/efi/EFI/BOOT/BOOTX64.EFI")
+    assert ("/boot/efi/EFI/redhat/grubx64.efi", "/boot/efi/EFI/BOOT/grubx64.efi") \
+        in plan.fallback_extra
+    assert ("/boot/efi/EFI/redhat/grub.cfg", "/boot/efi/EFI/BOOT/grub.cfg") in plan.fallback_extra
+
+
+def test_kernel_without_virtio_modules_is_a_warning_and_caps_fall_back_to_sata() -> None:
+    rep = report()
+    rep.kernels = [KernelInfo(KVER, f"/boot/initrd.img-{KVER}", dict(NO_VIRTIO), (), ())]
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), rep, DMAP, PIN)  # type: ignore[arg-type]
+    assert not plan.rebuild
+    assert any("cannot boot on virtio" in w for w in plan.warnings)
+    caps = fixer.decide_caps(rep, PIN, fixer._after(rep, plan, applied=True))
+    assert caps == GuestCaps(disk_bus="sata", nic_model="e1000e", firmware="bios")
+
+
+def test_caps_after_a_rebuild_are_virtio() -> None:
+    rep = report()
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), rep, DMAP, PIN)  # type: ignore[arg-type]
+    caps = fixer.decide_caps(rep, PIN, fixer._after(rep, plan, applied=True))
+    assert caps == GuestCaps(disk_bus="virtio", nic_model="virtio", firmware="bios")
+    dry = fixer.decide_caps(rep, PIN, fixer._after(rep, plan, applied=False))
+    assert dry.disk_bus == "sata"
+
+
+def test_legacy_grub_without_a_tool_is_edited_in_place() -> None:
+    files = {k: v for k, v in BIOS_FILES.items()
+             if k not in ("/boot/grub/grub.cfg", "/usr/sbin/update-grub", "/etc/default/grub")}
+    files["/boot/grub/menu.lst"] = "title x\nroot (hd0,0)\nkernel /vmlinuz root=/dev/hda1 ro\n"
+    rep = report()
+    rep.bootloader, rep.grub_cfg = "grub-legacy", "/boot/grub/menu.lst"
+    plan = plan_fix(FakeSession(files), rep, DMAP, PIN)  # type: ignore[arg-type]
+    assert not plan.regenerate_grub
+    assert "root=UUID=u-root" in plan.files["/boot/grub/menu.lst"]
+
+
+def test_unknown_family_is_reported_not_guessed() -> None:
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), report(family=None), DMAP,  # type: ignore[arg-type]
+                    PIN)
+    assert any("unknown distro family" in w for w in plan.warnings)
+    assert not plan.rebuild
+
+
+def test_caps_path_beside_first_image(tmp_path: Any) -> None:
+    assert fixer.caps_path_for([tmp_path / "web01.qcow2", tmp_path / "b.qcow2"]) == \
+        tmp_path / "web01.qcow2.caps.json"
