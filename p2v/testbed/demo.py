@@ -39,7 +39,7 @@ def run_demo(variant: str, progress: Callable[[str], None]) -> dict[str, Any]:
     with LiveSource(image) as source:
         seen = {
             "hostname": source.ssh(["hostname"]).stdout.strip(),
-            "addresses": source.ssh(["ip", "-o", "-4", "addr", "show", "scope", "global"])
+            "addresses": source.ssh(["ip", "-br", "-4", "addr", "show", "scope", "global"])
             .stdout.strip(),
             "disks": source.ssh(["lsblk", "-d", "-n", "-o", "NAME,SIZE,TYPE"]).stdout.strip(),
         }
@@ -64,10 +64,12 @@ def run_demo(variant: str, progress: Callable[[str], None]) -> dict[str, Any]:
         f"  fixture image:               {', '.join(str(d) for d in image.disks)}",
         f"  live source served at        {endpoint} (stopped again)",
         f"    hostname {seen['hostname']}; disks: {seen['disks'].replace(chr(10), '; ')}",
-        f"    addresses: {seen['addresses'].splitlines()[0] if seen['addresses'] else 'none'}",
+        f"    addresses: {'; '.join(' '.join(ln.split()) for ln in seen['addresses'].splitlines())
+                         or 'none'}",
         _verdict_line("verify on SATA:", sata),
         _verdict_line("verify on virtio:", virtio),
-        "  (copy, fix and register are not built yet: the virtio failure is what fix repairs)",
+        "  (a plain copy fails on virtio like this: that is what `p2v fix` repairs; the demo",
+        "   runs the whole conversion once `p2v convert` exists)",
         f"  report: {report_path}",
         "  clean up: rm -r " + str(out) + "  (fixtures stay cached under "
         + str(image.directory.parent) + ")",
