@@ -57,6 +57,7 @@ def run_demo(variant: str, progress: Callable[[str], None]) -> dict[str, Any]:
         "verify_virtio": virtio.to_dict(),
         "elapsed_s": round(time.monotonic() - started, 1),
     }
+    addresses = "; ".join(" ".join(ln.split()) for ln in seen["addresses"].splitlines())
     report_path = out / f"demo-{variant}.json"
     report_path.write_text(json.dumps(report, indent=2))
     summary = [
@@ -64,8 +65,7 @@ def run_demo(variant: str, progress: Callable[[str], None]) -> dict[str, Any]:
         f"  fixture image:               {', '.join(str(d) for d in image.disks)}",
         f"  live source served at        {endpoint} (stopped again)",
         f"    hostname {seen['hostname']}; disks: {seen['disks'].replace(chr(10), '; ')}",
-        f"    addresses: {'; '.join(' '.join(ln.split()) for ln in seen['addresses'].splitlines())
-                         or 'none'}",
+        f"    addresses: {addresses or 'none'}",
         _verdict_line("verify on SATA:", sata),
         _verdict_line("verify on virtio:", virtio),
         "  (a plain copy fails on virtio like this: that is what `p2v fix` repairs; the demo",
