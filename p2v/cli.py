@@ -323,9 +323,9 @@ def _add_fix(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_fix(args: argparse.Namespace) -> int:
     from p2v.errors import InputNotFound, UsageError
-    from p2v.fix.fixer import FixOptions, fix_images
+    from p2v.fix.fixer import FixOptions, fix_images, read_inventory
     from p2v.fix.network import NicPin, valid_name
-    from p2v.model import SourceInventory, normalise_mac
+    from p2v.model import normalise_mac
 
     for image in args.images:
         if not image.is_file():
@@ -336,10 +336,9 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     if args.inventory is not None:
         if not args.inventory.is_file():
             raise InputNotFound(what="inventory", path=str(args.inventory))
-        inventory = SourceInventory.from_json(args.inventory.read_text(), str(args.inventory))
-        pins.update({n.name: n.mac for n in inventory.nics})
-        disks = tuple(d.name for d in inventory.disks)
-        firmware = inventory.firmware
+        facts = read_inventory(args.inventory.read_text(), str(args.inventory))
+        pins.update(facts.pins)
+        disks, firmware = facts.disks, facts.firmware
         if disks and len(disks) != len(args.images):
             raise UsageError(detail=f"--inventory lists {len(disks)} disk(s) but "
                                     f"{len(args.images)} image(s) were given")

@@ -20,7 +20,7 @@ from p2v.errors import FixError, GuestfsError
 from p2v.fix import devices, linux, network
 from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
 from p2v.fix.session import GuestSession, open_guest
-from p2v.model import GuestCaps
+from p2v.model import INVENTORY_SCHEMA, GuestCaps, Inventory, SourceInventory
 
 CAPS_SUFFIX = ".caps.json"
 # Files whose device names are rewritten, and how: (path, rewrite function).
@@ -42,6 +42,33 @@ class FixOptions:
     source_disks: tuple[str, ...] = ()           # the source's disk names, image order
     firmware: str | None = None                  # from the inventory, when known
     dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class InventoryFacts:
+    """What p2v fix takes from an inventory: NIC names and MACs, disk names, firmware."""
+
+    pins: dict[str, str]
+    disks: tuple[str, ...]
+    firmware: str | None
+
+
+def read_inventory(text: str, what: str = "inventory") -> InventoryFacts:
+    """Read `p2v inspect --json` (p2v.inventory/1) or the minimal inventory register reads.
+
+    Only physical NICs with a MAC become pins (bridges and bonds carry a member's MAC).
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("schema") == INVENTORY_SCHEMA:
+        inv = Inventory.from_dict(data, what)
+        return InventoryFacts({n.name: n.mac.lower() for n in inv.nics if n.physical and n.mac},
+                              tuple(d.name for d in inv.disks), inv.firmware)
+    src = SourceInventory.from_json(text, what)
+    return InventoryFacts({n.name: n.mac for n in src.nics}, tuple(d.name for d in src.disks),
+                          src.firmware)
 
 
 @dataclass(frozen=True)
