@@ -24,7 +24,8 @@ def test_help_lists_only_existing_commands(capsys: pytest.CaptureFixture[str]) -
         main(["--help"])
     out = capsys.readouterr().out
     assert "verify" in out and "demo" in out
-    for future in ("convert", "batch", "inspect"):
+    assert "inspect" in out and "copy" in out
+    for future in ("convert", "batch", "sync"):
         assert future not in out.split("options:")[0]
 
 
