@@ -36,6 +36,7 @@ from p2v.source.ssh import SshSource
 log = logging.getLogger(__name__)
 
 MANIFEST_SCHEMA = "p2v.manifest/1"
+FREE_MARK = "free"     # journal/manifest value of a chunk skipped as free filesystem space
 JOURNAL_SCHEMA = "p2v.journal/1"
 DEFAULT_CHUNK = 4 << 20
 # Chunks are journaled in batches, after a flush: at most this many bytes are re-sent
@@ -71,6 +72,7 @@ class DiskResult:
     wire_bytes: int
     seconds: float
     already_complete: bool = False
+    free_chunks: int = 0               # skipped as free filesystem/swap space
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -161,7 +163,7 @@ def source_hostname(source: SshSource) -> str:
 def _stream(source: SshSource, device: str, request: CopyRequest,
             ranges: list[tuple[int, int]]) -> Iterator[Iterator[Any]]:
     argv = reader_argv(device, request.chunk_size, ranges, compress=request.compress,
-                       low_priority=request.low_priority)
+                       low_priority=request.low_priority, skip_free=not request.full)
     with source.stream(argv) as raw:
         size, chunk = read_header(raw)
         if chunk != request.chunk_size:
@@ -239,7 +241,8 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
                         if not extent.zero:
                             writer.write(extent.offset, extent.data)
                             pending_bytes += extent.length
-                        pending.append((extent.index, extent.sha256))
+                        pending.append((extent.index,
+                                        FREE_MARK if extent.free else extent.sha256))
                         if pending_bytes >= FLUSH_BYTES or len(pending) >= 4096:
                             commit()
             finally:
@@ -266,22 +269,26 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     hashes = [journal.done[i] for i in range(count)]
     digest = hashlib.sha256()
     for i, h in enumerate(hashes):
-        if h is None:
+        if h is None or h == FREE_MARK:
             length = min(chunk, size - i * chunk)
             h = zero if length == chunk else hashlib.sha256(bytes(length)).hexdigest()
         digest.update(bytes.fromhex(h))
     zero_chunks = sum(1 for h in hashes if h is None)
+    free_chunks = sum(1 for h in hashes if h == FREE_MARK)
     manifest = {
         "schema": MANIFEST_SCHEMA, "host": source.target.host, "device": device,
         "image": image.name, "size": size, "chunk_size": chunk, "chunks": count,
-        "zero_chunks": zero_chunks, "data_chunks": count - zero_chunks,
+        "zero_chunks": zero_chunks, "free_chunks": free_chunks,
+        "data_chunks": count - zero_chunks - free_chunks, "full": request.full,
         "skipped": {"zero": "all-zero chunks are not sent and not written (they read as "
-                            "zeros in the image)"},
-        "hash": "sha256 of each chunk on the source; null: an all-zero chunk",
+                            "zeros in the image)",
+                    "free": "chunks wholly inside ext2/3/4 free blocks or a swap area past "
+                            "its header page: not read, not sent, zeros in the image"},
+        "hash": "sha256 of each chunk on the source; null: all-zero; \"free\": skipped",
         "chunk_hashes": hashes,
         "chunks_digest": digest.hexdigest(),
         "chunks_digest_is": "sha256 over the concatenated sha256 digests of every chunk "
-                            "in order, zero chunks included",
+                            "of the image in order (zero and free chunks as zeros)",
     }
     tmp = manifest_path.with_name(manifest_path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -290,8 +297,8 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     part.replace(image)
     journal_path.unlink()
     result = DiskResult(device, image, manifest_path, size, count, zero_chunks,
-                        count - zero_chunks, resumed, read, refetched, wire,
-                        time.monotonic() - started)
+                        count - zero_chunks - free_chunks, resumed, read, refetched, wire,
+                        time.monotonic() - started, free_chunks=free_chunks)
     emit({"event": "disk-done", **result.to_dict()})
     return result
 

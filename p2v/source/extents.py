@@ -26,14 +26,147 @@ from p2v.errors import StreamError
 MAGIC = b"P2VSTRM1"
 _HEAD = struct.Struct(">8sQI")          # magic, device size, chunk size
 _FRAME = struct.Struct(">BQI32sI")      # kind, index, raw length, sha256, payload length
-KIND_ZERO, KIND_RAW, KIND_ZLIB, KIND_END = 0, 1, 2, 3
+KIND_ZERO, KIND_RAW, KIND_ZLIB, KIND_END, KIND_FREE = 0, 1, 2, 3, 4
+
+# Free space the copy may skip (runs on the source, stdlib only): ext2/3/4 block bitmaps and
+# swap areas, on the whole device and on each of its partitions (from /sys). Anything it
+# does not understand counts as used. Returns sorted, merged (start, end) byte ranges.
+FREEMAP = r"""
+import os, re, struct
+
+def _pread(fd, n, off):
+    os.lseek(fd, off, 0)
+    return os.read(fd, n)
+
+def _ext_free(fd, base, limit):
+    sb = _pread(fd, 1024, base + 1024)
+    if len(sb) < 1024 or struct.unpack_from("<H", sb, 56)[0] != 0xEF53:
+        return None
+    (blocks_lo, first_data, log_bs, per_group, inodes_per_group) = (
+        struct.unpack_from("<I", sb, 4)[0], struct.unpack_from("<I", sb, 20)[0],
+        struct.unpack_from("<I", sb, 24)[0], struct.unpack_from("<I", sb, 32)[0],
+        struct.unpack_from("<I", sb, 40)[0])
+    compat, incompat, ro_compat = struct.unpack_from("<III", sb, 92)
+    inode_size = struct.unpack_from("<H", sb, 88)[0] or 128
+    bs = 1024 << log_bs
+    if incompat & 0x10 or compat & 0x200 or per_group == 0 or per_group > bs * 8:
+        return None                 # meta_bg or sparse_super2: not worth the risk
+    wide = bool(incompat & 0x80)
+    blocks = blocks_lo | ((struct.unpack_from("<I", sb, 0x150)[0] << 32) if wide else 0)
+    desc_size = struct.unpack_from("<H", sb, 0xFE)[0] if wide else 32
+    desc_size = desc_size or 32
+    reserved_gdt = struct.unpack_from("<H", sb, 0xCE)[0]
+    if blocks * bs > limit:
+        return None
+    groups = (blocks - first_data + per_group - 1) // per_group
+    gdt = _pread(fd, groups * desc_size, base + (first_data + 1) * bs)
+    if len(gdt) < groups * desc_size:
+        return None
+    def field(d, lo, hi):
+        v = struct.unpack_from("<I", d, lo)[0]
+        if desc_size >= 64:
+            v |= struct.unpack_from("<I", d, hi)[0] << 32
+        return v
+    itable_len = (inodes_per_group * inode_size + bs - 1) // bs
+    meta = []                       # (first, last+1) blocks of every group's metadata
+    descs = []
+    for g in range(groups):
+        d = gdt[g * desc_size:(g + 1) * desc_size]
+        bb, ib, it = field(d, 0, 0x20), field(d, 4, 0x24), field(d, 8, 0x28)
+        flags = struct.unpack_from("<H", d, 0x12)[0]
+        descs.append((bb, flags))
+        meta += [(bb, bb + 1), (ib, ib + 1), (it, it + itable_len)]
+    gdt_blocks = (groups * desc_size + bs - 1) // bs
+    def has_backup(g):
+        if g <= 1 or not ro_compat & 1:
+            return True
+        for p in (3, 5, 7):
+            n = p
+            while n < g:
+                n *= p
+            if n == g:
+                return True
+        return False
+    free = []
+    for g in range(groups):
+        start = first_data + g * per_group
+        count = min(per_group, blocks - start)
+        bb, flags = descs[g]
+        if flags & 0x2:             # BLOCK_UNINIT: free but for metadata in this group
+            lo = start + (1 + gdt_blocks + reserved_gdt if has_backup(g) else 0)
+            cuts = sorted((max(a, lo), min(z, start + count)) for a, z in meta
+                          if z > lo and a < start + count)
+            for a, z in cuts:
+                if a > lo:
+                    free.append((base + lo * bs, base + a * bs))
+                lo = max(lo, z)
+            if lo < start + count:
+                free.append((base + lo * bs, base + (start + count) * bs))
+            continue
+        bitmap = _pread(fd, bs, base + bb * bs)
+        if len(bitmap) < bs:
+            return None
+        # Whole zero bytes only (8 free blocks each): partial bytes count as used.
+        for m in re.finditer(b"\\x00+", bitmap[: count // 8]):
+            free.append((base + (start + m.start() * 8) * bs, base + (start + m.end() * 8) * bs))
+    return free
+
+def _swap_free(fd, base, size):
+    for page in (4096, 8192, 16384, 65536):
+        if page <= size and _pread(fd, 10, base + page - 10) == b"SWAPSPACE2":
+            return [(base + page, base + size)]
+    return None
+
+def _areas(dev):
+    name = os.path.basename(os.path.realpath(dev))
+    sysdir = "/sys/class/block/" + name
+    areas = []
+    try:
+        for entry in sorted(os.listdir(sysdir)):
+            part = os.path.join(sysdir, entry)
+            if os.path.exists(os.path.join(part, "partition")):
+                start = int(open(os.path.join(part, "start")).read()) * 512
+                size = int(open(os.path.join(part, "size")).read()) * 512
+                areas.append((start, size))
+    except OSError:
+        pass
+    return areas
+
+def free_ranges(fd, dev, disk_size):
+    areas = _areas(dev) or [(0, disk_size)]
+    free = []
+    for base, size in areas:
+        if size < 64 * 1024:        # an extended partition's container, or tiny
+            continue
+        try:
+            got = _ext_free(fd, base, size)
+            if got is None:
+                got = _swap_free(fd, base, size)
+        except (OSError, struct.error, IndexError, ValueError):
+            got = None
+        free += got or []
+    free.sort()
+    merged = []
+    for a, z in free:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], z)
+        else:
+            merged.append([a, z])
+    return [(a, z) for a, z in merged]
+"""
 
 # Runs on the source. Only the standard library; Python 3.2+; reads, never writes.
-READER = r"""
-import hashlib, os, struct, sys, zlib
+READER = FREEMAP + r"""
+import bisect, hashlib, os, struct, sys, zlib
 dev, chunk, ranges, level = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+skip = len(sys.argv) > 5 and sys.argv[5] == "1"
 fd = os.open(dev, os.O_RDONLY)
 size = os.lseek(fd, 0, 2)
+free = free_ranges(fd, dev, size) if skip else []
+starts = [a for a, z in free]
+def is_free(off, n):
+    k = bisect.bisect_right(starts, off) - 1
+    return k >= 0 and free[k][0] <= off and off + n <= free[k][1]
 out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
 frame = struct.Struct(">BQI32sI")
 out.write(struct.pack(">8sQI", b"P2VSTRM1", size, chunk))
@@ -48,6 +181,9 @@ for part in ranges.split(","):
         if off >= size:
             break
         n = min(chunk, size - off)
+        if free and is_free(off, n):
+            out.write(frame.pack(4, i, n, nozero, 0))
+            continue
         data = os.pread(fd, n, off) if hasattr(os, "pread") else None
         if data is None:
             os.lseek(fd, off, 0)
@@ -84,6 +220,7 @@ class Extent:
     data: bytes                 # b"" for zero chunks
     wire_bytes: int             # frame + payload as sent
     corrupt: bool = False       # the bytes did not match sha256
+    free: bool = False          # not read: free space of a filesystem, or swap (zero=True)
 
 
 def format_ranges(ranges: Sequence[tuple[int, int]]) -> str:
@@ -108,11 +245,13 @@ def missing_ranges(done: set[int], count: int) -> list[tuple[int, int]]:
 
 
 def reader_argv(device: str, chunk_size: int, ranges: Sequence[tuple[int, int]],
-                compress: bool = True, low_priority: bool = True) -> list[str]:
+                compress: bool = True, low_priority: bool = True,
+                skip_free: bool = False) -> list[str]:
     """The source-side command: the reader under python3, at idle I/O and lowest CPU
-    priority unless told otherwise (the source is a live server)."""
+    priority unless told otherwise (the source is a live server). skip_free: chunks wholly
+    inside ext2/3/4 free space or a swap area (past its header page) are not read."""
     argv = ["python3", "-c", READER, device, str(chunk_size), format_ranges(ranges),
-            "1" if compress else "0"]
+            "1" if compress else "0", "1" if skip_free else "0"]
     if not low_priority:
         return argv
     # ionice is util-linux and nearly always there, but a missing one must not stop a copy.
@@ -149,8 +288,9 @@ def read_extents(stream: IO[bytes], chunk_size: int, host: str = "source",
             if kind == KIND_END:
                 return
             offset = index * chunk_size
-            if kind == KIND_ZERO:
-                yield Extent(index, offset, length, True, None, b"", _FRAME.size)
+            if kind in (KIND_ZERO, KIND_FREE):
+                yield Extent(index, offset, length, True, None, b"", _FRAME.size,
+                             free=kind == KIND_FREE)
                 continue
             payload = _read_exact(stream, plen, f"chunk {index}")
             if kind == KIND_ZLIB:

@@ -145,12 +145,56 @@ def test_missing_device_and_not_a_block_device(
 @pytest.mark.parametrize("variant", ["bios", "uefi"])
 def test_fixture_disks_copy_identically(variant: str, request: pytest.FixtureRequest,
                                         tmp_path: Path) -> None:
-    """Each fixture's disks (MBR/ext4/swap; GPT/ESP/LVM) -> qcow2 identical to the source."""
+    """--full: each fixture's disks (MBR/ext4/swap; GPT/ESP/LVM) -> qcow2 identical to the
+    source, partitions visible to the reader."""
     image: FixtureImage = request.getfixturevalue(f"{variant}_image")
-    with LoopSource(image) as ep, open_source(ep) as source:
+    with LoopSource(image, partitions=True) as ep, open_source(ep) as source:
         results = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
-                                                 name=variant))
+                                                 name=variant, full=True))
     for raw, result in zip(image.disks, results, strict=True):
         assert identical(Path(raw), result.image)
         assert result.wire_bytes < Path(raw).stat().st_size // 2
         runner.run(["qemu-img", "check", "-q", result.image])
+
+
+def _attach_partition(raw: Path, start: int, size: int) -> str:
+    return runner.run(["losetup", "-f", "--show", "-r", "-o", str(start), "--sizelimit",
+                       str(size), raw]).stdout.strip()
+
+
+def _file_sums(device: str, mountpoint: Path) -> str:
+    mountpoint.mkdir()
+    runner.run(["mount", "-o", "ro,noload", device, mountpoint])
+    try:
+        files = sorted(str(p.relative_to(mountpoint)) for p in mountpoint.rglob("*")
+                       if p.is_file() and not p.is_symlink())
+        return "\n".join(f"{sha256(mountpoint / f)}  {f}" for f in files)
+    finally:
+        runner.run(["umount", mountpoint])
+
+
+def test_default_copy_skips_free_ext4_blocks_and_swap(bios_image: FixtureImage,
+                                                      tmp_path: Path) -> None:
+    """Without --full only used blocks cross: the root ext4 fscks clean, every file matches
+    the source, the swap keeps its header (UUID, label), and far less is sent."""
+    raw = Path(bios_image.disks[0])
+    with LoopSource(bios_image, partitions=True) as ep, open_source(ep) as source:
+        (result,) = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
+                                                   name="used"))
+    assert result.free_chunks > 0
+    assert result.wire_bytes < 0.4 * raw.stat().st_size
+    copied = tmp_path / "copied.raw"
+    runner.run(["qemu-img", "convert", "-O", "raw", result.image, copied])
+    root = (1 << 20, 1536 << 20)                 # sda1 of fixtures/bios.toml
+    loops = [_attach_partition(copied, *root), _attach_partition(raw, *root)]
+    try:
+        fsck = runner.run(["e2fsck", "-fn", loops[0]], check=False)
+        assert fsck.returncode == 0, fsck.stdout
+        assert _file_sums(loops[0], tmp_path / "a") == _file_sums(loops[1], tmp_path / "b")
+    finally:
+        for loop in loops:
+            runner.run(["losetup", "-d", loop], check=False)
+    swap_uuid = runner.run(["blkid", "-p", "-o", "value", "-s", "UUID", "-O",
+                            str(1537 << 20), raw]).stdout
+    assert swap_uuid and runner.run(["blkid", "-p", "-o", "value", "-s", "UUID", "-O",
+                                     str(1537 << 20), copied]).stdout == swap_uuid

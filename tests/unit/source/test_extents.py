@@ -98,7 +98,7 @@ def test_range_helpers() -> None:
 def test_reader_argv_low_priority_and_quoting() -> None:
     argv = reader_argv("/dev/sda", CHUNK, [(0, 3)])
     assert argv[:2] == ["sh", "-c"] and "ionice -c 3" in argv[2] and "nice -n 19" in argv[2]
-    assert argv[4:6] == ["python3", "-c"] and argv[-3:] == [str(CHUNK), "0-3", "1"]
+    assert argv[4:6] == ["python3", "-c"] and argv[-4:] == [str(CHUNK), "0-3", "1", "0"]
     assert reader_argv("/dev/sda", CHUNK, [(0, 3)], compress=False,
                        low_priority=False)[:2] == ["python3", "-c"]
 
