@@ -175,3 +175,34 @@ def test_a_chunk_corrupt_twice_is_an_integrity_error(
     lines = journal.read_text().splitlines()
     assert len(lines) - 1 == SIZE // CHUNK - 1          # every other chunk is kept
     assert not (tmp_path / f"i-{Path(ep.disks[0]).name}.qcow2").exists()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    runner.run(["mount", "-t", "tmpfs", "-o", "size=24m", "p2v-test-full", mount])
+    try:
+        yield mount
+    finally:
+        runner.run(["umount", mount], check=False)
+
+
+def test_destination_full_then_resumed_after_space_is_freed(
+        source_disk: tuple[SourceEndpoint, Path], small_tmpfs: Path) -> None:
+    ep, raw = source_disk
+    request = CopyRequest(disks=ep.disks, output_dir=small_tmpfs, name="full",
+                          chunk_size=CHUNK)
+    with open_via(ep, ep.port, small_tmpfs.parent / "kh") as source:
+        with pytest.raises(P2VError) as info:
+            copy_disks(source, request)
+    assert type(info.value).__name__ == "DestinationFull", info.value.message
+    assert "no space left" in info.value.message and "\n" not in info.value.message
+    journal = small_tmpfs / f"full-{Path(ep.disks[0]).name}.qcow2.journal"
+    kept = len(journal.read_text().splitlines()) - 1
+    assert kept > 0
+    runner.run(["mount", "-o", "remount,size=128m", small_tmpfs])
+    with open_via(ep, ep.port, small_tmpfs.parent / "kh") as source:
+        (result,) = copy_disks(source, request)
+    assert result.resumed_chunks == kept
+    assert identical(raw, result.image)
