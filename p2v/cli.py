@@ -394,7 +394,8 @@ def _add_copy(sub: argparse._SubParsersAction) -> None:
             "Copy each --disk of SOURCE into DIR/NAME-DEV.qcow2 while the server runs. The "
             "device is opened read-only on the source and read at idle I/O and lowest CPU "
             "priority; every chunk is hashed there and checked here (a mismatch is fetched "
-            "again, then exit 5); all-zero chunks are not sent; data is zlib-compressed on "
+            "again, then exit 5); all-zero chunks are not sent, nor (without --full) "
+            "ext2/3/4 free blocks and swap areas; data is zlib-compressed on "
             "the wire when it pays. Written straight into the qcow2 (no raw staging copy) "
             "with a journal beside it: rerun the same command after any interruption and "
             "the copy resumes. A manifest (chunk hashes, digest) is written beside each "
@@ -408,8 +409,8 @@ def _add_copy(sub: argparse._SubParsersAction) -> None:
                    help="where the images, journals and manifests go")
     p.add_argument("--name", help="image name stem (default: the source's hostname)")
     p.add_argument("--full", action="store_true",
-                   help="send every non-zero byte (a byte-identical image); this is what "
-                        "copy does today: filesystem-aware skipping is not implemented yet")
+                   help="send every non-zero byte for a byte-identical image (default: skip "
+                        "ext2/3/4 free blocks and swap areas too)")
     p.add_argument("--source-priority", choices=("low", "normal"), default="low",
                    help="CPU/IO priority of the reader on the source (default: low)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
