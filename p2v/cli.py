@@ -370,7 +370,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     print(f"  NICs configured: {', '.join(r.nic_names) or 'none found'}"
           + (f"; pinned by udev rules: {r.nic_pins}" if r.nic_pins else ""))
     if result.plan.empty:
-        print("nothing to do: the guest already boots on virtio with its NIC names pinned")
+        print("nothing to do: the guest needs no change")
     else:
         print(f"{'planned' if args.dry_run else 'made'} {len(result.plan.changes)} change(s):")
         for change in result.plan.changes:

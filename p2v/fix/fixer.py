@@ -21,6 +21,7 @@ from p2v.fix import devices, linux, network
 from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
 from p2v.fix.session import GuestSession, open_guest
 from p2v.model import INVENTORY_SCHEMA, GuestCaps, Inventory, SourceInventory
+from p2v.verify.boot import image_format
 
 CAPS_SUFFIX = ".caps.json"
 # Files whose device names are rewritten, and how: (path, rewrite function).
@@ -243,9 +244,11 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
         if unknown:
             plan.warnings.append(f"configured interfaces without a MAC to pin them to: "
                                  f"{', '.join(unknown)} (give --mac NAME=MAC)")
-    elif report.nic_names:
-        plan.warnings.append(f"NIC names not pinned ({', '.join(report.nic_names)}): no --mac "
-                             "or --inventory NICs given; a virtio NIC may get another name")
+    else:
+        loose = [n for n in report.nic_names if n not in report.nic_pins]
+        if loose:
+            plan.warnings.append(f"NIC names not pinned ({', '.join(loose)}): no --mac or "
+                                 "--inventory NICs given; a virtio NIC may get another name")
 
     # 4. virtio drivers in the initramfs of each kernel that lacks them.
     if family is not None:
@@ -435,7 +438,10 @@ def fix_images(images: Sequence[Path], options: FixOptions,
     images = tuple(Path(i) for i in images)
     started = time.monotonic()
     progress(f"launching the appliance over {len(images)} image(s)")
-    with open_guest(images, readonly=options.dry_run) as session:
+    # The format is given, never probed: qemu restricts writes to sector 0 of a probed raw.
+    formats = {image_format(i) for i in images}
+    fmt = formats.pop() if len(formats) == 1 else None
+    with open_guest(images, readonly=options.dry_run, fmt=fmt) as session:
         # Mounted read-only until there is something to change: a run with nothing to do
         # (or a dry run) leaves every byte of the images as it was.
         report = inspect_guest(session, list(options.source_disks) or None)

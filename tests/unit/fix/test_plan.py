@@ -110,10 +110,13 @@ def test_a_fixed_guest_plans_nothing() -> None:
 
 
 def test_without_macs_names_are_not_pinned_and_that_is_said() -> None:
-    plan = plan_fix(FakeSession(dict(BIOS_FILES)), report(), DMAP,  # type: ignore[arg-type]
-                    FixOptions())
+    rep = report()
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), rep, DMAP, FixOptions())  # type: ignore[arg-type]
     assert not any(c.target.endswith(".link") for c in plan.changes)
-    assert any("not pinned" in w for w in plan.warnings)
+    assert not any("not pinned" in w for w in plan.warnings)   # its udev rule pins eth0
+    rep.nic_pins = {}
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), rep, DMAP, FixOptions())  # type: ignore[arg-type]
+    assert any("not pinned (eth0)" in w for w in plan.warnings)
 
 
 def test_pin_to_a_new_mac_updates_the_persistent_rule() -> None:
