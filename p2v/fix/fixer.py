@@ -22,6 +22,7 @@ from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
 from p2v.fix.session import GuestSession, open_guest
 from p2v.model import INVENTORY_SCHEMA, GuestCaps, Inventory, SourceInventory
 from p2v.verify.boot import image_format
+from p2v.verify.probe import add_console
 
 CAPS_SUFFIX = ".caps.json"
 # Files whose device names are rewritten, and how: (path, rewrite function).
@@ -43,6 +44,7 @@ class FixOptions:
     source_disks: tuple[str, ...] = ()           # the source's disk names, image order
     firmware: str | None = None                  # from the inventory, when known
     dry_run: bool = False
+    serial_console: bool = False                 # add console=ttyS0 (kernel and grub)
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,25 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
         if res.changed:
             new = res.text.replace("resume=", "RESUME=") if "RESUME=" in old else res.text
             _edit(plan, path, old, new, "; ".join(res.changes))
+
+    # 1b. A serial console, asked for: through the grub defaults (then regenerated), or on
+    # the kernel lines themselves where the guest has no grub defaults file.
+    if options.serial_console:
+        path = "/etc/default/grub"
+        if g.is_file(path):
+            base = plan.files.get(path) or session.read_text(path)
+            new, added = linux.add_serial_console(base)
+            if added:
+                plan.files[path] = new
+                plan.changes.append(Change("edit", path, "serial console: " + "; ".join(added)))
+                plan.regenerate_grub = True
+        elif report.grub_cfg:
+            cfg = plan.files.get(report.grub_cfg) or session.read_text(report.grub_cfg)
+            new = add_console(cfg)
+            if new != cfg:
+                plan.files[report.grub_cfg] = new
+                plan.changes.append(Change("edit", report.grub_cfg,
+                                           "serial console on the kernel lines"))
 
     # 2. The grub config: regenerate when its kernel lines name a device that will not exist.
     if report.grub_cfg:

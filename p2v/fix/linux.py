@@ -7,6 +7,7 @@ all of them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The modules a guest needs to find its disk and its NIC on virtio (and what they depend on;
@@ -154,3 +155,40 @@ def builtin_modules(kernel_config: str) -> set[str]:
         if f"\n{symbol}=y" in "\n" + kernel_config:
             found.add(module)
     return found
+
+
+SERIAL_ARGS = ("console=tty0", "console=ttyS0,115200n8")
+_CMDLINE = re.compile(r"^GRUB_CMDLINE_LINUX=([\"']?)(.*?)\1[ \t]*$", re.MULTILINE)
+_TERMINAL = re.compile(r"^GRUB_TERMINAL(?:_OUTPUT)?=([\"']?)(.*?)\1[ \t]*$", re.MULTILINE)
+
+
+def add_serial_console(grub_default: str) -> tuple[str, list[str]]:
+    """/etc/default/grub with a serial console on ttyS0 for the kernel and for grub itself.
+
+    A VM's serial port is where `virsh console` and a boot log go; physical servers rarely
+    had one. Nothing changes when a ttyS console is already configured.
+    """
+    text = grub_default if not grub_default or grub_default.endswith("\n") \
+        else grub_default + "\n"
+    changes: list[str] = []
+    match = _CMDLINE.search(text)
+    if match is None:
+        text += f'GRUB_CMDLINE_LINUX="{" ".join(SERIAL_ARGS)}"\n'
+        changes.append(f"GRUB_CMDLINE_LINUX: {' '.join(SERIAL_ARGS)}")
+    elif "console=ttyS" not in match.group(2):
+        args = " ".join(a for a in (match.group(2).strip(), *SERIAL_ARGS) if a)
+        text = text[:match.start()] + f'GRUB_CMDLINE_LINUX="{args}"' + text[match.end():]
+        changes.append(f"GRUB_CMDLINE_LINUX += {' '.join(SERIAL_ARGS)}")
+    terminals = list(_TERMINAL.finditer(text))
+    if not terminals:
+        text += 'GRUB_TERMINAL="console serial"\n'
+        changes.append("GRUB_TERMINAL=console serial")
+    for term in reversed(terminals):
+        if "serial" not in term.group(2).split():
+            key = term.group(0).split("=", 1)[0]
+            value = " ".join([*term.group(2).split(), "serial"])
+            text = text[:term.start()] + f'{key}="{value}"' + text[term.end():]
+            changes.append(f"{key}={value}")
+    if changes and not re.search(r"^GRUB_SERIAL_COMMAND=", text, re.MULTILINE):
+        text += 'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n'
+    return text, changes

@@ -132,3 +132,15 @@ def test_configured_names() -> None:
                                           ("a" * 16, False), ("bad/name", False), ("", False)])
 def test_valid_name(name: str, ok: bool) -> None:
     assert network.valid_name(name) is ok
+
+
+def test_serial_console_grub_defaults() -> None:
+    text = 'GRUB_CMDLINE_LINUX="quiet"\nGRUB_TERMINAL=gfxterm\n'
+    new, changes = linux.add_serial_console(text)
+    assert 'GRUB_CMDLINE_LINUX="quiet console=tty0 console=ttyS0,115200n8"' in new
+    assert 'GRUB_TERMINAL="gfxterm serial"' in new
+    assert 'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"' in new
+    assert len(changes) == 2
+    assert linux.add_serial_console(new) == (new, [])
+    already = 'GRUB_CMDLINE_LINUX="console=ttyS1,9600"\nGRUB_TERMINAL="serial console"\n'
+    assert linux.add_serial_console(already) == (already, [])

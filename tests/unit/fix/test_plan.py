@@ -190,3 +190,25 @@ def test_unknown_family_is_reported_not_guessed() -> None:
 def test_caps_path_beside_first_image(tmp_path: Any) -> None:
     assert fixer.caps_path_for([tmp_path / "web01.qcow2", tmp_path / "b.qcow2"]) == \
         tmp_path / "web01.qcow2.caps.json"
+
+
+def test_serial_console_goes_through_grub_defaults_once() -> None:
+    files = dict(BIOS_FILES)
+    options = FixOptions(pins=PIN.pins, serial_console=True)
+    plan = plan_fix(FakeSession(files), report(), DMAP, options)  # type: ignore[arg-type]
+    text = plan.files["/etc/default/grub"]
+    assert 'GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"' in text
+    assert "GRUB_DISABLE_LINUX_UUID=false" in text          # both edits kept
+    assert 'GRUB_TERMINAL="console serial"' in text and plan.regenerate_grub
+    files.update(plan.files)
+    files["/boot/grub/grub.cfg"] = "\tlinux\t/boot/vmlinuz root=UUID=u-root ro console=ttyS0\n"
+    again = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, options)  # type: ignore[arg-type]
+    assert again.empty
+
+
+def test_serial_console_without_grub_defaults_edits_the_kernel_lines() -> None:
+    files = {k: v for k, v in BIOS_FILES.items() if k != "/etc/default/grub"}
+    files["/boot/grub/grub.cfg"] = "\tlinux\t/boot/vmlinuz root=UUID=u-root ro\n"
+    options = FixOptions(pins=PIN.pins, serial_console=True)
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, options)  # type: ignore[arg-type]
+    assert "console=ttyS0,115200n8" in plan.files["/boot/grub/grub.cfg"]
