@@ -316,6 +316,9 @@ def _add_fix(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mac", action="append", default=[], metavar="NAME=MAC",
                    help="pin interface NAME to the VM NIC with MAC (repeatable; wins over "
                         "--inventory)")
+    p.add_argument("--remove-agents", action="store_true",
+                   help="remove other hypervisors' and hardware vendors' agents (always "
+                        "reported)")
     p.add_argument("--serial-console", action="store_true",
                    help="add a serial console on ttyS0 (kernel and grub) for virsh console")
     p.add_argument("--dry-run", action="store_true", help="report the plan, change nothing")
@@ -354,7 +357,8 @@ def _cmd_fix(args: argparse.Namespace) -> int:
         raise UsageError(detail=f"the same MAC is given to two interfaces: {pins}")
     options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pins.items()),
                          source_disks=disks, firmware=firmware, dry_run=args.dry_run,
-                         serial_console=args.serial_console)
+                         serial_console=args.serial_console,
+                         remove_agents=args.remove_agents)
     result = fix_images(args.images, options, progress=_say(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from p2v.errors import FixError, GuestfsError
-from p2v.fix import devices, linux, network
+from p2v.fix import agents, devices, linux, network
 from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
 from p2v.fix.session import GuestSession, open_guest
 from p2v.model import INVENTORY_SCHEMA, GuestCaps, Inventory, SourceInventory
@@ -45,6 +45,7 @@ class FixOptions:
     firmware: str | None = None                  # from the inventory, when known
     dry_run: bool = False
     serial_console: bool = False                 # add console=ttyS0 (kernel and grub)
+    remove_agents: bool = False                  # remove other platforms' agents
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class FixPlan:
     regenerate_grub: bool = False
     fallback: tuple[str, str] | None = None                  # copy src -> dst (guest paths)
     fallback_extra: list[tuple[str, str]] = field(default_factory=list)
+    remove_argv: list[str] | None = None                     # removes agents in the guest
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -294,6 +296,21 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
     else:
         plan.warnings.append(f"unknown distro family ({report.distro}): initramfs not changed")
 
+    # 4b. Other platforms' agents: reported; removed when asked.
+    if report.agents:
+        names = [a.package for a in report.agents]
+        listed = ", ".join(f"{a.package} ({a.what})" for a in report.agents)
+        argv = agents.remove_argv(report.package_format, names)
+        if not options.remove_agents:
+            plan.warnings.append(f"agents of other platforms installed: {listed}; "
+                                 "--remove-agents removes them")
+        elif argv is None:
+            plan.warnings.append(f"agents of other platforms installed: {listed}; no way to "
+                                 f"remove {report.package_format} packages offline")
+        else:
+            plan.remove_argv = argv
+            plan.changes.append(Change("remove-packages", " ".join(names), listed))
+
     # 5. UEFI: the removable-media fallback loader a fresh NVRAM boots.
     if report.firmware == "uefi" and g.is_dir("/boot/efi/EFI"):
         if not g.is_file(_esp_path(session, "BOOT/BOOTX64.EFI")):
@@ -374,6 +391,10 @@ def apply_plan(session: GuestSession, report: GuestReport, dmap: devices.DeviceM
         session.write_text(path, text, mode=plan.modes.get(path))
     progress(f"wrote {len(plan.files)} file(s)")
     checks: list[str] = []
+    if plan.remove_argv is not None:
+        progress("removing other platforms' agents: " + " ".join(plan.remove_argv))
+        _sh(session, plan.remove_argv, "removing other platforms' agents")
+        checks.append("removed: " + ", ".join(a.package for a in report.agents))
     for kernel in plan.rebuild:
         assert family is not None and kernel.initrd is not None
         progress(f"rebuilding the initramfs of {kernel.version} with {family.initramfs_tool} "

@@ -11,6 +11,7 @@ from typing import Any
 
 from p2v.errors import GuestfsError, UnsupportedGuest
 from p2v.fix import linux, network
+from p2v.fix.agents import Agent, find_agents
 from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
 from p2v.fix.session import GuestSession
 
@@ -68,6 +69,8 @@ class GuestReport:
     esp_loaders: list[str] = field(default_factory=list)  # \EFI\...\*.efi on the ESP
     disks: int = 0
     mapper_names: list[str] = field(default_factory=list)
+    package_format: str = "unknown"                       # deb, rpm, ...
+    agents: list[Agent] = field(default_factory=list)     # other platforms' agents
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -209,7 +212,13 @@ def inspect_guest(session: GuestSession, source_names: list[str] | None = None) 
                   for lv in (str(p) for p in g.lvs())]
     except GuestfsError:
         pass
+    package_format = str(g.inspect_get_package_format(root))
+    try:
+        packages = [str(a["app2_name"]) for a in g.inspect_list_applications2(root)]
+    except GuestfsError:
+        packages = []
     return GuestReport(
+        package_format=package_format, agents=find_agents(packages),
         root=root, os_type=os_type, distro=distro, version=f"{major}.{minor}",
         product=_pretty_name(session) or str(g.inspect_get_product_name(root)),
         family=family.name if family else None, firmware=firmware, bootloader=bootloader,

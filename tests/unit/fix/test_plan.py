@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from p2v.fix import fixer, network
+from p2v.fix.agents import Agent
 from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
 from p2v.fix.fixer import FixOptions, plan_fix
 from p2v.fix.inspect import FsInfo, GuestReport, KernelInfo
@@ -212,3 +213,16 @@ def test_serial_console_without_grub_defaults_edits_the_kernel_lines() -> None:
     options = FixOptions(pins=PIN.pins, serial_console=True)
     plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, options)  # type: ignore[arg-type]
     assert "console=ttyS0,115200n8" in plan.files["/boot/grub/grub.cfg"]
+
+
+def test_agents_reported_and_removed_only_when_asked() -> None:
+    rep = report()
+    rep.package_format = "deb"
+    rep.agents = [Agent("open-vm-tools", "VMware guest agent")]
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), rep, DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.remove_argv is None
+    assert any("--remove-agents" in w for w in plan.warnings)
+    options = FixOptions(pins=PIN.pins, remove_agents=True)
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), rep, DMAP, options)  # type: ignore[arg-type]
+    assert plan.remove_argv is not None and plan.remove_argv[-1] == "open-vm-tools"
+    assert ("remove-packages", "open-vm-tools") in [(c.kind, c.target) for c in plan.changes]
