@@ -97,6 +97,7 @@ class FixPlan:
     fallback: tuple[str, str] | None = None                  # copy src -> dst (guest paths)
     fallback_extra: list[tuple[str, str]] = field(default_factory=list)
     remove_argv: list[str] | None = None                     # removes agents in the guest
+    relabel: str | None = None                               # SELinux file_contexts spec
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -332,6 +333,12 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
                 plan.changes.append(Change("copy", "\\EFI\\BOOT\\BOOTX64.EFI",
                                            f"fallback loader from {_efi_name(source)}: a VM "
                                            "with a fresh NVRAM boots only that"))
+    # 6. SELinux: what p2v writes has no label; an enforcing guest would deny it at boot.
+    mode, policy = report.selinux
+    if mode != "disabled" and not plan.empty:
+        plan.relabel = f"/etc/selinux/{policy}/contexts/files/file_contexts"
+        plan.changes.append(Change("selinux-relabel", "the changed files",
+                                   f"SELinux is {mode} ({policy})"))
     return plan
 
 
@@ -432,8 +439,26 @@ def apply_plan(session: GuestSession, report: GuestReport, dmap: devices.DeviceM
         for extra_src, extra_dst in plan.fallback_extra:
             g.cp(extra_src, extra_dst)
         checks.append(f"\\EFI\\BOOT\\BOOTX64.EFI is a copy of {_efi_name(src)}")
+    if plan.relabel is not None:
+        checks.append(_relabel(session, report, plan))
     checks += check_guest(session, report, dmap)
     return checks
+
+
+def _relabel(session: GuestSession, report: GuestReport, plan: FixPlan) -> str:
+    """Label what p2v wrote, in the appliance; else have the guest relabel itself at boot."""
+    spec = plan.relabel or ""
+    paths = sorted({*plan.files, *(k.initrd for k in plan.rebuild if k.initrd),
+                    *([report.grub_cfg] if plan.regenerate_grub and report.grub_cfg else [])})
+    try:
+        if not session.g.is_file(spec):
+            raise GuestfsError(action="relabelling", detail=f"no {spec}")
+        for path in paths:
+            session.g.selinux_relabel(spec, path, force=True)
+        return f"SELinux labels set on {len(paths)} changed file(s) ({spec})"
+    except GuestfsError as exc:
+        session.write_text("/.autorelabel", "")
+        return f"SELinux relabel at first boot (/.autorelabel): {exc}"
 
 
 def check_guest(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap) -> list[str]:

@@ -70,6 +70,7 @@ class GuestReport:
     disks: int = 0
     mapper_names: list[str] = field(default_factory=list)
     package_format: str = "unknown"                       # deb, rpm, ...
+    selinux: tuple[str, str] = ("disabled", "targeted")   # mode, policy type
     agents: list[Agent] = field(default_factory=list)     # other platforms' agents
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,8 +218,10 @@ def inspect_guest(session: GuestSession, source_names: list[str] | None = None) 
         packages = [str(a["app2_name"]) for a in g.inspect_list_applications2(root)]
     except GuestfsError:
         packages = []
+    selinux = linux.selinux_policy(session.read_text("/etc/selinux/config")) \
+        if g.is_file("/etc/selinux/config") else ("disabled", "targeted")
     return GuestReport(
-        package_format=package_format, agents=find_agents(packages),
+        package_format=package_format, agents=find_agents(packages), selinux=selinux,
         root=root, os_type=os_type, distro=distro, version=f"{major}.{minor}",
         product=_pretty_name(session) or str(g.inspect_get_product_name(root)),
         family=family.name if family else None, firmware=firmware, bootloader=bootloader,

@@ -192,3 +192,18 @@ def add_serial_console(grub_default: str) -> tuple[str, list[str]]:
     if changes and not re.search(r"^GRUB_SERIAL_COMMAND=", text, re.MULTILINE):
         text += 'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n'
     return text, changes
+
+
+def selinux_policy(config: str) -> tuple[str, str]:
+    """(mode, policy type) from /etc/selinux/config: ("enforcing", "targeted"), ...
+
+    A missing or unreadable setting counts as disabled: nothing to relabel.
+    """
+    values = {}
+    for line in config.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.strip().startswith("#"):
+            values[key.strip()] = value.strip().strip("\"'")
+    mode = values.get("SELINUX", "disabled").lower()
+    return (mode if mode in ("enforcing", "permissive") else "disabled",
+            values.get("SELINUXTYPE", "targeted"))

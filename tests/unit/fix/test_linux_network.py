@@ -144,3 +144,12 @@ def test_serial_console_grub_defaults() -> None:
     assert linux.add_serial_console(new) == (new, [])
     already = 'GRUB_CMDLINE_LINUX="console=ttyS1,9600"\nGRUB_TERMINAL="serial console"\n'
     assert linux.add_serial_console(already) == (already, [])
+
+
+def test_selinux_policy() -> None:
+    assert linux.selinux_policy("SELINUX=enforcing\nSELINUXTYPE=targeted\n") == (
+        "enforcing", "targeted")
+    assert linux.selinux_policy("# SELINUX=enforcing\nSELINUX=permissive\nSELINUXTYPE=mls") == (
+        "permissive", "mls")
+    assert linux.selinux_policy("SELINUX=disabled\n")[0] == "disabled"
+    assert linux.selinux_policy("")[0] == "disabled"

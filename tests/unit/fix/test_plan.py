@@ -226,3 +226,17 @@ def test_agents_reported_and_removed_only_when_asked() -> None:
     plan = plan_fix(FakeSession(dict(BIOS_FILES)), rep, DMAP, options)  # type: ignore[arg-type]
     assert plan.remove_argv is not None and plan.remove_argv[-1] == "open-vm-tools"
     assert ("remove-packages", "open-vm-tools") in [(c.kind, c.target) for c in plan.changes]
+
+
+def test_selinux_guest_gets_a_relabel_only_with_other_changes() -> None:
+    rep = report()
+    rep.selinux = ("enforcing", "targeted")
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), rep, DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.relabel == "/etc/selinux/targeted/contexts/files/file_contexts"
+    assert plan.changes[-1].kind == "selinux-relabel"
+    files = dict(BIOS_FILES)
+    files.update(plan.files)
+    files["/boot/grub/grub.cfg"] = "\tlinux\t/boot/vmlinuz root=UUID=u-root ro quiet\n"
+    rep.kernels = report(ALL_VIRTIO).kernels
+    again = plan_fix(FakeSession(files), rep, DMAP, PIN)  # type: ignore[arg-type]
+    assert again.empty and again.relabel is None
