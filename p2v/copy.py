@@ -92,7 +92,13 @@ class _Journal:
 
     @classmethod
     def load(cls, path: Path) -> _Journal:
-        lines = path.read_text().splitlines()
+        text = path.read_text()
+        if not text.endswith("\n"):
+            # A line torn by a kill: cut it off, or the next append would extend it.
+            text = text[: text.rfind("\n") + 1]
+            with path.open("r+") as f:
+                f.truncate(len(text.encode()))
+        lines = text.splitlines()
         header = json.loads(lines[0])
         journal = cls(path, header)
         for line in lines[1:]:

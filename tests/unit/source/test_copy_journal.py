@@ -19,3 +19,5 @@ def test_journal_round_trip_and_torn_tail(tmp_path: Path) -> None:
     again = _Journal.load(path)
     assert again.header == header
     assert again.done == {0: "ab" * 32, 1: None, 2: FREE_MARK}
+    again.append([(3, "ef" * 32)])                # the torn line is gone, not extended
+    assert _Journal.load(path).done[3] == "ef" * 32
