@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""bench/fix: p2v fix vs virt-v2v on the same fixture copies, and whether each result boots.
+
+Run as root from the repo: `bench/fix [--fixtures bios,uefi] [--tools p2v,virt-v2v]`.
+
+For each fixture (the cached image is never written):
+- p2v:      a qcow2 overlay of the cached disk, `p2v fix --mac NAME=MAC overlay` (wall time
+            of the whole command: appliance launch, inspection, initramfs rebuild, grub).
+- virt-v2v: `virt-v2v -i disk CACHED -o local -os DIR -of qcow2` (needs nbdcopy from
+            libnbd-bin); its wall time includes writing the converted copy.
+Then each result is booted on virtio with `p2v verify` (a fresh NVRAM for UEFI, the
+fixture's MAC): `boots_virtio`, and `network_ok` when the fixture's interface name carries
+its static address. Writes bench/results/fix.json, a list of {fixture, tool, wall_s,
+completed, boots_virtio, network_ok, reason}, and prints the table for docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from p2v.testbed.fixtures import build_fixture  # noqa: E402
+from p2v.testbed.image import FixtureImage  # noqa: E402
+from p2v.verify.accel import guestfs_env  # noqa: E402
+from p2v.verify.boot import BootOptions, verify_boot  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "fix.json"
+
+
+def boot(image: FixtureImage, disk: Path) -> tuple[bool, bool, str | None]:
+    verdict = verify_boot([disk], BootOptions(bus="virtio", firmware=image.firmware,
+                                              macs=(image.mac,), timeout=400))
+    nics = {n.name: n for n in verdict.interfaces}
+    network_ok = (image.nic_name in nics
+                  and image.address in nics[image.nic_name].addresses)
+    return verdict.booted, network_ok, verdict.reason
+
+
+def run_p2v(image: FixtureImage, work: Path) -> dict[str, Any]:
+    disk = work / f"{image.variant}-p2v.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                    str(image.disks[0]), str(disk)], check=True)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "p2v.cli", "fix", "--json", "--mac",
+                           f"{image.nic_name}={image.mac}", str(disk)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=3600)
+    wall = time.monotonic() - started
+    result: dict[str, Any] = {"fixture": image.variant, "tool": "p2v", "wall_s": round(wall, 1),
+                              "completed": proc.returncode == 0}
+    if proc.returncode != 0:
+        result["reason"] = proc.stderr.strip().splitlines()[-1:]
+    return result | _boot_fields(image, disk, result["completed"])
+
+
+def run_virt_v2v(image: FixtureImage, work: Path) -> dict[str, Any]:
+    out = work / f"{image.variant}-v2v"
+    out.mkdir()
+    env = dict(os.environ, **guestfs_env())
+    started = time.monotonic()
+    proc = subprocess.run(["virt-v2v", "-i", "disk", str(image.disks[0]), "-o", "local",
+                           "-os", str(out), "-of", "qcow2", "-on", f"{image.variant}-v2v"],
+                          capture_output=True, text=True, env=env, timeout=3600)
+    wall = time.monotonic() - started
+    disks = sorted(p for p in out.iterdir() if p.name.startswith(f"{image.variant}-v2v-sd"))
+    completed = proc.returncode == 0 and bool(disks) and disks[0].stat().st_size > 0
+    result: dict[str, Any] = {"fixture": image.variant, "tool": "virt-v2v",
+                              "wall_s": round(wall, 1), "completed": completed}
+    if not completed:
+        tail = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        result["reason"] = tail[-3:]
+    return result | _boot_fields(image, disks[0] if disks else out, completed)
+
+
+def _boot_fields(image: FixtureImage, disk: Path, completed: bool) -> dict[str, Any]:
+    if not completed:
+        return {"boots_virtio": False, "network_ok": False}
+    booted, network_ok, reason = boot(image, disk)
+    fields: dict[str, Any] = {"boots_virtio": booted, "network_ok": network_ok}
+    if reason:
+        fields["boot_reason"] = reason
+    return fields
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| fixture | tool | wall s | completed | boots on virtio | NIC name + address |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['fixture']} | {r['tool']} | {r['wall_s']} | "
+                     f"{'yes' if r['completed'] else 'no'} | "
+                     f"{'yes' if r['boots_virtio'] else 'no'} | "
+                     f"{'yes' if r['network_ok'] else 'no'} |")
+    for fixture in sorted({r["fixture"] for r in rows}):
+        by = {r["tool"]: r for r in rows if r["fixture"] == fixture}
+        if "p2v" in by and by.get("virt-v2v", {}).get("completed"):
+            ratio = by["p2v"]["wall_s"] / by["virt-v2v"]["wall_s"]
+            lines.append(f"\n{fixture}: p2v / virt-v2v wall time = {ratio:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fixtures", default="bios,uefi")
+    parser.add_argument("--tools", default="p2v,virt-v2v")
+    args = parser.parse_args()
+    runners = {"p2v": run_p2v, "virt-v2v": run_virt_v2v}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="p2v-bench-fix-", dir="/var/tmp") as tmp:
+        for variant in args.fixtures.split(","):
+            image = build_fixture(variant)
+            for tool in args.tools.split(","):
+                print(f"bench/fix: {variant} / {tool} ...", file=sys.stderr, flush=True)
+                row = runners[tool](image, Path(tmp))
+                print(f"bench/fix: {json.dumps(row)}", file=sys.stderr, flush=True)
+                rows.append(row)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
