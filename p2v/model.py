@@ -54,8 +54,11 @@ class GuestCaps:
 
     JSON (all keys optional, defaults shown)::
 
-        {"disk_bus": "virtio", "nic_model": "virtio", "machine": "q35", "firmware": "bios"}
+        {"disk_bus": "virtio", "nic_model": "virtio", "machine": "q35", "firmware": "bios",
+         "nics": [{"name": "eth0", "mac": "52:54:00:12:34:56"}]}
 
+    nics lists the interface names the fix stage pinned to MACs (`pinned_nics`): a guest
+    registered with other MACs would rename those interfaces and lose their configuration.
     disk_bus is "virtio" when the guest has virtio drivers in its boot path, else "sata"
     (the fallback every Linux and Windows since Vista boots from); nic_model likewise
     "virtio" or "e1000e".
@@ -65,10 +68,14 @@ class GuestCaps:
     nic_model: NicModel = "virtio"
     machine: MachineType = "q35"
     firmware: Firmware = "bios"
+    pinned_nics: tuple[SourceNic, ...] = ()
 
-    def to_dict(self) -> dict[str, str]:
-        return {"disk_bus": self.disk_bus, "nic_model": self.nic_model,
-                "machine": self.machine, "firmware": self.firmware}
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"disk_bus": self.disk_bus, "nic_model": self.nic_model,
+                                "machine": self.machine, "firmware": self.firmware}
+        if self.pinned_nics:
+            data["nics"] = [{"name": n.name, "mac": n.mac} for n in self.pinned_nics]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -81,11 +88,24 @@ class GuestCaps:
                                              what)),
             machine=cast(MachineType, _choice(data, "machine", ("q35",), "q35", what)),
             firmware=cast(Firmware, _choice(data, "firmware", ("bios", "uefi"), "bios", what)),
+            pinned_nics=_pinned_nics(data.get("nics", []), what),
         )
 
     @classmethod
     def from_json(cls, text: str, what: str = "guest caps") -> GuestCaps:
         return cls.from_dict(_load(text, what), what)
+
+
+def _pinned_nics(value: Any, what: str) -> tuple[SourceNic, ...]:
+    if not isinstance(value, list):
+        raise UsageError(detail=f"{what}: nics must be a list of {{name, mac}} objects")
+    pins = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or "name" not in item or "mac" not in item:
+            raise UsageError(detail=f"{what}: nics[{index}] needs a name and a mac")
+        pins.append(SourceNic(str(item["name"]), normalise_mac(str(item["mac"]),
+                                                                f"{what}: nics[{index}]")))
+    return tuple(pins)
 
 
 @dataclass(frozen=True)

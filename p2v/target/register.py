@@ -10,13 +10,13 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from p2v import runner
 from p2v.errors import CommandFailed, InputNotFound, UsageError
-from p2v.model import GuestCaps, SourceInventory
+from p2v.model import GuestCaps, SourceInventory, SourceNic
 from p2v.target.domain import NicMapping
 
 Progress = Callable[[str], None]
@@ -84,6 +84,8 @@ class RegisterRequest:
     output: OutputKind = "libvirt"
     output_dir: Path | None = None
     nvram: Path | None = None                 # UEFI variable store to seed the guest's NVRAM
+    new_macs: bool = False                    # give every NIC a fresh MAC instead of the source's
+    force_new_macs: bool = False              # ... even where the guest pins names to MACs
 
     def guest_caps(self) -> GuestCaps:
         if self.caps is not None:
@@ -137,12 +139,41 @@ def check_request(request: RegisterRequest) -> GuestCaps:
             raise UsageError(detail="--output local needs --output-dir DIR")
         if request.pool is not None or request.start:
             raise UsageError(detail="--pool and --start need --output libvirt")
+    if request.force_new_macs and not request.new_macs:
+        raise UsageError(detail="--force-new-macs goes with --new-macs")
+    if request.new_macs and caps.pinned_nics and not request.force_new_macs:
+        pins = ", ".join(f"{n.name}={n.mac}" for n in caps.pinned_nics)
+        raise UsageError(detail=(
+            f"--new-macs refused: the guest pins interface names to MACs ({pins}); new MACs "
+            "would rename them and lose their network configuration. Keep the source's MACs, "
+            "or add --force-new-macs to go ahead anyway"))
     return caps
+
+
+def fresh_mac() -> str:
+    """A random MAC in the locally administered range libvirt and qemu use (52:54:00)."""
+    tail = os.urandom(3)
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)
+
+
+def with_new_macs(request: RegisterRequest, progress: Progress) -> RegisterRequest:
+    """The request with every source NIC given a fresh MAC (the source is still live)."""
+    nics = tuple(SourceNic(n.name, fresh_mac()) for n in request.inventory.nics)
+    caps = request.guest_caps()
+    if caps.pinned_nics:
+        progress("warning: --force-new-macs: interfaces pinned by MAC ("
+                 + ", ".join(n.name for n in caps.pinned_nics)
+                 + ") will get new names inside the guest; fix their configuration by hand")
+    for old, new in zip(request.inventory.nics, nics, strict=True):
+        progress(f"{old.name}: new MAC {new.mac} (source had {old.mac})")
+    return replace(request, inventory=replace(request.inventory, nics=nics))
 
 
 def register(request: RegisterRequest, progress: Progress = _quiet) -> RegisterResult:
     """Register the guest as asked; nothing is defined unless every check passed first."""
     caps = check_request(request)
+    if request.new_macs:
+        request = with_new_macs(request, progress)
     images = [inspect_image(p) for p in request.images]
     if request.output == "local":
         from p2v.target.local import LocalTarget
