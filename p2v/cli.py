@@ -168,6 +168,11 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nvram", type=Path, metavar="VARS",
                    help="UEFI variable store to seed the guest's NVRAM with (e.g. the source "
                         "machine's, with its boot entry); default: an empty one")
+    p.add_argument("--new-macs", action="store_true",
+                   help="give the guest's NICs fresh MACs instead of the source's (refused when "
+                        "the guest pins interface names to MACs, see --caps)")
+    p.add_argument("--force-new-macs", action="store_true",
+                   help="with --new-macs: go ahead even though pinned names will change")
     p.add_argument("--start", action="store_true", help="start the guest once defined")
     p.add_argument("--replace", action="store_true",
                    help="replace a (shut off) guest of the same name and its pool volumes")
@@ -217,6 +222,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         output=args.output,
         output_dir=args.output_dir,
         nvram=args.nvram,
+        new_macs=args.new_macs,
+        force_new_macs=args.force_new_macs,
     )
     result = register(request, progress=_say(args))
     if args.json:
