@@ -167,13 +167,15 @@ def source_hostname(source: SshSource) -> str:
 
 @contextmanager
 def _stream(source: SshSource, device: str, request: CopyRequest,
-            ranges: list[tuple[int, int]]) -> Iterator[Iterator[Any]]:
+            ranges: list[tuple[int, int]], expected_size: int) -> Iterator[Iterator[Any]]:
     argv = reader_argv(device, request.chunk_size, ranges, compress=request.compress,
                        low_priority=request.low_priority, skip_free=not request.full)
     with source.stream(argv) as raw:
         size, chunk = read_header(raw)
-        if chunk != request.chunk_size:
-            raise UsageError(detail=f"reader answered chunk size {chunk}")
+        if chunk != request.chunk_size or size != expected_size:
+            raise SourceDeviceError(device=device, host=source.target.host,
+                                    detail=f"changed size under the copy ({expected_size} -> "
+                                           f"{size} bytes); start again in a new --output-dir")
         yield read_extents(raw, request.chunk_size, host=source.target.host, device=device)
 
 
@@ -237,7 +239,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
             nonlocal wire, read, pending_bytes
             corrupt: list[int] = []
             try:
-                with _stream(source, device, request, ranges) as extents:
+                with _stream(source, device, request, ranges, size) as extents:
                     for extent in extents:
                         wire += extent.wire_bytes
                         read += 1

@@ -498,7 +498,8 @@ class SshSource:
                 deadline = time.monotonic() + 2
                 while not channel.exit_status_ready() and time.monotonic() < deadline:
                     time.sleep(0.02)
-                if channel.exit_status_ready() and channel.recv_exit_status() != 0:
+                # -1: no status was sent (the connection died), not the command's answer.
+                if channel.exit_status_ready() and channel.recv_exit_status() > 0:
                     self._raise_failed(argv, channel)
                 raise
             if channel.recv_exit_status() != 0:

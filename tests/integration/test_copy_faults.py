@@ -121,10 +121,12 @@ def test_link_cut_at_random_points_then_resumed(
     wire.append(result.wire_bytes)
     assert identical(raw, result.image)
     assert result.resumed_chunks > 0
-    # No chunk that arrived whole was sent twice: all runs together carried the data once
-    # (48 MiB of random data, 49-byte frame headers); only partial chunks were lost per cut.
-    assert sum(wire) <= 48 * MiB + (SIZE // CHUNK) * 49, (wire, messages)
-    assert all("rerun" in m or "broke" in m or "failed" in m for m in messages), messages
+    # All runs together carried the 48 MiB of data once, plus at most the chunk in flight
+    # at each cut (frame headers: 49 bytes per chunk).
+    frames = (SIZE // CHUNK) * 49
+    assert 48 * MiB + frames <= sum(wire) + 3 * frames, (wire, messages)
+    assert sum(wire) <= 48 * MiB + frames + len(messages) * (CHUNK + 49), (wire, messages)
+    assert all("broke" in m and "rerun the same command" in m for m in messages), messages
 
 
 def test_a_corrupt_chunk_is_fetched_again(source_disk: tuple[SourceEndpoint, Path],
