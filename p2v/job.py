@@ -1,0 +1,66 @@
+"""What one conversion job is asked to do: the value `convert`, `batch` and cluster workers share.
+
+A JobSpec is plain data (frozen, picklable, JSON-able) so the same job can be built from CLI
+flags, from a manifest entry, or shipped to another conversion host and run there unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URI = "qemu:///system"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One server to convert: where it is, what to call it, how the guest should look."""
+
+    source: str                                 # ssh://[user@]host[:port] or an ssh_config alias
+    name: str                                   # domain name; stem of images and the work dir
+    output_dir: Path                            # the job's work dir is output_dir / name
+    disks: tuple[str, ...] = ()                 # empty: the source's physical disks
+    memory_mib: int | None = None               # None: the source's
+    vcpus: int | None = None                    # None: the source's topology
+    connect: str = DEFAULT_URI                  # libvirt URI
+    networks: tuple[str, ...] = ()              # "[SRC=]NET" as `register --network` takes them
+    bridges: tuple[str, ...] = ()               # "[SRC=]BR" as `register --bridge` takes them
+    pool: str | None = None                     # libvirt storage pool for the images
+    start: bool = False                         # start the registered domain at the end
+    verify: bool = True                         # boot-check a throwaway overlay before register
+    full: bool = False                          # copy every non-zero byte
+    compress: bool = True
+    identity: Path | None = None                # SSH private key
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+    ssh_config: Path | None = None
+
+    @property
+    def work_dir(self) -> Path:
+        return self.output_dir / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        """The inverse of to_dict (the job's work dir keeps its spec as JSON)."""
+        kinds = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in kinds:
+                continue
+            kind = str(kinds[key])
+            if value is not None and "Path" in kind:
+                value = Path(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            values[key] = value
+        return cls(**values)
