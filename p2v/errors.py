@@ -157,3 +157,19 @@ class DestinationFull(P2VError):
 
 class StreamError(P2VError):
     """the data stream from {host} for {device} broke: {detail}; rerun the same command to resume"""  # noqa: E501
+
+
+class ManifestInvalid(UsageError):
+    """{file}: {count} problem(s) in the manifest; nothing was run"""
+
+    def __init__(self, file: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(file=file, count=len(problems))
+
+
+class BatchBusy(P2VError):
+    """another p2v batch (pid {pid}) is running on {state_dir}; wait for it to finish or stop it"""  # noqa: E501
+
+
+class LedgerError(P2VError):
+    """the batch ledger {path} is unreadable: {detail}; move it aside to start the ledger afresh (each job's work directory keeps its own progress)"""  # noqa: E501
