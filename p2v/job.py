@@ -6,11 +6,17 @@ flags, from a manifest entry, or shipped to another conversion host and run ther
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "qemu:///system"
+
+
+def default_output_dir() -> Path:
+    """Where jobs' work dirs go without --output-dir: $P2V_STATE_DIR/jobs (/var/tmp/p2v/jobs)."""
+    return Path(os.environ.get("P2V_STATE_DIR", "/var/tmp/p2v")) / "jobs"
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class JobSpec:
     known_hosts: Path | None = None
     accept_new_host_key: bool = False
     ssh_config: Path | None = None
+    verify_timeout: float = 300.0               # seconds the boot check waits for userspace
 
     @property
     def work_dir(self) -> Path:
