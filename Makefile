@@ -8,7 +8,7 @@ PYTEST := scripts/pytest-honest $(PY) -m pytest
 export LIBGUESTFS_BACKEND_SETTINGS ?= $(if $(filter kvm,$(P2V_ACCEL)),,force_tcg)
 
 .PHONY: setup sysdeps venv fixtures demo test test-slow test-unit test-integration test-e2e \
-        lint clean-venv
+        lint bench-fix clean-venv
 
 setup: sysdeps venv
 
@@ -51,6 +51,12 @@ test-integration: setup fixtures
 
 test-e2e: setup fixtures
 	$(PYTEST) -m "not slow" tests/e2e
+
+# bench/fix: p2v fix vs virt-v2v (virt-v2v needs nbdcopy from libnbd-bin); not part of `make test`.
+BENCH_FIX_PACKAGES := virt-v2v libnbd-bin
+bench-fix: setup fixtures
+	@scripts/install-system-deps $(BENCH_FIX_PACKAGES)
+	bench/fix $(BENCH_FIX_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,7 +11,8 @@ For each fixture (the cached image is never written):
 Then each result is booted on virtio with `p2v verify` (a fresh NVRAM for UEFI, the
 fixture's MAC): `boots_virtio`, and `network_ok` when the fixture's interface name carries
 its static address. Writes bench/results/fix.json, a list of {fixture, tool, wall_s,
-completed, boots_virtio, network_ok, reason}, and prints the table for docs/performance.md.
+completed, boots_virtio, network_ok, reason} (rows of fixtures/tools not run this time are
+kept), and prints the table for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -122,6 +123,11 @@ def main() -> int:
                 row = runners[tool](image, Path(tmp))
                 print(f"bench/fix: {json.dumps(row)}", file=sys.stderr, flush=True)
                 rows.append(row)
+    # Rows of fixtures or tools not run this time are kept: one file holds every figure.
+    measured = {(r["fixture"], r["tool"]) for r in rows}
+    kept = [r for r in (json.loads(RESULTS.read_text()) if RESULTS.is_file() else [])
+            if (r["fixture"], r["tool"]) not in measured]
+    rows = sorted(kept + rows, key=lambda r: (r["fixture"], r["tool"] != "p2v"))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows))
