@@ -4,4 +4,7 @@ import sys
 
 from p2v.cli import main
 
-sys.exit(main())
+# Guarded: `p2v batch` starts its jobs with multiprocessing's spawn, which imports this
+# module in every child as __mp_main__ (it must not run the CLI there).
+if __name__ == "__main__":
+    sys.exit(main())
