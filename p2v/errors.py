@@ -173,3 +173,11 @@ class BatchBusy(P2VError):
 
 class LedgerError(P2VError):
     """the batch ledger {path} is unreadable: {detail}; move it aside to start the ledger afresh (each job's work directory keeps its own progress)"""  # noqa: E501
+
+
+class NotEnoughSpace(UsageError):
+    """not enough free space in {directory}: {free} free, the job needs about {needed} ({detail}); free some space or choose another --output-dir"""  # noqa: E501
+
+
+class WorkDirMismatch(UsageError):
+    """the work dir {work_dir} belongs to another job ({detail}); remove it with `p2v clean {name}` or choose another --name or --output-dir"""  # noqa: E501
