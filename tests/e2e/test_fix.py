@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from p2v.model import GuestCaps
+from p2v.model import GuestCaps, SourceNic
 from p2v.testbed.image import FixtureImage
 from p2v.verify.boot import BootOptions, BootVerdict, verify_boot
 
@@ -127,7 +127,9 @@ def test_bios_fixed_boots_on_virtio_with_eth0(fixed_bios: Fixed) -> None:
     assert any(c["kind"] == "rebuild-initramfs" for c in first["changes"])
     assert any("will exist on virtio" in c for c in first["checks"])
     caps = GuestCaps.from_dict(first["caps"])
-    assert caps == GuestCaps(disk_bus="virtio", nic_model="virtio", firmware="bios")
+    pin = SourceNic(name=fixed_bios.image.nic_name, mac=fixed_bios.image.mac)
+    assert caps == GuestCaps(disk_bus="virtio", nic_model="virtio", firmware="bios",
+                             pinned_nics=(pin,))
     caps_file = Path(first["caps_path"])
     assert caps_file == fixed_bios.disk.with_name(fixed_bios.disk.name + ".caps.json")
     assert GuestCaps.from_json(caps_file.read_text()) == caps
@@ -159,7 +161,8 @@ def test_uefi_fixed_boots_on_virtio_with_a_fresh_nvram(fixed_uefi: Fixed) -> Non
     assert {("copy", "\\EFI\\BOOT\\BOOTX64.EFI"),
             ("create", "/etc/systemd/network/10-p2v-enp0s25.link")} <= changes(first)
     assert any(c["kind"] == "rebuild-initramfs" for c in first["changes"])
-    assert GuestCaps.from_dict(first["caps"]) == GuestCaps(firmware="uefi")
+    pin = SourceNic(name=fixed_uefi.image.nic_name, mac=fixed_uefi.image.mac)
+    assert GuestCaps.from_dict(first["caps"]) == GuestCaps(firmware="uefi", pinned_nics=(pin,))
     assert_boots_with_its_network(fixed_uefi)
     assert fixed_uefi.verdict is not None
     assert fixed_uefi.verdict.root == "/dev/mapper/vg0-root"
