@@ -13,6 +13,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,17 +22,19 @@ from urllib.parse import urlsplit
 from p2v.errors import (
     DefineFailed,
     DomainExists,
+    InputNotFound,
     LibvirtFailed,
     LibvirtUnreachable,
     StartFailed,
     TargetNotReady,
     UsageError,
 )
-from p2v.model import GuestCaps
+from p2v.model import GuestCaps, SourceInventory
 from p2v.target.domain import (
     DomainSpec,
     DomainType,
     GuestDisk,
+    NicMapping,
     UefiFiles,
     domain_xml,
     plan_domain,
@@ -387,6 +390,88 @@ class LibvirtTarget:
             raise DefineFailed(name=spec.name, detail=_detail(exc), xml=kept,
                                uri=self.uri) from None
 
+    # ------------------------------------------------------------ a guest not built yet
+    def check_new_guest(self, name: str, inventory: SourceInventory, firmware: str,
+                        mappings: Sequence[NicMapping], *, start: bool,
+                        pool: str | None) -> None:
+        """`p2v convert`'s preflight: what register would refuse, checked before any copy.
+
+        The name is free, the networks/bridges the NICs map to exist, the pool exists and is
+        active, a remote URI has a pool, OVMF is there for a UEFI guest. Disk checks (space
+        in the pool, volume names) need the images and are left to register.
+        """
+        if self._lookup_domain(name) is not None:
+            raise DomainExists(name=name, uri=self.uri)
+        caps = GuestCaps(firmware="uefi" if firmware == "uefi" else "bios")
+        uefi = None
+        problems: list[str] = []
+        if caps.firmware == "uefi":
+            try:
+                uefi = self.uefi_files(name)
+            except (InputNotFound, TargetNotReady) as exc:
+                problems.append(exc.message)
+                caps = GuestCaps(firmware="bios")
+        spec = plan_domain(name=name, disks=[GuestDisk("qcow2", "/nonexistent")],
+                           inventory=inventory, caps=caps, mappings=mappings, uefi=uefi)
+        if pool is None and not self.local:
+            problems.append(f"{self.uri} is a remote host: give --pool NAME so the images are "
+                            "uploaded there")
+        problems += self._check_networks(spec, start)
+        if pool is not None:
+            try:
+                p = self.conn.storagePoolLookupByName(pool)
+            except libvirt.libvirtError:
+                problems.append(f"storage pool {pool!r} does not exist on {self.uri}")
+            else:
+                with _libvirt_call(f"reading storage pool {pool!r}"):
+                    if not p.isActive():
+                        problems.append(f"storage pool {pool!r} is not active; start it with "
+                                        f"`virsh pool-start {pool}`")
+        if problems:
+            raise TargetNotReady(problems="; ".join(problems))
+
+    def describe(self, name: str) -> DomainFacts | None:
+        """The named guest's UUID, state and disks, or None when there is none."""
+        dom = self._lookup_domain(name)
+        if dom is None:
+            return None
+        with _libvirt_call(f"reading domain {name!r}"):
+            root = ET.fromstring(dom.XMLDesc(0))
+            active = bool(dom.isActive())
+            uuid = dom.UUIDString()
+        disks = []
+        for source in root.iterfind("devices/disk/source"):
+            if source.get("file"):
+                disks.append(str(source.get("file")))
+            elif source.get("pool"):
+                disks.append(f"{source.get('pool')}/{source.get('volume')}")
+        return DomainFacts(name=name, uuid=uuid, active=active, disks=tuple(disks))
+
+    def remove(self, name: str, uuid: str) -> bool:
+        """Undefine the shut-off guest `name` (and its NVRAM) if it still has this UUID.
+
+        Returns False when there is no such guest. A running guest, or one whose UUID is not
+        `uuid` (someone else's guest of that name), is refused: p2v removes only its own.
+        """
+        dom = self._lookup_domain(name)
+        if dom is None:
+            return False
+        with _libvirt_call(f"reading domain {name!r}"):
+            found = dom.UUIDString()
+            active = dom.isActive()
+        if found != uuid:
+            raise UsageError(detail=(
+                f"domain {name!r} at {self.uri} has UUID {found}, not the {uuid} p2v "
+                "registered: it is not this job's guest; leaving it alone"))
+        if active:
+            raise UsageError(detail=(
+                f"domain {name!r} is running; shut it down first "
+                f"(`virsh -c {self.uri} shutdown {name}`)"))
+        with _libvirt_call(f"undefining {name!r}"):
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                              | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        return True
+
     # ------------------------------------------------------------ the job
     def register(self, request: RegisterRequest, images: Sequence[ImageInfo],
                  caps: GuestCaps) -> RegisterResult:
@@ -443,10 +528,20 @@ class LibvirtTarget:
         )
 
 
+@dataclass(frozen=True)
+class DomainFacts:
+    """A defined guest as libvirt holds it: enough to tell whether it is a job's own."""
+
+    name: str
+    uuid: str
+    active: bool
+    disks: tuple[str, ...]          # file paths, or pool/volume
+
+
 def _with_uuid(spec: DomainSpec, uuid: str) -> DomainSpec:
     from dataclasses import replace
 
     return replace(spec, uuid=uuid)
 
 
-__all__ = ["LibvirtTarget", "connect", "is_local"]
+__all__ = ["DomainFacts", "LibvirtTarget", "connect", "is_local"]

@@ -1,0 +1,144 @@
+"""A conversion job's work directory: its files, per-stage markers, log, events and lock.
+
+Layout (docs/convert.md)::
+
+    <output-dir>/<name>/
+      spec.json            the JobSpec the job runs (rewritten by each run)
+      job.log              human-readable log, appended by every run
+      events.jsonl         every event of every run (the `--json` schema)
+      inventory.json       p2v.inventory/1 of the source       (inspect)
+      plan.json            disks, MACs, what will not carry over (preflight)
+      <name>-<dev>.qcow2   the images (+ .part/.journal while copying; .manifest.json)
+      caps.json            GuestCaps from fix                   (fix)
+      fix.json, verify.json, register.json   each stage's full result
+      markers/<stage>.done JSON: the stage finished, when, in how many seconds
+      report.json          the final JobReport (also written on failure)
+      .lock                held (flock) while a run owns the job
+
+A marker is written atomically after everything its stage produced is durable, so a stage
+without one is unfinished and is run again; each stage is safe to run again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from p2v.errors import UsageError
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a reader sees the old file or the whole new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as out:
+        out.write(json.dumps(data, indent=2) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class JobLocked(UsageError):
+    """another p2v run is working on job {name!r} right now ({lock}); wait for it to finish"""
+
+
+class WorkDir:
+    """The files of one job; `with WorkDir(...)` holds the job's lock."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.path = Path(path)
+        self.name = name
+        self._lock: IO[str] | None = None
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def markers(self) -> Path:
+        return self.path / "markers"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def marker(self, stage: str) -> Path:
+        return self.markers / f"{stage}.done"
+
+    # ------------------------------------------------------------------ lifecycle
+    def create(self) -> None:
+        # 0755 all the way: the images in it are opened by qemu, which may run as another user.
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.chmod(0o755)
+        self.markers.mkdir(exist_ok=True)
+
+    def __enter__(self) -> WorkDir:
+        self.create()
+        lock = (self.path / ".lock").open("a+")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise JobLocked(name=self.name, lock=str(self.path / ".lock")) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    # ------------------------------------------------------------------ markers
+    def is_done(self, stage: str) -> bool:
+        return self.marker(stage).is_file()
+
+    def mark_done(self, stage: str, seconds: float, result: dict[str, Any] | None = None) -> None:
+        write_json(self.marker(stage), {"stage": stage, "seconds": round(seconds, 1),
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "result": result or {}})
+
+    def marker_data(self, stage: str) -> dict[str, Any]:
+        data = read_json(self.marker(stage))
+        return data if isinstance(data, dict) else {}
+
+    def clear(self, stages: Iterable[str]) -> None:
+        for stage in stages:
+            self.marker(stage).unlink(missing_ok=True)
+
+    def done_stages(self, stages: Sequence[str]) -> list[str]:
+        """The stages with a marker, in pipeline order."""
+        return [s for s in stages if self.is_done(s)]
+
+    def first_unfinished(self, stages: Sequence[str]) -> str | None:
+        """Where a rerun starts: the first stage without a marker (None: the job is done).
+
+        A later stage's marker never counts when an earlier one is missing: a stage is only
+        valid on top of what the stages before it produced.
+        """
+        for stage in stages:
+            if not self.is_done(stage):
+                return stage
+        return None
+
+    # ------------------------------------------------------------------ log and events
+    def log(self, text: str) -> None:
+        with self.file("job.log").open("a") as out:
+            out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        with self.file("events.jsonl").open("a") as out:
+            out.write(json.dumps(event) + "\n")
+
+
+__all__ = ["JobLocked", "WorkDir", "read_json", "write_json"]
