@@ -7,11 +7,22 @@ flags, from a manifest entry, or shipped to another conversion host and run ther
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "qemu:///system"
+# The name is a domain name and a path component (work dir, images): safe characters only.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,62}")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a job name, or None when it can (same rule as register's --name)."""
+    if NAME_PATTERN.fullmatch(name):
+        return None
+    return (f"--name {name!r}: use letters, digits and . _ + - (at most 63, starting with a "
+            "letter or digit)")
 
 
 def default_output_dir() -> Path:
