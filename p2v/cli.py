@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -472,6 +473,232 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------- convert
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a running server into a verified libvirt guest (the whole job)",
+        description=(
+            "One job: inspect SOURCE, preflight (host key, devices, free space for the copy "
+            "estimate, the name free in libvirt, networks, tools, and what will not carry "
+            "over), copy its disks (without --disk: every physical disk, never loop, ram or "
+            "optical devices), fix the copy for virtio with the source's MACs, boot-check it "
+            "on a throwaway overlay with its NICs off every network, then register it with "
+            "libvirt (shut off unless --start). Everything lives in the job's work dir "
+            "DIR/NAME; a failure leaves no domain defined and keeps the work dir: rerun the "
+            "same command to continue at the first unfinished stage (the copy resumes "
+            "mid-disk). `p2v clean NAME` removes it. See docs/convert.md."
+        ),
+    )
+    _add_ssh_source(p)
+    p.add_argument("--name", required=True,
+                   help="the guest's name: domain name, work dir and image names")
+    p.add_argument("--disk", action="append", default=[], metavar="DEV",
+                   help="source disk to copy, e.g. /dev/sda (repeatable; default: every "
+                        "physical disk)")
+    p.add_argument("--memory", type=int, metavar="MiB", help="guest RAM (default: the source's)")
+    p.add_argument("--vcpus", type=int, metavar="N",
+                   help="vCPUs (default: the source's topology)")
+    p.add_argument("--output-dir", type=Path, metavar="DIR",
+                   help="where the job's work dir NAME/ goes (default: $P2V_STATE_DIR/jobs, "
+                        "/var/tmp/p2v/jobs)")
+    p.add_argument("--connect", default="qemu:///system", metavar="URI",
+                   help="libvirt URI (default: qemu:///system)")
+    p.add_argument("--network", action="append", default=[], metavar="[SRC=]NET",
+                   help="attach source NIC SRC (name or MAC) to libvirt network NET; without "
+                        "SRC=, every NIC not mapped otherwise (default: 'default')")
+    p.add_argument("--bridge", action="append", default=[], metavar="[SRC=]BR",
+                   help="attach source NIC SRC (name or MAC) to host bridge BR")
+    p.add_argument("--pool", metavar="NAME",
+                   help="upload the images into this libvirt storage pool (needed for a remote "
+                        "--connect)")
+    p.add_argument("--start", action="store_true", help="start the guest once registered")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the boot check before registering (not recommended)")
+    p.add_argument("--verify-timeout", type=_positive, default=300.0, metavar="S",
+                   help="seconds the boot check waits for userspace (default: 300)")
+    p.add_argument("--full", action="store_true",
+                   help="copy every non-zero byte (default: skip ext2/3/4 free blocks and swap)")
+    p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: one event per stage change, progress tick and "
+                        "message, then job-done or job-failed with the report")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _size_text(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+class _ConvertScreen:
+    """Human progress on stderr: stage lines, one progress line per disk, messages."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.tty = sys.stderr.isatty()
+        self.verbose = verbose
+        self.last: dict[str, float] = {}
+        self.open_line = False
+
+    def _line(self, text: str) -> None:
+        if self.open_line:
+            print(file=sys.stderr)
+            self.open_line = False
+        print(f"p2v: {text}", file=sys.stderr, flush=True)
+
+    def __call__(self, event: dict[str, object]) -> None:
+        kind, stage = event.get("event"), event.get("stage")
+        if kind == "stage-start":
+            self._line(f"[{stage}] ...")
+        elif kind == "stage-skip":
+            self._line(f"[{stage}] done in an earlier run")
+        elif kind == "stage-done":
+            self._line(f"[{stage}] done in {event.get('seconds')} s")
+        elif kind == "message":
+            self._line(f"  {event.get('text')}")
+        elif kind == "disk-start":
+            self._line(f"  {event.get('device')} -> {event.get('image')} "
+                       f"({event.get('resumed_chunks')} of {event.get('chunks')} chunks "
+                       "already done)")
+        elif kind == "disk-complete":
+            self._line(f"  {event.get('device')}: already complete")
+        elif kind == "progress":
+            self._progress(event)
+        elif kind == "disk-done":
+            self._line(f"  {event.get('device')}: copied, "
+                       f"{_size_text(float(str(event.get('wire_bytes') or 0)))} sent in "
+                       f"{float(str(event.get('seconds') or 0)):.0f} s")
+
+    def _progress(self, event: dict[str, object]) -> None:
+        device = str(event.get("device"))
+        done = int(str(event.get("done_chunks") or 0))
+        total = max(1, int(str(event.get("chunks") or 1)))
+        sent = _size_text(float(str(event.get("wire_bytes") or 0)))
+        width = 30
+        filled = width * done // total
+        text = (f"  {device:<10} [{'#' * filled}{'.' * (width - filled)}] "
+                f"{100 * done // total:3d}%  {sent} sent")
+        if self.tty:
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+            self.open_line = True
+        elif time.monotonic() - self.last.get(device, 0.0) > 10 or done == total:
+            self.last[device] = time.monotonic()
+            self._line(text.strip())
+
+
+def _print_report(report: object) -> None:
+    from p2v.pipeline import JobReport
+
+    assert isinstance(report, JobReport)
+    domain = report.domain or {}
+    state = "started" if domain.get("started") else "shut off"
+    print(f"{report.name}: converted in {report.elapsed_s:.0f} s -> domain {domain.get('name')} "
+          f"at {domain.get('uri')} ({state}; {domain.get('domain_type')}, "
+          f"{domain.get('firmware')}, disks on {domain.get('disk_bus')}, NICs "
+          f"{domain.get('nic_model')})")
+    print(f"  {report.disk_choice}")
+    for disk in report.disks:
+        print(f"  disk {disk.device}: {_size_text(disk.size)} -> {disk.image} "
+              f"({_size_text(disk.file_bytes)} on disk)")
+    print(f"  bytes sent: {_size_text(report.bytes_sent)} ({report.bytes_sent} B)")
+    print("  time per stage: " + ", ".join(
+        f"{s.stage} {s.seconds:.0f} s" + (" (earlier run)" if s.earlier_run else "")
+        for s in report.stages))
+    verdict = report.verdict
+    if verdict is None:
+        print("  boot check: skipped (--no-verify)")
+    else:
+        print(f"  boot check: BOOTED on {verdict.get('bus')} ({verdict.get('firmware')}, "
+              f"{verdict.get('accel')}) in {float(verdict.get('elapsed_s') or 0):.0f} s, "
+              f"NICs isolated; hostname {verdict.get('hostname')}, root {verdict.get('root')}")
+        for line in report.network:
+            print(f"    nic {line}")
+        for line in list(verdict.get("evidence") or [])[-3:]:
+            print(f"    | {line}")
+    if report.not_carried_over:
+        print("  not carried over:")
+        for item in report.not_carried_over:
+            print(f"    - {item}")
+    print(f"  work dir: {report.work_dir} (log: job.log, report: report.json)")
+    print(f"  clean up: p2v clean {report.name} --domain  (removes the guest and the work dir)")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from p2v.errors import UsageError
+    from p2v.job import JobSpec, default_output_dir
+    from p2v.pipeline import run_job
+
+    for flag, value in (("--memory", args.memory), ("--vcpus", args.vcpus)):
+        if value is not None and value < 1:
+            raise UsageError(detail=f"{flag} must be positive, not {value}")
+    spec = JobSpec(
+        source=args.source, name=args.name,
+        output_dir=(args.output_dir or default_output_dir()).absolute(),
+        disks=tuple(args.disk), memory_mib=args.memory, vcpus=args.vcpus,
+        connect=args.connect, networks=tuple(args.network), bridges=tuple(args.bridge),
+        pool=args.pool, start=args.start, verify=not args.no_verify, full=args.full,
+        compress=not args.no_compress, identity=args.identity, known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
+        verify_timeout=args.verify_timeout,
+    )
+    if args.json:
+        def sink(event: dict[str, object]) -> None:
+            print(json.dumps(event), flush=True)
+    else:
+        sink = _ConvertScreen(args.verbose > 0)
+    report = run_job(spec, sink)
+    if not report.ok:
+        print(f"p2v: error: {report.error}", file=sys.stderr)
+        return report.exit_code
+    if not args.json:
+        _print_report(report)
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- clean
+def _add_clean(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "clean",
+        help="remove a convert job's work dir (and, with --domain, the guest it registered)",
+        description=(
+            "Remove the work dir DIR/NAME of a `p2v convert` job: images, journals, log, "
+            "markers. With --domain, also undefine the guest the job registered (only that "
+            "guest: same name and the UUID in the job's register.json, and shut off). "
+            "Without --domain a guest whose disks are in the work dir is never orphaned: the "
+            "clean is refused."
+        ),
+    )
+    p.add_argument("name", metavar="NAME", help="the job's --name")
+    p.add_argument("--output-dir", type=Path, metavar="DIR",
+                   help="the job's --output-dir (default: $P2V_STATE_DIR/jobs)")
+    p.add_argument("--domain", action="store_true",
+                   help="also undefine the guest this job registered (with its NVRAM)")
+    p.add_argument("--connect", metavar="URI",
+                   help="libvirt URI (default: the one the job registered at)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_cmd_clean)
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    from p2v.job import default_output_dir
+    from p2v.pipeline import clean_job
+
+    result = clean_job(args.name, (args.output_dir or default_output_dir()).absolute(),
+                       domain=args.domain, uri=args.connect)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return ExitCode.OK
+    if result.domain:
+        print(f"undefined domain {result.domain}")
+    for note in result.notes:
+        print(note)
+    print(f"removed {result.work_dir}")
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -489,6 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_copy(sub)
     _add_fix(sub)
+    _add_convert(sub)
+    _add_clean(sub)
     return parser
 
 
