@@ -16,21 +16,26 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from p2v.errors import (
     IntegrityError,
     RemoteCommandFailed,
     SourceDeviceError,
+    StreamError,
     UsageError,
 )
+from p2v.ratelimit import RateLimiter
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
 from p2v.source.extents import missing_ranges, read_extents, read_header, reader_argv
+from p2v.source.shreader import read_sh_extents, read_sh_header, sh_argv, sh_reader_argv
 from p2v.source.ssh import SshSource
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,32 @@ DEFAULT_CHUNK = 4 << 20
 # after a cut, on top of what was in flight.
 FLUSH_BYTES = 64 << 20
 
+DEFAULT_PARALLEL = 2
+READERS = ("auto", "python3", "sh")
+
 Event = dict[str, Any]
+
+
+class Meter(Protocol):
+    """Progress of one disk (the CLI draws a bar from it; the default draws nothing)."""
+
+    def update(self, done_bytes: int, wire_bytes: int) -> None:
+        """done_bytes of the disk are in the image (resumed ones included)."""
+
+    def close(self) -> None:
+        """The disk is finished or failed."""
+
+
+class _QuietMeter:
+    def update(self, done_bytes: int, wire_bytes: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# (device, size in bytes, bytes already in the image) -> a Meter
+MeterFactory = Callable[[str, int, int], Meter]
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,19 @@ class CopyRequest:
     chunk_size: int = DEFAULT_CHUNK
     compress: bool = True
     low_priority: bool = True
+    parallel: int = DEFAULT_PARALLEL   # disks copied at the same time
+    bandwidth_limit: float | None = None   # bytes/s over all disks; None: unlimited
+    reader: str = "auto"               # "auto": python3 where the source has it, else sh
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the probe found: the device's size and which reader the source can run."""
+
+    device: str
+    size: int
+    python3: bool
+    gzip: bool
 
 
 @dataclass
@@ -73,6 +116,7 @@ class DiskResult:
     seconds: float
     already_complete: bool = False
     free_chunks: int = 0               # skipped as free filesystem/swap space
+    reader: str = "python3"            # which source-side reader ran ("python3" or "sh")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -134,30 +178,22 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def probe_device(source: SshSource, device: str) -> int:
-    """The device's size in bytes; a missing or non-block device is a one-line error."""
-    script = ('test -e "$1" || exit 3; test -b "$1" || exit 4; '
-              'command -v python3 >/dev/null 2>&1 || exit 5; '
-              'blockdev --getsize64 "$1" 2>/dev/null || '
-              'python3 -c "import os,sys; print(os.lseek(os.open(sys.argv[1], os.O_RDONLY), 0, 2))"'
-              ' "$1"')
-    result = source.run(["sh", "-c", script, "p2v-probe", device], check=False, timeout=60)
+def probe_device(source: SshSource, device: str) -> DeviceInfo:
+    """Size and reader tools of a source device; a missing or non-block device is a
+    one-line error. Needs only sh (blockdev or /sys for the size)."""
+    result = source.run(sh_argv("probe", device), check=False, timeout=60)
     host = source.target.host
     if result.returncode == 3:
         raise SourceDeviceError(device=device, host=host, detail="no such device")
     if result.returncode == 4:
         raise SourceDeviceError(device=device, host=host,
                                 detail="not a block device (give a whole disk, e.g. /dev/sda)")
-    if result.returncode == 5:
-        raise SourceDeviceError(device=device, host=host,
-                                detail="the source has no python3; the sh-only copy path is "
-                                       "not implemented yet")
-    size = result.text.strip()
-    if result.returncode != 0 or not size.isdigit():
+    fields = result.text.split()
+    if result.returncode != 0 or len(fields) != 3 or not all(f.isdigit() for f in fields):
         raise RemoteCommandFailed(command=f"probe {device}", host=host,
                                   returncode=result.returncode,
                                   stderr_tail=result.stderr.strip()[-200:] or "(no output)")
-    return int(size)
+    return DeviceInfo(device, int(fields[0]), fields[1] == "1", fields[2] == "1")
 
 
 def source_hostname(source: SshSource) -> str:
@@ -165,29 +201,137 @@ def source_hostname(source: SshSource) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "source"
 
 
+def _reader(info: DeviceInfo, request: CopyRequest, host: str) -> str:
+    if request.reader == "python3" and not info.python3:
+        raise SourceDeviceError(device=info.device, host=host,
+                                detail="the source has no python3 (leave the reader to auto)")
+    if request.reader == "auto":
+        return "python3" if info.python3 else "sh"
+    return request.reader
+
+
 @contextmanager
-def _stream(source: SshSource, device: str, request: CopyRequest,
-            ranges: list[tuple[int, int]], expected_size: int) -> Iterator[Iterator[Any]]:
-    argv = reader_argv(device, request.chunk_size, ranges, compress=request.compress,
-                       low_priority=request.low_priority, skip_free=not request.full)
+def _stream(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: str,
+            ranges: list[tuple[int, int]]) -> Iterator[Iterator[Any]]:
+    host, device = source.target.host, info.device
+    if reader == "sh":
+        argv = sh_reader_argv(device, request.chunk_size, ranges, info.size,
+                              compress=request.compress and info.gzip,
+                              low_priority=request.low_priority)
+    else:
+        argv = reader_argv(device, request.chunk_size, ranges, compress=request.compress,
+                           low_priority=request.low_priority, skip_free=not request.full)
     with source.stream(argv) as raw:
-        size, chunk = read_header(raw)
-        if chunk != request.chunk_size or size != expected_size:
-            raise SourceDeviceError(device=device, host=source.target.host,
-                                    detail=f"changed size under the copy ({expected_size} -> "
+        try:
+            if reader == "sh":
+                buffered, size, chunk = read_sh_header(raw)
+                extents = read_sh_extents(buffered, request.chunk_size, host=host,
+                                          device=device)
+            else:
+                size, chunk = read_header(raw)
+                extents = read_extents(raw, request.chunk_size, host=host, device=device)
+        except (EOFError, ValueError, OSError) as exc:
+            raise StreamError(host=host, device=device, detail=f"no stream header ({exc})"
+                              ) from None
+        if chunk != request.chunk_size or size != info.size:
+            raise SourceDeviceError(device=device, host=host,
+                                    detail=f"changed size under the copy ({info.size} -> "
                                            f"{size} bytes); start again in a new --output-dir")
-        yield read_extents(raw, request.chunk_size, host=source.target.host, device=device)
+        yield extents
+
+
+class _Cancelled(Exception):
+    """Another disk of the same copy failed: stop this one at the next chunk."""
+
+
+def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: str,
+                 journal: _Journal, part: Path, meter: Meter, emit: Callable[[Event], None],
+                 limiter: RateLimiter | None, cancel: threading.Event | None,
+                 done_bytes: int) -> tuple[int, int, int]:
+    """Every chunk the journal lacks into the image; returns (wire, read, refetched)."""
+    device, chunk = info.device, request.chunk_size
+    count = -(-info.size // chunk)
+    wire = 0
+    read = 0
+    refetched = 0
+    with Qcow2Writer(part) as writer:
+        pending: list[tuple[int, str | None]] = []
+        pending_bytes = 0
+
+        def commit() -> None:
+            nonlocal pending_bytes
+            if pending:
+                writer.flush()
+                journal.append(pending)
+                pending.clear()
+                pending_bytes = 0
+                emit({"event": "progress", "device": device, "done_chunks": len(journal.done),
+                      "chunks": count, "wire_bytes": wire})
+
+        def take(ranges: list[tuple[int, int]]) -> list[int]:
+            """Read those chunks; return the indexes that arrived corrupt."""
+            nonlocal wire, read, pending_bytes, done_bytes
+            corrupt: list[int] = []
+            try:
+                with _stream(source, info, request, reader, ranges) as extents:
+                    for extent in extents:
+                        if cancel is not None and cancel.is_set():
+                            raise _Cancelled
+                        wire += extent.wire_bytes
+                        read += 1
+                        if limiter is not None:
+                            limiter.consume(extent.wire_bytes)
+                        if extent.corrupt:
+                            corrupt.append(extent.index)
+                            continue
+                        if not extent.zero:
+                            writer.write(extent.offset, extent.data)
+                            pending_bytes += extent.length
+                        pending.append((extent.index,
+                                        FREE_MARK if extent.free else extent.sha256))
+                        done_bytes += extent.length
+                        meter.update(done_bytes, wire)
+                        if pending_bytes >= FLUSH_BYTES or len(pending) >= 4096:
+                            commit()
+            finally:
+                commit()
+            return corrupt
+
+        bad = take(missing_ranges(set(journal.done), count))
+        if bad:
+            refetched = len(bad)
+            log.warning("%d chunk(s) of %s arrived corrupt; fetching them again", len(bad),
+                        device)
+            again = take([(i, i + 1) for i in bad])
+            if again:
+                index = again[0]
+                raise IntegrityError(device=device, index=index, offset=index * chunk,
+                                     got="(mismatch)", expected="the source's hash")
+        missing = missing_ranges(set(journal.done), count)
+        if missing:
+            raise IntegrityError(device=device, index=missing[0][0],
+                                 offset=missing[0][0] * chunk, got="nothing",
+                                 expected="a chunk")
+
+    return wire, read, refetched
 
 
 def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
-              emit: Callable[[Event], None] = lambda e: None) -> DiskResult:
+              emit: Callable[[Event], None] = lambda e: None, *,
+              info: DeviceInfo | None = None, meter_factory: MeterFactory | None = None,
+              limiter: RateLimiter | None = None,
+              cancel: threading.Event | None = None) -> DiskResult:
+    """Copy one disk (see the module docstring). `info`: the probe's answer if already
+    known; `cancel`: set by another disk's failure, stops this one at the next chunk."""
     started = time.monotonic()
     chunk = request.chunk_size
     image = request.output_dir / f"{name}-{image_stem(device)}.qcow2"
     part = image.with_name(image.name + ".part")
     journal_path = image.with_name(image.name + ".journal")
     manifest_path = image.with_name(image.name + ".manifest.json")
-    size = probe_device(source, device)
+    info = info or probe_device(source, device)
+    reader = _reader(info, request, source.target.host)
+    size = info.size
     count = -(-size // chunk)
     header = {"schema": JOURNAL_SCHEMA, "host": source.target.host, "device": device,
               "size": size, "chunk_size": chunk}
@@ -215,63 +359,14 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
         journal = _Journal.create(journal_path, header)
     resumed = len(journal.done)
     emit({"event": "disk-start", "device": device, "image": str(image), "size": size,
-          "chunks": count, "resumed_chunks": resumed})
-
-    wire = 0
-    read = 0
-    refetched = 0
-    with Qcow2Writer(part) as writer:
-        pending: list[tuple[int, str | None]] = []
-        pending_bytes = 0
-
-        def commit() -> None:
-            nonlocal pending_bytes
-            if pending:
-                writer.flush()
-                journal.append(pending)
-                pending.clear()
-                pending_bytes = 0
-                emit({"event": "progress", "device": device, "done_chunks": len(journal.done),
-                      "chunks": count, "wire_bytes": wire})
-
-        def take(ranges: list[tuple[int, int]]) -> list[int]:
-            """Read those chunks; return the indexes that arrived corrupt."""
-            nonlocal wire, read, pending_bytes
-            corrupt: list[int] = []
-            try:
-                with _stream(source, device, request, ranges, size) as extents:
-                    for extent in extents:
-                        wire += extent.wire_bytes
-                        read += 1
-                        if extent.corrupt:
-                            corrupt.append(extent.index)
-                            continue
-                        if not extent.zero:
-                            writer.write(extent.offset, extent.data)
-                            pending_bytes += extent.length
-                        pending.append((extent.index,
-                                        FREE_MARK if extent.free else extent.sha256))
-                        if pending_bytes >= FLUSH_BYTES or len(pending) >= 4096:
-                            commit()
-            finally:
-                commit()
-            return corrupt
-
-        bad = take(missing_ranges(set(journal.done), count))
-        if bad:
-            refetched = len(bad)
-            log.warning("%d chunk(s) of %s arrived corrupt; fetching them again", len(bad),
-                        device)
-            again = take([(i, i + 1) for i in bad])
-            if again:
-                index = again[0]
-                raise IntegrityError(device=device, index=index, offset=index * chunk,
-                                     got="(mismatch)", expected="the source's hash")
-        missing = missing_ranges(set(journal.done), count)
-        if missing:
-            raise IntegrityError(device=device, index=missing[0][0],
-                                 offset=missing[0][0] * chunk, got="nothing",
-                                 expected="a chunk")
+          "chunks": count, "resumed_chunks": resumed, "reader": reader})
+    done_bytes = sum(min(chunk, size - i * chunk) for i in journal.done)
+    meter = (meter_factory or (lambda d, s, n: _QuietMeter()))(device, size, done_bytes)
+    try:
+        wire, read, refetched = _copy_chunks(source, info, request, reader, journal, part,
+                                             meter, emit, limiter, cancel, done_bytes)
+    finally:
+        meter.close()
 
     zero = hashlib.sha256(bytes(chunk)).hexdigest()
     hashes = [journal.done[i] for i in range(count)]
@@ -288,6 +383,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
         "image": image.name, "size": size, "chunk_size": chunk, "chunks": count,
         "zero_chunks": zero_chunks, "free_chunks": free_chunks,
         "data_chunks": count - zero_chunks - free_chunks, "full": request.full,
+        "reader": reader,
         "skipped": {"zero": "all-zero chunks are not sent and not written (they read as "
                             "zeros in the image)",
                     "free": "chunks wholly inside ext2/3/4 free blocks or a swap area past "
@@ -306,21 +402,68 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     journal_path.unlink()
     result = DiskResult(device, image, manifest_path, size, count, zero_chunks,
                         count - zero_chunks - free_chunks, resumed, read, refetched, wire,
-                        time.monotonic() - started, free_chunks=free_chunks)
+                        time.monotonic() - started, free_chunks=free_chunks, reader=reader)
     emit({"event": "disk-done", **result.to_dict()})
     return result
 
 
 def copy_disks(source: SshSource, request: CopyRequest,
-               emit: Callable[[Event], None] = lambda e: None) -> list[DiskResult]:
-    """Copy each disk in turn (parallel disks are not implemented yet)."""
+               emit: Callable[[Event], None] = lambda e: None,
+               meter_factory: MeterFactory | None = None) -> list[DiskResult]:
+    """Copy every disk, `request.parallel` at a time, all under one bandwidth limit.
+
+    Every device is probed before anything is created locally, so a bad --disk costs
+    nothing. If one disk fails, the others stop at their next chunk (their journals
+    committed) and the first error is raised: rerun the same command to resume them all.
+    """
     if not request.disks:
         raise UsageError(detail="name at least one --disk")
     if request.chunk_size < 65536 or request.chunk_size % 65536:
         raise UsageError(detail="--chunk-size must be a multiple of 64 KiB")
+    if request.parallel < 1:
+        raise UsageError(detail="--parallel must be at least 1")
+    if request.reader not in READERS:
+        raise UsageError(detail=f"unknown reader {request.reader!r} (one of {READERS})")
+    stems = [image_stem(d) for d in request.disks]
+    if len(set(stems)) != len(stems):
+        twice = next(d for d, s in zip(request.disks, stems, strict=True) if stems.count(s) > 1)
+        raise UsageError(detail=f"--disk {twice} is named twice (or two disks would share "
+                                "one image name)")
+    infos = [probe_device(source, device) for device in request.disks]
     name = request.name or source_hostname(source)
-    return [copy_disk(source, device, request, name, emit) for device in request.disks]
+    limiter = RateLimiter(request.bandwidth_limit) if request.bandwidth_limit else None
+    lock = threading.Lock()
+
+    def emit_locked(event: Event) -> None:
+        with lock:
+            emit(event)
+
+    def one(info: DeviceInfo) -> DiskResult:
+        return copy_disk(source, info.device, request, name, emit_locked, info=info,
+                         meter_factory=meter_factory, limiter=limiter, cancel=cancel)
+
+    cancel = threading.Event()
+    workers = min(request.parallel, len(infos))
+    if workers == 1:
+        return [one(info) for info in infos]
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="p2v-copy")
+    futures = [pool.submit(one, info) for info in infos]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)
+    except BaseException:            # Ctrl-C: let every disk commit its journal first
+        cancel.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    failed = [f for f in futures if f.done() and not f.cancelled() and f.exception()]
+    if failed:
+        cancel.set()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for future in futures:       # the first real error, not another disk's _Cancelled
+        exc = None if future.cancelled() else future.exception()
+        if exc is not None and not isinstance(exc, _Cancelled):
+            raise exc
+    return [f.result() for f in futures]
 
 
-__all__ = ["CopyRequest", "DiskResult", "copy_disk", "copy_disks", "image_stem",
-           "probe_device"]
+__all__ = ["CopyRequest", "DeviceInfo", "DiskResult", "Meter", "MeterFactory", "copy_disk",
+           "copy_disks", "image_stem", "probe_device"]

@@ -314,11 +314,13 @@ class SshServer(_Source):
         fixture: FixtureImage | None = None,
         *,
         start_timeout: float = 15.0,
+        session_path: str | None = None,
     ) -> None:
         super().__init__()
         self.disks = tuple(str(d) for d in disks)
         self.fixture = fixture
         self.start_timeout = start_timeout
+        self.session_path = session_path
         self.pid: int | None = None
 
     def _config(self, workdir: Path, port: int, host_key: Path, authorized: Path) -> Path:
@@ -341,6 +343,11 @@ class SshServer(_Source):
                     "StrictModes no",
                     "Subsystem sftp internal-sftp",
                     "LogLevel VERBOSE",
+                    # A source with fewer tools (e.g. no python3): every command runs under
+                    # sh with only this PATH (a forced command, so the login shell's rc
+                    # files cannot add to it).
+                    *([f'ForceCommand PATH={shlex.quote(self.session_path)} exec /bin/sh -c '
+                       '"$SSH_ORIGINAL_COMMAND"'] if self.session_path else []),
                     "",
                 ]
             )
@@ -427,6 +434,7 @@ class LoopSource(_Source):
     Attached read-only unless writable=True — which writes the files themselves, so pass a
     copy (`copy_fixture`) for a cached fixture. partitions=True scans partition tables and
     creates the /dev/loopNpM nodes that udev would (tests that read partitions need them).
+    session_path: the PATH of every SSH session (a source without python3, say).
     """
 
     kind = "loop"
@@ -438,6 +446,7 @@ class LoopSource(_Source):
         partitions: bool = False,
         *,
         files: Sequence[Path] | None = None,
+        session_path: str | None = None,
     ) -> None:
         super().__init__()
         if files is None:
@@ -448,16 +457,19 @@ class LoopSource(_Source):
         self.files = tuple(Path(f) for f in files)
         self.writable = writable
         self.partitions = partitions
+        self.session_path = session_path
         self.loop_devices: tuple[str, ...] = ()
         self.partition_nodes: tuple[Path, ...] = ()
         self.sshd_pid: int | None = None
 
     @classmethod
     def from_files(
-        cls, files: Sequence[str | Path], *, writable: bool = False, partitions: bool = False
+        cls, files: Sequence[str | Path], *, writable: bool = False, partitions: bool = False,
+        session_path: str | None = None,
     ) -> LoopSource:
         """A loop source over ad-hoc raw files (e.g. a 2 GiB disk of random data for a bench)."""
-        return cls(None, writable, partitions, files=[Path(f) for f in files])
+        return cls(None, writable, partitions, files=[Path(f) for f in files],
+                   session_path=session_path)
 
     def _start(self, stack: ExitStack) -> SourceEndpoint:
         devices: list[str] = []
@@ -474,7 +486,7 @@ class LoopSource(_Source):
                 nodes += made
         self.loop_devices = tuple(devices)
         self.partition_nodes = tuple(nodes)
-        server = SshServer(devices, self.image)
+        server = SshServer(devices, self.image, session_path=self.session_path)
         endpoint = stack.enter_context(server)
         self.sshd_pid = server.pid
         self.workdir = server.workdir

@@ -1,0 +1,217 @@
+"""The copy's reader for sources without python3: POSIX sh, dd and coreutils only.
+
+Slower than the python3 reader (`extents.py`) and skipping less, but every chunk is still
+hashed on the source and checked here, and it feeds the same journal, so a copy resumes
+the same way whichever reader ran before. Per chunk, `SH_READER`:
+
+1. reads the chunk once through `sha256sum`: if the hash is that of an all-zero chunk
+   (passed in by p2v), only a `Z` line is sent;
+2. otherwise reads it again and sends it through `tee`: one copy goes to stdout (through
+   `gzip -1` when the source has gzip and a 64 KiB sample of the chunk shrinks by 10 %),
+   the other into `sha256sum`, whose answer follows the data. The hash therefore covers
+   exactly the bytes sent, even if the live source changed them since step 1.
+
+Free filesystem space is not parsed (no bitmap reading in sh): it is sent unless zero.
+Nothing is written on the source; the device is opened by `dd if=` (read-only).
+
+Stream (all lines end in \\n): `P2VSH1 SIZE CHUNK`, then per chunk `Z INDEX LENGTH` or
+`D INDEX LENGTH R|G`, the raw bytes or one gzip member, `H SHA256`; finally `E`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import IO
+
+from p2v.errors import StreamError
+from p2v.source.extents import Extent, format_ranges
+
+SH_MAGIC = b"P2VSH1"
+
+# $1: mode (probe|read); $2: device. probe prints "SIZE PYTHON3 GZIP" (1/0 flags);
+# exit 3: no such path, 4: not a block device, 6: size unknown.
+# read: $3 chunk size, $4 ranges "a-b,c-d", $5 gzip allowed (1/0), $6 sha256 of an
+# all-zero chunk, $7 sha256 of an all-zero last (short) chunk.
+SH_READER = r"""
+mode=$1 dev=$2
+test -e "$dev" || exit 3
+test -b "$dev" || exit 4
+size=$(blockdev --getsize64 "$dev" 2>/dev/null) || size=
+case $size in ''|*[!0-9]*)
+    name=$(readlink -f "$dev") && name=${name##*/} &&
+        read sectors < "/sys/class/block/$name/size" && size=$((sectors * 512)) || size= ;;
+esac
+case $size in ''|*[!0-9]*) exit 6 ;; esac
+if [ "$mode" = probe ]; then
+    py=0; gz=0
+    command -v python3 >/dev/null 2>&1 && py=1
+    command -v gzip >/dev/null 2>&1 && gz=1
+    echo "$size $py $gz"
+    exit 0
+fi
+cs=$3 ranges=$4 gz=$5 zfull=$6 ztail=$7
+[ "$gz" = 1 ] && ! command -v gzip >/dev/null 2>&1 && gz=0
+full=
+dd if=/dev/null of=/dev/null iflag=fullblock count=0 2>/dev/null && full=iflag=fullblock
+exec 4>&1
+printf 'P2VSH1 %s %s\n' "$size" "$cs"
+set -f
+IFS=,
+set -- $ranges
+IFS=' '
+for r in "$@"; do
+    i=${r%-*} end=${r#*-}
+    while [ "$i" -lt "$end" ]; do
+        off=$((i * cs))
+        [ "$off" -ge "$size" ] && break
+        n=$cs z=$zfull
+        [ $((off + n)) -gt "$size" ] && n=$((size - off)) z=$ztail
+        h=$(dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null | sha256sum) || exit 5
+        if [ "${h%% *}" = "$z" ]; then
+            printf 'Z %s %s\n' "$i" "$n"
+            i=$((i + 1))
+            continue
+        fi
+        kind=R
+        if [ "$gz" = 1 ]; then
+            c=$(dd if="$dev" bs=65536 skip=$((off / 65536)) count=1 2>/dev/null | gzip -1 | wc -c)
+            s=65536
+            [ "$n" -lt "$s" ] && s=$n
+            [ $((c * 10)) -lt $((s * 9)) ] && kind=G
+        fi
+        printf 'D %s %s %s\n' "$i" "$n" "$kind"
+        if [ "$kind" = G ]; then
+            h=$( { dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null |
+                   tee /dev/fd/3 | gzip -1 -c >&4; } 3>&1 | sha256sum ) || exit 5
+        else
+            h=$( { dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null |
+                   tee /dev/fd/3 >&4; } 3>&1 | sha256sum ) || exit 5
+        fi
+        printf 'H %s\n' "${h%% *}"
+        i=$((i + 1))
+    done
+done
+printf 'E\n'
+"""
+
+
+def sh_argv(mode: str, device: str, *args: str) -> list[str]:
+    return ["sh", "-c", SH_READER, "p2v-sh", mode, device, *args]
+
+
+def sh_reader_argv(device: str, chunk_size: int, ranges: Sequence[tuple[int, int]],
+                   size: int, compress: bool = True, low_priority: bool = True) -> list[str]:
+    """The source-side command of the sh reader (under nice/ionice unless told otherwise)."""
+    tail = size % chunk_size or chunk_size
+    argv = sh_argv("read", device, str(chunk_size), format_ranges(ranges),
+                   "1" if compress else "0", hashlib.sha256(bytes(chunk_size)).hexdigest(),
+                   hashlib.sha256(bytes(tail)).hexdigest())
+    if not low_priority:
+        return argv
+    wrapper = ('if command -v ionice >/dev/null 2>&1; then exec nice -n 19 ionice -c 3 "$@"; '
+               'else exec nice -n 19 "$@"; fi')
+    return ["sh", "-c", wrapper, "p2v-reader", *argv]
+
+
+class _Buffered:
+    """A byte stream with lines, exact reads and push-back (for the end of a gzip member)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    def _fill(self, want: int = 1 << 16) -> bool:
+        block = self.stream.read(want)
+        if not block:
+            return False
+        self.buf += block
+        return True
+
+    def line(self, limit: int = 256) -> bytes:
+        while b"\n" not in self.buf:
+            if len(self.buf) > limit:
+                raise ValueError("garbled stream (no line where one was expected)")
+            if not self._fill(limit):
+                raise EOFError("stream ended inside a line")
+        end = self.buf.index(b"\n") + 1
+        if end > limit:
+            raise ValueError("garbled stream (line too long)")
+        text = bytes(self.buf[:end])
+        del self.buf[:end]
+        return text
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._fill(max(n - len(self.buf), 1 << 16)):
+                raise EOFError("stream ended inside a chunk")
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def gzip_member(self, limit: int) -> tuple[bytes, int]:
+        """One gzip member's content (at most `limit` bytes) and its size on the wire."""
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out = bytearray()
+        wire = 0
+        while not inflate.eof:
+            if not self.buf and not self._fill():
+                raise EOFError("stream ended inside a gzip member")
+            block = bytes(self.buf)
+            self.buf.clear()
+            out += inflate.decompress(block)       # 64 KiB in: at most ~64 MiB out
+            if len(out) > limit:
+                raise ValueError("gzip member larger than its chunk")
+            rest = inflate.unused_data             # what follows the member
+            wire += len(block) - len(rest)
+            self.buf[:0] = rest
+        return bytes(out), wire
+
+
+def read_sh_header(stream: IO[bytes]) -> tuple[_Buffered, int, int]:
+    """(the buffered stream, device size, chunk size) from the sh reader's first line."""
+    buffered = _Buffered(stream)
+    fields = buffered.line().split()
+    if len(fields) != 3 or fields[0] != SH_MAGIC:
+        raise ValueError(f"bad sh stream header {b' '.join(fields)[:40]!r}")
+    return buffered, int(fields[1]), int(fields[2])
+
+
+def read_sh_extents(buffered: _Buffered, chunk_size: int, host: str = "source",
+                    device: str = "disk") -> Iterator[Extent]:
+    """Parse the sh reader's stream until `E`; raise StreamError if it breaks."""
+    try:
+        while True:
+            line = buffered.line()
+            fields = line.split()
+            if fields == [b"E"]:
+                return
+            if len(fields) == 3 and fields[0] == b"Z":
+                index, length = int(fields[1]), int(fields[2])
+                yield Extent(index, index * chunk_size, length, True, None, b"", len(line))
+                continue
+            if len(fields) != 4 or fields[0] != b"D" or fields[3] not in (b"R", b"G"):
+                raise ValueError(f"garbled stream (unexpected {line[:40]!r})")
+            index, length = int(fields[1]), int(fields[2])
+            if not 0 < length <= chunk_size:
+                raise ValueError(f"garbled stream (chunk length {length})")
+            if fields[3] == b"G":
+                data, wire = buffered.gzip_member(chunk_size)
+            else:
+                data = buffered.exact(length)
+                wire = length
+            trailer = buffered.line()
+            parts = trailer.split()
+            if len(parts) != 2 or parts[0] != b"H" or len(parts[1]) != 64:
+                raise ValueError(f"garbled stream (no hash after chunk {index})")
+            expected = parts[1].decode()
+            ok = len(data) == length and hashlib.sha256(data).hexdigest() == expected
+            yield Extent(index, index * chunk_size, length, False, expected, data,
+                         len(line) + wire + len(trailer), corrupt=not ok)
+    except (EOFError, ValueError, OSError, zlib.error) as exc:
+        raise StreamError(host=host, device=device, detail=str(exc) or type(exc).__name__
+                          ) from None
+
+
+__all__ = ["SH_READER", "read_sh_extents", "read_sh_header", "sh_argv", "sh_reader_argv"]
