@@ -1,5 +1,7 @@
 """A real libvirtd for the register tests, and the networks, bridge, pool and guests they use.
 
+The daemon itself is p2v.testbed.libvirtd.Libvirtd (shared with `p2v demo`).
+
 Imported by tests/integration/conftest.py and tests/e2e/conftest.py (the root conftest is
 shared, so these fixtures live here). One libvirtd serves the whole session: when one already
 answers at qemu:///system it is used and left running; otherwise virtlogd and libvirtd are
@@ -10,20 +12,17 @@ removed even when the test fails.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from p2v import runner
+from p2v.testbed.libvirtd import Libvirtd
 
 URI = "qemu:///system"
 NETWORK = "p2vtest-isolated"
@@ -32,57 +31,6 @@ BRIDGE = "br-p2vtest"
 POOL = "p2vtest-pool"
 # A URI whose daemon never answers: what "libvirtd not reachable" looks like.
 DEAD_URI = "qemu:///system?socket=/nonexistent/p2v-test/libvirt-sock"
-
-
-def _answers(uri: str) -> bool:
-    import libvirt
-
-    libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    try:
-        libvirt.open(uri).close()
-        return True
-    except libvirt.libvirtError:
-        return False
-
-
-@dataclass
-class Libvirtd:
-    """libvirtd at URI; `owned` when this test run started it (and so stops it)."""
-
-    uri: str = URI
-    owned: bool = False
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    workdir: Path | None = None
-
-    def start(self) -> None:
-        if _answers(self.uri):
-            return
-        for d in ("/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt/qemu/nvram"):
-            os.makedirs(d, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix="p2v-libvirtd-"))
-        self.owned = True
-        if not Path("/run/libvirt/virtlogd-sock").exists():
-            self.procs.append(runner.spawn(
-                ["virtlogd", "-p", str(self.workdir / "virtlogd.pid")],
-                stderr=(self.workdir / "virtlogd.err").open("wb").fileno()))
-        self.procs.append(runner.spawn(
-            ["libvirtd", "-p", str(self.workdir / "libvirtd.pid")],
-            stderr=(self.workdir / "libvirtd.err").open("wb").fileno()))
-        deadline = time.monotonic() + 30
-        while not _answers(self.uri):
-            if self.procs[-1].poll() is not None or time.monotonic() > deadline:
-                err = (self.workdir / "libvirtd.err").read_text(errors="replace")[-2000:]
-                self.stop()
-                raise RuntimeError(f"libvirtd did not answer at {self.uri}: {err}")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        # libvirtd first: it talks to virtlogd while shutting down.
-        for proc in reversed(self.procs):
-            runner.stop(proc, grace=10)
-        self.procs.clear()
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def open_conn(uri: str = URI):  # type: ignore[no-untyped-def]

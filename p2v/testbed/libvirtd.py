@@ -1,0 +1,105 @@
+"""A real libvirtd for the demo and the tests: used when one answers, else started and stopped.
+
+On a machine without systemd nobody starts libvirtd; this starts virtlogd and libvirtd in
+the foreground as children (stopped by their pids), and makes a transient network with no
+forward, no address and no DHCP, so guests registered here reach nothing. libvirt itself is
+reached through p2v.target.libvirt (its only importer) and `virsh`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2v import runner
+from p2v.errors import LibvirtUnreachable, P2VError
+
+URI = "qemu:///system"
+
+
+class LibvirtdStartError(P2VError):
+    """libvirtd did not start: {detail}"""
+
+
+def answers(uri: str = URI) -> bool:
+    """True when a libvirtd answers at `uri`."""
+    from p2v.target.libvirt import connect
+
+    try:
+        connect(uri).close()
+        return True
+    except LibvirtUnreachable:
+        return False
+
+
+@dataclass
+class Libvirtd:
+    """libvirtd at URI; `owned` when this process started it (and so stops it)."""
+
+    uri: str = URI
+    owned: bool = False
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    workdir: Path | None = None
+
+    def start(self) -> None:
+        if answers(self.uri):
+            return
+        for d in ("/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt/qemu/nvram"):
+            os.makedirs(d, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="p2v-libvirtd-"))
+        self.owned = True
+        if not Path("/run/libvirt/virtlogd-sock").exists():
+            self.procs.append(runner.spawn(
+                ["virtlogd", "-p", str(self.workdir / "virtlogd.pid")],
+                stderr=(self.workdir / "virtlogd.err").open("wb").fileno()))
+        self.procs.append(runner.spawn(
+            ["libvirtd", "-p", str(self.workdir / "libvirtd.pid")],
+            stderr=(self.workdir / "libvirtd.err").open("wb").fileno()))
+        deadline = time.monotonic() + 30
+        while not answers(self.uri):
+            if self.procs[-1].poll() is not None or time.monotonic() > deadline:
+                err = (self.workdir / "libvirtd.err").read_text(errors="replace")[-2000:]
+                self.stop()
+                raise LibvirtdStartError(detail=f"no answer at {self.uri}: {err.strip()}")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        # libvirtd first: it talks to virtlogd while shutting down.
+        for proc in reversed(self.procs):
+            runner.stop(proc, grace=10)
+        self.procs.clear()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self) -> Libvirtd:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def isolated_network(name: str, bridge: str, uri: str = URI) -> Iterator[str]:
+    """A transient libvirt network with no forward, address or DHCP, for as long as needed."""
+    runner.run(["virsh", "-c", uri, "net-destroy", name], check=False)
+    with tempfile.TemporaryDirectory(prefix="p2v-net-") as tmp:
+        xml = Path(tmp) / "net.xml"
+        xml.write_text(f"<network><name>{name}</name><bridge name='{bridge}' stp='off'/>"
+                       "</network>")
+        runner.run(["virsh", "-c", uri, "net-create", str(xml)])
+    try:
+        yield name
+    finally:
+        runner.run(["virsh", "-c", uri, "net-destroy", name], check=False)
+
+
+__all__ = ["URI", "Libvirtd", "LibvirtdStartError", "answers", "isolated_network"]
