@@ -759,6 +759,139 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------- batch
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="convert every server of a TOML manifest, N jobs at a time, resumable",
+        description=(
+            "Run one `p2v convert` job per [[server]] of MANIFEST (TOML: [defaults] and one "
+            "[[server]] entry each). The whole manifest is checked first: every problem is "
+            "listed (file, entry, field) and nothing runs. Up to --jobs jobs run at once, "
+            "each in its own process with its own work dir OUTPUT_DIR/NAME; one failing "
+            "job never stops the others. A ledger (OUTPUT_DIR/.p2v-batch/ledger.sqlite) "
+            "records every job, so rerunning the same command skips finished jobs and "
+            "resumes the rest; Ctrl-C stops the jobs cleanly. Ends with a summary table and "
+            "a report (OUTPUT_DIR/.p2v-batch/report.json); exit 0 when every job succeeded, "
+            "1 when one failed. See docs/batch.md."
+        ),
+    )
+    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the fleet's TOML manifest")
+    p.add_argument("--jobs", type=_at_least_one, metavar="N",
+                   help="jobs run at the same time (default: the manifest's `jobs`, else 1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the manifest and print which jobs would run, resume or be "
+                        "skipped; change nothing")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: the convert events of every job (with `job`) "
+                        "and the batch's own (batch-start, batch-job-start, batch-job-end, "
+                        "batch-done)")
+    p.set_defaults(func=_cmd_batch)
+
+
+class _BatchScreen:
+    """Human progress on stderr: one line per job and stage change, copy progress every 30 s."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str], float] = {}
+
+    def __call__(self, event: dict[str, object]) -> None:
+        kind, job, stage = event.get("event"), event.get("job"), event.get("stage")
+        text = None
+        if kind == "batch-start":
+            text = (f"batch of {event.get('total')} job(s), {event.get('to_run')} to run, "
+                    f"{event.get('jobs')} at a time; state in {event.get('state_dir')}")
+        elif kind == "batch-job-skip":
+            text = f"[{job}] skipped: {event.get('reason')}"
+        elif kind == "batch-job-start":
+            text = (f"[{job}] {event.get('action')} (attempt {event.get('attempt')}, "
+                    f"{event.get('reason')}) in {event.get('work_dir')}")
+        elif kind == "stage-start":
+            text = f"[{job}] {stage} ..."
+        elif kind == "stage-done":
+            text = f"[{job}] {stage} done in {event.get('seconds')} s"
+        elif kind == "progress":
+            key = (str(job), str(event.get("device")))
+            done, total = int(str(event.get("done_chunks") or 0)), int(str(event.get("chunks")
+                                                                          or 1))
+            if time.monotonic() - self.last.get(key, 0.0) > 30 or done == total:
+                self.last[key] = time.monotonic()
+                text = f"[{job}] {key[1]}: {100 * done // max(1, total)}% copied"
+        elif kind == "batch-job-end":
+            state = event.get("state")
+            text = f"[{job}] {state}" + (f": {event.get('error')}" if state != "succeeded"
+                                         else f" in {event.get('seconds')} s")
+        elif kind == "batch-stopping":
+            running = event.get("running")
+            count = len(running) if isinstance(running, list) else 0
+            text = f"stopping {count} running job(s); they are resumed by the next run ..."
+        if text is not None:
+            print(f"p2v: {text}", file=sys.stderr, flush=True)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from p2v.batch.driver import ledger_path, plan_batch, run_batch
+    from p2v.batch.manifest import load_manifest
+    from p2v.errors import ManifestInvalid
+
+    try:
+        manifest = load_manifest(args.manifest)
+    except ManifestInvalid as exc:
+        for problem in exc.problems:
+            print(f"p2v: error: {problem}", file=sys.stderr)
+        raise
+    jobs = args.jobs or manifest.jobs or 1
+    if args.dry_run:
+        plan = plan_batch(manifest)
+        if args.json:
+            print(json.dumps({"manifest": str(manifest.path), "jobs": jobs,
+                              "ledger": str(ledger_path(manifest)),
+                              "plan": [{"job": i.spec.name, "action": i.action,
+                                        "reason": i.reason, "source": i.spec.source,
+                                        "work_dir": str(i.spec.work_dir),
+                                        "spec": i.spec.to_dict()} for i in plan]}, indent=2))
+            return ExitCode.OK
+        width = max(len(i.spec.name) for i in plan)
+        print(f"{'NAME':<{width}}  ACTION  SOURCE / WHY")
+        for i in plan:
+            print(f"{i.spec.name:<{width}}  {i.action:<6}  {i.spec.source}: {i.reason}")
+        todo = sum(1 for i in plan if i.action != "skip")
+        print(f"{todo} job(s) to run, {len(plan) - todo} to skip, {jobs} at a time; work dirs "
+              f"in {manifest.output_dir}; ledger {ledger_path(manifest)} (dry run: nothing "
+              "changed)")
+        return ExitCode.OK
+    if args.json:
+        def sink(event: dict[str, object]) -> None:
+            print(json.dumps(event), flush=True)
+    else:
+        sink = _BatchScreen()
+    result = run_batch(manifest, jobs=jobs, events=sink)
+    if args.json:
+        return result.exit_code
+    width = max(len(j.name) for j in result.jobs)
+    print(f"{'NAME':<{width}}  {'STATE':<11}  {'STAGE':<9}  {'TIME':>6}  DETAIL")
+    for j in result.jobs:
+        state = "skipped" if j.action == "skip" else (
+            "not run" if j.action == "not-started" else j.state)
+        seconds = f"{j.seconds:.0f} s" if j.seconds is not None and j.action != "skip" else "-"
+        if j.state == "succeeded":
+            summary = j.summary
+            detail = (f"domain {summary.get('domain')} at {summary.get('uri')}"
+                      + (", boot checked" if summary.get("booted") else "")
+                      if summary else f"done earlier; {j.work_dir}")
+        else:
+            detail = (j.error or "") + (f" (log: {j.log})" if j.log else "")
+        print(f"{j.name:<{width}}  {state:<11}  {j.stage or '-':<9}  {seconds:>6}  {detail}")
+    counts = result.counts
+    print(f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} "
+          f"skipped" + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
+          + (f", {counts['pending']} not started" if counts["pending"] else "")
+          + f"; report {result.report_path}")
+    if result.interrupted:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+    return result.exit_code
+
+
 # ---------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -778,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fix(sub)
     _add_convert(sub)
     _add_clean(sub)
+    _add_batch(sub)
     return parser
 
 

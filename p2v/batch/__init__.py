@@ -1,0 +1,6 @@
+"""p2v batch: many conversion jobs from one manifest, with a ledger that makes reruns resume.
+
+manifest.py checks the TOML file into JobSpecs; ledger.py is the SQLite record of every job;
+execute.py is the one job function (picklable, the same for local processes and a cluster);
+pool.py runs job functions in child processes; runner.py schedules, records and reports.
+"""

@@ -1,0 +1,275 @@
+"""Drive a batch: plan from the ledger, keep N jobs running, record every change, report.
+
+The driver knows nothing about how a job runs: it hands JobSpecs to a pool (local child
+processes today, cluster workers later) and turns the pool's events and outcomes into ledger
+transitions, `--json` events and the batch report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from p2v.batch.execute import JobOutcome, stage_of
+from p2v.batch.ledger import Ledger, PlanItem, StateLock, decide
+from p2v.batch.manifest import Manifest
+from p2v.batch.pool import LocalPool, PoolDone, PoolEvent, PoolMessage
+from p2v.errors import ExitCode
+from p2v.job import JobSpec
+
+EventSink = Callable[[dict[str, Any]], None]
+REPORT_SCHEMA = "p2v.batch-report/1"
+LEDGER_FILE = "ledger.sqlite"
+# How long stopped jobs get to clean up (stop their helpers, close the appliance) before
+# their process groups are killed.
+STOP_GRACE = 60.0
+
+
+class JobPool(Protocol):
+    """Where jobs run: LocalPool here; a cluster pool implements the same five calls."""
+
+    @property
+    def running(self) -> list[str]: ...
+    def free_slots(self) -> int: ...
+    def submit(self, spec: JobSpec) -> str: ...
+    def poll(self, timeout: float) -> list[PoolMessage]: ...
+    def stop(self, grace: float = STOP_GRACE) -> list[PoolMessage]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class JobResult:
+    """One manifest entry after this run: a row of the summary and of the report."""
+
+    name: str
+    source: str
+    action: str                     # run | resume | skip | not-started
+    reason: str
+    state: str                      # the ledger state after this run
+    stage: str | None
+    attempts: int
+    seconds: float | None
+    error: str | None
+    exit_code: int | None
+    work_dir: str
+    report_path: str | None
+    log: str | None
+    worker: str | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchResult:
+    manifest: str
+    run_id: str
+    state_dir: str
+    jobs_in_parallel: int
+    started: float
+    finished: float
+    interrupted: bool
+    jobs: list[JobResult]
+    report_path: str | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {"succeeded": 0, "failed": 0, "skipped": 0, "interrupted": 0, "pending": 0}
+        for job in self.jobs:
+            if job.action == "skip":
+                out["skipped"] += 1
+            elif job.state in out:
+                out[job.state] += 1
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return ExitCode.INTERRUPTED
+        ok = all(j.state == "succeeded" for j in self.jobs)
+        return ExitCode.OK if ok else ExitCode.FAILURE
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(schema=REPORT_SCHEMA, counts=self.counts, exit_code=self.exit_code)
+        return data
+
+
+def ledger_path(manifest: Manifest) -> Path:
+    return manifest.state_dir / LEDGER_FILE
+
+
+def plan_batch(manifest: Manifest) -> list[PlanItem]:
+    """What a run would do, read from the ledger without changing anything (--dry-run)."""
+    path = ledger_path(manifest)
+    if not path.is_file():
+        return [decide(spec, None) for spec in manifest.specs]
+    with Ledger.open(path, readonly=True) as ledger:
+        return ledger.plan(manifest.specs)
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
+              pool: JobPool | None = None, grace: float = STOP_GRACE) -> BatchResult:
+    """Run every unfinished job of MANIFEST, JOBS at a time; Ctrl-C stops them cleanly."""
+    state_dir = manifest.state_dir
+    forward = events
+
+    def emit(event: dict[str, Any]) -> None:
+        # The convert event schema: event, job, stage, time first, then the event's own keys.
+        full = {"event": event["event"], "job": event.get("job"), "stage": event.get("stage"),
+                "time": _now()}
+        full.update((k, v) for k, v in event.items() if k not in full)
+        forward(full)
+
+    run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    started = _now()
+    with StateLock(state_dir), Ledger.open(ledger_path(manifest)) as ledger:
+        recovered = ledger.recover()
+        plan = ledger.plan(manifest.specs)
+        for item in plan:
+            ledger.enrol(item.spec)
+        pool = pool if pool is not None else LocalPool(jobs, state_dir / "logs")
+        logs = {item.spec.name: str(state_dir / "logs" / f"{item.spec.name}.log")
+                for item in plan}
+        emit({"event": "batch-start", "manifest": str(manifest.path), "run": run_id,
+              "state_dir": str(state_dir), "jobs": jobs, "total": len(plan),
+              "to_run": sum(1 for i in plan if i.action != "skip"),
+              "recovered": recovered})
+        todo = deque(item for item in plan if item.action != "skip")
+        for item in plan:
+            if item.action == "skip":
+                emit({"event": "batch-job-skip", "job": item.spec.name, "reason": item.reason})
+        run = _Run(ledger, emit, forward, run_id)
+        interrupted = False
+        restore = _sigterm_as_interrupt()
+        try:
+            while todo or run.active:
+                while todo and pool.free_slots() > 0:
+                    item = todo.popleft()
+                    run.start(item, pool)
+                for message in pool.poll(0.5):
+                    run.handle(message)
+        except KeyboardInterrupt:
+            interrupted = True
+            emit({"event": "batch-stopping", "running": sorted(run.active)})
+            for message in pool.stop(grace):
+                run.handle(message)
+            for name in sorted(run.active):     # started but never heard from
+                run.handle(PoolDone(name, JobOutcome(name=name, ok=False, stage=None,
+                                                     error="interrupted"), interrupted=True))
+        finally:
+            restore()
+            pool.close()
+        results = [_result(item, ledger, run, logs) for item in plan]
+        result = BatchResult(manifest=str(manifest.path), run_id=run_id,
+                             state_dir=str(state_dir), jobs_in_parallel=jobs, started=started,
+                             finished=_now(), interrupted=interrupted, jobs=results)
+        result.report_path = str(_write_report(result, state_dir))
+        emit({"event": "batch-done", "run": run_id, "counts": result.counts,
+              "exit_code": result.exit_code, "interrupted": interrupted,
+              "report": result.report_path})
+        return result
+
+
+class _Run:
+    """The jobs of this run that are under way, and the ledger/event side of each message."""
+
+    def __init__(self, ledger: Ledger, emit: EventSink, forward: EventSink, run_id: str) -> None:
+        self.ledger = ledger
+        self.emit = emit            # the batch's own events
+        self.forward = forward      # the jobs' events, passed on as they are (with `job`)
+        self.run_id = run_id
+        self.active: set[str] = set()
+        self.started: set[str] = set()
+        self.outcomes: dict[str, JobOutcome] = {}
+        self.stages: dict[str, str] = {}
+
+    def start(self, item: PlanItem, pool: JobPool) -> None:
+        name = item.spec.name
+        attempt = self.ledger.start(item.spec, self.run_id)
+        self.active.add(name)
+        self.started.add(name)
+        worker = pool.submit(item.spec)
+        self.ledger.assign(name, worker)
+        self.emit({"event": "batch-job-start", "job": name, "action": item.action,
+                   "reason": item.reason, "attempt": attempt, "worker": worker,
+                   "work_dir": str(item.spec.work_dir)})
+
+    def handle(self, message: PoolMessage) -> None:
+        name = message.name
+        if isinstance(message, PoolEvent):
+            stage = stage_of(message.event)
+            if stage is not None and stage != self.stages.get(name) and name in self.active:
+                self.stages[name] = stage
+                self.ledger.stage(name, stage)
+            self.forward({**message.event, "job": name})
+            return
+        if name not in self.active:
+            return
+        self.active.discard(name)
+        outcome = message.outcome
+        self.outcomes[name] = outcome
+        stage = outcome.stage or self.stages.get(name)
+        if message.interrupted:
+            self.ledger.interrupt(name)
+            state = "interrupted"
+        else:
+            self.ledger.finish(name, ok=outcome.ok, stage=stage, error=outcome.error,
+                               error_class=outcome.error_class, exit_code=outcome.exit_code,
+                               report_path=outcome.report_path)
+            state = "succeeded" if outcome.ok else "failed"
+        self.emit({"event": "batch-job-end", "job": name, "state": state, "stage": stage,
+                   "error": outcome.error, "exit_code": outcome.exit_code,
+                   "seconds": outcome.seconds, "report": outcome.report_path})
+
+
+def _result(item: PlanItem, ledger: Ledger, run: _Run, logs: dict[str, str]) -> JobResult:
+    name = item.spec.name
+    row = ledger.get(name)
+    assert row is not None
+    outcome = run.outcomes.get(name)
+    action = item.action if item.action == "skip" or name in run.started else "not-started"
+    log = logs[name] if Path(logs[name]).is_file() else None
+    seconds = (outcome.seconds if outcome is not None else
+               round(row.finished_at - row.started_at, 1)
+               if row.finished_at and row.started_at else None)
+    return JobResult(name=name, source=item.spec.source, action=action, reason=item.reason,
+                     state=row.state, stage=row.stage, attempts=row.attempts, seconds=seconds,
+                     error=row.error, exit_code=row.exit_code, work_dir=row.work_dir,
+                     report_path=row.report_path, log=log, worker=row.worker,
+                     summary=outcome.summary if outcome is not None else {})
+
+
+def _write_report(result: BatchResult, state_dir: Path) -> Path:
+    """The run's report, kept per run under reports/ and as report.json (the latest)."""
+    reports = state_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    path = reports / f"{result.run_id}.json"
+    result.report_path = str(path)
+    text = json.dumps(result.to_dict(), indent=2) + "\n"
+    for target in (path, state_dir / "report.json"):
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+    return path
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """SIGTERM to the batch stops it like Ctrl-C (jobs stopped, ledger updated)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+    return restore

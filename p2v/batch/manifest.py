@@ -1,0 +1,367 @@
+"""The batch manifest: a TOML file of defaults and servers, checked whole before anything runs.
+
+Every problem is collected, not just the first, so a user fixes a 200-server manifest in one
+pass; each is one line naming the file, the entry (1-based index and name) and the field.
+The result is one `JobSpec` per server: the same value `p2v convert` builds from its flags.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from p2v.errors import InputNotFound, ManifestInvalid, SourceSpecError, UsageError
+from p2v.job import DEFAULT_URI, NAME_PATTERN, JobSpec, default_output_dir
+
+# The libvirt domain name, which is also the stem of the job's work dir and image names.
+NAME_RE = NAME_PATTERN
+NAME_RULE = "use letters, digits and . _ + - (at most 63, starting with a letter or digit)"
+_URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://\S*")
+_MAPPING_RE = re.compile(r"(?:[^=\s]+=)?[^=\s]+")
+
+
+class _Bad(Exception):
+    """One field's problem; the caller adds where it is."""
+
+
+# ------------------------------------------------------------------------- field checks
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str | int | float | bool) else _type_name(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {_shown(value)}")
+    if not value.strip():
+        raise _Bad("must not be empty")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {_shown(value)}")
+    return value
+
+
+def _positive(unit: str) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _Bad(f"must be a positive integer{unit}, got {_shown(value)}")
+        return value
+    return check
+
+
+def _strings(check_item: Callable[[str], None]) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise _Bad(f"must be a list of strings, got {_shown(value)}")
+        for item in value:
+            if not isinstance(item, str):
+                raise _Bad(f"must be a list of strings, got an item {_shown(item)}")
+            check_item(item)
+        if len(set(value)) != len(value):
+            dup = next(v for v in value if value.count(v) > 1)
+            raise _Bad(f"{json.dumps(dup)} is listed twice")
+        return tuple(value)
+    return check
+
+
+def _disk(item: str) -> None:
+    if not re.fullmatch(r"/dev/\S+", item):
+        raise _Bad(f"{json.dumps(item)} is not a device path (want e.g. \"/dev/sda\")")
+
+
+def _mapping(kind: str) -> Callable[[str], None]:
+    def check(item: str) -> None:
+        if not _MAPPING_RE.fullmatch(item):
+            raise _Bad(f"{json.dumps(item)}: want \"SRC={kind}\" (SRC a NIC name or MAC) "
+                       f"or \"{kind}\"")
+    return check
+
+
+def _uri(value: Any) -> str:
+    text = _string(value)
+    if not _URI_RE.fullmatch(text):
+        raise _Bad(f"{json.dumps(text)} is not a libvirt URI (want e.g. \"qemu:///system\")")
+    return text
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if not NAME_RE.fullmatch(text):
+        raise _Bad(f"{json.dumps(text)} is not a valid name: {NAME_RULE}")
+    return text
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise _Bad(f"must be a positive number of seconds, got {_shown(value)}")
+    return float(value)
+
+
+def _path(value: Any) -> Path:
+    return Path(_string(value)).expanduser()
+
+
+# key -> (JobSpec field, check). Paths are made absolute against the manifest's directory.
+_SERVER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "source": ("source", _string),
+    "name": ("name", _name),
+    "disks": ("disks", _strings(_disk)),
+    "memory": ("memory_mib", _positive(" (MiB)")),
+    "vcpus": ("vcpus", _positive("")),
+    "networks": ("networks", _strings(_mapping("NET"))),
+    "bridges": ("bridges", _strings(_mapping("BRIDGE"))),
+    "pool": ("pool", _string),
+    "connect": ("connect", _uri),
+    "start": ("start", _bool),
+    "verify": ("verify", _bool),
+    "verify_timeout": ("verify_timeout", _seconds),
+    "full": ("full", _bool),
+    "compress": ("compress", _bool),
+    "identity": ("identity", _path),
+    "known_hosts": ("known_hosts", _path),
+    "accept_new_host_key": ("accept_new_host_key", _bool),
+    "ssh_config": ("ssh_config", _path),
+}
+_PER_SERVER_ONLY = ("source", "name")
+_DEFAULT_FIELDS = {k: v for k, v in _SERVER_FIELDS.items() if k not in _PER_SERVER_ONLY}
+_BATCH_KEYS = ("output_dir", "connect")       # top level or [defaults]
+_TOP_KEYS = ("output_dir", "connect", "jobs", "defaults", "server")
+_PATH_KEYS = ("identity", "known_hosts", "ssh_config")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest: where the batch writes, how wide it may run, one JobSpec per server."""
+
+    path: Path
+    output_dir: Path
+    jobs: int | None
+    specs: tuple[JobSpec, ...]
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the batch keeps its ledger, lock and report (see docs/batch.md)."""
+        return self.output_dir / ".p2v-batch"
+
+
+class _Problems:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: list[str] = []
+
+    def add(self, where: str, key: str | None, message: str) -> None:
+        parts = [self.file] + [p for p in (where, key) if p] + [message]
+        self.lines.append(": ".join(parts))
+
+
+def _unknown(key: str, allowed: tuple[str, ...] | dict[str, Any], where_hint: str) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
+    return f"unknown key {where_hint}; {hint}"
+
+
+def _label(index: int, raw: dict[str, Any]) -> str:
+    name = raw.get("name")
+    shown = f" {json.dumps(name)}" if isinstance(name, str) else ""
+    return f"server[{index}]{shown}"
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read and check MANIFEST; raise ManifestInvalid listing every problem found."""
+    file = str(path)
+    if not path.is_file():
+        raise InputNotFound(what="manifest", path=file)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestInvalid(file, [f"{file}: not UTF-8 text ({exc.reason} at byte "
+                                     f"{exc.start})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestInvalid(file, [f"{file}: not valid TOML: {exc}"]) from None
+    return check_manifest(data, path)
+
+
+def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
+    """Check parsed manifest DATA (read from PATH); relative paths are taken from PATH's dir."""
+    problems = _Problems(str(path))
+    base = path.resolve().parent
+
+    for key in data:
+        if key not in _TOP_KEYS:
+            if key in _SERVER_FIELDS:
+                problems.add("", key, "belongs in [defaults] or a [[server]] entry, not at "
+                                      "the top level")
+            else:
+                problems.add("", key, _unknown(key, _TOP_KEYS, "at the top level"))
+
+    defaults_raw = data.get("defaults", {})
+    if not isinstance(defaults_raw, dict):
+        problems.add("", "defaults", f"must be a table ([defaults]), got "
+                                     f"{_type_name(defaults_raw)}")
+        defaults_raw = {}
+
+    # output_dir and connect: at the top level or in [defaults], not both.
+    batch_values: dict[str, Any] = {}
+    for key in _BATCH_KEYS:
+        if key in data and key in defaults_raw:
+            problems.add("", key, "is set both at the top level and in [defaults]; keep one")
+        if key in data:
+            batch_values[key] = (data[key], "")
+        elif key in defaults_raw:
+            batch_values[key] = (defaults_raw[key], "[defaults]")
+
+    output_dir: Path | None = None
+    if "output_dir" in batch_values:
+        value, where = batch_values["output_dir"]
+        try:
+            output_dir = _absolute(_path(value), base)
+        except _Bad as exc:
+            problems.add(where, "output_dir", str(exc))
+    else:
+        output_dir = default_output_dir()
+    connect = DEFAULT_URI
+    if "connect" in batch_values:
+        value, where = batch_values["connect"]
+        try:
+            connect = _uri(value)
+        except _Bad as exc:
+            problems.add(where, "connect", str(exc))
+
+    jobs: int | None = None
+    if "jobs" in data:
+        try:
+            jobs = _positive("")(data["jobs"])
+        except _Bad as exc:
+            problems.add("", "jobs", str(exc))
+
+    defaults: dict[str, Any] = {}
+    for key, value in defaults_raw.items():
+        if key in _BATCH_KEYS:
+            continue
+        if key in _PER_SERVER_ONLY:
+            problems.add("[defaults]", key, "differs per server: set it in each [[server]]")
+            continue
+        if key not in _DEFAULT_FIELDS:
+            problems.add("[defaults]", key, _unknown(key, _DEFAULT_FIELDS, "in [defaults]"))
+            continue
+        field, check = _DEFAULT_FIELDS[key]
+        try:
+            defaults[key] = check(value)
+        except _Bad as exc:
+            problems.add("[defaults]", key, str(exc))
+
+    servers = data.get("server", [])
+    if not isinstance(servers, list) or not all(isinstance(s, dict) for s in servers):
+        problems.add("", "server", "must be an array of tables: one [[server]] entry per server")
+        servers = []
+    elif not servers and "server" not in data:
+        problems.add("", "server", "no [[server]] entries; add one per server to convert")
+    elif not servers:
+        problems.add("", "server", "is empty; add one [[server]] entry per server to convert")
+
+    specs: list[JobSpec] = []
+    names: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for index, raw in enumerate(servers, start=1):
+        where = _label(index, raw)
+        spec = _check_server(raw, where, defaults, connect, base, output_dir, problems)
+        name = raw.get("name")
+        if isinstance(name, str) and NAME_RE.fullmatch(name):
+            if name in names:
+                problems.add(where, "name", f"{json.dumps(name)} is already the name of "
+                                            f"{names[name]}; names must be unique")
+            else:
+                names[name] = where
+        source = raw.get("source")
+        if isinstance(source, str) and source.strip():
+            if source in sources:
+                problems.add(where, "source", f"{json.dumps(source)} is already the source of "
+                                              f"{sources[source]}")
+            else:
+                sources[source] = where
+        if spec is not None:
+            specs.append(spec)
+
+    if problems.lines:
+        raise ManifestInvalid(str(path), problems.lines)
+    assert output_dir is not None
+    return Manifest(path=path, output_dir=output_dir, jobs=jobs, specs=tuple(specs))
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+def _check_server(raw: dict[str, Any], where: str, defaults: dict[str, Any], connect: str,
+                  base: Path, output_dir: Path | None, problems: _Problems) -> JobSpec | None:
+    """One [[server]] entry merged over the defaults; None when it has a problem."""
+    before = len(problems.lines)
+    values = dict(defaults)
+    for key, value in raw.items():
+        if key == "output_dir":
+            problems.add(where, key, "is set for the whole batch: put it at the top level or "
+                                     "in [defaults]")
+            continue
+        if key not in _SERVER_FIELDS:
+            problems.add(where, key, _unknown(key, _SERVER_FIELDS, "in [[server]]"))
+            continue
+        try:
+            values[key] = _SERVER_FIELDS[key][1](value)
+        except _Bad as exc:
+            problems.add(where, key, str(exc))
+    for key in _PER_SERVER_ONLY:
+        if key not in raw:
+            problems.add(where, key, "missing (required in every [[server]])")
+    for key in _PATH_KEYS:
+        if key in values:
+            values[key] = _absolute(values[key], base)
+    config_ok = _check_files(values, where, problems)
+    if "source" in values and config_ok:
+        _check_source(values, where, problems)
+    if len(problems.lines) != before or output_dir is None:
+        return None
+    kwargs = {_SERVER_FIELDS[k][0]: v for k, v in values.items()}
+    kwargs.setdefault("connect", connect)
+    return JobSpec(output_dir=output_dir, **kwargs)
+
+
+def _check_files(values: dict[str, Any], where: str, problems: _Problems) -> bool:
+    """Report missing files; False when the ssh_config the source is resolved with is missing."""
+    config_ok = True
+    for key in ("identity", "ssh_config"):
+        path = values.get(key)
+        if path is not None and not path.is_file():
+            problems.add(where, key, f"no such file: {path}")
+            config_ok = config_ok and key != "ssh_config"
+    known = values.get("known_hosts")
+    if known is not None and not known.is_file() and not values.get("accept_new_host_key"):
+        problems.add(where, "known_hosts", f"no such file: {known} (set accept_new_host_key = "
+                                           "true to create it with the servers' keys)")
+    return config_ok
+
+
+def _check_source(values: dict[str, Any], where: str, problems: _Problems) -> None:
+    # The same parser p2v convert uses, with the entry's ssh_config: an alias must resolve.
+    from p2v.source.ssh import parse_source
+
+    try:
+        parse_source(values["source"], ssh_config=values.get("ssh_config"))
+    except SourceSpecError as exc:
+        problems.add(where, "source", f"{json.dumps(values['source'])}: {exc.fields['detail']} "
+                                      "(want ssh://[user@]host[:port] or an ssh_config Host "
+                                      "alias)")
+    except UsageError as exc:
+        problems.add(where, "source", exc.message)
