@@ -328,7 +328,7 @@ def _check_server(raw: dict[str, Any], where: str, defaults: dict[str, Any], con
     for key in _PATH_KEYS:
         if key in values:
             values[key] = _absolute(values[key], base)
-    config_ok = _check_files(values, where, problems)
+    config_ok = _check_files(values, raw, where, problems)
     if "source" in values and config_ok:
         _check_source(values, where, problems)
     if len(problems.lines) != before or output_dir is None:
@@ -338,18 +338,29 @@ def _check_server(raw: dict[str, Any], where: str, defaults: dict[str, Any], con
     return JobSpec(output_dir=output_dir, **kwargs)
 
 
-def _check_files(values: dict[str, Any], where: str, problems: _Problems) -> bool:
-    """Report missing files; False when the ssh_config the source is resolved with is missing."""
+def _check_files(values: dict[str, Any], raw: dict[str, Any], where: str,
+                 problems: _Problems) -> bool:
+    """Report missing files; False when the ssh_config the source is resolved with is missing.
+
+    A path inherited from [defaults] is reported once, at [defaults], not once per server.
+    """
     config_ok = True
+
+    def add(key: str, message: str) -> None:
+        at = where if key in raw else "[defaults]"
+        line = ": ".join([problems.file, at, key, message])
+        if line not in problems.lines:
+            problems.lines.append(line)
+
     for key in ("identity", "ssh_config"):
         path = values.get(key)
         if path is not None and not path.is_file():
-            problems.add(where, key, f"no such file: {path}")
+            add(key, f"no such file: {path}")
             config_ok = config_ok and key != "ssh_config"
     known = values.get("known_hosts")
     if known is not None and not known.is_file() and not values.get("accept_new_host_key"):
-        problems.add(where, "known_hosts", f"no such file: {known} (set accept_new_host_key = "
-                                           "true to create it with the servers' keys)")
+        add("known_hosts", f"no such file: {known} (set accept_new_host_key = true to create "
+                           "it with the servers' keys)")
     return config_ok
 
 

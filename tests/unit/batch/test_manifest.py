@@ -1,0 +1,122 @@
+"""The batch manifest: every bad manifest is refused whole, one line per problem, exit 2.
+
+Each file in tests/unit/bad_manifests/ starts with `# expect: FRAGMENT` lines; every fragment
+must appear in one of the error lines, each of which names the file first.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from p2v.batch.manifest import load_manifest
+from p2v.cli import main
+from p2v.errors import ManifestInvalid
+from p2v.job import DEFAULT_URI
+
+BAD = Path(__file__).parent.parent / "bad_manifests"
+DOCS = Path(__file__).parents[3] / "docs" / "batch.md"
+CASES = sorted(BAD.glob("*.toml"))
+
+
+def _expected(path: Path) -> list[str]:
+    return [line.removeprefix("# expect:").strip()
+            for line in path.read_text().splitlines() if line.startswith("# expect:")]
+
+
+def test_there_are_at_least_twenty_bad_manifests() -> None:
+    assert len(CASES) >= 20
+    assert all(_expected(case) for case in CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
+def test_bad_manifest_is_refused_with_one_line_per_problem(
+        case: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = tmp_path / case.name
+    shutil.copy(case, manifest)
+    rc = main(["batch", str(manifest), "--dry-run"])
+    err = capsys.readouterr()
+    assert rc == 2
+    assert err.out == ""
+    lines = err.err.splitlines()
+    assert "Traceback" not in err.err
+    assert all(line.startswith(f"p2v: error: {manifest}: ") for line in lines), lines
+    problems = lines[:-1]
+    assert lines[-1] == (f"p2v: error: {manifest}: {len(problems)} problem(s) in the manifest; "
+                         "nothing was run")
+    for fragment in _expected(case):
+        assert any(fragment in line for line in problems), (fragment, problems)
+    # Nothing was created: no state dir next to the manifest or in the default output dir.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [case.name]
+
+
+def test_every_problem_is_reported_not_just_the_first() -> None:
+    with pytest.raises(ManifestInvalid) as exc:
+        load_manifest(BAD / "37-every-problem-at-once.toml")
+    assert len(exc.value.problems) == len(_expected(BAD / "37-every-problem-at-once.toml"))
+
+
+def test_toml_syntax_error_names_the_line() -> None:
+    with pytest.raises(ManifestInvalid) as exc:
+        load_manifest(BAD / "01-toml-syntax.toml")
+    (line,) = exc.value.problems
+    assert re.search(r"01-toml-syntax.toml: not valid TOML: .*line 5", line)
+
+
+def test_missing_manifest_is_a_one_line_error(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["batch", str(tmp_path / "fleet.toml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"p2v: error: manifest not found: {tmp_path / 'fleet.toml'}. Check the path " \
+                  "and try again."
+
+
+def test_no_traceback_from_the_real_command(tmp_path: Path) -> None:
+    manifest = tmp_path / "fleet.toml"
+    shutil.copy(BAD / "04-memory-with-unit.toml", manifest)
+    proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert (f'{manifest}: server[2] "db01": memory: must be a positive integer (MiB), got "4G"'
+            in proc.stderr)
+
+
+def _docs_example() -> str:
+    text = DOCS.read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert blocks, "docs/batch.md has no ```toml example"
+    return blocks[0]
+
+
+def test_the_full_example_in_the_docs_is_valid(tmp_path: Path) -> None:
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(_docs_example())
+    # The files the example names, relative to the manifest.
+    (tmp_path / "keys").mkdir()
+    for name in ("keys/p2v_ed25519", "keys/known_hosts", "keys/ssh_config"):
+        (tmp_path / name).write_text("")
+    m = load_manifest(manifest)
+    assert m.output_dir == Path("/srv/p2v/jobs")
+    assert m.jobs == 2
+    assert m.state_dir == Path("/srv/p2v/jobs/.p2v-batch")
+    specs = {s.name: s for s in m.specs}
+    assert list(specs) == ["web01", "db01", "legacy-erp"]
+    web, db, erp = specs["web01"], specs["db01"], specs["legacy-erp"]
+    # Defaults apply; entries override them; paths are taken from the manifest's directory.
+    assert web.identity == tmp_path / "keys/p2v_ed25519"
+    assert web.known_hosts == tmp_path / "keys/known_hosts"
+    assert web.connect == DEFAULT_URI and web.networks == ("default",)
+    assert web.memory_mib is None and web.verify
+    assert db.memory_mib == 8192 and db.vcpus == 4
+    assert db.disks == ("/dev/sda", "/dev/sdb")
+    assert db.networks == ("eth0=prod", "eth1=backup")
+    assert erp.source == "erp-via-bastion" and erp.ssh_config == tmp_path / "keys/ssh_config"
+    assert erp.bridges == ("br0",) and erp.networks == ("default",)
+    assert erp.start and erp.full and not erp.compress and erp.verify_timeout == 600
+    assert all(s.work_dir == Path("/srv/p2v/jobs") / s.name for s in m.specs)
