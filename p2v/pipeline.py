@@ -164,7 +164,7 @@ def _size(value: int | None) -> str:
 
 def choose_disks(inventory: Inventory, asked: Sequence[str]) -> tuple[list[PlannedDisk], str,
                                                                        list[str]]:
-    """The disks to copy (boot disk first), a sentence saying which and why, and what is left.
+    """The disks to copy (boot disk first), why those, and the disks left out.
 
     Without `asked`, every disk inspect reports (it never lists loop, ram, zram, optical,
     md or dm devices) except removable ones. Named disks are taken as given, in that order
@@ -202,9 +202,13 @@ def choose_disks(inventory: Inventory, asked: Sequence[str]) -> tuple[list[Plann
                                       d.size_bytes or 0, d.copy_bytes_estimate))
         why = "every physical disk the source reports (never loop, ram or optical devices)"
     chosen.sort(key=lambda c: not c.boot)     # stable: boot disk first, the rest in order
-    listed = ", ".join(f"{c.name} ({_size(c.size)}{', boot' if c.boot else ''})"
-                       for c in chosen)
-    return chosen, f"copying {listed or 'nothing'}: {why}", left
+    return chosen, why, left
+
+
+def describe_choice(disks: Sequence[PlannedDisk], why: str) -> str:
+    listed = ", ".join(f"{d.name} ({_size(d.size)}{', boot disk' if d.boot else ''})"
+                       for d in disks)
+    return f"copying {listed or 'nothing'}: {why}"
 
 
 def not_carried_over(inventory: Inventory, disks: Sequence[PlannedDisk]) -> list[str]:
@@ -337,12 +341,13 @@ class _Job:
         if not disks:
             raise UsageError(detail=f"{spec.source} reports no disk to copy; name one with "
                                     "--disk DEV")
-        self.say(choice)
         sized = []
         for disk in disks:
             info: Any = probe_device(self.source(), disk.device)
             # DeviceInfo (size, reader tools); an int from older copy modules.
             sized.append(replace(disk, size=int(getattr(info, "size", info))))
+        choice = describe_choice(sized, choice)
+        self.say(choice)
         needed = sum(d.size if spec.full or d.estimate is None else min(d.estimate, d.size)
                      for d in sized) + SPACE_MARGIN
         free = shutil.disk_usage(self.wd.path).free
