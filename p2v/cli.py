@@ -471,7 +471,7 @@ class _TqdmMeter:
 
         self._bar = tqdm(total=size, initial=done, unit="B", unit_scale=True,
                          unit_divisor=1024, desc=device, position=position, leave=True,
-                         file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+                         file=sys.stderr, mininterval=0.5)
         self._done = done
 
     def update(self, done_bytes: int, wire_bytes: int) -> None:

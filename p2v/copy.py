@@ -215,7 +215,7 @@ def _stream(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: s
             ranges: list[tuple[int, int]]) -> Iterator[Iterator[Any]]:
     host, device = source.target.host, info.device
     if reader == "sh":
-        argv = sh_reader_argv(device, request.chunk_size, ranges, info.size,
+        argv = sh_reader_argv(device, request.chunk_size, ranges,
                               compress=request.compress and info.gzip,
                               low_priority=request.low_priority)
     else:

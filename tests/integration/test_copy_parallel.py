@@ -1,0 +1,110 @@
+"""`p2v copy` of two disks at once (identical images, really concurrent), under a bandwidth
+limit (a lower bound on the time), with progress bars on a terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from p2v import cli, runner
+from p2v.errors import ExitCode
+from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def two_disks(tmp_path_factory: pytest.TempPathFactory
+              ) -> Iterator[tuple[SourceEndpoint, list[Path]]]:
+    base = tmp_path_factory.mktemp("par")
+    paths = [base / "a.raw", base / "b.raw"]
+    write_random_disk(paths[0], 64 * MiB, 24 * MiB)
+    write_random_disk(paths[1], 48 * MiB, 16 * MiB)
+    with LoopSource.from_files(paths) as ep:
+        yield ep, paths
+
+
+def copy_argv(ep: SourceEndpoint, out: Path, *extra: str) -> list[str]:
+    disks = [arg for d in ep.disks for arg in ("--disk", d)]
+    return ["copy", f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
+            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null",
+            "--output-dir", str(out), *disks, *extra]
+
+
+def identical(raw: Path, image: Path) -> bool:
+    return runner.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, image],
+                      check=False).returncode == 0
+
+
+def test_two_disks_copy_in_parallel(two_disks: tuple[SourceEndpoint, list[Path]],
+                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                    ) -> None:
+    ep, raws = two_disks
+    assert cli.main(copy_argv(ep, tmp_path, "--name", "p", "--chunk-size", "1",
+                              "--parallel", "2", "--json")) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = [(e["event"], e.get("device")) for e in events if e["event"] != "progress"]
+    # Both disks started before either finished: they really ran at the same time.
+    assert [k for k, _ in kinds[:2]] == ["disk-start", "disk-start"], kinds
+    done = {e["device"]: e for e in events if e["event"] == "disk-done"}
+    for raw, device in zip(raws, ep.disks, strict=True):
+        assert identical(raw, Path(done[device]["image"]))
+
+
+def test_bandwidth_limit_holds_the_copy_back(two_disks: tuple[SourceEndpoint, list[Path]],
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    ep, raws = two_disks
+    limit = 16 * MiB
+    started = time.monotonic()
+    assert cli.main(copy_argv(ep, tmp_path, "--name", "l", "--bandwidth-limit", "16M",
+                              "--json")) == 0
+    elapsed = time.monotonic() - started
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    wire = sum(e["wire_bytes"] for e in events if e["event"] == "disk-done")
+    assert wire > 40 * MiB
+    # 40 MiB of random data at 16 MiB/s: at least 2.5 s less the bucket's quarter second.
+    assert elapsed >= (wire - limit / 4) / limit * 0.95, (elapsed, wire)
+    for raw, device in zip(raws, ep.disks, strict=True):
+        image = next(Path(e["image"]) for e in events
+                     if e["event"] == "disk-done" and e["device"] == device)
+        assert identical(raw, image)
+
+
+def test_bars_on_a_terminal(two_disks: tuple[SourceEndpoint, list[Path]], tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    ep, _ = two_disks
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    assert cli.main(copy_argv(ep, tmp_path, "--name", "t")) == 0
+    err = capsys.readouterr().err
+    for device in ep.disks:      # one bar per disk, finished, with its size and rate
+        assert any(device in line and "100%" in line and "64.0M/64.0M" in line
+                   or device in line and "100%" in line and "48.0M/48.0M" in line
+                   for line in err.replace("\r", "\n").splitlines()), err[-2000:]
+    assert "B/s" in err and "wire" in err
+
+
+def test_bad_bandwidth_limit_and_parallel_are_usage_errors(
+        two_disks: tuple[SourceEndpoint, list[Path]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ep, _ = two_disks
+    for extra in (["--bandwidth-limit", "fast"], ["--parallel", "0"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(copy_argv(ep, tmp_path, *extra))
+        assert info.value.code == ExitCode.USAGE
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("p2v copy: error: argument --")
+    assert "not a rate: 'fast'" not in last
+    with pytest.raises(SystemExit):
+        cli.main(copy_argv(ep, tmp_path, "--bandwidth-limit", "fast"))
+    assert "not a rate: 'fast'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    # The same disk twice would write one image from two threads: refused up front.
+    assert cli.main(copy_argv(ep, tmp_path, "--disk", ep.disks[0])) == ExitCode.USAGE
+    assert "named twice" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,70 @@
+"""--bandwidth-limit: rate parsing and the token bucket (on a fake clock)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from p2v.ratelimit import RateLimiter, parse_rate
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("text, rate", [("50M", 50 * MiB), ("50MiB/s", 50 * MiB),
+                                        ("800k", 800 * 1024), ("1G", 1 << 30),
+                                        ("1.5M", 1.5 * MiB), ("100000", 100000),
+                                        ("2 MB/s", 2 * MiB)])
+def test_parse_rate(text: str, rate: float) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-5M", "10X", "0", "100", "M50", "5M/h"])
+def test_bad_rates_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rate(text)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self.lock:
+            self.now += seconds
+
+
+def test_bucket_holds_the_rate_after_its_burst() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10 * MiB, clock=clock, sleep=clock.sleep)   # burst: 2.5 MiB
+    for _ in range(100):
+        limiter.consume(MiB)
+    # 100 MiB at 10 MiB/s: 10 s, less the quarter second the bucket lets run ahead.
+    assert clock.now - 100.0 == pytest.approx(10 - 0.25)
+
+
+def test_idle_time_is_not_saved_up_beyond_the_burst() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(MiB, burst=MiB, clock=clock, sleep=clock.sleep)
+    clock.now += 3600                        # an hour idle
+    assert limiter.consume(MiB) == 0         # the burst passes at once
+    assert limiter.consume(MiB) == pytest.approx(1.0)
+    assert limiter.consume(0) == 0
+
+
+def test_threads_share_one_limit() -> None:
+    delays: list[float] = []
+    limiter = RateLimiter(4 * MiB, burst=0, clock=lambda: 100.0, sleep=delays.append)
+    threads = [threading.Thread(target=lambda: [limiter.consume(MiB) for _ in range(10)])
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 40 MiB from 4 threads at 4 MiB/s, all at one instant: each MiB waits 0.25 s longer
+    # than the one before, none lost to a race: the last waits 10 s.
+    assert sorted(delays) == pytest.approx([0.25 * k for k in range(1, 41)])
