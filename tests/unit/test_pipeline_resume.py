@@ -1,0 +1,172 @@
+"""The job's stage markers and resume logic, the disk choice and the report (pure logic).
+
+The stages themselves are replaced by recorders here; tests/integration and tests/e2e run
+the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2v import pipeline
+from p2v.errors import ExitCode, StreamError
+from p2v.job import JobSpec
+from p2v.jobdir import JobLocked, WorkDir
+from p2v.model import DiskInfo, DmDevice, Filesystem, Inventory, NicInfo, Partition
+from p2v.pipeline import STAGES, JobReport, choose_disks, not_carried_over, run_job
+
+
+def spec(tmp_path: Path, **kw: Any) -> JobSpec:
+    return JobSpec(**{"source": "ssh://root@web01", "name": "web01", "output_dir": tmp_path,
+                      **kw})
+
+
+class FakeStages:
+    """Stands in for the stages: records which ran; `fail` names one to break once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: str | None = None) -> None:
+        self.ran: list[str] = []
+        self.fail = fail
+        for stage in STAGES:
+            monkeypatch.setattr(pipeline._Job, f"run_{stage}", self._make(stage))
+
+    def _make(self, stage: str) -> Any:
+        def run(job: Any) -> dict[str, Any]:
+            self.ran.append(stage)
+            if stage == self.fail:
+                self.fail = None
+                raise StreamError(host="web01", device="/dev/sda", detail="connection reset")
+            return {"stage": stage}
+        return run
+
+
+def test_a_rerun_continues_at_the_first_unfinished_stage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeStages(monkeypatch, fail="copy")
+    events: list[dict[str, Any]] = []
+    first = run_job(spec(tmp_path), events.append)
+    assert not first.ok and first.failed_stage == "copy"
+    assert first.exit_code == ExitCode.FAILURE
+    assert "rerun the same command to resume" in (first.error or "")
+    assert "\n" not in (first.error or "")
+    assert fake.ran == ["inspect", "preflight", "copy"]
+    wd = WorkDir(tmp_path / "web01", "web01")
+    assert wd.done_stages(STAGES) == ["inspect", "preflight"]
+    assert json.loads((wd.path / "report.json").read_text())["failed_stage"] == "copy"
+    assert events[-1]["event"] == "job-failed" and events[-1]["stage"] == "copy"
+
+    fake.ran.clear()
+    events.clear()
+    second = run_job(spec(tmp_path), events.append)
+    assert second.ok, second.error
+    assert fake.ran == ["copy", "fix", "verify", "register"]
+    skipped = [e["stage"] for e in events if e["event"] == "stage-skip"]
+    assert skipped == ["inspect", "preflight"]
+    assert [s.stage for s in second.stages] == list(STAGES)
+    assert [s.earlier_run for s in second.stages] == [True, True, False, False, False, False]
+    # Every event carries the job and (but for job-level ones) the stage.
+    assert all(e["job"] == "web01" and "time" in e for e in events)
+    assert events[0]["event"] == "job-start" and events[0]["resume_at"] == "copy"
+    assert events[-1]["event"] == "job-done"
+
+    fake.ran.clear()
+    third = run_job(spec(tmp_path))
+    assert third.ok and fake.ran == []         # a finished job is not run again
+
+
+def test_a_later_marker_without_an_earlier_one_is_not_trusted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeStages(monkeypatch)
+    wd = WorkDir(tmp_path / "web01", "web01")
+    wd.create()
+    for stage in ("inspect", "preflight", "fix"):   # copy missing: fix stands on nothing
+        wd.mark_done(stage, 1.0)
+    assert wd.first_unfinished(STAGES) == "copy"
+    assert run_job(spec(tmp_path)).ok
+    assert fake.ran == ["copy", "fix", "verify", "register"]
+
+
+def test_a_work_dir_of_another_source_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeStages(monkeypatch, fail="fix")
+    run_job(spec(tmp_path))
+    fake.ran.clear()
+    other = JobSpec(source="ssh://root@db02", name="web01", output_dir=tmp_path)
+    report = run_job(other)
+    assert not report.ok and report.exit_code == ExitCode.USAGE
+    assert "belongs to another job" in (report.error or "") and "db02" not in str(fake.ran)
+    assert fake.ran == []
+    # Changing what only later stages use (memory, --start) is a rerun, not another job.
+    assert run_job(spec(tmp_path, memory_mib=2048, start=True)).ok
+
+
+def test_a_bad_name_is_refused_before_any_directory_is_made(tmp_path: Path) -> None:
+    report = run_job(spec(tmp_path, name="../escape"))
+    assert not report.ok and report.exit_code == ExitCode.USAGE
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_run_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeStages(monkeypatch)
+    with WorkDir(tmp_path / "web01", "web01"):
+        with pytest.raises(JobLocked):
+            WorkDir(tmp_path / "web01", "web01").__enter__()
+        report = run_job(spec(tmp_path))
+        assert not report.ok and "another p2v run" in (report.error or "")
+    assert run_job(spec(tmp_path)).ok
+
+
+def test_report_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeStages(monkeypatch)
+    report = run_job(spec(tmp_path))
+    data = json.loads(json.dumps(report.to_dict()))
+    assert JobReport.from_dict(data) == report
+    assert pipeline.load_report(tmp_path / "web01") == JobReport.from_dict(
+        json.loads((tmp_path / "web01" / "report.json").read_text()))
+
+
+def inventory() -> Inventory:
+    return Inventory(
+        hostname="web01", firmware="bios", boot_disk="sdb",
+        disks=(
+            DiskInfo("sda", "/dev/sda", 10 << 30, copy_bytes_estimate=1 << 30,
+                     partitions=(Partition("sda1"),)),
+            DiskInfo("sdb", "/dev/sdb", 20 << 30, copy_bytes_estimate=2 << 30,
+                     partitions=(Partition("sdb1"), Partition("sdb2"))),
+            DiskInfo("sdc", "/dev/sdc", 8 << 30, removable=True),
+        ),
+        filesystems=(Filesystem("sdb1", "/dev/sdb1", "ext4", mountpoint="/"),
+                     Filesystem("dm-0", "/dev/mapper/vg-data", "xfs", mountpoint="/data")),
+        dm=(DmDevice("dm-0", "vg-data", kind="lvm", slaves=("sda1",)),),
+        nics=(NicInfo("eth0", "52:54:00:00:00:01", physical=True),),
+        virtual_nics=(NicInfo("br0", kind="bridge"),),
+    )
+
+
+def test_without_disks_every_fixed_disk_is_taken_boot_disk_first() -> None:
+    chosen, why, left = choose_disks(inventory(), ())
+    assert [(d.device, d.boot) for d in chosen] == [("/dev/sdb", True), ("/dev/sda", False)]
+    assert "never loop, ram or optical" in why
+    assert len(left) == 1 and "sdc" in left[0] and "removable" in left[0]
+
+
+def test_named_disks_are_taken_as_named_and_the_rest_listed() -> None:
+    chosen, why, left = choose_disks(inventory(), ("/dev/sdb", "nvme9n1"))
+    assert [d.device for d in chosen] == ["/dev/sdb", "/dev/nvme9n1"]
+    assert "--disk" in why
+    assert sorted(x.split()[1] for x in left) == ["sda", "sdc"]
+
+
+def test_what_does_not_carry_over_names_a_mount_on_a_disk_left_behind() -> None:
+    chosen, _why, _left = choose_disks(inventory(), ("sdb",))
+    items = not_carried_over(inventory(), chosen)
+    assert any(i.startswith("/data (/dev/mapper/vg-data) lives on sda") for i in items)
+    assert not any(i.startswith("/ (") for i in items)
+    assert any("bridge br0" in i for i in items)
+    assert any("not a snapshot" in i for i in items)
+    all_disks, _w, _l = choose_disks(inventory(), ())
+    assert not any("/data" in i for i in not_carried_over(inventory(), all_disks))
