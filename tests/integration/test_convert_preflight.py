@@ -1,0 +1,139 @@
+"""`p2v convert` refuses before a byte is copied: one line, a distinct exit code, no domain
+defined, the work dir kept for the rerun.
+
+The source is the bios fixture's disk as a read-only loop device behind a loopback sshd; the
+target is the real libvirtd the tests start.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from libvirt_env import Libvirtd, open_conn
+
+from p2v import cli, runner
+from p2v.errors import ExitCode
+from p2v.testbed.sources import SourceEndpoint
+
+
+@pytest.fixture
+def out_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="p2v-convert-test-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def convert(ep: SourceEndpoint, name: str, out: Path, network: str,
+            capsys: pytest.CaptureFixture[str], *extra: str,
+            known_hosts: Path | None = None) -> tuple[int, str]:
+    argv = ["convert", f"ssh://{ep.user}@{ep.host}:{ep.port}", "--name", name,
+            "--identity", str(ep.key), "--known-hosts", str(known_hosts or ep.known_hosts),
+            "--ssh-config", "/dev/null", "--output-dir", str(out), "--network", network,
+            *extra]
+    code = cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def defined(name: str) -> list[str]:
+    conn = open_conn()
+    try:
+        return [d.UUIDString() for d in conn.listAllDomains() if d.name() == name]
+    finally:
+        conn.close()
+
+
+def assert_refused(err: str, out: Path, name: str, stage: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("p2v: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    line = lines[0]
+    assert f"convert stopped at {stage}" in line and "rerun the same command" in line
+    work = out / name
+    assert (work / "job.log").is_file() and (work / "spec.json").is_file()
+    report = json.loads((work / "report.json").read_text())
+    assert report["ok"] is False and report["failed_stage"] == stage
+    assert not list(work.glob("*.qcow2*")), "nothing may be copied before preflight passes"
+    return line
+
+
+def test_unknown_host_key(loop_source_bios: SourceEndpoint, libvirtd: Libvirtd,
+                          isolated_network: str, out_dir: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    empty = out_dir / "known_hosts"
+    empty.write_text("")
+    code, err = convert(loop_source_bios, "p2vtest-cv-hostkey", out_dir, isolated_network,
+                        capsys, "--disk", loop_source_bios.disks[0], known_hosts=empty)
+    assert code == ExitCode.HOST_KEY
+    line = assert_refused(err, out_dir, "p2vtest-cv-hostkey", "inspect")
+    assert "is not known" in line and "--accept-new-host-key" in line
+    assert defined("p2vtest-cv-hostkey") == []
+    assert empty.read_text() == ""
+
+
+def test_missing_device(loop_source_bios: SourceEndpoint, libvirtd: Libvirtd,
+                        isolated_network: str, out_dir: Path,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = convert(loop_source_bios, "p2vtest-cv-nodev", out_dir, isolated_network,
+                        capsys, "--disk", "/dev/p2v-no-such-disk")
+    assert code == ExitCode.USAGE
+    line = assert_refused(err, out_dir, "p2vtest-cv-nodev", "preflight")
+    assert "/dev/p2v-no-such-disk" in line and "no such device" in line
+    assert defined("p2vtest-cv-nodev") == []
+
+
+def test_name_taken(loop_source_bios: SourceEndpoint, libvirtd: Libvirtd,
+                    isolated_network: str, out_dir: Path, guest_names: list[str],
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    name = "p2vtest-cv-taken"
+    guest_names.append(name)
+    conn = open_conn()
+    try:
+        conn.defineXML(f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64"
+                       "</memory><os><type arch='x86_64'>hvm</type></os></domain>")
+    finally:
+        conn.close()
+    before = defined(name)
+    code, err = convert(loop_source_bios, name, out_dir, isolated_network, capsys,
+                        "--disk", loop_source_bios.disks[0])
+    assert code == ExitCode.USAGE
+    line = assert_refused(err, out_dir, name, "preflight")
+    assert "already exists" in line
+    assert defined(name) == before            # the other guest is left exactly as it was
+    # clean removes the work dir but never the guest p2v did not register.
+    assert cli.main(["clean", name, "--output-dir", str(out_dir), "--domain"]) == 0
+    assert not (out_dir / name).exists() and defined(name) == before
+
+
+def test_not_enough_space(loop_source_bios: SourceEndpoint, libvirtd: Libvirtd,
+                          isolated_network: str, out_dir: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    small = out_dir / "small"
+    small.mkdir()
+    runner.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "p2v-test", str(small)])
+    try:
+        code, err = convert(loop_source_bios, "p2vtest-cv-space", small, isolated_network,
+                            capsys, "--disk", loop_source_bios.disks[0])
+        assert code == ExitCode.USAGE
+        line = assert_refused(err, small, "p2vtest-cv-space", "preflight")
+        assert "not enough free space" in line and "--output-dir" in line
+        assert defined("p2vtest-cv-space") == []
+    finally:
+        runner.run(["umount", str(small)], check=False)
+
+
+def test_unknown_network_is_refused_before_the_copy(
+        loop_source_bios: SourceEndpoint, libvirtd: Libvirtd, out_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = convert(loop_source_bios, "p2vtest-cv-nonet", out_dir, "p2v-no-such-net",
+                        capsys, "--disk", loop_source_bios.disks[0])
+    assert code == ExitCode.USAGE
+    line = assert_refused(err, out_dir, "p2vtest-cv-nonet", "preflight")
+    assert "'p2v-no-such-net' does not exist" in line
