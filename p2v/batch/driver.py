@@ -162,6 +162,7 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
         except KeyboardInterrupt:
             interrupted = True
             emit({"event": "batch-stopping", "running": sorted(run.active)})
+            run.stopping = True
             for message in pool.stop(grace):
                 run.handle(message)
             for name in sorted(run.active):     # started but never heard from
@@ -193,6 +194,7 @@ class _Run:
         self.started: set[str] = set()
         self.outcomes: dict[str, JobOutcome] = {}
         self.stages: dict[str, str] = {}
+        self.stopping = False       # Ctrl-C: the jobs still running were told to stop
 
     def start(self, item: PlanItem, pool: JobPool) -> None:
         name = item.spec.name
@@ -220,8 +222,13 @@ class _Run:
         outcome = message.outcome
         self.outcomes[name] = outcome
         stage = outcome.stage or self.stages.get(name)
-        if message.interrupted:
-            self.ledger.interrupt(name)
+        error = outcome.error
+        if message.interrupted or (self.stopping and not outcome.ok):
+            # A job told to stop may end in an error its stop caused (a broken stream): it
+            # was interrupted all the same, and the next run resumes it.
+            error = "interrupted (Ctrl-C)" if message.interrupted or not outcome.error else \
+                f"interrupted (Ctrl-C); it ended with: {outcome.error}"
+            self.ledger.interrupt(name, error)
             state = "interrupted"
         else:
             self.ledger.finish(name, ok=outcome.ok, stage=stage, error=outcome.error,
@@ -229,7 +236,7 @@ class _Run:
                                report_path=outcome.report_path)
             state = "succeeded" if outcome.ok else "failed"
         self.emit({"event": "batch-job-end", "job": name, "state": state, "stage": stage,
-                   "error": outcome.error, "exit_code": outcome.exit_code,
+                   "error": error, "exit_code": outcome.exit_code,
                    "seconds": outcome.seconds, "report": outcome.report_path})
 
 

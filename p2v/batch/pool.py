@@ -66,6 +66,7 @@ def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str)
     print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {spec.name} starts in pid "
           f"{os.getpid()}", flush=True)
     reached: list[str] = []
+    begun = time.monotonic()
 
     def send(event: dict[str, Any]) -> None:
         stage = stage_of(event)
@@ -78,8 +79,12 @@ def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str)
     except KeyboardInterrupt:
         channel.put(("interrupted", spec.name, JobOutcome(
             name=spec.name, ok=False, stage=reached[-1] if reached else None,
-            error="interrupted", exit_code=ExitCode.INTERRUPTED, worker=worker_id())))
+            error="interrupted", exit_code=ExitCode.INTERRUPTED, worker=worker_id(),
+            seconds=round(time.monotonic() - begun, 1))))
         print("=== interrupted", flush=True)
+        # The queue's feeder thread must hand the message over before the process ends.
+        channel.close()
+        channel.join_thread()
         os._exit(ExitCode.INTERRUPTED)
     channel.put(("done", spec.name, outcome))
     print(f"=== ended: {'ok' if outcome.ok else outcome.error}", flush=True)
@@ -96,6 +101,7 @@ class LocalPool:
         self._channel = self._ctx.Queue()
         self._procs: dict[str, multiprocessing.process.BaseProcess] = {}
         self._ended: set[str] = set()     # names whose outcome came through the channel
+        self._stopping = False
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -132,9 +138,10 @@ class LocalPool:
                 how = (f"killed by signal {-code}" if code is not None and code < 0
                        else f"exit code {code}")
                 messages.append(PoolDone(name, JobOutcome(
-                    name=name, ok=False, stage=None, exit_code=ExitCode.FAILURE,
+                    name=name, ok=False, stage=None,
+                    exit_code=ExitCode.INTERRUPTED if self._stopping else ExitCode.FAILURE,
                     error=f"the job's process ended without a result ({how}); see "
-                          f"{self.log_path(name)}")))
+                          f"{self.log_path(name)}"), interrupted=self._stopping))
             self._procs.pop(name, None)
             self._ended.discard(name)
         return messages
@@ -161,6 +168,7 @@ class LocalPool:
         Returns the messages that arrived meanwhile, with a PoolDone(interrupted) for each job
         that had to be killed.
         """
+        self._stopping = True
         groups = [proc.pid for proc in self._procs.values()]
         for proc in self._procs.values():
             _signal(proc.pid, signal.SIGINT)
