@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2v.batch.execute import EventSink, JobOutcome, execute_job, stage_of, worker_id
+from p2v.batch.execute import EventSink, JobOutcome, execute_job, worker_id
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
 
@@ -65,20 +65,16 @@ def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {spec.name} starts in pid "
           f"{os.getpid()}", flush=True)
-    reached: list[str] = []
     begun = time.monotonic()
 
     def send(event: dict[str, Any]) -> None:
-        stage = stage_of(event)
-        if stage is not None:
-            reached.append(stage)
         channel.put(("event", spec.name, event))
 
     try:
         outcome = job_fn(spec, send)
     except KeyboardInterrupt:
         channel.put(("interrupted", spec.name, JobOutcome(
-            name=spec.name, ok=False, stage=reached[-1] if reached else None,
+            name=spec.name, ok=False, stage=None,     # the driver knows the stage from events
             error="interrupted", exit_code=ExitCode.INTERRUPTED, worker=worker_id(),
             seconds=round(time.monotonic() - begun, 1))))
         print("=== interrupted", flush=True)

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,25 +41,14 @@ def _ledger(out: Path) -> dict[str, Any]:
         return {row.name: row for row in ledger.rows()}
 
 
-@pytest.fixture
-def out_dir() -> Iterator[Path]:
-    # Under /var/tmp (0755): libvirt's qemu must be able to reach what the jobs write.
-    path = Path(tempfile.mkdtemp(prefix="p2v-batch-test-", dir="/var/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def test_failing_jobs_fail_fast_are_recorded_and_retried(
-        loop_source_bios: SourceEndpoint, out_dir: Path, tmp_path: Path) -> None:
+        loop_source_bios: SourceEndpoint, guest_dir: Path, tmp_path: Path) -> None:
     ep = loop_source_bios
     empty_known_hosts = tmp_path / "known_hosts"
     empty_known_hosts.write_text("")
     manifest = tmp_path / "fleet.toml"
     text = f"""
-output_dir = "{out_dir}"
+output_dir = "{guest_dir}"
 connect = "{DEAD_URI}"
 [defaults]
 identity = "{ep.key}"
@@ -92,11 +78,11 @@ disks = {json.dumps(list(ep.disks))}
     assert len({e["worker"] for e in starts}) == 2
     assert all(e.get("job") for e in events if e["event"] not in ("batch-start", "batch-done",
                                                                   "batch-stopping"))
-    rows = _ledger(out_dir)
+    rows = _ledger(guest_dir)
     assert {n: (r.state, r.stage, r.attempts) for n, r in rows.items()} == {
         "nobody-home": ("failed", "inspect", 1), "stranger": ("failed", "inspect", 1)}
     assert rows["stranger"].exit_code == 3
-    report = json.loads((out_dir / ".p2v-batch" / "report.json").read_text())
+    report = json.loads((guest_dir / ".p2v-batch" / "report.json").read_text())
     assert report["schema"] == "p2v.batch-report/1"
     assert report["counts"]["failed"] == 2 and report["exit_code"] == 1
     assert {j["name"]: j["state"] for j in report["jobs"]} == {"nobody-home": "failed",
@@ -114,7 +100,7 @@ disks = {json.dumps(list(ep.disks))}
     manifest.write_text(text.replace(str(empty_known_hosts), str(ep.known_hosts)))
     rc, events, err = _batch(manifest, "--jobs", "2")
     assert rc == 1, err
-    rows = _ledger(out_dir)
+    rows = _ledger(guest_dir)
     assert rows["stranger"].attempts == 2 and rows["stranger"].stage == "preflight"
     assert "cannot connect to libvirt" in (rows["stranger"].error or "")
     assert rows["nobody-home"].attempts == 2 and rows["nobody-home"].state == "failed"
@@ -155,7 +141,7 @@ def _interrupt_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 24
 
 def test_ctrl_c_stops_every_job_cleanly_and_the_rerun_resumes(
         bios_image: FixtureImage, loop_source_bios: SourceEndpoint, libvirtd: Any,
-        isolated_network: str, out_dir: Path, tmp_path: Path) -> None:
+        isolated_network: str, guest_dir: Path, tmp_path: Path) -> None:
     with LoopSource(bios_image) as second:
         manifest = tmp_path / "fleet.toml"
         entries = "".join(f"""
@@ -166,7 +152,7 @@ disks = {json.dumps(list(ep.disks))}
 identity = "{ep.key}"
 known_hosts = "{ep.known_hosts}"
 """ for name, ep in (("alpha", loop_source_bios), ("beta", second)))
-        manifest.write_text(f'output_dir = "{out_dir}"\n[defaults]\nverify = false\n'
+        manifest.write_text(f'output_dir = "{guest_dir}"\n[defaults]\nverify = false\n'
                             f'networks = ["{isolated_network}"]\n{entries}')
         argv = [sys.executable, "-m", "p2v", "batch", str(manifest), "--jobs", "2", "--json"]
 
@@ -188,7 +174,7 @@ known_hosts = "{ep.known_hosts}"
         assert {n: e["state"] for n, e in ends.items()} == {"alpha": "interrupted",
                                                             "beta": "interrupted"}, json.dumps(ends)
         assert events[-1]["event"] == "batch-done" and events[-1]["interrupted"]
-        rows = _ledger(out_dir)
+        rows = _ledger(guest_dir)
         assert {n: (r.state, r.stage) for n, r in rows.items()} == {
             "alpha": ("interrupted", "copy"), "beta": ("interrupted", "copy")}
 
@@ -207,7 +193,7 @@ known_hosts = "{ep.known_hosts}"
         skipped = {(e["job"], e["stage"]) for e in events if e["event"] == "stage-skip"}
         assert {("alpha", "inspect"), ("alpha", "preflight"), ("beta", "inspect"),
                 ("beta", "preflight")} <= skipped
-        rows = _ledger(out_dir)
+        rows = _ledger(guest_dir)
         assert all(r.state == "interrupted" and r.attempts == 2 for r in rows.values())
         print(f"first run interrupted after {stop_s:.0f} s")
-    assert os.path.isdir(out_dir / "alpha")
+    assert os.path.isdir(guest_dir / "alpha")
