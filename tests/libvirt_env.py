@@ -94,6 +94,14 @@ def _make_libvirtd(stack: ExitStack) -> Libvirtd:
     return daemon
 
 
+def _destroy_quietly(net: Any) -> None:
+    """Another test session on this host may have replaced the network already."""
+    try:
+        net.destroy()
+    except Exception:  # noqa: BLE001 - gone is what we want
+        pass
+
+
 def _make_network(stack: ExitStack) -> str:
     conn = open_conn(URI)
     stack.callback(conn.close)
@@ -104,7 +112,7 @@ def _make_network(stack: ExitStack) -> str:
     net = conn.networkCreateXML(
         f"<network><name>{NETWORK}</name><bridge name='{NETWORK_BRIDGE}' stp='off'/>"
         "</network>")
-    stack.callback(net.destroy)
+    stack.callback(_destroy_quietly, net)
     return NETWORK
 
 

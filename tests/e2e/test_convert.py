@@ -1,0 +1,196 @@
+"""`p2v convert` of a live source (a fixture running in qemu as the physical server) into the
+real libvirtd the tests start: the whole job, as a user runs it (`python -m p2v convert`).
+
+The fast test is CI's one real conversion: copy over SSH from the running server, fix,
+boot check on virtio with the NIC isolated, register. The slow ones: the uefi fixture, and a
+job killed (SIGKILL) during copy and again during fix, then rerun, ending the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from libvirt_env import Libvirtd, open_conn
+
+from p2v.pipeline import STAGES
+from p2v.testbed.sources import SourceEndpoint
+
+pytestmark = pytest.mark.e2e
+
+JOB_TIMEOUT = 2400
+
+
+@pytest.fixture
+def out_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="p2v-convert-e2e-", dir="/var/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def convert_argv(ep: SourceEndpoint, name: str, out: Path, network: str) -> list[str]:
+    return [sys.executable, "-m", "p2v", "convert", f"ssh://{ep.user}@{ep.host}:{ep.port}",
+            "--name", name, "--identity", str(ep.key), "--known-hosts", str(ep.known_hosts),
+            "--ssh-config", "/dev/null", "--output-dir", str(out), "--network", network,
+            "--memory", "1024", "--json"]
+
+
+def run(argv: list[str], kill_when: Callable[[dict[str, Any]], bool] | None = None,
+        ) -> tuple[int, list[dict[str, Any]], str]:
+    """Run p2v, collecting its JSON events; SIGKILL it at the first event kill_when likes."""
+    events: list[dict[str, Any]] = []
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + JOB_TIMEOUT
+        for line in proc.stdout:
+            event = json.loads(line)
+            events.append(event)
+            if kill_when is not None and kill_when(event):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            assert time.monotonic() < deadline, "convert took too long"
+        code = proc.wait(timeout=JOB_TIMEOUT)
+        err.seek(0)
+        return code, events, err.read().decode(errors="replace")
+
+
+def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[dict[str, Any]],
+                    out: Path) -> dict[str, Any]:
+    fixture = ep.fixture
+    assert fixture is not None
+    assert events[-1]["event"] == "job-done", events[-3:]
+    report = events[-1]["report"]
+    assert report["ok"] is True and report["exit_code"] == 0
+    assert all(e["job"] == name for e in events)
+    # The boot check: virtio, the fixture's hostname, its NIC name with its static address.
+    verdict = report["verdict"]
+    assert verdict["booted"] is True and verdict["bus"] == "virtio"
+    assert verdict["hostname"] == fixture.hostname
+    nics = {i["name"]: i for i in verdict["interfaces"]}
+    assert fixture.nic_name in nics, verdict["interfaces"]
+    assert nics[fixture.nic_name]["mac"] == fixture.mac
+    assert fixture.address in nics[fixture.nic_name]["addresses"]
+    assert any("(as on the source)" in line for line in report["network"]), report["network"]
+    # The domain: defined, shut off, virtio disk and NIC with the source's MAC.
+    conn = open_conn()
+    try:
+        dom = conn.lookupByName(name)
+        assert not dom.isActive()
+        root = ET.fromstring(dom.XMLDesc(0))
+    finally:
+        conn.close()
+    assert [t.get("bus") for t in root.iterfind("devices/disk/target")] == ["virtio"]
+    (nic,) = root.iterfind("devices/interface")
+    assert nic.find("mac").get("address") == fixture.mac  # type: ignore[union-attr]
+    assert nic.find("model").get("type") == "virtio"  # type: ignore[union-attr]
+    assert nic.find("source").get("network") == network  # type: ignore[union-attr]
+    assert report["domain"]["uuid"] == dom.UUIDString()
+    work = out / name
+    assert sorted(p.stem for p in (work / "markers").glob("*.done")) == sorted(STAGES)
+    assert json.loads((work / "report.json").read_text())["ok"] is True
+    (disk,) = report["disks"]
+    assert disk["device"] == "/dev/sda" and disk["size"] == 2048 << 20
+    assert 0 < report["bytes_sent"] < disk["size"] // 2
+    return report
+
+
+def clean(name: str, out: Path) -> None:
+    code = subprocess.run([sys.executable, "-m", "p2v", "clean", name, "--output-dir", str(out),
+                           "--domain"], capture_output=True, text=True, timeout=120)
+    assert code.returncode == 0, code.stderr
+    assert not (out / name).exists()
+    conn = open_conn()
+    try:
+        assert name not in [d.name() for d in conn.listAllDomains()]
+    finally:
+        conn.close()
+
+
+def test_convert_live_bios_server(live_source_bios: SourceEndpoint, libvirtd: Libvirtd,
+                                  isolated_network: str, guest_names: list[str],
+                                  out_dir: Path) -> None:
+    name = "p2vtest-convert-bios"
+    guest_names.append(name)
+    code, events, err = run(convert_argv(live_source_bios, name, out_dir, isolated_network))
+    assert code == 0, err
+    starts = [e["stage"] for e in events if e["event"] == "stage-start"]
+    assert starts == list(STAGES)
+    assert any(e["event"] == "progress" and e["stage"] == "copy" for e in events)
+    report = check_converted(live_source_bios, name, isolated_network, events, out_dir)
+    assert report["disk_choice"].startswith("copying sda (2.0 GiB, boot disk): every physical")
+    # A rerun of a finished job does nothing and reports the same.
+    code, again, err = run(convert_argv(live_source_bios, name, out_dir, isolated_network))
+    assert code == 0, err
+    assert [e["event"] for e in again].count("stage-skip") == len(STAGES)
+    assert again[-1]["report"]["domain"] == report["domain"]
+    clean(name, out_dir)
+
+
+@pytest.mark.slow
+def test_convert_live_uefi_server(live_source_uefi: SourceEndpoint, libvirtd: Libvirtd,
+                                  isolated_network: str, guest_names: list[str],
+                                  out_dir: Path) -> None:
+    name = "p2vtest-convert-uefi"
+    guest_names.append(name)
+    code, events, err = run(convert_argv(live_source_uefi, name, out_dir, isolated_network))
+    assert code == 0, err
+    report = check_converted(live_source_uefi, name, isolated_network, events, out_dir)
+    assert report["verdict"]["firmware"] == "uefi" and report["domain"]["firmware"] == "uefi"
+    assert report["verdict"]["root"] == "/dev/mapper/vg0-root"
+    clean(name, out_dir)
+
+
+@pytest.mark.slow
+def test_killed_during_copy_and_during_fix_then_rerun(
+        live_source_bios: SourceEndpoint, libvirtd: Libvirtd, isolated_network: str,
+        guest_names: list[str], out_dir: Path) -> None:
+    name = "p2vtest-convert-kill"
+    guest_names.append(name)
+    argv = convert_argv(live_source_bios, name, out_dir, isolated_network)
+    work = out_dir / name
+
+    def in_copy(e: dict[str, Any]) -> bool:
+        return e["event"] == "progress" and e["stage"] == "copy" and e["done_chunks"] > 16
+
+    code, events, _err = run(argv, in_copy)
+    assert code == -signal.SIGKILL
+    assert list(work.glob("*.qcow2.journal")) and list(work.glob("*.qcow2.part"))
+    assert not (work / "markers" / "copy.done").exists()
+
+    def in_fix(e: dict[str, Any]) -> bool:
+        return e["event"] == "message" and e["stage"] == "fix" and "rebuilding" in e["text"]
+
+    code, events, _err = run(argv, in_fix)
+    assert code == -signal.SIGKILL
+    (start,) = [e for e in events if e["event"] == "disk-start"]
+    assert start["resumed_chunks"] > 16            # the copy went on where it was killed
+    assert [e["stage"] for e in events if e["event"] == "stage-skip"] == ["inspect",
+                                                                        "preflight"]
+    assert (work / "markers" / "copy.done").exists()
+    assert not (work / "markers" / "fix.done").exists()
+    conn = open_conn()
+    try:
+        assert name not in [d.name() for d in conn.listAllDomains()]
+    finally:
+        conn.close()
+
+    code, events, err = run(argv)
+    assert code == 0, err
+    assert events[0]["resume_at"] == "fix"
+    check_converted(live_source_bios, name, isolated_network, events, out_dir)
+    clean(name, out_dir)
