@@ -105,12 +105,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="build (or reuse) a legacy-server fixture, run it as a live source, boot-check it",
+        help="the whole story: a legacy-server fixture running as a live source, converted "
+             "into a libvirt guest that boots on virtio",
         description=(
             "The built-in example. Builds or reuses the 'bios' fixture (a Debian 12 legacy "
-            "server image), starts it as a live SSH source in qemu and shows what it serves, "
-            "then boot-checks the image with `p2v verify` on SATA (boots) and on virtio "
-            "(fails until `p2v fix` exists) and says where everything is."
+            "server image with a static address), starts it in qemu as a live SSH source, "
+            "makes sure a libvirtd answers (starting one if none does) with an isolated "
+            "network 'p2v-demo', and runs `p2v convert` on the live server: copy, fix, boot "
+            "check on virtio with the NIC isolated, register (left shut off). Prints where "
+            "everything is and how to clean up; the exit code is the conversion's."
         ),
     )
     p.add_argument("--variant", default="bios", help="fixture variant (default: bios)")
@@ -127,7 +130,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         for line in result["summary"]:
             print(line)
-    return ExitCode.OK
+    return int(result["job"]["exit_code"])
 
 
 # ---------------------------------------------------------------- register

@@ -102,4 +102,27 @@ def isolated_network(name: str, bridge: str, uri: str = URI) -> Iterator[str]:
         runner.run(["virsh", "-c", uri, "net-destroy", name], check=False)
 
 
-__all__ = ["URI", "Libvirtd", "LibvirtdStartError", "answers", "isolated_network"]
+
+
+
+def ensure_network(name: str, bridge: str, uri: str = URI) -> bool:
+    """A persistent isolated network (no forward, address or DHCP), defined and started if
+    missing; returns True when it was made here. It stays, so a guest attached to it can be
+    started later; remove it with `virsh net-destroy NAME; virsh net-undefine NAME`.
+    """
+    info = runner.run(["virsh", "-c", uri, "net-info", name], check=False)
+    made = info.returncode != 0
+    if made:
+        with tempfile.TemporaryDirectory(prefix="p2v-net-") as tmp:
+            xml = Path(tmp) / "net.xml"
+            xml.write_text(f"<network><name>{name}</name><bridge name='{bridge}' stp='off'/>"
+                           "</network>")
+            runner.run(["virsh", "-c", uri, "net-define", str(xml)])
+    state = runner.run(["virsh", "-c", uri, "net-info", name]).stdout
+    active = [ln.split()[-1] for ln in state.splitlines() if ln.startswith("Active:")]
+    if active != ["yes"]:
+        runner.run(["virsh", "-c", uri, "net-start", name])
+    return made
+
+__all__ = ["URI", "Libvirtd", "LibvirtdStartError", "answers", "ensure_network",
+           "isolated_network"]
