@@ -401,7 +401,9 @@ class LibvirtTarget:
         in the pool, volume names) need the images and are left to register.
         """
         if self._lookup_domain(name) is not None:
-            raise DomainExists(name=name, uri=self.uri)
+            raise TargetNotReady(problems=(
+                f"a domain named {name!r} already exists at {self.uri}; choose another "
+                "--name, or remove that guest first"))
         caps = GuestCaps(firmware="uefi" if firmware == "uefi" else "bios")
         uefi = None
         problems: list[str] = []
