@@ -604,6 +604,7 @@ class _ConvertScreen:
         self.tty = sys.stderr.isatty()
         self.verbose = verbose
         self.last: dict[str, float] = {}
+        self.disks: dict[str, tuple[int, int, int]] = {}   # device -> done, chunks, wire
         self.open_line = False
 
     def _line(self, text: str) -> None:
@@ -636,16 +637,22 @@ class _ConvertScreen:
                        f"{float(str(event.get('seconds') or 0)):.0f} s")
 
     def _progress(self, event: dict[str, object]) -> None:
+        """A bar per disk and an overall line for the job, on one refreshed line."""
         device = str(event.get("device"))
-        done = int(str(event.get("done_chunks") or 0))
-        total = max(1, int(str(event.get("chunks") or 1)))
-        sent = _size_text(float(str(event.get("wire_bytes") or 0)))
-        width = 30
-        filled = width * done // total
-        text = (f"  {device:<10} [{'#' * filled}{'.' * (width - filled)}] "
-                f"{100 * done // total:3d}%  {sent} sent")
+        self.disks[device] = (int(str(event.get("done_chunks") or 0)),
+                              max(1, int(str(event.get("chunks") or 1))),
+                              int(str(event.get("wire_bytes") or 0)))
+        done = sum(d for d, _t, _w in self.disks.values())
+        total = sum(t for _d, t, _w in self.disks.values())
+        sent = _size_text(float(sum(w for _d, _t, w in self.disks.values())))
+        width = max(10, 30 // len(self.disks))
+        bars = "  ".join(
+            f"{name.removeprefix('/dev/')} [{'#' * (width * d // t)}"
+            f"{'.' * (width - width * d // t)}] {100 * d // t:3d}%"
+            for name, (d, t, _w) in self.disks.items())
+        text = f"  {bars}  | job {100 * done // total:3d}%, {sent} sent"
         if self.tty:
-            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+            print(f"\r{text}\x1b[K", end="", file=sys.stderr, flush=True)
             self.open_line = True
         elif time.monotonic() - self.last.get(device, 0.0) > 10 or done == total:
             self.last[device] = time.monotonic()
