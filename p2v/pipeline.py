@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 from p2v import runner
@@ -491,8 +492,10 @@ class _Job:
                     return
                 ours = {str(p.resolve()) for p in images}
                 if self.spec.pool:
-                    ours |= {f"{self.spec.pool}/{v}" for v in volume_names(
-                        self.spec.name, [cast(Any, p) for p in images])}
+                    # The copy writes qcow2 only; volume_names reads nothing else of an image.
+                    qcow2 = [cast(Any, SimpleNamespace(format="qcow2")) for _ in images]
+                    ours |= {f"{self.spec.pool}/{v}"
+                             for v in volume_names(self.spec.name, qcow2)}
                 if facts.disks and set(facts.disks) <= ours and not facts.active:
                     target.remove(self.spec.name, facts.uuid)
                     self.say(f"undefined the half-registered domain {self.spec.name}")
