@@ -18,7 +18,7 @@ from libvirt_env import Libvirtd, open_conn
 
 from p2v import cli, runner
 from p2v.errors import ExitCode
-from p2v.testbed.sources import SourceEndpoint
+from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 
 
 @pytest.fixture
@@ -137,3 +137,34 @@ def test_unknown_network_is_refused_before_the_copy(
     assert code == ExitCode.USAGE
     line = assert_refused(err, out_dir, "p2vtest-cv-nonet", "preflight")
     assert "'p2v-no-such-net' does not exist" in line
+
+
+def test_a_failed_stage_keeps_the_work_dir_and_the_rerun_resumes_there(
+        libvirtd: Libvirtd, isolated_network: str, out_dir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A disk with no operating system: copied, then fix fails; nothing is defined and the
+    rerun starts at fix (the copy is not redone)."""
+    raw = out_dir / "blank.raw"
+    write_random_disk(raw, 32 << 20, 4 << 20)
+    name = "p2vtest-cv-noos"
+    with LoopSource.from_files([raw]) as ep:
+        code, err = convert(ep, name, out_dir, isolated_network, capsys, "--disk", ep.disks[0])
+        assert code == ExitCode.FAILURE, err
+        lines = [ln for ln in err.splitlines() if ln.startswith("p2v: error:")]
+        assert len(lines) == 1 and "convert stopped at fix" in lines[0], err
+        work = out_dir / name
+        assert (work / "markers" / "copy.done").is_file()
+        assert not (work / "markers" / "fix.done").exists()
+        image = next(work.glob("*.qcow2"))
+        copied_at = image.stat().st_mtime_ns
+        assert defined(name) == []
+
+        code, err = convert(ep, name, out_dir, isolated_network, capsys, "--disk", ep.disks[0])
+        assert code == ExitCode.FAILURE
+        events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
+        last_run = events[max(i for i, e in enumerate(events) if e["event"] == "job-start"):]
+        assert last_run[0]["resume_at"] == "fix"
+        assert [e["stage"] for e in last_run if e["event"] == "stage-skip"] == [
+            "inspect", "preflight", "copy"]
+        assert image.stat().st_mtime_ns == copied_at
+        assert defined(name) == []
