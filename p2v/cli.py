@@ -413,7 +413,7 @@ def _add_copy(sub: argparse._SubParsersAction) -> None:
             "device is opened read-only on the source and read at idle I/O and lowest CPU "
             "priority; every chunk is hashed there and checked here (a mismatch is fetched "
             "again, then exit 5); all-zero chunks are not sent, nor (without --full) "
-            "ext2/3/4 free blocks and swap areas; data is zlib-compressed on "
+            "ext2/3/4 and XFS free blocks and swap areas; data is zlib-compressed on "
             "the wire when it pays. Written straight into the qcow2 (no raw staging copy) "
             "with a journal beside it: rerun the same command after any interruption and "
             "the copy resumes. A manifest (chunk hashes, digest) is written beside each "
@@ -430,7 +430,7 @@ def _add_copy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="image name stem (default: the source's hostname)")
     p.add_argument("--full", action="store_true",
                    help="send every non-zero byte for a byte-identical image (default: skip "
-                        "ext2/3/4 free blocks and swap areas too)")
+                        "ext2/3/4 and XFS free blocks and swap areas too)")
     p.add_argument("--source-priority", choices=("low", "normal"), default="low",
                    help="CPU/IO priority of the reader on the source (default: low)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")

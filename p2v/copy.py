@@ -386,8 +386,9 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
         "reader": reader,
         "skipped": {"zero": "all-zero chunks are not sent and not written (they read as "
                             "zeros in the image)",
-                    "free": "chunks wholly inside ext2/3/4 free blocks or a swap area past "
-                            "its header page: not read, not sent, zeros in the image"},
+                    "free": "chunks wholly inside ext2/3/4 or XFS free blocks or a swap "
+                            "area past its header page: not read, not sent, zeros in the "
+                            "image"},
         "hash": "sha256 of each chunk on the source; null: all-zero; \"free\": skipped",
         "chunk_hashes": hashes,
         "chunks_digest": digest.hexdigest(),

@@ -28,9 +28,10 @@ _HEAD = struct.Struct(">8sQI")          # magic, device size, chunk size
 _FRAME = struct.Struct(">BQI32sI")      # kind, index, raw length, sha256, payload length
 KIND_ZERO, KIND_RAW, KIND_ZLIB, KIND_END, KIND_FREE = 0, 1, 2, 3, 4
 
-# Free space the copy may skip (runs on the source, stdlib only): ext2/3/4 block bitmaps and
-# swap areas, on the whole device and on each of its partitions (from /sys). Anything it
-# does not understand counts as used. Returns sorted, merged (start, end) byte ranges.
+# Free space the copy may skip (runs on the source, stdlib only): ext2/3/4 block bitmaps,
+# XFS free-space B+trees and swap areas, on the whole device and on each of its partitions
+# (from /sys). Anything it does not understand counts as used. Returns sorted, merged
+# (start, end) byte ranges.
 FREEMAP = r"""
 import os, re, struct
 
@@ -111,6 +112,68 @@ def _ext_free(fd, base, limit):
             free.append((base + (start + m.start() * 8) * bs, base + (start + m.end() * 8) * bs))
     return free
 
+def _xfs_free(fd, base, limit):
+    # The free extents of every allocation group's by-block-number B+tree (bnobt), from
+    # its AGF: leftmost path down to the leaves, then the leaves' right-sibling chain.
+    sb = _pread(fd, 512, base)
+    if len(sb) < 512 or sb[:4] != b"XFSB":
+        return None
+    bs, dblocks = struct.unpack_from(">IQ", sb, 4)
+    agblocks, agcount = struct.unpack_from(">II", sb, 84)
+    version, sectsize = struct.unpack_from(">HH", sb, 100)
+    if (bs < 512 or bs > 65536 or bs & (bs - 1) or sectsize < 512 or sectsize > bs
+            or not agblocks or not agcount or dblocks * bs > limit
+            or agcount * agblocks < dblocks or (agcount - 1) * agblocks >= dblocks):
+        return None
+    v5 = version & 0xF == 5
+    hdr, magic = (56, b"AB3B") if v5 else (16, b"ABTB")
+    node_max, leaf_max = (bs - hdr) // 12, (bs - hdr) // 8   # keys+ptrs; records
+    def block(ag, agbno, length):
+        if not 0 < agbno < length:
+            return None
+        b = _pread(fd, bs, base + (ag * agblocks + agbno) * bs)
+        if len(b) < bs or b[:4] != magic:
+            return None
+        if v5 and struct.unpack_from(">Q", b, 16)[0] != (ag * agblocks + agbno) * (bs // 512):
+            return None
+        return b
+    free = []
+    for ag in range(agcount):
+        agf = _pread(fd, 64, base + ag * agblocks * bs + sectsize)
+        if len(agf) < 64 or agf[:4] != b"XAGF" or struct.unpack_from(">I", agf, 8)[0] != ag:
+            return None
+        length, root = struct.unpack_from(">II", agf, 12)
+        levels = struct.unpack_from(">I", agf, 28)[0]
+        if length > agblocks or not 0 < levels <= 8:
+            return None
+        b = block(ag, root, length)
+        for depth in range(levels - 1, 0, -1):
+            if b is None or struct.unpack_from(">HH", b, 4)[0] != depth:
+                return None
+            if struct.unpack_from(">HH", b, 4)[1] < 1:
+                return None
+            b = block(ag, struct.unpack_from(">I", b, hdr + node_max * 8)[0], length)
+        hops = 0
+        while True:
+            if b is None:
+                return None
+            level, n, right = struct.unpack_from(">HH", b, 4) + struct.unpack_from(">I", b, 12)
+            if level != 0 or n > leaf_max:
+                return None
+            for k in range(n):
+                start, count = struct.unpack_from(">II", b, hdr + 8 * k)
+                if not count or start + count > length:
+                    return None
+                first = base + (ag * agblocks + start) * bs
+                free.append((first, first + count * bs))
+            if right == 0xFFFFFFFF:
+                break
+            hops += 1
+            if hops > length:
+                return None
+            b = block(ag, right, length)
+    return free
+
 def _swap_free(fd, base, size):
     for page in (4096, 8192, 16384, 65536):
         if page <= size and _pread(fd, 10, base + page - 10) == b"SWAPSPACE2":
@@ -140,6 +203,8 @@ def free_ranges(fd, dev, disk_size):
             continue
         try:
             got = _ext_free(fd, base, size)
+            if got is None:
+                got = _xfs_free(fd, base, size)
             if got is None:
                 got = _swap_free(fd, base, size)
         except (OSError, struct.error, IndexError, ValueError):
