@@ -7,11 +7,16 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from p2v import cli, runner
-from p2v.errors import ExitCode
+from p2v import copy as copy_module
+from p2v.copy import CopyRequest, copy_disks
+from p2v.errors import ExitCode, StreamError
+from p2v.source.extents import Extent
+from p2v.source.ssh import SshOptions, SshSource
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 
 MiB = 1 << 20
@@ -33,6 +38,12 @@ def copy_argv(ep: SourceEndpoint, out: Path, *extra: str) -> list[str]:
     return ["copy", f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
             "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null",
             "--output-dir", str(out), *disks, *extra]
+
+
+def open_source(ep: SourceEndpoint) -> SshSource:
+    return SshSource.open(f"ssh://{ep.user}@{ep.host}:{ep.port}",
+                          SshOptions(identity=ep.key, known_hosts=ep.known_hosts,
+                                     use_agent=False, ssh_config=Path("/dev/null")))
 
 
 def identical(raw: Path, image: Path) -> bool:
@@ -108,3 +119,35 @@ def test_bad_bandwidth_limit_and_parallel_are_usage_errors(
     assert cli.main(copy_argv(ep, tmp_path, "--disk", ep.disks[0])) == ExitCode.USAGE
     assert "named twice" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_one_disk_failing_stops_the_other_and_both_resume(
+        two_disks: tuple[SourceEndpoint, list[Path]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ep, raws = two_disks
+    real = copy_module.read_extents
+
+    def breaking(stream: Any, chunk_size: int, host: str = "source", device: str = "disk"
+                 ) -> Iterator[Extent]:
+        for n, extent in enumerate(real(stream, chunk_size, host=host, device=device)):
+            if device == ep.disks[1] and n == 3:
+                raise StreamError(host=host, device=device, detail="cut for the test")
+            yield extent
+
+    monkeypatch.setattr(copy_module, "read_extents", breaking)
+    # Slow enough (8 MiB/s) that the first disk is still running when the second breaks.
+    request = CopyRequest(disks=ep.disks, output_dir=tmp_path, name="f", chunk_size=MiB,
+                          bandwidth_limit=8 * MiB)
+    with open_source(ep) as source:
+        with pytest.raises(StreamError) as info:
+            copy_disks(source, request)
+    assert "cut for the test" in info.value.message
+    journals = sorted(tmp_path.glob("*.journal"))
+    assert len(journals) == 2 and not list(tmp_path.glob("*.qcow2"))   # nothing presented
+    monkeypatch.setattr(copy_module, "read_extents", real)
+    with open_source(ep) as source:
+        results = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
+                                                 name="f", chunk_size=MiB))
+    assert results[0].resumed_chunks > 0 and results[1].resumed_chunks == 3
+    for raw, result in zip(raws, results, strict=True):
+        assert identical(raw, result.image)
