@@ -5,7 +5,8 @@ A fixture is built in three stages, each as cheap as it can be:
 1. mmdebstrap makes a root file system tarball from the recipe's package list (cached on
    its own, keyed by suite + packages, so editing a config file does not redo it);
 2. on the host, with the real CPU, the tarball is unpacked, configured (hostname, NIC,
-   sshd, keys, grub defaults, initramfs module list) and its initramfs rebuilt in a chroot;
+   sshd, keys, grub defaults, initramfs module list) and its initramfs rebuilt in a chroot
+   with the recipe's tool (initramfs-tools or dracut);
 3. in the libguestfs appliance the disks are partitioned (LVM too: the host has no
    device-mapper), the tree is unpacked onto them and the guest's own grub-install and
    update-grub run; for UEFI variants a variable store holding the boot entry is made.
@@ -60,6 +61,9 @@ PARTITION_TYPES: dict[str, tuple[int, str]] = {
 # File systems that cannot hold Unix ownership: mounted only after the tree is unpacked.
 NON_UNIX_FS = ("vfat",)
 ALIGN_SECTORS = 2048  # 1 MiB in 512-byte sectors
+# The Debian package of each initramfs tool a recipe can name: added to its package list.
+INITRAMFS_PACKAGES = {"initramfs-tools": "initramfs-tools", "dracut": "dracut"}
+DRACUT_CONF = "/etc/dracut.conf.d/10-p2v-fixture.conf"
 
 
 def _log_progress(message: str) -> None:
@@ -112,7 +116,7 @@ class Recipe:
     suite: str
     firmware: Literal["bios", "uefi"]
     bootloader: Literal["grub-pc", "grub-efi"]
-    initramfs: Literal["initramfs-tools"]
+    initramfs: Literal["initramfs-tools", "dracut"]
     hostname: str
     mac: str
     nic_name: str
@@ -187,7 +191,8 @@ def load_recipe(variant: str, recipe_dir: Path | None = None) -> Recipe:
             gateway=data["gateway"],
             root_password=data["root_password"],
             root_device=data["root_device"],
-            packages=tuple(data["packages"]),
+            packages=_with_initramfs_package(
+                data["packages"], data.get("initramfs", "initramfs-tools")),
             initramfs_modules=tuple(data.get("initramfs_modules", ())),
             disks=tuple(
                 Disk(
@@ -216,6 +221,13 @@ def load_recipe(variant: str, recipe_dir: Path | None = None) -> Recipe:
     return recipe
 
 
+def _with_initramfs_package(packages: list[str], initramfs: str) -> tuple[str, ...]:
+    """The recipe's packages plus its initramfs tool's: the tools conflict in Debian, so the
+    shared package list names neither."""
+    tool = INITRAMFS_PACKAGES.get(initramfs)
+    return tuple(packages) + ((tool,) if tool and tool not in packages else ())
+
+
 def _check_recipe(recipe: Recipe) -> None:
     def bad(detail: str) -> FixtureError:
         return FixtureError(variant=recipe.variant, detail=f"bad recipe: {detail}")
@@ -224,8 +236,11 @@ def _check_recipe(recipe: Recipe) -> None:
         raise bad(f"firmware {recipe.firmware!r}")
     if recipe.bootloader not in ("grub-pc", "grub-efi"):
         raise bad(f"bootloader {recipe.bootloader!r}")
-    if recipe.initramfs != "initramfs-tools":
-        raise bad(f"initramfs {recipe.initramfs!r} is not supported yet")
+    if recipe.initramfs not in INITRAMFS_PACKAGES:
+        raise bad(f"initramfs {recipe.initramfs!r} (known: {', '.join(INITRAMFS_PACKAGES)})")
+    others = set(INITRAMFS_PACKAGES.values()) - {INITRAMFS_PACKAGES[recipe.initramfs]}
+    if clash := sorted(others & set(recipe.packages)):
+        raise bad(f"packages {clash} conflict with initramfs = {recipe.initramfs!r}")
     if recipe.firmware == "uefi" and not recipe.efi_loader:
         raise bad("a uefi variant needs efi_loader (the boot entry's file path)")
     for disk in recipe.disks:
@@ -494,6 +509,20 @@ def _write(root: Path, guest_path: str, text: str, mode: int = 0o644) -> None:
 
 
 def _set_initramfs_conf(root: Path, recipe: Recipe) -> None:
+    if recipe.initramfs == "dracut":
+        # The dracut twin of MODULES=list: a generic (not host-only: the build host is not
+        # the server) image holding exactly these drivers. dracut's qemu, virtio-fs and nvdimm
+        # modules add virtio to any generic image; on the bare-metal server host-only
+        # dracut leaves them out, so they are left out here too.
+        _write(
+            root,
+            DRACUT_CONF,
+            "# Storage drivers of the physical server (SATA/AHCI) and its root file system.\n"
+            'hostonly="no"\n'
+            f'drivers="{" ".join(recipe.initramfs_modules)}"\n'
+            'omit_dracutmodules+=" qemu qemu-net virtfs virtiofs nvdimm "\n',
+        )
+        return
     conf = root / "etc/initramfs-tools/initramfs.conf"
     lines = conf.read_text().splitlines()
     lines = ["MODULES=list" if line.startswith("MODULES=") else line for line in lines]
@@ -546,12 +575,25 @@ def _configure_tree(recipe: Recipe, root: Path, client_public_key: str) -> str:
 
 
 def _build_initramfs(recipe: Recipe, root: Path) -> None:
-    runner.run(["chroot", root, "update-initramfs", "-u", "-k", "all"], timeout=900)
+    if recipe.initramfs == "dracut":
+        # Debian's dracut also writes /boot/initrd.img-KVER; /proc is needed by dracut.
+        kernels = sorted(p.name.removeprefix("vmlinuz-") for p in (root / "boot").glob("vmlinuz-*"))
+        runner.run(["mount", "-t", "proc", "proc", root / "proc"])
+        try:
+            for kver in kernels:
+                runner.run(["chroot", root, "dracut", "-f", f"/boot/initrd.img-{kver}", kver],
+                           timeout=900)
+        finally:
+            runner.run(["umount", root / "proc"])
+        list_argv = ["lsinitrd"]
+    else:
+        runner.run(["chroot", root, "update-initramfs", "-u", "-k", "all"], timeout=900)
+        list_argv = ["lsinitramfs"]
     initrds = sorted((root / "boot").glob("initrd.img-*"))
     if not initrds:
-        raise FixtureError(variant=recipe.variant, detail="update-initramfs made no initrd")
+        raise FixtureError(variant=recipe.variant, detail=f"{recipe.initramfs} made no initrd")
     for initrd in initrds:
-        listing = runner.run(["chroot", root, "lsinitramfs", f"/boot/{initrd.name}"]).stdout
+        listing = runner.run(["chroot", root, *list_argv, f"/boot/{initrd.name}"]).stdout
         modules = {Path(line).name.split(".ko")[0] for line in listing.splitlines()
                    if ".ko" in line}
         wanted = {m.replace("-", "_") for m in recipe.initramfs_modules}

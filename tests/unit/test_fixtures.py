@@ -31,7 +31,7 @@ def recipes(tmp_path: Path) -> Path:
 
 
 def test_variants_lists_the_toml_files_only() -> None:
-    assert {"bios", "uefi"} <= set(variants(REPO_RECIPES))
+    assert {"bios", "uefi", "dracut"} <= set(variants(REPO_RECIPES))
     assert "common" not in variants(REPO_RECIPES)
 
 
@@ -56,6 +56,29 @@ def test_uefi_recipe_extends_common_lists() -> None:
     assert "dm_mod" in recipe.initramfs_modules and "ahci" in recipe.initramfs_modules
     assert recipe.efi_loader == "\\EFI\\debian\\grubx64.efi"
     assert recipe.volume_groups[0].name == "vg0"
+
+
+def test_dracut_recipe_has_dracut_and_not_initramfs_tools() -> None:
+    recipe = load_recipe("dracut", REPO_RECIPES)
+    assert recipe.initramfs == "dracut"
+    assert "dracut" in recipe.packages and "initramfs-tools" not in recipe.packages
+    assert recipe.hostname == "p2v-dracut" and recipe.nic_name == "enp0s25"
+    assert not any("virtio" in m for m in recipe.initramfs_modules)
+    # The other variants get initramfs-tools (the shared list names neither tool).
+    assert "initramfs-tools" in load_recipe("bios", REPO_RECIPES).packages
+    assert "dracut" not in load_recipe("bios", REPO_RECIPES).packages
+
+
+def test_both_initramfs_tools_in_one_recipe_are_refused(recipes: Path) -> None:
+    text = (recipes / "dracut.toml").read_text()
+    (recipes / "dracut.toml").write_text(
+        text.replace('packages = ["grub-pc"]', 'packages = ["grub-pc", "initramfs-tools"]'))
+    with pytest.raises(FixtureError, match="conflict"):
+        load_recipe("dracut", recipes)
+    (recipes / "dracut.toml").write_text(text.replace('initramfs = "dracut"',
+                                                      'initramfs = "mkinitrd"'))
+    with pytest.raises(FixtureError, match="mkinitrd"):
+        load_recipe("dracut", recipes)
 
 
 def test_unknown_variant_is_a_fixture_error(recipes: Path) -> None:
