@@ -183,7 +183,11 @@ def inspect_guest(session: GuestSession, source_names: list[str] | None = None) 
     session.mount_guest(root, readonly=True)
     has_dracut = bool(g.exists("/usr/bin/dracut") or g.exists("/sbin/dracut")
                       or g.exists("/usr/sbin/dracut"))
-    family = linux.family_for(distro, major, has_dracut)
+    # initramfs-tools' own scripts dir (initramfs-tools-core): gone when dracut replaced it.
+    has_initramfs_tools = bool(g.is_dir("/usr/share/initramfs-tools")
+                               and (g.exists("/usr/sbin/mkinitramfs")
+                                    or g.exists("/sbin/mkinitramfs")))
+    family = linux.family_for(distro, major, has_dracut, has_initramfs_tools)
     firmware, loaders = _firmware(session, mounts)
     grub_cfg = next((p for p in GRUB2_CFGS if g.is_file(p)), None)
     bootloader = "grub2" if grub_cfg else "none found"

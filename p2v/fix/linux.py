@@ -8,7 +8,7 @@ all of them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The modules a guest needs to find its disk and its NIC on virtio (and what they depend on;
 # initramfs tools resolve dependencies themselves, listing them too does no harm).
@@ -101,6 +101,16 @@ SUSE = LinuxFamily(
     grub_cfg_paths=("/boot/grub2/grub.cfg",),
 )
 
+# Debian or Ubuntu with the dracut package instead of initramfs-tools (they conflict):
+# dracut's tooling, Debian's initrd name and grub tools.
+DEBIAN_DRACUT = replace(
+    RHEL,
+    name="debian-dracut",
+    initrd_paths=DEBIAN.initrd_paths,
+    grub_mkconfig=DEBIAN.grub_mkconfig,
+    grub_cfg_paths=DEBIAN.grub_cfg_paths,
+)
+
 # Old SUSE (SLES 11 and before) has mkinitrd, not dracut.
 SUSE_MKINITRD = LinuxFamily(
     name="suse-mkinitrd",
@@ -125,15 +135,23 @@ FAMILIES: dict[str, LinuxFamily] = {
 
 def family_named(name: str | None) -> LinuxFamily | None:
     """A family by its name (as GuestReport.family records it)."""
-    every = {f.name: f for f in (*FAMILIES.values(), SUSE_MKINITRD)}
+    every = {f.name: f for f in (*FAMILIES.values(), SUSE_MKINITRD, DEBIAN_DRACUT)}
     return every.get(name or "")
 
 
-def family_for(distro: str, major_version: int = 0, has_dracut: bool = True) -> LinuxFamily | None:
-    """The family of a libguestfs distro name, or None when p2v does not know it."""
+def family_for(distro: str, major_version: int = 0, has_dracut: bool = True,
+               has_initramfs_tools: bool = True) -> LinuxFamily | None:
+    """The family of a libguestfs distro name, or None when p2v does not know it.
+
+    The distro gives the family; the tools the guest actually has decide between its
+    variants: a Debian with dracut and no initramfs-tools rebuilds with dracut, an old
+    SUSE (or one without dracut) with mkinitrd.
+    """
     family = FAMILIES.get(distro)
     if family is SUSE and (not has_dracut or (distro == "sles" and 0 < major_version < 12)):
         return SUSE_MKINITRD
+    if family is DEBIAN and has_dracut and not has_initramfs_tools:
+        return DEBIAN_DRACUT
     return family
 
 

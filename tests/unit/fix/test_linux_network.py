@@ -10,6 +10,7 @@ from p2v.fix.network import NicPin
 
 @pytest.mark.parametrize(("distro", "major", "dracut", "family"), [
     ("debian", 12, False, "debian"),
+    ("debian", 12, True, "debian"),      # dracut installed beside initramfs-tools: not its tool
     ("ubuntu", 22, False, "debian"),
     ("rhel", 8, True, "rhel"),
     ("centos", 7, True, "rhel"),
@@ -24,6 +25,25 @@ def test_family_table(distro: str, major: int, dracut: bool, family: str) -> Non
     found = linux.family_for(distro, major, dracut)
     assert found is not None and found.name == family
     assert linux.family_named(family) is found
+
+
+@pytest.mark.parametrize("distro", ["debian", "ubuntu"])
+def test_debian_with_dracut_instead_of_initramfs_tools_rebuilds_with_dracut(distro: str) -> None:
+    found = linux.family_for(distro, 12, has_dracut=True, has_initramfs_tools=False)
+    assert found is linux.DEBIAN_DRACUT
+    assert linux.family_named("debian-dracut") is found
+    kver = "6.1.0-9-amd64"
+    initrd = found.initrd_candidates(kver)[0]
+    assert initrd == "/boot/initrd.img-" + kver            # Debian's name, not dracut's
+    assert found.rebuild(kver, initrd) == [
+        "dracut", "-f", "--add-drivers", "virtio_pci virtio_blk virtio_scsi virtio_net",
+        initrd, kver]
+    assert found.list_initrd(initrd) == ["lsinitrd", initrd]
+    assert found.grub_mkconfig[0] == ("update-grub",)
+    assert found.modules_file.startswith("/etc/dracut.conf.d/")
+    # Neither tool found: keep the distro's own (p2v reports the rebuild failing).
+    assert linux.family_for(distro, 12, has_dracut=False, has_initramfs_tools=False) \
+        is linux.DEBIAN
 
 
 def test_unknown_distro_has_no_family() -> None:
