@@ -168,6 +168,11 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
             for name in sorted(run.active):     # started but never heard from
                 run.handle(PoolDone(name, JobOutcome(name=name, ok=False, stage=None,
                                                      error="interrupted"), interrupted=True))
+            # Ctrl-C between a job's ledger start and its process start: nothing runs it.
+            for item in plan:
+                row = ledger.get(item.spec.name)
+                if row is not None and row.state == "running":
+                    ledger.interrupt(item.spec.name, "interrupted (Ctrl-C) as it started")
         finally:
             restore()
             pool.close()

@@ -51,7 +51,19 @@ class PoolDone:
 PoolMessage = PoolEvent | PoolDone
 
 
-def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str) -> None:
+def _stop_with_parent(parent: int) -> None:
+    """SIGINT when the batch process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG): an
+    orphaned job stops as on Ctrl-C instead of holding its work dir against the rerun."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT)
+    if os.getppid() != parent:          # it died before the request was in place
+        raise KeyboardInterrupt
+
+
+def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str,
+                parent: int) -> None:
     """Entry point of a job's process."""
     os.setpgid(0, 0)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -71,19 +83,23 @@ def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str)
         channel.put(("event", spec.name, event))
 
     try:
+        _stop_with_parent(parent)
         outcome = job_fn(spec, send)
+        kind = "done"
     except KeyboardInterrupt:
-        channel.put(("interrupted", spec.name, JobOutcome(
-            name=spec.name, ok=False, stage=None,     # the driver knows the stage from events
-            error="interrupted", exit_code=ExitCode.INTERRUPTED, worker=worker_id(),
-            seconds=round(time.monotonic() - begun, 1))))
-        print("=== interrupted", flush=True)
-        # The queue's feeder thread must hand the message over before the process ends.
+        outcome = JobOutcome(name=spec.name, ok=False, stage=None,  # the driver knows the stage
+                             error="interrupted", exit_code=ExitCode.INTERRUPTED,
+                             worker=worker_id(), seconds=round(time.monotonic() - begun, 1))
+        kind = "interrupted"
+    print(f"=== {kind}: {'ok' if outcome.ok else outcome.error}", flush=True)
+    if os.getppid() == parent:
+        channel.put((kind, spec.name, outcome))
+        # The queue's feeder thread hands the message over before the process ends.
         channel.close()
         channel.join_thread()
-        os._exit(ExitCode.INTERRUPTED)
-    channel.put(("done", spec.name, outcome))
-    print(f"=== ended: {'ok' if outcome.ok else outcome.error}", flush=True)
+    else:
+        channel.cancel_join_thread()    # nobody reads any more: do not wait for a reader
+    os._exit(ExitCode.INTERRUPTED if kind == "interrupted" else ExitCode.OK)
 
 
 class LocalPool:
@@ -114,7 +130,7 @@ class LocalPool:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         proc = self._ctx.Process(target=_child_main, name=f"p2v-job-{spec.name}",
                                  args=(self.job_fn, spec, self._channel,
-                                       str(self.log_path(spec.name))))
+                                       str(self.log_path(spec.name)), os.getpid()))
         proc.start()
         self._procs[spec.name] = proc
         return f"{os.uname().nodename}:{proc.pid}"

@@ -57,9 +57,12 @@ def _defined(uri: str) -> set[str]:
         conn.close()
 
 
+# Both slow: even without the boot checks the three fixes take 6-8 minutes here (TCG, two
+# cores). The default suite covers the batch through tests/integration/test_batch.py.
+@pytest.mark.slow
 @pytest.mark.parametrize("verify", [
     pytest.param(False, id="no-verify"),
-    pytest.param(True, id="verify", marks=pytest.mark.slow),
+    pytest.param(True, id="verify"),
 ])
 def test_batch_of_three_one_broken_then_fixed(
         verify: bool, bios_image: FixtureImage, loop_source_bios: SourceEndpoint,

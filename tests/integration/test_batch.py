@@ -152,7 +152,9 @@ disks = {json.dumps(list(ep.disks))}
 identity = "{ep.key}"
 known_hosts = "{ep.known_hosts}"
 """ for name, ep in (("alpha", loop_source_bios), ("beta", second)))
+        # full = true: more to copy, so both copies are still under way when interrupted.
         manifest.write_text(f'output_dir = "{guest_dir}"\n[defaults]\nverify = false\n'
+                            'full = true\n'
                             f'networks = ["{isolated_network}"]\n{entries}')
         argv = [sys.executable, "-m", "p2v", "batch", str(manifest), "--jobs", "2", "--json"]
 
@@ -195,5 +197,36 @@ known_hosts = "{ep.known_hosts}"
                 ("beta", "preflight")} <= skipped
         rows = _ledger(guest_dir)
         assert all(r.state == "interrupted" and r.attempts == 2 for r in rows.values())
+
+        # The batch process killed outright (SIGKILL): its jobs stop by themselves; the
+        # ledger still says running, and the next run takes that as interrupted and resumes.
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        events = []
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            if {e["job"] for e in events if e["event"] == "stage-start"} == {"alpha", "beta"}:
+                proc.kill()
+                break
+        # Not communicate(): multiprocessing's resource tracker keeps the batch's stdout
+        # until the last job process is gone, which is what is waited for below.
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()  # type: ignore[union-attr]
+        workers = {e["job"]: int(e["worker"].rsplit(":", 1)[1])
+                   for e in events if e["event"] == "batch-job-start"}
+        deadline = time.monotonic() + 60
+        while any(_pgroup_members(pid) for pid in workers.values()):
+            assert time.monotonic() < deadline, "orphaned jobs kept running"
+            time.sleep(0.5)
+        assert {r.state for r in _ledger(guest_dir).values()} == {"running"}
+        plan = json.loads(subprocess.run(argv + ["--dry-run"], capture_output=True, text=True,
+                                         check=True).stdout)["plan"]
+        assert {p["job"]: p["action"] for p in plan} == {"alpha": "resume", "beta": "resume"}
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        rc, events = _interrupt_when(proc, lambda ev: ev[-1]["event"] == "batch-start")
+        assert rc == 130
+        assert sorted(events[0]["recovered"]) == ["alpha", "beta"]
+        assert {r.state for r in _ledger(guest_dir).values()} == {"interrupted"}
         print(f"first run interrupted after {stop_s:.0f} s")
     assert os.path.isdir(guest_dir / "alpha")
