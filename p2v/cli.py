@@ -861,7 +861,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                                         "work_dir": str(i.spec.work_dir),
                                         "spec": i.spec.to_dict()} for i in plan]}, indent=2))
             return ExitCode.OK
-        width = max(len(i.spec.name) for i in plan)
+        width = max(4, *(len(i.spec.name) for i in plan))
         print(f"{'NAME':<{width}}  ACTION  SOURCE / WHY")
         for i in plan:
             print(f"{i.spec.name:<{width}}  {i.action:<6}  {i.spec.source}: {i.reason}")
@@ -878,7 +878,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     result = run_batch(manifest, jobs=jobs, events=sink)
     if args.json:
         return result.exit_code
-    width = max(len(j.name) for j in result.jobs)
+    width = max(4, *(len(j.name) for j in result.jobs))
     print(f"{'NAME':<{width}}  {'STATE':<11}  {'STAGE':<9}  {'TIME':>6}  DETAIL")
     for j in result.jobs:
         state = "skipped" if j.action == "skip" else (
