@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """bench/fix: p2v fix vs virt-v2v on the same fixture copies, and whether each result boots.
 
-Run as root from the repo: `bench/fix [--fixtures bios,uefi] [--tools p2v,virt-v2v]`.
+Run as root from the repo: `bench/fix [--fixtures bios,uefi,dracut] [--tools p2v,virt-v2v]`
+(`make bench-fix` installs virt-v2v and libnbd-bin first).
 
 For each fixture (the cached image is never written):
 - p2v:      a qcow2 overlay of the cached disk, `p2v fix --mac NAME=MAC overlay` (wall time
@@ -11,8 +12,8 @@ For each fixture (the cached image is never written):
 Then each result is booted on virtio with `p2v verify` (a fresh NVRAM for UEFI, the
 fixture's MAC): `boots_virtio`, and `network_ok` when the fixture's interface name carries
 its static address. Writes bench/results/fix.json, a list of {fixture, tool, wall_s,
-completed, boots_virtio, network_ok, reason} (rows of fixtures/tools not run this time are
-kept), and prints the table for docs/performance.md.
+completed, boots_virtio, network_ok, reason, load_1min} (rows of fixtures/tools not run
+this time are kept), and prints the table for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ def run_virt_v2v(image: FixtureImage, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"fixture": image.variant, "tool": "virt-v2v",
                               "wall_s": round(wall, 1), "completed": completed}
     if not completed:
-        tail = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        result["reason"] = tail[-3:]
+        # virt-v2v prints progress on stdout and its one-line error on stderr.
+        lines = [line for line in (proc.stdout + "\n" + proc.stderr).splitlines()
+                 if line.strip()]
+        errors = [line for line in lines if "error:" in line]
+        result["reason"] = errors[-2:] or lines[-3:]
     return result | _boot_fields(image, disks[0] if disks else out, completed)
 
 
@@ -93,13 +97,14 @@ def _boot_fields(image: FixtureImage, disk: Path, completed: bool) -> dict[str, 
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| fixture | tool | wall s | completed | boots on virtio | NIC name + address |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| fixture | tool | wall s | completed | boots on virtio | NIC name + address "
+             "| load (1 min) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['fixture']} | {r['tool']} | {r['wall_s']} | "
                      f"{'yes' if r['completed'] else 'no'} | "
                      f"{'yes' if r['boots_virtio'] else 'no'} | "
-                     f"{'yes' if r['network_ok'] else 'no'} |")
+                     f"{'yes' if r['network_ok'] else 'no'} | {r.get('load_1min', '?')} |")
     for fixture in sorted({r["fixture"] for r in rows}):
         by = {r["tool"]: r for r in rows if r["fixture"] == fixture}
         if "p2v" in by and by.get("virt-v2v", {}).get("completed"):
@@ -110,7 +115,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixtures", default="bios,uefi")
+    parser.add_argument("--fixtures", default="bios,uefi,dracut")
     parser.add_argument("--tools", default="p2v,virt-v2v")
     args = parser.parse_args()
     runners = {"p2v": run_p2v, "virt-v2v": run_virt_v2v}
@@ -120,7 +125,11 @@ def main() -> int:
             image = build_fixture(variant)
             for tool in args.tools.split(","):
                 print(f"bench/fix: {variant} / {tool} ...", file=sys.stderr, flush=True)
+                load = os.getloadavg()[0]
                 row = runners[tool](image, Path(tmp))
+                # The host's load when the run started: wall times on a shared 2-core
+                # machine move with it.
+                row["load_1min"] = round(load, 1)
                 print(f"bench/fix: {json.dumps(row)}", file=sys.stderr, flush=True)
                 rows.append(row)
     # Rows of fixtures or tools not run this time are kept: one file holds every figure.
