@@ -394,6 +394,10 @@ class _Job:
         request = CopyRequest(disks=tuple(d.device for d in plan.disks),
                               output_dir=self.wd.path, name=spec.name, full=spec.full,
                               compress=spec.compress)
+        # Dirty pages the server has not written yet are not on the device the copy reads:
+        # flush them first, so the copy starts from a consistent on-disk state.
+        self.say("flushing the source's page cache to its disks (sync)")
+        self.source().run(["sync"], timeout=600, check=False)
         results = copy_disks(self.source(), request, emit=self.emit)
         disks = [DiskReport(r.device, str(r.image), r.size, _allocated(r.image), r.wire_bytes)
                  for r in results]
@@ -405,12 +409,16 @@ class _Job:
 
     def run_fix(self) -> dict[str, Any]:
         from p2v.fix.fixer import FixOptions, fix_images
+        from p2v.fix.fsck import repair_filesystems
         from p2v.fix.network import NicPin
 
         plan = self.plan()
         options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
                              source_disks=tuple(d.name for d in plan.disks),
                              firmware=plan.firmware)
+        # A live copy is not a snapshot: repair its filesystems before fix mounts them.
+        for line in repair_filesystems(self.images(), progress=self.say):
+            self.say(f"filesystem {line}")
         result = fix_images(self.images(), options, progress=self.say)
         data = result.to_dict()
         write_json(self.wd.file("fix.json"), data)
