@@ -46,7 +46,7 @@ def convert_argv(ep: SourceEndpoint, name: str, out: Path, network: str) -> list
     return [sys.executable, "-m", "p2v", "convert", f"ssh://{ep.user}@{ep.host}:{ep.port}",
             "--name", name, "--identity", str(ep.key), "--known-hosts", str(ep.known_hosts),
             "--ssh-config", "/dev/null", "--output-dir", str(out), "--network", network,
-            "--memory", "1024", "--json"]
+            "--memory", "1024", "--verify-timeout", "900", "--json"]
 
 
 def run(argv: list[str], kill_when: Callable[[dict[str, Any]], bool] | None = None,
