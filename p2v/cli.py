@@ -693,7 +693,11 @@ def _print_report(report: object) -> None:
         for item in report.not_carried_over:
             print(f"    - {item}")
     print(f"  work dir: {report.work_dir} (log: job.log, report: report.json)")
-    print(f"  clean up: p2v clean {report.name} --domain  (removes the guest and the work dir)")
+    if not domain.get("started"):
+        print(f"  start it (once the source is off its network): virsh -c {domain.get('uri')} "
+              f"start {report.name}")
+    print(f"  clean up: p2v clean {report.name} --domain --output-dir "
+          f"{Path(report.work_dir).parent}  (removes the guest and the work dir)")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
