@@ -6,14 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from copy_helpers import kill_after_first_batch
 
 from p2v import cli, runner
 from p2v.copy import CopyRequest, copy_disks
@@ -108,17 +106,8 @@ def test_killed_copy_resumes_to_the_same_image(
     ep, raw, before = random_source
     argv = [sys.executable, "-m", "p2v.cli", *copy_argv(ep, tmp_path, "--name", "k",
                                                         "--chunk-size", "1", "--no-compress")]
-    journal = tmp_path / f"k-{Path(ep.disks[0]).name}.qcow2.journal"
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) > 1:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the copy finished before it could be killed"
-    journaled = len(journal.read_text().splitlines()) - 1
+    journaled = kill_after_first_batch(
+        argv, tmp_path / f"k-{Path(ep.disks[0]).name}.qcow2.journal")
     assert 0 < journaled < 256
     assert not (tmp_path / f"k-{Path(ep.disks[0]).name}.qcow2").exists()  # not presented
     with open_source(ep) as source:

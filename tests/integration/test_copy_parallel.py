@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from copy_helpers import identical, open_source
 
-from p2v import cli, runner
+from p2v import cli
 from p2v import copy as copy_module
 from p2v.copy import CopyRequest, copy_disks
 from p2v.errors import ExitCode, StreamError
 from p2v.source.extents import Extent
-from p2v.source.ssh import SshOptions, SshSource
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 
 MiB = 1 << 20
@@ -38,17 +38,6 @@ def copy_argv(ep: SourceEndpoint, out: Path, *extra: str) -> list[str]:
     return ["copy", f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
             "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null",
             "--output-dir", str(out), *disks, *extra]
-
-
-def open_source(ep: SourceEndpoint) -> SshSource:
-    return SshSource.open(f"ssh://{ep.user}@{ep.host}:{ep.port}",
-                          SshOptions(identity=ep.key, known_hosts=ep.known_hosts,
-                                     use_agent=False, ssh_config=Path("/dev/null")))
-
-
-def identical(raw: Path, image: Path) -> bool:
-    return runner.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, image],
-                      check=False).returncode == 0
 
 
 def test_two_disks_copy_in_parallel(two_disks: tuple[SourceEndpoint, list[Path]],

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from copy_helpers import identical, kill_after_first_batch, open_source
 
 from p2v import cli, runner
 from p2v.copy import CopyRequest, copy_disks
-from p2v.source.ssh import SshOptions, SshSource
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 
 MiB = 1 << 20
@@ -26,11 +23,6 @@ RANDOM = 80 * MiB
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def identical(raw: Path, image: Path) -> bool:
-    return runner.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, image],
-                      check=False).returncode == 0
 
 
 def sh_only_bin(directory: Path) -> Path:
@@ -98,21 +90,10 @@ def test_killed_sh_copy_resumes_to_the_same_image(
     ep, raw = sh_source
     argv = [sys.executable, "-m", "p2v.cli", *copy_argv(ep, tmp_path, "--name", "k",
                                                         "--chunk-size", "1", "--no-compress")]
-    journal = tmp_path / f"k-{Path(ep.disks[0]).name}.qcow2.journal"
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) > 1:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the copy finished before it could be killed"
-    journaled = len(journal.read_text().splitlines()) - 1
+    journaled = kill_after_first_batch(
+        argv, tmp_path / f"k-{Path(ep.disks[0]).name}.qcow2.journal")
     assert 0 < journaled < 129
-    with SshSource.open(f"ssh://{ep.user}@{ep.host}:{ep.port}",
-                        SshOptions(identity=ep.key, known_hosts=ep.known_hosts,
-                                   use_agent=False, ssh_config=Path("/dev/null"))) as source:
+    with open_source(ep) as source:
         (result,) = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
                                                    name="k", chunk_size=MiB, compress=False))
     assert result.reader == "sh"

@@ -1,0 +1,40 @@
+"""What the copy tests share: image comparison, a source session, a copy killed mid-way."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from p2v import runner
+from p2v.source.ssh import SshOptions, SshSource
+from p2v.testbed.sources import SourceEndpoint
+
+
+def identical(raw: Path, image: Path) -> bool:
+    """qemu-img compare: the qcow2 reads exactly like the raw disk."""
+    return runner.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", raw, image],
+                      check=False).returncode == 0
+
+
+def open_source(ep: SourceEndpoint) -> SshSource:
+    """A logged-in session to a test-bed source, strict host keys, no agent or ssh_config."""
+    return SshSource.open(f"ssh://{ep.user}@{ep.host}:{ep.port}",
+                          SshOptions(identity=ep.key, known_hosts=ep.known_hosts,
+                                     use_agent=False, ssh_config=Path("/dev/null")))
+
+
+def kill_after_first_batch(argv: list[str], journal: Path, timeout: float = 120) -> int:
+    """Run a `p2v copy` argv, SIGKILL it once its journal holds a chunk; return how many
+    chunks the journal holds. Fails if the copy ended before it could be killed."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) > 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the copy finished before it could be killed"
+    return len(journal.read_text().splitlines()) - 1
