@@ -67,8 +67,10 @@ for r in "$@"; do
         [ "$off" -ge "$size" ] && break
         n=$cs
         [ $((off + n)) -gt "$size" ] && n=$((size - off))
-        nz=$(dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null | tr -d '\000' |
-             head -c 1 | wc -c)
+        # A failed read must never pass as zeros: dd's failure adds a non-zero byte (and
+        # the chunk goes on to the verified read below, which reports it).
+        nz=$( { dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null || echo X; } |
+             tr -d '\000' | head -c 1 | wc -c)
         if [ "$nz" -eq 0 ]; then
             printf 'Z %s %s\n' "$i" "$n"
             i=$((i + 1))

@@ -4,7 +4,9 @@ reader gives an identical image, verified chunk by chunk, and resumes after a ki
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,14 @@ from copy_helpers import identical, kill_after_first_batch, open_source
 
 from p2v import cli, runner
 from p2v.copy import CopyRequest, copy_disks
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
+from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
+from p2v.testbed.sources import (
+    LoopSource,
+    SourceEndpoint,
+    attach_loop,
+    detach_loop,
+    write_random_disk,
+)
 
 MiB = 1 << 20
 SIZE = 128 * MiB + 3 * 512          # a short last chunk
@@ -100,3 +109,27 @@ def test_killed_sh_copy_resumes_to_the_same_image(
     assert result.resumed_chunks >= journaled
     assert result.read_chunks == 129 - result.resumed_chunks
     assert identical(raw, result.image)
+
+
+def test_a_failed_read_never_passes_as_zeros(tmp_path: Path) -> None:
+    """dd failing on one chunk of an all-zero disk: that chunk is not reported as zeros."""
+    disk = tmp_path / "zeros.raw"
+    with disk.open("wb") as f:
+        f.truncate(4 * MiB)
+    tools = sh_only_bin(tmp_path / "bin")
+    (tools / "dd").unlink()
+    failing = tools / "dd"          # fails reading chunk 2, like a bad sector would
+    failing.write_text('#!/bin/sh\ncase " $* " in *" skip=2 "*) exit 1 ;; esac\n'
+                       'exec /bin/dd "$@"\n')
+    failing.chmod(0o755)
+    device = attach_loop(disk)
+    try:
+        proc = subprocess.run(sh_reader_argv(device, MiB, [(0, 4)], low_priority=False),
+                              capture_output=True, env={"PATH": str(tools)}, timeout=60)
+    finally:
+        detach_loop(device)
+    buffered, size, chunk = read_sh_header(io.BytesIO(proc.stdout))
+    seen = [(e.index, e.zero, e.corrupt) for e in read_sh_extents(buffered, chunk)]
+    # Chunk 2 arrives as data that fails its check (fetched again, then exit 5), never as
+    # zeros the image would silently hold.
+    assert seen == [(0, True, False), (1, True, False), (2, False, True), (3, True, False)]
