@@ -4,6 +4,9 @@ limit (a lower bound on the time), with progress bars on a terminal."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,5 +141,34 @@ def test_one_disk_failing_stops_the_other_and_both_resume(
         results = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
                                                  name="f", chunk_size=MiB))
     assert results[0].resumed_chunks > 0 and results[1].resumed_chunks == 3
+    for raw, result in zip(raws, results, strict=True):
+        assert identical(raw, result.image)
+
+
+def test_ctrl_c_during_a_parallel_copy_keeps_both_journals(
+        two_disks: tuple[SourceEndpoint, list[Path]], tmp_path: Path) -> None:
+    ep, raws = two_disks
+    argv = [sys.executable, "-m", "p2v.cli",
+            *copy_argv(ep, tmp_path, "--name", "c", "--chunk-size", "1",
+                       "--bandwidth-limit", "8M", "--json")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    started = 0
+    for line in proc.stdout:
+        started += json.loads(line)["event"] == "disk-start"
+        if started == 2:
+            break
+    time.sleep(1.5)                 # both disks part-way (8 MiB/s over 40 MiB of data)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INTERRUPTED, err
+    assert err.strip().splitlines()[-1] == "p2v: interrupted"
+    journals = sorted(tmp_path.glob("*.journal"))
+    assert len(journals) == 2 and not list(tmp_path.glob("*.qcow2"))
+    assert all(len(j.read_text().splitlines()) > 1 for j in journals)   # committed on the way out
+    with open_source(ep) as source:
+        results = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
+                                                 name="c", chunk_size=MiB))
+    assert all(r.resumed_chunks > 0 for r in results)
     for raw, result in zip(raws, results, strict=True):
         assert identical(raw, result.image)
