@@ -49,6 +49,10 @@ DEFAULT_CHUNK = 4 << 20
 FLUSH_BYTES = 64 << 20
 
 DEFAULT_PARALLEL = 2
+# Each disk in flight costs p2v about 35 MiB (SSH window, chunk, its compressed and
+# decompressed forms): 4 keep the peak under 256 MiB, and this receiver is CPU-bound
+# (paramiko's crypto) well before 4 disks on a few cores anyway.
+MAX_PARALLEL = 4
 READERS = ("auto", "python3", "sh")
 
 Event = dict[str, Any]
@@ -421,8 +425,8 @@ def copy_disks(source: SshSource, request: CopyRequest,
         raise UsageError(detail="name at least one --disk")
     if request.chunk_size < 65536 or request.chunk_size % 65536:
         raise UsageError(detail="--chunk-size must be a multiple of 64 KiB")
-    if request.parallel < 1:
-        raise UsageError(detail="--parallel must be at least 1")
+    if not 1 <= request.parallel <= MAX_PARALLEL:
+        raise UsageError(detail=f"--parallel must be 1 to {MAX_PARALLEL}")
     if request.reader not in READERS:
         raise UsageError(detail=f"unknown reader {request.reader!r} (one of {READERS})")
     stems = [image_stem(d) for d in request.disks]

@@ -96,7 +96,7 @@ def test_bad_bandwidth_limit_and_parallel_are_usage_errors(
         two_disks: tuple[SourceEndpoint, list[Path]], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     ep, _ = two_disks
-    for extra in (["--bandwidth-limit", "fast"], ["--parallel", "0"]):
+    for extra in (["--bandwidth-limit", "fast"], ["--parallel", "0"], ["--parallel", "5"]):
         with pytest.raises(SystemExit) as info:
             cli.main(copy_argv(ep, tmp_path, *extra))
         assert info.value.code == ExitCode.USAGE
