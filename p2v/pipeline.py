@@ -416,6 +416,7 @@ class _Job:
         options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
                              source_disks=tuple(d.name for d in plan.disks),
                              firmware=plan.firmware)
+        wait_until_released(self.images(), self.say)
         # A live copy is not a snapshot: repair its filesystems before fix mounts them.
         for line in repair_filesystems(self.images(), progress=self.say):
             self.say(f"filesystem {line}")
@@ -447,6 +448,7 @@ class _Job:
                               macs=tuple(m for _n, m in plan.pins),
                               nic_model=cast(Any, caps.nic_model),
                               timeout=self.spec.verify_timeout)
+        wait_until_released(self.images(), self.say)
         verdict = verify_boot(self.images(), options, progress=self.say)
         write_json(self.wd.file("verify.json"), verdict.to_dict())
         if not verdict.booted:
@@ -567,6 +569,31 @@ class _Job:
                          f"{got.get('name')} {', '.join(have) or 'no IPv4'}"
                          + (" (as on the source)" if same else " (DIFFERS from the source)"))
         return lines
+
+
+def wait_until_released(images: Sequence[Path], say: Callable[[str], None],
+                        timeout: float = 180.0) -> None:
+    """Wait while another process holds an image's write lock.
+
+    A run killed during fix leaves its libguestfs appliance behind for a few seconds (its
+    recovery process stops it); the rerun must not race it for the image.
+    """
+    deadline = time.monotonic() + timeout
+    for image in images:
+        told = False
+        while True:
+            probe = runner.run(["qemu-img", "info", str(image)], check=False, timeout=60)
+            if probe.returncode == 0 or "lock" not in probe.stderr:
+                break       # free, or another problem the stage itself will report
+            if time.monotonic() > deadline:
+                raise UsageError(detail=(
+                    f"{image} is still in use by another process ({probe.stderr.strip()[:120]})"
+                    "; find it with `fuser -v IMAGE`, let it finish, then rerun"))
+            if not told:
+                say(f"waiting for another process (a killed run's appliance?) to release "
+                    f"{image}")
+                told = True
+            time.sleep(2)
 
 
 def _allocated(path: Path) -> int:
