@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +170,30 @@ def test_a_failed_stage_keeps_the_work_dir_and_the_rerun_resumes_there(
             "inspect", "preflight", "copy"]
         assert image.stat().st_mtime_ns == copied_at
         assert defined(name) == []
+
+
+def test_an_image_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    """What a rerun after a SIGKILL during fix meets: the old appliance still holds the
+    image for a few seconds. The stage waits for it, and names it when it never lets go."""
+    from p2v.errors import UsageError
+    from p2v.pipeline import wait_until_released
+
+    image = tmp_path / "held.qcow2"
+    runner.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])
+    said: list[str] = []
+    holder = subprocess.Popen(["qemu-io", "-c", "sleep 3000", str(image)])
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        wait_until_released([image], said.append, timeout=60)
+        assert time.monotonic() - started > 0.5 and said and "release" in said[0]
+    finally:
+        holder.wait(timeout=30)
+    holder = subprocess.Popen(["qemu-io", "-c", "sleep 20000", str(image)])
+    try:
+        time.sleep(1)
+        with pytest.raises(UsageError, match="still in use"):
+            wait_until_released([image], said.append, timeout=2)
+    finally:
+        holder.kill()
+        holder.wait()
