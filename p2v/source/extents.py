@@ -30,12 +30,15 @@ KIND_ZERO, KIND_RAW, KIND_ZLIB, KIND_END, KIND_FREE = 0, 1, 2, 3, 4
 
 # Free space the copy may skip (runs on the source, stdlib only): ext2/3/4 block bitmaps,
 # XFS free-space B+trees and swap areas, on the whole device and on each of its partitions
-# (from /sys). Anything it does not understand counts as used. Returns sorted, merged
-# (start, end) byte ranges.
+# (from /sys), and on an LVM2 PV there: extents no LV uses, and the same filesystems on its
+# plain linear LVs, read through their extent maps. Anything it does not understand counts
+# as used. Returns sorted, merged (start, end) byte ranges.
 FREEMAP = r"""
-import os, re, struct
+import os, re, struct, zlib
 
 def _pread(fd, n, off):
+    if not isinstance(fd, int):
+        return fd.pread(n, off)     # an LVM logical volume: _LvView
     os.lseek(fd, off, 0)
     return os.read(fd, n)
 
@@ -180,6 +183,252 @@ def _swap_free(fd, base, size):
             return [(base + page, base + size)]
     return None
 
+def _crc(data, crc=0xF597A6CF):
+    # LVM2's checksum: CRC-32 (zlib's polynomial) seeded with 0xf597a6cf, no final inversion.
+    return zlib.crc32(data, crc ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+_TOKEN = re.compile(r'\s+|#[^\n]*|"(?:[^"\\]|\\.)*"|[{}\[\]=,]|[^\s{}\[\]=,"#]+')
+
+def _lvm_parse(text):
+    # LVM2 text metadata (sections, key = value, arrays) -> nested dicts. Anything odd raises.
+    toks, pos = [], 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise ValueError("bad metadata text")
+        t = m.group()
+        pos = m.end()
+        if not (t[0].isspace() or t[0] == "#"):
+            toks.append(t)
+    def value(t):
+        if t[0] == '"':
+            return re.sub(r"\\(.)", r"\1", t[1:-1])
+        if re.match(r"-?[0-9]+$", t):
+            return int(t)
+        raise ValueError("bad value " + t)
+    def section(i, top):
+        out = {}
+        while i < len(toks):
+            name = toks[i]
+            if name == "}":
+                if top:
+                    raise ValueError("stray }")
+                return out, i + 1
+            if name in "{}[]=,\"" or name[0] == '"' or name in out:
+                raise ValueError("bad or repeated key " + name)
+            op = toks[i + 1]
+            if op == "{":
+                out[name], i = section(i + 2, False)
+            elif op == "=" and toks[i + 2] == "[":
+                items, i = [], i + 3
+                while toks[i] != "]":
+                    items.append(value(toks[i]))
+                    i += 1
+                    if toks[i] == ",":
+                        i += 1
+                    elif toks[i] != "]":
+                        raise ValueError("bad array")
+                out[name], i = items, i + 1
+            elif op == "=":
+                out[name], i = value(toks[i + 2]), i + 3
+            else:
+                raise ValueError("bad token " + op)
+        if not top:
+            raise ValueError("unclosed section")
+        return out, i
+    return section(0, True)[0]
+
+def _lvm_texts(fd, base, size):
+    # (PV uuid, data area offset, [metadata text of each in-use metadata area]) of the PV
+    # at base, or None when there is no LVM2 label; raises on anything inconsistent.
+    for sector in range(4):
+        s = _pread(fd, 512, base + sector * 512)
+        if len(s) == 512 and s[:8] == b"LABELONE":
+            break
+    else:
+        return None
+    number, crc, offset = struct.unpack_from("<QII", s, 8)
+    if (number != sector or crc != _crc(s[20:]) or s[24:32] != b"LVM2 001"
+            or not 32 <= offset <= 400):
+        raise ValueError("bad LVM label")
+    uuid = s[offset:offset + 32]
+    rest = _pread(fd, 4096, base + sector * 512 + offset + 40)
+    locns, lists, k = [], [], 0
+    while len(lists) < 2:
+        o, z = struct.unpack_from("<QQ", rest, k)
+        k += 16
+        if o == 0 and z == 0:
+            lists.append(locns)
+            locns = []
+        else:
+            locns.append((o, z))
+    (data, mdas) = lists
+    if len(data) != 1 or not mdas:
+        raise ValueError("unexpected PV areas")
+    texts = []
+    for mda_off, mda_size in mdas:
+        if mda_off + mda_size > size or mda_size < 1024:
+            raise ValueError("metadata area out of range")
+        h = _pread(fd, 512, base + mda_off)
+        if (len(h) < 512 or struct.unpack_from("<I", h)[0] != _crc(h[4:])
+                or h[4:20] != b" LVM2 x[5A%r0N*>"
+                or struct.unpack_from("<IQQ", h, 20) != (1, mda_off, mda_size)):
+            raise ValueError("bad metadata area header")
+        o, z, crc, flags = struct.unpack_from("<QQII", h, 40)
+        if struct.unpack_from("<QQII", h, 64) != (0, 0, 0, 0):
+            raise ValueError("pending metadata")        # a precommitted copy: in flux
+        if flags & 1:
+            continue                                    # metadataignore: not kept up to date
+        if not z or z > mda_size - 512 or not 512 <= o < mda_size:
+            raise ValueError("no metadata")
+        first = min(z, mda_size - o)
+        text = _pread(fd, first, base + mda_off + o)
+        if first < z:                                   # wraps to just past the header
+            text += _pread(fd, z - first, base + mda_off + 512)
+        if len(text) != z or _crc(text) != crc:
+            raise ValueError("metadata checksum")
+        texts.append(text)
+    if not texts or any(t != texts[0] for t in texts):
+        raise ValueError("metadata areas disagree")
+    return uuid.decode("ascii"), data[0][0], texts
+
+class _LvView:
+    # A logical volume read through its segment map: [(lv offset, device offset, length)].
+    def __init__(self, fd, segs):
+        self.fd, self.segs = fd, segs
+        self.size = sum(n for _, _, n in segs)
+    def pread(self, n, off):
+        out = b""
+        for lv, dev, length in self.segs:
+            if n <= 0:
+                break
+            if lv <= off < lv + length:
+                take = min(n, lv + length - off)
+                got = _pread(self.fd, take, dev + off - lv)
+                out += got
+                if len(got) < take:
+                    break
+                off, n = off + take, n - take
+        return out
+    def to_device(self, a, z):
+        out = []
+        for lv, dev, length in self.segs:
+            lo, hi = max(a, lv), min(z, lv + length)
+            if lo < hi:
+                out.append((dev + lo - lv, dev + hi - lv))
+        return out
+
+def _lvm_free(fd, base, size):
+    # Free space of an LVM2 PV: its extents no LV uses, and the free space of the
+    # filesystems on its plain linear LVs. None: not a PV. Raises when unsure.
+    got = _lvm_texts(fd, base, size)
+    if got is None:
+        return None
+    uuid, data_off, texts = got
+    meta = _lvm_parse(texts[0].rstrip(b"\0").decode("utf-8"))
+    vgs = [v for v in meta.values() if isinstance(v, dict)]
+    if (len(vgs) != 1 or meta.get("contents") != "Text Format Volume Group"
+            or meta.get("version") != 1):
+        raise ValueError("not one VG")
+    vg = vgs[0]
+    ext = vg["extent_size"] * 512
+    pvs = vg["physical_volumes"]
+    mine = [k for k, pv in pvs.items() if pv["id"].replace("-", "") == uuid]
+    if len(mine) != 1 or ext <= 0:
+        raise ValueError("PV not in its VG")
+    pv = pvs[mine[0]]
+    start, count = pv["pe_start"] * 512, pv["pe_count"]
+    if start != data_off or start + count * ext > size:
+        raise ValueError("extents out of range")
+    used = [False] * count
+    refs = set()            # names other segments use: origins, sub-LVs, pools, PVs
+    plain = {}              # LV name -> [(first LV extent, extents, first PV extent)]
+    lvs = vg.get("logical_volumes", {})
+    for name, lv in lvs.items():
+        segs = [v for v in lv.values() if isinstance(v, dict)]
+        if len(segs) != lv["segment_count"]:
+            raise ValueError("segment count")
+        ok = "VISIBLE" in lv["status"] and not lv.get("flags") and "LOCKED" not in lv["status"]
+        mapped = []
+        for seg in segs:
+            n, stripes = seg["extent_count"], seg.get("stripes")
+            if seg["type"] != "striped" or not isinstance(stripes, list):
+                ok = False
+                for v in seg.values():
+                    for item in v if isinstance(v, list) else [v]:
+                        if isinstance(item, str):
+                            refs.add(item)
+                continue
+            width = seg["stripe_count"]
+            if width < 1 or len(stripes) != 2 * width or n % width:
+                raise ValueError("bad stripes")
+            for i in range(width):
+                where, first = stripes[2 * i], stripes[2 * i + 1]
+                if where not in pvs:
+                    refs.add(where)
+                    ok = False
+                elif where == mine[0]:
+                    if first < 0 or first + n // width > count:
+                        raise ValueError("segment out of range")
+                    for e in range(first, first + n // width):
+                        if used[e]:
+                            raise ValueError("extent used twice")
+                        used[e] = True
+                    if width == 1:
+                        mapped.append((seg["start_extent"], n, first))
+                    else:
+                        ok = False
+                else:
+                    ok = False      # on another PV
+        if ok:
+            plain[name] = mapped
+    if mine[0] in refs:
+        raise ValueError("PV named outside striped segments")   # pvmove, old mirrors
+    free = []
+    e = 0
+    while e < count:
+        if used[e]:
+            e += 1
+            continue
+        f = e
+        while e < count and not used[e]:
+            e += 1
+        free.append((base + start + f * ext, base + start + e * ext))
+    for name, mapped in plain.items():
+        if name in refs:
+            continue
+        mapped.sort()
+        segs, at = [], 0
+        for first, n, pe in mapped:
+            if first != at:
+                break
+            segs.append((first * ext, base + start + pe * ext, n * ext))
+            at += n
+        else:
+            if not segs:
+                continue
+            view = _LvView(fd, segs)
+            try:
+                got = _ext_free(view, 0, view.size)
+                if got is None:
+                    got = _xfs_free(view, 0, view.size)
+                if got is None:
+                    got = _swap_free(view, 0, view.size)
+            except (OSError, struct.error, IndexError, ValueError):
+                got = None
+            for a, z in got or []:
+                if not 0 <= a < z <= view.size:
+                    raise ValueError("free range outside the LV")
+                free += view.to_device(a, z)
+    return free
+
+def _signature(fd, base):
+    # An ext, XFS or swap signature at base (to refuse a PV label next to one).
+    sb = _pread(fd, 1024 + 58, base)
+    if sb[:4] == b"XFSB" or sb[1024 + 56:1024 + 58] == b"\x53\xef":
+        return True
+    return any(_pread(fd, 10, base + p - 10) == b"SWAPSPACE2" for p in (4096, 8192, 16384, 65536))
+
 def _areas(dev):
     name = os.path.basename(os.path.realpath(dev))
     sysdir = "/sys/class/block/" + name
@@ -202,12 +451,17 @@ def free_ranges(fd, dev, disk_size):
         if size < 64 * 1024:        # an extended partition's container, or tiny
             continue
         try:
-            got = _ext_free(fd, base, size)
-            if got is None:
-                got = _xfs_free(fd, base, size)
-            if got is None:
-                got = _swap_free(fd, base, size)
-        except (OSError, struct.error, IndexError, ValueError):
+            got = _lvm_free(fd, base, size)
+            if got is not None and _signature(fd, base):
+                got = None          # a PV label and a filesystem: which is stale?
+            elif got is None:
+                got = _ext_free(fd, base, size)
+                if got is None:
+                    got = _xfs_free(fd, base, size)
+                if got is None:
+                    got = _swap_free(fd, base, size)
+        except (OSError, struct.error, IndexError, ValueError, KeyError, TypeError,
+                AttributeError, RecursionError):
             got = None
         free += got or []
     free.sort()
