@@ -318,14 +318,11 @@ class _LvView:
                 out.append((dev + lo - lv, dev + hi - lv))
         return out
 
-def _lvm_free(fd, base, size):
-    # Free space of an LVM2 PV: its extents no LV uses, and the free space of the
-    # filesystems on its plain linear LVs. None: not a PV. Raises when unsure.
-    got = _lvm_texts(fd, base, size)
-    if got is None:
-        return None
-    uuid, data_off, texts = got
-    meta = _lvm_parse(texts[0].rstrip(b"\0").decode("utf-8"))
+def _lvm_layout(text, uuid, data_off, size):
+    # From a PV's VG metadata: (byte ranges of its extents no LV uses, {LV name: [(LV
+    # offset, PV offset, length)]} of the visible linear LVs wholly on it that nothing
+    # else refers to), offsets from the PV's start. Raises on anything not understood.
+    meta = _lvm_parse(text)
     vgs = [v for v in meta.values() if isinstance(v, dict)]
     if (len(vgs) != 1 or meta.get("contents") != "Text Format Volume Group"
             or meta.get("version") != 1):
@@ -393,7 +390,8 @@ def _lvm_free(fd, base, size):
         f = e
         while e < count and not used[e]:
             e += 1
-        free.append((base + start + f * ext, base + start + e * ext))
+        free.append((start + f * ext, start + e * ext))
+    lvmap = {}
     for name, mapped in plain.items():
         if name in refs:
             continue
@@ -402,24 +400,36 @@ def _lvm_free(fd, base, size):
         for first, n, pe in mapped:
             if first != at:
                 break
-            segs.append((first * ext, base + start + pe * ext, n * ext))
+            segs.append((first * ext, start + pe * ext, n * ext))
             at += n
         else:
-            if not segs:
-                continue
-            view = _LvView(fd, segs)
-            try:
-                got = _ext_free(view, 0, view.size)
-                if got is None:
-                    got = _xfs_free(view, 0, view.size)
-                if got is None:
-                    got = _swap_free(view, 0, view.size)
-            except (OSError, struct.error, IndexError, ValueError):
-                got = None
-            for a, z in got or []:
-                if not 0 <= a < z <= view.size:
-                    raise ValueError("free range outside the LV")
-                free += view.to_device(a, z)
+            if segs:
+                lvmap[name] = segs
+    return free, lvmap
+
+def _lvm_free(fd, base, size):
+    # Free space of an LVM2 PV: its extents no LV uses, and the free space of the
+    # filesystems on its plain linear LVs. None: not a PV. Raises when unsure.
+    got = _lvm_texts(fd, base, size)
+    if got is None:
+        return None
+    uuid, data_off, texts = got
+    free, lvmap = _lvm_layout(texts[0].rstrip(b"\0").decode("utf-8"), uuid, data_off, size)
+    free = [(base + a, base + z) for a, z in free]
+    for segs in lvmap.values():
+        view = _LvView(fd, [(lv, base + dev, n) for lv, dev, n in segs])
+        try:
+            got = _ext_free(view, 0, view.size)
+            if got is None:
+                got = _xfs_free(view, 0, view.size)
+            if got is None:
+                got = _swap_free(view, 0, view.size)
+        except (OSError, struct.error, IndexError, ValueError):
+            got = None
+        for a, z in got or []:
+            if not 0 <= a < z <= view.size:
+                raise ValueError("free range outside the LV")
+            free += view.to_device(a, z)
     return free
 
 def _signature(fd, base):
