@@ -205,3 +205,35 @@ def test_lvm_free_space_map_and_default_copy(tmp_path: Path) -> None:
     finally:
         runner.run(["umount", mount])
     assert got == kept
+
+
+def test_metadata_that_fails_its_checksum_or_disagrees_keeps_the_whole_pv(tmp_path: Path
+                                                                           ) -> None:
+    """A PV with two metadata areas (start and end): both agree -> its free extents are
+    free; one area from an older VG state, or a flipped byte in the text -> nothing is."""
+    pv = tmp_path / "pv.raw"
+    with pv.open("wb") as f:
+        f.truncate(64 * MiB)
+    vg = "p2vt" + uuid.uuid4().hex[:8]
+    loop = runner.run(["losetup", "-f", "--show", pv]).stdout.strip()
+    try:
+        lvm(loop, "pvcreate", "--pvmetadatacopies", "2", loop)
+        lvm(loop, "vgcreate", "-s", "4m", vg, loop)
+        older = pv.read_bytes()
+        lvm(loop, "lvcreate", "-an", "-Zn", "-l", "3", "-n", "a", vg)
+        pe_start = lv_segments(loop, vg, "a")[0][0]
+    finally:
+        runner.run(["losetup", "-d", loop])
+    current = pv.read_bytes()
+    ranges = free_map(pv)
+    assert ranges and ranges[0][0] == pe_start + 3 * EXTENT
+    assert overlap(ranges, 0, 64 * MiB) >= 10 * EXTENT
+    # The end-of-disk area as it was before lvcreate: both checksums hold, the texts differ.
+    tail = 60 * MiB
+    assert older[tail:] != current[tail:]
+    pv.write_bytes(current[:tail] + older[tail:])
+    assert free_map(pv) == []
+    # A flipped byte in the first area's newest text (older ones stay before it).
+    where = current.rindex(b"Text Format Volume Group", 0, pe_start)
+    pv.write_bytes(current[:where] + b"t" + current[where + 1:])
+    assert free_map(pv) == []
