@@ -297,8 +297,17 @@ def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, read
                         meter.update(done_bytes, wire)
                         if pending_bytes >= FLUSH_BYTES or len(pending) >= 4096:
                             commit()
-            finally:
-                commit()
+            except BaseException:
+                # Save what arrived before the interruption, but never let that attempt
+                # replace the reason we stopped (Ctrl-C, a cut link, a failed disk): chunks
+                # that cannot be flushed now are simply copied again by the rerun.
+                try:
+                    commit()
+                except Exception as exc:
+                    log.warning("%s: the last %d chunk(s) could not be saved (%s); the rerun "
+                                "copies them again", device, len(pending), exc)
+                raise
+            commit()
             return corrupt
 
         bad = take(missing_ranges(set(journal.done), count))

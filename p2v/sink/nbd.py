@@ -35,6 +35,7 @@ class NbdClient:
         self.sock.settimeout(timeout)
         self.sock.connect(str(socket_path))
         self._handle = 0
+        self._broken = False
         self.size, self.flags = self._handshake(export)
 
     def _recv(self, n: int) -> bytes:
@@ -61,6 +62,11 @@ class NbdClient:
         return size, flags
 
     def _request(self, command: int, offset: int, length: int, payload: bytes = b"") -> bytes:
+        # A request cut short (Ctrl-C, a signal, a timeout) leaves the stream mid-message:
+        # nothing more may be sent or read on it, or a stale reply would be taken for new.
+        if self._broken:
+            raise NbdError(errno.EPIPE, "NBD connection unusable after an interrupted request")
+        self._broken = True
         self._handle += 1
         header = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, command, self._handle, offset, length)
         self.sock.sendall(header + payload if len(payload) < 65536 else header)
@@ -70,8 +76,16 @@ class NbdClient:
         if magic != SIMPLE_REPLY_MAGIC or handle != self._handle:
             raise NbdError(errno.EPROTO, "unexpected NBD reply")
         if error:
+            self._broken = False                # the reply is complete: the stream is in step
             raise NbdError(error, f"NBD request failed: {os.strerror(error)}")
-        return self._recv(length) if command == CMD_READ else b""
+        data = self._recv(length) if command == CMD_READ else b""
+        self._broken = False
+        return data
+
+    @property
+    def broken(self) -> bool:
+        """True after a request was interrupted: the connection can carry nothing more."""
+        return self._broken
 
     def pwrite(self, data: bytes, offset: int) -> None:
         self._request(CMD_WRITE, offset, len(data), data)
