@@ -12,6 +12,7 @@ removed even when the test fails.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,10 +26,13 @@ from p2v import runner
 from p2v.testbed.libvirtd import Libvirtd
 
 URI = "qemu:///system"
-NETWORK = "p2vtest-isolated"
-NETWORK_BRIDGE = "virbr-p2vt0"
-BRIDGE = "br-p2vtest"
-POOL = "p2vtest-pool"
+# Per test process: several test sessions may share one libvirtd on this host, and one's
+# teardown must not destroy the network another's guests are attached to.
+_ID = os.getpid() % 100000
+NETWORK = f"p2vtest-isolated-{_ID}"
+NETWORK_BRIDGE = f"virbr-p2vt{_ID}"       # at most 15 characters
+BRIDGE = f"br-p2vt{_ID}"
+POOL = f"p2vtest-pool-{_ID}"
 # A URI whose daemon never answers: what "libvirtd not reachable" looks like.
 DEAD_URI = "qemu:///system?socket=/nonexistent/p2v-test/libvirt-sock"
 
