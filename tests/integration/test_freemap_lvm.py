@@ -13,13 +13,12 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any
 
 from copy_helpers import open_source
+from test_freemap import free_ranges
 
 from p2v import runner
 from p2v.copy import CopyRequest, copy_disks
-from p2v.source.extents import FREEMAP
 from p2v.testbed.sources import LoopSource
 
 MiB = 1 << 20
@@ -114,16 +113,6 @@ def build_pv(tmp: Path) -> tuple[Path, str, dict[str, str], bytes]:
     return pv, vg, kept, other.read_bytes()
 
 
-def free_map(path: Path) -> list[tuple[int, int]]:
-    ns: dict[str, Any] = {}
-    exec(FREEMAP, ns)  # noqa: S102 - the reader's own code, run as on a source
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return list(ns["free_ranges"](fd, str(path), path.stat().st_size))
-    finally:
-        os.close(fd)
-
-
 def overlap(ranges: list[tuple[int, int]], a: int, z: int) -> int:
     return sum(max(0, min(z, y) - max(a, x)) for x, y in ranges)
 
@@ -137,7 +126,7 @@ def test_lvm_free_space_map_and_default_copy(tmp_path: Path) -> None:
         pe_start = root_segs[0][0]
     finally:
         runner.run(["losetup", "-d", loop])
-    ranges = free_map(pv)
+    ranges = free_ranges(pv)
     # Every unallocated extent is free, nothing of `other` is.
     allocated = sorted(root_segs + other_segs)
     unallocated, at = [], pe_start
@@ -225,15 +214,15 @@ def test_metadata_that_fails_its_checksum_or_disagrees_keeps_the_whole_pv(tmp_pa
     finally:
         runner.run(["losetup", "-d", loop])
     current = pv.read_bytes()
-    ranges = free_map(pv)
+    ranges = free_ranges(pv)
     assert ranges and ranges[0][0] == pe_start + 3 * EXTENT
     assert overlap(ranges, 0, 64 * MiB) >= 10 * EXTENT
     # The end-of-disk area as it was before lvcreate: both checksums hold, the texts differ.
     tail = 60 * MiB
     assert older[tail:] != current[tail:]
     pv.write_bytes(current[:tail] + older[tail:])
-    assert free_map(pv) == []
+    assert free_ranges(pv) == []
     # A flipped byte in the first area's newest text (older ones stay before it).
     where = current.rindex(b"Text Format Volume Group", 0, pe_start)
     pv.write_bytes(current[:where] + b"t" + current[where + 1:])
-    assert free_map(pv) == []
+    assert free_ranges(pv) == []
