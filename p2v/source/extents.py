@@ -345,7 +345,9 @@ def _lvm_layout(text, uuid, data_off, size):
         segs = [v for v in lv.values() if isinstance(v, dict)]
         if len(segs) != lv["segment_count"]:
             raise ValueError("segment count")
-        ok = "VISIBLE" in lv["status"] and not lv.get("flags") and "LOCKED" not in lv["status"]
+        status = lv["status"]
+        ok = (isinstance(status, list) and "VISIBLE" in status and "LOCKED" not in status
+              and not lv.get("flags"))
         mapped = []
         for seg in segs:
             n, stripes = seg["extent_count"], seg.get("stripes")
