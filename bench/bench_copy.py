@@ -53,10 +53,18 @@ PRIORITY = "normal"
 
 
 class CountingProxy:
-    """127.0.0.1:port -> target; counts the bytes the server sends, for every connection."""
+    """127.0.0.1:port -> target; counts the bytes the server sends, for every connection.
 
-    def __init__(self, target: int) -> None:
+    With link_bps, the server-to-client direction is paced to that many bytes per second,
+    shared by every connection: a model of the network link between a source and the
+    conversion host (loopback alone has no bandwidth limit, so it measures CPU, not what
+    a migration over a real link costs).
+    """
+
+    def __init__(self, target: int, link_bps: float | None = None) -> None:
         self.target = target
+        self.link_bps = link_bps
+        self.link_free = 0.0              # when the modelled link is next idle (monotonic)
         self.down = 0
         self.lock = threading.Lock()
         self.listener = socket.socket()
@@ -83,6 +91,12 @@ class CountingProxy:
                 if count:
                     with self.lock:
                         self.down += len(block)
+                        if self.link_bps:
+                            start = max(time.monotonic(), self.link_free)
+                            self.link_free = start + len(block) / self.link_bps
+                        wait_until = self.link_free
+                    if self.link_bps:
+                        time.sleep(max(0.0, wait_until - time.monotonic()))
         except OSError:
             pass
         for s in (src, dst):
@@ -208,7 +222,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default="W1,W2,W3")
     parser.add_argument("--tools", default="p2v,virt-p2v-path,ssh-dd")
+    parser.add_argument("--link-mbit", type=float, default=1000.0,
+                        help="model a link of this many Mbit/s between source and host "
+                             "(default 1000, i.e. 1 GbE); 0: loopback, no limit")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
+    link_bps = args.link_mbit * 1e6 / 8 if args.link_mbit > 0 else None
+    link = f"{args.link_mbit:g} Mbit/s" if link_bps else "loopback"
     tools = args.tools.split(",")
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="p2v-bench-", dir="/var/tmp") as tmp:
@@ -238,7 +258,7 @@ def main() -> int:
                 # Every tool sees a warm page cache: the first reader would pay for all.
                 runner.run(["dd", f"if={device}", "of=/dev/null", "bs=4M", "status=none"],
                            timeout=600)
-                proxy = CountingProxy(ep.port)
+                proxy = CountingProxy(ep.port, link_bps)
                 try:
                     via = proxied(ep, proxy, work)
                     for tool in tools:
@@ -251,7 +271,7 @@ def main() -> int:
                         wire = proxy.take()
                         row = {"workload": workload, "tool": tool, "wall_s": round(wall, 2),
                                "wire_bytes": wire, "used_bytes": used,
-                               "peak_rss_bytes": rss}
+                               "peak_rss_bytes": rss, "link": link}
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                         runner.run(["rm", "-rf", out])
@@ -259,8 +279,8 @@ def main() -> int:
                     proxy.close()
             if workload in ("W1", "W3"):
                 disk.unlink()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(rows, indent=2) + "\n")
     print("\n| workload | tool | wall s | wire MiB | used MiB | wire/used | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
