@@ -8,11 +8,8 @@ target is the real libvirtd the tests start.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +21,9 @@ from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 
 
 @pytest.fixture
-def out_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="p2v-convert-test-", dir="/var/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def out_dir(guest_dir: Path) -> Path:
+    """The jobs' --output-dir: under /var/tmp, 0755, so qemu reaches the images."""
+    return guest_dir
 
 
 def convert(ep: SourceEndpoint, name: str, out: Path, network: str,
