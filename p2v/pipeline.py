@@ -539,7 +539,7 @@ class _Job:
         code = ExitCode.OK
         if error is not None:
             code = error.exit_code
-            message = (f"{error.message} [convert stopped at {failed_stage}; work dir "
+            message = (f"{error.message} [convert stopped at {failed_stage or 'start'}; work dir "
                        f"{wd.path} kept, no domain defined: rerun the same command to resume, "
                        f"or `p2v clean {self.spec.name}`]")
         return JobReport(
@@ -603,6 +603,14 @@ def _allocated(path: Path) -> int:
         return 0
 
 
+def _copy_started(wd: WorkDir) -> bool:
+    """Whether any disk of this job has been (partly) copied into the work dir."""
+    if wd.is_done("copy"):
+        return True
+    return any(p.name.endswith((".qcow2", ".qcow2.part", ".journal"))
+               for p in wd.path.iterdir())
+
+
 def _check_same_job(spec: JobSpec, wd: WorkDir) -> None:
     path = wd.file("spec.json")
     if not path.is_file():
@@ -610,6 +618,12 @@ def _check_same_job(spec: JobSpec, wd: WorkDir) -> None:
     old = read_json(path)
     new = spec.to_dict()
     differs = [k for k in _SAME_JOB if old.get(k) != new.get(k)]
+    if differs and not _copy_started(wd):
+        # Nothing was copied yet (e.g. a disk name was wrong and preflight refused it): the
+        # corrected job simply replaces the old one, from inspect on.
+        wd.clear(STAGES)
+        wd.log("spec changed before any copy (" + ", ".join(differs) + "): starting afresh")
+        return
     if differs:
         detail = ", ".join(f"{k} was {old.get(k)!r}" for k in differs)
         raise WorkDirMismatch(work_dir=str(wd.path), detail=detail, name=spec.name)

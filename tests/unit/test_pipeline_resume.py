@@ -170,3 +170,26 @@ def test_what_does_not_carry_over_names_a_mount_on_a_disk_left_behind() -> None:
     assert any("not a snapshot" in i for i in items)
     all_disks, _w, _l = choose_disks(inventory(), ())
     assert not any("/data" in i for i in not_carried_over(inventory(), all_disks))
+
+
+def test_a_job_corrected_before_any_copy_starts_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A wrong disk refused at preflight is fixed in the command (or manifest) and rerun:
+    # nothing was copied, so the corrected job replaces the old one from inspect on.
+    fake = FakeStages(monkeypatch, fail="preflight")
+    first = run_job(spec(tmp_path, disks=("/dev/sdz",)))
+    assert not first.ok and first.failed_stage == "preflight"
+    fake.ran.clear()
+    second = run_job(spec(tmp_path, disks=("/dev/sda",)))
+    assert second.ok, second.error
+    assert fake.ran == list(STAGES)
+    saved = json.loads((tmp_path / "web01" / "spec.json").read_text())
+    assert saved["disks"] == ["/dev/sda"]
+
+
+def test_a_mismatch_refused_at_the_start_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeStages(monkeypatch, fail="fix")
+    run_job(spec(tmp_path))
+    report = run_job(spec(tmp_path, disks=("/dev/sdb",)))
+    assert not report.ok and "stopped at start" in (report.error or ""), report.error
