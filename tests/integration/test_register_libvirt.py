@@ -234,7 +234,7 @@ def test_pool_upload_places_the_images_in_the_pool(
         "--pool", storage_pool, "--json",
     ], capsys)
     assert code == 0, err
-    assert "uploading data.raw to p2vtest-pool/p2vtest-pool-disk1.raw: 100%" in caplog.text
+    assert f"uploading data.raw to {storage_pool}/{name}-disk1.raw: 100%" in caplog.text
     conn = open_conn()
     try:
         pool = conn.storagePoolLookupByName(storage_pool)
