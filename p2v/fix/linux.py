@@ -89,17 +89,8 @@ RHEL = LinuxFamily(
     grub_cfg_paths=("/boot/grub2/grub.cfg",),
 )
 
-SUSE = LinuxFamily(
-    name="suse",
-    initramfs_tool="dracut",
-    initrd_paths=("/boot/initrd-{kver}",),
-    rebuild_argv=("dracut", "-f", "--add-drivers", "{modules}", "{initrd}", "{kver}"),
-    list_argv=("lsinitrd", "{initrd}"),
-    modules_file="/etc/dracut.conf.d/p2v-virtio.conf",
-    modules_file_line='add_drivers+=" {modules} "',
-    grub_mkconfig=(("grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"),),
-    grub_cfg_paths=("/boot/grub2/grub.cfg",),
-)
+# SUSE: RHEL's dracut and grub2 tooling; only the initrd's name differs.
+SUSE = replace(RHEL, name="suse", initrd_paths=("/boot/initrd-{kver}",))
 
 # Debian or Ubuntu with the dracut package instead of initramfs-tools (they conflict):
 # dracut's tooling, Debian's initrd name and grub tools.
