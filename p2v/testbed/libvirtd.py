@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from p2v import runner
 from p2v.errors import LibvirtUnreachable, P2VError
 
 URI = "qemu:///system"
+VIRTLOGD_SOCK = "/run/libvirt/virtlogd-sock"
 
 
 class LibvirtdStartError(P2VError):
@@ -39,6 +41,17 @@ def answers(uri: str = URI) -> bool:
         return False
 
 
+def virtlogd_answers(path: str = VIRTLOGD_SOCK) -> bool:
+    """True when something accepts connections on virtlogd's socket (a stale file does not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(2)
+        try:
+            sock.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 @dataclass
 class Libvirtd:
     """libvirtd at URI; `owned` when this process started it (and so stops it)."""
@@ -49,25 +62,38 @@ class Libvirtd:
     workdir: Path | None = None
 
     def start(self) -> None:
-        if answers(self.uri):
-            return
         for d in ("/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt/qemu/nvram"):
             os.makedirs(d, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix="p2v-libvirtd-"))
-        self.owned = True
-        if not Path("/run/libvirt/virtlogd-sock").exists():
+        # A libvirtd left running can outlive its virtlogd; guests then fail to start with
+        # "virtlogd-sock: Connection refused", so virtlogd is checked on its own.
+        if not virtlogd_answers():
+            Path(VIRTLOGD_SOCK).unlink(missing_ok=True)  # stale: nobody listens on it
             self.procs.append(runner.spawn(
-                ["virtlogd", "-p", str(self.workdir / "virtlogd.pid")],
-                stderr=(self.workdir / "virtlogd.err").open("wb").fileno()))
+                ["virtlogd", "-p", str(self._workdir() / "virtlogd.pid")],
+                stderr=(self._workdir() / "virtlogd.err").open("wb").fileno()))
+            self.owned = True
+            self._wait(virtlogd_answers, "virtlogd", "virtlogd.err")
+        if answers(self.uri):
+            return
+        self.owned = True
         self.procs.append(runner.spawn(
-            ["libvirtd", "-p", str(self.workdir / "libvirtd.pid")],
-            stderr=(self.workdir / "libvirtd.err").open("wb").fileno()))
+            ["libvirtd", "-p", str(self._workdir() / "libvirtd.pid")],
+            stderr=(self._workdir() / "libvirtd.err").open("wb").fileno()))
+        self._wait(lambda: answers(self.uri), f"libvirtd at {self.uri}", "libvirtd.err")
+
+    def _workdir(self) -> Path:
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="p2v-libvirtd-"))
+        return self.workdir
+
+    def _wait(self, ready: Callable[[], bool], what: str, errfile: str) -> None:
+        """Wait for the daemon just spawned to answer; stop everything started if it dies."""
         deadline = time.monotonic() + 30
-        while not answers(self.uri):
+        while not ready():
             if self.procs[-1].poll() is not None or time.monotonic() > deadline:
-                err = (self.workdir / "libvirtd.err").read_text(errors="replace")[-2000:]
+                err = (self._workdir() / errfile).read_text(errors="replace")[-2000:]
                 self.stop()
-                raise LibvirtdStartError(detail=f"no answer at {self.uri}: {err.strip()}")
+                raise LibvirtdStartError(detail=f"no answer from {what}: {err.strip()}")
             time.sleep(0.3)
 
     def stop(self) -> None:
@@ -124,5 +150,5 @@ def ensure_network(name: str, bridge: str, uri: str = URI) -> bool:
         runner.run(["virsh", "-c", uri, "net-start", name])
     return made
 
-__all__ = ["URI", "Libvirtd", "LibvirtdStartError", "answers", "ensure_network",
-           "isolated_network"]
+__all__ = ["URI", "VIRTLOGD_SOCK", "Libvirtd", "LibvirtdStartError", "answers",
+           "ensure_network", "isolated_network", "virtlogd_answers"]
