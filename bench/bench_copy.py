@@ -22,11 +22,9 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +41,7 @@ from p2v.testbed.sources import (  # noqa: E402
     known_hosts_line,
     write_random_disk,
 )
+from p2v.testbed.tcpproxy import LinkProxy  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -52,69 +51,7 @@ RESULTS = ROOT / "bench" / "results" / "copy.json"
 PRIORITY = "normal"
 
 
-class CountingProxy:
-    """127.0.0.1:port -> target; counts the bytes the server sends, for every connection.
-
-    With link_bps, the server-to-client direction is paced to that many bytes per second,
-    shared by every connection: a model of the network link between a source and the
-    conversion host (loopback alone has no bandwidth limit, so it measures CPU, not what
-    a migration over a real link costs).
-    """
-
-    def __init__(self, target: int, link_bps: float | None = None) -> None:
-        self.target = target
-        self.link_bps = link_bps
-        self.link_free = 0.0              # when the modelled link is next idle (monotonic)
-        self.down = 0
-        self.lock = threading.Lock()
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
-        try:
-            while block := src.recv(1 << 18):
-                dst.sendall(block)
-                if count:
-                    with self.lock:
-                        self.down += len(block)
-                        if self.link_bps:
-                            start = max(time.monotonic(), self.link_free)
-                            self.link_free = start + len(block) / self.link_bps
-                        wait_until = self.link_free
-                    if self.link_bps:
-                        time.sleep(max(0.0, wait_until - time.monotonic()))
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def take(self) -> int:
-        with self.lock:
-            value, self.down = self.down, 0
-        return value
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def proxied(ep: SourceEndpoint, proxy: CountingProxy, work: Path) -> SourceEndpoint:
+def proxied(ep: SourceEndpoint, proxy: LinkProxy, work: Path) -> SourceEndpoint:
     key_line = ep.known_hosts.read_text().split()
     known = work / f"known_hosts-{proxy.port}"
     known.write_text(known_hosts_line(ep.host, proxy.port, f"{key_line[1]} {key_line[2]}"))
@@ -258,7 +195,7 @@ def main() -> int:
                 # Every tool sees a warm page cache: the first reader would pay for all.
                 runner.run(["dd", f"if={device}", "of=/dev/null", "bs=4M", "status=none"],
                            timeout=600)
-                proxy = CountingProxy(ep.port, link_bps)
+                proxy = LinkProxy(ep.port, link_bps)
                 try:
                     via = proxied(ep, proxy, work)
                     for tool in tools:

@@ -4,8 +4,6 @@ resumes, re-reads no chunk that arrived whole, and ends with an identical image.
 from __future__ import annotations
 
 import random
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,56 +17,11 @@ from p2v.errors import ExitCode, IntegrityError, P2VError
 from p2v.source.extents import Extent
 from p2v.source.ssh import SshOptions, SshSource
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
+from p2v.testbed.tcpproxy import LinkProxy
 
 MiB = 1 << 20
 CHUNK = MiB
 SIZE = 96 * MiB
-
-
-class CuttingProxy:
-    """A loopback TCP proxy to sshd that drops the connection after `cut_after` bytes
-    from the server (None: never)."""
-
-    def __init__(self, target_port: int, cut_after: int | None) -> None:
-        self.target_port = target_port
-        self.cut_after = cut_after
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(4)
-        self.port = self.listener.getsockname()[1]
-        self.cut = False
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        try:
-            client, _ = self.listener.accept()
-        except OSError:
-            return
-        server = socket.create_connection(("127.0.0.1", self.target_port))
-        threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
-        self._pump(server, client, self.cut_after)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-        sent = 0
-        try:
-            while block := src.recv(65536):
-                if limit is not None and sent + len(block) >= limit:
-                    dst.sendall(block[: limit - sent])
-                    self.cut = True
-                    break
-                dst.sendall(block)
-                sent += len(block)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +56,7 @@ def test_link_cut_at_random_points_then_resumed(
     wire: list[int] = []           # bytes of whole chunks received, per run
     messages: list[str] = []
     for cut_at in sorted(rng.sample(range(2 * MiB, 46 * MiB), 3)):
-        proxy = CuttingProxy(ep.port, cut_after=cut_at)
+        proxy = LinkProxy(ep.port, cut_after=cut_at)
         progress: list[int] = [0]
         try:
             with pytest.raises(P2VError) as info:
