@@ -14,6 +14,7 @@ class ExitCode:
     HOST_KEY = 3
     BOOT_FAILED = 4
     INTEGRITY = 5
+    SCHEDULER_UNREACHABLE = 6
     INTERRUPTED = 130
 
 
@@ -173,6 +174,12 @@ class BatchBusy(P2VError):
 
 class LedgerError(P2VError):
     """the batch ledger {path} is unreadable: {detail}; move it aside to start the ledger afresh (each job's work directory keeps its own progress)"""  # noqa: E501
+
+
+class SchedulerUnreachable(P2VError):
+    """cannot reach the Dask scheduler at {address}: {detail}; start it (`dask scheduler`) or check --scheduler; no job was started"""  # noqa: E501
+
+    exit_code = ExitCode.SCHEDULER_UNREACHABLE
 
 
 class NotEnoughSpace(UsageError):
