@@ -18,7 +18,7 @@ sysdeps:
 # The venv sees Debian's site-packages: the guestfs and libvirt bindings live only there.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,fleet]'
 	@# The dev tools belong to the venv even where the system python already has them.
 	$(PY) -m pip install -q --disable-pip-version-check --ignore-installed \
 	  ruff mypy pytest pytest-timeout
