@@ -328,6 +328,17 @@ class LibvirtTarget:
             p.refresh(0)
             return str(p.storageVolLookupByName(volume).path())
 
+    def _delete_volumes(self, pool: str, volumes: Sequence[str]) -> None:
+        """Best effort: remove volumes this run uploaded, saying which could not go."""
+        for volume in volumes:
+            try:
+                self.conn.storagePoolLookupByName(pool).storageVolLookupByName(volume).delete(0)
+                self.progress(f"removed volume {pool}/{volume} (the guest was not defined)")
+            except libvirt.libvirtError as exc:
+                self.progress(f"warning: could not remove volume {pool}/{volume}: "
+                              f"{_detail(exc)}; remove it with `virsh vol-delete {volume} "
+                              f"--pool {pool}`")
+
     def _send(self, vol: Any, image: ImageInfo, meter: _Meter) -> None:
         sparse = True
         stream = self.conn.newStream(0)
@@ -501,16 +512,25 @@ class LibvirtTarget:
             with _libvirt_call(f"reading the UUID of {name!r}"):
                 spec = _with_uuid(spec, existing.UUIDString())
         paths = [str(i.path) for i in images]
-        if request.pool is not None:
-            paths = [self.upload(request.pool, i, v, request.replace)
-                     for i, v in zip(images, volumes, strict=True)]
-        if spec.uefi is not None and request.nvram is not None:
-            Path(spec.uefi.nvram).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(request.nvram, spec.uefi.nvram)
-            self.progress(f"NVRAM seeded from {request.nvram}")
-        self.progress(f"defining domain {name!r} ({spec.domain_type}, {caps.firmware}, "
-                      f"{caps.disk_bus}) at {self.uri}")
-        domain = self.define(spec, request.output_dir)
+        uploaded: list[str] = []
+        try:
+            if request.pool is not None:
+                paths = []
+                for image, volume in zip(images, volumes, strict=True):
+                    paths.append(self.upload(request.pool, image, volume, request.replace))
+                    uploaded.append(volume)
+            if spec.uefi is not None and request.nvram is not None:
+                Path(spec.uefi.nvram).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(request.nvram, spec.uefi.nvram)
+                self.progress(f"NVRAM seeded from {request.nvram}")
+            self.progress(f"defining domain {name!r} ({spec.domain_type}, {caps.firmware}, "
+                          f"{caps.disk_bus}) at {self.uri}")
+            domain = self.define(spec, request.output_dir)
+        except BaseException:
+            # Nothing of a guest that was not defined stays behind in the pool.
+            if request.pool is not None:
+                self._delete_volumes(request.pool, uploaded)
+            raise
         started = False
         if request.start:
             self.progress(f"starting {name!r}")

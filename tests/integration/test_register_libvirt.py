@@ -192,6 +192,28 @@ def test_define_refused_by_libvirt_keeps_the_xml_and_says_how_to_define_it(
     assert not defined(name)
 
 
+def test_a_define_refused_after_the_upload_leaves_nothing_in_the_pool(
+    libvirtd: Libvirtd, isolated_network: str, storage_pool: str, guest_dir: Path,
+    guest_names: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    name = "p2vtest-refused-pool"
+    guest_names.append(name)
+    code, _out, err = run([
+        "register", "--name", name, str(qcow2(guest_dir / "a.qcow2")),
+        str(qcow2(guest_dir / "b.qcow2")), "--network", isolated_network, "--vcpus", "5000",
+        "--pool", storage_pool, "--output-dir", str(guest_dir / "kept"),
+    ], capsys)
+    assert code == 1 and f"libvirt refused to define '{name}'" in err, err
+    assert not defined(name)
+    conn = open_conn()
+    try:
+        pool = conn.storagePoolLookupByName(storage_pool)
+        pool.refresh(0)
+        assert [v for v in pool.listVolumes() if v.startswith(name)] == []
+    finally:
+        conn.close()
+
+
 def test_uefi_guest_gets_ovmf_and_its_own_nvram_seeded_from_the_source(
     libvirtd: Libvirtd, isolated_network: str, guest_dir: Path, guest_names: list[str],
     capsys: pytest.CaptureFixture[str],
