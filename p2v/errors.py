@@ -188,3 +188,23 @@ class NotEnoughSpace(UsageError):
 
 class WorkDirMismatch(UsageError):
     """the work dir {work_dir} belongs to another job ({detail}); remove it with `p2v clean {name}` or choose another --name or --output-dir"""  # noqa: E501
+
+
+class SyncNotReady(UsageError):
+    """no completed copy of {device} in {output_dir} ({detail}); run (or rerun to finish) `p2v copy` with the same --output-dir and --name first"""  # noqa: E501
+
+
+class FreezeRefused(UsageError):
+    """cannot freeze {filesystems} on {host} ({detail}); nothing is frozen: pass --freeze=best-effort to go on without them, or leave out --freeze"""  # noqa: E501
+
+
+class FreezeFailed(P2VError):
+    """freezing or thawing the filesystems of {host} failed: {detail}"""
+
+
+class FreezeExpired(P2VError):
+    """the thaw timer on {host} thawed it after {timeout:.0f} s, before the final pass ended, so the images are not filesystem-consistent; rerun with a longer --freeze-timeout"""  # noqa: E501
+
+
+class HookFailed(P2VError):
+    """the {hook} hook failed on {host} with exit code {returncode} ({tail}); {outcome}"""
