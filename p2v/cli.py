@@ -546,6 +546,110 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------- sync
+def _add_sync(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sync",
+        help="bring completed copies up to date, sending only changed chunks (live cutover)",
+        description=(
+            "After a completed `p2v copy` into DIR: the source hashes every chunk in use "
+            "(read-only), p2v compares with each image's manifest and fetches only the "
+            "chunks that changed, zeroing chunks no longer in use; resumable like a copy. "
+            "--freeze makes this the final pass with the source's mounted filesystems on "
+            "the copied disks frozen (fsfreeze) for a filesystem-consistent image; a timer "
+            "started on the source first thaws them after --freeze-timeout seconds even "
+            "if p2v or the link dies. --before-final/--after-final run YOUR shell command "
+            "on the source around the pass (e.g. stop and start a database). These are "
+            "the only things p2v ever does on a source beyond reading. See docs/sync.md."
+        ),
+    )
+    _add_ssh_source(p)
+    p.add_argument("--output-dir", type=Path, required=True, metavar="DIR",
+                   help="the directory the copy wrote its images and manifests into")
+    p.add_argument("--disk", action="append", metavar="DEV",
+                   help="source disk to sync (repeatable; default: every disk copied "
+                        "into DIR under --name)")
+    p.add_argument("--name", help="image name stem used by the copy (default: the "
+                                  "source's hostname)")
+    p.add_argument("--freeze", nargs="?", const="strict", choices=("strict", "best-effort"),
+                   metavar="best-effort",
+                   help="freeze the source's mounted filesystems on these disks during the "
+                        "pass; a filesystem that cannot be frozen stops the sync, unless "
+                        "--freeze=best-effort (then it is named and left running)")
+    p.add_argument("--freeze-timeout", type=_positive, default=300, metavar="SECONDS",
+                   help="the source thaws itself after this long whatever happens "
+                        "(default: 300)")
+    p.add_argument("--before-final", metavar="CMD",
+                   help="shell command run on the source (as root, via sh -c) before the "
+                        "pass and before freezing; a failure stops the sync")
+    p.add_argument("--after-final", metavar="CMD",
+                   help="shell command run on the source after the pass and the thaw; "
+                        "runs even when the pass failed")
+    p.add_argument("--source-priority", choices=("low", "normal"), default="low",
+                   help="CPU/IO priority of the readers on the source (default: low)")
+    p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
+    p.add_argument("--bandwidth-limit", type=_rate, metavar="RATE",
+                   help="at most RATE bytes/s on the wire, e.g. 50M (default: unlimited)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout, one event each (sync-start, sync-delta, "
+                        "progress, sync-done, frozen, thawed, sync-result)")
+    p.set_defaults(func=_cmd_sync)
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from p2v.source.ssh import SshOptions, SshSource, terminal_sudo_prompt
+    from p2v.sync import SyncRequest, sync
+
+    options = SshOptions(
+        identity=args.identity, known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
+        sudo_prompt=terminal_sudo_prompt if sys.stdin.isatty() else None,
+    )
+    request = SyncRequest(
+        output_dir=args.output_dir, disks=tuple(args.disk or ()), name=args.name,
+        compress=not args.no_compress, low_priority=args.source_priority == "low",
+        bandwidth_limit=args.bandwidth_limit, freeze=args.freeze,
+        freeze_timeout=args.freeze_timeout, before_final=args.before_final,
+        after_final=args.after_final,
+    )
+    say = _say(args)
+
+    def emit(event: dict[str, object]) -> None:
+        if args.json:
+            print(json.dumps(event), flush=True)
+        elif event["event"] == "sync-delta":
+            say(f"{event['device']}: {event['changed_chunks']} changed, "
+                f"{event['dropped_chunks']} dropped chunk(s) ({event['changed_bytes']} "
+                f"bytes), hashed in {event['hash_seconds']} s")
+        elif event["event"] == "frozen":
+            frozen = event["frozen"]
+            say("frozen: " + (", ".join(frozen) if isinstance(frozen, list) and frozen
+                              else "nothing (no mounted filesystem on these disks)"))
+            for item in event["not_frozen"] if isinstance(event["not_frozen"], list) else []:
+                say(f"NOT frozen: {item['mountpoint']} ({item['why']})")
+        elif event["event"] == "thawed":
+            say(f"thawed after {event['freeze_s'] or 0:.1f} s")
+
+    with SshSource.open(args.source, options) as source:
+        result = sync(source, request, emit)
+    if args.json:
+        print(json.dumps({"event": "sync-result", **result.to_dict()}), flush=True)
+        return ExitCode.OK
+    for d in result.disks:
+        print(f"{d.device}: {d.image} ({d.changed_chunks} changed + {d.dropped_chunks} dropped"
+              f" of {d.chunks} chunks, {d.changed_bytes} bytes changed, {d.wire_bytes} bytes "
+              f"on the wire, {d.seconds:.1f} s" + (", resumed" if d.resumed else "") + ")")
+    if result.freeze is not None:
+        f = result.freeze
+        print(f"frozen {f.seconds or 0:.1f} s: {', '.join(m.mountpoint for m in f.frozen)}"
+              if f.frozen else "nothing was frozen")
+        for m, why in f.not_frozen:
+            print(f"NOT frozen (not consistent): {m.mountpoint} ({m.fstype}): {why}")
+    print(f"total: {result.changed_bytes} bytes changed, {result.wire_bytes} bytes sent, "
+          f"{result.seconds:.1f} s")
+    return ExitCode.OK
+
+
 # ---------------------------------------------------------------- convert
 def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -810,6 +914,13 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
                    help="JSON lines on stdout: the convert events of every job (with `job`) "
                         "and the batch's own (batch-start, batch-job-start, batch-job-end, "
                         "batch-done)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run the jobs on the workers of this Dask scheduler (each worker "
+                        "started with --resources p2v=N runs N at once); the ledger stays "
+                        "here. See docs/fleet.md")
+    p.add_argument("--tries", type=_at_least_one, metavar="N", default=3,
+                   help="with --scheduler: how often a job is started when the worker "
+                        "running it dies, before it is failed (default 3)")
     p.set_defaults(func=_cmd_batch)
 
 
@@ -827,6 +938,13 @@ class _BatchScreen:
                     f"{event.get('jobs')} at a time; state in {event.get('state_dir')}")
         elif kind == "batch-job-skip":
             text = f"[{job}] skipped: {event.get('reason')}"
+        elif kind == "batch-job-placed":
+            text = (f"[{job}] on worker {event.get('worker')} in {event.get('work_dir')}"
+                    + (" (resuming)" if event.get("resume") else ""))
+        elif kind == "batch-job-retry":
+            text = (f"[{job}] worker {event.get('previous_worker')} died; try "
+                    f"{event.get('try')} of {event.get('tries')} on {event.get('worker')}"
+                    + (" (resuming)" if event.get("resume") else " (afresh)"))
         elif kind == "batch-job-start":
             text = (f"[{job}] {event.get('action')} (attempt {event.get('attempt')}, "
                     f"{event.get('reason')}) in {event.get('work_dir')}")
@@ -889,7 +1007,14 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             print(json.dumps(event), flush=True)
     else:
         sink = _BatchScreen()
-    result = run_batch(manifest, jobs=jobs, events=sink)
+    if args.scheduler:
+        from p2v.batch.dask_pool import DaskPool, connect
+
+        client = connect(args.scheduler)    # unreachable: one line, exit 6, nothing started
+        result = run_batch(manifest, jobs=jobs, events=sink, tries=args.tries,
+                           pool_factory=lambda run: DaskPool(client, run, manifest.hosts))
+    else:
+        result = run_batch(manifest, jobs=jobs, events=sink)
     if args.json:
         return result.exit_code
     width = max(4, *(len(j.name) for j in result.jobs))
@@ -932,6 +1057,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_register(sub)
     _add_inspect(sub)
     _add_copy(sub)
+    _add_sync(sub)
     _add_fix(sub)
     _add_convert(sub)
     _add_clean(sub)

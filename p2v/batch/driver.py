@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from p2v.batch.execute import JobOutcome, stage_of
 from p2v.batch.ledger import Ledger, PlanItem, StateLock, decide
 from p2v.batch.manifest import Manifest
-from p2v.batch.pool import LocalPool, PoolDone, PoolEvent, PoolMessage
+from p2v.batch.pool import LocalPool, PoolDone, PoolEvent, PoolMessage, PoolPlaced
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
 
@@ -31,6 +31,8 @@ LEDGER_FILE = "ledger.sqlite"
 # How long stopped jobs get to clean up (stop their helpers, close the appliance) before
 # their process groups are killed.
 STOP_GRACE = 60.0
+# How often a job may be started in one run when its worker dies under it (cluster runs).
+DEFAULT_TRIES = 3
 
 
 class JobPool(Protocol):
@@ -119,8 +121,14 @@ def _now() -> float:
 
 
 def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
-              pool: JobPool | None = None, grace: float = STOP_GRACE) -> BatchResult:
-    """Run every unfinished job of MANIFEST, JOBS at a time; Ctrl-C stops them cleanly."""
+              pool: JobPool | None = None, grace: float = STOP_GRACE,
+              pool_factory: Callable[[str], JobPool] | None = None,
+              tries: int = DEFAULT_TRIES) -> BatchResult:
+    """Run every unfinished job of MANIFEST, JOBS at a time; Ctrl-C stops them cleanly.
+
+    POOL_FACTORY(run_id) makes the pool instead (a cluster pool names its queues by run);
+    TRIES bounds how often a job is started again after its worker died.
+    """
     state_dir = manifest.state_dir
     forward = events
 
@@ -138,7 +146,11 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
         plan = ledger.plan(manifest.specs)
         for item in plan:
             ledger.enrol(item.spec)
-        pool = pool if pool is not None else LocalPool(jobs, state_dir / "logs")
+        if pool is None:
+            pool = pool_factory(run_id) if pool_factory is not None else \
+                LocalPool(jobs, state_dir / "logs")
+        slots = getattr(pool, "slots", None)
+        jobs = slots() if callable(slots) else jobs
         logs = {item.spec.name: str(state_dir / "logs" / f"{item.spec.name}.log")
                 for item in plan}
         emit({"event": "batch-start", "manifest": str(manifest.path), "run": run_id,
@@ -149,7 +161,7 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
         for item in plan:
             if item.action == "skip":
                 emit({"event": "batch-job-skip", "job": item.spec.name, "reason": item.reason})
-        run = _Run(ledger, emit, forward, run_id)
+        run = _Run(ledger, emit, forward, run_id, tries)
         interrupted = False
         restore = _sigterm_as_interrupt()
         try:
@@ -158,13 +170,13 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
                     item = todo.popleft()
                     run.start(item, pool)
                 for message in pool.poll(0.5):
-                    run.handle(message)
+                    run.handle(message, pool)
         except KeyboardInterrupt:
             interrupted = True
             emit({"event": "batch-stopping", "running": sorted(run.active)})
             run.stopping = True
             for message in pool.stop(grace):
-                run.handle(message)
+                run.handle(message, pool)
             for name in sorted(run.active):     # started but never heard from
                 run.handle(PoolDone(name, JobOutcome(name=name, ok=False, stage=None,
                                                      error="interrupted"), interrupted=True))
@@ -190,7 +202,8 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
 class _Run:
     """The jobs of this run that are under way, and the ledger/event side of each message."""
 
-    def __init__(self, ledger: Ledger, emit: EventSink, forward: EventSink, run_id: str) -> None:
+    def __init__(self, ledger: Ledger, emit: EventSink, forward: EventSink, run_id: str,
+                 tries: int = DEFAULT_TRIES) -> None:
         self.ledger = ledger
         self.emit = emit            # the batch's own events
         self.forward = forward      # the jobs' events, passed on as they are (with `job`)
@@ -200,26 +213,39 @@ class _Run:
         self.outcomes: dict[str, JobOutcome] = {}
         self.stages: dict[str, str] = {}
         self.stopping = False       # Ctrl-C: the jobs still running were told to stop
+        self.tries = tries
+        self.specs: dict[str, JobSpec] = {}
+        self.workers: dict[str, str] = {}     # where each active job runs (when known)
+        self.placements: dict[str, int] = {}  # starts on a worker in this run
 
     def start(self, item: PlanItem, pool: JobPool) -> None:
         name = item.spec.name
         attempt = self.ledger.start(item.spec, self.run_id)
         self.active.add(name)
         self.started.add(name)
-        worker = pool.submit(item.spec)
-        self.ledger.assign(name, worker)
+        self.specs[name] = item.spec
+        worker = pool.submit(item.spec)     # "" from a cluster pool: placed later
+        if worker:
+            self.workers[name] = worker
+            self.ledger.assign(name, worker)
         self.emit({"event": "batch-job-start", "job": name, "action": item.action,
-                   "reason": item.reason, "attempt": attempt, "worker": worker,
+                   "reason": item.reason, "attempt": attempt, "worker": worker or None,
                    "work_dir": str(item.spec.work_dir)})
 
-    def handle(self, message: PoolMessage) -> None:
+    def handle(self, message: PoolMessage, pool: JobPool | None = None) -> None:
         name = message.name
         if isinstance(message, PoolEvent):
             stage = stage_of(message.event)
             if stage is not None and stage != self.stages.get(name) and name in self.active:
                 self.stages[name] = stage
                 self.ledger.stage(name, stage)
-            self.forward({**message.event, "job": name})
+            event = {**message.event, "job": name}
+            if name in self.workers:
+                event.setdefault("worker", self.workers[name])
+            self.forward(event)
+            return
+        if isinstance(message, PoolPlaced):
+            self.placed(message, pool)
             return
         if name not in self.active:
             return
@@ -242,7 +268,51 @@ class _Run:
             state = "succeeded" if outcome.ok else "failed"
         self.emit({"event": "batch-job-end", "job": name, "state": state, "stage": stage,
                    "error": error, "exit_code": outcome.exit_code,
-                   "seconds": outcome.seconds, "report": outcome.report_path})
+                   "seconds": outcome.seconds, "report": outcome.report_path,
+                   "worker": self.workers.get(name)})
+
+    def placed(self, message: PoolPlaced, pool: JobPool | None) -> None:
+        """A cluster worker started the job: record where; a second start is a retry.
+
+        Dask starts a task again on another worker when the one running it dies (up to the
+        scheduler's allowed-failures): each such start is a try of its own in the ledger,
+        and past TRIES the job is stopped and failed with the reason.
+        """
+        name = message.name
+        if name not in self.active:
+            return
+        count = self.placements[name] = self.placements.get(name, 0) + 1
+        previous = self.workers.get(name)
+        self.workers[name] = message.worker
+        where = {"worker": message.worker, "worker_name": message.worker_name,
+                 "work_dir": message.work_dir, "resume": message.resume}
+        if count == 1:
+            self.ledger.assign(name, message.worker, message.work_dir)
+            self.emit({"event": "batch-job-placed", "job": name, **where})
+            return
+        stage = self.stages.get(name)
+        lost = (f"its worker {previous} died while running it (at {stage or 'start'})")
+        if count > self.tries:
+            error = f"{lost}; gave up after {self.tries} tries (see --tries)"
+            cancel = getattr(pool, "cancel", None)
+            if callable(cancel):
+                cancel(name)
+            self.active.discard(name)
+            self.outcomes[name] = JobOutcome(name=name, ok=False, stage=stage, error=error,
+                                             exit_code=ExitCode.FAILURE)
+            self.ledger.finish(name, ok=False, stage=stage, error=error,
+                               error_class="WorkerLost", exit_code=ExitCode.FAILURE)
+            self.emit({"event": "batch-job-end", "job": name, "state": "failed",
+                       "stage": stage, "error": error, "exit_code": ExitCode.FAILURE,
+                       "seconds": None, "report": None, "worker": previous})
+            return
+        self.ledger.finish(name, ok=False, stage=stage, error=f"{lost}; retried",
+                           error_class="WorkerLost", exit_code=ExitCode.FAILURE)
+        attempt = self.ledger.start(self.specs[name], self.run_id)
+        self.ledger.assign(name, message.worker, message.work_dir)
+        self.emit({"event": "batch-job-retry", "job": name, "stage": stage,
+                   "previous_worker": previous, "attempt": attempt, "try": count,
+                   "tries": self.tries, **where})
 
 
 def _result(item: PlanItem, ledger: Ledger, run: _Run, logs: dict[str, str]) -> JobResult:

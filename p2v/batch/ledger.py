@@ -224,12 +224,14 @@ class Ledger:
                 (spec.name, attempt, run_id, worker, spec.name, now))
         return attempt
 
-    def assign(self, name: str, worker: str) -> None:
-        """The running job's attempt runs as WORKER (host:pid)."""
+    def assign(self, name: str, worker: str, work_dir: str | None = None) -> None:
+        """The running job's attempt runs as WORKER (host:pid, or a cluster worker's address),
+        in WORK_DIR when that is not the manifest's (a conversion host's own output dir)."""
         self._require(name, ("running",), "to a worker")
         with self.conn:
-            self.conn.execute("UPDATE jobs SET worker = ?, updated_at = ? WHERE name = ?",
-                              (worker, time.time(), name))
+            self.conn.execute("UPDATE jobs SET worker = ?, work_dir = COALESCE(?, work_dir),"
+                              " updated_at = ? WHERE name = ?",
+                              (worker, work_dir, time.time(), name))
             self._update_attempt(name, worker=worker)
 
     def stage(self, name: str, stage: str, worker: str | None = None) -> None:

@@ -12,7 +12,7 @@ import json
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +138,17 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 _PER_SERVER_ONLY = ("source", "name")
 _DEFAULT_FIELDS = {k: v for k, v in _SERVER_FIELDS.items() if k not in _PER_SERVER_ONLY}
 _BATCH_KEYS = ("output_dir", "connect")       # top level or [defaults]
-_TOP_KEYS = ("output_dir", "connect", "jobs", "defaults", "server")
+_TOP_KEYS = ("output_dir", "connect", "jobs", "defaults", "server", "hosts")
+_HOST_KEYS = ("output_dir", "connect")
 _PATH_KEYS = ("identity", "known_hosts", "ssh_config")
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """A conversion host's own output dir and libvirt URI ([hosts."WORKER"]; None: not set)."""
+
+    output_dir: Path | None = None
+    connect: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,8 @@ class Manifest:
     output_dir: Path
     jobs: int | None
     specs: tuple[JobSpec, ...]
+    # `p2v batch --scheduler`: per conversion host (a Dask worker's name, address or host).
+    hosts: dict[str, HostSettings] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -295,10 +306,44 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
         if spec is not None:
             specs.append(spec)
 
+    hosts = _check_hosts(data.get("hosts", {}), problems)
     if problems.lines:
         raise ManifestInvalid(str(path), problems.lines)
     assert output_dir is not None
-    return Manifest(path=path, output_dir=output_dir, jobs=jobs, specs=tuple(specs))
+    return Manifest(path=path, output_dir=output_dir, jobs=jobs, specs=tuple(specs),
+                    hosts=hosts)
+
+
+def _check_hosts(raw: Any, problems: _Problems) -> dict[str, HostSettings]:
+    """[hosts."WORKER"] tables: each conversion host's output_dir (absolute) and connect."""
+    if not isinstance(raw, dict):
+        problems.add("", "hosts", f"must be a table of tables ([hosts.\"WORKER\"]), got "
+                                  f"{_type_name(raw)}")
+        return {}
+    hosts: dict[str, HostSettings] = {}
+    for host, table in raw.items():
+        where = f"[hosts.{json.dumps(host)}]"
+        if not isinstance(table, dict):
+            problems.add(where, None, f"must be a table with output_dir and/or connect, got "
+                                      f"{_type_name(table)}")
+            continue
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            try:
+                if key == "output_dir":
+                    path = _path(value)
+                    if not path.is_absolute():
+                        raise _Bad(f"{json.dumps(value)} must be an absolute path (it is a "
+                                   "path on that host)")
+                    values[key] = path
+                elif key == "connect":
+                    values[key] = _uri(value)
+                else:
+                    problems.add(where, key, _unknown(key, _HOST_KEYS, "in [hosts]"))
+            except _Bad as exc:
+                problems.add(where, key, str(exc))
+        hosts[host] = HostSettings(**values)
+    return hosts
 
 
 def _absolute(path: Path, base: Path) -> Path:

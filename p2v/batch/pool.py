@@ -48,7 +48,18 @@ class PoolDone:
     interrupted: bool = False
 
 
-PoolMessage = PoolEvent | PoolDone
+@dataclass(frozen=True)
+class PoolPlaced:
+    """A job started on a worker (a cluster pool says where; a second one means a retry)."""
+
+    name: str
+    worker: str                 # the worker's address
+    work_dir: str               # the job's work dir there
+    resume: bool = False        # that work dir held an earlier attempt's progress
+    worker_name: str = ""
+
+
+PoolMessage = PoolEvent | PoolDone | PoolPlaced
 
 
 def _stop_with_parent(parent: int) -> None:

@@ -1,0 +1,171 @@
+"""Run the job function in a child process of a cluster worker, its events as JSON lines.
+
+A Dask worker runs tasks in threads of a (daemonic) process: a conversion there could not
+be stopped, and its helpers would outlive a worker that dies. So the worker's task starts
+`python -m p2v.batch.jobproc` with the JobSpec as JSON on stdin; the child runs
+`execute_job` (the same job function as the local pool) and writes each event, then its
+outcome, as one JSON line on stdout; its logging goes to the job's log file. The kernel sends
+it SIGINT when the worker dies (PR_SET_PDEATHSIG), and SIGINT stops it as Ctrl-C stops
+`p2v convert`: helpers stopped, the copy's journal kept, the work dir resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from p2v.batch.execute import JobOutcome, execute_job, worker_id
+from p2v.errors import ExitCode
+from p2v.job import JobSpec
+
+# A job's copy progress arrives many times a second: the submitter needs far fewer.
+PROGRESS_EVERY = 2.0
+
+
+def _outcome_from(data: dict[str, Any]) -> JobOutcome:
+    return JobOutcome(**data)
+
+
+def _pdeathsig() -> None:
+    import ctypes
+
+    os.setpgid(0, 0)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)   # PR_SET_PDEATHSIG
+
+
+def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str, Any]]], None],
+              should_stop: Callable[[], bool], grace: float = 60.0) -> tuple[str, JobOutcome]:
+    """Run SPEC in a child process; ("done"|"interrupted", outcome).
+
+    ON_EVENTS gets the job's events in small batches; SHOULD_STOP is asked about once a
+    second: when it says yes the child gets SIGINT, and SIGKILL (its process group) after
+    GRACE seconds.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    begun = time.monotonic()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - a fixed argv
+            [sys.executable, "-m", "p2v.batch.jobproc"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=log, preexec_fn=_pdeathsig)  # noqa: PLW1509
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(spec.to_dict()).encode())
+    proc.stdin.close()
+    outcome: JobOutcome | None = None
+    kind = "done"
+    pending: list[dict[str, Any]] = []
+    last_progress: dict[str, float] = {}
+    buf = b""
+    stop_sent: float | None = None
+    next_check = time.monotonic() + 1.0
+    fd = proc.stdout.fileno()
+    eof = False
+    while not eof:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                eof = True
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if "outcome" in message:
+                    outcome = _outcome_from(message["outcome"])
+                    kind = message.get("kind", "done")
+                    continue
+                event = message.get("event")
+                if isinstance(event, dict) and _wanted(event, last_progress):
+                    pending.append(event)
+        now = time.monotonic()
+        if pending and (now >= next_check or eof or len(pending) > 50):
+            on_events(pending)
+            pending = []
+        if now >= next_check:
+            next_check = now + 1.0
+            if stop_sent is None and should_stop():
+                stop_sent = now
+                _signal_group(proc.pid, signal.SIGINT)
+        if stop_sent is not None and now - stop_sent > grace:
+            _signal_group(proc.pid, signal.SIGKILL)
+    if pending:
+        on_events(pending)
+    code = proc.wait()
+    _signal_group(proc.pid, signal.SIGKILL)     # a helper the job left behind
+    if outcome is None:
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        stopped = stop_sent is not None
+        outcome = JobOutcome(
+            name=spec.name, ok=False, stage=None, worker=worker_id(),
+            exit_code=ExitCode.INTERRUPTED if stopped else ExitCode.FAILURE,
+            seconds=round(time.monotonic() - begun, 1),
+            error="interrupted (killed after the grace period)" if stopped else
+            f"the job's process ended without a result ({how}); see {log_path} on the worker")
+        kind = "interrupted" if stopped else "done"
+    return kind, outcome
+
+
+def _wanted(event: dict[str, Any], last: dict[str, float]) -> bool:
+    """Every event but copy progress, which passes every PROGRESS_EVERY s and when complete."""
+    if event.get("event") != "progress":
+        return True
+    key = str(event.get("device"))
+    now = time.monotonic()
+    if event.get("done_chunks") == event.get("chunks") or now - last.get(key, 0.0) >= \
+            PROGRESS_EVERY:
+        last[key] = now
+        return True
+    return False
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def main() -> int:
+    """The child: the spec on stdin, events and the outcome as JSON lines on stdout."""
+    spec = JobSpec.from_dict(json.loads(sys.stdin.read()))
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)                       # print() and helpers' output go to the job's log
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {spec.name} starts in pid "
+          f"{os.getpid()} (cluster worker)", flush=True)
+
+    def send(event: dict[str, Any]) -> None:
+        channel.write(json.dumps({"event": event}, default=str) + "\n")
+
+    begun = time.monotonic()
+    try:
+        outcome = execute_job(spec, send)
+        kind = "done"
+    except KeyboardInterrupt:
+        outcome = JobOutcome(name=spec.name, ok=False, stage=None, error="interrupted",
+                             exit_code=ExitCode.INTERRUPTED, worker=worker_id(),
+                             seconds=round(time.monotonic() - begun, 1))
+        kind = "interrupted"
+    print(f"=== {kind}: {'ok' if outcome.ok else outcome.error}", flush=True)
+    channel.write(json.dumps({"kind": kind, "outcome": outcome.to_dict()}, default=str) + "\n")
+    channel.flush()
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
