@@ -356,6 +356,9 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
             return DiskResult(device, image, manifest_path, size, count,
                               manifest.get("zero_chunks", 0), manifest.get("data_chunks", 0),
                               count, 0, 0, 0, time.monotonic() - started, already_complete=True)
+    if image.with_name(image.name + ".sync-journal").exists():
+        raise UsageError(detail=f"a `p2v sync` of {image} was interrupted; rerun that sync "
+                                "to finish it (a copy would start the image afresh)")
     journal: _Journal | None = None
     if journal_path.exists() and part.exists():
         journal = _Journal.load(journal_path)

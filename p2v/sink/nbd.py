@@ -1,7 +1,8 @@
 """A minimal NBD client (fixed newstyle, simple replies) for writing into an NBD export.
 
 Only what the copy needs: connect to a Unix socket, NBD_OPT_EXPORT_NAME, WRITE, FLUSH,
-READ (for tests and checks) and DISC. No Python binding of libnbd exists on the hosts, and
+WRITE_ZEROES (a sync zeroing a chunk no longer used), READ (for tests and checks) and
+DISC. No Python binding of libnbd exists on the hosts, and
 this is a few dozen lines of a documented protocol (github.com/NetworkBlockDevice/nbd,
 doc/proto.md).
 """
@@ -23,6 +24,8 @@ OPT_EXPORT_NAME = 1
 REQUEST_MAGIC = 0x25609513
 SIMPLE_REPLY_MAGIC = 0x67446698
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
+CMD_WRITE_ZEROES = 6
+FLAG_SEND_WRITE_ZEROES = 1 << 6     # transmission flag: the server takes WRITE_ZEROES
 
 
 class NbdError(OSError):
@@ -89,6 +92,13 @@ class NbdClient:
 
     def pwrite(self, data: bytes, offset: int) -> None:
         self._request(CMD_WRITE, offset, len(data), data)
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        """The range reads as zeros afterwards (the server may deallocate it)."""
+        if self.flags & FLAG_SEND_WRITE_ZEROES:
+            self._request(CMD_WRITE_ZEROES, offset, length)
+        else:
+            self._request(CMD_WRITE, offset, length, bytes(length))
 
     def pread(self, length: int, offset: int) -> bytes:
         return self._request(CMD_READ, offset, length)

@@ -89,6 +89,13 @@ class Qcow2Writer:
         except (NbdError, OSError) as exc:
             self._raise(exc, f"write at {offset}")
 
+    def zero(self, offset: int, length: int) -> None:
+        """Make a range read as zeros again (a sync dropping a chunk no longer used)."""
+        try:
+            self.client.write_zeroes(offset, length)
+        except (NbdError, OSError) as exc:
+            self._raise(exc, f"zeroing at {offset}")
+
     def read(self, offset: int, length: int) -> bytes:
         return self.client.pread(length, offset)
 

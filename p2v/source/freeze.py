@@ -1,0 +1,240 @@
+"""Freezing a source's filesystems for the final sync pass, and the user's hooks around it.
+
+The only things p2v does on a source beyond reading, and only when asked (`--freeze`,
+`--before-final`, `--after-final`). A frozen filesystem takes no writes (writers wait),
+so a pass read while frozen is consistent like a snapshot. Safety first:
+
+- before freezing anything, a detached timer is started on the source (`setsid sh -c
+  'sleep N; fsfreeze -u ...'`, output to /dev/null): if p2v dies or the link drops, the
+  source thaws itself after `--freeze-timeout` seconds;
+- the session doing the freezing writes nothing on the source: the commands run over the
+  SSH connection opened before the freeze, readers run with `python3 -B`, output goes to
+  /dev/null or back over the link;
+- thawing happens on leaving the `Freeze` block however it is left (end, error, Ctrl-C).
+
+Hooks are the user's own shell commands for their own server: they are handed to `sh -c`
+on the source as given (that is their point). Nothing else here takes user text into a
+remote command line except as a separate, shell-quoted argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from p2v.errors import FreezeFailed, FreezeRefused, HookFailed, P2VError
+from p2v.source.ssh import SshSource
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FREEZE_TIMEOUT = 300.0
+HOOK_TIMEOUT = 1800.0
+
+# $1 timeout, $2 marker (the timer's $0, to recognise it), $3... mountpoints. Prints its pid.
+_TIMER = r"""
+t=$1 tag=$2; shift 2
+script='sleep "$1"; shift; for m in "$@"; do fsfreeze -u "$m"; done'
+if command -v setsid >/dev/null 2>&1; then
+    setsid sh -c "$script" "$tag" "$t" "$@" </dev/null >/dev/null 2>&1 &
+else
+    sh -c "$script" "$tag" "$t" "$@" </dev/null >/dev/null 2>&1 &
+fi
+echo $!
+"""
+
+# $1 pid, $2 marker, $3 "kill" or "check": exit 0 when the timer is (was) running.
+_TIMER_CTL = r"""
+pid=$1 tag=$2
+[ -r "/proc/$pid/cmdline" ] || exit 1
+tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q -- "$tag" || exit 1
+if [ "$3" = kill ]; then
+    kill -- "-$pid" 2>/dev/null || kill "$pid"
+fi
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class Mount:
+    device: str
+    mountpoint: str
+    fstype: str
+
+
+_PAIR = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def mounts_on(source: SshSource, disks: tuple[str, ...]) -> list[Mount]:
+    """The filesystems mounted from the disks (their partitions, LVs, ...), one per device,
+    deepest mountpoint first (the order to freeze them in)."""
+    result = source.run(["lsblk", "-P", "-p", "-o", "NAME,FSTYPE,MOUNTPOINT", *disks],
+                        timeout=60)
+    seen: dict[str, Mount] = {}
+    for line in result.text.splitlines():
+        row = {k: _unescape(v) for k, v in _PAIR.findall(line)}
+        mountpoint = row.get("MOUNTPOINT", "")
+        if not mountpoint.startswith("/") or row.get("NAME", "") in seen:
+            continue                     # not mounted, or swap ("[SWAP]")
+        seen[row["NAME"]] = Mount(row["NAME"], mountpoint, row.get("FSTYPE", ""))
+    return sorted(seen.values(), key=lambda m: (-m.mountpoint.count("/"), m.mountpoint))
+
+
+@dataclass
+class FreezeReport:
+    frozen: list[Mount] = field(default_factory=list)
+    not_frozen: list[tuple[Mount, str]] = field(default_factory=list)    # (mount, why)
+    frozen_at: float | None = None
+    thawed_at: float | None = None
+    thawed_by: str = ""              # "p2v" or "timer"
+
+    @property
+    def seconds(self) -> float | None:
+        if self.frozen_at is None or self.thawed_at is None:
+            return None
+        return self.thawed_at - self.frozen_at
+
+    def to_dict(self) -> dict[str, object]:
+        return {"frozen": [m.mountpoint for m in self.frozen],
+                "not_frozen": [{"mountpoint": m.mountpoint, "fstype": m.fstype, "why": why}
+                               for m, why in self.not_frozen],
+                "freeze_s": self.seconds, "thawed_by": self.thawed_by}
+
+
+class Freeze:
+    """`with Freeze(source, mounts, ...) as report:` the mounts are frozen inside the block.
+
+    best_effort=False: a filesystem that cannot be frozen stops everything (the others are
+    thawed again) with FreezeRefused naming it; True: it is reported and left running.
+    """
+
+    def __init__(self, source: SshSource, mounts: list[Mount], *, timeout: float,
+                 best_effort: bool = False) -> None:
+        self.source = source
+        self.mounts = mounts
+        self.timeout = timeout
+        self.best_effort = best_effort
+        self.report = FreezeReport()
+        self._tag = f"p2v-thaw-timer-{secrets.token_hex(6)}"
+        self._pid: str | None = None
+        self._thawed = False
+
+    @property
+    def host(self) -> str:
+        return self.source.target.host
+
+    def __enter__(self) -> FreezeReport:
+        if not self.mounts:
+            return self.report
+        started = self.source.run(
+            ["sh", "-c", _TIMER, "p2v-timer", str(int(self.timeout)), self._tag,
+             *[m.mountpoint for m in self.mounts]], timeout=60)
+        pid = started.text.strip()
+        if not pid.isdigit():
+            raise FreezeFailed(host=self.host, detail=f"the thaw timer did not start ({pid!r})")
+        self._pid = pid
+        log.info("thaw timer %s on %s: thaws after %.0f s whatever happens", pid, self.host,
+                 self.timeout)
+        try:
+            for mount in self.mounts:
+                result = self.source.run(["fsfreeze", "-f", mount.mountpoint], check=False,
+                                         timeout=120)
+                if result.returncode == 0:
+                    if self.report.frozen_at is None:
+                        self.report.frozen_at = time.monotonic()
+                    self.report.frozen.append(mount)
+                    log.info("froze %s (%s) on %s", mount.mountpoint, mount.fstype, self.host)
+                    continue
+                why = (result.stderr.strip().splitlines() or ["fsfreeze failed"])[-1]
+                why = why.removeprefix("fsfreeze: ")
+                self.report.not_frozen.append((mount, why))
+                log.warning("cannot freeze %s (%s) on %s: %s", mount.mountpoint, mount.fstype,
+                            self.host, why)
+            if self.report.not_frozen and not self.best_effort:
+                names = ", ".join(f"{m.mountpoint} ({m.fstype or '?'})"
+                                  for m, _ in self.report.not_frozen)
+                raise FreezeRefused(filesystems=names, host=self.host,
+                                    detail=self.report.not_frozen[0][1])
+        except BaseException:
+            self.thaw()
+            raise
+        return self.report
+
+    def expired(self) -> bool:
+        """True when the timer is gone: it thawed the source before we did."""
+        if self._pid is None:
+            return False
+        check = self.source.run(["sh", "-c", _TIMER_CTL, "p2v-timer", self._pid, self._tag,
+                                 "check"], check=False, timeout=60)
+        return check.returncode != 0
+
+    def thaw(self) -> None:
+        """Thaw what is frozen, then stop the timer. Idempotent; raises FreezeFailed only
+        when a thaw command failed (the timer is then left to thaw it)."""
+        if self._thawed:
+            return
+        self._thawed = True
+        failures: list[str] = []
+        for mount in reversed(self.report.frozen):
+            try:
+                result = self.source.run(["fsfreeze", "-u", mount.mountpoint], check=False,
+                                         timeout=60)
+            except P2VError as exc:
+                failures.append(f"{mount.mountpoint}: {exc.message}")
+                continue
+            if result.returncode != 0:
+                failures.append(f"{mount.mountpoint}: {result.stderr.strip()[-200:]}")
+        self.report.thawed_at = time.monotonic()
+        self.report.thawed_by = "p2v"
+        if self._pid is not None and not failures:
+            try:
+                killed = self.source.run(["sh", "-c", _TIMER_CTL, "p2v-timer", self._pid,
+                                          self._tag, "kill"], check=False, timeout=60)
+                if killed.returncode != 0 and self.report.frozen:
+                    self.report.thawed_by = "timer"
+            except P2VError as exc:
+                log.warning("could not stop the thaw timer on %s (%s); it fires harmlessly",
+                            self.host, exc.message)
+        if failures:
+            raise FreezeFailed(host=self.host,
+                               detail="; ".join(failures) + f" (the timer thaws it within "
+                                                            f"{self.timeout:.0f} s)")
+        if self.report.frozen:
+            log.info("thawed %s after %.1f s", self.host, self.report.seconds or 0.0)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc is None:
+            self.thaw()
+            return
+        try:
+            self.thaw()
+        except P2VError as thaw_error:
+            log.error("%s", thaw_error.message)
+
+
+def run_hook(source: SshSource, hook: str, command: str, *, outcome: str,
+             timeout: float = HOOK_TIMEOUT) -> str:
+    """Run the user's hook command on the source through `sh -c`; its output is logged
+    and returned; a non-zero exit raises HookFailed ending with `outcome`."""
+    log.info("%s hook on %s: %s", hook, source.target.host, command)
+    result = source.run(["sh", "-c", command], check=False, timeout=timeout)
+    output = (result.text + result.stderr).strip()
+    for line in output.splitlines():
+        log.info("%s: %s", hook, line)
+    if result.returncode != 0:
+        tail = " | ".join(output.splitlines()[-2:]) or "no output"
+        raise HookFailed(hook=hook, host=source.target.host, returncode=result.returncode,
+                         tail=tail[-200:], outcome=outcome)
+    return output
+
+
+__all__ = ["DEFAULT_FREEZE_TIMEOUT", "Freeze", "FreezeReport", "Mount", "mounts_on",
+           "run_hook"]

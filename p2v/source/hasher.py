@@ -1,0 +1,140 @@
+"""Listing a source disk's chunk hashes (the sync's first pass, source side).
+
+`p2v sync` needs to know which chunks changed since the copy without moving them: the
+source reads every chunk it considers used, hashes it there and sends one short line per
+chunk. Two programs give the same stream, as the copy's two readers do:
+
+- `HASHER` under `python3 -B -c` (no bytecode written: the source may be frozen), with the
+  copy's free-space parser (`extents.FREEMAP`): chunks wholly in free space are not read;
+- `SH_HASHER` with sh, dd, tr and sha256sum only (free space is hashed like data).
+
+Both open the device read-only and write nothing on the source. Stream, text lines:
+`P2VHASH1 SIZE CHUNK`, then per chunk `INDEX Z` (all zero), `INDEX F` (free, not read) or
+`INDEX SHA256`; finally `E`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import IO
+
+from p2v.errors import StreamError
+from p2v.source.extents import FREEMAP
+
+HASH_MAGIC = b"P2VHASH1"
+ZERO, FREE = "Z", "F"
+
+HASHER = FREEMAP + r"""
+import hashlib, os, sys, bisect
+dev, chunk, skip = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+fd = os.open(dev, os.O_RDONLY)
+size = os.lseek(fd, 0, 2)
+free = free_ranges(fd, dev, size) if skip else []
+starts = [a for a, z in free]
+def is_free(off, n):
+    k = bisect.bisect_right(starts, off) - 1
+    return k >= 0 and free[k][0] <= off and off + n <= free[k][1]
+out = sys.stdout
+out.write("P2VHASH1 %d %d\n" % (size, chunk))
+zero = bytes(chunk)
+i = 0
+while i * chunk < size:
+    off = i * chunk
+    n = min(chunk, size - off)
+    if free and is_free(off, n):
+        out.write("%d F\n" % i)
+    else:
+        os.lseek(fd, off, 0)
+        data = b""
+        while len(data) < n:
+            got = os.read(fd, n - len(data))
+            if not got:
+                sys.stderr.write("short read at %d\n" % off)
+                sys.exit(5)
+            data += got
+        if data == zero[:n]:
+            out.write("%d Z\n" % i)
+        else:
+            out.write("%d %s\n" % (i, hashlib.sha256(data).hexdigest()))
+    i += 1
+out.write("E\n")
+out.flush()
+"""
+
+# $1 device, $2 chunk size. Exit 5 on a read error.
+SH_HASHER = r"""
+dev=$1 cs=$2
+size=$(blockdev --getsize64 "$dev" 2>/dev/null) || size=
+case $size in ''|*[!0-9]*)
+    name=$(readlink -f "$dev") && name=${name##*/} &&
+        read sectors < "/sys/class/block/$name/size" && size=$((sectors * 512)) || size= ;;
+esac
+case $size in ''|*[!0-9]*) exit 6 ;; esac
+full=
+dd if=/dev/null of=/dev/null iflag=fullblock count=0 2>/dev/null && full=iflag=fullblock
+printf 'P2VHASH1 %s %s\n' "$size" "$cs"
+i=0
+while [ $((i * cs)) -lt "$size" ]; do
+    nz=$( { dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null || echo X; } |
+         tr -d '\000' | head -c 1 | wc -c)
+    if [ "$nz" -eq 0 ]; then
+        printf '%s Z\n' "$i"
+    else
+        h=$(dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null | sha256sum) || exit 5
+        printf '%s %s\n' "$i" "${h%% *}"
+    fi
+    i=$((i + 1))
+done
+printf 'E\n'
+"""
+
+_LOW = ('if command -v ionice >/dev/null 2>&1; then exec nice -n 19 ionice -c 3 "$@"; '
+        'else exec nice -n 19 "$@"; fi')
+
+
+def hasher_argv(device: str, chunk_size: int, *, reader: str = "python3",
+                skip_free: bool = True, low_priority: bool = True) -> list[str]:
+    """The source-side command listing every chunk's hash (see the module docstring)."""
+    if reader == "sh":
+        argv = ["sh", "-c", SH_HASHER, "p2v-hash", device, str(chunk_size)]
+    else:
+        argv = ["python3", "-B", "-c", HASHER, device, str(chunk_size),
+                "1" if skip_free else "0"]
+    return ["sh", "-c", _LOW, "p2v-hash", *argv] if low_priority else argv
+
+
+_LINE = re.compile(rb"(\d+) (Z|F|[0-9a-f]{64})\n")
+
+
+def read_hashes(stream: IO[bytes], chunk_size: int, size: int, *, host: str = "source",
+                device: str = "disk") -> Iterator[tuple[int, str, int]]:
+    """(index, "Z" | "F" | sha256 hex, wire bytes of the line) per chunk, in order; raises
+    StreamError when the stream breaks or does not match the disk."""
+    try:
+        head = stream.readline(100)
+        fields = head.split()
+        if len(fields) != 3 or fields[0] != HASH_MAGIC:
+            raise ValueError(f"bad hash stream header {head[:40]!r}")
+        if int(fields[1]) != size or int(fields[2]) != chunk_size:
+            raise ValueError(f"the device is {int(fields[1])} bytes now, {size} at the copy")
+        expect = 0
+        while True:
+            line = stream.readline(100)
+            if line == b"E\n":
+                break
+            match = _LINE.fullmatch(line)
+            if match is None:
+                raise ValueError("stream ended early" if not line
+                                 else f"garbled line {line[:40]!r}")
+            if int(match.group(1)) != expect:
+                raise ValueError(f"chunk {int(match.group(1))} where {expect} was due")
+            yield expect, match.group(2).decode(), len(line)
+            expect += 1
+        if expect != -(-size // chunk_size):
+            raise ValueError(f"{expect} chunks listed, {-(-size // chunk_size)} expected")
+    except (ValueError, OSError) as exc:
+        raise StreamError(host=host, device=device, detail=f"hash list: {exc}") from None
+
+
+__all__ = ["FREE", "HASHER", "SH_HASHER", "ZERO", "hasher_argv", "read_hashes"]
