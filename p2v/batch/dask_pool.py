@@ -109,7 +109,7 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
     _probe(address, timeout)
     dask.config.set({"distributed.comm.timeouts.connect": f"{timeout:.0f}s"})
     try:
-        return Client(address, timeout=timeout, set_as_default=False)
+        return Client(address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise SchedulerUnreachable(address=address, detail=_short(detail, address)) from None
@@ -196,12 +196,9 @@ class DaskPool:
             future.cancel()
 
     def poll(self, timeout: float) -> list[PoolMessage]:
-        from distributed import wait
-
-        if self._futures:
-            wait(list(self._futures.values()), timeout=timeout, return_when="FIRST_COMPLETED")
-        else:
-            time.sleep(min(timeout, 0.2))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(f.done() for f in self._futures.values()):
+            time.sleep(0.1)
         done = [(n, f) for n, f in self._futures.items() if f.done()]
         messages = self._drain()        # a task's events are queued before it returns
         for name, future in done:

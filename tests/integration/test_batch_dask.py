@@ -1,0 +1,217 @@
+"""`p2v batch --scheduler` against a real Dask cluster on loopback (issue 10), cheaply.
+
+A scheduler and two workers are started with `dask scheduler` / `dask worker` as separate
+processes (each worker with its own output dir and one p2v slot). The jobs are real p2v jobs
+that fail at inspect without any conversion: a port nobody listens on (at once), or a
+server that accepts and never speaks SSH (after p2v's 15 s SSH timeout) - long enough to
+kill the worker running one and watch the batch retry it on the other worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dask_cluster import Cluster
+
+from p2v.batch.ledger import Ledger
+from p2v.testbed.sources import free_port
+
+
+def _batch(manifest: Path, *args: str, timeout: float = 300) -> tuple[int, list[dict[str, Any]],
+                                                                       str]:
+    proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest), "--json", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+
+
+def _manifest(path: Path, out: Path, sources: dict[str, str]) -> Path:
+    text = f'output_dir = "{out}"\n[defaults]\nverify = false\n'
+    for name, source in sources.items():
+        text += f'[[server]]\nname = "{name}"\nsource = "{source}"\n'
+    path.write_text(text)
+    return path
+
+
+def _ledger(out: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    with Ledger.open(out / ".p2v-batch" / "ledger.sqlite", readonly=True) as ledger:
+        rows = {row.name: row for row in ledger.rows()}
+        return rows, {name: ledger.attempts(name) for name in rows}
+
+
+class _SilentServer:
+    """Accepts TCP connections and never answers: an SSH client waits for its banner."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path / "cluster")
+    cluster.root.mkdir()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+def test_scheduler_unreachable_is_one_line_before_any_job(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path / "fleet.toml", out, {"a": "ssh://root@127.0.0.1:22"})
+    address = f"tcp://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    rc, events, err = _batch(manifest, "--scheduler", address)
+    assert rc == 6
+    assert time.monotonic() - t0 < 30
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0] and "Connection refused" in lines[0], err
+    assert events == []
+    assert not out.exists(), "nothing may be created or started"
+
+
+def test_jobs_run_on_both_workers_and_the_ledger_says_where(cluster: Cluster,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    sources = {f"job{i}": f"ssh://root@127.0.0.1:{free_port()}" for i in range(3)}
+    manifest = _manifest(tmp_path / "fleet.toml", out, sources)
+    rc, events, err = _batch(manifest, "--scheduler", cluster.address)
+    assert rc == 1, err
+    start = next(e for e in events if e["event"] == "batch-start")
+    assert start["jobs"] == 2                       # the two workers' p2v slots
+    placed = {e["job"]: e for e in events if e["event"] == "batch-job-placed"}
+    assert set(placed) == set(sources)
+    rows, attempts = _ledger(out)
+    names = {w.name: w for w in cluster.workers.values()}
+    for name, row in rows.items():
+        assert (row.state, row.stage, row.attempts) == ("failed", "inspect", 1)
+        assert "Connection refused" in (row.error or "")
+        # The ledger (here, on the submitter) names the worker; the work dir is that host's.
+        assert row.worker == placed[name]["worker"]
+        worker = names[placed[name]["worker_name"]]
+        assert row.work_dir == str(worker.output_dir / name)
+        assert (worker.output_dir / name / "spec.json").is_file()
+        assert attempts[name][0]["worker"] == row.worker
+    # The first two jobs started together, one per slot: both workers were used.
+    assert len({p["worker"] for p in placed.values()}) == 2
+    # Each job's own events came back from its worker, with the worker's address.
+    for name in sources:
+        stages = [e for e in events if e.get("job") == name and e["event"] == "stage-start"]
+        assert stages and all(e["worker"] == placed[name]["worker"] for e in stages)
+    report = json.loads((out / ".p2v-batch" / "report.json").read_text())
+    assert sorted(j["name"] for j in report["jobs"]) == sorted(sources)
+    assert all(j["worker"] for j in report["jobs"])
+
+
+def _kill_where_placed(proc: subprocess.Popen[str], cluster: Cluster,
+                       events: list[dict[str, Any]]) -> str:
+    """Read the batch's events until a job is placed; kill that worker; its name."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        events.append(event)
+        if event["event"] == "stage-start" and event["stage"] == "inspect":
+            worker = next(e for e in events if e["event"] == "batch-job-placed")
+            victim = cluster.workers[worker["worker_name"]]
+            time.sleep(1)                   # the job is waiting for the silent server
+            cluster.kill(victim)
+            return victim.name
+    err = proc.stderr.read() if proc.stderr else ""
+    raise AssertionError(f"the job never started: {events} {err}")
+
+
+def _job_pid(log: Path) -> int:
+    line = next(x for x in log.read_text().splitlines() if " starts in pid " in x)
+    return int(line.split(" starts in pid ")[1].split()[0])
+
+
+def test_a_dead_workers_job_is_retried_elsewhere_within_the_bound(
+        cluster: Cluster, tmp_path: Path) -> None:
+    silent = _SilentServer()
+    try:
+        out = tmp_path / "out"
+        manifest = _manifest(tmp_path / "fleet.toml", out,
+                             {"slow": f"ssh://root@127.0.0.1:{silent.port}"})
+        events: list[dict[str, Any]] = []
+        proc = subprocess.Popen([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
+                                 "--scheduler", cluster.address, "--tries", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        victim = _kill_where_placed(proc, cluster, events)
+        rest, err = proc.communicate(timeout=120)
+        events += [json.loads(line) for line in rest.splitlines()]
+        assert proc.returncode == 1, err
+        other = next(w for w in cluster.workers.values() if w.name != victim)
+        retry = next(e for e in events if e["event"] == "batch-job-retry")
+        assert retry["worker_name"] == other.name and retry["try"] == 2
+        assert retry["resume"] is False                 # the other host has no work dir yet
+        # The job on the dead worker was stopped too (PR_SET_PDEATHSIG), not left behind.
+        pid = _job_pid(cluster.workers[victim].output_dir / ".p2v-batch" / "logs" / "slow.log")
+        deadline = time.monotonic() + 30
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _alive(pid), f"the dead worker's job process {pid} is still running"
+        rows, attempts = _ledger(out)
+        row = rows["slow"]
+        assert (row.state, row.stage, row.attempts) == ("failed", "inspect", 2)
+        assert "no answer" in (row.error or "") or "SSH" in (row.error or ""), row.error
+        assert row.work_dir == str(other.output_dir / "slow")
+        first, second = attempts["slow"]
+        assert first["state"] == "failed" and "died" in first["error"]
+        assert first["worker"] != second["worker"] == row.worker
+        ends = [e for e in events if e["event"] == "batch-job-end"]
+        assert len(ends) == 1
+        report = json.loads((out / ".p2v-batch" / "report.json").read_text())
+        assert [j["name"] for j in report["jobs"]] == ["slow"]
+
+        # The bound: with --tries 1 the job on a dying worker is failed with the reason.
+        cluster.start_worker(victim)
+        cluster.wait_for(2)
+        manifest = _manifest(tmp_path / "fleet2.toml", tmp_path / "out2",
+                             {"once": f"ssh://root@127.0.0.1:{silent.port}"})
+        events = []
+        proc = subprocess.Popen([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
+                                 "--scheduler", cluster.address, "--tries", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _kill_where_placed(proc, cluster, events)
+        rest, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, err
+        rows, attempts = _ledger(tmp_path / "out2")
+        assert rows["once"].state == "failed" and rows["once"].attempts == 1
+        assert "died" in (rows["once"].error or "") and "gave up after 1 tries" in \
+            (rows["once"].error or "")
+    finally:
+        silent.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
