@@ -100,6 +100,9 @@ def test_jobs_run_on_both_workers_and_the_ledger_says_where(cluster: Cluster,
     out = tmp_path / "out"
     sources = {f"job{i}": f"ssh://root@127.0.0.1:{free_port()}" for i in range(3)}
     manifest = _manifest(tmp_path / "fleet.toml", out, sources)
+    # w2's output dir from the manifest's host table beats its P2V_OUTPUT_DIR.
+    w2_dir = tmp_path / "w2-from-manifest"
+    manifest.write_text(manifest.read_text() + f'[hosts.w2]\noutput_dir = "{w2_dir}"\n')
     rc, events, err = _batch(manifest, "--scheduler", cluster.address)
     assert rc == 1, err
     start = next(e for e in events if e["event"] == "batch-start")
@@ -107,15 +110,15 @@ def test_jobs_run_on_both_workers_and_the_ledger_says_where(cluster: Cluster,
     placed = {e["job"]: e for e in events if e["event"] == "batch-job-placed"}
     assert set(placed) == set(sources)
     rows, attempts = _ledger(out)
-    names = {w.name: w for w in cluster.workers.values()}
+    dirs = {"w1": cluster.workers["w1"].output_dir, "w2": w2_dir}
     for name, row in rows.items():
         assert (row.state, row.stage, row.attempts) == ("failed", "inspect", 1)
         assert "Connection refused" in (row.error or "")
         # The ledger (here, on the submitter) names the worker; the work dir is that host's.
         assert row.worker == placed[name]["worker"]
-        worker = names[placed[name]["worker_name"]]
-        assert row.work_dir == str(worker.output_dir / name)
-        assert (worker.output_dir / name / "spec.json").is_file()
+        work_dir = dirs[placed[name]["worker_name"]] / name
+        assert row.work_dir == str(work_dir)
+        assert (work_dir / "spec.json").is_file()
         assert attempts[name][0]["worker"] == row.worker
     # The first two jobs started together, one per slot: both workers were used.
     assert len({p["worker"] for p in placed.values()}) == 2
