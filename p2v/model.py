@@ -15,7 +15,7 @@ from typing import Any, Literal, cast
 from p2v.errors import UsageError
 
 DiskBus = Literal["virtio", "sata"]
-NicModel = Literal["virtio", "e1000e"]
+NicModel = Literal["virtio", "e1000e", "e1000"]
 Firmware = Literal["bios", "uefi"]
 MachineType = Literal["q35"]
 
@@ -61,7 +61,8 @@ class GuestCaps:
     registered with other MACs would rename those interfaces and lose their configuration.
     disk_bus is "virtio" when the guest has virtio drivers in its boot path, else "sata"
     (the fallback every Linux and Windows since Vista boots from); nic_model likewise
-    "virtio" or "e1000e".
+    "virtio" or "e1000e" ("e1000" for Windows 7 / 2008 R2 without netkvm: no inbox e1000e
+    driver there).
     """
 
     disk_bus: DiskBus = "virtio"
@@ -84,8 +85,8 @@ class GuestCaps:
     def from_dict(cls, data: dict[str, Any], what: str = "guest caps") -> GuestCaps:
         return cls(
             disk_bus=cast(DiskBus, _choice(data, "disk_bus", ("virtio", "sata"), "virtio", what)),
-            nic_model=cast(NicModel, _choice(data, "nic_model", ("virtio", "e1000e"), "virtio",
-                                             what)),
+            nic_model=cast(NicModel, _choice(data, "nic_model", ("virtio", "e1000e", "e1000"),
+                                             "virtio", what)),
             machine=cast(MachineType, _choice(data, "machine", ("q35",), "q35", what)),
             firmware=cast(Firmware, _choice(data, "firmware", ("bios", "uefi"), "bios", what)),
             pinned_nics=_pinned_nics(data.get("nics", []), what),

@@ -95,8 +95,12 @@ def open_guest(
     fmt: str | None = None,
     memsize: int | None = None,
     network: bool = False,
+    extra_readonly: Sequence[Path] = (),
 ) -> Iterator[GuestSession]:
-    """Launch the appliance over the disks; shut it down (flushing writes) on exit."""
+    """Launch the appliance over the disks; shut it down (flushing writes) on exit.
+
+    extra_readonly: raw images attached read-only after the disks (the virtio-win ISO).
+    """
     try:
         import guestfs  # noqa: PLC0415 - only importer of libguestfs by design
     except ImportError as exc:  # pragma: no cover - depends on the host
@@ -118,6 +122,9 @@ def open_guest(
             if fmt:
                 options["format"] = fmt
             session.call(f"adding {disk}", "add_drive_opts", str(disk), **options)
+        for extra in extra_readonly:
+            session.call(f"adding {extra}", "add_drive_opts", str(extra), readonly=True,
+                         format="raw")
         session.call("launching the appliance", "launch")
         yield session
         if not readonly:

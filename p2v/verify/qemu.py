@@ -11,7 +11,7 @@ from p2v.errors import InputNotFound
 
 Bus = Literal["virtio", "sata"]
 Firmware = Literal["bios", "uefi"]
-NicModel = Literal["virtio", "e1000e"]
+NicModel = Literal["virtio", "e1000e", "e1000"]
 
 OVMF_CODE_CANDIDATES = (
     "/usr/share/OVMF/OVMF_CODE_4M.fd",
@@ -123,6 +123,8 @@ class Machine:
             if nic.model == "e1000e":
                 slot = f",addr={ONBOARD_NIC_SLOT + index:#x}"
                 argv += ["-device", f"e1000e,netdev={netdev},mac={nic.mac}{slot}"]
+            elif nic.model == "e1000":
+                argv += ["-device", f"e1000,netdev={netdev},mac={nic.mac}"]
             else:
                 argv += ["-device", f"virtio-net-pci,netdev={netdev},mac={nic.mac}"]
         argv += ["-device", "virtio-rng-pci"] if self.bus == "virtio" else []
