@@ -307,7 +307,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _add_fix(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fix",
-        help="make copied disk images of a Linux guest boot on virtio, network intact",
+        help="make copied disk images of a Linux or Windows guest boot on virtio",
         description=(
             "Open IMAGE(s) (all disks of one guest, boot disk first) in the libguestfs "
             "appliance, report what the guest is (OS, kernels and their virtio support, boot "
@@ -315,7 +315,8 @@ def _add_fix(sub: argparse._SubParsersAction) -> None:
             "virtio drivers in each kernel's initramfs (the guest's own tool), device names "
             "in fstab/crypttab/grub/mdadm/LVM switched to UUID= or virtio names, the grub "
             "config regenerated and checked, NIC names pinned to the VM's MACs, the UEFI "
-            "fallback loader. Writes the GuestCaps JSON beside the first image "
+            "fallback loader. Windows guests get the virtio-win drivers of --virtio-win "
+            "(docs/windows.md). Writes the GuestCaps JSON beside the first image "
             "(IMAGE.caps.json). --dry-run stops after the report; a second run changes "
             "nothing. See docs/fix.md."
         ),
@@ -332,6 +333,9 @@ def _add_fix(sub: argparse._SubParsersAction) -> None:
                         "reported)")
     p.add_argument("--serial-console", action="store_true",
                    help="add a serial console on ttyS0 (kernel and grub) for virsh console")
+    p.add_argument("--virtio-win", type=Path, metavar="DIR|ISO",
+                   help="Windows guests: the virtio-win ISO or directory to take the drivers "
+                        "from (see docs/windows.md)")
     p.add_argument("--dry-run", action="store_true", help="report the plan, change nothing")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cmd_fix)
@@ -341,6 +345,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     from p2v.errors import InputNotFound, UsageError
     from p2v.fix.fixer import FixOptions, fix_images, read_inventory
     from p2v.fix.network import NicPin, valid_name
+    from p2v.fix.windows import WindowsFixResult
     from p2v.model import normalise_mac
 
     for image in args.images:
@@ -369,10 +374,13 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pins.items()),
                          source_disks=disks, firmware=firmware, dry_run=args.dry_run,
                          serial_console=args.serial_console,
-                         remove_agents=args.remove_agents)
+                         remove_agents=args.remove_agents, virtio_win=args.virtio_win)
     result = fix_images(args.images, options, progress=_say(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
+        return ExitCode.OK
+    if isinstance(result, WindowsFixResult):
+        print("\n".join(result.lines()))
         return ExitCode.OK
     r = result.report
     print(f"{r.product}: {r.distro} {r.version} (family {r.family or 'unknown'}), "

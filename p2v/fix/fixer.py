@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2v.errors import FixError, GuestfsError
+from p2v.errors import FixError, GuestfsError, UsageError
 from p2v.fix import agents, devices, linux, network
 from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
 from p2v.fix.session import GuestSession, open_guest
+from p2v.fix.virtio_win import check_virtio_win
+from p2v.fix.windows import WindowsFixResult, fix_windows
 from p2v.model import INVENTORY_SCHEMA, GuestCaps, Inventory, SourceInventory
 from p2v.verify.boot import image_format
 from p2v.verify.probe import add_console
@@ -46,6 +48,7 @@ class FixOptions:
     dry_run: bool = False
     serial_console: bool = False                 # add console=ttyS0 (kernel and grub)
     remove_agents: bool = False                  # remove other platforms' agents
+    virtio_win: Path | None = None               # Windows: the virtio-win ISO or directory
 
 
 @dataclass(frozen=True)
@@ -500,15 +503,30 @@ def _after(report: GuestReport, plan: FixPlan, applied: bool) -> list[KernelInfo
 
 
 def fix_images(images: Sequence[Path], options: FixOptions,
-               progress: Callable[[str], None] = lambda _m: None) -> FixResult:
-    """Inspect, plan and (unless dry-run) fix one guest's disk images, all together."""
+               progress: Callable[[str], None] = lambda _m: None) -> FixResult | WindowsFixResult:
+    """Inspect, plan and (unless dry-run) fix one guest's disk images, all together.
+
+    A Windows guest goes to p2v.fix.windows (virtio-win drivers); a Linux one is fixed here.
+    """
     images = tuple(Path(i) for i in images)
     started = time.monotonic()
+    # A wrong --virtio-win is refused before the appliance starts.
+    virtio_kind = check_virtio_win(options.virtio_win) if options.virtio_win else None
     progress(f"launching the appliance over {len(images)} image(s)")
     # The format is given, never probed: qemu restricts writes to sector 0 of a probed raw.
     formats = {image_format(i) for i in images}
     fmt = formats.pop() if len(formats) == 1 else None
-    with open_guest(images, readonly=options.dry_run, fmt=fmt) as session:
+    iso = (options.virtio_win,) if virtio_kind == "iso" and options.virtio_win else ()
+    with open_guest(images, readonly=options.dry_run, fmt=fmt, extra_readonly=iso) as session:
+        root = session.inspect()
+        if str(session.g.inspect_get_type(root)) == "windows":
+            return fix_windows(session, root, images, virtio_win=options.virtio_win,
+                               virtio_kind=virtio_kind, dry_run=options.dry_run,
+                               caps_path=caps_path_for(images), progress=progress,
+                               started=started)
+        if options.virtio_win is not None:
+            raise UsageError(detail="--virtio-win is for Windows guests; this one is "
+                                    f"{session.g.inspect_get_type(root)}: drop the option")
         # Mounted read-only until there is something to change: a run with nothing to do
         # (or a dry run) leaves every byte of the images as it was.
         report = inspect_guest(session, list(options.source_disks) or None)

@@ -1,0 +1,533 @@
+"""`p2v fix` for Windows: inject the virtio-win drivers the catalog picks, offline.
+
+Windows finds its boot disk only through a driver that is registered as boot-critical
+before the first boot: without it a disk moved onto virtio blue-screens with
+INACCESSIBLE_BOOT_DEVICE. So, in one appliance session over the guest's disks (and the
+virtio-win ISO, read-only, if one is given):
+
+1. inspect (libguestfs: version, arch, system root, control set, hives; the build number
+   from the SOFTWARE hive) and look the version up in the catalog;
+2. plan on host copies of SYSTEM and SOFTWARE (hivex): the boot-critical drivers get their
+   .sys in System32\\drivers, a service with Start=0 and their PCI IDs in the
+   CriticalDeviceDatabase (up to Windows 7 / 2008 R2) or the DriverDatabase (Windows 8 and
+   later, with the package in the DriverStore); every driver is staged in
+   %SystemRoot%\\Drivers\\p2v-virtio, which is added to DevicePath, for a bounded first-boot
+   pnputil run (p2v.fix.firstboot);
+3. stop there for --dry-run, or when nothing differs (a second run), else remount
+   read-write, upload the hives and files, and read the hives back to check every value.
+
+A Windows version the catalog has no virtio driver for keeps SATA and an emulated NIC in
+its GuestCaps, and the report says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from p2v.errors import FixError, GuestfsError, UsageError
+from p2v.fix import firstboot
+from p2v.fix.catalog import GUESTFS_ARCHS, Catalog, Driver, WindowsVersion, load_catalog
+from p2v.fix.hive import RegValue, open_hive
+from p2v.fix.session import GuestSession
+from p2v.fix.virtio_win import ISO_MOUNT, DriverTree
+from p2v.model import GuestCaps, NicModel
+
+GROOT = "/guest"        # where the appliance mounts the Windows system volume
+DEVICE_PATH_KEY = r"Microsoft\Windows\CurrentVersion"
+STAGE_DEVICE_PATH = firstboot.STAGE_DIR
+CONFIGURATION = "p2v_boot"     # the DriverDatabase configuration p2v writes for a device
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+@dataclass(frozen=True)
+class WindowsReport:
+    """What the Windows guest is, as p2v fix found it."""
+
+    root: str
+    product: str
+    major: int
+    minor: int
+    build: int | None
+    variant: str                 # client or server
+    arch: str                    # virtio-win's name: amd64, x86
+    systemroot: str              # /Windows
+    hostname: str
+    control_set: str             # ControlSet001
+    drive: str                   # the system volume's letter
+    firmware: str
+    catalog_dir: str | None      # the catalog's name for this version (2k19), None: unknown
+
+    @property
+    def version(self) -> str:
+        return f"{self.major}.{self.minor}" + (f" build {self.build}" if self.build else "")
+
+
+@dataclass(frozen=True)
+class WinChange:
+    kind: str       # copy, registry, create, edit
+    target: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.target}: {self.why}"
+
+
+@dataclass(frozen=True)
+class RegEdit:
+    hive: str       # SYSTEM or SOFTWARE
+    key: str
+    name: str
+    value: RegValue
+    group: str      # what the value is for, as reported
+
+
+@dataclass(frozen=True)
+class FileCopy:
+    guest_path: str                  # relative to the system volume, / separated
+    tree_path: str | None = None     # from the virtio-win tree ...
+    data: bytes | None = None        # ... or these bytes
+    why: str = ""
+
+
+@dataclass
+class WindowsPlan:
+    drivers: list[str] = field(default_factory=list)       # installed offline (boot-critical)
+    staged: list[str] = field(default_factory=list)        # staged for first-boot pnputil
+    registry: list[RegEdit] = field(default_factory=list)
+    files: list[FileCopy] = field(default_factory=list)
+    changes: list[WinChange] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    caps: GuestCaps = field(default_factory=GuestCaps)
+    fallback: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+
+@dataclass
+class WindowsFixResult:
+    images: tuple[Path, ...]
+    report: WindowsReport
+    plan: WindowsPlan
+    applied: bool
+    caps: GuestCaps
+    caps_path: Path | None
+    dry_run: bool
+    checks: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.plan.empty
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": [str(i) for i in self.images],
+            "dry_run": self.dry_run,
+            "nothing_to_do": self.plan.empty,
+            "applied": self.applied,
+            "inspection": dict(asdict(self.report), os_type="windows"),
+            "drivers": {"boot": self.plan.drivers, "staged": self.plan.staged},
+            "changes": [asdict(c) for c in self.plan.changes],
+            "warnings": self.plan.warnings,
+            "checks": self.checks,
+            "caps": caps_document(self.caps, self.report, self.plan),
+            "caps_path": str(self.caps_path) if self.caps_path else None,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def lines(self) -> list[str]:
+        """The text report `p2v fix` prints."""
+        r = self.report
+        out = [f"{r.product}: Windows NT {r.version} ({r.variant}, {r.arch}), "
+               f"{r.systemroot} on {r.drive}:, {r.control_set}, {r.firmware}; catalog: "
+               f"{r.catalog_dir or 'no entry'}"]
+        if self.plan.drivers or self.plan.staged:
+            out.append(f"  drivers: boot-critical {', '.join(self.plan.drivers) or 'none'}; "
+                       f"staged for first boot {', '.join(self.plan.staged) or 'none'}")
+        if self.plan.empty:
+            out.append("nothing to do: the guest needs no change")
+        else:
+            out.append(f"{'planned' if self.dry_run else 'made'} {len(self.plan.changes)} "
+                       "change(s):")
+            out += [f"  {c}" for c in self.plan.changes]
+        out += [f"warning: {w}" for w in self.plan.warnings]
+        out += [f"checked: {c}" for c in self.checks]
+        c = self.caps
+        out.append(f"guest caps: disks {c.disk_bus}, NIC {c.nic_model}, {c.machine}, "
+                   f"{c.firmware}" + (f" -> {self.caps_path}" if self.caps_path
+                                      else " (dry run: nothing written)"))
+        return out
+
+
+def caps_document(caps: GuestCaps, report: WindowsReport, plan: WindowsPlan) -> dict[str, Any]:
+    """GuestCaps plus what it was decided from (facts only: a second run writes the same)."""
+    data: dict[str, Any] = dict(caps.to_dict())
+    data["os"] = {"distro": "windows", "version": report.version, "product": report.product,
+                  "variant": report.variant, "arch": report.arch,
+                  "catalog": report.catalog_dir}
+    data["drivers"] = sorted(plan.drivers + plan.staged)
+    data["fallback"] = plan.fallback
+    return data
+
+
+# -------------------------------------------------------------------------------- inspect
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _firmware(session: GuestSession) -> str:
+    g = session.g
+    for disk in g.list_devices():
+        try:
+            if g.part_get_parttype(disk) != "gpt":
+                continue
+            for part in g.part_list(disk):
+                if str(g.part_get_gpt_type(disk, part["part_num"])).upper() == ESP_GUID:
+                    return "uefi"
+        except GuestfsError:
+            continue
+    return "bios"
+
+
+def inspect_windows(session: GuestSession, root: str, software: Path,
+                    catalog: Catalog) -> WindowsReport:
+    """The guest's version facts (libguestfs inspection, plus the build from SOFTWARE)."""
+    g = session.g
+    with open_hive(software) as h:
+        cv = h.values(r"Microsoft\Windows NT\CurrentVersion")
+    build = next((_int(cv[k].data) for k in ("CurrentBuildNumber", "CurrentBuild")
+                  if k in cv), None)
+    arch_raw = str(g.inspect_get_arch(root))
+    arch = GUESTFS_ARCHS.get(arch_raw, arch_raw)
+    major, minor = int(g.inspect_get_major_version(root)), int(g.inspect_get_minor_version(root))
+    variant = str(g.inspect_get_product_variant(root)).lower()
+    drive = next((str(letter) for letter, dev in g.inspect_get_drive_mappings(root).items()
+                  if str(dev) == root), "C")
+    version = catalog.version_for(major, minor, variant, build)
+    return WindowsReport(
+        root=root, product=str(g.inspect_get_product_name(root)), major=major, minor=minor,
+        build=build, variant=variant, arch=arch,
+        systemroot=str(g.inspect_get_windows_systemroot(root)),
+        hostname=str(g.inspect_get_hostname(root)),
+        control_set=str(g.inspect_get_windows_current_control_set(root)), drive=drive,
+        firmware=_firmware(session), catalog_dir=version.dir if version else None)
+
+
+# ----------------------------------------------------------------------------------- plan
+
+def cdd_key(pci: str) -> str:
+    """A PCI hardware ID as a CriticalDeviceDatabase key: pci#ven_1af4&dev_1001&..."""
+    return pci.replace("\\", "#").lower()
+
+
+def package_name(driver: Driver, arch: str, inf: bytes) -> str:
+    """The DriverStore package directory name: <inf>_<arch>_<16 hex of the inf's hash>."""
+    return f"{driver.inf_file.lower()}_{arch}_{hashlib.sha256(inf).hexdigest()[:16]}"
+
+
+def boot_driver_edits(driver: Driver, version: WindowsVersion, control_set: str,
+                      package: str) -> list[RegEdit]:
+    """The SYSTEM values that make Windows load a storage driver at boot for its devices."""
+    svc = f"{control_set}\\Services\\{driver.service}"
+    group = f"service {driver.service}"
+    edits = [
+        RegEdit("SYSTEM", svc, "Type", RegValue.dword(1), group),            # kernel driver
+        RegEdit("SYSTEM", svc, "Start", RegValue.dword(0), group),           # boot start
+        RegEdit("SYSTEM", svc, "ErrorControl", RegValue.dword(1), group),
+        RegEdit("SYSTEM", svc, "Group", RegValue.sz(driver.group), group),
+        RegEdit("SYSTEM", svc, "ImagePath",
+                RegValue.expand_sz(f"system32\\drivers\\{driver.sys_file}"), group),
+        RegEdit("SYSTEM", svc, "DisplayName", RegValue.sz(driver.name), group),
+        # The miniport's bus interface (5 = PCI), as its .inf's AddReg sets it.
+        RegEdit("SYSTEM", f"{svc}\\Parameters\\PnpInterface", "5", RegValue.dword(1), group),
+    ]
+    if not version.uses_driver_database:
+        group = f"CriticalDeviceDatabase entries for {driver.name}"
+        for pci in driver.pci:
+            key = f"{control_set}\\Control\\CriticalDeviceDatabase\\{cdd_key(pci)}"
+            edits += [RegEdit("SYSTEM", key, "Service", RegValue.sz(driver.service), group),
+                      RegEdit("SYSTEM", key, "ClassGUID", RegValue.sz(driver.class_guid), group)]
+        return edits
+    group = f"DriverDatabase entries for {driver.name}"
+    inf = driver.inf_file.lower()
+    db = "DriverDatabase"
+    pkg = f"{db}\\DriverPackages\\{package}"
+    edits += [
+        RegEdit("SYSTEM", f"{db}\\DriverInfFiles\\{inf}", "", RegValue.multi_sz(package), group),
+        RegEdit("SYSTEM", f"{db}\\DriverInfFiles\\{inf}", "Active", RegValue.sz(package), group),
+        RegEdit("SYSTEM", pkg, "", RegValue.sz(inf), group),
+        RegEdit("SYSTEM", pkg, "Provider", RegValue.sz("Red Hat, Inc."), group),
+        RegEdit("SYSTEM", f"{pkg}\\Configurations\\{CONFIGURATION}", "Service",
+                RegValue.sz(driver.service), group),
+        RegEdit("SYSTEM", f"{pkg}\\Configurations\\{CONFIGURATION}", "ConfigFlags",
+                RegValue.dword(0), group),
+    ]
+    for pci in driver.pci:
+        edits += [
+            RegEdit("SYSTEM", f"{pkg}\\Descriptors\\{pci}", "Configuration",
+                    RegValue.sz(CONFIGURATION), group),
+            # The value data ranks the match (first byte: rank, 0xff: any configuration).
+            RegEdit("SYSTEM", f"{db}\\DeviceIds\\{pci}", inf,
+                    RegValue.binary(bytes([1, 0xFF, 0, 0])), group),
+        ]
+    return edits
+
+
+def extended_device_path(current: str | None) -> str:
+    """DevicePath with the staging dir appended once (PnP searches it for new devices)."""
+    parts = [p for p in (current or "%SystemRoot%\\inf").split(";") if p]
+    if any(p.strip().lower() == STAGE_DEVICE_PATH.lower() for p in parts):
+        return ";".join(parts)
+    return ";".join([*parts, STAGE_DEVICE_PATH])
+
+
+def _guest(session: GuestSession, rel: str) -> str:
+    """rel (under the system volume) as the appliance has it, in the case it exists."""
+    path = f"{GROOT}/{rel}"
+    try:
+        return str(session.g.case_sensitive_path(path))
+    except GuestfsError:
+        return path
+
+
+def _same_file(session: GuestSession, tree: DriverTree | None, copy: FileCopy) -> bool:
+    g = session.g
+    path = _guest(session, copy.guest_path)
+    if not g.is_file(path):
+        return False
+    have = str(g.checksum("sha256", path))
+    if copy.data is not None:
+        return have == hashlib.sha256(copy.data).hexdigest()
+    assert tree is not None and copy.tree_path is not None
+    if tree.kind == "dir":
+        want = hashlib.sha256((tree.path / copy.tree_path).read_bytes()).hexdigest()
+    else:
+        want = str(g.checksum("sha256", f"{ISO_MOUNT}/{copy.tree_path}"))
+    return have == want
+
+
+def _text_file(session: GuestSession, rel: str) -> str:
+    path = _guest(session, rel)
+    if not session.g.is_file(path):
+        return ""
+    raw = bytes(session.call(f"reading {rel}", "read_file", path))
+    if raw.startswith(b"\xff\xfe"):
+        return raw[2:].decode("utf-16-le", errors="replace")
+    return raw.decode("utf-8", errors="replace").lstrip("\ufeff")
+
+
+def plan_windows(session: GuestSession, report: WindowsReport, catalog: Catalog,
+                 tree: DriverTree | None, hives: dict[str, Path]) -> WindowsPlan:
+    """Every change the guest needs; applies the registry edits to the host copies of the
+    hives (only uploaded by apply) and reports what differs."""
+    plan = WindowsPlan()
+    version = catalog.version_for(report.major, report.minor, report.variant, report.build) \
+        if report.catalog_dir else None
+    drivers = catalog.drivers_for(version, report.arch) if version else []
+    fallback_nic = cast(NicModel, version.fallback_nic if version
+                        else ("e1000" if (report.major, report.minor) < (6, 2) else "e1000e"))
+    storage = [d for d in drivers if d.boot_critical and d.device == "virtio-blk"]
+    firmware = "uefi" if report.firmware == "uefi" else "bios"
+    if version is None or not storage:
+        name = version.name if version else f"Windows NT {report.version} ({report.variant})"
+        plan.fallback = (f"the driver catalog has no virtio storage driver for {name} "
+                         f"{report.arch}")
+        plan.warnings.append(f"{plan.fallback}: the guest keeps SATA disks and an "
+                             f"{fallback_nic} NIC (no virtio drivers injected)")
+        plan.caps = GuestCaps(disk_bus="sata", nic_model=fallback_nic, machine="q35",
+                              firmware=cast(Any, firmware))
+        return plan
+    if tree is None:
+        raise UsageError(detail=f"{report.product} needs virtio drivers: give --virtio-win "
+                                "DIR|ISO (the virtio-win ISO or its unpacked contents)")
+    # Every driver's files first: a missing one stops the run before anything is written.
+    found: dict[str, dict[str, str]] = {}
+    for driver in drivers:
+        try:
+            found[driver.name] = tree.driver_files(driver, version, report.arch)
+        except UsageError as exc:
+            if not driver.optional:
+                raise
+            plan.warnings.append(f"optional driver {driver.name} left out: {exc}")
+    edits: list[RegEdit] = []
+    stage = firstboot.STAGE_PATH
+    for driver in drivers:
+        files = found.get(driver.name)
+        if files is None:
+            continue
+        for name, rel in files.items():
+            plan.files.append(FileCopy(f"{stage}/{name}", rel, why=f"staged for pnputil "
+                                       f"({driver.name})"))
+        if driver.boot_critical:
+            plan.drivers.append(driver.name)
+            sys_rel = files[driver.sys_file]
+            plan.files.append(FileCopy(f"Windows/System32/drivers/{driver.sys_file}", sys_rel,
+                                       why=f"boot-critical {driver.name} loaded at boot"))
+            package = package_name(driver, report.arch, tree.read(files[driver.inf_file]))
+            if version.uses_driver_database:
+                for name, rel in files.items():
+                    plan.files.append(FileCopy(
+                        f"Windows/System32/DriverStore/FileRepository/{package}/{name}", rel,
+                        why=f"driver package of {driver.name}"))
+            edits += boot_driver_edits(driver, version, report.control_set, package)
+        else:
+            plan.staged.append(driver.name)
+    # DevicePath, and the first-boot script with its Group Policy registration.
+    with open_hive(hives["SOFTWARE"]) as h:
+        current = h.get(DEVICE_PATH_KEY, "DevicePath")
+    edits.append(RegEdit("SOFTWARE", DEVICE_PATH_KEY, "DevicePath", RegValue.expand_sz(
+        extended_device_path(str(current.data) if current else None)),
+        "DevicePath (PnP looks for drivers of new devices there)"))
+    scripts_ini = _text_file(session, firstboot.SCRIPTS_INI)
+    index, _present = firstboot.startup_index(scripts_ini)
+    edits += [RegEdit("SOFTWARE", key, name, value, "Group Policy startup script")
+              for key, name, value in firstboot.registry_values(index, report.drive)]
+    plan.files += [
+        FileCopy(firstboot.SCRIPT_PATH, data=firstboot.script_text(version.pnputil).encode(),
+                 why=f"first-boot pnputil, at most {firstboot.MAX_TRIES} tries"),
+        FileCopy(firstboot.SCRIPTS_INI, data=b"\xff\xfe" + firstboot.scripts_ini_with_ours(
+            scripts_ini).encode("utf-16-le"), why="run the first-boot script at startup"),
+        FileCopy(firstboot.GPT_INI, data=firstboot.gpt_ini_with_scripts(
+            _text_file(session, firstboot.GPT_INI)).encode(),
+            why="enable startup scripts in the local policy"),
+    ]
+    plan.registry = edits
+    _diff_registry(plan, hives)
+    for copy in plan.files:
+        if not _same_file(session, tree, copy):
+            kind = "copy" if copy.tree_path else "create"
+            plan.changes.append(WinChange(kind, copy.guest_path.replace("/", "\\"), copy.why))
+    has_net = "netkvm" in found
+    plan.caps = GuestCaps(disk_bus="virtio", nic_model="virtio" if has_net else fallback_nic,
+                          machine="q35", firmware=cast(Any, firmware))
+    if not has_net:
+        plan.warnings.append(f"no netkvm driver: the NIC stays {fallback_nic}")
+    return plan
+
+
+def _diff_registry(plan: WindowsPlan, hives: dict[str, Path]) -> None:
+    """Apply the edits to the host copies; one change line per group that differed."""
+    changed: dict[tuple[str, str], list[str]] = {}
+    for name, path in hives.items():
+        with open_hive(path, write=True) as h:
+            for edit in (e for e in plan.registry if e.hive == name):
+                if h.set_value(edit.key, edit.name, edit.value):
+                    changed.setdefault((name, edit.group), []).append(
+                        f"{edit.name or '(default)'}")
+    for (hive, group), names in changed.items():
+        plan.changes.append(WinChange("registry", f"{hive}: {group}",
+                                      f"{len(names)} value(s) set"))
+
+
+def check_registry(plan: WindowsPlan, hives: dict[str, Path]) -> list[str]:
+    """Every planned value is in the hive files read back (raise FixError if not)."""
+    for name, path in hives.items():
+        with open_hive(path) as h:
+            for edit in (e for e in plan.registry if e.hive == name):
+                if h.get(edit.key, edit.name) != edit.value:
+                    raise FixError(images=str(path), detail=f"{name}\\{edit.key}\\{edit.name} "
+                                   "does not hold the value written")
+    return [f"{len(plan.registry)} registry value(s) read back from SYSTEM and SOFTWARE"]
+
+
+# ---------------------------------------------------------------------------------- apply
+
+def _mount(session: GuestSession, root: str, readonly: bool) -> None:
+    try:
+        if readonly:
+            session.g.mount_ro(root, GROOT)
+        else:
+            session.g.mount(root, GROOT)
+    except GuestfsError as exc:
+        if readonly:
+            raise
+        raise FixError(images=root, detail=f"the Windows volume cannot be opened for writing "
+                       f"({exc.fields.get('detail', exc)}); it is hibernated or was not shut "
+                       "down cleanly (Fast Startup): shut the source down fully "
+                       "(shutdown /s /t 0) and copy it again") from exc
+
+
+def _apply(session: GuestSession, tree: DriverTree | None, plan: WindowsPlan,
+           hives: dict[str, Path], hive_paths: dict[str, str]) -> list[str]:
+    g = session.g
+    changed = {c.target for c in plan.changes}
+    for name, path in hives.items():
+        session.call(f"writing the {name} hive", "upload", str(path), hive_paths[name])
+    for copy in plan.files:
+        if copy.guest_path.replace("/", "\\") not in changed:
+            continue
+        target = _guest(session, copy.guest_path)
+        g.mkdir_p(target.rsplit("/", 1)[0])
+        if copy.data is not None:
+            session.call(f"writing {copy.guest_path}", "write", target, copy.data)
+        else:
+            assert tree is not None and copy.tree_path is not None
+            tree.copy(copy.tree_path, target)
+    # Read the hives back out of the guest: what Windows will see.
+    with tempfile.TemporaryDirectory(prefix="p2v-hives-") as tmp:
+        back = {}
+        for name, remote in hive_paths.items():
+            back[name] = Path(tmp) / name
+            session.call(f"reading the {name} hive back", "download", remote, str(back[name]))
+        checks = check_registry(plan, back)
+    copied = sum(1 for c in plan.files if c.guest_path.replace("/", "\\") in changed)
+    return [*checks, f"{copied} file(s) written"]
+
+
+def fix_windows(session: GuestSession, root: str, images: Sequence[Path], *,
+                virtio_win: Path | None, virtio_kind: str | None, dry_run: bool,
+                caps_path: Path, progress: Callable[[str], None],
+                started: float, catalog: Catalog | None = None) -> WindowsFixResult:
+    """Inspect, plan and (unless dry-run or nothing to do) fix a Windows guest."""
+    catalog = catalog or load_catalog()
+    g = session.g
+    g.mkmountpoint(GROOT)
+    tree = None
+    if virtio_win is not None and virtio_kind is not None:
+        if virtio_kind == "iso":
+            g.mkmountpoint(ISO_MOUNT)
+            g.mount_ro(str(g.list_devices()[-1]), ISO_MOUNT)
+        tree = DriverTree(session, virtio_win, virtio_kind)
+    _mount(session, root, readonly=True)
+    hive_paths = {
+        "SYSTEM": _guest(session, str(g.inspect_get_windows_system_hive(root)).lstrip("/")),
+        "SOFTWARE": _guest(session, str(g.inspect_get_windows_software_hive(root)).lstrip("/")),
+    }
+    with tempfile.TemporaryDirectory(prefix="p2v-hives-") as tmp:
+        hives = {}
+        for name, remote in hive_paths.items():
+            hives[name] = Path(tmp) / name
+            session.call(f"reading the {name} hive", "download", remote, str(hives[name]))
+        report = inspect_windows(session, root, hives["SOFTWARE"], catalog)
+        progress(f"found {report.product} (Windows NT {report.version}, {report.variant}, "
+                 f"{report.arch}); catalog entry: {report.catalog_dir or 'none'}")
+        plan = plan_windows(session, report, catalog, tree, hives)
+        checks: list[str] = []
+        applied = False
+        if not dry_run and not plan.empty:
+            progress(f"writing {len(plan.changes)} change(s) into the guest")
+            g.umount(GROOT)
+            _mount(session, root, readonly=False)
+            checks = _apply(session, tree, plan, hives, hive_paths)
+            applied = True
+    caps_file = None
+    if not dry_run:
+        caps_file = caps_path
+        text = json.dumps(caps_document(plan.caps, report, plan), indent=2) + "\n"
+        if not caps_file.exists() or caps_file.read_text() != text:
+            caps_file.write_text(text)
+    return WindowsFixResult(tuple(images), report, plan, applied, plan.caps, caps_file,
+                            dry_run, checks, round(time.monotonic() - started, 1))
