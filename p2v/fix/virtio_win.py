@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p2v.errors import UsageError
+from p2v.errors import ExitCode, UsageError
 from p2v.fix.catalog import Driver, WindowsVersion
 from p2v.fix.session import GuestSession
 
@@ -20,9 +20,13 @@ ISO_MOUNT = "/virtio-win"      # where the appliance mounts the ISO (its own mou
 class VirtioWinError(UsageError):
     """--virtio-win {path}: {detail}"""
 
+    exit_code = ExitCode.DRIVERS_UNAVAILABLE
+
 
 class DriverMissing(UsageError):
     """the virtio-win tree {tree} has no {driver} driver for {windows} {arch} (looked for {where}); use a virtio-win release that has it, nothing was written"""  # noqa: E501
+
+    exit_code = ExitCode.DRIVERS_UNAVAILABLE
 
 
 def check_virtio_win(path: Path) -> str:
