@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 SYNC_JOURNAL_SCHEMA = "p2v.sync-journal/1"
 DIRTY = "dirty"          # journal: the chunk is being rewritten; its hash is unknown
 FLUSH_BYTES = 64 << 20
+FLUSH_SECONDS = 5.0      # and at least this often, so a slow link loses little to a kill
 FREEZE_MODES = (None, "strict", "best-effort")
 
 Event = dict[str, Any]
@@ -314,14 +315,16 @@ def _rewrite(source: SshSource, info: DeviceInfo, reader: str, chunk: int,
     """Read the changed chunks (again once if one arrives corrupt) into the image."""
     pending: list[tuple[int, str | None]] = []
     pending_bytes = 0
+    last = time.monotonic()
 
     def commit() -> None:
-        nonlocal pending_bytes
+        nonlocal pending_bytes, last
         if pending:
             writer.flush()
             journal.append(pending)
             pending.clear()
             pending_bytes = 0
+            last = time.monotonic()
             emit({"event": "progress", "device": info.device, "wire_bytes": wire.bytes})
 
     def take(indexes: list[int]) -> list[int]:
@@ -342,7 +345,7 @@ def _rewrite(source: SshSource, info: DeviceInfo, reader: str, chunk: int,
                         writer.write(extent.offset, extent.data)
                     pending.append((extent.index, None if extent.zero else extent.sha256))
                     pending_bytes += extent.length
-                    if pending_bytes >= FLUSH_BYTES:
+                    if pending_bytes >= FLUSH_BYTES or time.monotonic() - last > FLUSH_SECONDS:
                         commit()
         except BaseException:
             try:

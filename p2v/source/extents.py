@@ -515,6 +515,10 @@ for part in ranges.split(","):
         if free and is_free(off, n):
             out.write(frame.pack(4, i, n, nozero, 0))
             continue
+        # Drop the device's cached copy first: a mounted filesystem writes its data past
+        # that cache, so a cached chunk can be older than the disk (a sync would miss it).
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, off, n, os.POSIX_FADV_DONTNEED)
         data = os.pread(fd, n, off) if hasattr(os, "pread") else None
         if data is None:
             os.lseek(fd, off, 0)

@@ -63,6 +63,7 @@ class Mount:
     device: str
     mountpoint: str
     fstype: str
+    read_only: bool = False
 
 
 _PAIR = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -72,18 +73,31 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
 
 
+def _mounts_table(text: str) -> dict[str, tuple[str, bool]]:
+    """/proc/self/mounts as {mountpoint: (fstype, read-only)}."""
+    table = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 4:
+            mountpoint = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                                fields[1])
+            table[mountpoint] = (fields[2], "ro" in fields[3].split(","))
+    return table
+
+
 def mounts_on(source: SshSource, disks: tuple[str, ...]) -> list[Mount]:
     """The filesystems mounted from the disks (their partitions, LVs, ...), one per device,
     deepest mountpoint first (the order to freeze them in)."""
-    result = source.run(["lsblk", "-P", "-p", "-o", "NAME,FSTYPE,MOUNTPOINT", *disks],
-                        timeout=60)
+    result = source.run(["lsblk", "-P", "-p", "-o", "NAME,MOUNTPOINT", *disks], timeout=60)
+    table = _mounts_table(source.run(["cat", "/proc/self/mounts"], timeout=60).text)
     seen: dict[str, Mount] = {}
     for line in result.text.splitlines():
         row = {k: _unescape(v) for k, v in _PAIR.findall(line)}
         mountpoint = row.get("MOUNTPOINT", "")
         if not mountpoint.startswith("/") or row.get("NAME", "") in seen:
             continue                     # not mounted, or swap ("[SWAP]")
-        seen[row["NAME"]] = Mount(row["NAME"], mountpoint, row.get("FSTYPE", ""))
+        fstype, read_only = table.get(mountpoint, ("", False))
+        seen[row["NAME"]] = Mount(row["NAME"], mountpoint, fstype, read_only)
     return sorted(seen.values(), key=lambda m: (-m.mountpoint.count("/"), m.mountpoint))
 
 
@@ -91,6 +105,7 @@ def mounts_on(source: SshSource, disks: tuple[str, ...]) -> list[Mount]:
 class FreezeReport:
     frozen: list[Mount] = field(default_factory=list)
     not_frozen: list[tuple[Mount, str]] = field(default_factory=list)    # (mount, why)
+    read_only: list[Mount] = field(default_factory=list)    # need no freeze
     frozen_at: float | None = None
     thawed_at: float | None = None
     thawed_by: str = ""              # "p2v" or "timer"
@@ -105,6 +120,7 @@ class FreezeReport:
         return {"frozen": [m.mountpoint for m in self.frozen],
                 "not_frozen": [{"mountpoint": m.mountpoint, "fstype": m.fstype, "why": why}
                                for m, why in self.not_frozen],
+                "read_only": [m.mountpoint for m in self.read_only],
                 "freeze_s": self.seconds, "thawed_by": self.thawed_by}
 
 
@@ -131,7 +147,8 @@ class Freeze:
         return self.source.target.host
 
     def __enter__(self) -> FreezeReport:
-        if not self.mounts:
+        if not any(not m.read_only for m in self.mounts):
+            self.report.read_only = list(self.mounts)
             return self.report
         started = self.source.run(
             ["sh", "-c", _TIMER, "p2v-timer", str(int(self.timeout)), self._tag,
@@ -144,6 +161,11 @@ class Freeze:
                  self.timeout)
         try:
             for mount in self.mounts:
+                if mount.read_only:
+                    self.report.read_only.append(mount)
+                    log.info("%s is mounted read-only: consistent without a freeze",
+                             mount.mountpoint)
+                    continue
                 result = self.source.run(["fsfreeze", "-f", mount.mountpoint], check=False,
                                          timeout=120)
                 if result.returncode == 0:

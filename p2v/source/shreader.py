@@ -54,6 +54,9 @@ cs=$3 ranges=$4 gz=$5
 [ "$gz" = 1 ] && ! command -v gzip >/dev/null 2>&1 && gz=0
 full=
 dd if=/dev/null of=/dev/null iflag=fullblock count=0 2>/dev/null && full=iflag=fullblock
+# iflag=direct reads past the device's cache, which a mounted filesystem's writes bypass.
+dd if="$dev" of=/dev/null bs=65536 count=1 iflag=direct 2>/dev/null && full=$full${full:+,}direct
+case $full in *direct) full=iflag=${full#iflag=} ;; esac
 exec 4>&1
 printf 'P2VSH1 %s %s\n' "$size" "$cs"
 set -f

@@ -394,7 +394,9 @@ class SshSource:
             channel = transport.open_session(timeout=timeout)
             channel.settimeout(timeout)
             channel.exec_command(command)
-        except (paramiko.SSHException, OSError) as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            # EOFError: paramiko re-raises the transport's own end-of-stream when the link
+            # died while the channel was being opened.
             raise SshFailed(host=self.target.host, detail=f"cannot start a command: {exc}"
                             ) from None
         return channel

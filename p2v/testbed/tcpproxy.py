@@ -94,6 +94,12 @@ class LinkProxy:
             _shut(s)
             s.close()
 
+    def cut_now(self) -> None:
+        """Drop every connection now and refuse new ones (a link that went down)."""
+        with self._lock:
+            self.cut = True
+        self._drop_all()
+
     def take(self) -> int:
         with self._lock:
             value, self.down = self.down, 0

@@ -1,0 +1,287 @@
+"""`p2v sync` on loop devices behind a real sshd: only changed chunks move, dropped chunks
+are zeroed, a killed sync resumes, hooks run in order, --freeze freezes (and refuses what it
+cannot freeze), and a cut link leaves a source that thaws by itself.
+
+The loop devices are on this machine, so "on the source" checks run here: a filesystem is
+frozen when a write to it does not complete. Every test thaws what it froze, whatever
+happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from copy_helpers import identical, open_source
+
+from p2v import cli, runner
+from p2v.copy import CopyRequest, copy_disks
+from p2v.errors import ExitCode, P2VError
+from p2v.source.ssh import SshOptions, SshSource
+from p2v.sync import SyncRequest, sync
+from p2v.testbed.sources import (
+    LoopSource,
+    SourceEndpoint,
+    SshServer,
+    attach_loop,
+    detach_loop,
+    write_random_disk,
+)
+from p2v.testbed.tcpproxy import LinkProxy
+
+MiB = 1 << 20
+
+
+def ssh_args(ep: SourceEndpoint) -> list[str]:
+    return [f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
+            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null"]
+
+
+def events(out: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def is_frozen(mountpoint: Path, wait: float = 1.5) -> bool:
+    """A write that does not finish within `wait` s: the filesystem is frozen. The writer is
+    left to finish after the thaw (a write to a frozen fs cannot be killed)."""
+    probe = subprocess.Popen(["sh", "-c", f"echo x > {mountpoint}/.probe"])
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if probe.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def thaw(mountpoint: Path) -> None:
+    runner.run(["fsfreeze", "-u", mountpoint], check=False)
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
+    """Two writable loop disks mounted here: 128 MiB ext4 (data, and a file to delete) and
+    a 32 MiB NTFS through ntfs-3g (FUSE: fsfreeze cannot freeze it; this kernel has no
+    vfat). Thawed and unmounted at the end."""
+    made: list[tuple[str, Path]] = []
+    try:
+        for name, size, mkfs, mount in (
+                ("ext4", 128, ["mkfs.ext4", "-q", "-b", "4096"], ["mount"]),
+                ("ntfs", 32, ["mkntfs", "-Q", "-F"], ["ntfs-3g"])):
+            raw = tmp_path / f"{name}.raw"
+            with raw.open("wb") as f:
+                f.truncate(size * MiB)
+            runner.run([*mkfs, raw])
+            device = attach_loop(raw, writable=True)
+            mountpoint = tmp_path / f"mnt-{name}"
+            mountpoint.mkdir()
+            runner.run([*mount, device, mountpoint])
+            made.append((device, mountpoint))
+        ext4 = made[0][1]
+        (ext4 / "doomed").write_bytes(os.urandom(24 * MiB))
+        (ext4 / "kept").write_bytes(os.urandom(8 * MiB))
+        (made[1][1] / "note.txt").write_text("fat\n")
+        os.sync()
+        yield made
+    finally:
+        for device, mountpoint in reversed(made):
+            thaw(mountpoint)
+            runner.run(["umount", mountpoint], check=False)
+            detach_loop(device)
+
+
+def test_sync_sends_changed_chunks_and_zeroes_dropped_ones(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    write_random_disk(raw, 48 * MiB, 40 * MiB)
+    out = tmp_path / "out"
+    with LoopSource.from_files([raw], writable=True) as ep, open_source(ep) as source:
+        (device,) = ep.disks
+        copy_disks(source, CopyRequest(disks=ep.disks, output_dir=out, name="d",
+                                       chunk_size=MiB))
+        image = out / f"d-{Path(device).name}.qcow2"
+        for reader, changes in (("python3", [(3 * MiB + 7, os.urandom(100)),
+                                             (20 * MiB, os.urandom(MiB + 5)),
+                                             (44 * MiB, os.urandom(MiB)),     # newly used
+                                             (10 * MiB, bytes(MiB))]),        # now zero
+                                ("sh", [(30 * MiB + 1, b"sh reader"), (11 * MiB, bytes(MiB))])):
+            with open(device, "r+b") as disk:
+                for offset, data in changes:
+                    disk.seek(offset)
+                    disk.write(data)
+                os.fsync(disk.fileno())
+            seen: list[dict[str, object]] = []
+            result = sync(source, SyncRequest(output_dir=out, name="d", reader=reader),
+                          seen.append)
+            (d,) = result.disks
+            assert d.reader == reader
+            assert identical(raw, image), reader
+            if reader == "python3":
+                assert (d.changed_chunks, d.dropped_chunks) == (4, 1)   # 3, 20, 21, 44 | 10
+                assert d.changed_bytes == 5 * MiB
+                # the changed data once, plus the hash list (about 70 bytes a chunk)
+                assert 4 * MiB < d.wire_bytes < 4 * MiB + 48 * 120
+            else:
+                assert (d.changed_chunks, d.dropped_chunks) == (1, 1)
+            assert [e["event"] for e in seen][:2] == ["sync-start", "sync-delta"]
+        manifest = json.loads((out / f"{image.name}.manifest.json").read_text())
+        assert len(manifest["syncs"]) == 2 and manifest["chunk_hashes"][10] is None
+        again = sync(source, SyncRequest(output_dir=out, name="d"))
+        assert again.changed_bytes == 0 and again.wire_bytes < 48 * 120
+        assert not list(out.glob("*.part")) and not list(out.glob("*.sync-journal"))
+
+
+def test_sync_killed_resumes_and_copy_will_not_restart_it(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    write_random_disk(raw, 64 * MiB, 64 * MiB)
+    out = tmp_path / "out"
+    with LoopSource.from_files([raw], writable=True) as ep:
+        (device,) = ep.disks
+        with open_source(ep) as source:
+            copy_disks(source, CopyRequest(disks=ep.disks, output_dir=out, name="k",
+                                           chunk_size=MiB))
+        with open(device, "r+b") as disk:
+            disk.write(os.urandom(40 * MiB))
+            os.fsync(disk.fileno())
+        image = out / f"k-{Path(device).name}.qcow2"
+        journal = image.with_name(image.name + ".sync-journal")
+        argv = [sys.executable, "-m", "p2v", "sync", *ssh_args(ep), "--output-dir", str(out),
+                "--name", "k", "--bandwidth-limit", "4M", "--no-compress"]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and any(json.loads(line).get("h") not in (None, "dirty")
+                                        for line in journal.read_text().splitlines()[1:]
+                                        if line.endswith("}")):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the sync ended before it could be killed"
+        assert not image.exists() and image.with_name(image.name + ".part").exists()
+        # A copy now would throw the image away: it refuses and names the sync.
+        assert cli.main(["copy", *ssh_args(ep), "--output-dir", str(out), "--name", "k",
+                         "--disk", device]) == ExitCode.USAGE
+        with open_source(ep) as source:
+            result = sync(source, SyncRequest(output_dir=out, name="k"))
+        (d,) = result.disks
+        assert d.resumed and 0 < d.changed_chunks < 40
+        assert identical(raw, image)
+
+
+def test_freeze_gives_a_clean_filesystem_and_hooks_run_around_it(
+        mounted: list[tuple[str, Path]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (device, mnt), _ = mounted
+    out = tmp_path / "out"
+    trace = tmp_path / "hooks.log"
+    with SshServer([device]) as ep:
+        assert cli.main(["copy", *ssh_args(ep), "--output-dir", str(out), "--name", "f",
+                         "--disk", device, "--json"]) == 0
+        (mnt / "doomed").unlink()
+        new = os.urandom(6 * MiB)
+        (mnt / "new").write_bytes(new)
+        capsys.readouterr()
+        before = f"echo before >> {tmp_path}/hooks.log; echo stopping the database"
+        after = f"echo after >> {tmp_path}/hooks.log"
+        assert cli.main(["sync", *ssh_args(ep), "--output-dir", str(out), "--name", "f",
+                         "--freeze", "--freeze-timeout", "60", "--before-final", before,
+                         "--after-final", after, "--json"]) == 0, capsys.readouterr().err
+        seen = events(capsys.readouterr().out)
+        assert not is_frozen(mnt)
+    assert trace.read_text() == "before\nafter\n"
+    kinds = [e["event"] for e in seen]
+    assert kinds.index("frozen") < kinds.index("sync-done") < kinds.index("thawed")
+    frozen = next(e for e in seen if e["event"] == "frozen")
+    assert frozen["frozen"] == [str(mnt)] and frozen["not_frozen"] == []
+    done = next(e for e in seen if e["event"] == "sync-done")
+    assert isinstance(done["dropped_chunks"], int) and done["dropped_chunks"] >= 5  # 24 MiB
+    result = seen[-1]
+    assert result["event"] == "sync-result"
+    assert isinstance(result["freeze"], dict) and 0 < result["freeze"]["freeze_s"] < 30
+    # Frozen, the filesystem was clean on disk: no journal replay needed.
+    copy = tmp_path / "copy.raw"
+    runner.run(["qemu-img", "convert", "-O", "raw", out / f"f-{Path(device).name}.qcow2", copy])
+    assert runner.run(["e2fsck", "-fn", copy], check=False).returncode == 0
+    dump = tmp_path / "dump"
+    runner.run(["debugfs", "-R", f"dump /new {dump}", copy])
+    assert hashlib.sha256(dump.read_bytes()).digest() == hashlib.sha256(new).digest()
+    listing = runner.run(["debugfs", "-R", "ls -l /", copy]).stdout
+    assert "doomed" not in listing and "kept" in listing
+
+
+def test_freeze_refuses_an_unfreezable_fs_and_a_failed_hook_stops_before_freezing(
+        mounted: list[tuple[str, Path]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    (ext4_dev, ext4), (ntfs_dev, ntfs) = mounted
+    out = tmp_path / "out"
+    trace = tmp_path / "hooks.log"
+    with SshServer([ext4_dev, ntfs_dev]) as ep:
+        base = ["sync", *ssh_args(ep), "--output-dir", str(out), "--name", "u"]
+        assert cli.main(["copy", *ssh_args(ep), "--output-dir", str(out), "--name", "u",
+                         "--disk", ext4_dev, "--disk", ntfs_dev]) == 0
+        capsys.readouterr()
+        # A failing before-final hook: nothing frozen or synced, the after-final hook ran.
+        assert cli.main([*base, "--freeze", "--before-final", "echo no; exit 3",
+                         "--after-final", f"echo after >> {trace}"]) == ExitCode.FAILURE
+        err = capsys.readouterr().err
+        assert "before-final hook failed" in err and "exit code 3" in err, err
+        assert trace.read_text() == "after\n"
+        assert not list(out.glob("*.sync-journal"))
+        # NTFS (FUSE) cannot be frozen: plain --freeze refuses, names it, and leaves ext4 thawed.
+        assert cli.main([*base, "--freeze"]) == ExitCode.USAGE
+        err = capsys.readouterr().err
+        assert f"cannot freeze {ntfs} (fuseblk)" in err and "best-effort" in err, err
+        assert not is_frozen(ext4)
+        assert not list(out.glob("*.sync-journal"))
+        # best-effort goes on, freezes ext4 and says what was not frozen.
+        assert cli.main([*base, "--freeze=best-effort"]) == 0
+        captured = capsys.readouterr()
+        assert f"NOT frozen (not consistent): {ntfs} (fuseblk)" in captured.out, captured
+        assert f": {ext4}" in captured.out.splitlines()[-3], captured.out
+        assert not is_frozen(ext4)
+
+
+def test_cut_link_while_frozen_the_source_thaws_itself(
+        mounted: list[tuple[str, Path]], tmp_path: Path) -> None:
+    (device, mnt), _ = mounted
+    out = tmp_path / "out"
+    with SshServer([device]) as ep:
+        assert cli.main(["copy", *ssh_args(ep), "--output-dir", str(out), "--name", "c",
+                         "--disk", device]) == 0
+        (mnt / "more").write_bytes(os.urandom(16 * MiB))
+        proxy = LinkProxy(ep.port)
+        fields = ep.known_hosts.read_text().split()
+        known = tmp_path / "kh"
+        known.write_text(f"[127.0.0.1]:{proxy.port} {fields[1]} {fields[2]}\n")
+        frozen_at: list[float] = []
+
+        def emit(event: dict[str, object]) -> None:
+            if event["event"] == "frozen":
+                frozen_at.append(time.monotonic())
+                proxy.cut_now()
+
+        try:
+            with pytest.raises(P2VError):
+                with SshSource.open(f"ssh://{ep.user}@127.0.0.1:{proxy.port}",
+                                    SshOptions(identity=ep.key, known_hosts=known,
+                                               use_agent=False, ssh_config=Path("/dev/null"),
+                                               connect_timeout=5)) as source:
+                    sync(source, SyncRequest(output_dir=out, name="c", freeze="strict",
+                                             freeze_timeout=10), emit)
+            assert frozen_at, "the link was never cut"
+            # p2v could not thaw over the dead link: the source is still frozen ...
+            assert is_frozen(mnt)
+            # ... until its own timer thaws it, within the timeout.
+            while is_frozen(mnt, wait=0.5):
+                assert time.monotonic() - frozen_at[0] < 20, "the source stayed frozen"
+            assert time.monotonic() - frozen_at[0] >= 8
+        finally:
+            proxy.close()
+            thaw(mnt)
