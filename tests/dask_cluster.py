@@ -59,7 +59,8 @@ class Cluster:
         env = {**os.environ, "P2V_OUTPUT_DIR": str(out)}
         proc = subprocess.Popen(
             [DASK, "worker", self.address, "--name", name, "--resources", "p2v=1",
-             "--nthreads", "2", "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"],
+             "--nthreads", "2", "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1",
+             "--local-directory", str(self.root / f"{name}-dask")],
             stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=env, start_new_session=True)
         worker = self.workers[name] = Worker(name, out, proc, log)
         return worker

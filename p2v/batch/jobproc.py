@@ -150,7 +150,12 @@ def main() -> int:
           f"{os.getpid()} (cluster worker)", flush=True)
 
     def send(event: dict[str, Any]) -> None:
-        channel.write(json.dumps({"event": event}, default=str) + "\n")
+        # The worker gone (its pipe broken) must not fail the job's own work: the kernel's
+        # SIGINT (PR_SET_PDEATHSIG) is what stops it.
+        try:
+            channel.write(json.dumps({"event": event}, default=str) + "\n")
+        except OSError:
+            pass
 
     begun = time.monotonic()
     try:
@@ -162,8 +167,12 @@ def main() -> int:
                              seconds=round(time.monotonic() - begun, 1))
         kind = "interrupted"
     print(f"=== {kind}: {'ok' if outcome.ok else outcome.error}", flush=True)
-    channel.write(json.dumps({"kind": kind, "outcome": outcome.to_dict()}, default=str) + "\n")
-    channel.flush()
+    try:
+        channel.write(json.dumps({"kind": kind, "outcome": outcome.to_dict()}, default=str)
+                      + "\n")
+        channel.flush()
+    except OSError:
+        print("=== the worker is gone: nobody reads the outcome", flush=True)
     return ExitCode.OK
 
 

@@ -218,3 +218,43 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.is_file() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_killed_submitter_stops_its_jobs_and_the_rerun_resubmits_them(
+        cluster: Cluster, tmp_path: Path) -> None:
+    silent = _SilentServer()
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path / "fleet.toml", out,
+                         {"hang": f"ssh://root@127.0.0.1:{silent.port}",
+                          "quick": f"ssh://root@127.0.0.1:{free_port()}"})
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
+                                 "--scheduler", cluster.address],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event["event"] == "stage-start" and event["job"] == "hang":
+                break
+        proc.kill()
+        proc.wait()
+        # The scheduler drops the dead client's task; the worker stops the job at once.
+        log = next(tmp_path.glob("cluster/w*/.p2v-batch/logs/hang.log"))
+        pid = _job_pid(log)
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(pid), "the job of a dead submitter is still running"
+    finally:
+        silent.close()          # from now on that source refuses: the rerun fails fast
+    rc, events, err = _batch(manifest, "--scheduler", cluster.address)
+    assert rc == 1, err
+    start = next(e for e in events if e["event"] == "batch-start")
+    assert "hang" in start["recovered"]
+    starts = {e["job"]: e for e in events if e["event"] == "batch-job-start"}
+    assert starts["hang"]["action"] == "resume"
+    # Both unfinished ("quick" failed: retried as locally; a succeeded job would be skipped).
+    assert set(starts) == {"hang", "quick"}
+    rows, attempts = _ledger(out)
+    assert rows["hang"].attempts == 2 and rows["hang"].state == "failed"
+    assert attempts["hang"][0]["state"] == "interrupted"
