@@ -69,3 +69,12 @@ def tmp_image_copy(tmp_path: Path) -> Callable[[FixtureImage], FixtureImage]:
         return copy_fixture(image, tmp_path / f"{image.variant}-{next(counter)}")
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def windows_images() -> dict[str, Path]:
+    """Phony Windows 7, Server 2019 and Server 2025 images (raw, cached; never boot): NTFS
+    with SYSTEM/SOFTWARE hives enough for libguestfs inspection (p2v/testbed/winimage.py)."""
+    from p2v.testbed.winimage import build_windows_images
+
+    return build_windows_images()
