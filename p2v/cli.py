@@ -705,6 +705,23 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true",
                    help="copy every non-zero byte (default: skip ext2/3/4 free blocks and swap)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
+    p.add_argument("--cutover", action="store_true",
+                   help="live cutover: after the copy, sync passes while the delta shrinks, "
+                        "then a final pass with the source's filesystems frozen (fsfreeze, "
+                        "a thaw timer on the source); the downtime window is reported "
+                        "(docs/sync.md)")
+    p.add_argument("--freeze", choices=("strict", "best-effort"), default="strict",
+                   help="with --cutover: refuse (strict, default) or go on (best-effort) "
+                        "when a filesystem cannot be frozen")
+    p.add_argument("--freeze-timeout", type=_positive, default=300.0, metavar="SECONDS",
+                   help="with --cutover: the source thaws itself after this long (default: "
+                        "300)")
+    p.add_argument("--before-final", metavar="CMD",
+                   help="with --cutover: YOUR shell command run on the source before the "
+                        "frozen pass (e.g. stop a database); a failure stops the job")
+    p.add_argument("--after-final", metavar="CMD",
+                   help="with --cutover: YOUR shell command run on the source after the "
+                        "frozen pass and the thaw; always runs")
     p.add_argument("--json", action="store_true",
                    help="JSON lines on stdout: one event per stage change, progress tick and "
                         "message, then job-done or job-failed with the report")
@@ -796,6 +813,9 @@ def _print_report(report: object) -> None:
         print(f"  disk {disk.device}: {_size_text(disk.size)} -> {disk.image} "
               f"({_size_text(disk.file_bytes)} on disk)")
     print(f"  bytes sent: {_size_text(report.bytes_sent)} ({report.bytes_sent} B)")
+    if report.downtime_s is not None:
+        print(f"  cutover: the source was frozen {report.downtime_s:.1f} s (freeze to thaw); "
+              "passes in sync.json")
     print("  time per stage: " + ", ".join(
         f"{s.stage} {s.seconds:.0f} s" + (" (earlier run)" if s.earlier_run else "")
         for s in report.stages))
@@ -838,8 +858,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         pool=args.pool, start=args.start, verify=not args.no_verify, full=args.full,
         compress=not args.no_compress, identity=args.identity, known_hosts=args.known_hosts,
         accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
-        verify_timeout=args.verify_timeout,
+        verify_timeout=args.verify_timeout, cutover=args.cutover, freeze=args.freeze,
+        freeze_timeout=args.freeze_timeout, before_final=args.before_final,
+        after_final=args.after_final,
     )
+    if not args.cutover and (args.before_final or args.after_final):
+        raise UsageError(detail="--before-final and --after-final need --cutover")
     if args.json:
         def sink(event: dict[str, object]) -> None:
             print(json.dumps(event), flush=True)

@@ -53,6 +53,12 @@ class JobSpec:
     accept_new_host_key: bool = False
     ssh_config: Path | None = None
     verify_timeout: float = 300.0               # seconds the boot check waits for userspace
+    # Live cutover (issue 9): sync passes after the copy, the last one frozen (docs/sync.md).
+    cutover: bool = False
+    freeze: str = "strict"                      # the final pass: "strict" or "best-effort"
+    freeze_timeout: float = 300.0
+    before_final: str | None = None             # the user's shell commands, run on the source
+    after_final: str | None = None
 
     @property
     def work_dir(self) -> Path:

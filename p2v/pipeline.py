@@ -44,6 +44,14 @@ from p2v.model import Inventory, SourceDisk, SourceInventory, SourceNic
 log = logging.getLogger(__name__)
 
 STAGES = ("inspect", "preflight", "copy", "fix", "verify", "register")
+# With --cutover: sync passes (the last one frozen) between the copy and the fix.
+CUTOVER_STAGES = ("inspect", "preflight", "copy", "sync", "fix", "verify", "register")
+# Live sync passes before the frozen one: more while each delta is smaller than the last.
+MAX_LIVE_PASSES = 4
+
+
+def stages_for(spec: JobSpec) -> tuple[str, ...]:
+    return CUTOVER_STAGES if spec.cutover else STAGES
 EVENT_SCHEMA = "p2v.events/1"
 # Room for what fix writes (a rebuilt initramfs, grub config) and qcow2 metadata.
 SPACE_MARGIN = 256 << 20
@@ -91,6 +99,7 @@ class JobReport:
     error: str | None = None                 # the one-line message (with how to resume)
     exit_code: int = ExitCode.OK
     elapsed_s: float = 0.0
+    downtime_s: float | None = None          # --cutover: the source frozen, freeze to thaw
 
     @property
     def bytes_sent(self) -> int:
@@ -114,6 +123,7 @@ class JobReport:
             network=tuple(data.get("network", ())),
             failed_stage=data.get("failed_stage"), error=data.get("error"),
             exit_code=int(data.get("exit_code", 0)), elapsed_s=float(data.get("elapsed_s", 0)),
+            downtime_s=data.get("downtime_s"),
         )
 
 
@@ -404,6 +414,38 @@ class _Job:
         write_json(self.wd.file("copy.json"), [asdict(d) for d in disks])
         return {"disks": [asdict(d) for d in disks]}
 
+    def run_sync(self) -> dict[str, Any]:
+        """Live sync passes while the delta shrinks, then the frozen final pass."""
+        from p2v.sync import SyncRequest, sync
+
+        plan, spec = self.plan(), self.spec
+        live = SyncRequest(output_dir=self.wd.path, disks=tuple(d.device for d in plan.disks),
+                           name=spec.name, compress=spec.compress)
+        passes: list[dict[str, Any]] = []
+        for number in range(1, MAX_LIVE_PASSES + 1):
+            result = sync(self.source(), live, emit=self.emit)
+            passes.append({"pass": number, "changed_bytes": result.changed_bytes,
+                           "wire_bytes": result.wire_bytes,
+                           "seconds": round(result.seconds, 2)})
+            self.say(f"sync pass {number}: {result.changed_bytes} bytes changed, "
+                     f"{result.seconds:.1f} s")
+            if result.changed_bytes == 0 or (
+                    len(passes) > 1 and result.changed_bytes >= passes[-2]["changed_bytes"]):
+                break               # nothing left, or the delta stopped shrinking
+        final_request = replace(live, freeze=spec.freeze, freeze_timeout=spec.freeze_timeout,
+                                before_final=spec.before_final, after_final=spec.after_final)
+        self.say("final pass: " + ("running the before-final hook, " if spec.before_final
+                                   else "") + f"freezing ({spec.freeze})")
+        final = sync(self.source(), final_request, emit=self.emit)
+        freeze = final.freeze.to_dict() if final.freeze else None
+        downtime = final.freeze.seconds if final.freeze else None
+        self.say(f"final pass: {final.changed_bytes} bytes changed; the source was frozen "
+                 f"{downtime or 0:.1f} s (the downtime window)")
+        data = {"live_passes": passes, "final": final.to_dict(), "freeze": freeze,
+                "downtime_s": None if downtime is None else round(downtime, 2)}
+        write_json(self.wd.file("sync.json"), data)
+        return {"live_passes": len(passes), "downtime_s": data["downtime_s"]}
+
     def images(self) -> list[Path]:
         return [Path(d["image"]) for d in read_json(self.wd.file("copy.json"))]
 
@@ -517,7 +559,7 @@ class _Job:
                failed_stage: str | None) -> JobReport:
         wd = self.wd
         stages = []
-        for stage in STAGES:
+        for stage in stages_for(self.spec):
             if wd.is_done(stage):
                 stages.append(StageTime(stage, float(wd.marker_data(stage).get("seconds", 0)),
                                         stage in earlier))
@@ -535,6 +577,9 @@ class _Job:
         domain = None
         if wd.is_done("register") and wd.file("register.json").is_file():
             domain = read_json(wd.file("register.json"))
+        downtime = None
+        if wd.is_done("sync") and wd.file("sync.json").is_file():
+            downtime = read_json(wd.file("sync.json")).get("downtime_s")
         message = None
         code = ExitCode.OK
         if error is not None:
@@ -547,7 +592,8 @@ class _Job:
             ok=error is None, stages=tuple(stages), disks=disks, disk_choice=choice,
             not_carried_over=tuple(left), domain=domain, verdict=verdict,
             network=tuple(self._network_lines(verdict)), failed_stage=failed_stage,
-            error=message, exit_code=code, elapsed_s=round(time.monotonic() - started, 1))
+            error=message, exit_code=code, elapsed_s=round(time.monotonic() - started, 1),
+            downtime_s=downtime)
 
     def _network_lines(self, verdict: dict[str, Any] | None) -> list[str]:
         """Each source NIC next to what the booted guest showed on the same MAC."""
@@ -621,7 +667,7 @@ def _check_same_job(spec: JobSpec, wd: WorkDir) -> None:
     if differs and not _copy_started(wd):
         # Nothing was copied yet (e.g. a disk name was wrong and preflight refused it): the
         # corrected job simply replaces the old one, from inspect on.
-        wd.clear(STAGES)
+        wd.clear(CUTOVER_STAGES)
         wd.log("spec changed before any copy (" + ", ".join(differs) + "): starting afresh")
         return
     if differs:
@@ -668,26 +714,27 @@ def run_job(spec: JobSpec, events: EventSink | None = None) -> JobReport:
             try:
                 _check_same_job(spec, wd)
                 write_json(wd.file("spec.json"), spec.to_dict())
-                earlier = set(wd.done_stages(STAGES))
-                first = wd.first_unfinished(STAGES)
+                stages = stages_for(spec)
+                earlier = set(wd.done_stages(stages))
+                first = wd.first_unfinished(stages)
                 wd.log(f"run starts (pid {os.getpid()}); "
                        + (f"resuming at {first}" if earlier and first else
                           "all stages done" if first is None else "fresh job"))
                 job.emit({"event": "job-start", "stage": None, "schema": EVENT_SCHEMA,
                           "work_dir": str(wd.path), "source": spec.source,
-                          "resume_at": first, "done": sorted(earlier, key=STAGES.index)})
+                          "resume_at": first, "done": sorted(earlier, key=stages.index)})
                 runners = {"inspect": job.run_inspect, "preflight": job.run_preflight,
-                           "copy": job.run_copy, "fix": job.run_fix,
+                           "copy": job.run_copy, "sync": job.run_sync, "fix": job.run_fix,
                            "verify": job.run_verify, "register": job.run_register}
                 reached = False
-                for stage in STAGES:
+                for stage in stages:
                     job.stage = stage
                     if not reached and stage != first:
                         job.emit({"event": "stage-skip", "reason": "done in an earlier run"})
                         continue
                     reached = True
                     # Later markers stand on this stage's output: they go before it reruns.
-                    wd.clear(STAGES[STAGES.index(stage):])
+                    wd.clear(stages[stages.index(stage):])
                     job.emit({"event": "stage-start"})
                     t0 = time.monotonic()
                     failed = stage
@@ -795,5 +842,6 @@ def clean_job(name: str, output_dir: Path, *, domain: bool = False,
     return CleanResult(work_dir=str(wd.path), domain=removed_domain, notes=tuple(notes))
 
 
-__all__ = ["EVENT_SCHEMA", "STAGES", "CleanResult", "DiskReport", "JobPlan", "JobReport",
+__all__ = ["CUTOVER_STAGES", "EVENT_SCHEMA", "STAGES", "CleanResult", "DiskReport", "JobPlan",
+           "JobReport",
            "StageTime", "choose_disks", "clean_job", "load_report", "not_carried_over", "run_job"]
