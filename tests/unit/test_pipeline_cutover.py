@@ -1,0 +1,85 @@
+"""`p2v convert --cutover`: the sync stage's place, its passes and the downtime in the report.
+
+The stages and the sync itself are stand-ins (pure pipeline logic); the real sync runs in
+tests/integration/test_sync.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2v import pipeline
+from p2v import sync as sync_module
+from p2v.errors import StreamError
+from p2v.job import JobSpec
+from p2v.jobdir import WorkDir
+from p2v.pipeline import CUTOVER_STAGES, STAGES, run_job
+from p2v.source.freeze import FreezeReport
+from p2v.sync import SyncRequest, SyncResult
+
+
+def spec(tmp_path: Path, **kw: Any) -> JobSpec:
+    return JobSpec(**{"source": "ssh://root@web01", "name": "web01", "output_dir": tmp_path,
+                      "cutover": True, **kw})
+
+
+def fake_stages(monkeypatch: pytest.MonkeyPatch, ran: list[str], fail: list[str]) -> None:
+    for stage in STAGES:
+        def run(job: Any, stage: str = stage) -> dict[str, Any]:
+            ran.append(stage)
+            return {"stage": stage}
+        monkeypatch.setattr(pipeline._Job, f"run_{stage}", run)
+    monkeypatch.setattr(pipeline._Job, "plan", lambda job: type(
+        "Plan", (), {"disks": [type("D", (), {"device": "/dev/sda"})()]})())
+    monkeypatch.setattr(pipeline._Job, "source", lambda job: None)
+
+    calls: list[SyncRequest] = []
+    deltas = iter([100, 50, 60, 7])
+
+    def fake_sync(source: Any, request: SyncRequest, emit: Any = None) -> SyncResult:
+        ran.append("sync-final" if request.freeze else "sync-live")
+        if fail and request.freeze:
+            fail.pop()
+            raise StreamError(host="web01", device="/dev/sda", detail="connection reset")
+        calls.append(request)
+        result = SyncResult([], 1.0)
+        changed = next(deltas)
+        monkeypatch.setattr(SyncResult, "changed_bytes", property(lambda self, c=changed: c))
+        if request.freeze:
+            result.freeze = FreezeReport(frozen_at=10.0, thawed_at=12.5)
+        return result
+
+    monkeypatch.setattr(sync_module, "sync", fake_sync)
+
+
+def test_cutover_syncs_while_the_delta_shrinks_then_freezes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[str] = []
+    fake_stages(monkeypatch, ran, [])
+    report = run_job(spec(tmp_path, before_final="systemctl stop db"))
+    assert report.ok, report.error
+    # 100 -> 50 shrinks, 60 does not: three live passes, then the frozen one.
+    assert ran == ["inspect", "preflight", "copy", "sync-live", "sync-live", "sync-live",
+                   "sync-final", "fix", "verify", "register"]
+    assert [s.stage for s in report.stages] == list(CUTOVER_STAGES)
+    assert report.downtime_s == 2.5
+    data = json.loads((tmp_path / "web01" / "sync.json").read_text())
+    assert [p["changed_bytes"] for p in data["live_passes"]] == [100, 50, 60]
+
+
+def test_a_failed_final_pass_resumes_at_the_sync_stage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[str] = []
+    fake_stages(monkeypatch, ran, ["once"])
+    first = run_job(spec(tmp_path))
+    assert not first.ok and first.failed_stage == "sync"
+    wd = WorkDir(tmp_path / "web01", "web01")
+    assert wd.first_unfinished(CUTOVER_STAGES) == "sync"
+    ran.clear()
+    second = run_job(spec(tmp_path))
+    assert second.ok, second.error
+    assert ran[0] == "sync-live" and ran[-3:] == ["fix", "verify", "register"]
