@@ -38,7 +38,7 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch, ran: list[str], fail: list[str]
     monkeypatch.setattr(pipeline._Job, "source", lambda job: None)
 
     calls: list[SyncRequest] = []
-    deltas = iter([100, 50, 60, 7])
+    deltas = iter([100, 50, 60, 7, 100, 50, 60, 7])
 
     def fake_sync(source: Any, request: SyncRequest, emit: Any = None) -> SyncResult:
         ran.append("sync-final" if request.freeze else "sync-live")
