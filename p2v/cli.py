@@ -9,9 +9,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2v import __version__
 from p2v.errors import ExitCode, P2VError
+
+if TYPE_CHECKING:
+    from p2v.source.ssh import SshOptions
 
 log = logging.getLogger("p2v")
 
@@ -267,6 +271,17 @@ def _add_ssh_source(p: argparse.ArgumentParser) -> None:
                    help="ssh client config to read instead of ~/.ssh/config")
 
 
+def _ssh_options(args: argparse.Namespace) -> SshOptions:
+    """SshOptions from the flags _add_ssh_source added (a sudo prompt only on a terminal)."""
+    from p2v.source.ssh import SshOptions, terminal_sudo_prompt
+
+    return SshOptions(
+        identity=args.identity, known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
+        sudo_prompt=terminal_sudo_prompt if sys.stdin.isatty() else None,
+    )
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
@@ -289,13 +304,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from p2v.source.inventory import format_inventory, inspect_source
-    from p2v.source.ssh import SshOptions, SshSource, terminal_sudo_prompt
+    from p2v.source.ssh import SshSource
 
-    options = SshOptions(
-        identity=args.identity, known_hosts=args.known_hosts,
-        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
-        sudo_prompt=terminal_sudo_prompt if sys.stdin.isatty() else None,
-    )
+    options = _ssh_options(args)
     with SshSource.open(args.source, options) as source:
         _say(args)(f"connected to {source.target}; collecting the inventory")
         inventory = inspect_source(source)
@@ -506,13 +517,9 @@ class _TqdmMeter:
 
 def _cmd_copy(args: argparse.Namespace) -> int:
     from p2v.copy import CopyRequest, copy_disks
-    from p2v.source.ssh import SshOptions, SshSource, terminal_sudo_prompt
+    from p2v.source.ssh import SshSource
 
-    options = SshOptions(
-        identity=args.identity, known_hosts=args.known_hosts,
-        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
-        sudo_prompt=terminal_sudo_prompt if sys.stdin.isatty() else None,
-    )
+    options = _ssh_options(args)
     request = CopyRequest(
         disks=tuple(args.disk), output_dir=args.output_dir, name=args.name, full=args.full,
         chunk_size=args.chunk_size << 20, compress=not args.no_compress,
@@ -605,14 +612,10 @@ def _add_sync(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from p2v.source.ssh import SshOptions, SshSource, terminal_sudo_prompt
+    from p2v.source.ssh import SshSource
     from p2v.sync import SyncRequest, sync
 
-    options = SshOptions(
-        identity=args.identity, known_hosts=args.known_hosts,
-        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
-        sudo_prompt=terminal_sudo_prompt if sys.stdin.isatty() else None,
-    )
+    options = _ssh_options(args)
     request = SyncRequest(
         output_dir=args.output_dir, disks=tuple(args.disk or ()), name=args.name,
         compress=not args.no_compress, low_priority=args.source_priority == "low",
