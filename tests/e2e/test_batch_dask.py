@@ -51,6 +51,17 @@ def _ledger(out: Path) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]
         return rows, {name: ledger.attempts(name) for name in rows}
 
 
+def _failures(events: list[dict[str, Any]], cluster: Cluster) -> str:
+    """Each failed job's error and the end of its job.log on its worker, for the report."""
+    lines = []
+    for e in events:
+        if e["event"] == "batch-job-end" and e["state"] != "succeeded":
+            lines.append(f"{e['job']} at {e['stage']} on {e.get('worker')}: {e['error']}")
+            for log in cluster.root.glob(f"*/{e['job']}/job.log"):
+                lines += [f"  {log}:"] + log.read_text().splitlines()[-15:]
+    return "\n".join(lines)
+
+
 @pytest.fixture
 def cluster(guest_dir: Path) -> Iterator[Cluster]:
     # Under guest_dir: qemu (as libvirt-qemu) must reach the images the workers write.
@@ -85,7 +96,7 @@ def test_three_servers_over_two_workers_converted_and_verified(
         seconds = time.monotonic() - t0
         assert "Traceback" not in proc.stderr, proc.stderr
         events = [json.loads(line) for line in proc.stdout.splitlines()]
-        assert proc.returncode == 0, [e for e in events if e["event"] == "batch-job-end"]
+        assert proc.returncode == 0, _failures(events, cluster)
     assert _defined(libvirtd.uri, names) == set(names)
     rows, _ = _ledger(out)
     workers = {w.name: w for w in cluster.workers.values()}
@@ -142,7 +153,7 @@ def test_a_worker_killed_mid_copy_its_job_finishes_on_the_other(
         seconds = time.monotonic() - t0
         events += [json.loads(line) for line in rest.splitlines()]
     assert "Traceback" not in err, err
-    assert proc.returncode == 0, [e for e in events if e["event"] == "batch-job-end"]
+    assert proc.returncode == 0, _failures(events, cluster)
     other = next(w for w in cluster.workers.values() if w is not victim)
     retry = [e for e in events if e["event"] == "batch-job-retry"]
     assert [(e["job"], e["stage"], e["worker_name"], e["resume"]) for e in retry] == [
