@@ -183,6 +183,12 @@ class SchedulerUnreachable(P2VError):
     exit_code = ExitCode.SCHEDULER_UNREACHABLE
 
 
+class SchedulerLost(P2VError):
+    """lost the Dask scheduler at {address} while jobs ran ({detail}); the ledger marks them interrupted: restart the scheduler and rerun the same command to resume"""  # noqa: E501
+
+    exit_code = ExitCode.SCHEDULER_UNREACHABLE
+
+
 class NotEnoughSpace(UsageError):
     """not enough free space in {directory}: {free} free, the job needs about {needed} ({detail}); free some space or choose another --output-dir"""  # noqa: E501
 
