@@ -24,7 +24,7 @@ from typing import Any
 from p2v.batch.execute import JobOutcome
 from p2v.batch.manifest import HostSettings
 from p2v.batch.pool import PoolDone, PoolEvent, PoolMessage, PoolPlaced
-from p2v.errors import ExitCode, SchedulerUnreachable
+from p2v.errors import ExitCode, SchedulerLost, SchedulerUnreachable
 from p2v.job import JobSpec
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ RESOURCE = "p2v"
 CONNECT_TIMEOUT = 10.0
 ENV_OUTPUT_DIR = "P2V_OUTPUT_DIR"
 ENV_CONNECT = "P2V_CONNECT"
+# How long the submitter waits for Dask's client to reconnect to a scheduler that went away.
+LOST_AFTER = 60.0
 
 
 def host_settings(spec: JobSpec, hosts: dict[str, HostSettings], name: str, address: str,
@@ -107,6 +109,8 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT) -> Any:
     from distributed import Client
 
     _probe(address, timeout)
+    # Dask logs its own reconnect attempts; p2v reports a lost scheduler in one line.
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     dask.config.set({"distributed.comm.timeouts.connect": f"{timeout:.0f}s"})
     try:
         return Client(address, timeout=timeout)
@@ -161,10 +165,9 @@ class DaskPool:
         self._stop = Event(_stop_name(run), client=client)
         self._futures: dict[str, Any] = {}
         self._placed: set[str] = set()
-
-    @property
-    def address(self) -> str:
-        return str(self.client.scheduler.address)
+        self.address = str(client.scheduler.address)
+        self._down_since: float | None = None
+        self._cancelled: set[str] = set()
 
     def slots(self) -> int:
         """The p2v slots of the workers connected now."""
@@ -191,6 +194,7 @@ class DaskPool:
     def cancel(self, name: str) -> None:
         """Stop NAME's job wherever it runs (the driver gave up on it)."""
         self._event(_stop_name(self.run, name), client=self.client).set()
+        self._cancelled.add(name)
         future = self._futures.pop(name, None)
         if future is not None:
             future.cancel()
@@ -199,12 +203,26 @@ class DaskPool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not any(f.done() for f in self._futures.values()):
             time.sleep(0.1)
+        self._check_scheduler()
         done = [(n, f) for n, f in self._futures.items() if f.done()]
         messages = self._drain()        # a task's events are queued before it returns
         for name, future in done:
             self._futures.pop(name, None)
             messages.append(self._done(name, future))
         return messages
+
+    def _check_scheduler(self) -> None:
+        """SchedulerLost once the client has been cut off from the scheduler for LOST_AFTER s."""
+        status = str(self.client.status)
+        if status == "running":
+            self._down_since = None
+            return
+        now = time.monotonic()
+        self._down_since = self._down_since or now
+        # Dask closes a client that could not reconnect (within its timeout): that is final.
+        if status in ("closing", "closed", "failed") or now - self._down_since > LOST_AFTER:
+            raise SchedulerLost(address=self.address,
+                                detail=f"no connection for {LOST_AFTER:.0f} s, client {status}")
 
     def _drain(self) -> list[PoolMessage]:
         out: list[PoolMessage] = []
@@ -228,6 +246,10 @@ class DaskPool:
             kind, outcome = future.result()
             return PoolDone(name, outcome, interrupted=kind == "interrupted")
         if future.status == "cancelled":
+            if name not in self._cancelled and self.client.status != "running":
+                # Not by us: Dask drops every task of a client that lost its scheduler.
+                raise SchedulerLost(address=self.address,
+                                    detail=f"the connection broke, client {self.client.status}")
             return PoolDone(name, JobOutcome(name=name, ok=False, stage=None,
                                              exit_code=ExitCode.INTERRUPTED,
                                              error="interrupted (cancelled)"), interrupted=True)

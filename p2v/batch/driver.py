@@ -22,7 +22,7 @@ from p2v.batch.execute import JobOutcome, stage_of
 from p2v.batch.ledger import Ledger, PlanItem, StateLock, decide
 from p2v.batch.manifest import Manifest
 from p2v.batch.pool import LocalPool, PoolDone, PoolEvent, PoolMessage, PoolPlaced
-from p2v.errors import ExitCode
+from p2v.errors import ExitCode, P2VError
 from p2v.job import JobSpec
 
 EventSink = Callable[[dict[str, Any]], None]
@@ -171,6 +171,10 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
                     run.start(item, pool)
                 for message in pool.poll(0.5):
                     run.handle(message, pool)
+        except P2VError as exc:     # the pool itself failed: a cluster's scheduler went away
+            for name in sorted(run.active):
+                ledger.interrupt(name, f"interrupted: {exc.message}")
+            raise
         except KeyboardInterrupt:
             interrupted = True
             emit({"event": "batch-stopping", "running": sorted(run.active)})

@@ -258,3 +258,29 @@ def test_a_killed_submitter_stops_its_jobs_and_the_rerun_resubmits_them(
     rows, attempts = _ledger(out)
     assert rows["hang"].attempts == 2 and rows["hang"].state == "failed"
     assert attempts["hang"][0]["state"] == "interrupted"
+
+
+def test_a_lost_scheduler_is_one_line_and_the_jobs_are_interrupted(
+        cluster: Cluster, tmp_path: Path) -> None:
+    silent = _SilentServer()
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path / "fleet.toml", out,
+                         {"hang": f"ssh://root@127.0.0.1:{silent.port}"})
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
+                                 "--scheduler", cluster.address],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and cluster.scheduler is not None
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "stage-start":
+                break
+        os.killpg(cluster.scheduler.pid, 9)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        silent.close()
+    assert proc.returncode == 6
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and cluster.address in lines[0] and "lost the Dask scheduler" in \
+        lines[0], err
+    rows, _ = _ledger(out)
+    assert rows["hang"].state == "interrupted" and rows["hang"].stage == "inspect"
