@@ -484,20 +484,26 @@ def free_ranges(fd, dev, disk_size):
         else:
             merged.append([a, z])
     return [(a, z) for a, z in merged]
+
+def free_test(free):
+    # is_free(offset, length): the range lies wholly inside one of the merged free ranges.
+    import bisect
+    starts = [a for a, z in free]
+    def is_free(off, n):
+        k = bisect.bisect_right(starts, off) - 1
+        return k >= 0 and free[k][0] <= off and off + n <= free[k][1]
+    return is_free
 """
 
 # Runs on the source. Only the standard library; Python 3.2+; reads, never writes.
 READER = FREEMAP + r"""
-import bisect, hashlib, os, struct, sys, zlib
+import hashlib, os, struct, sys, zlib
 dev, chunk, ranges, level = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 skip = len(sys.argv) > 5 and sys.argv[5] == "1"
 fd = os.open(dev, os.O_RDONLY)
 size = os.lseek(fd, 0, 2)
 free = free_ranges(fd, dev, size) if skip else []
-starts = [a for a, z in free]
-def is_free(off, n):
-    k = bisect.bisect_right(starts, off) - 1
-    return k >= 0 and free[k][0] <= off and off + n <= free[k][1]
+is_free = free_test(free)
 out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
 frame = struct.Struct(">BQI32sI")
 out.write(struct.pack(">8sQI", b"P2VSTRM1", size, chunk))

@@ -6,7 +6,8 @@ chunk. Two programs give the same stream, as the copy's two readers do:
 
 - `HASHER` under `python3 -B -c` (no bytecode written: the source may be frozen), with the
   copy's free-space parser (`extents.FREEMAP`): chunks wholly in free space are not read;
-- `SH_HASHER` with sh, dd, tr and sha256sum only (free space is hashed like data).
+- the sh reader's `hash` mode (`shreader.SH_READER`) with sh, dd, tr and sha256sum only
+  (free space is hashed like data).
 
 Both open the device read-only and write nothing on the source. Stream, text lines:
 `P2VHASH1 SIZE CHUNK`, then per chunk `INDEX Z` (all zero), `INDEX F` (free, not read) or
@@ -21,20 +22,18 @@ from typing import IO
 
 from p2v.errors import StreamError
 from p2v.source.extents import FREEMAP
+from p2v.source.shreader import sh_argv
 
 HASH_MAGIC = b"P2VHASH1"
 ZERO, FREE = "Z", "F"
 
 HASHER = FREEMAP + r"""
-import hashlib, os, sys, bisect
+import hashlib, os, sys
 dev, chunk, skip = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 fd = os.open(dev, os.O_RDONLY)
 size = os.lseek(fd, 0, 2)
 free = free_ranges(fd, dev, size) if skip else []
-starts = [a for a, z in free]
-def is_free(off, n):
-    k = bisect.bisect_right(starts, off) - 1
-    return k >= 0 and free[k][0] <= off and off + n <= free[k][1]
+is_free = free_test(free)
 out = sys.stdout
 out.write("P2VHASH1 %d %d\n" % (size, chunk))
 zero = bytes(chunk)
@@ -65,36 +64,6 @@ out.write("E\n")
 out.flush()
 """
 
-# $1 device, $2 chunk size. Exit 5 on a read error.
-SH_HASHER = r"""
-dev=$1 cs=$2
-size=$(blockdev --getsize64 "$dev" 2>/dev/null) || size=
-case $size in ''|*[!0-9]*)
-    name=$(readlink -f "$dev") && name=${name##*/} &&
-        read sectors < "/sys/class/block/$name/size" && size=$((sectors * 512)) || size= ;;
-esac
-case $size in ''|*[!0-9]*) exit 6 ;; esac
-# iflag=direct reads past the device's cache (stale under a mounted filesystem).
-full=
-dd if=/dev/null of=/dev/null iflag=fullblock count=0 2>/dev/null && full=iflag=fullblock
-dd if="$dev" of=/dev/null bs=65536 count=1 iflag=direct 2>/dev/null && full=$full${full:+,}direct
-case $full in *direct) full=iflag=${full#iflag=} ;; esac
-printf 'P2VHASH1 %s %s\n' "$size" "$cs"
-i=0
-while [ $((i * cs)) -lt "$size" ]; do
-    nz=$( { dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null || echo X; } |
-         tr -d '\000' | head -c 1 | wc -c)
-    if [ "$nz" -eq 0 ]; then
-        printf '%s Z\n' "$i"
-    else
-        h=$(dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null | sha256sum) || exit 5
-        printf '%s %s\n' "$i" "${h%% *}"
-    fi
-    i=$((i + 1))
-done
-printf 'E\n'
-"""
-
 _LOW = ('if command -v ionice >/dev/null 2>&1; then exec nice -n 19 ionice -c 3 "$@"; '
         'else exec nice -n 19 "$@"; fi')
 
@@ -103,7 +72,7 @@ def hasher_argv(device: str, chunk_size: int, *, reader: str = "python3",
                 skip_free: bool = True, low_priority: bool = True) -> list[str]:
     """The source-side command listing every chunk's hash (see the module docstring)."""
     if reader == "sh":
-        argv = ["sh", "-c", SH_HASHER, "p2v-hash", device, str(chunk_size)]
+        argv = sh_argv("hash", device, str(chunk_size))
     else:
         argv = ["python3", "-B", "-c", HASHER, device, str(chunk_size),
                 "1" if skip_free else "0"]
@@ -143,4 +112,4 @@ def read_hashes(stream: IO[bytes], chunk_size: int, size: int, *, host: str = "s
         raise StreamError(host=host, device=device, detail=f"hash list: {exc}") from None
 
 
-__all__ = ["FREE", "HASHER", "SH_HASHER", "ZERO", "hasher_argv", "read_hashes"]
+__all__ = ["FREE", "HASHER", "ZERO", "hasher_argv", "read_hashes"]

@@ -30,9 +30,9 @@ from p2v.source.extents import Extent, format_ranges
 
 SH_MAGIC = b"P2VSH1"
 
-# $1: mode (probe|read); $2: device. probe prints "SIZE PYTHON3 GZIP" (1/0 flags);
+# $1: mode (probe|read|hash); $2: device. probe prints "SIZE PYTHON3 GZIP" (1/0 flags);
 # exit 3: no such path, 4: not a block device, 6: size unknown.
-# read: $3 chunk size, $4 ranges "a-b,c-d", $5 gzip allowed (1/0).
+# read: $3 chunk size, $4 ranges "a-b,c-d", $5 gzip allowed (1/0). hash: $3 chunk size.
 SH_READER = r"""
 mode=$1 dev=$2
 test -e "$dev" || exit 3
@@ -57,6 +57,24 @@ dd if=/dev/null of=/dev/null iflag=fullblock count=0 2>/dev/null && full=iflag=f
 # iflag=direct reads past the device's cache, which a mounted filesystem's writes bypass.
 dd if="$dev" of=/dev/null bs=65536 count=1 iflag=direct 2>/dev/null && full=$full${full:+,}direct
 case $full in *direct) full=iflag=${full#iflag=} ;; esac
+if [ "$mode" = hash ]; then
+    # The sync's hash list (p2v/source/hasher.py): one line per chunk, nothing else sent.
+    printf 'P2VHASH1 %s %s\n' "$size" "$cs"
+    i=0
+    while [ $((i * cs)) -lt "$size" ]; do
+        nz=$( { dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null || echo X; } |
+             tr -d '\000' | head -c 1 | wc -c)
+        if [ "$nz" -eq 0 ]; then
+            printf '%s Z\n' "$i"
+        else
+            h=$(dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null | sha256sum) || exit 5
+            printf '%s %s\n' "$i" "${h%% *}"
+        fi
+        i=$((i + 1))
+    done
+    printf 'E\n'
+    exit 0
+fi
 exec 4>&1
 printf 'P2VSH1 %s %s\n' "$size" "$cs"
 set -f
