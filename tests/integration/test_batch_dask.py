@@ -284,3 +284,37 @@ def test_a_lost_scheduler_is_one_line_and_the_jobs_are_interrupted(
         lines[0], err
     rows, _ = _ledger(out)
     assert rows["hang"].state == "interrupted" and rows["hang"].stage == "inspect"
+
+
+def test_ctrl_c_stops_the_jobs_on_the_workers(cluster: Cluster, tmp_path: Path) -> None:
+    silent = _SilentServer()
+    out = tmp_path / "out"
+    manifest = _manifest(tmp_path / "fleet.toml", out,
+                         {f"hang{i}": f"ssh://user{i}@127.0.0.1:{silent.port}" for i in range(3)})
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
+                                 "--scheduler", cluster.address],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        events = []
+        for line in proc.stdout:
+            events.append(json.loads(line))
+            if len([e for e in events if e["event"] == "stage-start"]) == 2:
+                break
+        t0 = time.monotonic()
+        proc.send_signal(2)
+        rest, err = proc.communicate(timeout=120)
+        stop_s = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert proc.returncode == 130, err
+    assert stop_s < 15, "the jobs must stop promptly"
+    events += [json.loads(line) for line in rest.splitlines()]
+    ends = {e["job"]: e["state"] for e in events if e["event"] == "batch-job-end"}
+    # Two ran (one per slot) and were stopped; the third was never submitted.
+    assert ends == {"hang0": "interrupted", "hang1": "interrupted"}
+    for log in tmp_path.glob("cluster/w*/.p2v-batch/logs/*.log"):
+        assert not _alive(_job_pid(log)), log
+    rows, _ = _ledger(out)
+    assert {n: r.state for n, r in rows.items()} == {"hang0": "interrupted",
+                                                     "hang1": "interrupted", "hang2": "pending"}
