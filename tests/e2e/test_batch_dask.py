@@ -20,21 +20,11 @@ from typing import Any
 import pytest
 from dask_cluster import Cluster
 from libvirt_env import open_conn
+from test_batch_fleet import _entry  # one [[server]] of a loop source
 
 from p2v.batch.ledger import Ledger
 from p2v.testbed.image import FixtureImage
 from p2v.testbed.sources import LoopSource, SourceEndpoint
-
-
-def _entry(name: str, ep: SourceEndpoint) -> str:
-    return f"""
-[[server]]
-name = "{name}"
-source = "ssh://{ep.user}@{ep.host}:{ep.port}"
-disks = {json.dumps(list(ep.disks))}
-identity = "{ep.key}"
-known_hosts = "{ep.known_hosts}"
-"""
 
 
 def _defined(uri: str, names: tuple[str, ...]) -> set[str]:
@@ -87,8 +77,8 @@ def test_three_servers_over_two_workers_converted_and_verified(
         manifest = guest_dir / "fleet.toml"
         manifest.write_text(
             f'output_dir = "{out}"\nconnect = "{libvirtd.uri}"\n[defaults]\nverify = true\n'
-            f'verify_timeout = 900\nnetworks = ["{isolated_network}"]\n'
-            + "".join(_entry(n, ep) for n, ep in zip(names, eps, strict=True)))
+            'verify_timeout = 900\n'
+            + "".join(_entry(n, ep, isolated_network) for n, ep in zip(names, eps, strict=True)))
         t0 = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
                                "--scheduler", cluster.address], capture_output=True, text=True,
@@ -129,9 +119,8 @@ def test_a_worker_killed_mid_copy_its_job_finishes_on_the_other(
         manifest = guest_dir / "fleet.toml"
         manifest.write_text(
             f'output_dir = "{out}"\nconnect = "{libvirtd.uri}"\n[defaults]\nverify = false\n'
-            f'networks = ["{isolated_network}"]\n'
-            + "".join(_entry(n, ep) for n, ep in zip(names, (loop_source_bios, second),
-                                                       strict=True)))
+            + "".join(_entry(n, ep, isolated_network)
+                      for n, ep in zip(names, (loop_source_bios, second), strict=True)))
         t0 = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
                                  "--scheduler", cluster.address], stdout=subprocess.PIPE,
