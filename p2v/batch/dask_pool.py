@@ -54,15 +54,19 @@ def host_settings(spec: JobSpec, hosts: dict[str, HostSettings], name: str, addr
                    connect=connect or spec.connect)
 
 
-def _wanted(key: str) -> bool:
-    """False once the submitter gave this task up (it was cancelled, or the client left)."""
+def _unwanted(key: str) -> str | None:
+    """Why the submitter gave this task up (cancelled, or its client left), or None."""
     from distributed import get_worker
 
     try:
         task = get_worker().state.tasks.get(key)
     except Exception:  # noqa: BLE001 - an internal API: when in doubt the job goes on
-        return True
-    return task is not None and task.state not in ("cancelled", "released", "forgotten")
+        return None
+    if task is None:
+        return "the worker no longer holds the task"
+    if task.state in ("cancelled", "released", "forgotten"):
+        return f"the task was {task.state} (the submitter cancelled it or went away)"
+    return None
 
 
 def run_on_worker(spec: JobSpec, hosts: dict[str, HostSettings], run: str) -> tuple[str,
@@ -86,8 +90,12 @@ def run_on_worker(spec: JobSpec, hosts: dict[str, HostSettings], run: str) -> tu
     def on_events(batch: list[dict[str, Any]]) -> None:
         put("events", batch)
 
-    def should_stop() -> bool:
-        return stop_all.is_set() or stop_job.is_set() or not _wanted(key)
+    def should_stop() -> str | None:
+        if stop_all.is_set():
+            return "the batch is stopping (Ctrl-C)"
+        if stop_job.is_set():
+            return "the batch gave up on this job"
+        return _unwanted(key)
 
     from p2v.batch.jobproc import run_child
 

@@ -43,12 +43,13 @@ def _pdeathsig() -> None:
 
 
 def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str, Any]]], None],
-              should_stop: Callable[[], bool], grace: float = 60.0) -> tuple[str, JobOutcome]:
+              should_stop: Callable[[], str | None],
+              grace: float = 60.0) -> tuple[str, JobOutcome]:
     """Run SPEC in a child process; ("done"|"interrupted", outcome).
 
     ON_EVENTS gets the job's events in small batches; SHOULD_STOP is asked about once a
-    second: when it says yes the child gets SIGINT, and SIGKILL (its process group) after
-    GRACE seconds.
+    second: when it gives a reason the child gets SIGINT, and SIGKILL (its process group)
+    after GRACE seconds.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     begun = time.monotonic()
@@ -96,8 +97,12 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
             pending = []
         if now >= next_check:
             next_check = now + 1.0
-            if stop_sent is None and should_stop():
+            reason = should_stop() if stop_sent is None else None
+            if reason is not None:
                 stop_sent = now
+                with open(log_path, "a") as note:
+                    note.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} stopping the job: "
+                               f"{reason}\n")
                 _signal_group(proc.pid, signal.SIGINT)
         if stop_sent is not None and now - stop_sent > grace:
             _signal_group(proc.pid, signal.SIGKILL)
