@@ -1,8 +1,8 @@
 """Drive a batch: plan from the ledger, keep N jobs running, record every change, report.
 
 The driver knows nothing about how a job runs: it hands JobSpecs to a pool (local child
-processes today, cluster workers later) and turns the pool's events and outcomes into ledger
-transitions, `--json` events and the batch report.
+processes, or Dask workers with --scheduler) and turns the pool's events, placements and
+outcomes into ledger transitions, `--json` events and the batch report.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ DEFAULT_TRIES = 3
 
 
 class JobPool(Protocol):
-    """Where jobs run: LocalPool here; a cluster pool implements the same five calls."""
+    """Where jobs run: LocalPool, or DaskPool (which also has `cancel(name)` and `slots()`)."""
 
     @property
     def running(self) -> list[str]: ...
