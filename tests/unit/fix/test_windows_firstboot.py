@@ -4,14 +4,23 @@ a pnputil that fails or succeeds; the Group Policy files and the pure registry p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cmdsubset import CmdSubset, Unsupported
 
+from p2v.errors import UsageError
 from p2v.fix import firstboot
 from p2v.fix.catalog import load_catalog
 from p2v.fix.hive import RegValue, create_hive, open_hive
-from p2v.fix.windows import boot_driver_edits, cdd_key, extended_device_path
+from p2v.fix.session import GuestSession
+from p2v.fix.windows import (
+    WindowsReport,
+    boot_driver_edits,
+    cdd_key,
+    extended_device_path,
+    plan_windows,
+)
 
 
 def boots(tmp_path: Path, text: str, codes: list[int], n: int) -> tuple[list[list[str]], Path]:
@@ -123,3 +132,34 @@ def test_hive_values_round_trip_by_type(tmp_path: Path) -> None:
     with open_hive(path) as h:
         assert h.values("A\\B") == values
         assert h.children("") == ["A"]
+
+
+def _report(major: int, minor: int, variant: str, build: int) -> WindowsReport:
+    catalog = load_catalog()
+    version = catalog.version_for(major, minor, variant, build)
+    return WindowsReport(root="/dev/sda1", product="Windows", major=major, minor=minor,
+                         build=build, variant=variant, arch="amd64", systemroot="/Windows",
+                         hostname="h", control_set="ControlSet001", drive="C",
+                         firmware="bios", catalog_dir=version.dir if version else None)
+
+
+@pytest.mark.parametrize(("nt", "variant", "build", "nic"), [
+    ((5, 2), "server", 3790, "e1000"), ((6, 0), "server", 6002, "e1000"),
+])
+def test_a_version_without_virtio_drivers_falls_back_to_sata_and_says_so(
+        nt: tuple[int, int], variant: str, build: int, nic: str) -> None:
+    session = cast(GuestSession, None)      # the fallback decides before touching the guest
+    plan = plan_windows(session, _report(nt[0], nt[1], variant, build), load_catalog(), None,
+                        {})
+    assert plan.empty and plan.drivers == [] and plan.staged == []
+    assert (plan.caps.disk_bus, plan.caps.nic_model) == ("sata", nic)
+    assert plan.warnings == [
+        f"the driver catalog has no virtio storage driver for Windows NT {nt[0]}.{nt[1]} "
+        f"build {build} ({variant}) amd64: the guest keeps SATA disks and an {nic} NIC "
+        "(no virtio drivers injected)"]
+
+
+def test_a_known_version_without_virtio_win_is_told_to_give_it() -> None:
+    with pytest.raises(UsageError, match="give --virtio-win DIR|ISO"):
+        plan_windows(cast(GuestSession, None), _report(10, 0, "server", 17763), load_catalog(),
+                     None, {})
