@@ -145,18 +145,24 @@ def _firmware(session: GuestSession, mounts: dict[str, str]) -> tuple[str, list[
         for path in g.find("/boot/efi/EFI"):
             if str(path).lower().endswith(".efi"):
                 loaders.append("\\EFI\\" + str(path).lstrip("/").replace("/", "\\"))
-    if loaders:
+    if loaders or has_esp(session):
         return "uefi", loaders
+    return "bios", loaders
+
+
+def has_esp(session: GuestSession) -> bool:
+    """Whether a disk has a GPT EFI system partition (what a UEFI install boots from)."""
+    g = session.g
     for disk in g.list_devices():
         try:
             if g.part_get_parttype(disk) != "gpt":
                 continue
             for part in g.part_list(disk):
                 if str(g.part_get_gpt_type(disk, part["part_num"])).upper() == ESP_GUID:
-                    return "uefi", loaders
+                    return True
         except GuestfsError:
             continue
-    return "bios", loaders
+    return False
 
 
 def _pretty_name(session: GuestSession) -> str | None:

@@ -35,6 +35,7 @@ from p2v.errors import FixError, GuestfsError, UsageError
 from p2v.fix import firstboot
 from p2v.fix.catalog import GUESTFS_ARCHS, Catalog, Driver, WindowsVersion, load_catalog
 from p2v.fix.hive import RegValue, open_hive
+from p2v.fix.inspect import has_esp
 from p2v.fix.session import GuestSession
 from p2v.fix.virtio_win import ISO_MOUNT, DriverTree
 from p2v.model import GuestCaps, NicModel
@@ -43,7 +44,6 @@ GROOT = "/guest"        # where the appliance mounts the Windows system volume
 DEVICE_PATH_KEY = r"Microsoft\Windows\CurrentVersion"
 STAGE_DEVICE_PATH = firstboot.STAGE_DIR
 CONFIGURATION = "p2v_boot"     # the DriverDatabase configuration p2v writes for a device
-ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
 
 @dataclass(frozen=True)
@@ -188,20 +188,6 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _firmware(session: GuestSession) -> str:
-    g = session.g
-    for disk in g.list_devices():
-        try:
-            if g.part_get_parttype(disk) != "gpt":
-                continue
-            for part in g.part_list(disk):
-                if str(g.part_get_gpt_type(disk, part["part_num"])).upper() == ESP_GUID:
-                    return "uefi"
-        except GuestfsError:
-            continue
-    return "bios"
-
-
 def inspect_windows(session: GuestSession, root: str, software: Path,
                     catalog: Catalog) -> WindowsReport:
     """The guest's version facts (libguestfs inspection, plus the build from SOFTWARE)."""
@@ -223,7 +209,8 @@ def inspect_windows(session: GuestSession, root: str, software: Path,
         systemroot=str(g.inspect_get_windows_systemroot(root)),
         hostname=str(g.inspect_get_hostname(root)),
         control_set=str(g.inspect_get_windows_current_control_set(root)), drive=drive,
-        firmware=_firmware(session), catalog_dir=version.dir if version else None)
+        firmware="uefi" if has_esp(session) else "bios",
+        catalog_dir=version.dir if version else None)
 
 
 # ----------------------------------------------------------------------------------- plan
