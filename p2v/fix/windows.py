@@ -369,7 +369,12 @@ def plan_windows(session: GuestSession, report: WindowsReport, catalog: Catalog,
                     plan.files.append(FileCopy(
                         f"Windows/System32/DriverStore/FileRepository/{package}/{name}", rel,
                         why=f"driver package of {driver.name}"))
-            edits += boot_driver_edits(driver, version, report.control_set, package)
+            boot = boot_driver_edits(driver, version, report.control_set, package)
+            edits += boot
+            if "DRIVERS" in hives:
+                # The same DriverDatabase keys in the DRIVERS hive, whose root is HKLM\DRIVERS.
+                edits += [RegEdit("DRIVERS", e.key, e.name, e.value, e.group)
+                          for e in boot if e.key.startswith("DriverDatabase\\")]
         else:
             plan.staged.append(driver.name)
     # DevicePath, and the first-boot script with its Group Policy registration.
@@ -421,13 +426,14 @@ def _diff_registry(plan: WindowsPlan, hives: dict[str, Path]) -> None:
 
 def check_registry(plan: WindowsPlan, hives: dict[str, Path]) -> list[str]:
     """Every planned value is in the hive files read back (raise FixError if not)."""
+    names = " and ".join(hives)
     for name, path in hives.items():
         with open_hive(path) as h:
             for edit in (e for e in plan.registry if e.hive == name):
                 if h.get(edit.key, edit.name) != edit.value:
                     raise FixError(images=str(path), detail=f"{name}\\{edit.key}\\{edit.name} "
                                    "does not hold the value written")
-    return [f"{len(plan.registry)} registry value(s) read back from SYSTEM and SOFTWARE"]
+    return [f"{len(plan.registry)} registry value(s) read back from {names}"]
 
 
 # ---------------------------------------------------------------------------------- apply
@@ -493,6 +499,11 @@ def fix_windows(session: GuestSession, root: str, images: Sequence[Path], *,
         "SYSTEM": _guest(session, str(g.inspect_get_windows_system_hive(root)).lstrip("/")),
         "SOFTWARE": _guest(session, str(g.inspect_get_windows_software_hive(root)).lstrip("/")),
     }
+    # Windows 10 and later also keep the driver database in a hive of its own (HKLM\DRIVERS).
+    drivers_hive = hive_paths["SYSTEM"].rsplit("/", 1)[0] + "/DRIVERS"
+    drivers_hive = _guest(session, drivers_hive[len(GROOT) + 1:])
+    if g.is_file(drivers_hive):
+        hive_paths["DRIVERS"] = drivers_hive
     with tempfile.TemporaryDirectory(prefix="p2v-hives-") as tmp:
         hives = {}
         for name, remote in hive_paths.items():

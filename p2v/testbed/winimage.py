@@ -69,8 +69,8 @@ def pe_header(arch: str) -> bytes:
     return (bytes(dos) + coff + bytes(opt)).ljust(1024, b"\0")
 
 
-def write_hives(spec: WindowsSpec, directory: Path) -> tuple[Path, Path]:
-    """SYSTEM and SOFTWARE hives as a freshly installed Windows of this kind has them."""
+def write_hives(spec: WindowsSpec, directory: Path) -> dict[str, Path]:
+    """SYSTEM and SOFTWARE hives (and Windows 10's DRIVERS) as a fresh install has them."""
     system, software = directory / "SYSTEM", directory / "SOFTWARE"
     create_hive(system, "CMI-CreateHive{2A7FB991-7BBE-4F9D-B91E-7CB51D4737F5}")
     create_hive(software, "CMI-CreateHive{199DAFC2-6F16-4946-BF90-5A3FC3A60902}")
@@ -114,7 +114,14 @@ def write_hives(spec: WindowsSpec, directory: Path) -> tuple[Path, Path]:
         # C: is the partition at 1 MiB of the disk with this signature.
         h.set_value("MountedDevices", r"\DosDevices\C:",
                     RegValue.binary(struct.pack("<IQ", DISK_SIGNATURE, 1 << 20)))
-    return system, software
+    hives = {"SYSTEM": system, "SOFTWARE": software}
+    if spec.major >= 10:
+        hives["DRIVERS"] = directory / "DRIVERS"
+        create_hive(hives["DRIVERS"], "ROOT")
+        with open_hive(hives["DRIVERS"], write=True) as h:
+            for key in ("DeviceIds", "DriverPackages", "DriverInfFiles"):
+                h.ensure(f"DriverDatabase\\{key}")
+    return hives
 
 
 def _image_key(specs: tuple[WindowsSpec, ...]) -> str:
@@ -156,13 +163,13 @@ def build_windows_images(cache_dir: Path | None = None,
                 g.mount(f"{dev}1", "/")
                 hive_dir = work / spec.key
                 hive_dir.mkdir()
-                system, software = write_hives(spec, hive_dir)
+                hives = write_hives(spec, hive_dir)
                 for path in ("/Windows/System32/config", "/Windows/System32/drivers",
                              "/Windows/INF", "/Windows/System32/DriverStore/FileRepository",
                              "/Program Files", "/Users"):
                     g.mkdir_p(path)
-                g.upload(str(system), "/Windows/System32/config/SYSTEM")
-                g.upload(str(software), "/Windows/System32/config/SOFTWARE")
+                for name, hive in hives.items():
+                    g.upload(str(hive), f"/Windows/System32/config/{name}")
                 g.write("/Windows/System32/cmd.exe", pe_header(spec.arch))
                 g.write("/Windows/System32/ntoskrnl.exe", pe_header(spec.arch))
                 g.write("/Windows/System32/drivers/storahci.sys", pe_header(spec.arch))

@@ -50,6 +50,7 @@ class Fixed:
     hash_first: str
     system: Path = Path()
     software: Path = Path()
+    drivers: Path | None = None        # Windows 10+: the DRIVERS hive
     files: dict[str, bytes] = field(default_factory=dict)   # path under C: -> contents
 
 
@@ -91,6 +92,9 @@ def fixed(windows_images: dict[str, Path], virtio_win: tuple[Path, Path],
             f.system, f.software = local / "SYSTEM", local / "SOFTWARE"
             g.download(f"{mnt}/Windows/System32/config/SYSTEM", str(f.system))
             g.download(f"{mnt}/Windows/System32/config/SOFTWARE", str(f.software))
+            if g.is_file(f"{mnt}/Windows/System32/config/DRIVERS"):
+                f.drivers = local / "DRIVERS"
+                g.download(f"{mnt}/Windows/System32/config/DRIVERS", str(f.drivers))
             for top in (STAGE, "Windows/System32/drivers", "Windows/System32/GroupPolicy",
                         "Windows/System32/DriverStore/FileRepository"):
                 if not g.is_dir(f"{mnt}/{top}"):
@@ -197,9 +201,29 @@ def test_device_path_and_group_policy_registration(fixed: dict[str, Fixed], key:
 def test_every_planned_value_is_in_the_hives(fixed: dict[str, Fixed], key: str) -> None:
     f = fixed[key]
     assert len(f.first.plan.registry) > 20
+    files = {"SYSTEM": f.system, "SOFTWARE": f.software, "DRIVERS": f.drivers}
     for edit in f.first.plan.registry:
-        with open_hive(f.system if edit.hive == "SYSTEM" else f.software) as h:
+        path = files[edit.hive]
+        assert path is not None
+        with open_hive(path) as h:
             assert h.get(edit.key, edit.name) == edit.value, (edit.key, edit.name)
+
+
+@pytest.mark.parametrize("key", ["win2k19", "win2k25"])
+def test_the_drivers_hive_has_the_same_driver_database(fixed: dict[str, Fixed],
+                                                       key: str) -> None:
+    f = fixed[key]
+    assert f.drivers is not None
+    with open_hive(f.system) as system, open_hive(f.drivers) as drivers:
+        for pci in CATALOG.driver("viostor").pci:
+            ids = f"DriverDatabase\\DeviceIds\\{pci}"
+            assert drivers.values(ids) == system.values(ids) == {
+                "viostor.inf": RegValue.binary(b"\x01\xff\x00\x00")}
+        active = system.get("DriverDatabase\\DriverInfFiles\\viostor.inf", "Active")
+        assert active is not None
+        assert drivers.get("DriverDatabase\\DriverInfFiles\\viostor.inf", "Active") == active
+        # Only the driver database goes there: no services, no Group Policy.
+        assert drivers.children("") == ["DriverDatabase"]
 
 
 @pytest.mark.parametrize("key", list(EXPECT))
