@@ -186,6 +186,10 @@ def build_windows_images(cache_dir: Path | None = None,
         if cache.exists():
             shutil.rmtree(cache)
         os.rename(work, cache)
+        # Builds from older versions of this file are never used again.
+        for stale in cache.parent.glob("windows-*"):
+            if stale != cache and stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
     finally:
         if work.exists():
             shutil.rmtree(work)
