@@ -457,6 +457,11 @@ def _areas(dev):
     return areas
 
 def free_ranges(fd, dev, disk_size):
+    # Forget what this device's cache holds: a filesystem mounted from a partition keeps its
+    # metadata in the partition's cache, not the whole disk's, so a block bitmap cached here
+    # by an earlier read can be old (a sync then took used chunks for free ones).
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     areas = _areas(dev) or [(0, disk_size)]
     free = []
     for base, size in areas:

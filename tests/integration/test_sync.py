@@ -33,6 +33,7 @@ from p2v.testbed.sources import (
     SshServer,
     attach_loop,
     detach_loop,
+    make_partition_nodes,
     write_random_disk,
 )
 from p2v.testbed.tcpproxy import LinkProxy
@@ -67,34 +68,45 @@ def thaw(mountpoint: Path) -> None:
 
 @pytest.fixture
 def mounted(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
-    """Two writable loop disks mounted here: 128 MiB ext4 (data, and a file to delete) and
-    a 32 MiB NTFS through ntfs-3g (FUSE: fsfreeze cannot freeze it; this kernel has no
-    vfat). Thawed and unmounted at the end."""
+    """Two writable loop disks, mounted here: 128 MiB with ext4 on partition 1 (as on a
+    server: its metadata is cached under the partition, p2v reads the whole disk; data and
+    a file to delete) and a 32 MiB NTFS through ntfs-3g (FUSE: fsfreeze cannot freeze it;
+    this kernel has no vfat). Thawed and unmounted at the end."""
     made: list[tuple[str, Path]] = []
+    nodes: list[Path] = []
     try:
-        for name, size, mkfs, mount in (
-                ("ext4", 128, ["mkfs.ext4", "-q", "-b", "4096"], ["mount"]),
-                ("ntfs", 32, ["mkntfs", "-Q", "-F"], ["ntfs-3g"])):
-            raw = tmp_path / f"{name}.raw"
-            with raw.open("wb") as f:
-                f.truncate(size * MiB)
-            runner.run([*mkfs, raw])
-            device = attach_loop(raw, writable=True)
-            mountpoint = tmp_path / f"mnt-{name}"
-            mountpoint.mkdir()
-            runner.run([*mount, device, mountpoint])
-            made.append((device, mountpoint))
+        raw = tmp_path / "ext4.raw"
+        with raw.open("wb") as f:
+            f.truncate(128 * MiB)
+        runner.run(["sfdisk", "-q", raw], input="start=2048, type=83\n")
+        device = attach_loop(raw, writable=True, partitions=True)
+        made.append((device, tmp_path / "mnt-ext4"))
+        nodes = make_partition_nodes(device)
+        runner.run(["mkfs.ext4", "-q", "-b", "4096", nodes[0]])
+        made[0][1].mkdir()
+        runner.run(["mount", nodes[0], made[0][1]])
+        raw = tmp_path / "ntfs.raw"
+        with raw.open("wb") as f:
+            f.truncate(32 * MiB)
+        runner.run(["mkntfs", "-Q", "-F", raw])
+        device = attach_loop(raw, writable=True)
+        made.append((device, tmp_path / "mnt-ntfs"))
+        made[1][1].mkdir()
+        runner.run(["ntfs-3g", device, made[1][1]])
         ext4 = made[0][1]
         (ext4 / "doomed").write_bytes(os.urandom(24 * MiB))
         (ext4 / "kept").write_bytes(os.urandom(8 * MiB))
-        (made[1][1] / "note.txt").write_text("fat\n")
+        (made[1][1] / "note.txt").write_text("ntfs\n")
         os.sync()
         yield made
     finally:
         for device, mountpoint in reversed(made):
-            thaw(mountpoint)
-            runner.run(["umount", mountpoint], check=False)
+            if mountpoint.exists():
+                thaw(mountpoint)
+                runner.run(["umount", mountpoint], check=False)
             detach_loop(device)
+        for node in nodes:
+            node.unlink(missing_ok=True)
 
 
 def test_sync_sends_changed_chunks_and_zeroes_dropped_ones(tmp_path: Path) -> None:
@@ -187,6 +199,8 @@ def test_freeze_gives_a_clean_filesystem_and_hooks_run_around_it(
         (mnt / "doomed").unlink()
         new = os.urandom(6 * MiB)
         (mnt / "new").write_bytes(new)
+        fresh = os.urandom(40 * MiB)         # more than was freed: into chunks free before
+        (mnt / "fresh").write_bytes(fresh)
         capsys.readouterr()
         before = f"echo before >> {tmp_path}/hooks.log; echo stopping the database"
         after = f"echo after >> {tmp_path}/hooks.log"
@@ -208,11 +222,14 @@ def test_freeze_gives_a_clean_filesystem_and_hooks_run_around_it(
     # Frozen, the filesystem was clean on disk: no journal replay needed.
     copy = tmp_path / "copy.raw"
     runner.run(["qemu-img", "convert", "-O", "raw", out / f"f-{Path(device).name}.qcow2", copy])
-    assert runner.run(["e2fsck", "-fn", copy], check=False).returncode == 0
+    part = tmp_path / "part.raw"
+    runner.run(["dd", f"if={copy}", f"of={part}", "bs=1M", "skip=1", "status=none"])
+    assert runner.run(["e2fsck", "-fn", part], check=False).returncode == 0
     dump = tmp_path / "dump"
-    runner.run(["debugfs", "-R", f"dump /new {dump}", copy])
-    assert hashlib.sha256(dump.read_bytes()).digest() == hashlib.sha256(new).digest()
-    listing = runner.run(["debugfs", "-R", "ls -l /", copy]).stdout
+    for name, data in (("new", new), ("fresh", fresh)):
+        runner.run(["debugfs", "-R", f"dump /{name} {dump}", part])
+        assert hashlib.sha256(dump.read_bytes()).digest() == hashlib.sha256(data).digest()
+    listing = runner.run(["debugfs", "-R", "ls -l /", part]).stdout
     assert "doomed" not in listing and "kept" in listing
 
 
