@@ -253,6 +253,10 @@ def test_a_killed_submitter_stops_its_jobs_and_the_rerun_resubmits_them(
     assert "hang" in start["recovered"]
     starts = {e["job"]: e for e in events if e["event"] == "batch-job-start"}
     assert starts["hang"]["action"] == "resume"
+    # It resumes where it lands on the host holding its work dir, afresh on the other.
+    first_host = log.parent.parent.parent.name
+    placed = next(e for e in events if e["event"] == "batch-job-placed" and e["job"] == "hang")
+    assert placed["resume"] is (placed["worker_name"] == first_host), (placed, first_host)
     # Both unfinished ("quick" failed: retried as locally; a succeeded job would be skipped).
     assert set(starts) == {"hang", "quick"}
     rows, attempts = _ledger(out)
