@@ -10,6 +10,7 @@ that is on the image is run over simulated boots against a failing pnputil.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import tempfile
@@ -276,20 +277,45 @@ def test_the_first_boot_script_on_the_image_gives_up_after_the_bound(
                                                                  calls[0][1]])
 
 
-# One second run in the default suite (the ISO one); the other two are slow (an appliance
-# launch each).
+# One second run in the default suite (the ISO one, through the CLI's text output); the
+# other two are slow (an appliance launch each).
 @pytest.mark.parametrize("key", [pytest.param("win7", marks=pytest.mark.slow), "win2k19",
                                  pytest.param("win2k25", marks=pytest.mark.slow)])
 def test_a_second_run_changes_nothing(fixed: dict[str, Fixed], key: str) -> None:
     f = fixed[key]
     assert f.first.caps_path is not None
     caps_text = f.first.caps_path.read_text()
-    second = fix_images([f.image], f.options)
-    assert isinstance(second, WindowsFixResult)
-    assert second.nothing_to_do and not second.applied and second.plan.changes == []
+    source = f.options.virtio_win
+    assert source is not None
+    proc = _cli(str(f.image), "--virtio-win", str(source))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"{SPECS[key].product}: Windows NT ")
+    assert "  drivers: boot-critical viostor, vioscsi; staged for first boot netkvm" in lines[1]
+    assert "nothing to do: the guest needs no change" in lines
+    assert lines[-1] == f"guest caps: disks virtio, NIC virtio, q35, bios -> {f.first.caps_path}"
     assert sha256(f.image) == f.hash_first          # not a byte written: no duplicates
-    assert second.caps == f.first.caps
     assert f.first.caps_path.read_text() == caps_text
+
+
+@pytest.mark.slow
+def test_dry_run_reports_and_writes_nothing(tmp_path: Path, windows_images: dict[str, Path],
+                                            virtio_win: tuple[Path, Path]) -> None:
+    image = _overlay(windows_images["win2k25"], tmp_path / "w25.qcow2")
+    before = sha256(image)
+    proc = _cli(str(image), "--virtio-win", str(virtio_win[1]), "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["dry_run"] and not data["applied"] and data["caps_path"] is None
+    assert data["drivers"] == {"boot": ["viostor", "vioscsi"],
+                               "staged": ["netkvm", "balloon", "viorng", "vioser", "qxldod"]}
+    targets = {c["target"] for c in data["changes"]}
+    assert "Windows\\System32\\drivers\\viostor.sys" in targets
+    assert "SYSTEM: DriverDatabase entries for viostor" in targets
+    assert "DRIVERS: DriverDatabase entries for viostor" in targets
+    assert data["caps"]["disk_bus"] == "virtio" and data["caps"]["os"]["catalog"] == "2k25"
+    assert sha256(image) == before
+    assert not (tmp_path / "w25.qcow2.caps.json").exists()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
