@@ -981,8 +981,10 @@ class _BatchScreen:
                     f"{event.get('try')} of {event.get('tries')} on {event.get('worker')}"
                     + (" (resuming)" if event.get("resume") else " (afresh)"))
         elif kind == "batch-job-start":
+            where = (f"in {event.get('work_dir')}" if event.get("worker") else
+                     "submitted to the cluster")     # --scheduler: placed later
             text = (f"[{job}] {event.get('action')} (attempt {event.get('attempt')}, "
-                    f"{event.get('reason')}) in {event.get('work_dir')}")
+                    f"{event.get('reason')}) {where}")
         elif kind == "stage-start":
             text = f"[{job}] {stage} ..."
         elif kind == "stage-done":
