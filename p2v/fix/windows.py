@@ -336,6 +336,7 @@ def plan_windows(session: GuestSession, report: WindowsReport, catalog: Catalog,
                              f"{fallback_nic} NIC (no virtio drivers injected)")
         plan.caps = GuestCaps(disk_bus="sata", nic_model=fallback_nic, machine="q35",
                               firmware=cast(Any, firmware))
+        _inbox_ahci(plan, report, hives)
         return plan
     if tree is None:
         raise UsageError(detail=f"{report.product} needs virtio drivers: give --virtio-win "
@@ -408,6 +409,27 @@ def plan_windows(session: GuestSession, report: WindowsReport, catalog: Catalog,
     if not has_net:
         plan.warnings.append(f"no netkvm driver: the NIC stays {fallback_nic}")
     return plan
+
+
+def _inbox_ahci(plan: WindowsPlan, report: WindowsReport, hives: dict[str, Path]) -> None:
+    """On the SATA fallback, the inbox AHCI driver must start at boot: a server that booted
+    from a RAID controller has it on demand start (3) and would not find its disk."""
+    if (report.major, report.minor) < (6, 0):
+        plan.warnings.append(f"Windows NT {report.major}.{report.minor} has no inbox AHCI "
+                             "driver: it boots only on IDE, which p2v does not offer yet")
+        return
+    service = "msahci" if (report.major, report.minor) < (6, 2) else "storahci"
+    key = f"{report.control_set}\\Services\\{service}"
+    if "SYSTEM" not in hives:
+        return
+    with open_hive(hives["SYSTEM"]) as h:
+        present = h.node(key) is not None
+    if not present:
+        plan.warnings.append(f"no {service} service in the guest: it may not find a SATA disk")
+        return
+    plan.registry = [RegEdit("SYSTEM", key, "Start", RegValue.dword(0),
+                             f"service {service} (inbox AHCI driver) starts at boot")]
+    _diff_registry(plan, hives)
 
 
 def _diff_registry(plan: WindowsPlan, hives: dict[str, Path]) -> None:

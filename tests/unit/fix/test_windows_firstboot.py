@@ -153,10 +153,37 @@ def test_a_version_without_virtio_drivers_falls_back_to_sata_and_says_so(
                         {})
     assert plan.empty and plan.drivers == [] and plan.staged == []
     assert (plan.caps.disk_bus, plan.caps.nic_model) == ("sata", nic)
-    assert plan.warnings == [
+    assert plan.warnings[0] == (
         f"the driver catalog has no virtio storage driver for Windows NT {nt[0]}.{nt[1]} "
         f"build {build} ({variant}) amd64: the guest keeps SATA disks and an {nic} NIC "
-        "(no virtio drivers injected)"]
+        "(no virtio drivers injected)")
+    if nt < (6, 0):
+        assert plan.warnings[1] == ("Windows NT 5.2 has no inbox AHCI driver: it boots only "
+                                    "on IDE, which p2v does not offer yet")
+
+
+@pytest.mark.parametrize("start", [3, 0])
+def test_the_sata_fallback_makes_the_inbox_ahci_driver_start_at_boot(tmp_path: Path,
+                                                                      start: int) -> None:
+    """A Server 2008 (NT 6.0, no virtio-win driver) that booted from a RAID controller."""
+    system = tmp_path / "SYSTEM"
+    create_hive(system)
+    with open_hive(system, write=True) as h:
+        h.set_value("ControlSet001\\Services\\msahci", "Start", RegValue.dword(start))
+    report = _report(6, 0, "server", 6002)
+    plan = plan_windows(cast(GuestSession, None), report, load_catalog(), None,
+                        {"SYSTEM": system})
+    assert plan.caps.disk_bus == "sata"
+    if start == 0:
+        assert plan.empty
+        return
+    assert [str(c) for c in plan.changes] == [
+        "registry SYSTEM: service msahci (inbox AHCI driver) starts at boot: 1 value(s) set"]
+    with open_hive(system) as h:      # the host copy that apply uploads
+        assert h.get("ControlSet001\\Services\\msahci", "Start") == RegValue.dword(0)
+    again = plan_windows(cast(GuestSession, None), report, load_catalog(), None,
+                         {"SYSTEM": system})
+    assert again.empty
 
 
 def test_a_known_version_without_virtio_win_is_told_to_give_it() -> None:
