@@ -29,6 +29,10 @@ from p2v.job import JobSpec
 
 # A job's copy progress arrives many times a second: the submitter needs far fewer.
 PROGRESS_EVERY = 2.0
+# A retry landing where an earlier try of the job still stops (its worker process died and
+# a nanny restarted it) waits that long for the work dir's lock; then the job's own
+# JobLocked error says what holds it.
+LOCK_WAIT = 90.0
 
 
 def _outcome_from(data: dict[str, Any]) -> JobOutcome:
@@ -52,6 +56,7 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
     after GRACE seconds.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    _wait_for_lock(spec.work_dir / ".lock", LOCK_WAIT)
     begun = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - a fixed argv
@@ -121,6 +126,26 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
             f"the job's process ended without a result ({how}); see {log_path} on the worker")
         kind = "interrupted" if stopped else "done"
     return kind, outcome
+
+
+def _wait_for_lock(lock: Path, timeout: float) -> None:
+    """Until nobody holds LOCK (an earlier try of this job winding down), at most TIMEOUT s."""
+    import fcntl
+
+    if not lock.is_file():
+        return
+    deadline = time.monotonic() + timeout
+    with open(lock, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(1.0)
+                continue
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return
 
 
 def _wanted(event: dict[str, Any], last: dict[str, float]) -> bool:
