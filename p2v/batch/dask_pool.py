@@ -84,7 +84,7 @@ def run_on_worker(spec: JobSpec, hosts: dict[str, HostSettings], run: str) -> tu
         events.put(json.dumps([kind, spec.name, payload], default=str))
 
     put("placed", {"worker": worker.address, "worker_name": str(worker.name),
-                   "work_dir": str(spec.work_dir), "try": uuid.uuid4().hex,
+                   "work_dir": str(spec.work_dir),
                    "resume": (spec.work_dir / "spec.json").is_file()})
 
     def on_events(batch: list[dict[str, Any]]) -> None:
@@ -296,6 +296,10 @@ class DaskPool:
         return messages + self._drain()
 
     def close(self) -> None:
+        try:
+            self._queue.close()         # the scheduler forgets this run's queue
+        except Exception:  # noqa: BLE001 - a scheduler already gone
+            pass
         try:
             self.client.close()
         except Exception:  # noqa: BLE001 - closing a client of a dead scheduler
