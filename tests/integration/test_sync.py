@@ -302,3 +302,38 @@ def test_cut_link_while_frozen_the_source_thaws_itself(
         finally:
             proxy.close()
             thaw(mnt)
+
+
+def test_ctrl_c_while_frozen_thaws_at_once_and_runs_the_after_hook(
+        mounted: list[tuple[str, Path]], tmp_path: Path) -> None:
+    (device, mnt), _ = mounted
+    out = tmp_path / "out"
+    trace = tmp_path / "hooks.log"
+    with SshServer([device]) as ep:
+        assert cli.main(["copy", *ssh_args(ep), "--output-dir", str(out), "--name", "i",
+                         "--disk", device]) == 0
+        (mnt / "more").write_bytes(os.urandom(32 * MiB))
+        argv = [sys.executable, "-m", "p2v", "sync", *ssh_args(ep), "--output-dir", str(out),
+                "--name", "i", "--freeze", "--freeze-timeout", "300", "--bandwidth-limit",
+                "2M", "--no-compress", "--after-final", f"echo after >> {trace}", "--json"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if json.loads(line)["event"] == "frozen":
+                    break
+            assert is_frozen(mnt)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == ExitCode.INTERRUPTED, err
+            assert not is_frozen(mnt)           # thawed by p2v, not 300 s later by the timer
+            timers = runner.run(["pgrep", "-f", "p2v-thaw-timer"], check=False).stdout
+            assert timers.strip() == "", "the thaw timer was left running"
+            assert trace.read_text() == "after\n"
+            # The interrupted pass resumes: the sync journal is there.
+            assert list(out.glob("*.sync-journal"))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            thaw(mnt)
