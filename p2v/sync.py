@@ -203,8 +203,10 @@ class _Counter:
 
 def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
-              limiter: RateLimiter | None = None) -> SyncDiskResult:
-    """One pass over one disk (see the module docstring)."""
+              limiter: RateLimiter | None = None,
+              info: DeviceInfo | None = None) -> SyncDiskResult:
+    """One pass over one disk (see the module docstring); `info`: the probe's answer if
+    already known (probed before a freeze, to keep the frozen window short)."""
     started = time.monotonic()
     image, part, manifest_path, journal_path = _paths(request.output_dir, name, device)
     if not manifest_path.exists() or not (image.exists() or part.exists() and
@@ -213,7 +215,7 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
                   "manifest")
         raise SyncNotReady(device=device, output_dir=request.output_dir, detail=detail)
     manifest = json.loads(manifest_path.read_text())
-    info = probe_device(source, device)
+    info = info or probe_device(source, device)
     host = source.target.host
     chunk, size = int(manifest["chunk_size"]), int(manifest["size"])
     if manifest.get("device") != device or size != info.size:
@@ -389,11 +391,11 @@ def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | Non
     tmp.replace(path)
 
 
-def sync_pass(source: SshSource, request: SyncRequest, name: str, disks: tuple[str, ...],
+def sync_pass(source: SshSource, request: SyncRequest, name: str, infos: list[DeviceInfo],
               emit: Callable[[Event], None], limiter: RateLimiter | None
               ) -> list[SyncDiskResult]:
-    return [sync_disk(source, device, request, name, emit, limiter=limiter)
-            for device in disks]
+    return [sync_disk(source, info.device, request, name, emit, limiter=limiter, info=info)
+            for info in infos]
 
 
 def _check(request: SyncRequest) -> None:
@@ -423,6 +425,7 @@ def sync(source: SshSource, request: SyncRequest,
             raise SyncNotReady(device=device, output_dir=request.output_dir,
                                detail="the copy is still in progress" if part.exists()
                                else "no image and manifest")
+    infos = [probe_device(source, device) for device in disks]
     limiter = RateLimiter(request.bandwidth_limit) if request.bandwidth_limit else None
     hooks: dict[str, str] = {}
     report: FreezeReport | None = None
@@ -441,13 +444,13 @@ def sync(source: SshSource, request: SyncRequest,
                 emit({"event": "frozen", "frozen": [m.mountpoint for m in report.frozen],
                       "not_frozen": [{"mountpoint": m.mountpoint, "why": why}
                                      for m, why in report.not_frozen]})
-                results = sync_pass(source, request, name, disks, emit, limiter)
+                results = sync_pass(source, request, name, infos, emit, limiter)
                 if freeze.expired():
                     raise FreezeExpired(host=source.target.host,
                                         timeout=request.freeze_timeout)
             emit({"event": "thawed", "freeze_s": report.seconds})
         else:
-            results = sync_pass(source, request, name, disks, emit, limiter)
+            results = sync_pass(source, request, name, infos, emit, limiter)
     except BaseException:
         failed = True
         raise

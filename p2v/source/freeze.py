@@ -88,10 +88,13 @@ def _mounts_table(text: str) -> dict[str, tuple[str, bool]]:
 def mounts_on(source: SshSource, disks: tuple[str, ...]) -> list[Mount]:
     """The filesystems mounted from the disks (their partitions, LVs, ...), one per device,
     deepest mountpoint first (the order to freeze them in)."""
-    result = source.run(["lsblk", "-P", "-p", "-o", "NAME,MOUNTPOINT", *disks], timeout=60)
-    table = _mounts_table(source.run(["cat", "/proc/self/mounts"], timeout=60).text)
+    # One round trip: lsblk's rows, a separator line, then the mount table.
+    result = source.run(["sh", "-c", 'lsblk -P -p -o NAME,MOUNTPOINT "$@" && echo "--" && '
+                         "cat /proc/self/mounts", "p2v-mounts", *disks], timeout=60)
+    rows, _, mounts = result.text.partition("\n--\n")
+    table = _mounts_table(mounts)
     seen: dict[str, Mount] = {}
-    for line in result.text.splitlines():
+    for line in rows.splitlines():
         row = {k: _unescape(v) for k, v in _PAIR.findall(line)}
         mountpoint = row.get("MOUNTPOINT", "")
         if not mountpoint.startswith("/") or row.get("NAME", "") in seen:
