@@ -235,8 +235,13 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
     if resumed:
         journal = _Journal.load(journal_path)
         if journal.header.get("chunks_digest") != manifest.get("chunks_digest"):
-            raise UsageError(detail=f"{journal_path} belongs to another image; remove it "
-                                    "and copy again")
+            if not image.exists():
+                raise UsageError(detail=f"{journal_path} belongs to another image; remove "
+                                        "it and copy again")
+            # Killed after the image and its new manifest were in place: a finished pass.
+            journal_path.unlink()
+            resumed = False
+    if resumed:
         for index, digest in journal.done.items():
             hashes[index] = digest
         if image.exists():
@@ -299,11 +304,14 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
         index = final.index(DIRTY)
         raise IntegrityError(device=device, index=index, offset=index * chunk,
                              got="nothing", expected="a chunk")
+    # In this order, a kill between any two steps leaves a state the rerun understands:
+    # the image with the journal (resumed against the old manifest), or the image with its
+    # new manifest and a stale journal (dropped).
+    part.replace(image)
     _write_manifest(manifest_path, manifest, final, size, chunk, {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "frozen": bool(request.freeze), "changed_chunks": len(changed),
         "dropped_chunks": len(dropped)})
-    part.replace(image)
     journal_path.unlink()
     result = SyncDiskResult(device, image, count, len(changed), len(dropped), changed_bytes,
                             wire.bytes, time.monotonic() - started, resumed, reader)

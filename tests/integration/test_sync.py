@@ -144,6 +144,11 @@ def test_sync_sends_changed_chunks_and_zeroes_dropped_ones(tmp_path: Path) -> No
             assert [e["event"] for e in seen][:2] == ["sync-start", "sync-delta"]
         manifest = json.loads((out / f"{image.name}.manifest.json").read_text())
         assert len(manifest["syncs"]) == 2 and manifest["chunk_hashes"][10] is None
+        # A kill between the new manifest and the journal's removal leaves a stale
+        # journal beside a complete image: the next pass drops it and runs.
+        stale = image.with_name(image.name + ".sync-journal")
+        stale.write_text(json.dumps({"schema": "p2v.sync-journal/1", "chunks_digest": "old"})
+                         + '\n{"i": 3, "h": "dirty"}\n')
         again = sync(source, SyncRequest(output_dir=out, name="d"))
         assert again.changed_bytes == 0 and again.wire_bytes < 48 * 120
         assert not list(out.glob("*.part")) and not list(out.glob("*.sync-journal"))
