@@ -708,6 +708,10 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true",
                    help="copy every non-zero byte (default: skip ext2/3/4 free blocks and swap)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
+    p.add_argument("--new-macs", action="store_true",
+                   help="give the guest fresh MACs (the source stays live with its own); the "
+                        "guest's interface names are pinned to the new ones, so its network "
+                        "configuration still applies")
     p.add_argument("--cutover", action="store_true",
                    help="live cutover: after the copy, sync passes while the delta shrinks, "
                         "then a final pass with the source's filesystems frozen (fsfreeze, "
@@ -861,7 +865,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         pool=args.pool, start=args.start, verify=not args.no_verify, full=args.full,
         compress=not args.no_compress, identity=args.identity, known_hosts=args.known_hosts,
         accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
-        verify_timeout=args.verify_timeout, cutover=args.cutover, freeze=args.freeze,
+        verify_timeout=args.verify_timeout, new_macs=args.new_macs,
+        cutover=args.cutover, freeze=args.freeze,
         freeze_timeout=args.freeze_timeout, before_final=args.before_final,
         after_final=args.after_final,
     )

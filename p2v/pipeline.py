@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -57,7 +57,7 @@ EVENT_SCHEMA = "p2v.events/1"
 SPACE_MARGIN = 256 << 20
 # JobSpec fields a rerun must share with the run that made the work dir: the rest (memory,
 # networks, --start, ...) only affect stages not run yet and may change between runs.
-_SAME_JOB = ("source", "disks", "full")
+_SAME_JOB = ("source", "disks", "full", "new_macs")  # new_macs: the MACs fix pinned
 
 Event = dict[str, Any]
 EventSink = Callable[[Event], None]
@@ -367,6 +367,10 @@ class _Job:
                                  needed=_size(needed),
                                  detail="the source's copy estimate plus 256 MiB for fix")
         pins = tuple((n.name, n.mac.lower()) for n in inv.nics if n.physical and n.mac)
+        if spec.new_macs:
+            from p2v.target.register import fresh_mac
+
+            pins = tuple((name, fresh_mac()) for name, _mac in pins)
         target_inventory = self._target_inventory(inv, sized, pins)
         self._check_target(target_inventory, firmware)
         plan = JobPlan(disks=tuple(sized), pins=pins, firmware=firmware, disk_choice=choice,
@@ -387,8 +391,15 @@ class _Job:
     def _mappings(self) -> tuple[Any, ...]:
         from p2v.target.domain import NicMapping
 
-        return tuple([NicMapping.parse("network", m) for m in self.spec.networks]
-                     + [NicMapping.parse("bridge", m) for m in self.spec.bridges])
+        mappings = ([NicMapping.parse("network", m) for m in self.spec.networks]
+                    + [NicMapping.parse("bridge", m) for m in self.spec.bridges])
+        if self.spec.new_macs and self.wd.file("inventory.json").is_file():
+            # A mapping keyed by a source MAC means that NIC, whatever MAC the guest gets.
+            by_mac = {n.mac.lower(): n.name for n in self.inventory().nics if n.mac}
+            mappings = [replace(m, src=by_mac.get(m.src.strip().lower().replace("-", ":"),
+                                                  m.src)) if m.src else m
+                        for m in mappings]
+        return tuple(mappings)
 
     def _check_target(self, inventory: SourceInventory, firmware: str) -> None:
         from p2v.target.libvirt import LibvirtTarget
@@ -600,12 +611,16 @@ class _Job:
         if not verdict or not self.wd.file("inventory.json").is_file():
             return []
         seen = {str(i.get("mac", "")).lower(): i for i in verdict.get("interfaces", [])}
+        guest_mac = dict(self.plan().pins) if self.wd.file("plan.json").is_file() else {}
         lines = []
         for nic in self.inventory().nics:
             if not nic.mac:
                 continue
             src = sorted(a for a in nic.addresses if ":" not in a)
-            got = seen.get(nic.mac.lower())
+            mac = guest_mac.get(nic.name, nic.mac.lower())
+            got = seen.get(mac)
+            if mac != nic.mac.lower():
+                nic = replace(nic, mac=f"{nic.mac} (guest {mac})")
             if got is None:
                 lines.append(f"{nic.name} {nic.mac}: NOT seen in the guest")
                 continue
@@ -663,7 +678,9 @@ def _check_same_job(spec: JobSpec, wd: WorkDir) -> None:
         return
     old = read_json(path)
     new = spec.to_dict()
-    differs = [k for k in _SAME_JOB if old.get(k) != new.get(k)]
+    # A key missing from an older spec.json had its field's default then.
+    defaults = {f.name: f.default for f in fields(JobSpec)}
+    differs = [k for k in _SAME_JOB if old.get(k, defaults.get(k)) != new.get(k)]
     if differs and not _copy_started(wd):
         # Nothing was copied yet (e.g. a disk name was wrong and preflight refused it): the
         # corrected job simply replaces the old one, from inspect on.

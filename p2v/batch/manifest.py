@@ -128,6 +128,7 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "start": ("start", _bool),
     "verify": ("verify", _bool),
     "verify_timeout": ("verify_timeout", _seconds),
+    "new_macs": ("new_macs", _bool),
     "full": ("full", _bool),
     "compress": ("compress", _bool),
     "identity": ("identity", _path),

@@ -65,9 +65,12 @@ def run(argv: list[str], kill_when: Callable[[dict[str, Any]], bool] | None = No
 
 
 def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[dict[str, Any]],
-                    out: Path) -> dict[str, Any]:
+                    out: Path, guest_mac: str | None = None) -> dict[str, Any]:
+    """The job's report, boot verdict and domain; the guest's MAC is the source's unless
+    `guest_mac` says otherwise (--new-macs)."""
     fixture = ep.fixture
     assert fixture is not None
+    guest_mac = guest_mac or fixture.mac
     assert events[-1]["event"] == "job-done", events[-3:]
     report = events[-1]["report"]
     assert report["ok"] is True and report["exit_code"] == 0
@@ -78,7 +81,7 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     assert verdict["hostname"] == fixture.hostname
     nics = {i["name"]: i for i in verdict["interfaces"]}
     assert fixture.nic_name in nics, verdict["interfaces"]
-    assert nics[fixture.nic_name]["mac"] == fixture.mac
+    assert nics[fixture.nic_name]["mac"] == guest_mac
     assert fixture.address in nics[fixture.nic_name]["addresses"]
     assert any("(as on the source)" in line for line in report["network"]), report["network"]
     # The domain: defined, shut off, virtio disk and NIC with the source's MAC.
@@ -91,7 +94,7 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
         conn.close()
     assert [t.get("bus") for t in root.iterfind("devices/disk/target")] == ["virtio"]
     (nic,) = root.iterfind("devices/interface")
-    assert nic.find("mac").get("address") == fixture.mac  # type: ignore[union-attr]
+    assert nic.find("mac").get("address") == guest_mac  # type: ignore[union-attr]
     assert nic.find("model").get("type") == "virtio"  # type: ignore[union-attr]
     assert nic.find("source").get("network") == network  # type: ignore[union-attr]
     assert report["domain"]["uuid"] == dom.UUIDString()
@@ -142,9 +145,18 @@ def test_convert_live_uefi_server(live_source_uefi: SourceEndpoint, libvirtd: Li
                                   out_dir: Path) -> None:
     name = "p2vtest-convert-uefi"
     guest_names.append(name)
-    code, events, err = run(convert_argv(live_source_uefi, name, out_dir, isolated_network))
+    fixture = live_source_uefi.fixture
+    assert fixture is not None
+    # --new-macs (the source stays live on its MAC), and a mapping keyed by the source's MAC.
+    code, events, err = run([*convert_argv(live_source_uefi, name, out_dir, isolated_network),
+                             "--new-macs", "--network", f"{fixture.mac}={isolated_network}"])
     assert code == 0, err
-    report = check_converted(live_source_uefi, name, isolated_network, events, out_dir)
+    pins = dict(json.loads((out_dir / name / "plan.json").read_text())["pins"])
+    new_mac = pins[fixture.nic_name]
+    assert new_mac != fixture.mac and new_mac.startswith("52:54:00:")
+    # The guest kept its interface name and address on the new MAC: fix pinned it there.
+    report = check_converted(live_source_uefi, name, isolated_network, events, out_dir,
+                             guest_mac=new_mac)
     assert report["verdict"]["firmware"] == "uefi" and report["domain"]["firmware"] == "uefi"
     assert report["verdict"]["root"] == "/dev/mapper/vg0-root"
     clean(name, out_dir)

@@ -193,3 +193,26 @@ def test_a_mismatch_refused_at_the_start_says_so(
     run_job(spec(tmp_path))
     report = run_job(spec(tmp_path, disks=("/dev/sdb",)))
     assert not report.ok and "stopped at start" in (report.error or ""), report.error
+
+
+def test_new_macs_cannot_change_once_fix_may_have_pinned_the_old_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeStages(monkeypatch, fail="fix")
+    run_job(spec(tmp_path))
+    fake.ran.clear()
+    report = run_job(spec(tmp_path, new_macs=True))
+    assert not report.ok and "new_macs was False" in (report.error or ""), report.error
+    assert fake.ran == []
+
+
+def test_a_spec_json_from_before_new_macs_is_the_same_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeStages(monkeypatch, fail="fix")
+    run_job(spec(tmp_path))
+    saved = tmp_path / "web01" / "spec.json"
+    old = json.loads(saved.read_text())
+    del old["new_macs"]                       # written by a p2v without the field
+    saved.write_text(json.dumps(old))
+    fake.ran.clear()
+    assert run_job(spec(tmp_path)).ok
+    assert fake.ran == ["fix", "verify", "register"]
