@@ -586,20 +586,8 @@ def _add_sync(sub: argparse._SubParsersAction) -> None:
                         "into DIR under --name)")
     p.add_argument("--name", help="image name stem used by the copy (default: the "
                                   "source's hostname)")
-    p.add_argument("--freeze", nargs="?", const="strict", choices=("strict", "best-effort"),
-                   metavar="best-effort",
-                   help="freeze the source's mounted filesystems on these disks during the "
-                        "pass; a filesystem that cannot be frozen stops the sync, unless "
-                        "--freeze=best-effort (then it is named and left running)")
-    p.add_argument("--freeze-timeout", type=_positive, default=300, metavar="SECONDS",
-                   help="the source thaws itself after this long whatever happens "
-                        "(default: 300)")
-    p.add_argument("--before-final", metavar="CMD",
-                   help="shell command run on the source (as root, via sh -c) before the "
-                        "pass and before freezing; a failure stops the sync")
-    p.add_argument("--after-final", metavar="CMD",
-                   help="shell command run on the source after the pass and the thaw; "
-                        "runs even when the pass failed")
+    _add_freeze_flags(p, "", "freeze the source's mounted filesystems on these disks during "
+                             "the pass; ")
     p.add_argument("--source-priority", choices=("low", "normal"), default="low",
                    help="CPU/IO priority of the readers on the source (default: low)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
@@ -717,22 +705,29 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                         "then a final pass with the source's filesystems frozen (fsfreeze, "
                         "a thaw timer on the source); the downtime window is reported "
                         "(docs/sync.md)")
-    p.add_argument("--freeze", choices=("strict", "best-effort"), default="strict",
-                   help="with --cutover: refuse (strict, default) or go on (best-effort) "
-                        "when a filesystem cannot be frozen")
-    p.add_argument("--freeze-timeout", type=_positive, default=300.0, metavar="SECONDS",
-                   help="with --cutover: the source thaws itself after this long (default: "
-                        "300)")
-    p.add_argument("--before-final", metavar="CMD",
-                   help="with --cutover: YOUR shell command run on the source before the "
-                        "frozen pass (e.g. stop a database); a failure stops the job")
-    p.add_argument("--after-final", metavar="CMD",
-                   help="with --cutover: YOUR shell command run on the source after the "
-                        "frozen pass and the thaw; always runs")
+    _add_freeze_flags(p, "with --cutover: ", "the final pass always freezes; ")
     p.add_argument("--json", action="store_true",
                    help="JSON lines on stdout: one event per stage change, progress tick and "
                         "message, then job-done or job-failed with the report")
     p.set_defaults(func=_cmd_convert)
+
+
+def _add_freeze_flags(p: argparse.ArgumentParser, scope: str, freeze_what: str) -> None:
+    """--freeze[=best-effort], --freeze-timeout and the hooks: the same for sync and convert."""
+    p.add_argument("--freeze", nargs="?", const="strict", choices=("strict", "best-effort"),
+                   metavar="best-effort",
+                   help=f"{scope}{freeze_what}a filesystem that cannot be frozen stops it, "
+                        "unless --freeze=best-effort (then it is named and left running)")
+    p.add_argument("--freeze-timeout", type=_positive, default=300.0, metavar="SECONDS",
+                   help=f"{scope}the source thaws itself after this long whatever happens "
+                        "(default: 300)")
+    p.add_argument("--before-final", metavar="CMD",
+                   help=f"{scope}YOUR shell command, run on the source (via sh -c) before the "
+                        "final pass and before freezing (e.g. stop a database); a failure "
+                        "stops everything before the freeze")
+    p.add_argument("--after-final", metavar="CMD",
+                   help=f"{scope}YOUR shell command, run on the source after the final pass "
+                        "and the thaw; runs even when the pass failed")
 
 
 def _size_text(value: float) -> str:
@@ -866,7 +861,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         compress=not args.no_compress, identity=args.identity, known_hosts=args.known_hosts,
         accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
         verify_timeout=args.verify_timeout, new_macs=args.new_macs,
-        cutover=args.cutover, freeze=args.freeze,
+        cutover=args.cutover, freeze=args.freeze or "strict",
         freeze_timeout=args.freeze_timeout, before_final=args.before_final,
         after_final=args.after_final,
     )
