@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,3 +96,13 @@ class Cluster:
             os.killpg(self.scheduler.pid, signal.SIGKILL)
             self.scheduler.wait(30)
 
+
+@contextmanager
+def running_cluster(root: Path) -> Iterator[Cluster]:
+    """A scheduler and workers w1, w2 under ROOT (created), all killed afterwards."""
+    cluster = Cluster(root)
+    root.mkdir()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

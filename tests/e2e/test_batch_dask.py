@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dask_cluster import Cluster
+from dask_cluster import Cluster, running_cluster
 from libvirt_env import open_conn
 from test_batch_fleet import _entry  # one [[server]] of a loop source
 
@@ -55,12 +55,8 @@ def _failures(events: list[dict[str, Any]], cluster: Cluster) -> str:
 @pytest.fixture
 def cluster(guest_dir: Path) -> Iterator[Cluster]:
     # Under guest_dir: qemu (as libvirt-qemu) must reach the images the workers write.
-    cluster = Cluster(guest_dir / "cluster")
-    cluster.root.mkdir()
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    with running_cluster(guest_dir / "cluster") as cluster:
+        yield cluster
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dask_cluster import Cluster
+from dask_cluster import Cluster, running_cluster
 
 from p2v.batch.ledger import Ledger
 from p2v.testbed.sources import free_port
@@ -73,12 +73,8 @@ class _SilentServer:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path / "cluster")
-    cluster.root.mkdir()
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    with running_cluster(tmp_path / "cluster") as cluster:
+        yield cluster
 
 
 def test_scheduler_unreachable_is_one_line_before_any_job(tmp_path: Path) -> None:
