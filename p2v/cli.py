@@ -848,10 +848,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from p2v.errors import UsageError
     from p2v.job import JobSpec, default_output_dir
     from p2v.pipeline import run_job
+    from p2v.source.freeze import check_freeze_timeout
 
     for flag, value in (("--memory", args.memory), ("--vcpus", args.vcpus)):
         if value is not None and value < 1:
             raise UsageError(detail=f"{flag} must be positive, not {value}")
+    check_freeze_timeout(args.freeze_timeout)     # now, not at the final pass after the copy
     spec = JobSpec(
         source=args.source, name=args.name,
         output_dir=(args.output_dir or default_output_dir()).absolute(),

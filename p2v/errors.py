@@ -213,5 +213,9 @@ class FreezeExpired(P2VError):
     """the thaw timer on {host} thawed it after {timeout:.0f} s, before the final pass ended, so the images are not filesystem-consistent; rerun with a longer --freeze-timeout"""  # noqa: E501
 
 
+class FreezeDeadline(P2VError):
+    """not freezing {mountpoint} on {host}: the thaw timer fires in {left:.0f} s, under the {margin:.0f} s safety margin, and nothing is left frozen; rerun with a longer --freeze-timeout (it was {timeout:.0f} s)"""  # noqa: E501
+
+
 class HookFailed(P2VError):
     """the {hook} hook failed on {host} with exit code {returncode} ({tail}); {outcome}"""

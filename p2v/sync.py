@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,14 @@ from p2v.errors import (
 from p2v.ratelimit import RateLimiter
 from p2v.sink.qcow2 import Qcow2Writer
 from p2v.source.extents import Extent, read_extents, read_header, reader_argv
-from p2v.source.freeze import DEFAULT_FREEZE_TIMEOUT, Freeze, FreezeReport, mounts_on, run_hook
+from p2v.source.freeze import (
+    DEFAULT_FREEZE_TIMEOUT,
+    Freeze,
+    FreezeReport,
+    check_freeze_timeout,
+    mounts_on,
+    run_hook,
+)
 from p2v.source.hasher import FREE, ZERO, hasher_argv, read_hashes
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
 from p2v.source.ssh import SshSource
@@ -410,8 +417,7 @@ def _check(request: SyncRequest) -> None:
     if request.freeze not in FREEZE_MODES:
         raise UsageError(detail=f"--freeze must be given alone or as --freeze=best-effort, "
                                 f"not {request.freeze!r}")
-    if request.freeze_timeout < 10:
-        raise UsageError(detail="--freeze-timeout must be at least 10 seconds")
+    check_freeze_timeout(request.freeze_timeout)
     if request.reader not in ("auto", "python3", "sh"):
         raise UsageError(detail=f"unknown reader {request.reader!r}")
 
@@ -452,7 +458,10 @@ def sync(source: SshSource, request: SyncRequest,
                 emit({"event": "frozen", "frozen": [m.mountpoint for m in report.frozen],
                       "not_frozen": [{"mountpoint": m.mountpoint, "why": why}
                                      for m, why in report.not_frozen]})
-                results = sync_pass(source, request, name, infos, emit, limiter)
+                # Writers wait while frozen: the frozen pass runs at normal priority (the
+                # live passes may stay under nice/ionice), each second of it is downtime.
+                frozen_pass = replace(request, low_priority=False)
+                results = sync_pass(source, frozen_pass, name, infos, emit, limiter)
                 if freeze.expired():
                     raise FreezeExpired(host=source.target.host,
                                         timeout=request.freeze_timeout)

@@ -10,7 +10,13 @@ so a pass read while frozen is consistent like a snapshot. Safety first:
 - the session doing the freezing writes nothing on the source: the commands run over the
   SSH connection opened before the freeze, readers run with `python3 -B`, output goes to
   /dev/null or back over the link;
-- thawing happens on leaving the `Freeze` block however it is left (end, error, Ctrl-C).
+- thawing happens on leaving the `Freeze` block however it is left (end, error, Ctrl-C),
+  and covers every mount a freeze was *started* on, not only those known to be frozen: a
+  mount joins the thaw list before its `fsfreeze -f` runs, a freeze that was cut short
+  (timeout, Ctrl-C) is waited for on the source before thawing, `fsfreeze -u` answering
+  EINVAL means "not frozen", and the timer is stopped only once every thaw succeeded;
+- the timer keeps thawing while a p2v `fsfreeze -f` is still running on the source, and no
+  mount is frozen within `DEADLINE_MARGIN` seconds of its deadline (`FreezeDeadline`).
 
 Hooks are the user's own shell commands for their own server: they are handed to `sh -c`
 on the source as given (that is their point). Nothing else here takes user text into a
@@ -20,24 +26,48 @@ remote command line except as a separate, shell-quoted argument.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from p2v.errors import FreezeFailed, FreezeRefused, HookFailed, P2VError
+from p2v.errors import (
+    FreezeDeadline,
+    FreezeFailed,
+    FreezeRefused,
+    HookFailed,
+    P2VError,
+    UsageError,
+)
 from p2v.source.ssh import SshSource
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FREEZE_TIMEOUT = 300.0
+MIN_FREEZE_TIMEOUT = 10.0
+MAX_FREEZE_TIMEOUT = 86400.0
 HOOK_TIMEOUT = 1800.0
+FREEZE_COMMAND_TIMEOUT = 120.0   # one `fsfreeze -f`, at most (less near the deadline)
+# No freeze starts with less than this left before the timer fires: the pass needs time,
+# and a freeze still running when the timer fires would be missed by a one-shot timer.
+DEADLINE_MARGIN = 5.0
+_POLL = 0.5
 
-# $1 timeout, $2 marker (the timer's $0, to recognise it), $3... mountpoints. Prints its pid.
+# $1 timeout, $2 marker (the timer's $0, to recognise it), $3 the freeze marker's hex,
+# $4... mountpoints. Prints its pid. Once fired, it thaws every mount, and again each second
+# while a p2v `fsfreeze -f` (a process named p2v-freeze-HEX) still runs: a freeze that lands
+# after the first round is thawed too. The bracket keeps grep from matching itself.
 _TIMER = r"""
 t=$1 tag=$2; shift 2
-script='sleep "$1"; shift; for m in "$@"; do fsfreeze -u "$m"; done'
+script='sleep "$1"; shift; hex=$1; shift; n=0
+while :; do
+    for m in "$@"; do fsfreeze -u "$m"; done
+    grep -q -e "p2v-[f]reeze-$hex" /proc/[0-9]*/cmdline 2>/dev/null || break
+    n=$((n + 1)); [ "$n" -lt 900 ] || break
+    sleep 1
+done'
 if command -v setsid >/dev/null 2>&1; then
     setsid sh -c "$script" "$tag" "$t" "$@" </dev/null >/dev/null 2>&1 &
 else
@@ -56,6 +86,30 @@ if [ "$3" = kill ]; then
 fi
 exit 0
 """
+
+# The freeze itself, under a name ($0 = p2v-freeze-HEX) the timer and thaw() can look for;
+# the trailing commands keep sh from exec'ing fsfreeze (which would drop the name).
+_FREEZE = 'fsfreeze -f "$1"; r=$?; exit "$r"'
+
+# $1 hex: exit 0 while a p2v-freeze-HEX process runs.
+_IN_FLIGHT = 'grep -q -e "p2v-[f]reeze-$1" /proc/[0-9]*/cmdline 2>/dev/null'
+
+
+def check_freeze_timeout(seconds: float) -> None:
+    """Refuse a --freeze-timeout that is not a number of seconds the timer can keep."""
+    if not math.isfinite(seconds) or not MIN_FREEZE_TIMEOUT <= seconds <= MAX_FREEZE_TIMEOUT:
+        raise UsageError(detail=f"--freeze-timeout must be between {MIN_FREEZE_TIMEOUT:.0f} "
+                                f"and {MAX_FREEZE_TIMEOUT:.0f} seconds, not {seconds}")
+
+
+def freeze_command_timeout(remaining: float, *, host: str, mountpoint: str,
+                           timeout: float) -> float:
+    """How long one `fsfreeze -f` may take with `remaining` s left before the timer fires;
+    FreezeDeadline when that is too little to freeze at all (the deadline is near)."""
+    if remaining < DEADLINE_MARGIN:
+        raise FreezeDeadline(mountpoint=mountpoint, host=host, left=max(remaining, 0.0),
+                             margin=DEADLINE_MARGIN, timeout=timeout)
+    return min(FREEZE_COMMAND_TIMEOUT, remaining - DEADLINE_MARGIN / 2)
 
 
 @dataclass(frozen=True)
@@ -136,13 +190,18 @@ class Freeze:
 
     def __init__(self, source: SshSource, mounts: list[Mount], *, timeout: float,
                  best_effort: bool = False) -> None:
+        check_freeze_timeout(timeout)
         self.source = source
         self.mounts = mounts
         self.timeout = timeout
         self.best_effort = best_effort
         self.report = FreezeReport()
-        self._tag = f"p2v-thaw-timer-{secrets.token_hex(6)}"
+        self._hex = secrets.token_hex(6)
+        self._tag = f"p2v-thaw-timer-{self._hex}"
         self._pid: str | None = None
+        self._deadline = math.inf        # local monotonic time by which the timer fires
+        self._listed: list[Mount] = []   # every mount a freeze was started on: thawed
+        self._in_flight = False          # an `fsfreeze -f` may still run on the source
         self._thawed = False
 
     @property
@@ -153,8 +212,10 @@ class Freeze:
         if not any(not m.read_only for m in self.mounts):
             self.report.read_only = list(self.mounts)
             return self.report
+        # Taken before the timer starts: the timer fires no earlier than this deadline.
+        self._deadline = time.monotonic() + int(self.timeout)
         started = self.source.run(
-            ["sh", "-c", _TIMER, "p2v-timer", str(int(self.timeout)), self._tag,
+            ["sh", "-c", _TIMER, "p2v-timer", str(int(self.timeout)), self._tag, self._hex,
              *[m.mountpoint for m in self.mounts]], timeout=60)
         pid = started.text.strip()
         if not pid.isdigit():
@@ -169,19 +230,7 @@ class Freeze:
                     log.info("%s is mounted read-only: consistent without a freeze",
                              mount.mountpoint)
                     continue
-                result = self.source.run(["fsfreeze", "-f", mount.mountpoint], check=False,
-                                         timeout=120)
-                if result.returncode == 0:
-                    if self.report.frozen_at is None:
-                        self.report.frozen_at = time.monotonic()
-                    self.report.frozen.append(mount)
-                    log.info("froze %s (%s) on %s", mount.mountpoint, mount.fstype, self.host)
-                    continue
-                why = (result.stderr.strip().splitlines() or ["fsfreeze failed"])[-1]
-                why = why.removeprefix("fsfreeze: ")
-                self.report.not_frozen.append((mount, why))
-                log.warning("cannot freeze %s (%s) on %s: %s", mount.mountpoint, mount.fstype,
-                            self.host, why)
+                self._freeze(mount)
             if self.report.not_frozen and not self.best_effort:
                 names = ", ".join(f"{m.mountpoint} ({m.fstype or '?'})"
                                   for m, _ in self.report.not_frozen)
@@ -192,47 +241,105 @@ class Freeze:
             raise
         return self.report
 
+    def _freeze(self, mount: Mount) -> None:
+        """Freeze one mount, listed for the thaw first; a refusal is recorded in the report."""
+        limit = freeze_command_timeout(self._deadline - time.monotonic(), host=self.host,
+                                       mountpoint=mount.mountpoint, timeout=self.timeout)
+        self._listed.append(mount)
+        self._in_flight = True
+        result = self.source.run(["sh", "-c", _FREEZE, f"p2v-freeze-{self._hex}",
+                                  mount.mountpoint], check=False, timeout=limit)
+        self._in_flight = False
+        if result.returncode == 0:
+            if self.report.frozen_at is None:
+                self.report.frozen_at = time.monotonic()
+            self.report.frozen.append(mount)
+            log.info("froze %s (%s) on %s", mount.mountpoint, mount.fstype, self.host)
+            return
+        why = (result.stderr.strip().splitlines() or ["fsfreeze failed"])[-1]
+        why = why.removeprefix("fsfreeze: ")
+        self.report.not_frozen.append((mount, why))
+        log.warning("cannot freeze %s (%s) on %s: %s", mount.mountpoint, mount.fstype,
+                    self.host, why)
+
     def expired(self) -> bool:
-        """True when the timer is gone: it thawed the source before we did."""
+        """True when the timer fired (or may have): it thawed the source before we did."""
         if self._pid is None:
             return False
+        if time.monotonic() >= self._deadline:
+            return True
         check = self.source.run(["sh", "-c", _TIMER_CTL, "p2v-timer", self._pid, self._tag,
                                  "check"], check=False, timeout=60)
         return check.returncode != 0
 
+    def _wait_for_freezes(self) -> str | None:
+        """Wait (until the timer's deadline) for a cut-short `fsfreeze -f` to end on the
+        source, so that its mount is thawed after it froze; None when none runs, else why."""
+        announced = False
+        while True:
+            try:
+                busy = self.source.run(["sh", "-c", _IN_FLIGHT, "p2v-in-flight", self._hex],
+                                       check=False, timeout=60)
+            except P2VError as exc:
+                return f"cannot tell whether a freeze still runs ({exc.message})"
+            if busy.returncode != 0:
+                self._in_flight = False
+                return None
+            if time.monotonic() >= self._deadline:
+                return "an fsfreeze -f is still running"
+            if not announced:
+                log.warning("an fsfreeze -f on %s was cut short and still runs; waiting for "
+                            "it to end before thawing", self.host)
+                announced = True
+            time.sleep(_POLL)
+
+    def _thaw_one(self, mount: Mount) -> str | None:
+        """`fsfreeze -u` one mount; None when it is thawed (EINVAL: it was not frozen)."""
+        try:
+            result = self.source.run(["env", "LC_ALL=C", "fsfreeze", "-u", mount.mountpoint],
+                                     check=False, timeout=60)
+        except P2VError as exc:
+            return f"{mount.mountpoint}: {exc.message}"
+        if result.returncode == 0 or "Invalid argument" in result.stderr:
+            return None
+        return f"{mount.mountpoint}: {result.stderr.strip()[-200:]}"
+
     def thaw(self) -> None:
-        """Thaw what is frozen, then stop the timer. Idempotent; raises FreezeFailed only
-        when a thaw command failed (the timer is then left to thaw it)."""
+        """Thaw every mount a freeze was started on, then stop the timer. Idempotent; raises
+        FreezeFailed when a thaw failed (the timer is then left to thaw it)."""
         if self._thawed:
             return
         self._thawed = True
         failures: list[str] = []
-        for mount in reversed(self.report.frozen):
-            try:
-                result = self.source.run(["fsfreeze", "-u", mount.mountpoint], check=False,
-                                         timeout=60)
-            except P2VError as exc:
-                failures.append(f"{mount.mountpoint}: {exc.message}")
-                continue
-            if result.returncode != 0:
-                failures.append(f"{mount.mountpoint}: {result.stderr.strip()[-200:]}")
+        if self._in_flight:
+            why = self._wait_for_freezes()
+            if why is not None:
+                failures.append(why)
+        for mount in reversed(self._listed):
+            failure = self._thaw_one(mount)
+            if failure is not None:
+                failures.append(failure)
         self.report.thawed_at = time.monotonic()
         self.report.thawed_by = "p2v"
         if self._pid is not None and not failures:
-            try:
-                killed = self.source.run(["sh", "-c", _TIMER_CTL, "p2v-timer", self._pid,
-                                          self._tag, "kill"], check=False, timeout=60)
-                if killed.returncode != 0 and self.report.frozen:
-                    self.report.thawed_by = "timer"
-            except P2VError as exc:
-                log.warning("could not stop the thaw timer on %s (%s); it fires harmlessly",
-                            self.host, exc.message)
+            self._stop_timer()
         if failures:
             raise FreezeFailed(host=self.host,
                                detail="; ".join(failures) + f" (the timer thaws it within "
                                                             f"{self.timeout:.0f} s)")
         if self.report.frozen:
             log.info("thawed %s after %.1f s", self.host, self.report.seconds or 0.0)
+
+    def _stop_timer(self) -> None:
+        assert self._pid is not None
+        try:
+            killed = self.source.run(["sh", "-c", _TIMER_CTL, "p2v-timer", self._pid,
+                                      self._tag, "kill"], check=False, timeout=60)
+            if killed.returncode != 0 and self.report.frozen:
+                self.report.thawed_by = "timer"
+        except P2VError as exc:
+            log.warning("could not stop the thaw timer on %s (%s); it fires harmlessly",
+                        self.host, exc.message)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -261,5 +368,5 @@ def run_hook(source: SshSource, hook: str, command: str, *, outcome: str,
     return output
 
 
-__all__ = ["DEFAULT_FREEZE_TIMEOUT", "Freeze", "FreezeReport", "Mount", "mounts_on",
-           "run_hook"]
+__all__ = ["DEADLINE_MARGIN", "DEFAULT_FREEZE_TIMEOUT", "Freeze", "FreezeReport", "Mount",
+           "check_freeze_timeout", "freeze_command_timeout", "mounts_on", "run_hook"]
