@@ -249,6 +249,9 @@ class Freeze:
         self._in_flight = True
         result = self.source.run(["sh", "-c", _FREEZE, f"p2v-freeze-{self._hex}",
                                   mount.mountpoint], check=False, timeout=limit)
+        if result.returncode < 0:        # no exit status: the link dropped, outcome unknown
+            raise FreezeFailed(host=self.host, detail=f"{mount.mountpoint}: the link dropped "
+                                                      "during fsfreeze -f")
         self._in_flight = False
         if result.returncode == 0:
             if self.report.frozen_at is None:
@@ -256,6 +259,9 @@ class Freeze:
             self.report.frozen.append(mount)
             log.info("froze %s (%s) on %s", mount.mountpoint, mount.fstype, self.host)
             return
+        # A definite refusal: the kernel did not freeze it for us (already frozen by someone
+        # else is not ours to thaw either).
+        self._listed.remove(mount)
         why = (result.stderr.strip().splitlines() or ["fsfreeze failed"])[-1]
         why = why.removeprefix("fsfreeze: ")
         self.report.not_frozen.append((mount, why))

@@ -45,6 +45,8 @@ class FakeSource:
     slow: dict[str, float] = field(default_factory=dict)
     hang: set[str] = field(default_factory=set)
     stuck: set[str] = field(default_factory=set)
+    refuse: set[str] = field(default_factory=set)
+    thawed: list[str] = field(default_factory=list)
     frozen: set[str] = field(default_factory=set)
     timer_killed: bool = False
     freeze_limits: list[float] = field(default_factory=list)
@@ -64,6 +66,8 @@ class FakeSource:
             mount = argv[4]
             assert timeout is not None
             self.freeze_limits.append(timeout)
+            if mount in self.refuse:
+                return RemoteResult("freeze", 1, b"", "fsfreeze: Operation not supported")
             if mount in self.hang:
                 self.clock.now += timeout
                 self.frozen.add(mount)        # the freeze lands after p2v gave up
@@ -73,6 +77,7 @@ class FakeSource:
             return RemoteResult("freeze", 0, b"", "")
         if argv[:4] == ["env", "LC_ALL=C", "fsfreeze", "-u"]:
             mount = argv[4]
+            self.thawed.append(mount)
             if mount in self.stuck:
                 return RemoteResult("thaw", 1, b"", "fsfreeze: unfreeze failed: I/O error")
             if mount not in self.frozen:
@@ -146,6 +151,15 @@ def test_expired_once_the_deadline_passed(clock: Clock) -> None:
         assert not freeze.expired()
         clock.now += 30
         assert freeze.expired()
+
+
+def test_a_mount_that_refused_the_freeze_is_not_thawed_by_p2v(clock: Clock) -> None:
+    source = FakeSource(clock, refuse={"/fuse"})
+    freeze = Freeze(source, mounts("/fuse", "/a"), timeout=300,  # type: ignore[arg-type]
+                    best_effort=True)
+    with freeze as report:
+        assert [m.mountpoint for m, _ in report.not_frozen] == ["/fuse"]
+    assert source.thawed == ["/a"] and source.frozen == set() and source.timer_killed
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 0.0, 9.9, 1e12])
