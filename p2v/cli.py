@@ -600,9 +600,11 @@ def _add_sync(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
+    from p2v.source.freeze import check_freeze_timeout
     from p2v.source.ssh import SshSource
     from p2v.sync import SyncRequest, sync
 
+    check_freeze_timeout(args.freeze_timeout)     # before connecting
     options = _ssh_options(args)
     request = SyncRequest(
         output_dir=args.output_dir, disks=tuple(args.disk or ()), name=args.name,

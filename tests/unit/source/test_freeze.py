@@ -185,3 +185,13 @@ def test_convert_refuses_a_bad_freeze_timeout_before_anything_runs(
     assert code == ExitCode.USAGE, err
     assert err.count("\n") == 1 and "--freeze-timeout" in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
+def test_sync_refuses_a_bad_freeze_timeout_before_connecting(
+        value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["sync", "ssh://root@127.0.0.1:1", "--output-dir", str(tmp_path),
+                     "--freeze", f"--freeze-timeout={value}"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.USAGE, err
+    assert err.count("\n") == 1 and "--freeze-timeout" in err and "Traceback" not in err, err
