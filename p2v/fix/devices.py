@@ -13,6 +13,7 @@ of `p2v fix` a no-op.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -344,20 +345,110 @@ def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
     return False
 
 
+_GLOB = re.compile(r"[*?\[]")
+# mdadm.conf keywords on a DEVICE line that scan whatever the kernel has: right on any bus.
+_MD_SCAN_WORDS = frozenset({"partitions", "containers"})
+# mdadm takes a keyword abbreviated to its first three letters or more.
+_MD_DEVICE_WORDS = frozenset({"DEV", "DEVI", "DEVIC", "DEVICE"})
+
+
+def _partition_path(disk: str, partition: int) -> str:
+    """The kernel's name of partition P of a disk: sda1, nvme0n1p1, cciss/c0d0p1."""
+    sep = "p" if disk[-1].isdigit() else ""
+    return f"/dev/{disk}{sep}{partition}"
+
+
+def candidate_names(dmap: DeviceMap) -> list[tuple[str, str]]:
+    """(old path, virtio path) for every disk and partition the guest will have.
+
+    Old names come from the inventory where it named the disks; without one, each disk
+    gets the names the usual buses would have given it by position (sda, hda, xvda).
+    """
+    pairs: list[tuple[str, str]] = []
+    for index, disk in enumerate(dmap.disks):
+        letters = index_to_letters(index)
+        names = ([disk.source_name] if disk.source_name
+                 else [f"{bus}{letters}" for bus in ("sd", "hd", "xvd")])
+        for name in names:
+            pairs.append((f"/dev/{name}", virtio_name(index)))
+            for part in sorted(disk.partitions):
+                pairs.append((_partition_path(name, part), virtio_name(index, part)))
+    return pairs
+
+
+def expand_pattern(pattern: str, dmap: DeviceMap) -> list[str]:
+    """The virtio names of every device of the guest that a glob over old names selects
+    (mdadm's DEVICE globs: /dev/sd[ab]1, /dev/sd*), in disk order, no repeats."""
+    found: list[str] = []
+    for old, new in candidate_names(dmap):
+        if fnmatch.fnmatchcase(old, pattern) and new not in found:
+            found.append(new)
+    return found
+
+
+def _md_word(word: str, dmap: DeviceMap, changes: list[str], unresolved: list[str],
+             where: str) -> list[str]:
+    """One device or pattern of a DEVICE line or devices= list, as virtio names."""
+    if not word.startswith("/dev/") or _is_current(word):
+        return [word]
+    if _GLOB.search(word):
+        names = expand_pattern(word, dmap)
+        if not names:
+            unresolved.append(f"{where}: pattern {word} selects no disk of this guest")
+            return [word]
+        changes.append(f"{where}: {word} -> {' '.join(names)}")
+        return names
+    if not _DEVICE.fullmatch(word):
+        return [word]
+    res = dmap.remap(word)
+    if res.new is None:
+        unresolved.append(f"{where}: {word} (no disk of this guest matches)")
+        return [word]
+    changes.append(f"{where}: {word} -> {res.new}")
+    return [res.new]
+
+
+_MD_DEVICES_ARG = re.compile(r"(?<![\w-])(devices=)(\S+)")
+
+
 def rewrite_mdadm_conf(text: str, dmap: DeviceMap) -> Rewrite:
     """mdadm.conf: DEVICE lines and devices= lists name member disks; rename onto virtio.
 
-    ARRAY lines identified by UUID need nothing; a DEVICE line listing kernel names is
-    renamed (mdadm takes no UUID= there).
+    ARRAY lines identified by UUID need nothing. A DEVICE line's words may be kernel
+    names, globs over them (/dev/sd[ab]1, /dev/sd*) or the keywords partitions/containers:
+    a glob is expanded against the guest's own disks and replaced by the virtio names it
+    selects (mdadm takes no UUID= there); a glob selecting nothing is reported, not kept
+    silently, because the array would not assemble.
     """
     changes: list[str] = []
     unresolved: list[str] = []
     out = []
-    for line in text.splitlines(keepends=True):
-        if line.lstrip().startswith("#"):
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        body = line.split("#", 1)[0]
+        where = f"mdadm.conf line {number}"
+        words = body.split()
+        if not words:
             out.append(line)
             continue
-        out.append(_sub_devices(line, dmap.remap, changes, unresolved, "mdadm.conf"))
+        if words[0].upper() in _MD_DEVICE_WORDS:
+            new_words = [words[0]]
+            for word in words[1:]:
+                new_words += _md_word(word, dmap, changes, unresolved, where)
+            if new_words != words:
+                indent = line[: len(line) - len(line.lstrip())]
+                newline = "\n" if line.endswith("\n") else ""
+                comment = line[len(body):].rstrip("\n")
+                line = indent + " ".join(new_words) + (" " + comment if comment else "") + newline
+            out.append(line)
+            continue
+
+        def devices_arg(match: re.Match[str], where: str = where) -> str:
+            new: list[str] = []
+            for word in match.group(2).split(","):
+                new += _md_word(word, dmap, changes, unresolved, where)
+            return match.group(1) + ",".join(new)
+
+        out.append(_MD_DEVICES_ARG.sub(devices_arg, line))
     return Rewrite("".join(out), tuple(changes), tuple(unresolved))
 
 
@@ -387,6 +478,50 @@ def rewrite_lvm_conf(text: str, dmap: DeviceMap) -> Rewrite:
 
     new = _LVM_FILTER.sub(filt, text)
     return Rewrite(new, tuple(changes), tuple(unresolved))
+
+
+# LVM devices-file ID types bound to the physical disk (its WWID, serial, ...); the others
+# (devname, md_uuid, mpath_uuid, crypt_uuid, lvmlv_uuid, loop_file) survive the move.
+_LVM_HW_IDTYPES = frozenset({"sys_wwid", "sys_serial", "wwid_naa", "wwid_eui", "wwid_t10"})
+_LVM_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def rewrite_lvm_devices(text: str, dmap: DeviceMap) -> Rewrite:
+    """/etc/lvm/devices/system.devices: LVM uses only the PVs listed there.
+
+    An entry naming its PV by the physical disk's WWID or serial matches no virtio disk,
+    so LVM would ignore the PV and the root LV would never appear. Such an entry (and one
+    whose devname is an old kernel name) becomes a devname entry for the PV's virtio name;
+    the PVID stays, and LVM checks it before using the device.
+    """
+    changes: list[str] = []
+    unresolved: list[str] = []
+    out = []
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        fields = dict(_LVM_FIELD.findall(line)) if not line.lstrip().startswith("#") else {}
+        idtype, devname = fields.get("IDTYPE"), fields.get("DEVNAME", "")
+        if idtype is None:
+            out.append(line)
+            continue
+        where = f"system.devices line {number}"
+        stale_name = idtype == "devname" and not _is_current(fields.get("IDNAME", ""))
+        if idtype not in _LVM_HW_IDTYPES and not stale_name:
+            out.append(line)
+            continue
+        res = dmap.remap(devname) if _DEVICE.fullmatch(devname) else None
+        if res is None or res.new is None:
+            unresolved.append(f"{where}: PV {fields.get('PVID', '?')} named by {idtype} "
+                              f"{fields.get('IDNAME', '?')} (DEVNAME {devname or 'missing'}"
+                              " is no disk of this guest)")
+            out.append(line)
+            continue
+        new = f"IDTYPE=devname IDNAME={res.new} DEVNAME={res.new}"
+        for key in ("PVID", "PART"):
+            if key in fields:
+                new += f" {key}={fields[key]}"
+        changes.append(f"{where}: {idtype} {fields.get('IDNAME', '?')} -> devname {res.new}")
+        out.append(new + ("\n" if line.endswith("\n") else ""))
+    return Rewrite("".join(out), tuple(changes), tuple(unresolved))
 
 
 def find_devices(text: str) -> list[str]:

@@ -226,3 +226,59 @@ def test_lvm_filter() -> None:
 def test_find_devices() -> None:
     assert devices.find_devices("root=/dev/sda1 x /dev/vda2 /dev/nvme0n1p1,") == [
         "/dev/sda1", "/dev/nvme0n1p1"]
+
+
+@pytest.mark.parametrize(("line", "want"), [
+    ("DEVICE /dev/sd[ab]1\n", "DEVICE /dev/vda1 /dev/vdb1\n"),
+    ("DEVICE /dev/sd*\n", "DEVICE /dev/vda /dev/vda1 /dev/vda2 /dev/vdb /dev/vdb1 /dev/vdb2\n"),
+    ("DEVICE /dev/sd?2 # members\n", "DEVICE /dev/vda2 /dev/vdb2 # members\n"),
+    ("dev /dev/sda1 /dev/sdb1\n", "dev /dev/vda1 /dev/vdb1\n"),
+    ("DEVICE partitions containers\n", "DEVICE partitions containers\n"),
+    ("ARRAY /dev/md0 UUID=aa:bb devices=/dev/sd[ab]1\n",
+     "ARRAY /dev/md0 UUID=aa:bb devices=/dev/vda1,/dev/vdb1\n"),
+])
+def test_mdadm_device_patterns_follow_the_disks(line: str, want: str) -> None:
+    res = devices.rewrite_mdadm_conf(line, two_disks())
+    assert res.text == want
+    assert not res.unresolved
+    assert not devices.rewrite_mdadm_conf(res.text, two_disks()).changed
+
+
+def test_mdadm_pattern_from_the_inventory_names() -> None:
+    dmap = two_disks(("nvme0n1", "nvme1n1"))
+    res = devices.rewrite_mdadm_conf("DEVICE /dev/nvme[01]n1p1\n", dmap)
+    assert res.text == "DEVICE /dev/vda1 /dev/vdb1\n"
+
+
+def test_mdadm_pattern_that_selects_nothing_is_reported() -> None:
+    res = devices.rewrite_mdadm_conf("DEVICE /dev/sd[cd]1\n", two_disks())
+    assert res.text == "DEVICE /dev/sd[cd]1\n"
+    assert res.unresolved == ("mdadm.conf line 1: pattern /dev/sd[cd]1 selects no disk of "
+                              "this guest",)
+
+
+SYSTEM_DEVICES = (
+    "# LVM uses devices listed in this file.\n"
+    "VERSION=1.1.3\n"
+    "IDTYPE=sys_wwid IDNAME=naa.600508b1001c3a2f DEVNAME=/dev/sda2 PVID=Pv1 PART=2\n"
+    "IDTYPE=sys_serial IDNAME=WD-WX31A DEVNAME=/dev/sdb PVID=Pv2\n"
+    "IDTYPE=md_uuid IDNAME=abc DEVNAME=/dev/md0 PVID=Pv3\n"
+)
+
+
+def test_lvm_devices_file_entries_by_hardware_id_become_virtio_devnames() -> None:
+    res = devices.rewrite_lvm_devices(SYSTEM_DEVICES, two_disks())
+    lines = res.text.splitlines()
+    assert lines[:2] == SYSTEM_DEVICES.splitlines()[:2]
+    assert lines[2] == "IDTYPE=devname IDNAME=/dev/vda2 DEVNAME=/dev/vda2 PVID=Pv1 PART=2"
+    assert lines[3] == "IDTYPE=devname IDNAME=/dev/vdb DEVNAME=/dev/vdb PVID=Pv2"
+    assert lines[4] == SYSTEM_DEVICES.splitlines()[4]          # md_uuid: bus-independent
+    assert len(res.changes) == 2 and not res.unresolved
+    assert not devices.rewrite_lvm_devices(res.text, two_disks()).changed
+
+
+def test_lvm_devices_file_entry_of_a_disk_not_converted_is_reported() -> None:
+    text = "IDTYPE=sys_wwid IDNAME=naa.1 DEVNAME=/dev/sdc1 PVID=PvX PART=1\n"
+    res = devices.rewrite_lvm_devices(text, two_disks())
+    assert res.text == text
+    assert "PV PvX" in res.unresolved[0] and "/dev/sdc1" in res.unresolved[0]
