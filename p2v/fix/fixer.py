@@ -35,7 +35,14 @@ _TABLES: tuple[tuple[str, Callable[[str, devices.DeviceMap], devices.Rewrite]], 
     ("/etc/mdadm/mdadm.conf", devices.rewrite_mdadm_conf),
     ("/etc/mdadm.conf", devices.rewrite_mdadm_conf),
     ("/etc/lvm/lvm.conf", devices.rewrite_lvm_conf),
+    ("/etc/lvm/devices/system.devices", devices.rewrite_lvm_devices),
 )
+# Files the initramfs tools copy into the initramfs (mdadm, LVM, cryptsetup and resume
+# hooks): changing one means rebuilding the initramfs too.
+_INITRAMFS_COPIES = frozenset({
+    "/etc/mdadm/mdadm.conf", "/etc/mdadm.conf", "/etc/lvm/lvm.conf",
+    "/etc/lvm/devices/system.devices", "/etc/crypttab", "/etc/initramfs-tools/conf.d/resume",
+})
 # initramfs-tools' resume setting names the swap device.
 _RESUME_FILES = ("/etc/initramfs-tools/conf.d/resume", "/etc/uswsusp.conf")
 
@@ -281,7 +288,13 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
     if family is not None:
         needs = [k for k in report.kernels if not k.boots_on_virtio and k.can_get_virtio
                  and k.initrd is not None]
-        if needs:
+        # The initramfs carries its own copy of these files: one rewritten on the root
+        # alone leaves the early boot assembling md arrays and LVs from the old names.
+        stale = sorted(p for p in plan.files if p in _INITRAMFS_COPIES)
+        refresh = [k for k in report.kernels if stale and k.initrd is not None
+                   and k.boots_on_virtio and k not in needs]
+        if needs or refresh:
+            # A rebuild inside the appliance must keep virtio whatever MODULES= says.
             old = _read(session, family.modules_file) or ""
             new = family.modules_config(old)
             _edit(plan, family.modules_file, old if g.is_file(family.modules_file) else None,
@@ -292,6 +305,11 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             missing = [m for m, ok in kernel.virtio.items() if not ok]
             plan.changes.append(Change("rebuild-initramfs", kernel.version,
                                        f"{kernel.initrd} lacks {', '.join(missing)} "
+                                       f"({family.initramfs_tool})"))
+        for kernel in refresh:
+            plan.rebuild.append(kernel)
+            plan.changes.append(Change("rebuild-initramfs", kernel.version,
+                                       f"{kernel.initrd} holds the old {', '.join(stale)} "
                                        f"({family.initramfs_tool})"))
         for kernel in report.kernels:
             if not kernel.can_get_virtio:

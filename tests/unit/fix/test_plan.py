@@ -240,3 +240,21 @@ def test_selinux_guest_gets_a_relabel_only_with_other_changes() -> None:
     rep.kernels = report(ALL_VIRTIO).kernels
     again = plan_fix(FakeSession(files), rep, DMAP, PIN)  # type: ignore[arg-type]
     assert again.empty and again.relabel is None
+
+
+def test_a_rewritten_mdadm_conf_rebuilds_an_initramfs_that_already_has_virtio() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/mdadm/mdadm.conf"] = "DEVICE /dev/sd[a]1\nARRAY /dev/md0 UUID=aa:bb:cc:dd\n"
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.files["/etc/mdadm/mdadm.conf"].startswith("DEVICE /dev/vda1\n")
+    rebuild = [c for c in plan.changes if c.kind == "rebuild-initramfs"]
+    assert [c.target for c in rebuild] == [KVER]
+    assert "holds the old /etc/mdadm/mdadm.conf" in rebuild[0].why
+    # the rebuild keeps virtio whatever MODULES= the guest has
+    assert "virtio_blk" in plan.files["/etc/initramfs-tools/modules"]
+
+
+def test_no_initramfs_rebuild_when_nothing_it_copies_changed() -> None:
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), report(ALL_VIRTIO), DMAP,  # type: ignore[arg-type]
+                    PIN)
+    assert not [c for c in plan.changes if c.kind == "rebuild-initramfs"]
