@@ -330,6 +330,10 @@ def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
         return spec[len("/dev/mapper/"):] in mapper_names
     if spec.startswith("/dev/disk/by-uuid/"):
         return spec.rsplit("/", 1)[1] in known_uuids
+    if spec.startswith("/dev/disk/by-label/"):
+        return spec.rsplit("/", 1)[1] in known_labels
+    if spec.startswith(("PARTLABEL=", "/dev/disk/by-partuuid/", "/dev/disk/by-partlabel/")):
+        return True   # partition tables are copied as they are: not bus-bound
     if spec.startswith("/dev/vd"):
         parsed = parse_device(spec)
         if parsed is None or parsed.guess_index is None or parsed.guess_index >= len(dmap.disks):
@@ -478,6 +482,59 @@ def rewrite_lvm_conf(text: str, dmap: DeviceMap) -> Rewrite:
 
     new = _LVM_FILTER.sub(filt, text)
     return Rewrite(new, tuple(changes), tuple(unresolved))
+
+
+# Mount points without which the guest does not come up (systemd drops to emergency mode).
+BOOT_MOUNTS = frozenset({"/", "/usr", "/var", "/boot", "/boot/efi", "/efi"})
+_LOCAL_SPEC = re.compile(r"^(?:/dev/|UUID=|LABEL=|PARTUUID=|PARTLABEL=)")
+
+
+@dataclass(frozen=True)
+class MissingMounts:
+    """fstab after marking what will be missing: new text, what changed, what cannot boot."""
+
+    rewrite: Rewrite
+    fatal: tuple[str, ...] = ()        # mounts needed to boot whose device will not exist
+
+
+def mark_missing_nofail(text: str, will_exist: Callable[[str], bool]) -> MissingMounts:
+    """fstab: an entry whose device the VM will not have (a disk left out, a SAN LUN) gets
+    `nofail`, so the boot goes on without it instead of stopping in emergency mode.
+
+    Network and pseudo filesystems are left alone; an entry needed to boot (/, /usr, ...)
+    cannot be helped by nofail and is returned as fatal.
+    """
+    changes: list[str] = []
+    fatal: list[str] = []
+    out = []
+    for line in text.splitlines(keepends=True):
+        fields = line.split()
+        if (len(fields) < 3 or fields[0].startswith("#") or not _LOCAL_SPEC.match(fields[0])
+                or will_exist(fields[0])):
+            out.append(line)
+            continue
+        spec, mountpoint = fields[0], fields[1]
+        options = fields[3].split(",") if len(fields) > 3 else ["defaults"]
+        if mountpoint in BOOT_MOUNTS:
+            fatal.append(f"fstab: {mountpoint} is on {spec}, which the VM will not have")
+            out.append(line)
+            continue
+        if "nofail" in options or "noauto" in options:
+            out.append(line)
+            continue
+        new_options = ",".join(options + ["nofail"])
+        if len(fields) > 3:
+            # Replace the fourth field in place, keeping the line's spacing.
+            parts = re.split(r"(\s+)", line)
+            words = [i for i, p in enumerate(parts) if p and not p.isspace()]
+            parts[words[3]] = new_options
+            line = "".join(parts)
+        else:
+            line = line.rstrip("\n") + f" {new_options}" + ("\n" if line.endswith("\n") else "")
+        changes.append(f"fstab: {mountpoint} on {spec}: the VM will not have this device, "
+                       "marked nofail")
+        out.append(line)
+    return MissingMounts(Rewrite("".join(out), tuple(changes)), tuple(fatal))
 
 
 # LVM devices-file ID types bound to the physical disk (its WWID, serial, ...); the others

@@ -220,6 +220,15 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             new = res.text.replace("resume=", "RESUME=") if "RESUME=" in old else res.text
             _edit(plan, path, old, new, "; ".join(res.changes))
 
+    # 1a. fstab entries whose device the VM will not have: nofail, so the boot goes on.
+    fstab = plan.files.get("/etc/fstab") or _read(session, "/etc/fstab")
+    if fstab is not None:
+        marked = devices.mark_missing_nofail(fstab, lambda s: _root_ok(s, report, dmap))
+        if marked.rewrite.changed:
+            _edit(plan, "/etc/fstab", fstab, marked.rewrite.text,
+                  "; ".join(marked.rewrite.changes))
+        plan.warnings += [f"will not boot: {f}" for f in marked.fatal]
+
     # 1b. A serial console, asked for: through the grub defaults (then regenerated), or on
     # the kernel lines themselves where the guest has no grub defaults file.
     if options.serial_console:
@@ -483,8 +492,14 @@ def _relabel(session: GuestSession, report: GuestReport, plan: FixPlan) -> str:
 
 
 def check_guest(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap) -> list[str]:
-    """The grub config names a root device the VM will have (raise FixError if not)."""
+    """The grub config names a root device the VM will have, and so does every fstab entry
+    the boot needs (raise FixError if not)."""
     checks = []
+    if session.g.is_file("/etc/fstab"):
+        fatal = devices.mark_missing_nofail(session.read_text("/etc/fstab"),
+                                            lambda s: _root_ok(s, report, dmap)).fatal
+        if fatal:
+            raise FixError(images=report.root, detail="; ".join(fatal))
     if report.grub_cfg and session.g.is_file(report.grub_cfg):
         cfg = session.read_text(report.grub_cfg)
         roots = devices.kernel_roots(cfg)

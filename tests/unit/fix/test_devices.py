@@ -282,3 +282,28 @@ def test_lvm_devices_file_entry_of_a_disk_not_converted_is_reported() -> None:
     res = devices.rewrite_lvm_devices(text, two_disks())
     assert res.text == text
     assert "PV PvX" in res.unresolved[0] and "/dev/sdc1" in res.unresolved[0]
+
+
+def test_fstab_entries_of_missing_disks_get_nofail() -> None:
+    text = ("UUID=1111-root / ext4 errors=remount-ro 0 1\n"
+            "UUID=9999-data  /srv/data   xfs   defaults   0 2\n"
+            "/dev/sdc1 /backup ext4\n"
+            "LABEL=san /san ext4 noauto 0 0\n"
+            "nas:/export /mnt/nas nfs defaults 0 0\n"
+            "tmpfs /tmp tmpfs defaults 0 0\n")
+    known = {"UUID=1111-root"}
+    res = devices.mark_missing_nofail(text, known.__contains__)
+    lines = res.rewrite.text.splitlines()
+    assert lines[0] == "UUID=1111-root / ext4 errors=remount-ro 0 1"
+    assert lines[1] == "UUID=9999-data  /srv/data   xfs   defaults,nofail   0 2"
+    assert lines[2] == "/dev/sdc1 /backup ext4 defaults,nofail"
+    assert lines[3:] == text.splitlines()[3:]          # noauto, network, pseudo: as they are
+    assert len(res.rewrite.changes) == 2 and not res.fatal
+    again = devices.mark_missing_nofail(res.rewrite.text, known.__contains__)
+    assert not again.rewrite.changed
+
+
+def test_a_missing_root_is_fatal_not_nofail() -> None:
+    res = devices.mark_missing_nofail("UUID=gone / ext4 defaults 0 1\n", lambda _s: False)
+    assert not res.rewrite.changed
+    assert res.fatal == ("fstab: / is on UUID=gone, which the VM will not have",)

@@ -258,3 +258,13 @@ def test_no_initramfs_rebuild_when_nothing_it_copies_changed() -> None:
     plan = plan_fix(FakeSession(dict(BIOS_FILES)), report(ALL_VIRTIO), DMAP,  # type: ignore[arg-type]
                     PIN)
     assert not [c for c in plan.changes if c.kind == "rebuild-initramfs"]
+
+
+def test_fstab_entry_of_a_disk_not_converted_gets_nofail() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/fstab"] += "UUID=not-copied /srv ext4 defaults 0 2\n"
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    fstab = plan.files["/etc/fstab"]
+    assert "UUID=not-copied /srv ext4 defaults,nofail 0 2" in fstab
+    assert fstab.startswith("UUID=u-root / ext4")
+    assert any("marked nofail" in c.why for c in plan.changes if c.target == "/etc/fstab")
