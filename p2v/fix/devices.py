@@ -484,6 +484,44 @@ def rewrite_lvm_conf(text: str, dmap: DeviceMap) -> Rewrite:
     return Rewrite(new, tuple(changes), tuple(unresolved))
 
 
+_UNIT_WHAT = re.compile(r"^(\s*What\s*=\s*)(\S+)(\s*)$", re.MULTILINE)
+
+
+def rewrite_unit(text: str, dmap: DeviceMap, where: str) -> Rewrite:
+    """A systemd .mount/.swap unit: What= names the device.
+
+    A mount unit's What= becomes /dev/disk/by-uuid/UUID (systemd takes no UUID= there) or
+    the virtio name. A swap unit is named after its device (dev-sda2.swap), so its What=
+    cannot change without renaming the unit and its links: that is reported, not done.
+    """
+    changes: list[str] = []
+    unresolved: list[str] = []
+    swap = where.endswith(".swap")
+
+    def what(match: re.Match[str]) -> str:
+        old = match.group(2)
+        if not _DEVICE.fullmatch(old) or _is_current(old):
+            return match.group(0)
+        line = text.count("\n", 0, match.start()) + 1
+        if swap:
+            unresolved.append(f"{where} line {line}: What={old} (a swap unit is named after "
+                              "its device: rename it for the new name, or use fstab)")
+            return match.group(0)
+        res = dmap.resolve(old)
+        if res.new is None:
+            unresolved.append(f"{where} line {line}: What={old} (no disk of this guest matches)")
+            return match.group(0)
+        new = res.new
+        if new.startswith("UUID="):
+            new = "/dev/disk/by-uuid/" + new[5:]
+        elif new.startswith("LABEL="):
+            new = "/dev/disk/by-label/" + new[6:]
+        changes.append(f"{where} line {line}: What={old} -> What={new}")
+        return match.group(1) + new + match.group(3)
+
+    return Rewrite(_UNIT_WHAT.sub(what, text), tuple(changes), tuple(unresolved))
+
+
 # Mount points without which the guest does not come up (systemd drops to emergency mode).
 BOOT_MOUNTS = frozenset({"/", "/usr", "/var", "/boot", "/boot/efi", "/efi"})
 _LOCAL_SPEC = re.compile(r"^(?:/dev/|UUID=|LABEL=|PARTUUID=|PARTLABEL=)")

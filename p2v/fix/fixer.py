@@ -183,6 +183,32 @@ def _read(session: GuestSession, path: str) -> str | None:
     return session.read_text(path) if session.g.is_file(path) else None
 
 
+_GRUB_D = "/etc/default/grub.d/"
+_UNIT_DIR = "/etc/systemd/system/"
+
+
+def _grub_d(text: str, dmap: devices.DeviceMap, where: str) -> devices.Rewrite:
+    res = devices.rewrite_grub_default(text, dmap)
+    fix = [c.replace("/etc/default/grub:", f"{where}:") for c in res.changes]
+    return devices.Rewrite(res.text, tuple(fix), res.unresolved)
+
+
+def _extra_tables(session: GuestSession) -> list[tuple[str, Callable[
+        [str, devices.DeviceMap, str], devices.Rewrite]]]:
+    """Files found by directory: grub snippets (read by grub-mkconfig after
+    /etc/default/grub) and the admin's own mount and swap units."""
+    g = session.g
+    found: list[tuple[str, Callable[[str, devices.DeviceMap, str], devices.Rewrite]]] = []
+    if g.is_dir(_GRUB_D):
+        found += [(_GRUB_D + n, _grub_d) for n in sorted(str(x) for x in g.ls(_GRUB_D))
+                  if n.endswith(".cfg") and g.is_file(_GRUB_D + n)]
+    if g.is_dir(_UNIT_DIR):
+        found += [(_UNIT_DIR + n, devices.rewrite_unit)
+                  for n in sorted(str(x) for x in g.ls(_UNIT_DIR))
+                  if n.endswith((".mount", ".swap")) and g.is_file(_UNIT_DIR + n)]
+    return found
+
+
 def _edit(plan: FixPlan, path: str, old: str | None, new: str, why: str,
           mode: int | None = None) -> None:
     if old == new:
@@ -210,6 +236,14 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
         if res.changed:
             _edit(plan, path, old, res.text, "; ".join(res.changes))
             if path == "/etc/default/grub":
+                plan.regenerate_grub = True
+    for path, rewrite_one in _extra_tables(session):
+        old = session.read_text(path)
+        res = rewrite_one(old, dmap, path)
+        plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
+        if res.changed:
+            _edit(plan, path, old, res.text, "; ".join(res.changes))
+            if path.startswith(_GRUB_D):
                 plan.regenerate_grub = True
     for path in _RESUME_FILES:
         old = _read(session, path)

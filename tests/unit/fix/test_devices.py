@@ -307,3 +307,20 @@ def test_a_missing_root_is_fatal_not_nofail() -> None:
     res = devices.mark_missing_nofail("UUID=gone / ext4 defaults 0 1\n", lambda _s: False)
     assert not res.rewrite.changed
     assert res.fatal == ("fstab: / is on UUID=gone, which the VM will not have",)
+
+
+def test_mount_unit_what_becomes_a_by_uuid_path() -> None:
+    text = "[Mount]\nWhat=/dev/sda1\nWhere=/srv\n"
+    res = devices.rewrite_unit(text, two_disks(), "/etc/systemd/system/srv.mount")
+    assert res.text == "[Mount]\nWhat=/dev/disk/by-uuid/1111-root\nWhere=/srv\n"
+    assert res.changes == ("/etc/systemd/system/srv.mount line 2: What=/dev/sda1 -> "
+                           "What=/dev/disk/by-uuid/1111-root",)
+    assert not devices.rewrite_unit(res.text, two_disks(), "x.mount").changed
+
+
+def test_swap_unit_is_reported_by_file_and_line() -> None:
+    text = "[Swap]\nWhat=/dev/sda2\n"
+    res = devices.rewrite_unit(text, two_disks(), "/etc/systemd/system/dev-sda2.swap")
+    assert res.text == text
+    assert res.unresolved[0].startswith("/etc/systemd/system/dev-sda2.swap line 2: "
+                                        "What=/dev/sda2")

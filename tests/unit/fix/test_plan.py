@@ -268,3 +268,16 @@ def test_fstab_entry_of_a_disk_not_converted_gets_nofail() -> None:
     assert "UUID=not-copied /srv ext4 defaults,nofail 0 2" in fstab
     assert fstab.startswith("UUID=u-root / ext4")
     assert any("marked nofail" in c.why for c in plan.changes if c.target == "/etc/fstab")
+
+
+def test_grub_snippets_and_mount_units_are_rewritten() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/default/grub.d/50-root.cfg"] = 'GRUB_CMDLINE_LINUX="root=/dev/sda1"\n'
+    files["/etc/default/grub.d/README"] = "root=/dev/sda1 is an example\n"
+    files["/etc/systemd/system/srv.mount"] = "[Mount]\nWhat=/dev/sda1\nWhere=/srv\n"
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    snippet = plan.files["/etc/default/grub.d/50-root.cfg"]
+    assert snippet == 'GRUB_CMDLINE_LINUX="root=UUID=u-root"\n'
+    assert "/etc/default/grub.d/README" not in plan.files
+    assert "What=/dev/disk/by-uuid/u-root" in plan.files["/etc/systemd/system/srv.mount"]
+    assert plan.regenerate_grub
