@@ -318,6 +318,12 @@ def kernel_roots(text: str) -> list[str]:
     return roots
 
 
+def is_lv_path(path: str) -> bool:
+    """/dev/VG/LV (not a kernel name such as /dev/cciss/c0d0p1, nor /dev/disk/...)."""
+    return (re.fullmatch(r"/dev/[\w+.-]+/[\w+.-]+", path) is not None
+            and not _DEVICE.fullmatch(path) and not path.startswith("/dev/disk/"))
+
+
 def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
                     known_labels: set[str], mapper_names: set[str]) -> bool:
     """Whether a root= value names a device the converted guest will have."""
@@ -573,6 +579,75 @@ def mark_missing_nofail(text: str, will_exist: Callable[[str], bool]) -> Missing
                        "marked nofail")
         out.append(line)
     return MissingMounts(Rewrite("".join(out), tuple(changes)), tuple(fatal))
+
+
+def _hex(uuid: str) -> str:
+    """md UUIDs are written 8:8:8:8 by mdadm and 8-4-4-4-12 by blkid: compare the digits."""
+    return re.sub(r"[^0-9a-f]", "", uuid.lower())
+
+
+def md_members(dmap: DeviceMap) -> dict[str, list[str]]:
+    """Array UUID (digits only) -> the virtio names of its members on the guest's disks."""
+    members: dict[str, list[str]] = {}
+    for index, disk in enumerate(dmap.disks):
+        parts: list[tuple[int | None, FsIdentity]] = [(None, disk.whole)] if disk.whole else []
+        parts += sorted(disk.partitions.items())
+        for part, fs in parts:
+            if fs is not None and fs.fstype == "linux_raid_member" and fs.uuid:
+                members.setdefault(_hex(fs.uuid), []).append(virtio_name(index, part))
+    return members
+
+
+def _md_selected(path: str, selectors: Sequence[str]) -> bool:
+    for word in selectors:
+        if word == "partitions" or fnmatch.fnmatchcase(path, word):
+            return True
+    return False
+
+
+def md_assembly_problems(conf: str | None, dmap: DeviceMap) -> list[str]:
+    """Why an md array of the guest would not assemble on virtio under this mdadm.conf.
+
+    Models what mdadm --assemble --scan does in the initramfs: the DEVICE lines (default
+    `partitions`) choose the candidate devices, an ARRAY line's devices= narrows them, and
+    members are found by the array UUID in their superblocks (blkid's linux_raid_member).
+    """
+    selectors: list[str] = []
+    arrays: list[tuple[str, str, list[str] | None]] = []       # name, uuid digits, devices=
+    for line in (conf or "").splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        key = words[0].upper()
+        if key in _MD_DEVICE_WORDS:
+            selectors += words[1:]
+        elif key.startswith("ARR"):
+            args = dict(w.split("=", 1) for w in words[2:] if "=" in w)
+            uuid = args.get("UUID") or args.get("uuid")
+            listed = args.get("devices")
+            if uuid:
+                arrays.append((words[1] if len(words) > 1 else "?", _hex(uuid),
+                               listed.split(",") if listed else None))
+    if not selectors:
+        selectors = ["partitions"]
+    found = md_members(dmap)
+    problems = []
+    for name, uuid, devs in arrays:
+        members = found.get(uuid, [])
+        if not members:
+            problems.append(f"md array {name}: no member on the converted disks")
+            continue
+        chosen = [m for m in members if _md_selected(m, selectors)
+                  and (devs is None or _md_selected(m, devs))]
+        if not chosen:
+            problems.append(f"md array {name}: none of its members ({', '.join(members)}) is "
+                            f"selected by mdadm.conf (DEVICE {' '.join(selectors)}"
+                            + (f", devices={','.join(devs)})" if devs else ")"))
+        elif len(chosen) < len(members):
+            problems.append(f"md array {name}: only {', '.join(chosen)} of its members "
+                            f"({', '.join(members)}) selected by mdadm.conf: it would start "
+                            "degraded or not at all")
+    return problems
 
 
 # LVM devices-file ID types bound to the physical disk (its WWID, serial, ...); the others

@@ -263,6 +263,10 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
                   "; ".join(marked.rewrite.changes))
         plan.warnings += [f"will not boot: {f}" for f in marked.fatal]
 
+    md = _md_problems(session, report, dmap, plan.files)
+    plan.warnings += [("will not boot: " if _boots_from_md_or_lvm(report) else "") + p
+                      for p in md]
+
     # 1b. A serial console, asked for: through the grub defaults (then regenerated), or on
     # the kernel lines themselves where the guest has no grub defaults file.
     if options.serial_console:
@@ -525,6 +529,23 @@ def _relabel(session: GuestSession, report: GuestReport, plan: FixPlan) -> str:
         return f"SELinux relabel at first boot (/.autorelabel): {exc}"
 
 
+def _md_problems(session: GuestSession, report: GuestReport,
+                 dmap: devices.DeviceMap, planned: dict[str, str] | None = None) -> list[str]:
+    """The md assembly model under the guest's mdadm.conf (as planned, when given)."""
+    for path in ("/etc/mdadm/mdadm.conf", "/etc/mdadm.conf"):
+        text = (planned or {}).get(path) or _read(session, path)
+        if text is not None:
+            return devices.md_assembly_problems(text, dmap)
+    return devices.md_assembly_problems(None, dmap)
+
+
+def _boots_from_md_or_lvm(report: GuestReport) -> bool:
+    """A boot mount on md or on an LV (which may sit on md): a lost array stops the boot."""
+    boot = [d for m, d in report.mounts.items() if m in devices.BOOT_MOUNTS]
+    return any(d.startswith(("/dev/md", "/dev/mapper/")) or devices.is_lv_path(d)
+               for d in boot)
+
+
 def check_guest(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap) -> list[str]:
     """The grub config names a root device the VM will have, and so does every fstab entry
     the boot needs (raise FixError if not)."""
@@ -534,6 +555,9 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
                                             lambda s: _root_ok(s, report, dmap)).fatal
         if fatal:
             raise FixError(images=report.root, detail="; ".join(fatal))
+    md = _md_problems(session, report, dmap)
+    if md and _boots_from_md_or_lvm(report):
+        raise FixError(images=report.root, detail="; ".join(md))
     if report.grub_cfg and session.g.is_file(report.grub_cfg):
         cfg = session.read_text(report.grub_cfg)
         roots = devices.kernel_roots(cfg)

@@ -324,3 +324,36 @@ def test_swap_unit_is_reported_by_file_and_line() -> None:
     assert res.text == text
     assert res.unresolved[0].startswith("/etc/systemd/system/dev-sda2.swap line 2: "
                                         "What=/dev/sda2")
+
+
+MEMBER = FsIdentity("3f1e2d4c-5b6a-7988-0123-456789abcdef", None, "linux_raid_member")
+ARRAY = "ARRAY /dev/md0 metadata=1.2 UUID=3f1e2d4c:5b6a7988:01234567:89abcdef\n"
+
+
+def raid1() -> DeviceMap:
+    return DeviceMap([DiskLayout(None, {1: MEMBER}), DiskLayout(None, {1: MEMBER})])
+
+
+@pytest.mark.parametrize(("conf", "problem"), [
+    (None, None),                                           # no mdadm.conf: scans everything
+    (ARRAY, None),                                          # no DEVICE line: partitions
+    ("DEVICE partitions\n" + ARRAY, None),
+    ("DEVICE /dev/vd[ab]1\n" + ARRAY, None),
+    ("DEVICE /dev/sd[ab]1\n" + ARRAY, "none of its members (/dev/vda1, /dev/vdb1) is selected"),
+    ("DEVICE /dev/vda1\n" + ARRAY, "only /dev/vda1 of its members"),
+    (ARRAY.replace("\n", " devices=/dev/sda1,/dev/sdb1\n"), "none of its members"),
+    ("ARRAY /dev/md1 UUID=00000000:00000000:00000000:00000001\n", "no member on the converted"),
+])
+def test_md_assembly_model(conf: str | None, problem: str | None) -> None:
+    problems = devices.md_assembly_problems(conf, raid1())
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0]
+
+
+def test_a_glob_rewritten_by_p2v_passes_the_assembly_model() -> None:
+    conf = "DEVICE /dev/sd[ab]1\n" + ARRAY
+    assert devices.md_assembly_problems(conf, raid1())                 # before: fails
+    fixed = devices.rewrite_mdadm_conf(conf, raid1()).text
+    assert devices.md_assembly_problems(fixed, raid1()) == []

@@ -281,3 +281,29 @@ def test_grub_snippets_and_mount_units_are_rewritten() -> None:
     assert "/etc/default/grub.d/README" not in plan.files
     assert "What=/dev/disk/by-uuid/u-root" in plan.files["/etc/systemd/system/srv.mount"]
     assert plan.regenerate_grub
+
+
+RAID = FsIdentity("3f1e2d4c-5b6a-7988-0123-456789abcdef", None, "linux_raid_member")
+RAID_DMAP = DeviceMap([DiskLayout(None, {1: RAID}), DiskLayout(None, {1: RAID})])
+MD_ARRAY = "ARRAY /dev/md0 metadata=1.2 UUID=3f1e2d4c:5b6a7988:01234567:89abcdef\n"
+
+
+def md_report() -> GuestReport:
+    rep = report(ALL_VIRTIO)
+    rep.mounts = {"/": "/dev/md0"}
+    return rep
+
+
+def test_root_on_md_selected_by_a_glob_is_rewritten_and_then_assembles() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/mdadm/mdadm.conf"] = "DEVICE /dev/sd[ab]1\n" + MD_ARRAY
+    plan = plan_fix(FakeSession(files), md_report(), RAID_DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.files["/etc/mdadm/mdadm.conf"].startswith("DEVICE /dev/vda1 /dev/vdb1\n")
+    assert not [w for w in plan.warnings if "md array" in w]
+
+
+def test_root_on_md_that_will_not_assemble_is_said_not_to_boot() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/mdadm/mdadm.conf"] = "DEVICE /dev/vda1\n" + MD_ARRAY
+    plan = plan_fix(FakeSession(files), md_report(), RAID_DMAP, PIN)  # type: ignore[arg-type]
+    assert [w for w in plan.warnings if w.startswith("will not boot: md array /dev/md0")]
