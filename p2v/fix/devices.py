@@ -605,15 +605,11 @@ def _md_selected(path: str, selectors: Sequence[str]) -> bool:
     return False
 
 
-def md_assembly_problems(conf: str | None, dmap: DeviceMap) -> list[str]:
-    """Why an md array of the guest would not assemble on virtio under this mdadm.conf.
-
-    Models what mdadm --assemble --scan does in the initramfs: the DEVICE lines (default
-    `partitions`) choose the candidate devices, an ARRAY line's devices= narrows them, and
-    members are found by the array UUID in their superblocks (blkid's linux_raid_member).
-    """
+def _mdadm_conf(conf: str | None) -> tuple[list[str], list[tuple[str, str, list[str] | None]]]:
+    """DEVICE selectors (mdadm's default when none: partitions) and ARRAY lines as
+    (name, UUID digits, devices= list or None)."""
     selectors: list[str] = []
-    arrays: list[tuple[str, str, list[str] | None]] = []       # name, uuid digits, devices=
+    arrays: list[tuple[str, str, list[str] | None]] = []
     for line in (conf or "").splitlines():
         words = line.split("#", 1)[0].split()
         if not words:
@@ -628,14 +624,30 @@ def md_assembly_problems(conf: str | None, dmap: DeviceMap) -> list[str]:
             if uuid:
                 arrays.append((words[1] if len(words) > 1 else "?", _hex(uuid),
                                listed.split(",") if listed else None))
-    if not selectors:
-        selectors = ["partitions"]
+    return selectors or ["partitions"], arrays
+
+
+def md_arrays_left_behind(conf: str | None, dmap: DeviceMap) -> set[str]:
+    """Arrays mdadm.conf names whose members are on no converted disk (a data array left
+    behind): the VM will not have them."""
+    found = md_members(dmap)
+    return {name for name, uuid, _ in _mdadm_conf(conf)[1] if uuid not in found}
+
+
+def md_assembly_problems(conf: str | None, dmap: DeviceMap) -> list[str]:
+    """Why an md array of the guest would not assemble on virtio under this mdadm.conf.
+
+    Models what mdadm --assemble --scan does in the initramfs: the DEVICE lines (default
+    `partitions`) choose the candidate devices, an ARRAY line's devices= narrows them, and
+    members are found by the array UUID in their superblocks (blkid's linux_raid_member).
+    Arrays whose members were not converted are md_arrays_left_behind's business.
+    """
+    selectors, arrays = _mdadm_conf(conf)
     found = md_members(dmap)
     problems = []
     for name, uuid, devs in arrays:
         members = found.get(uuid, [])
         if not members:
-            problems.append(f"md array {name}: no member on the converted disks")
             continue
         chosen = [m for m in members if _md_selected(m, selectors)
                   and (devs is None or _md_selected(m, devs))]

@@ -257,7 +257,7 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
     # 1a. fstab entries whose device the VM will not have: nofail, so the boot goes on.
     fstab = plan.files.get("/etc/fstab") or _read(session, "/etc/fstab")
     if fstab is not None:
-        marked = devices.mark_missing_nofail(fstab, lambda s: _root_ok(s, report, dmap))
+        marked = devices.mark_missing_nofail(fstab, _will_exist(session, report, dmap))
         if marked.rewrite.changed:
             _edit(plan, "/etc/fstab", fstab, marked.rewrite.text,
                   "; ".join(marked.rewrite.changes))
@@ -529,14 +529,27 @@ def _relabel(session: GuestSession, report: GuestReport, plan: FixPlan) -> str:
         return f"SELinux relabel at first boot (/.autorelabel): {exc}"
 
 
-def _md_problems(session: GuestSession, report: GuestReport,
-                 dmap: devices.DeviceMap, planned: dict[str, str] | None = None) -> list[str]:
-    """The md assembly model under the guest's mdadm.conf (as planned, when given)."""
+def _mdadm_text(session: GuestSession, planned: dict[str, str] | None = None) -> str | None:
+    """The guest's mdadm.conf (as planned, when given)."""
     for path in ("/etc/mdadm/mdadm.conf", "/etc/mdadm.conf"):
         text = (planned or {}).get(path) or _read(session, path)
         if text is not None:
-            return devices.md_assembly_problems(text, dmap)
-    return devices.md_assembly_problems(None, dmap)
+            return text
+    return None
+
+
+def _md_problems(session: GuestSession, report: GuestReport,
+                 dmap: devices.DeviceMap, planned: dict[str, str] | None = None) -> list[str]:
+    """The md assembly model under the guest's mdadm.conf."""
+    return devices.md_assembly_problems(_mdadm_text(session, planned), dmap)
+
+
+def _will_exist(session: GuestSession, report: GuestReport,
+                dmap: devices.DeviceMap) -> Callable[[str], bool]:
+    """Whether an fstab device spec will exist in the VM (an md array whose members were
+    not converted will not)."""
+    behind = devices.md_arrays_left_behind(_mdadm_text(session), dmap)
+    return lambda spec: spec not in behind and _root_ok(spec, report, dmap)
 
 
 def _boots_from_md_or_lvm(report: GuestReport) -> bool:
@@ -552,7 +565,7 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
     checks = []
     if session.g.is_file("/etc/fstab"):
         fatal = devices.mark_missing_nofail(session.read_text("/etc/fstab"),
-                                            lambda s: _root_ok(s, report, dmap)).fatal
+                                            _will_exist(session, report, dmap)).fatal
         if fatal:
             raise FixError(images=report.root, detail="; ".join(fatal))
     md = _md_problems(session, report, dmap)

@@ -307,3 +307,11 @@ def test_root_on_md_that_will_not_assemble_is_said_not_to_boot() -> None:
     files["/etc/mdadm/mdadm.conf"] = "DEVICE /dev/vda1\n" + MD_ARRAY
     plan = plan_fix(FakeSession(files), md_report(), RAID_DMAP, PIN)  # type: ignore[arg-type]
     assert [w for w in plan.warnings if w.startswith("will not boot: md array /dev/md0")]
+
+
+def test_fstab_entry_on_an_md_array_left_behind_gets_nofail() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/mdadm/mdadm.conf"] = MD_ARRAY.replace("/dev/md0", "/dev/md9")
+    files["/etc/fstab"] += "/dev/md9 /srv ext4 defaults 0 2\n"
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    assert "/dev/md9 /srv ext4 defaults,nofail 0 2" in plan.files["/etc/fstab"]
