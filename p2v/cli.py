@@ -354,7 +354,7 @@ def _add_fix(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_fix(args: argparse.Namespace) -> int:
     from p2v.errors import InputNotFound, UsageError
-    from p2v.fix.fixer import FixOptions, fix_images, read_inventory
+    from p2v.fix.fixer import FixOptions, fix_images, mac_changes, read_inventory
     from p2v.fix.network import NicPin, valid_name
     from p2v.fix.windows import WindowsFixResult
     from p2v.model import normalise_mac
@@ -363,6 +363,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
         if not image.is_file():
             raise InputNotFound(what="image", path=str(image))
     pins: dict[str, str] = {}
+    source_macs: dict[str, str] = {}
     disks: tuple[str, ...] = ()
     firmware = None
     if args.inventory is not None:
@@ -370,6 +371,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
             raise InputNotFound(what="inventory", path=str(args.inventory))
         facts = read_inventory(args.inventory.read_text(), str(args.inventory))
         pins.update(facts.pins)
+        source_macs.update(facts.pins)
         disks, firmware = facts.disks, facts.firmware
         if disks and len(disks) != len(args.images):
             raise UsageError(detail=f"--inventory lists {len(disks)} disk(s) but "
@@ -383,7 +385,8 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     if len(set(macs)) != len(macs):
         raise UsageError(detail=f"the same MAC is given to two interfaces: {pins}")
     options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pins.items()),
-                         source_disks=disks, firmware=firmware, dry_run=args.dry_run,
+                         mac_map=mac_changes(source_macs, pins), source_disks=disks,
+                         firmware=firmware, dry_run=args.dry_run,
                          serial_console=args.serial_console,
                          remove_agents=args.remove_agents, virtio_win=args.virtio_win)
     result = fix_images(args.images, options, progress=_say(args))

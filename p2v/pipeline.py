@@ -461,12 +461,14 @@ class _Job:
         return [Path(d["image"]) for d in read_json(self.wd.file("copy.json"))]
 
     def run_fix(self) -> dict[str, Any]:
-        from p2v.fix.fixer import FixOptions, fix_images
+        from p2v.fix.fixer import FixOptions, fix_images, mac_changes
         from p2v.fix.fsck import repair_filesystems
         from p2v.fix.network import NicPin
 
         plan = self.plan()
+        source_macs = {n.name: n.mac.lower() for n in self.inventory().nics if n.mac}
         options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
+                             mac_map=mac_changes(source_macs, dict(plan.pins)),
                              source_disks=tuple(d.name for d in plan.disks),
                              firmware=plan.firmware)
         wait_until_released(self.images(), self.say)

@@ -50,12 +50,19 @@ _RESUME_FILES = ("/etc/initramfs-tools/conf.d/resume", "/etc/uswsusp.conf")
 @dataclass(frozen=True)
 class FixOptions:
     pins: tuple[network.NicPin, ...] = ()        # NIC name -> the VM's MAC
+    mac_map: tuple[tuple[str, str], ...] = ()    # source MAC -> the VM's, where they differ
     source_disks: tuple[str, ...] = ()           # the source's disk names, image order
     firmware: str | None = None                  # from the inventory, when known
     dry_run: bool = False
     serial_console: bool = False                 # add console=ttyS0 (kernel and grub)
     remove_agents: bool = False                  # remove other platforms' agents
     virtio_win: Path | None = None               # Windows: the virtio-win ISO or directory
+
+
+def mac_changes(source: dict[str, str], vm: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """(source MAC, VM MAC) for each NIC name whose MAC changes in the VM."""
+    return tuple((source[n], m.lower()) for n, m in vm.items()
+                 if n in source and source[n].lower() != m.lower())
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,16 @@ def _extra_tables(session: GuestSession) -> list[tuple[str, Callable[
     return found
 
 
+def _mac_config_files(session: GuestSession) -> list[str]:
+    g = session.g
+    found = [p for p in network.MAC_CONFIG_FILES if g.is_file(p)]
+    for folder in network.MAC_CONFIG_DIRS:
+        if g.is_dir(folder):
+            found += [f"{folder}/{n}" for n in sorted(str(x) for x in g.ls(folder))
+                      if g.is_file(f"{folder}/{n}")]
+    return found
+
+
 def _edit(plan: FixPlan, path: str, old: str | None, new: str, why: str,
           mode: int | None = None) -> None:
     if old == new:
@@ -330,6 +347,17 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
         if loose:
             plan.warnings.append(f"NIC names not pinned ({', '.join(loose)}): no --mac or "
                                  "--inventory NICs given; a virtio NIC may get another name")
+
+    # 3b. Configs keyed by a source NIC's MAC follow the VM's new MAC (--new-macs).
+    if options.mac_map:
+        for path in _mac_config_files(session):
+            original = _read(session, path)
+            if original is None:
+                continue
+            current = plan.files.get(path, original)
+            new, changed = network.follow_macs(current, dict(options.mac_map), path)
+            if changed:
+                _edit(plan, path, original, new, "; ".join(changed))
 
     # 4. virtio drivers in the initramfs of each kernel that lacks them.
     if family is not None:

@@ -315,3 +315,23 @@ def test_fstab_entry_on_an_md_array_left_behind_gets_nofail() -> None:
     files["/etc/fstab"] += "/dev/md9 /srv ext4 defaults 0 2\n"
     plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
     assert "/dev/md9 /srv ext4 defaults,nofail 0 2" in plan.files["/etc/fstab"]
+
+
+def test_new_macs_carry_every_config_keyed_by_the_old_mac() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/systemd/network/10-lan.network"] = (
+        "[Match]\nMACAddress=52:54:00:b1:05:01\n[Network]\nAddress=10.0.2.15/24\n")
+    files["/etc/NetworkManager/system-connections/lan.nmconnection"] = (
+        "[ethernet]\nmac-address=52:54:00:B1:05:01\n")
+    files["/etc/netplan/01-lan.yaml"] = (
+        "network:\n  ethernets:\n    lan:\n      match:\n        macaddress: 52:54:00:b1:05:01\n")
+    new_mac = "52:54:00:77:88:99"
+    options = FixOptions(pins=(network.NicPin("eth0", new_mac),),
+                         mac_map=(("52:54:00:b1:05:01", new_mac),))
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, options)  # type: ignore[arg-type]
+    assert "MACAddress=52:54:00:77:88:99" in plan.files["/etc/systemd/network/10-lan.network"]
+    assert "mac-address=52:54:00:77:88:99" in plan.files[
+        "/etc/NetworkManager/system-connections/lan.nmconnection"]
+    assert "macaddress: 52:54:00:77:88:99" in plan.files["/etc/netplan/01-lan.yaml"]
+    rules = plan.files["/etc/udev/rules.d/70-persistent-net.rules"]
+    assert "52:54:00:77:88:99" in rules and "b1:05:01" not in rules
