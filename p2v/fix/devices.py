@@ -706,6 +706,67 @@ def rewrite_lvm_devices(text: str, dmap: DeviceMap) -> Rewrite:
     return Rewrite("".join(out), tuple(changes), tuple(unresolved))
 
 
+_LVM_ARRAY = re.compile(r"^[ \t]*(global_filter|filter)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
+
+
+def _lvm_rules(conf: str) -> dict[str, list[tuple[bool, str]]]:
+    """lvm.conf's filter and global_filter as [(accept, regex)], comments dropped."""
+    text = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    rules: dict[str, list[tuple[bool, str]]] = {}
+    for key, body in _LVM_ARRAY.findall(text):
+        items = []
+        for item in re.findall(r'"([^"]*)"', body):
+            if len(item) >= 3 and item[0] in "ar" and item[1] in item[2:]:
+                items.append((item[0] == "a", item[2:item.rindex(item[1])]))
+        rules[key] = items
+    return rules
+
+
+def _lvm_accepts(rules: list[tuple[bool, str]], path: str) -> bool:
+    for accept, regex in rules:
+        try:
+            if re.search(regex, path):
+                return accept
+        except re.error:
+            continue
+    return True                        # no pattern matched: LVM accepts the device
+
+
+def lvm_pv_problems(conf: str | None, devices_file: str | None, dmap: DeviceMap) -> list[str]:
+    """Why LVM would ignore a PV of the guest on virtio.
+
+    Models the filters (first matching pattern decides, against the PV's kernel name: the
+    /dev/disk/by-* aliases of a virtio disk are not known here) and the devices file (a PV
+    is used only when an entry names it: by PVID for devname entries; WWID/serial entries
+    match no virtio disk).
+    """
+    pvs = [(virtio_name(i, p), fs.uuid or "")
+           for i, disk in enumerate(dmap.disks)
+           for p, fs in ([(None, disk.whole)] if disk.whole else [])
+           + sorted(disk.partitions.items())
+           if fs is not None and fs.fstype == "LVM2_member"]
+    rules = _lvm_rules(conf or "")
+    listed: set[str] | None = None
+    ignored = re.search(r"^[ \t]*use_devicesfile\s*=\s*0", conf or "", re.MULTILINE)
+    if devices_file is not None and not ignored:
+        listed = set()
+        for line in devices_file.splitlines():
+            fields = dict(_LVM_FIELD.findall(line.split("#", 1)[0]))
+            if fields.get("IDTYPE") == "devname" and fields.get("PVID"):
+                listed.add(fields["PVID"])
+    problems = []
+    for path, uuid in pvs:
+        for key in ("global_filter", "filter"):
+            if key in rules and not _lvm_accepts(rules[key], path):
+                problems.append(f"LVM PV {path}: rejected by lvm.conf {key}")
+                break
+        else:
+            if listed is not None and uuid.replace("-", "") not in listed:
+                problems.append(f"LVM PV {path}: not in /etc/lvm/devices/system.devices by a "
+                                "name the VM has")
+    return problems
+
+
 def find_devices(text: str) -> list[str]:
     """Every hardware-bound device path in a text (for the report)."""
     return [m.group(0) for m in _DEVICE.finditer(text) if not _is_current(m.group(0))]

@@ -280,7 +280,7 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
                   "; ".join(marked.rewrite.changes))
         plan.warnings += [f"will not boot: {f}" for f in marked.fatal]
 
-    md = _md_problems(session, report, dmap, plan.files)
+    md = _storage_problems(session, report, dmap, plan.files)
     plan.warnings += [("will not boot: " if _boots_from_md_or_lvm(report) else "") + p
                       for p in md]
 
@@ -566,10 +566,18 @@ def _mdadm_text(session: GuestSession, planned: dict[str, str] | None = None) ->
     return None
 
 
-def _md_problems(session: GuestSession, report: GuestReport,
+def _storage_problems(session: GuestSession, report: GuestReport,
                  dmap: devices.DeviceMap, planned: dict[str, str] | None = None) -> list[str]:
-    """The md assembly model under the guest's mdadm.conf."""
-    return devices.md_assembly_problems(_mdadm_text(session, planned), dmap)
+    """What the initramfs will not find on virtio: md arrays that do not assemble under the
+    guest's mdadm.conf, PVs that LVM's filters or devices file ignore (as planned)."""
+    planned = planned or {}
+
+    def text(path: str) -> str | None:
+        return planned.get(path) or _read(session, path)
+
+    return (devices.md_assembly_problems(_mdadm_text(session, planned), dmap)
+            + devices.lvm_pv_problems(text("/etc/lvm/lvm.conf"),
+                                      text("/etc/lvm/devices/system.devices"), dmap))
 
 
 def _will_exist(session: GuestSession, report: GuestReport,
@@ -596,7 +604,7 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
                                             _will_exist(session, report, dmap)).fatal
         if fatal:
             raise FixError(images=report.root, detail="; ".join(fatal))
-    md = _md_problems(session, report, dmap)
+    md = _storage_problems(session, report, dmap)
     if md and _boots_from_md_or_lvm(report):
         raise FixError(images=report.root, detail="; ".join(md))
     if report.grub_cfg and session.g.is_file(report.grub_cfg):

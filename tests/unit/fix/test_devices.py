@@ -357,3 +357,41 @@ def test_a_glob_rewritten_by_p2v_passes_the_assembly_model() -> None:
     assert devices.md_assembly_problems(conf, raid1())                 # before: fails
     fixed = devices.rewrite_mdadm_conf(conf, raid1()).text
     assert devices.md_assembly_problems(fixed, raid1()) == []
+
+
+PV = FsIdentity("Y7vRSg-W9c8-J4b3-kIL3-l0I0-fFtQ-8bPHpX", None, "LVM2_member")
+PVID = "Y7vRSgW9c8J4b3kIL3l0I0fFtQ8bPHpX"
+
+
+def pv_disk() -> DeviceMap:
+    return DeviceMap([DiskLayout(None, {1: ROOT, 2: PV})])
+
+
+@pytest.mark.parametrize(("conf", "devices_file", "problem"), [
+    (None, None, None),
+    ('devices {\n filter = [ "a|^/dev/vda2$|", "r|.*|" ]\n}\n', None, None),
+    ('devices {\n filter = [ "a|^/dev/sda2$|", "r|.*|" ]\n}\n', None,
+     "rejected by lvm.conf filter"),
+    ("devices {\n use_devicesfile = 0\n}\n", "IDTYPE=sys_wwid IDNAME=naa.1 DEVNAME=/dev/sda2\n",
+     None),
+    ('devices {\n global_filter = [ "r|/dev/vd.*|" ]\n}\n', None, "global_filter"),
+    ('devices {\n # filter = [ "r|.*|" ]\n}\n', None, None),
+    (None, f"IDTYPE=devname IDNAME=/dev/vda2 DEVNAME=/dev/vda2 PVID={PVID} PART=2\n", None),
+    (None, f"IDTYPE=sys_wwid IDNAME=naa.1 DEVNAME=/dev/sda2 PVID={PVID} PART=2\n",
+     "not in /etc/lvm/devices/system.devices"),
+])
+def test_lvm_pv_model(conf: str | None, devices_file: str | None, problem: str | None) -> None:
+    problems = devices.lvm_pv_problems(conf, devices_file, pv_disk())
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0]
+
+
+def test_p2v_rewrites_pass_the_lvm_model() -> None:
+    conf = 'devices {\n filter = [ "a|^/dev/sda2$|", "r|.*|" ]\n}\n'
+    dev = f"IDTYPE=sys_wwid IDNAME=naa.1 DEVNAME=/dev/sda2 PVID={PVID} PART=2\n"
+    assert devices.lvm_pv_problems(conf, dev, pv_disk())
+    new_conf = devices.rewrite_lvm_conf(conf, pv_disk()).text
+    new_dev = devices.rewrite_lvm_devices(dev, pv_disk()).text
+    assert devices.lvm_pv_problems(new_conf, new_dev, pv_disk()) == []

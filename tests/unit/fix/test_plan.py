@@ -335,3 +335,18 @@ def test_new_macs_carry_every_config_keyed_by_the_old_mac() -> None:
     assert "macaddress: 52:54:00:77:88:99" in plan.files["/etc/netplan/01-lan.yaml"]
     rules = plan.files["/etc/udev/rules.d/70-persistent-net.rules"]
     assert "52:54:00:77:88:99" in rules and "b1:05:01" not in rules
+
+
+def test_root_lv_whose_pv_the_devices_file_names_by_wwid_is_fixed_not_trusted() -> None:
+    pv = FsIdentity("Y7vRSg-W9c8-J4b3-kIL3-l0I0-fFtQ-8bPHpX", None, "LVM2_member")
+    dmap = DeviceMap([DiskLayout(None, {1: FsIdentity("u-boot", None, "xfs"), 2: pv})])
+    files = dict(BIOS_FILES)
+    files["/etc/lvm/devices/system.devices"] = (
+        "VERSION=1.1.2\nIDTYPE=sys_wwid IDNAME=naa.6005 DEVNAME=/dev/sda2 "
+        "PVID=Y7vRSgW9c8J4b3kIL3l0I0fFtQ8bPHpX PART=2\n")
+    rep = report(ALL_VIRTIO)
+    rep.mounts = {"/": "/dev/rhel/root"}
+    plan = plan_fix(FakeSession(files), rep, dmap, PIN)  # type: ignore[arg-type]
+    assert "IDTYPE=devname IDNAME=/dev/vda2" in plan.files["/etc/lvm/devices/system.devices"]
+    assert not [w for w in plan.warnings if "LVM PV" in w]
+    assert [c for c in plan.changes if c.kind == "rebuild-initramfs"]
