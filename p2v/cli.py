@@ -57,7 +57,8 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
             "network interfaces seen inside the guest. A serial console and a small report "
             "script are added to the overlay only. KVM is used only when a probe boot proves "
             "it works, else TCG. Exit 0 when the guest booted, 4 when it did not, with the "
-            "reason: no-bootloader, bootloader-error, root-device-missing, initramfs-shell, "
+            "reason: no-bootloader, bootloader-error, md-not-assembled, lvm-pv-missing, "
+            "root-device-missing, fstab-device-missing, initramfs-shell, "
             "emergency-mode, kernel-panic, timeout."
         ),
     )
@@ -102,6 +103,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print("  evidence:")
         for line in verdict.evidence[-10:]:
             print(f"    | {line}")
+        if not verdict.booted:
+            from p2v.verify.console import next_step
+
+            print(f"  next step: {next_step(verdict.reason, verdict.evidence)}")
     return ExitCode.OK if verdict.booted else ExitCode.BOOT_FAILED
 
 

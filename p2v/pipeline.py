@@ -507,10 +507,13 @@ class _Job:
         verdict = verify_boot(self.images(), options, progress=self.say)
         write_json(self.wd.file("verify.json"), verdict.to_dict())
         if not verdict.booted:
+            from p2v.verify.console import next_step
+
             last = next((ln for ln in reversed(verdict.evidence) if ln.strip()), "no output")
             raise BootFailed(reason=verdict.reason,
-                             detail=f"{last.strip()[:160]}; console evidence in "
-                                    f"{self.wd.file('verify.json')}")
+                             detail=f"{last.strip()[:160]}; "
+                                    f"{next_step(verdict.reason, verdict.evidence)}; "
+                                    f"console evidence in {self.wd.file('verify.json')}")
         self.say(f"booted on {verdict.bus} in {verdict.elapsed_s:.0f} s: hostname "
                  f"{verdict.hostname}, root {verdict.root}")
         return {"booted": True, "hostname": verdict.hostname}
