@@ -318,6 +318,32 @@ def kernel_roots(text: str) -> list[str]:
     return roots
 
 
+_DRACUT_ARG = re.compile(r"(?<![\w.-])(rd\.lvm\.lv|rd\.md\.uuid|rd\.luks\.uuid)=(\S+)")
+
+
+def dracut_arg_problems(cmdline_text: str, dmap: DeviceMap, mapper_names: set[str]) -> list[str]:
+    """dracut's rd.lvm.lv=, rd.md.uuid= and rd.luks.uuid= on the kernel lines name storage
+    by identity, not by bus: check that each names something the VM has, since dracut
+    waits for exactly those (and gives up after rd.retry)."""
+    luks = {_hex(fs.uuid) for disk in dmap.disks for fs in
+            [*disk.partitions.values(), *([disk.whole] if disk.whole else [])]
+            if fs.fstype == "crypto_LUKS" and fs.uuid}
+    arrays = md_members(dmap)
+    problems = []
+    for key, value in sorted(set(_DRACUT_ARG.findall(cmdline_text))):
+        value = value.strip("\"'")
+        if key == "rd.lvm.lv":
+            vg, _, lv = value.partition("/")
+            ok = f"{vg.replace('-', '--')}-{lv.replace('-', '--')}" in mapper_names
+        elif key == "rd.md.uuid":
+            ok = _hex(value) in arrays
+        else:
+            ok = _hex(value.removeprefix("luks-")) in luks
+        if not ok:
+            problems.append(f"kernel line: {key}={value} names nothing on the converted disks")
+    return problems
+
+
 def is_lv_path(path: str) -> bool:
     """/dev/VG/LV (not a kernel name such as /dev/cciss/c0d0p1, nor /dev/disk/...)."""
     return (re.fullmatch(r"/dev/[\w+.-]+/[\w+.-]+", path) is not None

@@ -614,6 +614,9 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
         if bad:
             raise FixError(images=report.root, detail=f"{report.grub_cfg} still names "
                            f"root={', '.join(sorted(set(bad)))}, which the VM will not have")
+        dracut = devices.dracut_arg_problems(cfg, dmap, set(report.mapper_names))
+        if dracut:
+            raise FixError(images=report.root, detail=f"{report.grub_cfg}: " + "; ".join(dracut))
         if roots:
             checks.append(f"{report.grub_cfg}: every kernel line's root "
                           f"({', '.join(sorted(set(roots)))}) will exist on virtio")

@@ -395,3 +395,17 @@ def test_p2v_rewrites_pass_the_lvm_model() -> None:
     new_conf = devices.rewrite_lvm_conf(conf, pv_disk()).text
     new_dev = devices.rewrite_lvm_devices(dev, pv_disk()).text
     assert devices.lvm_pv_problems(new_conf, new_dev, pv_disk()) == []
+
+
+def test_dracut_storage_args_must_name_what_the_vm_has() -> None:
+    luks = FsIdentity("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", None, "crypto_LUKS")
+    dmap = DeviceMap([DiskLayout(None, {1: ROOT, 2: luks}), DiskLayout(None, {1: MEMBER})])
+    line = ("linux /vmlinuz root=/dev/mapper/vg0-root rd.lvm.lv=vg0/root "
+            "rd.luks.uuid=luks-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0 "
+            "rd.md.uuid=3f1e2d4c:5b6a7988:01234567:89abcdef")
+    assert devices.dracut_arg_problems(line, dmap, {"vg0-root"}) == []
+    bad = line.replace("vg0/root", "vg1/root").replace("3f1e2d4c:", "00000000:")
+    assert devices.dracut_arg_problems(bad, dmap, {"vg0-root"}) == [
+        "kernel line: rd.lvm.lv=vg1/root names nothing on the converted disks",
+        "kernel line: rd.md.uuid=00000000:5b6a7988:01234567:89abcdef names nothing on the "
+        "converted disks"]
