@@ -57,7 +57,8 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
             "network interfaces seen inside the guest. A serial console and a small report "
             "script are added to the overlay only. KVM is used only when a probe boot proves "
             "it works, else TCG. Exit 0 when the guest booted, 4 when it did not, with the "
-            "reason: no-bootloader, bootloader-error, root-device-missing, initramfs-shell, "
+            "reason: no-bootloader, bootloader-error, md-not-assembled, lvm-pv-missing, "
+            "root-device-missing, fstab-device-missing, initramfs-shell, "
             "emergency-mode, kernel-panic, timeout."
         ),
     )
@@ -102,6 +103,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print("  evidence:")
         for line in verdict.evidence[-10:]:
             print(f"    | {line}")
+        if not verdict.booted:
+            from p2v.verify.console import next_step
+
+            print(f"  next step: {next_step(verdict.reason, verdict.evidence)}")
     return ExitCode.OK if verdict.booted else ExitCode.BOOT_FAILED
 
 
@@ -354,7 +359,7 @@ def _add_fix(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_fix(args: argparse.Namespace) -> int:
     from p2v.errors import InputNotFound, UsageError
-    from p2v.fix.fixer import FixOptions, fix_images, read_inventory
+    from p2v.fix.fixer import FixOptions, fix_images, mac_changes, read_inventory
     from p2v.fix.network import NicPin, valid_name
     from p2v.fix.windows import WindowsFixResult
     from p2v.model import normalise_mac
@@ -363,6 +368,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
         if not image.is_file():
             raise InputNotFound(what="image", path=str(image))
     pins: dict[str, str] = {}
+    source_macs: dict[str, str] = {}
     disks: tuple[str, ...] = ()
     firmware = None
     if args.inventory is not None:
@@ -370,6 +376,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
             raise InputNotFound(what="inventory", path=str(args.inventory))
         facts = read_inventory(args.inventory.read_text(), str(args.inventory))
         pins.update(facts.pins)
+        source_macs.update(facts.pins)
         disks, firmware = facts.disks, facts.firmware
         if disks and len(disks) != len(args.images):
             raise UsageError(detail=f"--inventory lists {len(disks)} disk(s) but "
@@ -383,7 +390,8 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     if len(set(macs)) != len(macs):
         raise UsageError(detail=f"the same MAC is given to two interfaces: {pins}")
     options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pins.items()),
-                         source_disks=disks, firmware=firmware, dry_run=args.dry_run,
+                         mac_map=mac_changes(source_macs, pins), source_disks=disks,
+                         firmware=firmware, dry_run=args.dry_run,
                          serial_console=args.serial_console,
                          remove_agents=args.remove_agents, virtio_win=args.virtio_win)
     result = fix_images(args.images, options, progress=_say(args))

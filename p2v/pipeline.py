@@ -461,12 +461,14 @@ class _Job:
         return [Path(d["image"]) for d in read_json(self.wd.file("copy.json"))]
 
     def run_fix(self) -> dict[str, Any]:
-        from p2v.fix.fixer import FixOptions, fix_images
+        from p2v.fix.fixer import FixOptions, fix_images, mac_changes
         from p2v.fix.fsck import repair_filesystems
         from p2v.fix.network import NicPin
 
         plan = self.plan()
+        source_macs = {n.name: n.mac.lower() for n in self.inventory().nics if n.mac}
         options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
+                             mac_map=mac_changes(source_macs, dict(plan.pins)),
                              source_disks=tuple(d.name for d in plan.disks),
                              firmware=plan.firmware)
         wait_until_released(self.images(), self.say)
@@ -505,10 +507,13 @@ class _Job:
         verdict = verify_boot(self.images(), options, progress=self.say)
         write_json(self.wd.file("verify.json"), verdict.to_dict())
         if not verdict.booted:
+            from p2v.verify.console import next_step
+
             last = next((ln for ln in reversed(verdict.evidence) if ln.strip()), "no output")
             raise BootFailed(reason=verdict.reason,
-                             detail=f"{last.strip()[:160]}; console evidence in "
-                                    f"{self.wd.file('verify.json')}")
+                             detail=f"{last.strip()[:160]}; "
+                                    f"{next_step(verdict.reason, verdict.evidence)}; "
+                                    f"console evidence in {self.wd.file('verify.json')}")
         self.say(f"booted on {verdict.bus} in {verdict.elapsed_s:.0f} s: hostname "
                  f"{verdict.hostname}, root {verdict.root}")
         return {"booted": True, "hostname": verdict.hostname}

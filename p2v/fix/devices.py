@@ -13,6 +13,7 @@ of `p2v fix` a no-op.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -317,6 +318,38 @@ def kernel_roots(text: str) -> list[str]:
     return roots
 
 
+_DRACUT_ARG = re.compile(r"(?<![\w.-])(rd\.lvm\.lv|rd\.md\.uuid|rd\.luks\.uuid)=(\S+)")
+
+
+def dracut_arg_problems(cmdline_text: str, dmap: DeviceMap, mapper_names: set[str]) -> list[str]:
+    """dracut's rd.lvm.lv=, rd.md.uuid= and rd.luks.uuid= on the kernel lines name storage
+    by identity, not by bus: check that each names something the VM has, since dracut
+    waits for exactly those (and gives up after rd.retry)."""
+    luks = {_hex(fs.uuid) for disk in dmap.disks for fs in
+            [*disk.partitions.values(), *([disk.whole] if disk.whole else [])]
+            if fs.fstype == "crypto_LUKS" and fs.uuid}
+    arrays = md_members(dmap)
+    problems = []
+    for key, value in sorted(set(_DRACUT_ARG.findall(cmdline_text))):
+        value = value.strip("\"'")
+        if key == "rd.lvm.lv":
+            vg, _, lv = value.partition("/")
+            ok = f"{vg.replace('-', '--')}-{lv.replace('-', '--')}" in mapper_names
+        elif key == "rd.md.uuid":
+            ok = _hex(value) in arrays
+        else:
+            ok = _hex(value.removeprefix("luks-")) in luks
+        if not ok:
+            problems.append(f"kernel line: {key}={value} names nothing on the converted disks")
+    return problems
+
+
+def is_lv_path(path: str) -> bool:
+    """/dev/VG/LV (not a kernel name such as /dev/cciss/c0d0p1, nor /dev/disk/...)."""
+    return (re.fullmatch(r"/dev/[\w+.-]+/[\w+.-]+", path) is not None
+            and not _DEVICE.fullmatch(path) and not path.startswith("/dev/disk/"))
+
+
 def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
                     known_labels: set[str], mapper_names: set[str]) -> bool:
     """Whether a root= value names a device the converted guest will have."""
@@ -329,6 +362,10 @@ def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
         return spec[len("/dev/mapper/"):] in mapper_names
     if spec.startswith("/dev/disk/by-uuid/"):
         return spec.rsplit("/", 1)[1] in known_uuids
+    if spec.startswith("/dev/disk/by-label/"):
+        return spec.rsplit("/", 1)[1] in known_labels
+    if spec.startswith(("PARTLABEL=", "/dev/disk/by-partuuid/", "/dev/disk/by-partlabel/")):
+        return True   # partition tables are copied as they are: not bus-bound
     if spec.startswith("/dev/vd"):
         parsed = parse_device(spec)
         if parsed is None or parsed.guess_index is None or parsed.guess_index >= len(dmap.disks):
@@ -344,20 +381,110 @@ def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
     return False
 
 
+_GLOB = re.compile(r"[*?\[]")
+# mdadm.conf keywords on a DEVICE line that scan whatever the kernel has: right on any bus.
+_MD_SCAN_WORDS = frozenset({"partitions", "containers"})
+# mdadm takes a keyword abbreviated to its first three letters or more.
+_MD_DEVICE_WORDS = frozenset({"DEV", "DEVI", "DEVIC", "DEVICE"})
+
+
+def _partition_path(disk: str, partition: int) -> str:
+    """The kernel's name of partition P of a disk: sda1, nvme0n1p1, cciss/c0d0p1."""
+    sep = "p" if disk[-1].isdigit() else ""
+    return f"/dev/{disk}{sep}{partition}"
+
+
+def candidate_names(dmap: DeviceMap) -> list[tuple[str, str]]:
+    """(old path, virtio path) for every disk and partition the guest will have.
+
+    Old names come from the inventory where it named the disks; without one, each disk
+    gets the names the usual buses would have given it by position (sda, hda, xvda).
+    """
+    pairs: list[tuple[str, str]] = []
+    for index, disk in enumerate(dmap.disks):
+        letters = index_to_letters(index)
+        names = ([disk.source_name] if disk.source_name
+                 else [f"{bus}{letters}" for bus in ("sd", "hd", "xvd")])
+        for name in names:
+            pairs.append((f"/dev/{name}", virtio_name(index)))
+            for part in sorted(disk.partitions):
+                pairs.append((_partition_path(name, part), virtio_name(index, part)))
+    return pairs
+
+
+def expand_pattern(pattern: str, dmap: DeviceMap) -> list[str]:
+    """The virtio names of every device of the guest that a glob over old names selects
+    (mdadm's DEVICE globs: /dev/sd[ab]1, /dev/sd*), in disk order, no repeats."""
+    found: list[str] = []
+    for old, new in candidate_names(dmap):
+        if fnmatch.fnmatchcase(old, pattern) and new not in found:
+            found.append(new)
+    return found
+
+
+def _md_word(word: str, dmap: DeviceMap, changes: list[str], unresolved: list[str],
+             where: str) -> list[str]:
+    """One device or pattern of a DEVICE line or devices= list, as virtio names."""
+    if not word.startswith("/dev/") or _is_current(word):
+        return [word]
+    if _GLOB.search(word):
+        names = expand_pattern(word, dmap)
+        if not names:
+            unresolved.append(f"{where}: pattern {word} selects no disk of this guest")
+            return [word]
+        changes.append(f"{where}: {word} -> {' '.join(names)}")
+        return names
+    if not _DEVICE.fullmatch(word):
+        return [word]
+    res = dmap.remap(word)
+    if res.new is None:
+        unresolved.append(f"{where}: {word} (no disk of this guest matches)")
+        return [word]
+    changes.append(f"{where}: {word} -> {res.new}")
+    return [res.new]
+
+
+_MD_DEVICES_ARG = re.compile(r"(?<![\w-])(devices=)(\S+)")
+
+
 def rewrite_mdadm_conf(text: str, dmap: DeviceMap) -> Rewrite:
     """mdadm.conf: DEVICE lines and devices= lists name member disks; rename onto virtio.
 
-    ARRAY lines identified by UUID need nothing; a DEVICE line listing kernel names is
-    renamed (mdadm takes no UUID= there).
+    ARRAY lines identified by UUID need nothing. A DEVICE line's words may be kernel
+    names, globs over them (/dev/sd[ab]1, /dev/sd*) or the keywords partitions/containers:
+    a glob is expanded against the guest's own disks and replaced by the virtio names it
+    selects (mdadm takes no UUID= there); a glob selecting nothing is reported, not kept
+    silently, because the array would not assemble.
     """
     changes: list[str] = []
     unresolved: list[str] = []
     out = []
-    for line in text.splitlines(keepends=True):
-        if line.lstrip().startswith("#"):
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        body = line.split("#", 1)[0]
+        where = f"mdadm.conf line {number}"
+        words = body.split()
+        if not words:
             out.append(line)
             continue
-        out.append(_sub_devices(line, dmap.remap, changes, unresolved, "mdadm.conf"))
+        if words[0].upper() in _MD_DEVICE_WORDS:
+            new_words = [words[0]]
+            for word in words[1:]:
+                new_words += _md_word(word, dmap, changes, unresolved, where)
+            if new_words != words:
+                indent = line[: len(line) - len(line.lstrip())]
+                newline = "\n" if line.endswith("\n") else ""
+                comment = line[len(body):].rstrip("\n")
+                line = indent + " ".join(new_words) + (" " + comment if comment else "") + newline
+            out.append(line)
+            continue
+
+        def devices_arg(match: re.Match[str], where: str = where) -> str:
+            new: list[str] = []
+            for word in match.group(2).split(","):
+                new += _md_word(word, dmap, changes, unresolved, where)
+            return match.group(1) + ",".join(new)
+
+        out.append(_MD_DEVICES_ARG.sub(devices_arg, line))
     return Rewrite("".join(out), tuple(changes), tuple(unresolved))
 
 
@@ -387,6 +514,283 @@ def rewrite_lvm_conf(text: str, dmap: DeviceMap) -> Rewrite:
 
     new = _LVM_FILTER.sub(filt, text)
     return Rewrite(new, tuple(changes), tuple(unresolved))
+
+
+_UNIT_WHAT = re.compile(r"^(\s*What\s*=\s*)(\S+)(\s*)$", re.MULTILINE)
+
+
+def rewrite_unit(text: str, dmap: DeviceMap, where: str) -> Rewrite:
+    """A systemd .mount/.swap unit: What= names the device.
+
+    A mount unit's What= becomes /dev/disk/by-uuid/UUID (systemd takes no UUID= there) or
+    the virtio name. A swap unit is named after its device (dev-sda2.swap), so its What=
+    cannot change without renaming the unit and its links: that is reported, not done.
+    """
+    changes: list[str] = []
+    unresolved: list[str] = []
+    swap = where.endswith(".swap")
+
+    def what(match: re.Match[str]) -> str:
+        old = match.group(2)
+        if not _DEVICE.fullmatch(old) or _is_current(old):
+            return match.group(0)
+        line = text.count("\n", 0, match.start()) + 1
+        if swap:
+            unresolved.append(f"{where} line {line}: What={old} (a swap unit is named after "
+                              "its device: rename it for the new name, or use fstab)")
+            return match.group(0)
+        res = dmap.resolve(old)
+        if res.new is None:
+            unresolved.append(f"{where} line {line}: What={old} (no disk of this guest matches)")
+            return match.group(0)
+        new = res.new
+        if new.startswith("UUID="):
+            new = "/dev/disk/by-uuid/" + new[5:]
+        elif new.startswith("LABEL="):
+            new = "/dev/disk/by-label/" + new[6:]
+        changes.append(f"{where} line {line}: What={old} -> What={new}")
+        return match.group(1) + new + match.group(3)
+
+    return Rewrite(_UNIT_WHAT.sub(what, text), tuple(changes), tuple(unresolved))
+
+
+# Mount points without which the guest does not come up (systemd drops to emergency mode).
+BOOT_MOUNTS = frozenset({"/", "/usr", "/var", "/boot", "/boot/efi", "/efi"})
+_LOCAL_SPEC = re.compile(r"^(?:/dev/|UUID=|LABEL=|PARTUUID=|PARTLABEL=)")
+
+
+@dataclass(frozen=True)
+class MissingMounts:
+    """fstab after marking what will be missing: new text, what changed, what cannot boot."""
+
+    rewrite: Rewrite
+    fatal: tuple[str, ...] = ()        # mounts needed to boot whose device will not exist
+
+
+def mark_missing_nofail(text: str, will_exist: Callable[[str], bool]) -> MissingMounts:
+    """fstab: an entry whose device the VM will not have (a disk left out, a SAN LUN) gets
+    `nofail`, so the boot goes on without it instead of stopping in emergency mode.
+
+    Network and pseudo filesystems are left alone; an entry needed to boot (/, /usr, ...)
+    cannot be helped by nofail and is returned as fatal.
+    """
+    changes: list[str] = []
+    fatal: list[str] = []
+    out = []
+    for line in text.splitlines(keepends=True):
+        fields = line.split()
+        if (len(fields) < 3 or fields[0].startswith("#") or not _LOCAL_SPEC.match(fields[0])
+                or will_exist(fields[0])):
+            out.append(line)
+            continue
+        spec, mountpoint = fields[0], fields[1]
+        options = fields[3].split(",") if len(fields) > 3 else ["defaults"]
+        if mountpoint in BOOT_MOUNTS:
+            fatal.append(f"fstab: {mountpoint} is on {spec}, which the VM will not have")
+            out.append(line)
+            continue
+        if "nofail" in options or "noauto" in options:
+            out.append(line)
+            continue
+        new_options = ",".join(options + ["nofail"])
+        if len(fields) > 3:
+            # Replace the fourth field in place, keeping the line's spacing.
+            parts = re.split(r"(\s+)", line)
+            words = [i for i, p in enumerate(parts) if p and not p.isspace()]
+            parts[words[3]] = new_options
+            line = "".join(parts)
+        else:
+            line = line.rstrip("\n") + f" {new_options}" + ("\n" if line.endswith("\n") else "")
+        changes.append(f"fstab: {mountpoint} on {spec}: the VM will not have this device, "
+                       "marked nofail")
+        out.append(line)
+    return MissingMounts(Rewrite("".join(out), tuple(changes)), tuple(fatal))
+
+
+def _hex(uuid: str) -> str:
+    """md UUIDs are written 8:8:8:8 by mdadm and 8-4-4-4-12 by blkid: compare the digits."""
+    return re.sub(r"[^0-9a-f]", "", uuid.lower())
+
+
+def md_members(dmap: DeviceMap) -> dict[str, list[str]]:
+    """Array UUID (digits only) -> the virtio names of its members on the guest's disks."""
+    members: dict[str, list[str]] = {}
+    for index, disk in enumerate(dmap.disks):
+        parts: list[tuple[int | None, FsIdentity]] = [(None, disk.whole)] if disk.whole else []
+        parts += sorted(disk.partitions.items())
+        for part, fs in parts:
+            if fs is not None and fs.fstype == "linux_raid_member" and fs.uuid:
+                members.setdefault(_hex(fs.uuid), []).append(virtio_name(index, part))
+    return members
+
+
+def _md_selected(path: str, selectors: Sequence[str]) -> bool:
+    for word in selectors:
+        if word == "partitions" or fnmatch.fnmatchcase(path, word):
+            return True
+    return False
+
+
+def _mdadm_conf(conf: str | None) -> tuple[list[str], list[tuple[str, str, list[str] | None]]]:
+    """DEVICE selectors (mdadm's default when none: partitions) and ARRAY lines as
+    (name, UUID digits, devices= list or None)."""
+    selectors: list[str] = []
+    arrays: list[tuple[str, str, list[str] | None]] = []
+    for line in (conf or "").splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        key = words[0].upper()
+        if key in _MD_DEVICE_WORDS:
+            selectors += words[1:]
+        elif key.startswith("ARR"):
+            args = dict(w.split("=", 1) for w in words[2:] if "=" in w)
+            uuid = args.get("UUID") or args.get("uuid")
+            listed = args.get("devices")
+            if uuid:
+                arrays.append((words[1] if len(words) > 1 else "?", _hex(uuid),
+                               listed.split(",") if listed else None))
+    return selectors or ["partitions"], arrays
+
+
+def md_arrays_left_behind(conf: str | None, dmap: DeviceMap) -> set[str]:
+    """Arrays mdadm.conf names whose members are on no converted disk (a data array left
+    behind): the VM will not have them."""
+    found = md_members(dmap)
+    return {name for name, uuid, _ in _mdadm_conf(conf)[1] if uuid not in found}
+
+
+def md_assembly_problems(conf: str | None, dmap: DeviceMap) -> list[str]:
+    """Why an md array of the guest would not assemble on virtio under this mdadm.conf.
+
+    Models what mdadm --assemble --scan does in the initramfs: the DEVICE lines (default
+    `partitions`) choose the candidate devices, an ARRAY line's devices= narrows them, and
+    members are found by the array UUID in their superblocks (blkid's linux_raid_member).
+    Arrays whose members were not converted are md_arrays_left_behind's business.
+    """
+    selectors, arrays = _mdadm_conf(conf)
+    found = md_members(dmap)
+    problems = []
+    for name, uuid, devs in arrays:
+        members = found.get(uuid, [])
+        if not members:
+            continue
+        chosen = [m for m in members if _md_selected(m, selectors)
+                  and (devs is None or _md_selected(m, devs))]
+        if not chosen:
+            problems.append(f"md array {name}: none of its members ({', '.join(members)}) is "
+                            f"selected by mdadm.conf (DEVICE {' '.join(selectors)}"
+                            + (f", devices={','.join(devs)})" if devs else ")"))
+        elif len(chosen) < len(members):
+            problems.append(f"md array {name}: only {', '.join(chosen)} of its members "
+                            f"({', '.join(members)}) selected by mdadm.conf: it would start "
+                            "degraded or not at all")
+    return problems
+
+
+# LVM devices-file ID types bound to the physical disk (its WWID, serial, ...); the others
+# (devname, md_uuid, mpath_uuid, crypt_uuid, lvmlv_uuid, loop_file) survive the move.
+_LVM_HW_IDTYPES = frozenset({"sys_wwid", "sys_serial", "wwid_naa", "wwid_eui", "wwid_t10"})
+_LVM_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def rewrite_lvm_devices(text: str, dmap: DeviceMap) -> Rewrite:
+    """/etc/lvm/devices/system.devices: LVM uses only the PVs listed there.
+
+    An entry naming its PV by the physical disk's WWID or serial matches no virtio disk,
+    so LVM would ignore the PV and the root LV would never appear. Such an entry (and one
+    whose devname is an old kernel name) becomes a devname entry for the PV's virtio name;
+    the PVID stays, and LVM checks it before using the device.
+    """
+    changes: list[str] = []
+    unresolved: list[str] = []
+    out = []
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        fields = dict(_LVM_FIELD.findall(line)) if not line.lstrip().startswith("#") else {}
+        idtype, devname = fields.get("IDTYPE"), fields.get("DEVNAME", "")
+        if idtype is None:
+            out.append(line)
+            continue
+        where = f"system.devices line {number}"
+        stale_name = idtype == "devname" and not _is_current(fields.get("IDNAME", ""))
+        if idtype not in _LVM_HW_IDTYPES and not stale_name:
+            out.append(line)
+            continue
+        res = dmap.remap(devname) if _DEVICE.fullmatch(devname) else None
+        if res is None or res.new is None:
+            unresolved.append(f"{where}: PV {fields.get('PVID', '?')} named by {idtype} "
+                              f"{fields.get('IDNAME', '?')} (DEVNAME {devname or 'missing'}"
+                              " is no disk of this guest)")
+            out.append(line)
+            continue
+        new = f"IDTYPE=devname IDNAME={res.new} DEVNAME={res.new}"
+        for key in ("PVID", "PART"):
+            if key in fields:
+                new += f" {key}={fields[key]}"
+        changes.append(f"{where}: {idtype} {fields.get('IDNAME', '?')} -> devname {res.new}")
+        out.append(new + ("\n" if line.endswith("\n") else ""))
+    return Rewrite("".join(out), tuple(changes), tuple(unresolved))
+
+
+_LVM_ARRAY = re.compile(r"^[ \t]*(global_filter|filter)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
+
+
+def _lvm_rules(conf: str) -> dict[str, list[tuple[bool, str]]]:
+    """lvm.conf's filter and global_filter as [(accept, regex)], comments dropped."""
+    text = "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
+    rules: dict[str, list[tuple[bool, str]]] = {}
+    for key, body in _LVM_ARRAY.findall(text):
+        items = []
+        for item in re.findall(r'"([^"]*)"', body):
+            if len(item) >= 3 and item[0] in "ar" and item[1] in item[2:]:
+                items.append((item[0] == "a", item[2:item.rindex(item[1])]))
+        rules[key] = items
+    return rules
+
+
+def _lvm_accepts(rules: list[tuple[bool, str]], path: str) -> bool:
+    for accept, regex in rules:
+        try:
+            if re.search(regex, path):
+                return accept
+        except re.error:
+            continue
+    return True                        # no pattern matched: LVM accepts the device
+
+
+def lvm_pv_problems(conf: str | None, devices_file: str | None, dmap: DeviceMap) -> list[str]:
+    """Why LVM would ignore a PV of the guest on virtio.
+
+    Models the filters (first matching pattern decides, against the PV's kernel name: the
+    /dev/disk/by-* aliases of a virtio disk are not known here) and the devices file (a PV
+    is used only when an entry names it: by PVID for devname entries; WWID/serial entries
+    match no virtio disk).
+    """
+    pvs = [(virtio_name(i, p), fs.uuid or "")
+           for i, disk in enumerate(dmap.disks)
+           for p, fs in ([(None, disk.whole)] if disk.whole else [])
+           + sorted(disk.partitions.items())
+           if fs is not None and fs.fstype == "LVM2_member"]
+    rules = _lvm_rules(conf or "")
+    listed: set[str] | None = None
+    ignored = re.search(r"^[ \t]*use_devicesfile\s*=\s*0", conf or "", re.MULTILINE)
+    if devices_file is not None and not ignored:
+        listed = set()
+        for line in devices_file.splitlines():
+            fields = dict(_LVM_FIELD.findall(line.split("#", 1)[0]))
+            if fields.get("IDTYPE") == "devname" and fields.get("PVID"):
+                listed.add(fields["PVID"])
+    problems = []
+    for path, uuid in pvs:
+        for key in ("global_filter", "filter"):
+            if key in rules and not _lvm_accepts(rules[key], path):
+                problems.append(f"LVM PV {path}: rejected by lvm.conf {key}")
+                break
+        else:
+            if listed is not None and uuid.replace("-", "") not in listed:
+                problems.append(f"LVM PV {path}: not in /etc/lvm/devices/system.devices by a "
+                                "name the VM has")
+    return problems
 
 
 def find_devices(text: str) -> list[str]:

@@ -35,7 +35,14 @@ _TABLES: tuple[tuple[str, Callable[[str, devices.DeviceMap], devices.Rewrite]], 
     ("/etc/mdadm/mdadm.conf", devices.rewrite_mdadm_conf),
     ("/etc/mdadm.conf", devices.rewrite_mdadm_conf),
     ("/etc/lvm/lvm.conf", devices.rewrite_lvm_conf),
+    ("/etc/lvm/devices/system.devices", devices.rewrite_lvm_devices),
 )
+# Files the initramfs tools copy into the initramfs (mdadm, LVM, cryptsetup and resume
+# hooks): changing one means rebuilding the initramfs too.
+_INITRAMFS_COPIES = frozenset({
+    "/etc/mdadm/mdadm.conf", "/etc/mdadm.conf", "/etc/lvm/lvm.conf",
+    "/etc/lvm/devices/system.devices", "/etc/crypttab", "/etc/initramfs-tools/conf.d/resume",
+})
 # initramfs-tools' resume setting names the swap device.
 _RESUME_FILES = ("/etc/initramfs-tools/conf.d/resume", "/etc/uswsusp.conf")
 
@@ -43,12 +50,19 @@ _RESUME_FILES = ("/etc/initramfs-tools/conf.d/resume", "/etc/uswsusp.conf")
 @dataclass(frozen=True)
 class FixOptions:
     pins: tuple[network.NicPin, ...] = ()        # NIC name -> the VM's MAC
+    mac_map: tuple[tuple[str, str], ...] = ()    # source MAC -> the VM's, where they differ
     source_disks: tuple[str, ...] = ()           # the source's disk names, image order
     firmware: str | None = None                  # from the inventory, when known
     dry_run: bool = False
     serial_console: bool = False                 # add console=ttyS0 (kernel and grub)
     remove_agents: bool = False                  # remove other platforms' agents
     virtio_win: Path | None = None               # Windows: the virtio-win ISO or directory
+
+
+def mac_changes(source: dict[str, str], vm: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """(source MAC, VM MAC) for each NIC name whose MAC changes in the VM."""
+    return tuple((source[n], m.lower()) for n, m in vm.items()
+                 if n in source and source[n].lower() != m.lower())
 
 
 @dataclass(frozen=True)
@@ -176,6 +190,42 @@ def _read(session: GuestSession, path: str) -> str | None:
     return session.read_text(path) if session.g.is_file(path) else None
 
 
+_GRUB_D = "/etc/default/grub.d/"
+_UNIT_DIR = "/etc/systemd/system/"
+
+
+def _grub_d(text: str, dmap: devices.DeviceMap, where: str) -> devices.Rewrite:
+    res = devices.rewrite_grub_default(text, dmap)
+    fix = [c.replace("/etc/default/grub:", f"{where}:") for c in res.changes]
+    return devices.Rewrite(res.text, tuple(fix), res.unresolved)
+
+
+def _extra_tables(session: GuestSession) -> list[tuple[str, Callable[
+        [str, devices.DeviceMap, str], devices.Rewrite]]]:
+    """Files found by directory: grub snippets (read by grub-mkconfig after
+    /etc/default/grub) and the admin's own mount and swap units."""
+    g = session.g
+    found: list[tuple[str, Callable[[str, devices.DeviceMap, str], devices.Rewrite]]] = []
+    if g.is_dir(_GRUB_D):
+        found += [(_GRUB_D + n, _grub_d) for n in sorted(str(x) for x in g.ls(_GRUB_D))
+                  if n.endswith(".cfg") and g.is_file(_GRUB_D + n)]
+    if g.is_dir(_UNIT_DIR):
+        found += [(_UNIT_DIR + n, devices.rewrite_unit)
+                  for n in sorted(str(x) for x in g.ls(_UNIT_DIR))
+                  if n.endswith((".mount", ".swap")) and g.is_file(_UNIT_DIR + n)]
+    return found
+
+
+def _mac_config_files(session: GuestSession) -> list[str]:
+    g = session.g
+    found = [p for p in network.MAC_CONFIG_FILES if g.is_file(p)]
+    for folder in network.MAC_CONFIG_DIRS:
+        if g.is_dir(folder):
+            found += [f"{folder}/{n}" for n in sorted(str(x) for x in g.ls(folder))
+                      if g.is_file(f"{folder}/{n}")]
+    return found
+
+
 def _edit(plan: FixPlan, path: str, old: str | None, new: str, why: str,
           mode: int | None = None) -> None:
     if old == new:
@@ -204,6 +254,14 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             _edit(plan, path, old, res.text, "; ".join(res.changes))
             if path == "/etc/default/grub":
                 plan.regenerate_grub = True
+    for path, rewrite_one in _extra_tables(session):
+        old = session.read_text(path)
+        res = rewrite_one(old, dmap, path)
+        plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
+        if res.changed:
+            _edit(plan, path, old, res.text, "; ".join(res.changes))
+            if path.startswith(_GRUB_D):
+                plan.regenerate_grub = True
     for path in _RESUME_FILES:
         old = _read(session, path)
         if old is None:
@@ -212,6 +270,19 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
         if res.changed:
             new = res.text.replace("resume=", "RESUME=") if "RESUME=" in old else res.text
             _edit(plan, path, old, new, "; ".join(res.changes))
+
+    # 1a. fstab entries whose device the VM will not have: nofail, so the boot goes on.
+    fstab = plan.files.get("/etc/fstab") or _read(session, "/etc/fstab")
+    if fstab is not None:
+        marked = devices.mark_missing_nofail(fstab, _will_exist(session, report, dmap))
+        if marked.rewrite.changed:
+            _edit(plan, "/etc/fstab", fstab, marked.rewrite.text,
+                  "; ".join(marked.rewrite.changes))
+        plan.warnings += [f"will not boot: {f}" for f in marked.fatal]
+
+    md = _storage_problems(session, report, dmap, plan.files)
+    plan.warnings += [("will not boot: " if _boots_from_md_or_lvm(report) else "") + p
+                      for p in md]
 
     # 1b. A serial console, asked for: through the grub defaults (then regenerated), or on
     # the kernel lines themselves where the guest has no grub defaults file.
@@ -277,11 +348,28 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             plan.warnings.append(f"NIC names not pinned ({', '.join(loose)}): no --mac or "
                                  "--inventory NICs given; a virtio NIC may get another name")
 
+    # 3b. Configs keyed by a source NIC's MAC follow the VM's new MAC (--new-macs).
+    if options.mac_map:
+        for path in _mac_config_files(session):
+            original = _read(session, path)
+            if original is None:
+                continue
+            current = plan.files.get(path, original)
+            new, changed = network.follow_macs(current, dict(options.mac_map), path)
+            if changed:
+                _edit(plan, path, original, new, "; ".join(changed))
+
     # 4. virtio drivers in the initramfs of each kernel that lacks them.
     if family is not None:
         needs = [k for k in report.kernels if not k.boots_on_virtio and k.can_get_virtio
                  and k.initrd is not None]
-        if needs:
+        # The initramfs carries its own copy of these files: one rewritten on the root
+        # alone leaves the early boot assembling md arrays and LVs from the old names.
+        stale = sorted(p for p in plan.files if p in _INITRAMFS_COPIES)
+        refresh = [k for k in report.kernels if stale and k.initrd is not None
+                   and k.boots_on_virtio and k not in needs]
+        if needs or refresh:
+            # A rebuild inside the appliance must keep virtio whatever MODULES= says.
             old = _read(session, family.modules_file) or ""
             new = family.modules_config(old)
             _edit(plan, family.modules_file, old if g.is_file(family.modules_file) else None,
@@ -292,6 +380,11 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             missing = [m for m, ok in kernel.virtio.items() if not ok]
             plan.changes.append(Change("rebuild-initramfs", kernel.version,
                                        f"{kernel.initrd} lacks {', '.join(missing)} "
+                                       f"({family.initramfs_tool})"))
+        for kernel in refresh:
+            plan.rebuild.append(kernel)
+            plan.changes.append(Change("rebuild-initramfs", kernel.version,
+                                       f"{kernel.initrd} holds the old {', '.join(stale)} "
                                        f"({family.initramfs_tool})"))
         for kernel in report.kernels:
             if not kernel.can_get_virtio:
@@ -464,9 +557,56 @@ def _relabel(session: GuestSession, report: GuestReport, plan: FixPlan) -> str:
         return f"SELinux relabel at first boot (/.autorelabel): {exc}"
 
 
+def _mdadm_text(session: GuestSession, planned: dict[str, str] | None = None) -> str | None:
+    """The guest's mdadm.conf (as planned, when given)."""
+    for path in ("/etc/mdadm/mdadm.conf", "/etc/mdadm.conf"):
+        text = (planned or {}).get(path) or _read(session, path)
+        if text is not None:
+            return text
+    return None
+
+
+def _storage_problems(session: GuestSession, report: GuestReport,
+                 dmap: devices.DeviceMap, planned: dict[str, str] | None = None) -> list[str]:
+    """What the initramfs will not find on virtio: md arrays that do not assemble under the
+    guest's mdadm.conf, PVs that LVM's filters or devices file ignore (as planned)."""
+    planned = planned or {}
+
+    def text(path: str) -> str | None:
+        return planned.get(path) or _read(session, path)
+
+    return (devices.md_assembly_problems(_mdadm_text(session, planned), dmap)
+            + devices.lvm_pv_problems(text("/etc/lvm/lvm.conf"),
+                                      text("/etc/lvm/devices/system.devices"), dmap))
+
+
+def _will_exist(session: GuestSession, report: GuestReport,
+                dmap: devices.DeviceMap) -> Callable[[str], bool]:
+    """Whether an fstab device spec will exist in the VM (an md array whose members were
+    not converted will not)."""
+    behind = devices.md_arrays_left_behind(_mdadm_text(session), dmap)
+    return lambda spec: spec not in behind and _root_ok(spec, report, dmap)
+
+
+def _boots_from_md_or_lvm(report: GuestReport) -> bool:
+    """A boot mount on md or on an LV (which may sit on md): a lost array stops the boot."""
+    boot = [d for m, d in report.mounts.items() if m in devices.BOOT_MOUNTS]
+    return any(d.startswith(("/dev/md", "/dev/mapper/")) or devices.is_lv_path(d)
+               for d in boot)
+
+
 def check_guest(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap) -> list[str]:
-    """The grub config names a root device the VM will have (raise FixError if not)."""
+    """The grub config names a root device the VM will have, and so does every fstab entry
+    the boot needs (raise FixError if not)."""
     checks = []
+    if session.g.is_file("/etc/fstab"):
+        fatal = devices.mark_missing_nofail(session.read_text("/etc/fstab"),
+                                            _will_exist(session, report, dmap)).fatal
+        if fatal:
+            raise FixError(images=report.root, detail="; ".join(fatal))
+    md = _storage_problems(session, report, dmap)
+    if md and _boots_from_md_or_lvm(report):
+        raise FixError(images=report.root, detail="; ".join(md))
     if report.grub_cfg and session.g.is_file(report.grub_cfg):
         cfg = session.read_text(report.grub_cfg)
         roots = devices.kernel_roots(cfg)
@@ -474,6 +614,9 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
         if bad:
             raise FixError(images=report.root, detail=f"{report.grub_cfg} still names "
                            f"root={', '.join(sorted(set(bad)))}, which the VM will not have")
+        dracut = devices.dracut_arg_problems(cfg, dmap, set(report.mapper_names))
+        if dracut:
+            raise FixError(images=report.root, detail=f"{report.grub_cfg}: " + "; ".join(dracut))
         if roots:
             checks.append(f"{report.grub_cfg}: every kernel line's root "
                           f"({', '.join(sorted(set(roots)))}) will exist on virtio")

@@ -102,6 +102,44 @@ def update_rules(text: str, pins: list[NicPin]) -> tuple[str, list[str]]:
     return "".join(out), changes
 
 
+# Where a guest's network configuration may key an interface by its MAC: networkd
+# ([Match] MACAddress=, .link files), NetworkManager keyfiles (mac-address=), netplan
+# (match: macaddress:), ifcfg (HWADDR=, MACADDR=), ifupdown (hwaddress), udev rules.
+MAC_CONFIG_DIRS = ("/etc/systemd/network", "/etc/NetworkManager/system-connections",
+                   "/etc/netplan", "/etc/sysconfig/network-scripts", "/etc/sysconfig/network",
+                   "/etc/network/interfaces.d", "/etc/udev/rules.d")
+MAC_CONFIG_FILES = ("/etc/network/interfaces",)
+_MAC = re.compile(r"(?<![0-9A-Fa-f:-])([0-9A-Fa-f]{2}(?P<sep>[:-])(?:[0-9A-Fa-f]{2}(?P=sep)){4}"
+                  r"[0-9A-Fa-f]{2})(?![0-9A-Fa-f:-])")
+
+
+def follow_macs(text: str, mac_map: dict[str, str], where: str) -> tuple[str, list[str]]:
+    """Every config keyed by a source NIC's MAC follows that NIC's new MAC in the VM.
+
+    mac_map: old MAC -> new MAC (lower case, colons). A MAC written upper case or with
+    dashes keeps its spelling; lines that are comments are left as they are.
+    """
+    changes: list[str] = []
+    out = []
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
+        if line.lstrip().startswith(("#", ";")):
+            out.append(line)
+            continue
+
+        def repl(match: re.Match[str], number: int = number) -> str:
+            old = match.group(1)
+            new = mac_map.get(old.lower().replace("-", ":"))
+            if new is None:
+                return old
+            spelled = new.replace(":", match.group("sep"))
+            spelled = spelled.upper() if old.isupper() else spelled
+            changes.append(f"{where} line {number}: {old} -> {spelled}")
+            return spelled
+
+        out.append(_MAC.sub(repl, line))
+    return "".join(out), changes
+
+
 _IFUPDOWN = re.compile(r"^\s*(?:auto|allow-hotplug|iface)\s+([^\s:]+)", re.MULTILINE)
 _IFCFG_DEVICE = re.compile(r"^\s*DEVICE=[\"']?([^\"'\s]+)", re.MULTILINE)
 

@@ -18,6 +18,16 @@ def clean(text: str) -> str:
 # (reason, pattern) in the order they are checked: the most specific cause first, because a
 # missing root device also drops the initramfs to a shell, and that shell is not the cause.
 FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # An array or a PV that is not there also ends in "ALERT! ... does not exist": the
+    # storage layer's own message names the real cause, so it is checked first.
+    ("md-not-assembled", re.compile(
+        # Not "mdadm: No arrays found": Debian prints it at every boot of a guest that
+        # has mdadm installed and no array.
+        r"not enough operational mirrors|ALERT!\s+/dev/md[\w/]* does not exist")),
+    ("lvm-pv-missing", re.compile(
+        r"Volume group \"?[\w.+-]+\"? not found|Cannot process volume group"
+        r"|Couldn't find device with uuid|ignored by filtering|not in devices file"
+        r"|ALERT!\s+/dev/mapper/\S+ does not exist")),
     ("root-device-missing", re.compile(
         r"ALERT!\s+\S+ does not exist|Gave up waiting for root (file system )?device"
         r"|Warning: /dev/\S+ does not exist|Cannot open root device|Could not boot\.?"
@@ -26,6 +36,9 @@ FAILURES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("initramfs-shell", re.compile(
         r"Dropping to a shell|\(initramfs\)|dracut:/#|dracut Warning: .*emergency"
         r"|Entering emergency mode\. Exit the shell to continue")),
+    ("fstab-device-missing", re.compile(
+        r"Timed out waiting for device \S+|Dependency failed for (?!Local File Systems)"
+        r"\S+.*\.mount|Failed to mount /\S*")),
     ("emergency-mode", re.compile(
         r"You are in emergency mode|Give root password for maintenance"
         r"|You are in rescue mode")),
@@ -89,6 +102,57 @@ def diagnose(console: str, firmware_log: str) -> str | None:
         if pattern.search(text):
             return reason
     return None
+
+
+_CULPRIT = re.compile(r"ALERT!\s+(\S+) does not exist|Timed out waiting for device (?:\S+ - )?"
+                      r"(\S+?)\.?$|Failed to mount (\S+?)\.?$|Volume group \"?([\w.+-]+)"
+                      r"|mounting (\S+) on /root failed", re.MULTILINE)
+
+# reason -> what to do next ({what}: the device or volume group the console names).
+_NEXT_STEPS = {
+    "md-not-assembled": "the initramfs's mdadm.conf does not select the array's members "
+                        "({what}) on virtio: fix the DEVICE lines of /etc/mdadm/mdadm.conf and "
+                        "rebuild the initramfs (`p2v fix` does both), then verify again",
+    "lvm-pv-missing": "LVM did not use the PV of {what}: check filter/global_filter in "
+                      "/etc/lvm/lvm.conf and /etc/lvm/devices/system.devices, rebuild the "
+                      "initramfs (`p2v fix` does), then verify again",
+    "root-device-missing": "{what} is not there on virtio: the initramfs lacks the virtio "
+                           "driver or root=/fstab still name the old device; run `p2v fix` on "
+                           "the images (it rewrites root= and fstab and rebuilds the initramfs), "
+                           "then verify again",
+    "fstab-device-missing": "an fstab entry or mount unit names {what}, which the VM does not "
+                            "have: convert that disk too, or mark the entry nofail (`p2v fix` "
+                            "does for disks left out)",
+    "emergency-mode": "systemd stopped in emergency mode: a mount or a service the boot needs "
+                      "failed; the console lines above name it",
+    "initramfs-shell": "the initramfs gave up: the console lines above say on what",
+    "kernel-panic": "the kernel panicked: see the console lines above",
+    "bootloader-error": "grub cannot find its files or root: regenerate grub.cfg in the guest "
+                        "(`p2v fix` does) and check its search/root lines",
+    "no-bootloader": "the firmware found nothing to boot: on UEFI the disk needs "
+                     "\\EFI\\BOOT\\BOOTX64.EFI or the source's NVRAM (`p2v fix` copies the "
+                     "loader); on BIOS grub must be in the disk's MBR",
+    "timeout": "no failure seen and no report from the guest in time: raise --timeout "
+               "(emulation is slow), or read the console lines in the evidence",
+    "qemu-exited": "qemu stopped by itself: its stderr is in the evidence",
+}
+
+
+def culprit(lines: list[str] | tuple[str, ...]) -> str | None:
+    """The device (or volume group) the console says is missing, if it names one."""
+    for line in lines:
+        match = _CULPRIT.search(line.strip())
+        if match:
+            return next(g for g in match.groups() if g)
+    return None
+
+
+def next_step(reason: str | None, evidence: list[str] | tuple[str, ...]) -> str:
+    """What to do about a failed boot, naming what the console says is missing."""
+    if reason is None:
+        return ""
+    step = _NEXT_STEPS.get(reason, "see the console lines in the evidence")
+    return step.format(what=culprit(evidence) or "a device")
 
 
 def is_stuck(console: str, firmware_log: str) -> bool:

@@ -85,3 +85,34 @@ def test_console_added_to_every_kernel_line_once() -> None:
     assert "root=/dev/sda1 console=ttyS0\n" in out  # already had one: unchanged
     assert add_console(out) == out
     assert "initrd\t/boot/initrd.img-6.1.0-28-amd64\n" in out
+
+
+@pytest.mark.parametrize(
+    ("console", "reason", "named"),
+    [
+        ("mdadm: No arrays found in config file or automatically\n"
+         "Gave up waiting for root file system device.\nALERT!  /dev/md0 does not exist.  "
+         "Dropping to a shell!\n(initramfs) ", "md-not-assembled", "/dev/md0"),
+        ('  Volume group "rhel" not found\n  Cannot process volume group rhel\n'
+         "Gave up waiting for root file system device.\n", "lvm-pv-missing", "rhel"),
+        ("[ TIME ] Timed out waiting for device /dev/sdb1.\n[DEPEND] Dependency failed for "
+         "srv.mount - /srv.\nYou are in emergency mode.", "fstab-device-missing", "/dev/sdb1"),
+        (INITRAMFS_NO_ROOT, "root-device-missing", "/dev/sda1"),
+    ],
+)
+def test_failed_boot_names_the_cause_and_the_next_step(console: str, reason: str,
+                                                       named: str) -> None:
+    assert con.diagnose(console, "") == reason
+    step = con.next_step(reason, con.evidence_lines(console, ""))
+    assert named in step
+
+
+def test_every_reason_has_a_next_step() -> None:
+    for reason, _pattern in con.FAILURES:
+        assert "console lines in the evidence" not in con.next_step(reason, [])
+    assert con.next_step("timeout", []).startswith("no failure seen")
+
+
+def test_mdadm_chatter_does_not_hide_a_missing_root() -> None:
+    console = "mdadm: No arrays found in config file or automatically\n" + INITRAMFS_NO_ROOT
+    assert con.diagnose(console, "") == "root-device-missing"

@@ -226,3 +226,186 @@ def test_lvm_filter() -> None:
 def test_find_devices() -> None:
     assert devices.find_devices("root=/dev/sda1 x /dev/vda2 /dev/nvme0n1p1,") == [
         "/dev/sda1", "/dev/nvme0n1p1"]
+
+
+@pytest.mark.parametrize(("line", "want"), [
+    ("DEVICE /dev/sd[ab]1\n", "DEVICE /dev/vda1 /dev/vdb1\n"),
+    ("DEVICE /dev/sd*\n", "DEVICE /dev/vda /dev/vda1 /dev/vda2 /dev/vdb /dev/vdb1 /dev/vdb2\n"),
+    ("DEVICE /dev/sd?2 # members\n", "DEVICE /dev/vda2 /dev/vdb2 # members\n"),
+    ("dev /dev/sda1 /dev/sdb1\n", "dev /dev/vda1 /dev/vdb1\n"),
+    ("DEVICE partitions containers\n", "DEVICE partitions containers\n"),
+    ("ARRAY /dev/md0 UUID=aa:bb devices=/dev/sd[ab]1\n",
+     "ARRAY /dev/md0 UUID=aa:bb devices=/dev/vda1,/dev/vdb1\n"),
+])
+def test_mdadm_device_patterns_follow_the_disks(line: str, want: str) -> None:
+    res = devices.rewrite_mdadm_conf(line, two_disks())
+    assert res.text == want
+    assert not res.unresolved
+    assert not devices.rewrite_mdadm_conf(res.text, two_disks()).changed
+
+
+def test_mdadm_pattern_from_the_inventory_names() -> None:
+    dmap = two_disks(("nvme0n1", "nvme1n1"))
+    res = devices.rewrite_mdadm_conf("DEVICE /dev/nvme[01]n1p1\n", dmap)
+    assert res.text == "DEVICE /dev/vda1 /dev/vdb1\n"
+
+
+def test_mdadm_pattern_that_selects_nothing_is_reported() -> None:
+    res = devices.rewrite_mdadm_conf("DEVICE /dev/sd[cd]1\n", two_disks())
+    assert res.text == "DEVICE /dev/sd[cd]1\n"
+    assert res.unresolved == ("mdadm.conf line 1: pattern /dev/sd[cd]1 selects no disk of "
+                              "this guest",)
+
+
+SYSTEM_DEVICES = (
+    "# LVM uses devices listed in this file.\n"
+    "VERSION=1.1.3\n"
+    "IDTYPE=sys_wwid IDNAME=naa.600508b1001c3a2f DEVNAME=/dev/sda2 PVID=Pv1 PART=2\n"
+    "IDTYPE=sys_serial IDNAME=WD-WX31A DEVNAME=/dev/sdb PVID=Pv2\n"
+    "IDTYPE=md_uuid IDNAME=abc DEVNAME=/dev/md0 PVID=Pv3\n"
+)
+
+
+def test_lvm_devices_file_entries_by_hardware_id_become_virtio_devnames() -> None:
+    res = devices.rewrite_lvm_devices(SYSTEM_DEVICES, two_disks())
+    lines = res.text.splitlines()
+    assert lines[:2] == SYSTEM_DEVICES.splitlines()[:2]
+    assert lines[2] == "IDTYPE=devname IDNAME=/dev/vda2 DEVNAME=/dev/vda2 PVID=Pv1 PART=2"
+    assert lines[3] == "IDTYPE=devname IDNAME=/dev/vdb DEVNAME=/dev/vdb PVID=Pv2"
+    assert lines[4] == SYSTEM_DEVICES.splitlines()[4]          # md_uuid: bus-independent
+    assert len(res.changes) == 2 and not res.unresolved
+    assert not devices.rewrite_lvm_devices(res.text, two_disks()).changed
+
+
+def test_lvm_devices_file_entry_of_a_disk_not_converted_is_reported() -> None:
+    text = "IDTYPE=sys_wwid IDNAME=naa.1 DEVNAME=/dev/sdc1 PVID=PvX PART=1\n"
+    res = devices.rewrite_lvm_devices(text, two_disks())
+    assert res.text == text
+    assert "PV PvX" in res.unresolved[0] and "/dev/sdc1" in res.unresolved[0]
+
+
+def test_fstab_entries_of_missing_disks_get_nofail() -> None:
+    text = ("UUID=1111-root / ext4 errors=remount-ro 0 1\n"
+            "UUID=9999-data  /srv/data   xfs   defaults   0 2\n"
+            "/dev/sdc1 /backup ext4\n"
+            "LABEL=san /san ext4 noauto 0 0\n"
+            "nas:/export /mnt/nas nfs defaults 0 0\n"
+            "tmpfs /tmp tmpfs defaults 0 0\n")
+    known = {"UUID=1111-root"}
+    res = devices.mark_missing_nofail(text, known.__contains__)
+    lines = res.rewrite.text.splitlines()
+    assert lines[0] == "UUID=1111-root / ext4 errors=remount-ro 0 1"
+    assert lines[1] == "UUID=9999-data  /srv/data   xfs   defaults,nofail   0 2"
+    assert lines[2] == "/dev/sdc1 /backup ext4 defaults,nofail"
+    assert lines[3:] == text.splitlines()[3:]          # noauto, network, pseudo: as they are
+    assert len(res.rewrite.changes) == 2 and not res.fatal
+    again = devices.mark_missing_nofail(res.rewrite.text, known.__contains__)
+    assert not again.rewrite.changed
+
+
+def test_a_missing_root_is_fatal_not_nofail() -> None:
+    res = devices.mark_missing_nofail("UUID=gone / ext4 defaults 0 1\n", lambda _s: False)
+    assert not res.rewrite.changed
+    assert res.fatal == ("fstab: / is on UUID=gone, which the VM will not have",)
+
+
+def test_mount_unit_what_becomes_a_by_uuid_path() -> None:
+    text = "[Mount]\nWhat=/dev/sda1\nWhere=/srv\n"
+    res = devices.rewrite_unit(text, two_disks(), "/etc/systemd/system/srv.mount")
+    assert res.text == "[Mount]\nWhat=/dev/disk/by-uuid/1111-root\nWhere=/srv\n"
+    assert res.changes == ("/etc/systemd/system/srv.mount line 2: What=/dev/sda1 -> "
+                           "What=/dev/disk/by-uuid/1111-root",)
+    assert not devices.rewrite_unit(res.text, two_disks(), "x.mount").changed
+
+
+def test_swap_unit_is_reported_by_file_and_line() -> None:
+    text = "[Swap]\nWhat=/dev/sda2\n"
+    res = devices.rewrite_unit(text, two_disks(), "/etc/systemd/system/dev-sda2.swap")
+    assert res.text == text
+    assert res.unresolved[0].startswith("/etc/systemd/system/dev-sda2.swap line 2: "
+                                        "What=/dev/sda2")
+
+
+MEMBER = FsIdentity("3f1e2d4c-5b6a-7988-0123-456789abcdef", None, "linux_raid_member")
+ARRAY = "ARRAY /dev/md0 metadata=1.2 UUID=3f1e2d4c:5b6a7988:01234567:89abcdef\n"
+
+
+def raid1() -> DeviceMap:
+    return DeviceMap([DiskLayout(None, {1: MEMBER}), DiskLayout(None, {1: MEMBER})])
+
+
+@pytest.mark.parametrize(("conf", "problem"), [
+    (None, None),                                           # no mdadm.conf: scans everything
+    (ARRAY, None),                                          # no DEVICE line: partitions
+    ("DEVICE partitions\n" + ARRAY, None),
+    ("DEVICE /dev/vd[ab]1\n" + ARRAY, None),
+    ("DEVICE /dev/sd[ab]1\n" + ARRAY, "none of its members (/dev/vda1, /dev/vdb1) is selected"),
+    ("DEVICE /dev/vda1\n" + ARRAY, "only /dev/vda1 of its members"),
+    (ARRAY.replace("\n", " devices=/dev/sda1,/dev/sdb1\n"), "none of its members"),
+    ("ARRAY /dev/md1 UUID=00000000:00000000:00000000:00000001\n", None),   # not converted
+])
+def test_md_assembly_model(conf: str | None, problem: str | None) -> None:
+    problems = devices.md_assembly_problems(conf, raid1())
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0]
+
+
+def test_a_glob_rewritten_by_p2v_passes_the_assembly_model() -> None:
+    conf = "DEVICE /dev/sd[ab]1\n" + ARRAY
+    assert devices.md_assembly_problems(conf, raid1())                 # before: fails
+    fixed = devices.rewrite_mdadm_conf(conf, raid1()).text
+    assert devices.md_assembly_problems(fixed, raid1()) == []
+
+
+PV = FsIdentity("Y7vRSg-W9c8-J4b3-kIL3-l0I0-fFtQ-8bPHpX", None, "LVM2_member")
+PVID = "Y7vRSgW9c8J4b3kIL3l0I0fFtQ8bPHpX"
+
+
+def pv_disk() -> DeviceMap:
+    return DeviceMap([DiskLayout(None, {1: ROOT, 2: PV})])
+
+
+@pytest.mark.parametrize(("conf", "devices_file", "problem"), [
+    (None, None, None),
+    ('devices {\n filter = [ "a|^/dev/vda2$|", "r|.*|" ]\n}\n', None, None),
+    ('devices {\n filter = [ "a|^/dev/sda2$|", "r|.*|" ]\n}\n', None,
+     "rejected by lvm.conf filter"),
+    ("devices {\n use_devicesfile = 0\n}\n", "IDTYPE=sys_wwid IDNAME=naa.1 DEVNAME=/dev/sda2\n",
+     None),
+    ('devices {\n global_filter = [ "r|/dev/vd.*|" ]\n}\n', None, "global_filter"),
+    ('devices {\n # filter = [ "r|.*|" ]\n}\n', None, None),
+    (None, f"IDTYPE=devname IDNAME=/dev/vda2 DEVNAME=/dev/vda2 PVID={PVID} PART=2\n", None),
+    (None, f"IDTYPE=sys_wwid IDNAME=naa.1 DEVNAME=/dev/sda2 PVID={PVID} PART=2\n",
+     "not in /etc/lvm/devices/system.devices"),
+])
+def test_lvm_pv_model(conf: str | None, devices_file: str | None, problem: str | None) -> None:
+    problems = devices.lvm_pv_problems(conf, devices_file, pv_disk())
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0]
+
+
+def test_p2v_rewrites_pass_the_lvm_model() -> None:
+    conf = 'devices {\n filter = [ "a|^/dev/sda2$|", "r|.*|" ]\n}\n'
+    dev = f"IDTYPE=sys_wwid IDNAME=naa.1 DEVNAME=/dev/sda2 PVID={PVID} PART=2\n"
+    assert devices.lvm_pv_problems(conf, dev, pv_disk())
+    new_conf = devices.rewrite_lvm_conf(conf, pv_disk()).text
+    new_dev = devices.rewrite_lvm_devices(dev, pv_disk()).text
+    assert devices.lvm_pv_problems(new_conf, new_dev, pv_disk()) == []
+
+
+def test_dracut_storage_args_must_name_what_the_vm_has() -> None:
+    luks = FsIdentity("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", None, "crypto_LUKS")
+    dmap = DeviceMap([DiskLayout(None, {1: ROOT, 2: luks}), DiskLayout(None, {1: MEMBER})])
+    line = ("linux /vmlinuz root=/dev/mapper/vg0-root rd.lvm.lv=vg0/root "
+            "rd.luks.uuid=luks-0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0 "
+            "rd.md.uuid=3f1e2d4c:5b6a7988:01234567:89abcdef")
+    assert devices.dracut_arg_problems(line, dmap, {"vg0-root"}) == []
+    bad = line.replace("vg0/root", "vg1/root").replace("3f1e2d4c:", "00000000:")
+    assert devices.dracut_arg_problems(bad, dmap, {"vg0-root"}) == [
+        "kernel line: rd.lvm.lv=vg1/root names nothing on the converted disks",
+        "kernel line: rd.md.uuid=00000000:5b6a7988:01234567:89abcdef names nothing on the "
+        "converted disks"]

@@ -173,3 +173,24 @@ def test_selinux_policy() -> None:
         "permissive", "mls")
     assert linux.selinux_policy("SELINUX=disabled\n")[0] == "disabled"
     assert linux.selinux_policy("")[0] == "disabled"
+
+
+OLD, NEW = "00:1b:21:aa:bb:cc", "52:54:00:12:34:56"
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("[Match]\nMACAddress=00:1b:21:aa:bb:cc\n[Network]\nAddress=10.0.0.5/24\n",
+     "[Match]\nMACAddress=52:54:00:12:34:56\n[Network]\nAddress=10.0.0.5/24\n"),
+    ("[ethernet]\nmac-address=00:1B:21:AA:BB:CC\n", "[ethernet]\nmac-address=52:54:00:12:34:56\n"),
+    ("      match:\n        macaddress: 00:1b:21:aa:bb:cc\n",
+     "      match:\n        macaddress: 52:54:00:12:34:56\n"),
+    ('HWADDR="00-1B-21-AA-BB-CC"\n', 'HWADDR="52-54-00-12-34-56"\n'),
+    ("# old NIC 00:1b:21:aa:bb:cc\n", "# old NIC 00:1b:21:aa:bb:cc\n"),
+    ("MACAddress=00:1b:21:aa:bb:cd\n", "MACAddress=00:1b:21:aa:bb:cd\n"),   # another NIC
+    ("x=00:1b:21:aa:bb:cc:dd:ee\n", "x=00:1b:21:aa:bb:cc:dd:ee\n"),        # not a MAC
+])
+def test_configs_keyed_by_the_old_mac_follow_the_new_one(text: str, want: str) -> None:
+    new_text, changes = network.follow_macs(text, {OLD: NEW}, "f")
+    assert new_text == want
+    assert bool(changes) == (text != want)
+    assert network.follow_macs(new_text, {OLD: NEW}, "f")[1] == []

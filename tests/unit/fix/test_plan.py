@@ -240,3 +240,113 @@ def test_selinux_guest_gets_a_relabel_only_with_other_changes() -> None:
     rep.kernels = report(ALL_VIRTIO).kernels
     again = plan_fix(FakeSession(files), rep, DMAP, PIN)  # type: ignore[arg-type]
     assert again.empty and again.relabel is None
+
+
+def test_a_rewritten_mdadm_conf_rebuilds_an_initramfs_that_already_has_virtio() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/mdadm/mdadm.conf"] = "DEVICE /dev/sd[a]1\nARRAY /dev/md0 UUID=aa:bb:cc:dd\n"
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.files["/etc/mdadm/mdadm.conf"].startswith("DEVICE /dev/vda1\n")
+    rebuild = [c for c in plan.changes if c.kind == "rebuild-initramfs"]
+    assert [c.target for c in rebuild] == [KVER]
+    assert "holds the old /etc/mdadm/mdadm.conf" in rebuild[0].why
+    # the rebuild keeps virtio whatever MODULES= the guest has
+    assert "virtio_blk" in plan.files["/etc/initramfs-tools/modules"]
+
+
+def test_no_initramfs_rebuild_when_nothing_it_copies_changed() -> None:
+    plan = plan_fix(FakeSession(dict(BIOS_FILES)), report(ALL_VIRTIO), DMAP,  # type: ignore[arg-type]
+                    PIN)
+    assert not [c for c in plan.changes if c.kind == "rebuild-initramfs"]
+
+
+def test_fstab_entry_of_a_disk_not_converted_gets_nofail() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/fstab"] += "UUID=not-copied /srv ext4 defaults 0 2\n"
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    fstab = plan.files["/etc/fstab"]
+    assert "UUID=not-copied /srv ext4 defaults,nofail 0 2" in fstab
+    assert fstab.startswith("UUID=u-root / ext4")
+    assert any("marked nofail" in c.why for c in plan.changes if c.target == "/etc/fstab")
+
+
+def test_grub_snippets_and_mount_units_are_rewritten() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/default/grub.d/50-root.cfg"] = 'GRUB_CMDLINE_LINUX="root=/dev/sda1"\n'
+    files["/etc/default/grub.d/README"] = "root=/dev/sda1 is an example\n"
+    files["/etc/systemd/system/srv.mount"] = "[Mount]\nWhat=/dev/sda1\nWhere=/srv\n"
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    snippet = plan.files["/etc/default/grub.d/50-root.cfg"]
+    assert snippet == 'GRUB_CMDLINE_LINUX="root=UUID=u-root"\n'
+    assert "/etc/default/grub.d/README" not in plan.files
+    assert "What=/dev/disk/by-uuid/u-root" in plan.files["/etc/systemd/system/srv.mount"]
+    assert plan.regenerate_grub
+
+
+RAID = FsIdentity("3f1e2d4c-5b6a-7988-0123-456789abcdef", None, "linux_raid_member")
+RAID_DMAP = DeviceMap([DiskLayout(None, {1: RAID}), DiskLayout(None, {1: RAID})])
+MD_ARRAY = "ARRAY /dev/md0 metadata=1.2 UUID=3f1e2d4c:5b6a7988:01234567:89abcdef\n"
+
+
+def md_report() -> GuestReport:
+    rep = report(ALL_VIRTIO)
+    rep.mounts = {"/": "/dev/md0"}
+    return rep
+
+
+def test_root_on_md_selected_by_a_glob_is_rewritten_and_then_assembles() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/mdadm/mdadm.conf"] = "DEVICE /dev/sd[ab]1\n" + MD_ARRAY
+    plan = plan_fix(FakeSession(files), md_report(), RAID_DMAP, PIN)  # type: ignore[arg-type]
+    assert plan.files["/etc/mdadm/mdadm.conf"].startswith("DEVICE /dev/vda1 /dev/vdb1\n")
+    assert not [w for w in plan.warnings if "md array" in w]
+
+
+def test_root_on_md_that_will_not_assemble_is_said_not_to_boot() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/mdadm/mdadm.conf"] = "DEVICE /dev/vda1\n" + MD_ARRAY
+    plan = plan_fix(FakeSession(files), md_report(), RAID_DMAP, PIN)  # type: ignore[arg-type]
+    assert [w for w in plan.warnings if w.startswith("will not boot: md array /dev/md0")]
+
+
+def test_fstab_entry_on_an_md_array_left_behind_gets_nofail() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/mdadm/mdadm.conf"] = MD_ARRAY.replace("/dev/md0", "/dev/md9")
+    files["/etc/fstab"] += "/dev/md9 /srv ext4 defaults 0 2\n"
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, PIN)  # type: ignore[arg-type]
+    assert "/dev/md9 /srv ext4 defaults,nofail 0 2" in plan.files["/etc/fstab"]
+
+
+def test_new_macs_carry_every_config_keyed_by_the_old_mac() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/systemd/network/10-lan.network"] = (
+        "[Match]\nMACAddress=52:54:00:b1:05:01\n[Network]\nAddress=10.0.2.15/24\n")
+    files["/etc/NetworkManager/system-connections/lan.nmconnection"] = (
+        "[ethernet]\nmac-address=52:54:00:B1:05:01\n")
+    files["/etc/netplan/01-lan.yaml"] = (
+        "network:\n  ethernets:\n    lan:\n      match:\n        macaddress: 52:54:00:b1:05:01\n")
+    new_mac = "52:54:00:77:88:99"
+    options = FixOptions(pins=(network.NicPin("eth0", new_mac),),
+                         mac_map=(("52:54:00:b1:05:01", new_mac),))
+    plan = plan_fix(FakeSession(files), report(ALL_VIRTIO), DMAP, options)  # type: ignore[arg-type]
+    assert "MACAddress=52:54:00:77:88:99" in plan.files["/etc/systemd/network/10-lan.network"]
+    assert "mac-address=52:54:00:77:88:99" in plan.files[
+        "/etc/NetworkManager/system-connections/lan.nmconnection"]
+    assert "macaddress: 52:54:00:77:88:99" in plan.files["/etc/netplan/01-lan.yaml"]
+    rules = plan.files["/etc/udev/rules.d/70-persistent-net.rules"]
+    assert "52:54:00:77:88:99" in rules and "b1:05:01" not in rules
+
+
+def test_root_lv_whose_pv_the_devices_file_names_by_wwid_is_fixed_not_trusted() -> None:
+    pv = FsIdentity("Y7vRSg-W9c8-J4b3-kIL3-l0I0-fFtQ-8bPHpX", None, "LVM2_member")
+    dmap = DeviceMap([DiskLayout(None, {1: FsIdentity("u-boot", None, "xfs"), 2: pv})])
+    files = dict(BIOS_FILES)
+    files["/etc/lvm/devices/system.devices"] = (
+        "VERSION=1.1.2\nIDTYPE=sys_wwid IDNAME=naa.6005 DEVNAME=/dev/sda2 "
+        "PVID=Y7vRSgW9c8J4b3kIL3l0I0fFtQ8bPHpX PART=2\n")
+    rep = report(ALL_VIRTIO)
+    rep.mounts = {"/": "/dev/rhel/root"}
+    plan = plan_fix(FakeSession(files), rep, dmap, PIN)  # type: ignore[arg-type]
+    assert "IDTYPE=devname IDNAME=/dev/vda2" in plan.files["/etc/lvm/devices/system.devices"]
+    assert not [w for w in plan.warnings if "LVM PV" in w]
+    assert [c for c in plan.changes if c.kind == "rebuild-initramfs"]
