@@ -26,11 +26,12 @@ from procwatch import ProcWatch
 
 from p2v import runner
 from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LoopSource, SourceEndpoint, generate_key
+from p2v.testbed.sources import LoopSource, SourceEndpoint, generate_key, write_random_disk
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: it creates a login user and a sudoers drop-in")
 
+MiB = 1 << 20
 SUDOERS_D = Path("/etc/sudoers.d")
 # A p2v run never takes this long on the bios fixture; a hang fails instead of blocking CI.
 RUN_TIMEOUT = 300
@@ -80,11 +81,21 @@ def sudo_user() -> Iterator[SudoUser]:
 
 
 @pytest.fixture(scope="module")
-def user_source(bios_image: FixtureImage, sudo_user: SudoUser
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 MiB, 16 MiB of it random: a second source disk that copies in a second or two."""
+    path = tmp_path_factory.mktemp("sudo-src") / "small.raw"
+    write_random_disk(path, 64 * MiB, 16 * MiB)
+    return path
+
+
+@pytest.fixture(scope="module")
+def user_source(bios_image: FixtureImage, sudo_user: SudoUser, small_disk: Path
                 ) -> Iterator[tuple[SourceEndpoint, Path]]:
-    """The bios fixture's disks (read-only loop devices) behind a loopback sshd that lets
-    the sudo user log in; yields its endpoint for that user and the sshd log."""
-    source = LoopSource(bios_image, login_users=(sudo_user.name,))
+    """The bios fixture's disk and the small disk (read-only loop devices, in that order)
+    behind a loopback sshd that lets the sudo user log in; yields its endpoint for that user
+    and the sshd's directory (its log)."""
+    source = LoopSource(bios_image, files=[*bios_image.disks, small_disk],
+                        login_users=(sudo_user.name,))
     with source as ep:
         assert source.workdir is not None
         yield replace(ep, user=sudo_user.name, key=sudo_user.key), source.workdir
@@ -103,13 +114,17 @@ def root_inventory(user_source: tuple[SourceEndpoint, Path], sudo_user: SudoUser
 
 
 def install_rule(user: str, nopasswd: bool) -> Path:
-    """Put a sudoers drop-in for user in place, checked with `visudo -cf` first."""
-    rule = f"{user} ALL=(root) {'NOPASSWD: ' if nopasswd else ''}ALL\n"
+    """A sudoers drop-in letting user run anything as root, with or without its password."""
+    return install_lines(user, f"{user} ALL=(root) {'NOPASSWD: ' if nopasswd else ''}ALL\n")
+
+
+def install_lines(user: str, lines: str) -> Path:
+    """A sudoers drop-in with these lines, checked with `visudo -cf` before it is in place."""
     # No dot in the name: sudo skips drop-ins whose name holds one.
     path = SUDOERS_D / f"p2v-test-{user}"
     staged = Path(tempfile.mkdtemp(prefix="p2v-sudoers-")) / "rule"
     try:
-        staged.write_text(rule)
+        staged.write_text(lines)
         runner.run(["visudo", "-cf", staged])
         staged.chmod(0o440)
         shutil.move(staged, path)
@@ -189,7 +204,8 @@ def files_under(*roots: Path) -> list[Path]:
 
 def test_inspect_and_copy_through_sudo_leak_no_password(
         user_source: tuple[SourceEndpoint, Path], sudo_user: SudoUser, sudo_rule: str,
-        bios_image: FixtureImage, root_inventory: dict[str, object], tmp_path: Path) -> None:
+        bios_image: FixtureImage, small_disk: Path, root_inventory: dict[str, object],
+        tmp_path: Path) -> None:
     ep, sshd_dir = user_source
     password = sudo_user.password if sudo_rule == "password" else None
 
@@ -203,13 +219,17 @@ def test_inspect_and_copy_through_sudo_leak_no_password(
     for key in ("machine", "boot_disk", "unknown"):
         assert inventory[key] == root_inventory[key], key
 
+    # The password case copies the fixture's disk (ext4 free blocks read through sudo too);
+    # sudo -n runs the same readers, so the small disk keeps the suite's time down.
+    disk, raw = ((ep.disks[0], bios_image.disks[0]) if password
+                 else (ep.disks[1], small_disk))
     out = tmp_path / "out"
-    copied = run_p2v(["copy", "--output-dir", str(out), "--disk", ep.disks[0], "--name", "s",
+    copied = run_p2v(["copy", "--output-dir", str(out), "--disk", disk, "--name", "s",
                       "--json"], sudo_user, password, ep)
     assert copied.returncode == 0, copied.stderr
     events = [json.loads(line) for line in copied.stdout.splitlines()]
     done = next(e for e in events if e["event"] == "disk-done")
-    assert identical(bios_image.disks[0], Path(done["image"]))
+    assert identical(Path(raw), Path(done["image"]))
 
     # The watcher saw the commands on the source side, under sudo the way this case needs.
     flag = "-S" if password else "-n"
@@ -228,7 +248,7 @@ def test_wrong_password_is_one_line_and_no_hang(
     ep, _ = user_source
     wrong = f"not-{sudo_user.token}"
     for argv in (["inspect"], ["copy", "--output-dir", str(tmp_path / "out"),
-                               "--disk", ep.disks[0], "--name", "w"]):
+                               "--disk", ep.disks[1], "--name", "w"]):
         run = run_p2v(argv, sudo_user, wrong, ep)
         assert run.returncode == 1, run.stderr
         assert_one_error_line(run, f"sudo on {ep.host} as {sudo_user.name} failed: ")
@@ -237,20 +257,6 @@ def test_wrong_password_is_one_line_and_no_hang(
         assert run.seconds < 60
         assert wrong not in run.stderr and wrong not in run.stdout
         assert not list((tmp_path / "out").glob("*.qcow2"))
-
-
-def install_lines(user: str, lines: str) -> Path:
-    """A sudoers drop-in with these lines, checked with `visudo -cf` first."""
-    path = SUDOERS_D / f"p2v-test-{user}"
-    staged = Path(tempfile.mkdtemp(prefix="p2v-sudoers-")) / "rule"
-    try:
-        staged.write_text(lines)
-        runner.run(["visudo", "-cf", staged])
-        staged.chmod(0o440)
-        shutil.move(staged, path)
-    finally:
-        shutil.rmtree(staged.parent, ignore_errors=True)
-    return path
 
 
 def test_sudo_refusals_say_what_sudo_said(
@@ -273,18 +279,23 @@ def test_sudo_refusals_say_what_sudo_said(
     assert_one_error_line(run, "you must have a tty to run sudo")
 
 
-def test_a_source_without_sudo_is_named(
-        bios_image: FixtureImage, sudo_user: SudoUser, tmp_path: Path) -> None:
+def test_a_source_without_sudo_is_named(small_disk: Path, sudo_user: SudoUser) -> None:
     """A non-root login on a server with no sudo: said so, not "a password is needed"."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    tmp_path.chmod(0o755)
-    for tool in ("id", "sh", "env"):
-        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
-    source = LoopSource(bios_image, login_users=(sudo_user.name,), session_path=str(bin_dir))
-    with source as ep:
-        assert source.workdir is not None
-        ep = replace(ep, user=sudo_user.name, key=sudo_user.key)
-        run = run_p2v(["inspect"], sudo_user, None, ep)
-        assert run.returncode == 1
-        assert_one_error_line(run, "sudo is not installed")
+    # The login's whole PATH; the user must be able to enter it (pytest's tmp is root's).
+    bin_dir = Path(tempfile.mkdtemp(prefix="p2v-nosudo-"))
+    try:
+        bin_dir.chmod(0o755)
+        for tool in ("id", "env"):
+            (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+        source = LoopSource(None, files=[small_disk], login_users=(sudo_user.name,),
+                            session_path=str(bin_dir))
+        with source as ep:
+            ep = replace(ep, user=sudo_user.name, key=sudo_user.key)
+            # The fault is the one meant: id and env answer, sudo is not there.
+            assert ep.ssh(["id", "-u"]).stdout.strip() != "0"
+            assert ep.ssh(["env", "sudo", "-n", "true"], check=False).returncode == 127
+            run = run_p2v(["inspect"], sudo_user, None, ep)
+            assert run.returncode == 1
+            assert_one_error_line(run, "sudo is not installed")
+    finally:
+        shutil.rmtree(bin_dir, ignore_errors=True)
