@@ -27,7 +27,7 @@ _PROC_EVENT_EXEC = 0x00000002
 _NLMSG_HDR = 16      # struct nlmsghdr
 _CN_MSG = 20         # struct cn_msg
 # Rereading all of /proc costs a few ms; at most this often, however busy the host is.
-_FULL_SCAN_EVERY = 0.05
+_FULL_SCAN_EVERY = 0.25
 
 
 @dataclass
