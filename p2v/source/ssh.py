@@ -15,6 +15,7 @@ import logging
 import os
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -269,6 +270,7 @@ class SshSource:
         self._client: paramiko.SSHClient | None = None
         self._sudo: str | None = None       # "none" (root), "nopasswd" or "password"
         self._password: str | None = None
+        self._sudo_lock = threading.Lock()
 
     # -- connecting -------------------------------------------------------------------------
     @classmethod
@@ -403,31 +405,36 @@ class SshSource:
 
     def _sudo_mode(self) -> str:
         """How commands get root: "none" (already root), "nopasswd" or "password"."""
-        if self._sudo is not None:
+        # One decision per session: parallel disk threads must not prompt twice.
+        with self._sudo_lock:
+            if self._sudo is None:
+                self._sudo = self._decide_sudo()
             return self._sudo
+
+    def _decide_sudo(self) -> str:
         who = self._plain(["id", "-u"], timeout=30)
         if who.returncode == 0 and who.text.strip() == "0":
-            self._sudo = "none"
-            return self._sudo
-        if self._plain(["sudo", "-n", "true"], timeout=30).returncode == 0:
-            self._sudo = "nopasswd"
-            return self._sudo
+            return "none"
+        probe = self._plain(SUDO_PROBE, timeout=30)
+        if probe.returncode == 0:
+            return "nopasswd"
+        refusal = sudo_refusal(probe.returncode, probe.stderr)
+        if refusal is not None:
+            raise SudoFailed(host=self.target.host, user=self.target.user, detail=refusal)
         password = os.environ.get(SUDO_PASSWORD_ENV)
         if password is None and self.options.sudo_prompt is not None:
             password = self.options.sudo_prompt(f"[sudo] password for {self.target}: ")
         if password is None:
             raise SudoFailed(host=self.target.host, user=self.target.user,
                              detail="a password is needed and none was given")
-        self._password = password
-        self._sudo = "password"
         check = self._plain(sudo_argv(["true"], "password"), timeout=60,
                             stdin=password_input(password))
         if check.returncode != 0:
-            self._sudo, self._password = None, None
             raise SudoFailed(host=self.target.host, user=self.target.user,
                              detail=_tail(check.stderr) if check.stderr.strip()
                              else "wrong password or not allowed")
-        return self._sudo
+        self._password = password
+        return "password"
 
     # -- commands ---------------------------------------------------------------------------
     def _plain(self, argv: Sequence[str], *, timeout: float | None,
@@ -537,6 +544,24 @@ def sudo_argv(argv: Sequence[str], mode: str) -> list[str]:
     if mode == "nopasswd":
         return ["sudo", "-n", "--", *argv]
     return ["sudo", "-k", "-S", "-p", "", "--", *argv]
+
+
+# Whether sudo works without a password. C locale: its refusal is parsed (sudo_refusal).
+SUDO_PROBE = ("env", "LC_ALL=C", "sudo", "-n", "true")
+
+
+def sudo_refusal(returncode: int, stderr: str) -> str | None:
+    """Why SUDO_PROBE failed if a password cannot help, or None when one is asked for.
+
+    `sudo -n` says "a password is required" when only a password is missing; anything
+    else (no sudo at all, `Defaults requiretty`, an expired account) is sudo's own reason,
+    and asking for a password would send the admin the wrong way.
+    """
+    if returncode == 127:
+        return "sudo is not installed on the source (or not on the login's PATH)"
+    if "password" in stderr.lower() or not stderr.strip():
+        return None
+    return _tail(stderr)
 
 
 def password_input(password: str) -> bytes:

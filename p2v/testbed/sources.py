@@ -302,7 +302,9 @@ class SshServer(_Source):
 
     It uses its own config, host key and authorized_keys in a temp dir, and never touches
     the system sshd: its pid file is disabled and it listens on loopback only. It logs in as
-    the current user (root on the test hosts, who can read the devices).
+    the current user (root on the test hosts, who can read the devices). `login_users` are
+    other local users who may log in with the keys in their own ~/.ssh/authorized_keys (a
+    non-root login for the sudo tests); the current user's login is the same either way.
     """
 
     kind = "sshd"
@@ -315,12 +317,16 @@ class SshServer(_Source):
         *,
         start_timeout: float = 15.0,
         session_path: str | None = None,
+        login_users: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.disks = tuple(str(d) for d in disks)
         self.fixture = fixture
         self.start_timeout = start_timeout
         self.session_path = session_path
+        self.login_users = tuple(login_users)
+        if any(not re.fullmatch(r"[a-z_][a-z0-9_-]*", u) for u in self.login_users):
+            raise ValueError(f"not a plain user name in {self.login_users!r}")
         self.pid: int | None = None
 
     def _config(self, workdir: Path, port: int, host_key: Path, authorized: Path) -> Path:
@@ -348,6 +354,11 @@ class SshServer(_Source):
                     # files cannot add to it).
                     *([f'ForceCommand PATH={shlex.quote(self.session_path)} exec /bin/sh -c '
                        '"$SSH_ORIGINAL_COMMAND"'] if self.session_path else []),
+                    # Match blocks come last: they run to the end of the file. The workdir
+                    # is root's (0700), so these users' keys live in their own homes.
+                    *([f"Match User {','.join(self.login_users)}",
+                       "    AuthorizedKeysFile .ssh/authorized_keys"]
+                      if self.login_users else []),
                     "",
                 ]
             )
@@ -435,6 +446,7 @@ class LoopSource(_Source):
     copy (`copy_fixture`) for a cached fixture. partitions=True scans partition tables and
     creates the /dev/loopNpM nodes that udev would (tests that read partitions need them).
     session_path: the PATH of every SSH session (a source without python3, say).
+    login_users: other local users who may log in with their own authorized_keys (SshServer).
     """
 
     kind = "loop"
@@ -447,6 +459,7 @@ class LoopSource(_Source):
         *,
         files: Sequence[Path] | None = None,
         session_path: str | None = None,
+        login_users: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if files is None:
@@ -458,6 +471,7 @@ class LoopSource(_Source):
         self.writable = writable
         self.partitions = partitions
         self.session_path = session_path
+        self.login_users = tuple(login_users)
         self.loop_devices: tuple[str, ...] = ()
         self.partition_nodes: tuple[Path, ...] = ()
         self.sshd_pid: int | None = None
@@ -486,7 +500,8 @@ class LoopSource(_Source):
                 nodes += made
         self.loop_devices = tuple(devices)
         self.partition_nodes = tuple(nodes)
-        server = SshServer(devices, self.image, session_path=self.session_path)
+        server = SshServer(devices, self.image, session_path=self.session_path,
+                           login_users=self.login_users)
         endpoint = stack.enter_context(server)
         self.sshd_pid = server.pid
         self.workdir = server.workdir

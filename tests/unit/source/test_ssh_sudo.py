@@ -8,7 +8,14 @@ from collections.abc import Sequence
 import pytest
 
 from p2v.errors import SudoFailed
-from p2v.source.ssh import RemoteResult, SshOptions, SshSource, SshTarget
+from p2v.source.ssh import (
+    SUDO_PROBE,
+    RemoteResult,
+    SshOptions,
+    SshSource,
+    SshTarget,
+    sudo_refusal,
+)
 
 SECRET = "s3cr3t pass"
 
@@ -28,7 +35,7 @@ class FakeSource(SshSource):
         self.calls.append((argv, stdin))
         if argv == ["id", "-u"]:
             return RemoteResult("id -u", 0, (self.uid + "\n").encode(), "")
-        if argv[:2] == ["sudo", "-n"]:
+        if argv == list(SUDO_PROBE) or argv[:2] == ["sudo", "-n"]:
             return RemoteResult("sudo", 0 if self.nopasswd else 1, b"",
                                 "" if self.nopasswd else "sudo: a password is required\n")
         if argv[:2] == ["sudo", "-k"]:
@@ -87,3 +94,19 @@ def test_wrong_or_missing_password_is_one_clear_error(monkeypatch: pytest.Monkey
         FakeSource("1000", nopasswd=False, password=SECRET).run(["true"])
     assert "a password is needed and none was given" in info.value.message
     assert "P2V_SUDO_PASSWORD" in info.value.message
+
+
+def test_a_refusal_a_password_cannot_fix_is_sudos_own_reason() -> None:
+    assert sudo_refusal(1, "sudo: a password is required\n") is None
+    assert sudo_refusal(1, "") is None
+    assert sudo_refusal(127, "env: 'sudo': No such file or directory\n") == (
+        "sudo is not installed on the source (or not on the login's PATH)")
+    assert sudo_refusal(1, "sudo: sorry, you must have a tty to run sudo\n") == (
+        "sudo: sorry, you must have a tty to run sudo")
+
+
+def test_the_probe_is_in_the_c_locale_so_its_answer_can_be_read() -> None:
+    source = FakeSource("1000", nopasswd=True, password=None)
+    source.run(["true"])
+    assert [argv for argv, _ in source.calls[:2]] == [
+        ["id", "-u"], ["env", "LC_ALL=C", "sudo", "-n", "true"]]
