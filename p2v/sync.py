@@ -51,6 +51,7 @@ from p2v.errors import (
     UsageError,
 )
 from p2v.ratelimit import RateLimiter
+from p2v.secure import write_private
 from p2v.sink.qcow2 import Qcow2Writer
 from p2v.source.extents import Extent, read_extents, read_header, reader_argv
 from p2v.source.freeze import DEFAULT_FREEZE_TIMEOUT, Freeze, FreezeReport, mounts_on, run_hook
@@ -394,7 +395,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | Non
                 "data_chunks": len(hashes) - zero_chunks - free_chunks,
                 "syncs": [*manifest.get("syncs", []), sync]})
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(new, indent=1) + "\n")
+    write_private(tmp, json.dumps(new, indent=1) + "\n", "manifest")
     _fsync(tmp)
     tmp.replace(path)
 
