@@ -43,8 +43,9 @@ def state_dir() -> Path:
     return Path(os.environ.get("P2V_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
-def check_path(path: Path, what: str) -> None:
-    """Refuse an existing `path` that is a symlink or is owned by someone other than us."""
+def check_path(path: Path, what: str, *, root_ok: bool = False) -> None:
+    """Refuse an existing `path` that is a symlink or is owned by someone other than us
+    (`root_ok`: or root, for a directory p2v only creates its own dir in, such as /tmp)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -52,7 +53,7 @@ def check_path(path: Path, what: str) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise UnsafePath(what=what, path=str(path), problem="is a symlink",
                          advice="remove the link, or give the real path")
-    if st.st_uid != os.geteuid():
+    if st.st_uid != os.geteuid() and not (root_ok and st.st_uid == 0):
         raise UnsafePath(what=what, path=str(path),
                          problem=f"is owned by uid {st.st_uid}, not by this user "
                                  f"(uid {os.geteuid()})",
@@ -73,6 +74,10 @@ def private_dir(path: Path, what: str = "directory", *, tighten: bool = True) ->
     while not os.path.lexists(probe) and probe != probe.parent:
         missing.append(probe)
         probe = probe.parent
+    if missing:
+        # What the new dirs go into: a planted symlink there (a state dir pointed elsewhere)
+        # would carry them away.
+        check_path(probe, what, root_ok=True)
     for new in reversed(missing):
         try:
             os.mkdir(new, PRIVATE_DIR)
