@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import grp
 import os
+import pwd
 import re
 import stat
 from pathlib import Path
@@ -158,6 +159,13 @@ def qemu_gid() -> int | None:
     return None
 
 
+def _not_ours_to_open(directory: Path) -> bool:
+    """A top-level dir (/root) or someone's home: never widened, even though root owns it."""
+    if directory.parent == Path("/"):
+        return True
+    return any(Path(entry.pw_dir) == directory for entry in pwd.getpwall())
+
+
 def grant_qemu(image: Path) -> list[str]:
     """Let the qemu group reach `image`: g+x, group qemu, on every private dir above it.
 
@@ -175,9 +183,11 @@ def grant_qemu(image: Path) -> list[str]:
         st = directory.stat()
         if st.st_mode & stat.S_IXOTH or (st.st_gid == gid and st.st_mode & stat.S_IXGRP):
             continue
-        if st.st_uid != os.geteuid():
+        if st.st_uid != os.geteuid() or _not_ours_to_open(directory):
             problems.append(f"qemu (group {gid}) cannot reach {image}: {directory} is mode "
-                            f"{stat.S_IMODE(st.st_mode):04o}, owned by uid {st.st_uid}")
+                            f"{stat.S_IMODE(st.st_mode):04o}, owned by uid {st.st_uid}; "
+                            "keep the images elsewhere (the default /var/lib/p2v/jobs), or "
+                            "give qemu's group search (x) on it yourself")
             continue
         os.chown(directory, -1, gid)      # the group's bits become search only
         os.chmod(directory, (stat.S_IMODE(st.st_mode) & ~0o070) | stat.S_IXGRP)

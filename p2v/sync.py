@@ -51,7 +51,7 @@ from p2v.errors import (
     UsageError,
 )
 from p2v.ratelimit import RateLimiter
-from p2v.secure import write_private
+from p2v.secure import check_path, write_private
 from p2v.sink.qcow2 import Qcow2Writer
 from p2v.source.extents import Extent, read_extents, read_header, reader_argv
 from p2v.source.freeze import DEFAULT_FREEZE_TIMEOUT, Freeze, FreezeReport, mounts_on, run_hook
@@ -210,6 +210,8 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
     already known (probed before a freeze, to keep the frozen window short)."""
     started = time.monotonic()
     image, part, manifest_path, journal_path = _paths(request.output_dir, name, device)
+    for path in (request.output_dir, image, part, manifest_path, journal_path):
+        check_path(path, "output dir" if path == request.output_dir else "image")
     if not manifest_path.exists() or not (image.exists() or part.exists() and
                                           journal_path.exists()):
         detail = ("the copy is still in progress" if part.exists() else "no image and "
