@@ -405,7 +405,11 @@ class LibvirtTarget:
                 os.replace(new.path(), old.path())
                 p.refresh(0)
                 return
-            xml = _volume_xml(volume, int(new.info()[1]))
+            # The clone keeps the format libvirt reads in the staged volume (it probes a
+            # file pool's volumes): a raw target would get the qcow2 converted to raw.
+            found = ET.fromstring(new.XMLDesc(0)).find("target/format")
+            fmt = found.get("type", "raw") if found is not None else "raw"
+            xml = _volume_xml(volume, int(new.info()[1]), fmt)
             old.delete(0)
             p.createXMLFrom(xml, new, 0)
             new.delete(0)
@@ -655,13 +659,13 @@ class DomainFacts:
     disks: tuple[str, ...]          # file paths, or pool/volume
 
 
-def _volume_xml(name: str, capacity: int) -> str:
-    """A raw volume of `capacity` bytes, allocated as written."""
+def _volume_xml(name: str, capacity: int, fmt: str = "raw") -> str:
+    """A volume of `capacity` bytes (raw: the bytes as sent), allocated as written."""
     root = ET.Element("volume")
     ET.SubElement(root, "name").text = name
     ET.SubElement(root, "capacity", unit="bytes").text = str(capacity)
     ET.SubElement(root, "allocation", unit="bytes").text = "0"
-    ET.SubElement(ET.SubElement(root, "target"), "format", type="raw")
+    ET.SubElement(ET.SubElement(root, "target"), "format", type=fmt)
     return ET.tostring(root, encoding="unicode")
 
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -31,11 +32,10 @@ def sha(path: Path | str) -> str:
 
 
 def image_with(path: Path, seed: bytes) -> Path:
-    """A qcow2 whose bytes differ from any other seed's."""
+    """A qcow2 whose first MiB is `seed` over and over: another seed, another disk."""
     qcow2(path, "16M")
-    with path.open("r+b") as f:                # past the header: data qemu-img ignores
-        f.seek(0, os.SEEK_END)
-        f.write(seed * 4096)
+    subprocess.run(["qemu-io", "-c", f"write -P {seed[0]} 0 1M", str(path)], check=True,
+                   capture_output=True)
     return path
 
 
@@ -145,3 +145,25 @@ def test_an_image_in_private_dirs_is_reachable_by_qemu_and_nobody_else(
     # A rerun's private_dir keeps that one bit (the guest must still start later).
     private_dir(work)
     assert stat.S_IMODE(work.stat().st_mode) == 0o710
+
+
+def test_replace_over_a_remote_uri_clones_the_staged_volume_into_place(
+    libvirtd: Libvirtd, ssh_uri: str, isolated_network: str, storage_pool: str,
+    guest_dir: Path, guest_names: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    """qemu+ssh:// (no rename there): the old volume goes only after the define, and the
+    staged one is cloned to its name, then removed."""
+    name = "p2vtest-remote-replace"
+    guest_names.append(name)
+    base = ["register", "--name", name, "--connect", ssh_uri, "--network", isolated_network,
+            "--pool", storage_pool, "--json"]
+    code, out, err = run([*base, str(image_with(guest_dir / "a.qcow2", b"R"))], capsys)
+    assert code == 0, err
+    (disk,) = json.loads(out)["disks"]
+    new_image = image_with(guest_dir / "b.qcow2", b"S")
+    code, out, err = run([*base, str(new_image), "--replace"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["disks"] == [disk]
+    # libvirt's clone of a qcow2 is `qemu-img convert`: the same disk, not the same bytes.
+    assert subprocess.run(["qemu-img", "compare", "-q", str(new_image), disk]).returncode == 0
+    assert sorted(volumes(storage_pool)) == [f"{name}-disk0.qcow2"]
