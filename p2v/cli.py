@@ -687,7 +687,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="vCPUs (default: the source's topology)")
     p.add_argument("--output-dir", type=Path, metavar="DIR",
                    help="where the job's work dir NAME/ goes (default: $P2V_STATE_DIR/jobs, "
-                        "/var/tmp/p2v/jobs)")
+                        "/var/lib/p2v/jobs)")
     p.add_argument("--connect", default="qemu:///system", metavar="URI",
                    help="libvirt URI (default: qemu:///system)")
     p.add_argument("--network", action="append", default=[], metavar="[SRC=]NET",
@@ -1121,6 +1121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="p2v: %(levelname)s: %(message)s")
+    from p2v.secure import private_umask, private_umask_restore
+
+    umask = private_umask()     # every file p2v or its children write: 0600, dirs 0700
     try:
         return int(args.func(args))
     except P2VError as exc:
@@ -1129,6 +1132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("p2v: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    finally:
+        private_umask_restore(umask)
 
 
 if __name__ == "__main__":

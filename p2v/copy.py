@@ -33,6 +33,7 @@ from p2v.errors import (
     UsageError,
 )
 from p2v.ratelimit import RateLimiter
+from p2v.secure import check_path, make_private, open_private, private_dir, write_private
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
 from p2v.source.extents import missing_ranges, read_extents, read_header, reader_argv
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_argv, sh_reader_argv
@@ -159,14 +160,14 @@ class _Journal:
 
     @classmethod
     def create(cls, path: Path, header: dict[str, Any]) -> _Journal:
-        path.write_text(json.dumps(header) + "\n")
+        write_private(path, json.dumps(header) + "\n", "journal")
         _fsync(path)
         return cls(path, header)
 
     def append(self, entries: list[tuple[int, str | None]]) -> None:
         if not entries:
             return
-        with self.path.open("a") as out:
+        with open_private(self.path, "a", "journal") as out:
             for index, digest in entries:
                 out.write(json.dumps({"i": index, "h": digest}) + "\n")
             out.flush()
@@ -348,6 +349,9 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     count = -(-size // chunk)
     header = {"schema": JOURNAL_SCHEMA, "host": source.target.host, "device": device,
               "size": size, "chunk_size": chunk}
+    check_path(request.output_dir, "output dir")
+    for path in (image, part, journal_path, manifest_path):
+        check_path(path, "image")
 
     if image.exists() and manifest_path.exists() and not journal_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -370,8 +374,9 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     if journal is None:
         for stale in (part, journal_path, manifest_path):
             stale.unlink(missing_ok=True)
-        request.output_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(request.output_dir, "output dir", tighten=False)
         create_qcow2(part, size)
+        make_private(part, "image")
         journal = _Journal.create(journal_path, header)
     resumed = len(journal.done)
     emit({"event": "disk-start", "device": device, "image": str(image), "size": size,
@@ -412,7 +417,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
                             "of the image in order (zero and free chunks as zeros)",
     }
     tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_private(tmp, json.dumps(manifest, indent=1) + "\n", "manifest")
     _fsync(tmp)
     tmp.replace(manifest_path)
     part.replace(image)

@@ -219,3 +219,7 @@ class FreezeDeadline(P2VError):
 
 class HookFailed(P2VError):
     """the {hook} hook failed on {host} with exit code {returncode} ({tail}); {outcome}"""
+
+
+class UnsafePath(UsageError):
+    """{what} {path} {problem}: p2v writes a server's disks and secrets there; {advice}"""

@@ -6,7 +6,6 @@ flags, from a manifest entry, or shipped to another conversion host and run ther
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,8 +25,10 @@ def name_problem(name: str) -> str | None:
 
 
 def default_output_dir() -> Path:
-    """Where jobs' work dirs go without --output-dir: $P2V_STATE_DIR/jobs (/var/tmp/p2v/jobs)."""
-    return Path(os.environ.get("P2V_STATE_DIR", "/var/tmp/p2v")) / "jobs"
+    """Where jobs' work dirs go without --output-dir: $P2V_STATE_DIR/jobs (/var/lib/p2v/jobs)."""
+    from p2v.secure import state_dir
+
+    return state_dir() / "jobs"
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,13 @@ from types import TracebackType
 from typing import IO, Any
 
 from p2v.errors import UsageError
+from p2v.secure import open_private, private_dir
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a reader sees the old file or the whole new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as out:
+    with open_private(tmp, "w") as out:   # 0600: inventory, caps, reports name the server
         out.write(json.dumps(data, indent=2) + "\n")
         out.flush()
         os.fsync(out.fileno())
@@ -72,14 +73,15 @@ class WorkDir:
 
     # ------------------------------------------------------------------ lifecycle
     def create(self) -> None:
-        # 0755 all the way: the images in it are opened by qemu, which may run as another user.
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.path.chmod(0o755)
-        self.markers.mkdir(exist_ok=True)
+        # 0700: the images hold the server's secrets. register grants the qemu user (only)
+        # the search bit it needs to reach them (p2v.secure.grant_qemu).
+        private_dir(self.path.parent, "output dir", tighten=False)
+        private_dir(self.path, "work dir")
+        private_dir(self.markers, "work dir")
 
     def __enter__(self) -> WorkDir:
         self.create()
-        lock = (self.path / ".lock").open("a+")
+        lock = open_private(self.path / ".lock", "a+")
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -133,11 +135,11 @@ class WorkDir:
 
     # ------------------------------------------------------------------ log and events
     def log(self, text: str) -> None:
-        with self.file("job.log").open("a") as out:
+        with open_private(self.file("job.log"), "a") as out:
             out.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def record_event(self, event: dict[str, Any]) -> None:
-        with self.file("events.jsonl").open("a") as out:
+        with open_private(self.file("events.jsonl"), "a") as out:
             out.write(json.dumps(event) + "\n")
 
 

@@ -40,6 +40,7 @@ from p2v.errors import (
 from p2v.job import JobSpec, name_problem
 from p2v.jobdir import WorkDir, read_json, write_json
 from p2v.model import Inventory, SourceDisk, SourceInventory, SourceNic
+from p2v.secure import open_private
 
 log = logging.getLogger(__name__)
 
@@ -700,6 +701,7 @@ def _check_same_job(spec: JobSpec, wd: WorkDir) -> None:
 @contextmanager
 def _job_log_handler(wd: WorkDir) -> Iterator[None]:
     """Warnings p2v's modules log (the copy's refetches, ...) go to the job's log too."""
+    open_private(wd.file("job.log"), "a").close()     # 0600 before logging appends to it
     handler = logging.FileHandler(wd.file("job.log"))
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s [log] %(levelname)s %(name)s: "

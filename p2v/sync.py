@@ -51,6 +51,7 @@ from p2v.errors import (
     UsageError,
 )
 from p2v.ratelimit import RateLimiter
+from p2v.secure import check_path, write_private
 from p2v.sink.qcow2 import Qcow2Writer
 from p2v.source.extents import Extent, read_extents, read_header, reader_argv
 from p2v.source.freeze import (
@@ -216,6 +217,8 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
     already known (probed before a freeze, to keep the frozen window short)."""
     started = time.monotonic()
     image, part, manifest_path, journal_path = _paths(request.output_dir, name, device)
+    for path in (request.output_dir, image, part, manifest_path, journal_path):
+        check_path(path, "output dir" if path == request.output_dir else "image")
     if not manifest_path.exists() or not (image.exists() or part.exists() and
                                           journal_path.exists()):
         detail = ("the copy is still in progress" if part.exists() else "no image and "
@@ -401,7 +404,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | Non
                 "data_chunks": len(hashes) - zero_chunks - free_chunks,
                 "syncs": [*manifest.get("syncs", []), sync]})
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(new, indent=1) + "\n")
+    write_private(tmp, json.dumps(new, indent=1) + "\n", "manifest")
     _fsync(tmp)
     tmp.replace(path)
 

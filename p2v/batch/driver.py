@@ -24,6 +24,7 @@ from p2v.batch.manifest import Manifest
 from p2v.batch.pool import LocalPool, PoolDone, PoolEvent, PoolMessage, PoolPlaced
 from p2v.errors import ExitCode, P2VError
 from p2v.job import JobSpec
+from p2v.secure import private_dir, write_private
 
 EventSink = Callable[[dict[str, Any]], None]
 REPORT_SCHEMA = "p2v.batch-report/1"
@@ -339,13 +340,13 @@ def _result(item: PlanItem, ledger: Ledger, run: _Run, logs: dict[str, str]) -> 
 def _write_report(result: BatchResult, state_dir: Path) -> Path:
     """The run's report, kept per run under reports/ and as report.json (the latest)."""
     reports = state_dir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
+    private_dir(reports, "batch state dir")
     path = reports / f"{result.run_id}.json"
     result.report_path = str(path)
     text = json.dumps(result.to_dict(), indent=2) + "\n"
     for target in (path, state_dir / "report.json"):
         tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text)
+        write_private(tmp, text)
         tmp.replace(target)
     return path
 

@@ -26,6 +26,7 @@ from typing import Any
 from p2v.batch.execute import JobOutcome, execute_job, worker_id
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
+from p2v.secure import open_private, private_dir, private_umask
 
 # A job's copy progress arrives many times a second: the submitter needs far fewer.
 PROGRESS_EVERY = 2.0
@@ -55,10 +56,10 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
     second: when it gives a reason the child gets SIGINT, and SIGKILL (its process group)
     after GRACE seconds.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(log_path.parent, "batch log dir")
     _wait_for_lock(spec.work_dir / ".lock", LOCK_WAIT)
     begun = time.monotonic()
-    with open(log_path, "ab") as log:
+    with open_private(log_path, "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - a fixed argv
             [sys.executable, "-m", "p2v.batch.jobproc"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=log, preexec_fn=_pdeathsig)  # noqa: PLW1509
@@ -171,6 +172,7 @@ def _signal_group(pid: int, sig: int) -> None:
 def main() -> int:
     """The child: the spec on stdin, events and the outcome as JSON lines on stdout."""
     spec = JobSpec.from_dict(json.loads(sys.stdin.read()))
+    private_umask()                     # a Dask worker's umask is not p2v's: images 0600
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                       # print() and helpers' output go to the job's log
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115

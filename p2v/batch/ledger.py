@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from p2v.errors import BatchBusy, LedgerError
 from p2v.job import JobSpec
+from p2v.secure import private_dir
 
 State = Literal["pending", "running", "succeeded", "failed", "interrupted"]
 Action = Literal["run", "resume", "skip"]
@@ -292,8 +293,8 @@ class StateLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StateLock:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        private_dir(self.state_dir, "batch state dir")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -25,6 +25,7 @@ from typing import Any
 from p2v.batch.execute import EventSink, JobOutcome, execute_job, worker_id
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
+from p2v.secure import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str,
                 parent: int) -> None:
     """Entry point of a job's process."""
     os.setpgid(0, 0)
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -138,7 +139,7 @@ class LocalPool:
 
     def submit(self, spec: JobSpec) -> str:
         """Start SPEC's job; returns the worker id (host:pid) it runs as."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir, "batch log dir")
         proc = self._ctx.Process(target=_child_main, name=f"p2v-job-{spec.name}",
                                  args=(self.job_fn, spec, self._channel,
                                        str(self.log_path(spec.name)), os.getpid()))

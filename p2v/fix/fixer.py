@@ -23,6 +23,7 @@ from p2v.fix.session import GuestSession, open_guest
 from p2v.fix.virtio_win import check_virtio_win
 from p2v.fix.windows import WindowsFixResult, fix_windows
 from p2v.model import INVENTORY_SCHEMA, GuestCaps, Inventory, SourceInventory
+from p2v.secure import write_private
 from p2v.verify.boot import image_format
 from p2v.verify.probe import add_console
 
@@ -696,6 +697,6 @@ def fix_images(images: Sequence[Path], options: FixOptions,
         caps_path = caps_path_for(images)
         text = json.dumps(caps_document(caps, report, pins, after), indent=2) + "\n"
         if not caps_path.exists() or caps_path.read_text() != text:
-            caps_path.write_text(text)
+            write_private(caps_path, text)
     return FixResult(images, report, plan, applied, caps, caps_path, options.dry_run, pins,
                      after, checks, round(time.monotonic() - started, 1))

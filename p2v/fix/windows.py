@@ -39,6 +39,7 @@ from p2v.fix.inspect import has_esp
 from p2v.fix.session import GuestSession
 from p2v.fix.virtio_win import ISO_MOUNT, DriverTree
 from p2v.model import GuestCaps, NicModel
+from p2v.secure import write_private
 
 GROOT = "/guest"        # where the appliance mounts the Windows system volume
 DEVICE_PATH_KEY = r"Microsoft\Windows\CurrentVersion"
@@ -548,6 +549,6 @@ def fix_windows(session: GuestSession, root: str, images: Sequence[Path], *,
         caps_file = caps_path
         text = json.dumps(caps_document(plan.caps, report, plan), indent=2) + "\n"
         if not caps_file.exists() or caps_file.read_text() != text:
-            caps_file.write_text(text)
+            write_private(caps_file, text)
     return WindowsFixResult(tuple(images), report, plan, applied, plan.caps, caps_file,
                             dry_run, checks, round(time.monotonic() - started, 1))

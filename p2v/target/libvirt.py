@@ -30,6 +30,7 @@ from p2v.errors import (
     UsageError,
 )
 from p2v.model import GuestCaps, SourceInventory
+from p2v.secure import grant_qemu, private_dir, state_dir, write_private
 from p2v.target.domain import (
     DomainSpec,
     DomainType,
@@ -55,8 +56,15 @@ except ImportError:  # pragma: no cover - depends on the host
 
 NVRAM_DIR = "/var/lib/libvirt/qemu/nvram"
 SERIAL_LOG_DIR = "/var/log/libvirt/qemu"
-KEEP_DIR = Path(os.environ.get("P2V_STATE_DIR", "/var/tmp/p2v")) / "register"
 UPLOAD_CHUNK = 4 << 20
+# A replacing upload goes to VOLUME + this first; the old volume goes only once the new
+# definition is in (a failed define must leave the old guest with its disk).
+STAGING_SUFFIX = ".p2v-new"
+
+
+def keep_dir() -> Path:
+    """Where a refused definition's XML is kept without --output-dir."""
+    return state_dir() / "register"
 
 
 def _quiet(_msg: str) -> None:
@@ -297,8 +305,8 @@ class LibvirtTarget:
         return problems
 
     # ------------------------------------------------------------ changes
-    def upload(self, pool: str, image: ImageInfo, volume: str, replace: bool) -> str:
-        """Create the volume and stream the image into it; returns the volume's path there.
+    def upload(self, pool: str, image: ImageInfo, volume: str) -> Any:
+        """Create the volume and stream the image into it; returns the volume.
 
         The volume is created raw with the file's size and the file's bytes are sent as they
         are (qcow2 stays qcow2: the domain's driver type says what it is); runs of zeros go
@@ -306,15 +314,7 @@ class LibvirtTarget:
         """
         with _libvirt_call(f"preparing volume {volume!r} in pool {pool!r}"):
             p = self.conn.storagePoolLookupByName(pool)
-            if replace and volume in p.listVolumes():
-                p.storageVolLookupByName(volume).delete(0)
-            root = ET.Element("volume")
-            ET.SubElement(root, "name").text = volume
-            ET.SubElement(root, "capacity", unit="bytes").text = str(image.file_size)
-            ET.SubElement(root, "allocation", unit="bytes").text = "0"
-            target = ET.SubElement(root, "target")
-            ET.SubElement(target, "format", type="raw")
-            vol = p.createXML(ET.tostring(root, encoding="unicode"), 0)
+            vol = p.createXML(_volume_xml(volume, image.file_size), 0)
         meter = _Meter(f"{image.path.name} to {pool}/{volume}", image.file_size, self.progress)
         try:
             self._send(vol, image, meter)
@@ -324,9 +324,95 @@ class LibvirtTarget:
             except libvirt.libvirtError:
                 pass
             raise
-        with _libvirt_call(f"refreshing pool {pool!r}"):
+        return vol
+
+    def stage(self, pool: str, images: Sequence[ImageInfo],
+              volumes: Sequence[str]) -> list[Staged]:
+        """Upload every image; where its volume exists already, under a staging name.
+
+        Nothing that exists is deleted here: the old guest keeps its disks until `commit`,
+        which runs only after the new definition is in.
+        """
+        staged: list[Staged] = []
+        try:
+            for image, volume in zip(images, volumes, strict=True):
+                staged.append(self._stage_one(pool, image, volume))
+        except BaseException:
+            self.discard(pool, staged)
+            raise
+        return staged
+
+    def _stage_one(self, pool: str, image: ImageInfo, volume: str) -> Staged:
+        with _libvirt_call(f"reading storage pool {pool!r}"):
+            p = self.conn.storagePoolLookupByName(pool)
             p.refresh(0)
-            return str(p.storageVolLookupByName(volume).path())
+            names = set(p.listVolumes())
+            old = p.storageVolLookupByName(volume) if volume in names else None
+        if old is None:
+            self.upload(pool, image, volume)
+            return Staged(volume, uploaded=volume)
+        if self._is_image(old, image):
+            # `register --replace` of the guest's own disk: the input is the volume.
+            self.progress(f"{pool}/{volume} is {image.path} itself: kept as it is")
+            return Staged(volume, uploaded=None)
+        temp = volume + STAGING_SUFFIX
+        if temp in names:               # left by a killed run: never anyone's disk
+            with _libvirt_call(f"removing the leftover volume {pool}/{temp}"):
+                p.storageVolLookupByName(temp).delete(0)
+        self.upload(pool, image, temp)
+        return Staged(volume, uploaded=temp)
+
+    def _is_image(self, vol: Any, image: ImageInfo) -> bool:
+        """Is the pool's volume the very file `image` is (same inode, not just same name)?"""
+        if not self.local:
+            return False
+        with _libvirt_call("reading a volume's path"):
+            path = vol.path()
+        try:
+            return os.path.samefile(path, image.path)
+        except OSError:
+            return False
+
+    def discard(self, pool: str, staged: Sequence[Staged]) -> None:
+        """A define that failed: remove what this run uploaded; old volumes stay."""
+        self._delete_volumes(pool, [s.uploaded for s in staged if s.uploaded])
+
+    def commit(self, pool: str, staged: Sequence[Staged]) -> list[str]:
+        """The guest is defined: staged volumes take their final names; returns the paths."""
+        paths = []
+        for item in staged:
+            if item.uploaded is not None and item.uploaded != item.volume:
+                self._swap(pool, item.uploaded, item.volume)
+            with _libvirt_call(f"refreshing pool {pool!r}"):
+                p = self.conn.storagePoolLookupByName(pool)
+                p.refresh(0)
+                paths.append(str(p.storageVolLookupByName(item.volume).path()))
+        return paths
+
+    def _swap(self, pool: str, temp: str, volume: str) -> None:
+        """Put the staged volume `temp` in place of `volume`.
+
+        A file in a pool on this host is renamed over the old one: the disk is the old or
+        the new one at every moment. Elsewhere libvirt has no rename: the old volume is
+        deleted and the staged one cloned to its name (the guest is shut off meanwhile).
+        """
+        action = f"putting the new {pool}/{volume} in place (its data is in {pool}/{temp})"
+        with _libvirt_call(action):
+            p = self.conn.storagePoolLookupByName(pool)
+            new, old = p.storageVolLookupByName(temp), p.storageVolLookupByName(volume)
+            files = new.info()[0] == old.info()[0] == libvirt.VIR_STORAGE_VOL_FILE
+            if self.local and files:
+                os.replace(new.path(), old.path())
+                p.refresh(0)
+                return
+            # The clone keeps the format libvirt reads in the staged volume (it probes a
+            # file pool's volumes): a raw target would get the qcow2 converted to raw.
+            found = ET.fromstring(new.XMLDesc(0)).find("target/format")
+            fmt = found.get("type", "raw") if found is not None else "raw"
+            xml = _volume_xml(volume, int(new.info()[1]), fmt)
+            old.delete(0)
+            p.createXMLFrom(xml, new, 0)
+            new.delete(0)
 
     def _delete_volumes(self, pool: str, volumes: Sequence[str]) -> None:
         """Best effort: remove volumes this run uploaded, saying which could not go."""
@@ -385,10 +471,9 @@ class LibvirtTarget:
         meter.update(done, final=True)
 
     def keep_xml(self, name: str, xml: str, directory: Path | None) -> Path:
-        where = directory or KEEP_DIR
-        where.mkdir(parents=True, exist_ok=True)
+        where = private_dir(directory or keep_dir(), "output dir", tighten=directory is None)
         path = where / f"{name}.xml"
-        path.write_text(xml)
+        write_private(path, xml, "domain XML")
         return path.resolve()
 
     def define(self, spec: DomainSpec, keep_dir: Path | None) -> Any:
@@ -512,13 +597,15 @@ class LibvirtTarget:
             with _libvirt_call(f"reading the UUID of {name!r}"):
                 spec = _with_uuid(spec, existing.UUIDString())
         paths = [str(i.path) for i in images]
-        uploaded: list[str] = []
+        if request.pool is None and self.local:
+            # The images are 0700/0600 p2v's own: qemu needs a way in (p2v.secure.grant_qemu).
+            problems = [p for i in images for p in grant_qemu(i.path)]
+            if problems:
+                raise TargetNotReady(problems="; ".join(problems))
+        staged: list[Staged] = []
         try:
             if request.pool is not None:
-                paths = []
-                for image, volume in zip(images, volumes, strict=True):
-                    paths.append(self.upload(request.pool, image, volume, request.replace))
-                    uploaded.append(volume)
+                staged = self.stage(request.pool, images, volumes)
             if spec.uefi is not None and request.nvram is not None:
                 Path(spec.uefi.nvram).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(request.nvram, spec.uefi.nvram)
@@ -527,10 +614,13 @@ class LibvirtTarget:
                           f"{caps.disk_bus}) at {self.uri}")
             domain = self.define(spec, request.output_dir)
         except BaseException:
-            # Nothing of a guest that was not defined stays behind in the pool.
+            # Nothing of a guest that was not defined stays behind in the pool, and what the
+            # old guest had is still there.
             if request.pool is not None:
-                self._delete_volumes(request.pool, uploaded)
+                self.discard(request.pool, staged)
             raise
+        if request.pool is not None:
+            paths = self.commit(request.pool, staged)
         started = False
         if request.start:
             self.progress(f"starting {name!r}")
@@ -551,6 +641,15 @@ class LibvirtTarget:
 
 
 @dataclass(frozen=True)
+class Staged:
+    """One disk's volume during a register: `uploaded` is the volume this run created
+    (the final name, a staging name, or None when the existing volume is the input)."""
+
+    volume: str
+    uploaded: str | None
+
+
+@dataclass(frozen=True)
 class DomainFacts:
     """A defined guest as libvirt holds it: enough to tell whether it is a job's own."""
 
@@ -560,10 +659,20 @@ class DomainFacts:
     disks: tuple[str, ...]          # file paths, or pool/volume
 
 
+def _volume_xml(name: str, capacity: int, fmt: str = "raw") -> str:
+    """A volume of `capacity` bytes (raw: the bytes as sent), allocated as written."""
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", unit="bytes").text = str(capacity)
+    ET.SubElement(root, "allocation", unit="bytes").text = "0"
+    ET.SubElement(ET.SubElement(root, "target"), "format", type=fmt)
+    return ET.tostring(root, encoding="unicode")
+
+
 def _with_uuid(spec: DomainSpec, uuid: str) -> DomainSpec:
     from dataclasses import replace
 
     return replace(spec, uuid=uuid)
 
 
-__all__ = ["DomainFacts", "LibvirtTarget", "connect", "is_local"]
+__all__ = ["DomainFacts", "LibvirtTarget", "Staged", "connect", "is_local", "keep_dir"]

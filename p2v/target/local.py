@@ -7,6 +7,7 @@ so `virsh define DIR/NAME.xml` on this host registers it later.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from p2v import runner
 from p2v.errors import UsageError
 from p2v.model import GuestCaps
+from p2v.secure import check_path, grant_qemu, make_private, private_dir, write_private
 from p2v.target.domain import GuestDisk, UefiFiles, domain_xml, plan_domain
 from p2v.target.register import (
     ImageInfo,
@@ -74,14 +76,22 @@ class LocalTarget:
             domain_type="kvm" if choose_accel() == "kvm" else "qemu",
             uefi=uefi, serial_log=str(self.directory / f"{name}-serial0.log"),
         )
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory, "output dir", tighten=False)
+        for path in (xml_path, *dests, nvram):
+            check_path(path, "output file")
         for image, dest in zip(images, dests, strict=True):
-            self.progress(f"copying {image.path} to {dest}")
-            dest.unlink(missing_ok=True)
-            copy_image(image, dest)
+            self._place(image, dest)
         if uefi is not None:
-            shutil.copyfile(request.nvram or template or "", nvram)
-        xml_path.write_text(domain_xml(spec))
+            temp = nvram.with_name(f".{nvram.name}.part")
+            shutil.copyfile(request.nvram or template or "", temp)
+            make_private(temp)
+            temp.replace(nvram)
+        temp = xml_path.with_name(f".{xml_path.name}.part")
+        write_private(temp, domain_xml(spec), "domain XML")
+        temp.replace(xml_path)
+        for dest in dests:
+            for problem in grant_qemu(dest):    # `virsh define` of it here: qemu must reach it
+                self.progress(f"warning: {problem}")
         self.progress(f"wrote {xml_path}; define it with `virsh define {xml_path}`")
         return RegisterResult(
             name=name, uuid=spec.uuid, output="local", domain_type=spec.domain_type,
@@ -92,6 +102,26 @@ class LocalTarget:
             xml=str(xml_path), nvram=str(nvram) if uefi else None,
             serial_log=spec.serial_log,
         )
+
+
+    def _place(self, image: ImageInfo, dest: Path) -> None:
+        """Copy under a temporary name, then rename: an old DEST stays whole until then.
+
+        An input that is DEST itself (`--replace` of this very guest) is left as it is.
+        """
+        if dest.exists() and os.path.samefile(dest, image.path):
+            self.progress(f"{dest} is the input image itself: kept as it is")
+            return
+        temp = dest.with_name(f".{dest.name}.part")
+        temp.unlink(missing_ok=True)
+        self.progress(f"copying {image.path} to {dest}")
+        try:
+            copy_image(image, temp)
+            make_private(temp, "image")
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        temp.replace(dest)
 
 
 __all__ = ["LocalTarget", "copy_image"]

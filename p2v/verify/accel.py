@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 from p2v import runner
+from p2v.secure import private_dir, state_dir, write_private
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 25.0
-_CACHE = Path(os.environ.get("P2V_STATE_DIR", "/var/tmp/p2v")) / "accel.json"
+_CACHE = state_dir() / "accel.json"
 
 
 def _boot_id() -> str:
@@ -81,8 +82,8 @@ def choose_accel() -> str:
     accel = "kvm" if probe_kvm() else "tcg"
     log.info("accelerator probe: %s", accel)
     try:
-        _CACHE.parent.mkdir(parents=True, exist_ok=True)
-        _CACHE.write_text(json.dumps({"boot_id": boot_id, "accel": accel}))
+        private_dir(_CACHE.parent, "state dir")
+        write_private(_CACHE, json.dumps({"boot_id": boot_id, "accel": accel}))
     except OSError:
         pass
     return accel

@@ -377,12 +377,16 @@ def test_start_failure_leaves_the_guest_defined_and_says_how_to_start_it(
     libvirtd: Libvirtd, isolated_network: str, tmp_path: Path, guest_names: list[str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """An image under a 0700 dir: libvirt defines the guest, qemu (libvirt-qemu) cannot open it."""
+    """An image whose backing file is gone: libvirt defines the guest, qemu cannot open it.
+
+    (This used an image under a 0700 dir; register now lets qemu's group through those.)
+    """
     name = "p2vtest-nostart"
     guest_names.append(name)
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    code, _out, err = run(["register", "--name", name, str(qcow2(private / "a.qcow2")),
+    base = qcow2(tmp_path / "base.raw")
+    image = qcow2(tmp_path / "a.qcow2", backing=base)
+    base.unlink()
+    code, _out, err = run(["register", "--name", name, str(image),
                            "--network", isolated_network, "--memory", "128", "--start"], capsys)
     assert code == 1
     line = err.strip().splitlines()[-1]

@@ -1,0 +1,90 @@
+"""A real `p2v copy` from a loop source, run under umask 000: the image, its .part and
+journal while copying, its manifest and the dirs holding them are its owner's only."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from copy_helpers import identical, kill_after_first_batch
+
+from p2v.errors import ExitCode
+from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
+
+MiB = 1 << 20
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.fixture(scope="module")
+def small_source(tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[SourceEndpoint, Path]]:
+    path = tmp_path_factory.mktemp("src") / "disk.raw"
+    write_random_disk(path, 64 * MiB, 24 * MiB)
+    with LoopSource.from_files([path]) as ep:
+        yield ep, path
+
+
+def copy_argv(ep: SourceEndpoint, out: Path) -> list[str]:
+    return [sys.executable, "-m", "p2v.cli", "copy", f"ssh://{ep.user}@{ep.host}:{ep.port}",
+            "--identity", str(ep.key), "--known-hosts", str(ep.known_hosts),
+            "--ssh-config", "/dev/null", "--output-dir", str(out), "--disk", ep.disks[0],
+            "--name", "web01", "--chunk-size", "1", "--no-compress"]
+
+
+def test_copy_under_umask_000_writes_only_private_files(
+        small_source: tuple[SourceEndpoint, Path], tmp_path: Path) -> None:
+    ep, raw = small_source
+    out = tmp_path / "jobs" / "web01"            # neither exists: p2v creates both
+    image = out / f"web01-{Path(ep.disks[0]).name}.qcow2"
+    old = os.umask(0)                            # the children inherit it
+    try:
+        kill_after_first_batch(copy_argv(ep, out), image.with_name(image.name + ".journal"))
+        # Killed mid-copy: what lies on disk now is the server's data too.
+        assert mode(out.parent) == mode(out) == 0o700
+        for suffix in (".part", ".journal"):
+            assert mode(image.with_name(image.name + suffix)) == 0o600, suffix
+        done = subprocess.run(copy_argv(ep, out), capture_output=True, text=True)
+    finally:
+        os.umask(old)
+    assert done.returncode == 0, done.stderr
+    assert identical(raw, image)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [image.name, image.name + ".manifest.json"]
+    for path in out.iterdir():
+        assert mode(path) == 0o600, path
+    assert mode(out.parent) == mode(out) == 0o700
+
+
+@pytest.mark.parametrize("kind", ["symlink", "foreign"])
+def test_a_planted_output_dir_or_image_is_refused(
+        small_source: tuple[SourceEndpoint, Path], tmp_path: Path, kind: str) -> None:
+    """A symlink, or a path owned by `nobody`, where the copy would write: one line, exit 2,
+    nothing written through it."""
+    ep, _raw = small_source
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    image = out / f"web01-{Path(ep.disks[0]).name}.qcow2.part"
+    for planted, what in ((out, "output dir"), (image, "image")):
+        if planted == image:
+            out.mkdir(exist_ok=True)
+        if kind == "symlink":
+            planted.symlink_to(elsewhere / "x")
+        else:
+            planted.mkdir() if planted == out else planted.write_bytes(b"")
+            os.chown(planted, 65534, -1)
+        done = subprocess.run(copy_argv(ep, out), capture_output=True, text=True)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == ExitCode.USAGE, done.stderr
+        assert len(lines) == 1 and lines[0].startswith(f"p2v: error: {what} {planted} is ")
+        assert list(elsewhere.iterdir()) == []
+        if planted == out:
+            planted.unlink() if kind == "symlink" else planted.rmdir()
