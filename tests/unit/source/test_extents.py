@@ -113,3 +113,18 @@ def test_reader_argv_low_priority_and_quoting() -> None:
 ])
 def test_image_stem(device: str, stem: str) -> None:
     assert image_stem(device) == stem
+
+
+def test_every_python3_run_on_the_source_writes_no_bytecode() -> None:
+    """python3 -B wherever p2v starts python3 (only ever on the source): a frozen or
+    read-only source must not get a __pycache__ (issue 13, defect 9)."""
+    import re
+
+    root = Path(__file__).resolve().parents[3] / "p2v"
+    runs = []
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        runs += [(path.name, flag) for flag in re.findall(r'\[\s*"python3",\s*"([^"]*)"', text)]
+        runs += [(path.name, flag) for flag in re.findall(r"\bpython3 (-[A-Za-z]+)", text)
+                 if flag != "-B"]
+    assert runs and all(flag == "-B" for _, flag in runs), runs
