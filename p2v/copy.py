@@ -35,7 +35,13 @@ from p2v.errors import (
 from p2v.ratelimit import RateLimiter
 from p2v.secure import check_path, make_private, open_private, private_dir, write_private
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
-from p2v.source.extents import missing_ranges, read_extents, read_header, reader_argv
+from p2v.source.extents import (
+    missing_ranges,
+    ranges_input,
+    read_extents,
+    read_header,
+    reader_argv,
+)
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_argv, sh_reader_argv
 from p2v.source.ssh import SshSource
 
@@ -220,21 +226,23 @@ def _stream(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: s
             ranges: list[tuple[int, int]]) -> Iterator[Iterator[Any]]:
     host, device = source.target.host, info.device
     if reader == "sh":
-        argv = sh_reader_argv(device, request.chunk_size, ranges,
+        argv = sh_reader_argv(device, request.chunk_size,
                               compress=request.compress and info.gzip,
                               low_priority=request.low_priority)
     else:
-        argv = reader_argv(device, request.chunk_size, ranges, compress=request.compress,
+        argv = reader_argv(device, request.chunk_size, compress=request.compress,
                            low_priority=request.low_priority, skip_free=not request.full)
-    with source.stream(argv) as raw:
+    # The ranges on stdin: scattered ones overflow a command line (issue 13).
+    with source.stream(argv, stdin=ranges_input(ranges)) as raw:
         try:
             if reader == "sh":
                 buffered, size, chunk = read_sh_header(raw)
                 extents = read_sh_extents(buffered, request.chunk_size, host=host,
-                                          device=device)
+                                          device=device, size=info.size, ranges=ranges)
             else:
                 size, chunk = read_header(raw)
-                extents = read_extents(raw, request.chunk_size, host=host, device=device)
+                extents = read_extents(raw, request.chunk_size, host=host, device=device,
+                                       size=info.size, ranges=ranges)
         except (EOFError, ValueError, OSError) as exc:
             raise StreamError(host=host, device=device, detail=f"no stream header ({exc})"
                               ) from None

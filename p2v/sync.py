@@ -53,7 +53,7 @@ from p2v.errors import (
 from p2v.ratelimit import RateLimiter
 from p2v.secure import check_path, write_private
 from p2v.sink.qcow2 import Qcow2Writer
-from p2v.source.extents import Extent, read_extents, read_header, reader_argv
+from p2v.source.extents import Extent, ranges_input, read_extents, read_header, reader_argv
 from p2v.source.freeze import (
     DEFAULT_FREEZE_TIMEOUT,
     Freeze,
@@ -161,21 +161,23 @@ def _data_stream(source: SshSource, info: DeviceInfo, reader: str, chunk: int,
     """The copy's reader over `ranges`, reading every chunk (no free-space parsing)."""
     host, device = source.target.host, info.device
     if reader == "sh":
-        argv = sh_reader_argv(device, chunk, ranges, compress=request.compress and info.gzip,
+        argv = sh_reader_argv(device, chunk, compress=request.compress and info.gzip,
                               low_priority=request.low_priority)
     else:
-        argv = reader_argv(device, chunk, ranges, compress=request.compress,
+        # python3 -B: no bytecode cache written on a source that may be frozen.
+        argv = reader_argv(device, chunk, compress=request.compress,
                            low_priority=request.low_priority, skip_free=False)
-    # No bytecode cache written on a source that may be frozen.
-    argv = ["env", "PYTHONDONTWRITEBYTECODE=1", *argv]
-    with source.stream(argv) as raw:
+    # The ranges on stdin: a busy server's changed chunks overflow a command line.
+    with source.stream(argv, stdin=ranges_input(ranges)) as raw:
         try:
             if reader == "sh":
                 buffered, size, got_chunk = read_sh_header(raw)
-                extents = read_sh_extents(buffered, chunk, host=host, device=device)
+                extents = read_sh_extents(buffered, chunk, host=host, device=device,
+                                          size=info.size, ranges=ranges)
             else:
                 size, got_chunk = read_header(raw)
-                extents = read_extents(raw, chunk, host=host, device=device)
+                extents = read_extents(raw, chunk, host=host, device=device,
+                                       size=info.size, ranges=ranges)
         except (EOFError, ValueError, OSError) as exc:
             raise StreamError(host=host, device=device, detail=f"no stream header ({exc})"
                               ) from None

@@ -1,6 +1,6 @@
 """Reading a source disk as a stream of verified extents (the copy's data path, source side).
 
-A small Python program (`READER`) runs on the source under `python3 -c`: it opens the
+A small Python program (`READER`) runs on the source under `python3 -B -c`: it opens the
 device read-only, reads the requested chunks, and for each sends a frame: all-zero chunks
 as a header only; others with their sha256 (computed on the source, over the raw bytes)
 and the bytes, zlib-compressed when that pays. Incompressible data is recognised from a
@@ -503,8 +503,13 @@ def free_test(free):
 # Runs on the source. Only the standard library; Python 3.2+; reads, never writes.
 READER = FREEMAP + r"""
 import hashlib, os, struct, sys, zlib
-dev, chunk, ranges, level = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-skip = len(sys.argv) > 5 and sys.argv[5] == "1"
+dev, chunk, level = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+skip = len(sys.argv) > 4 and sys.argv[4] == "1"
+# The chunk ranges come on stdin ("a-b,c-d", to its end), never in argv: a busy server's
+# sync can ask for more ranges than one argument may hold (128 KiB). All of it is read
+# before any output, so the sender never waits on us while we wait on it.
+ranges = (sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin).read()
+ranges = ranges.decode("ascii") if isinstance(ranges, bytes) else ranges
 fd = os.open(dev, os.O_RDONLY)
 size = os.lseek(fd, 0, 2)
 free = free_ranges(fd, dev, size) if skip else []
@@ -514,8 +519,8 @@ frame = struct.Struct(">BQI32sI")
 out.write(struct.pack(">8sQI", b"P2VSTRM1", size, chunk))
 zero = bytes(chunk)
 nozero = b"\0" * 32
-for part in ranges.split(","):
-    if not part:
+for part in ranges.replace("\n", ",").split(","):
+    if not part.strip():
         continue
     a, b = part.split("-")
     for i in range(int(a), int(b)):
@@ -590,13 +595,18 @@ def missing_ranges(done: set[int], count: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def reader_argv(device: str, chunk_size: int, ranges: Sequence[tuple[int, int]],
-                compress: bool = True, low_priority: bool = True,
-                skip_free: bool = False) -> list[str]:
-    """The source-side command: the reader under python3, at idle I/O and lowest CPU
-    priority unless told otherwise (the source is a live server). skip_free: chunks wholly
-    inside ext2/3/4 free space or a swap area (past its header page) are not read."""
-    argv = ["python3", "-c", READER, device, str(chunk_size), format_ranges(ranges),
+def ranges_input(ranges: Sequence[tuple[int, int]]) -> bytes:
+    """What a reader is sent on stdin: its chunk ranges (argv could not hold them all)."""
+    return format_ranges(ranges).encode("ascii") + b"\n"
+
+
+def reader_argv(device: str, chunk_size: int, compress: bool = True,
+                low_priority: bool = True, skip_free: bool = False) -> list[str]:
+    """The source-side command: the reader under python3 -B (no bytecode written there),
+    at idle I/O and lowest CPU priority unless told otherwise (the source is a live
+    server); its ranges go on stdin (`ranges_input`). skip_free: chunks wholly inside
+    ext2/3/4 free space or a swap area (past its header page) are not read."""
+    argv = ["python3", "-B", "-c", READER, device, str(chunk_size),
             "1" if compress else "0", "1" if skip_free else "0"]
     if not low_priority:
         return argv
@@ -604,6 +614,44 @@ def reader_argv(device: str, chunk_size: int, ranges: Sequence[tuple[int, int]],
     wrapper = ('if command -v ionice >/dev/null 2>&1; then exec nice -n 19 ionice -c 3 "$@"; '
                'else exec nice -n 19 "$@"; fi')
     return ["sh", "-c", wrapper, "p2v-reader", *argv]
+
+
+class FrameCheck:
+    """What a reader was asked for, checked frame by frame: each frame must be the next
+    chunk asked (readers send them in the order asked, each once) with that chunk's length,
+    and the stream must not end before the last one."""
+
+    def __init__(self, chunk_size: int, size: int | None = None,
+                 ranges: Sequence[tuple[int, int]] | None = None) -> None:
+        self.chunk, self.size = chunk_size, size
+        count = None if size is None else -(-size // chunk_size)
+        self.asked = None if ranges is None else sum(
+            max(0, (b if count is None else min(b, count)) - a) for a, b in ranges)
+        self._due = None if ranges is None else (
+            i for a, b in ranges for i in range(a, b if count is None else min(b, count)))
+        self.seen = 0
+
+    def check(self, index: int, length: int) -> None:
+        """Raise ValueError unless (index, length) is the frame due next."""
+        if self._due is not None:
+            due = next(self._due, None)
+            if index != due:
+                raise ValueError(f"chunk {index} where "
+                                 + ("no more" if due is None else f"chunk {due}")
+                                 + " was asked for")
+        if not 0 < length <= self.chunk:
+            raise ValueError(f"chunk {index} has length {length} (chunks are {self.chunk})")
+        if self.size is not None:
+            want = min(self.chunk, self.size - index * self.chunk)
+            if length != want:
+                raise ValueError(f"chunk {index} has length {length}, not {want}")
+        self.seen += 1
+
+    def finish(self) -> None:
+        """Raise ValueError if the stream ends before every chunk asked arrived."""
+        if self.asked is not None and self.seen != self.asked:
+            raise ValueError(f"the stream ended after {self.seen} of the {self.asked} "
+                             "chunks asked for")
 
 
 def _read_exact(stream: IO[bytes], n: int, what: str) -> bytes:
@@ -624,30 +672,48 @@ def read_header(stream: IO[bytes]) -> tuple[int, int]:
     return size, chunk
 
 
+def _inflate(payload: bytes, length: int) -> bytes | None:
+    """A zlib payload's content if it is exactly `length` bytes, else None; never makes
+    more than length + 1 bytes (a small payload can inflate a thousandfold)."""
+    inflate = zlib.decompressobj()
+    try:
+        data = inflate.decompress(payload, length + 1)
+    except zlib.error:
+        return None
+    if len(data) != length or not inflate.eof or inflate.unused_data:
+        return None
+    return data
+
+
 def read_extents(stream: IO[bytes], chunk_size: int, host: str = "source",
-                 device: str = "disk") -> Iterator[Extent]:
-    """Parse frames until the end frame; raise StreamError if the stream breaks."""
+                 device: str = "disk", *, size: int | None = None,
+                 ranges: Sequence[tuple[int, int]] | None = None) -> Iterator[Extent]:
+    """Parse frames until the end frame; raise StreamError if the stream breaks or a frame
+    is not what was asked (size, ranges: the device's size and the ranges the reader was
+    sent). A payload whose content does not match its hash is yielded as corrupt."""
+    check = FrameCheck(chunk_size, size, ranges)
     try:
         while True:
             kind, index, length, digest, plen = _FRAME.unpack(
                 _read_exact(stream, _FRAME.size, "a frame header"))
             if kind == KIND_END:
+                check.finish()
                 return
+            if kind not in (KIND_ZERO, KIND_FREE, KIND_RAW, KIND_ZLIB):
+                raise ValueError(f"unknown frame kind {kind}")
+            check.check(index, length)
             offset = index * chunk_size
             if kind in (KIND_ZERO, KIND_FREE):
+                if plen:
+                    raise ValueError(f"zero chunk {index} with a {plen}-byte payload")
                 yield Extent(index, offset, length, True, None, b"", _FRAME.size,
                              free=kind == KIND_FREE)
                 continue
+            # Raw payloads are the chunk; zlib is sent only when it is smaller.
+            if plen > length or (kind == KIND_RAW and plen != length) or not plen:
+                raise ValueError(f"chunk {index} of {length} bytes with a {plen}-byte payload")
             payload = _read_exact(stream, plen, f"chunk {index}")
-            if kind == KIND_ZLIB:
-                try:
-                    data = zlib.decompress(payload)
-                except zlib.error:
-                    data = b""
-            elif kind == KIND_RAW:
-                data = payload
-            else:
-                raise ValueError(f"unknown frame kind {kind}")
+            data = (payload if kind == KIND_RAW else _inflate(payload, length)) or b""
             expected = digest.hex()
             ok = len(data) == length and hashlib.sha256(data).hexdigest() == expected
             yield Extent(index, offset, length, False, expected, data, _FRAME.size + plen,
@@ -657,5 +723,5 @@ def read_extents(stream: IO[bytes], chunk_size: int, host: str = "source",
                           ) from None
 
 
-__all__ = ["Extent", "READER", "format_ranges", "missing_ranges", "read_extents",
-           "read_header", "reader_argv"]
+__all__ = ["Extent", "FrameCheck", "READER", "format_ranges", "missing_ranges",
+           "ranges_input", "read_extents", "read_header", "reader_argv"]

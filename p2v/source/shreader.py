@@ -26,13 +26,14 @@ from collections.abc import Iterator, Sequence
 from typing import IO
 
 from p2v.errors import StreamError
-from p2v.source.extents import Extent, format_ranges
+from p2v.source.extents import Extent, FrameCheck
 
 SH_MAGIC = b"P2VSH1"
 
 # $1: mode (probe|read|hash); $2: device. probe prints "SIZE PYTHON3 GZIP" (1/0 flags);
 # exit 3: no such path, 4: not a block device, 6: size unknown.
-# read: $3 chunk size, $4 ranges "a-b,c-d", $5 gzip allowed (1/0). hash: $3 chunk size.
+# read: $3 chunk size, $4 gzip allowed (1/0), the ranges "a-b,c-d" on stdin (argv could not
+# hold a busy server's: 128 KiB per argument). hash: $3 chunk size.
 SH_READER = r"""
 mode=$1 dev=$2
 test -e "$dev" || exit 3
@@ -50,7 +51,9 @@ if [ "$mode" = probe ]; then
     echo "$size $py $gz"
     exit 0
 fi
-cs=$3 ranges=$4 gz=$5
+cs=$3 gz=$4
+# All of stdin before any output: the sender never waits on us while we wait on it.
+[ "$mode" = read ] && { ranges=$(cat) || exit 7; }
 [ "$gz" = 1 ] && ! command -v gzip >/dev/null 2>&1 && gz=0
 full=
 dd if=/dev/null of=/dev/null iflag=fullblock count=0 2>/dev/null && full=iflag=fullblock
@@ -78,7 +81,8 @@ fi
 exec 4>&1
 printf 'P2VSH1 %s %s\n' "$size" "$cs"
 set -f
-IFS=,
+IFS=',
+'
 set -- $ranges
 IFS=' '
 for r in "$@"; do
@@ -124,11 +128,11 @@ def sh_argv(mode: str, device: str, *args: str) -> list[str]:
     return ["sh", "-c", SH_READER, "p2v-sh", mode, device, *args]
 
 
-def sh_reader_argv(device: str, chunk_size: int, ranges: Sequence[tuple[int, int]],
-                   compress: bool = True, low_priority: bool = True) -> list[str]:
-    """The source-side command of the sh reader (under nice/ionice unless told otherwise)."""
-    argv = sh_argv("read", device, str(chunk_size), format_ranges(ranges),
-                   "1" if compress else "0")
+def sh_reader_argv(device: str, chunk_size: int, compress: bool = True,
+                   low_priority: bool = True) -> list[str]:
+    """The source-side command of the sh reader (under nice/ionice unless told otherwise);
+    its ranges go on stdin (`extents.ranges_input`)."""
+    argv = sh_argv("read", device, str(chunk_size), "1" if compress else "0")
     if not low_priority:
         return argv
     wrapper = ('if command -v ionice >/dev/null 2>&1; then exec nice -n 19 ionice -c 3 "$@"; '
@@ -181,7 +185,8 @@ class _Buffered:
                 raise EOFError("stream ended inside a gzip member")
             block = bytes(self.buf)
             self.buf.clear()
-            out += inflate.decompress(block)       # 64 KiB in: at most ~64 MiB out
+            # Never more than limit + 1 bytes out: a small member can inflate a thousandfold.
+            out += inflate.decompress(block, limit + 1 - len(out))
             if len(out) > limit:
                 raise ValueError("gzip member larger than its chunk")
             rest = inflate.unused_data             # what follows the member
@@ -200,25 +205,29 @@ def read_sh_header(stream: IO[bytes]) -> tuple[_Buffered, int, int]:
 
 
 def read_sh_extents(buffered: _Buffered, chunk_size: int, host: str = "source",
-                    device: str = "disk") -> Iterator[Extent]:
-    """Parse the sh reader's stream until `E`; raise StreamError if it breaks."""
+                    device: str = "disk", *, size: int | None = None,
+                    ranges: Sequence[tuple[int, int]] | None = None) -> Iterator[Extent]:
+    """Parse the sh reader's stream until `E`; raise StreamError if it breaks or a chunk is
+    not what was asked (size, ranges: the device's size and the ranges the reader was sent)."""
+    check = FrameCheck(chunk_size, size, ranges)
     try:
         while True:
             line = buffered.line()
             fields = line.split()
             if fields == [b"E"]:
+                check.finish()
                 return
             if len(fields) == 3 and fields[0] == b"Z":
                 index, length = int(fields[1]), int(fields[2])
+                check.check(index, length)
                 yield Extent(index, index * chunk_size, length, True, None, b"", len(line))
                 continue
             if len(fields) != 4 or fields[0] != b"D" or fields[3] not in (b"R", b"G"):
                 raise ValueError(f"garbled stream (unexpected {line[:40]!r})")
             index, length = int(fields[1]), int(fields[2])
-            if not 0 < length <= chunk_size:
-                raise ValueError(f"garbled stream (chunk length {length})")
+            check.check(index, length)
             if fields[3] == b"G":
-                data, wire = buffered.gzip_member(chunk_size)
+                data, wire = buffered.gzip_member(length)
             else:
                 data = buffered.exact(length)
                 wire = length

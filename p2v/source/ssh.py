@@ -487,8 +487,10 @@ class SshSource:
 
     @contextmanager
     def stream(self, argv: Sequence[str], *, timeout: float | None = 300,
-               root: bool = True) -> Iterator[IO[bytes]]:
+               root: bool = True, stdin: bytes | None = None) -> Iterator[IO[bytes]]:
         """Run argv and yield its stdout as a binary file (reads block up to `timeout`).
+        stdin: sent before the yield (the command must read all of it before its output
+        fills the channel's window, or both sides wait on each other).
 
         On leaving the block the command's exit status is checked: a non-zero exit raises
         RemoteCommandFailed with its stderr tail, unless the block itself raised.
@@ -498,6 +500,11 @@ class SshSource:
         try:
             if mode == "password" and self._password:
                 channel.sendall(password_input(self._password))
+            if stdin:
+                try:
+                    channel.sendall(stdin)
+                except OSError:
+                    pass    # the command ended first: its exit status says why
             channel.shutdown_write()
             stdout = channel.makefile("rb")
             try:

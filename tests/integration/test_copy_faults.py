@@ -6,15 +6,12 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from p2v import copy as copy_module
-from p2v import runner
+from p2v import cli, runner
 from p2v.copy import CopyRequest, copy_disks
-from p2v.errors import ExitCode, IntegrityError, P2VError
-from p2v.source.extents import Extent
+from p2v.errors import ExitCode, P2VError
 from p2v.source.ssh import SshOptions, SshSource
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 from p2v.testbed.tcpproxy import LinkProxy
@@ -82,54 +79,121 @@ def test_link_cut_at_random_points_then_resumed(
     assert all("broke" in m and "rerun the same command" in m for m in messages), messages
 
 
-def test_a_corrupt_chunk_is_fetched_again(source_disk: tuple[SourceEndpoint, Path],
-                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                          ) -> None:
-    ep, raw = source_disk
-    real = copy_module.read_extents
-    damaged: list[int] = []
+# A real fault on the source: its `python3` is a wrapper that runs the real reader and pipes
+# its stream through FLIPPER, which flips one bit in the payload of a chosen chunk *after*
+# the reader hashed it. The control file says which chunk and how often: "once 5" (then
+# it turns itself off), "always 7" or "off"; every flip is logged, so the test knows the
+# fault really happened on the wire.
+FLIPPER = r"""
+import os, struct, sys
+control = sys.argv[1]
+src, out = sys.stdin.buffer, sys.stdout.buffer
+def exact(n):
+    data = b""
+    while len(data) < n:
+        got = src.read(n - len(data))
+        if not got:
+            break
+        data += got
+    return data
+head = exact(20)
+out.write(head)
+if head[:8] != b"P2VSTRM1":                 # not the copy's reader: pass it through
+    while True:
+        block = src.read(1 << 16)
+        if not block:
+            break
+        out.write(block)
+    out.flush()
+    sys.exit(0)
+mode, target = (open(control).read().split() + ["off", "-1"])[:2]
+frame = struct.Struct(">BQI32sI")
+while True:
+    h = exact(frame.size)
+    out.write(h)
+    if len(h) < frame.size:
+        break
+    kind, index, length, digest, plen = frame.unpack(h)
+    if kind == 3:
+        break
+    payload = exact(plen)
+    if plen and mode != "off" and index == int(target):
+        payload = bytearray(payload)
+        payload[plen // 2] ^= 0x10
+        with open(control + ".log", "a") as log:
+            log.write("%d\n" % index)
+        if mode == "once":
+            with open(control + ".new", "w") as new:
+                new.write("off")
+            os.rename(control + ".new", control)
+            mode = "off"
+    out.write(bytes(payload))
+out.flush()
+"""
 
-    def damaging(*args: Any, **kwargs: Any) -> Iterator[Extent]:
-        for extent in real(*args, **kwargs):
-            if extent.index == 5 and not damaged:
-                damaged.append(5)
-                yield Extent(extent.index, extent.offset, extent.length, False,
-                             extent.sha256, b"x" * extent.length, extent.wire_bytes,
-                             corrupt=True)
-            else:
-                yield extent
 
-    monkeypatch.setattr(copy_module, "read_extents", damaging)
+@pytest.fixture(scope="module")
+def flipping_source(tmp_path_factory: pytest.TempPathFactory, source_disk: tuple[
+        SourceEndpoint, Path]) -> Iterator[tuple[SourceEndpoint, Path, Path]]:
+    """The same disk behind a second sshd whose sessions find the flipping python3 first."""
+    _, raw = source_disk
+    shim = tmp_path_factory.mktemp("flip")
+    (shim / "flipper.py").write_text(FLIPPER)
+    control = shim / "control"
+    control.write_text("off")
+    wrapper = shim / "python3"
+    wrapper.write_text(f"#!/bin/sh\n/usr/bin/python3 \"$@\" | exec /usr/bin/python3 -B "
+                       f"{shim / 'flipper.py'} {control}\n")
+    wrapper.chmod(0o755)
+    path = f"{shim}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    with LoopSource.from_files([raw], session_path=path) as ep:
+        yield ep, raw, control
+
+
+def flips(control: Path) -> list[int]:
+    log = control.with_name("control.log")
+    return [int(x) for x in log.read_text().split()] if log.exists() else []
+
+
+def test_a_chunk_corrupted_on_the_wire_is_fetched_again(
+        flipping_source: tuple[SourceEndpoint, Path, Path], tmp_path: Path) -> None:
+    ep, raw, control = flipping_source
+    control.write_text("once 5")
+    before = flips(control)
     with open_via(ep, ep.port, tmp_path / "kh") as source:
         (result,) = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
                                                    name="c", chunk_size=CHUNK))
-    assert damaged == [5] and result.refetched_chunks == 1
+    assert flips(control)[len(before):] == [5] and control.read_text() == "off"
+    assert result.refetched_chunks == 1
     assert identical(raw, result.image)
 
 
-def test_a_chunk_corrupt_twice_is_an_integrity_error(
-        source_disk: tuple[SourceEndpoint, Path], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    ep, _ = source_disk
-    real = copy_module.read_extents
-
-    def always_bad(*args: Any, **kwargs: Any) -> Iterator[Extent]:
-        for extent in real(*args, **kwargs):
-            if extent.index == 7:
-                extent = Extent(7, extent.offset, extent.length, False, extent.sha256,
-                                b"", extent.wire_bytes, corrupt=True)
-            yield extent
-
-    monkeypatch.setattr(copy_module, "read_extents", always_bad)
-    with open_via(ep, ep.port, tmp_path / "kh") as source:
-        with pytest.raises(IntegrityError) as info:
-            copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path, name="i",
-                                           chunk_size=CHUNK))
-    assert info.value.exit_code == ExitCode.INTEGRITY == 5
+def test_a_chunk_corrupted_every_time_is_an_integrity_error(
+        flipping_source: tuple[SourceEndpoint, Path, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    ep, _, control = flipping_source
+    control.write_text("always 7")
+    before = flips(control)
+    fields = ep.known_hosts.read_text().split()
+    (tmp_path / "kh").write_text(f"[127.0.0.1]:{ep.port} {fields[1]} {fields[2]}\n")
+    try:
+        code = cli.main(["copy", f"ssh://{ep.user}@127.0.0.1:{ep.port}", "--identity",
+                         str(ep.key), "--known-hosts", str(tmp_path / "kh"), "--ssh-config",
+                         "/dev/null", "--output-dir", str(tmp_path), "--name", "i",
+                         "--chunk-size", "1", "--disk", ep.disks[0]])
+    finally:
+        control.write_text("off")
+    assert code == ExitCode.INTEGRITY == 5
+    assert flips(control)[len(before):] == [7, 7]           # the first read and the refetch
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "integrity failure" in last and "chunk 7 " in last and "Traceback" not in err, err
     journal = tmp_path / f"i-{Path(ep.disks[0]).name}.qcow2.journal"
     lines = journal.read_text().splitlines()
     assert len(lines) - 1 == SIZE // CHUNK - 1          # every other chunk is kept
+    # Not presented as complete: no image under its final name, no manifest.
     assert not (tmp_path / f"i-{Path(ep.disks[0]).name}.qcow2").exists()
+    assert not list(tmp_path.glob("*.manifest.json"))
 
 
 @pytest.fixture

@@ -119,9 +119,10 @@ def test_one_disk_failing_stops_the_other_and_both_resume(
     ep, raws = two_disks
     real = copy_module.read_extents
 
-    def breaking(stream: Any, chunk_size: int, host: str = "source", device: str = "disk"
-                 ) -> Iterator[Extent]:
-        for n, extent in enumerate(real(stream, chunk_size, host=host, device=device)):
+    def breaking(stream: Any, chunk_size: int, host: str = "source", device: str = "disk",
+                 **checks: Any) -> Iterator[Extent]:
+        for n, extent in enumerate(real(stream, chunk_size, host=host, device=device,
+                                        **checks)):
             if device == ep.disks[1] and n == 3:
                 raise StreamError(host=host, device=device, detail="cut for the test")
             yield extent

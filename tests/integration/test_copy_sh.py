@@ -16,6 +16,7 @@ from copy_helpers import identical, kill_after_first_batch, open_source
 
 from p2v import cli, runner
 from p2v.copy import CopyRequest, copy_disks
+from p2v.source.extents import ranges_input
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
 from p2v.testbed.sources import (
     LoopSource,
@@ -124,8 +125,9 @@ def test_a_failed_read_never_passes_as_zeros(tmp_path: Path) -> None:
     failing.chmod(0o755)
     device = attach_loop(disk)
     try:
-        proc = subprocess.run(sh_reader_argv(device, MiB, [(0, 4)], low_priority=False),
-                              capture_output=True, env={"PATH": str(tools)}, timeout=60)
+        proc = subprocess.run(sh_reader_argv(device, MiB, low_priority=False),
+                              input=ranges_input([(0, 4)]), capture_output=True,
+                              env={"PATH": str(tools)}, timeout=60)
     finally:
         detach_loop(device)
     buffered, size, chunk = read_sh_header(io.BytesIO(proc.stdout))

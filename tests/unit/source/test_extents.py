@@ -16,6 +16,7 @@ from p2v.source.extents import (
     READER,
     format_ranges,
     missing_ranges,
+    ranges_input,
     read_extents,
     read_header,
     reader_argv,
@@ -25,8 +26,9 @@ CHUNK = 64 << 10
 
 
 def run_reader(path: Path, ranges: str, compress: bool = True) -> bytes:
-    return subprocess.run([sys.executable, "-c", READER, str(path), str(CHUNK), ranges,
-                           "1" if compress else "0"], capture_output=True, check=True).stdout
+    return subprocess.run([sys.executable, "-B", "-c", READER, str(path), str(CHUNK),
+                           "1" if compress else "0"], input=ranges.encode(),
+                          capture_output=True, check=True).stdout
 
 
 @pytest.fixture
@@ -96,11 +98,13 @@ def test_range_helpers() -> None:
 
 
 def test_reader_argv_low_priority_and_quoting() -> None:
-    argv = reader_argv("/dev/sda", CHUNK, [(0, 3)])
+    argv = reader_argv("/dev/sda", CHUNK)
     assert argv[:2] == ["sh", "-c"] and "ionice -c 3" in argv[2] and "nice -n 19" in argv[2]
-    assert argv[4:6] == ["python3", "-c"] and argv[-4:] == [str(CHUNK), "0-3", "1", "0"]
-    assert reader_argv("/dev/sda", CHUNK, [(0, 3)], compress=False,
-                       low_priority=False)[:2] == ["python3", "-c"]
+    assert argv[4:7] == ["python3", "-B", "-c"] and argv[-4:] == ["/dev/sda", str(CHUNK),
+                                                                   "1", "0"]
+    assert reader_argv("/dev/sda", CHUNK, compress=False,
+                       low_priority=False)[:3] == ["python3", "-B", "-c"]
+    assert ranges_input([(0, 3), (5, 9)]) == b"0-3,5-9\n"
 
 
 @pytest.mark.parametrize(("device", "stem"), [
@@ -109,3 +113,18 @@ def test_reader_argv_low_priority_and_quoting() -> None:
 ])
 def test_image_stem(device: str, stem: str) -> None:
     assert image_stem(device) == stem
+
+
+def test_every_python3_run_on_the_source_writes_no_bytecode() -> None:
+    """python3 -B wherever p2v starts python3 (only ever on the source): a frozen or
+    read-only source must not get a __pycache__ (issue 13, defect 9)."""
+    import re
+
+    root = Path(__file__).resolve().parents[3] / "p2v"
+    runs = []
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        runs += [(path.name, flag) for flag in re.findall(r'\[\s*"python3",\s*"([^"]*)"', text)]
+        runs += [(path.name, flag) for flag in re.findall(r"\bpython3 (-[A-Za-z]+)", text)
+                 if flag != "-B"]
+    assert runs and all(flag == "-B" for _, flag in runs), runs
