@@ -503,7 +503,8 @@ def _rate(text: str) -> float:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if not math.isfinite(rate):         # "9" * 400 overflows float() to inf
-        raise argparse.ArgumentTypeError(f"not a finite rate: {text[:20]!r}...")
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise argparse.ArgumentTypeError(f"not a finite rate: {shown!r}")
     return rate
 
 
