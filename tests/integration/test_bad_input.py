@@ -4,7 +4,8 @@ Each case is one row of CASES: the real `p2v` CLI runs as a subprocess with the 
 a watched directory; the test asserts one `p2v…: error:` line (a bad manifest: one per
 problem and the summary), the exit code, no traceback, no secret anywhere, and that no file in
 the watched directory was created, changed or removed. Every manifest in
-tests/unit/bad_manifests/ is a row too. Add a case by adding a row.
+tests/unit/bad_manifests/ is a row too. Add a case by adding a row (`setup` writes the files
+it needs, e.g. a torn journal, into the row's own directory before the "before" snapshot).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class Case:
     lines: int | None = 1                      # None: a manifest, one line per problem + 1
     secret: str | None = None                  # must appear nowhere (stderr, stdout, files)
     needs_immutable: bool = False              # uses the immutable directory ro/
-    timeout: float = 60
+    setup: Callable[[Path], None] | None = None  # writes this row's own files into its dir
+    timeout: float = 120                       # generous: the suite runs on loaded machines
 
 
 def _copy_argv(out: str, *extra: str, source: str = "ssh://root@127.0.0.1:1") -> list[str]:
@@ -317,6 +319,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory,
                                    ).returncode == 0
         if immutable:
             frozen.append(d / "ro")
+        if case.setup is not None:
+            case.setup(d)                   # e.g. a torn journal; part of the "before" state
         env = Env(d, *stall_ports, immutable=immutable)
         result[case.id] = Outcome(env, _state(d))
     with ThreadPoolExecutor(max_workers=4) as pool:
