@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from p2v import __version__
 from p2v.errors import ExitCode, P2VError
+from p2v.inputs import check_disk_image, check_name, check_output_dir, finite_positive
 
 if TYPE_CHECKING:
     from p2v.source.ssh import SshOptions
@@ -35,14 +37,8 @@ def _mac(text: str) -> str:
     return text.lower()
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
+# Every seconds option: finite and above zero (nan and inf are refused, p2v/inputs.py).
+_positive = finite_positive
 
 
 # ---------------------------------------------------------------- verify
@@ -84,6 +80,8 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from p2v.verify.boot import BootOptions, verify_boot
 
+    for image in args.images:
+        check_disk_image(image)         # before the KVM probe and any overlay
     options = BootOptions(
         bus=args.bus, firmware=args.firmware, nvram=args.nvram, macs=tuple(args.mac),
         nic_model=args.nic_model, timeout=args.timeout, memory_mib=args.memory,
@@ -201,7 +199,8 @@ def _add_register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from p2v.errors import InputNotFound, UsageError
+    from p2v.errors import UsageError
+    from p2v.inputs import check_json_text, read_text_input
     from p2v.model import GuestCaps, SourceInventory
     from p2v.target.domain import NicMapping
     from p2v.target.register import RegisterRequest, register
@@ -209,9 +208,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
     def read(path: Path | None, what: str) -> str | None:
         if path is None:
             return None
-        if not path.is_file():
-            raise InputNotFound(what=what, path=str(path))
-        return path.read_text()
+        text = read_text_input(path, what)
+        check_json_text(text, path, what)
+        return text
+
+    check_name(args.name)
+    check_output_dir(args.output_dir)
 
     for flag, value in (("--memory", args.memory), ("--vcpus", args.vcpus)):
         if value is not None and value < 1:
@@ -287,6 +289,13 @@ def _ssh_options(args: argparse.Namespace) -> SshOptions:
     )
 
 
+def _check_source(args: argparse.Namespace) -> None:
+    """Parse SOURCE before a job records it anywhere (a password in it is refused, redacted)."""
+    from p2v.source.ssh import parse_source
+
+    parse_source(args.source, ssh_config=args.ssh_config, identity=args.identity)
+
+
 def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
@@ -358,23 +367,21 @@ def _add_fix(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_fix(args: argparse.Namespace) -> int:
-    from p2v.errors import InputNotFound, UsageError
+    from p2v.errors import UsageError
     from p2v.fix.fixer import FixOptions, fix_images, mac_changes, read_inventory
     from p2v.fix.network import NicPin, valid_name
     from p2v.fix.windows import WindowsFixResult
+    from p2v.inputs import check_json_text, read_text_input
     from p2v.model import normalise_mac
 
-    for image in args.images:
-        if not image.is_file():
-            raise InputNotFound(what="image", path=str(image))
     pins: dict[str, str] = {}
     source_macs: dict[str, str] = {}
     disks: tuple[str, ...] = ()
     firmware = None
     if args.inventory is not None:
-        if not args.inventory.is_file():
-            raise InputNotFound(what="inventory", path=str(args.inventory))
-        facts = read_inventory(args.inventory.read_text(), str(args.inventory))
+        text = read_text_input(args.inventory, "inventory")
+        check_json_text(text, args.inventory, "inventory")
+        facts = read_inventory(text, str(args.inventory))
         pins.update(facts.pins)
         source_macs.update(facts.pins)
         disks, firmware = facts.disks, facts.firmware
@@ -389,6 +396,8 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     macs = list(pins.values())
     if len(set(macs)) != len(macs):
         raise UsageError(detail=f"the same MAC is given to two interfaces: {pins}")
+    for image in args.images:
+        check_disk_image(image)         # before the appliance starts
     options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pins.items()),
                          mac_map=mac_changes(source_macs, pins), source_disks=disks,
                          firmware=firmware, dry_run=args.dry_run,
@@ -461,7 +470,7 @@ def _add_copy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source-priority", choices=("low", "normal"), default="low",
                    help="CPU/IO priority of the reader on the source (default: low)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
-    p.add_argument("--chunk-size", type=int, default=4, metavar="MiB",
+    p.add_argument("--chunk-size", type=_at_least_one, default=4, metavar="MiB",
                    help="chunk size in MiB (default: 4)")
     p.add_argument("--parallel", type=_parallel, default=2, metavar="N",
                    help="disks copied at the same time, 1 to 4 (default: 2; each costs "
@@ -498,9 +507,13 @@ def _rate(text: str) -> float:
     from p2v.ratelimit import parse_rate
 
     try:
-        return parse_rate(text)
+        rate = parse_rate(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if not math.isfinite(rate):         # "9" * 400 overflows float() to inf
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise argparse.ArgumentTypeError(f"not a finite rate: {shown!r}")
+    return rate
 
 
 class _TqdmMeter:
@@ -527,6 +540,8 @@ def _cmd_copy(args: argparse.Namespace) -> int:
     from p2v.copy import CopyRequest, copy_disks
     from p2v.source.ssh import SshSource
 
+    check_name(args.name)
+    check_output_dir(args.output_dir)
     options = _ssh_options(args)
     request = CopyRequest(
         disks=tuple(args.disk), output_dir=args.output_dir, name=args.name, full=args.full,
@@ -613,6 +628,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     from p2v.sync import SyncRequest, sync
 
     check_freeze_timeout(args.freeze_timeout)     # before connecting
+    check_name(args.name)
+    check_output_dir(args.output_dir)
     options = _ssh_options(args)
     request = SyncRequest(
         output_dir=args.output_dir, disks=tuple(args.disk or ()), name=args.name,
@@ -864,6 +881,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UsageError(detail=f"{flag} must be positive, not {value}")
     check_freeze_timeout(args.freeze_timeout)     # now, not at the final pass after the copy
+    _check_source(args)
+    check_name(args.name)
+    check_output_dir(args.output_dir or default_output_dir())
     spec = JobSpec(
         source=args.source, name=args.name,
         output_dir=(args.output_dir or default_output_dir()).absolute(),
@@ -1031,6 +1051,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"p2v: error: {problem}", file=sys.stderr)
         raise
+    check_output_dir(manifest.output_dir, flag=f"{args.manifest}: output_dir")
     jobs = args.jobs or manifest.jobs or 1
     if args.dry_run:
         plan = plan_batch(manifest)
@@ -1091,8 +1112,15 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- main
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (exit 2), like every other p2v error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="p2v",
         description="Turn a running physical server into a bootable, verified KVM guest.",
     )

@@ -223,3 +223,16 @@ class HookFailed(P2VError):
 
 class UnsafePath(UsageError):
     """{what} {path} {problem}: p2v writes a server's disks and secrets there; {advice}"""
+
+
+# -- bad input found before anything runs (p2v/inputs.py) -------------------------------------
+class InputUnreadable(UsageError):
+    """{what} {path} cannot be read: {detail}; give the file p2v wrote (UTF-8 JSON)"""
+
+
+class NotADiskImage(UsageError):
+    """{path} is not a disk image: {detail}; give a disk image (qcow2 or raw), nothing was booted or opened"""  # noqa: E501
+
+
+class OutputDirUnusable(UsageError):
+    """{flag} {path} {detail}; give a writable directory (it is created if missing), nothing was written"""  # noqa: E501

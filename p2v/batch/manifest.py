@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Callable
@@ -105,7 +106,8 @@ def _name(value: Any) -> str:
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+            or not math.isfinite(value)):   # TOML has inf and nan
         raise _Bad(f"must be a positive number of seconds, got {_shown(value)}")
     return float(value)
 
@@ -197,13 +199,57 @@ def load_manifest(path: Path) -> Manifest:
     if not path.is_file():
         raise InputNotFound(what="manifest", path=file)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        line = _too_deep(text)
+        if line is not None:
+            raise ManifestInvalid(file, [f"{file}: arrays or inline tables nested more than "
+                                         f"{MAX_NESTING} deep (at line {line})"])
+        data = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ManifestInvalid(file, [f"{file}: not UTF-8 text ({exc.reason} at byte "
                                      f"{exc.start})"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ManifestInvalid(file, [f"{file}: not valid TOML: {exc}"]) from None
+    except RecursionError:      # the pre-scan is only a bound: never a traceback
+        raise ManifestInvalid(file, [f"{file}: nested too deeply to be parsed"]) from None
     return check_manifest(data, path)
+
+
+# tomllib recurses once per nesting level: a crafted file would exhaust the stack.
+MAX_NESTING = 32
+_QUOTES = ('"""', "'''", '"', "'")
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where [ and { nest deeper than MAX_NESTING outside strings, or None."""
+    depth, line, i, quote = 0, 1, 0, ""
+    while i < len(text):
+        c = text[i]
+        if c == "\n":
+            line += 1
+        if quote:
+            if c == "\\" and quote[0] == '"':
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i, quote = i + len(quote), ""
+                continue
+        elif c == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = next(q for q in _QUOTES if text.startswith(q, i))
+            i += len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return line
+        elif c in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
 
 
 def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
@@ -300,7 +346,10 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
         source = raw.get("source")
         if isinstance(source, str) and source.strip():
             if source in sources:
-                problems.add(where, "source", f"{json.dumps(source)} is already the source of "
+                from p2v.source.ssh import redact_source
+
+                problems.add(where, "source", f"{json.dumps(redact_source(source))} is already "
+                                              "the source of "
                                               f"{sources[source]}")
             else:
                 sources[source] = where
@@ -412,12 +461,13 @@ def _check_files(values: dict[str, Any], raw: dict[str, Any], where: str,
 
 def _check_source(values: dict[str, Any], where: str, problems: _Problems) -> None:
     # The same parser p2v convert uses, with the entry's ssh_config: an alias must resolve.
-    from p2v.source.ssh import parse_source
+    from p2v.source.ssh import parse_source, redact_source
 
     try:
         parse_source(values["source"], ssh_config=values.get("ssh_config"))
     except SourceSpecError as exc:
-        problems.add(where, "source", f"{json.dumps(values['source'])}: {exc.fields['detail']} "
+        shown = json.dumps(redact_source(values["source"]))     # never the password itself
+        problems.add(where, "source", f"{shown}: {exc.fields['detail']} "
                                       "(want ssh://[user@]host[:port] or an ssh_config Host "
                                       "alias)")
     except UsageError as exc:

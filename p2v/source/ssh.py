@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
+import ipaddress
 import logging
 import os
 import shlex
@@ -95,54 +96,95 @@ def _port(text: str, source: str) -> int:
     try:
         port = int(text)
     except ValueError:
-        raise SourceSpecError(source=source, detail=f"port {text!r} is not a number") from None
+        raise _bad_source(source, f"port {text!r} is not a number") from None
     if not 0 < port < 65536:
-        raise SourceSpecError(source=source, detail=f"port {port} is out of range")
+        raise _bad_source(source, f"port {port} is out of range")
     return port
+
+
+def redact_source(source: str) -> str:
+    """SOURCE with any password in it replaced by ***: safe to show in a message or log."""
+    scheme, sep, rest = source.rpartition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return source
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def _bad_source(source: str, detail: str) -> SourceSpecError:
+    return SourceSpecError(source=redact_source(source), detail=detail)
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` cannot be connected to (IDNA-invalid, spaces, a leading -), or None."""
+    if not host or any(c.isspace() for c in host) or host.startswith("-"):
+        return f"not a host name: {host!r}"
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return (f"not a valid host name: {host!r} (an empty label, a label over 63 "
+                "characters, or a character DNS cannot carry)")
+    return None
 
 
 def _split_source(source: str) -> tuple[str | None, str, int | None]:
     """(user, host, port) of `ssh://[user@]host[:port]`, `[user@]host[:port]` or an alias."""
     text = source.strip()
     if not text:
-        raise SourceSpecError(source=source, detail="it is empty")
+        raise _bad_source(source, "it is empty")
+    # Before urlsplit, which silently drops tabs and newlines (another host than typed).
+    if any(not c.isprintable() for c in text):
+        raise _bad_source(source, "it contains control characters")
+    user, host, port = _split_source_text(source, text)
+    if user is not None and ":" in user:
+        raise _bad_source(source, "passwords do not belong in SOURCE; use keys or agent")
+    problem = _host_problem(host)
+    if problem is not None:
+        raise _bad_source(source, problem)
+    return user, host, port
+
+
+def _split_source_text(source: str, text: str) -> tuple[str | None, str, int | None]:
     if "://" in text:
         url = urlsplit(text)
         if url.scheme != "ssh":
-            raise SourceSpecError(source=source, detail=f"scheme {url.scheme!r} is not ssh")
+            raise _bad_source(source, f"scheme {url.scheme!r} is not ssh")
         if url.path not in ("", "/") or url.query or url.fragment:
-            raise SourceSpecError(source=source, detail="a source has no path or query")
+            raise _bad_source(source, "a source has no path or query")
         if url.password is not None:
-            raise SourceSpecError(source=source,
-                                  detail="passwords do not belong in SOURCE; use keys or agent")
+            raise _bad_source(source, "passwords do not belong in SOURCE; use keys or agent")
         try:
             port = url.port
         except ValueError as exc:
-            raise SourceSpecError(source=source, detail=str(exc)) from None
+            raise _bad_source(source, str(exc)) from None
         if not url.hostname:
-            raise SourceSpecError(source=source, detail="no host")
+            raise _bad_source(source, "no host")
         return url.username or None, url.hostname, port
     user: str | None = None
     if "@" in text:
         user, text = text.rsplit("@", 1)
         if not user:
-            raise SourceSpecError(source=source, detail="empty user name")
+            raise _bad_source(source, "empty user name")
     port_value: int | None = None
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep:
-            raise SourceSpecError(source=source, detail="unbalanced [")
+            raise _bad_source(source, "unbalanced [")
         if rest:
             if not rest.startswith(":"):
-                raise SourceSpecError(source=source, detail=f"junk after ]: {rest!r}")
+                raise _bad_source(source, f"junk after ]: {rest!r}")
             port_value = _port(rest[1:], source)
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
         port_value = _port(port_text, source)
     else:
         host = text
-    if not host or any(c.isspace() for c in host) or host.startswith("-"):
-        raise SourceSpecError(source=source, detail=f"not a host name: {host!r}")
     return user, host, port_value
 
 
@@ -160,11 +202,14 @@ def parse_source(
     IdentityFile list. The login user defaults to root: p2v reads block devices.
     """
     if _depth > _MAX_JUMPS:
-        raise SourceSpecError(source=source, detail="ProxyJump chain too long (a loop?)")
+        raise _bad_source(source, "ProxyJump chain too long (a loop?)")
     config = _config if _config is not None else _load_ssh_config(ssh_config)
     user, name, port = _split_source(source)
     entry = config.lookup(name)
     host = str(entry.get("hostname", name))
+    problem = _host_problem(host) if host != name else None
+    if problem is not None:
+        raise _bad_source(source, f"its ssh_config HostName is {problem}")
     if port is None:
         port = _port(str(entry.get("port", 22)), source)
     user = user or entry.get("user") or "root"
@@ -217,6 +262,13 @@ class _StrictPolicy(paramiko.MissingHostKeyPolicy):
 
 # ---------------------------------------------------------------------------------------------
 # The connection
+
+
+def _kex_unfinished(client: paramiko.SSHClient) -> bool:
+    """The server sent its banner but the key exchange is still pending (timed out)."""
+    transport = client.get_transport()
+    return (transport is not None and transport.is_active()
+            and not getattr(transport, "initial_kex_done", True))
 
 
 @dataclass(frozen=True)
@@ -339,6 +391,14 @@ class SshSource:
             raise SshUnreachable(host=target.host, port=target.port,
                                  detail=exc.strerror or str(exc)) from None
         except paramiko.SSHException as exc:
+            if _kex_unfinished(client):
+                # start_client() returns silently when its timeout passes mid key exchange;
+                # paramiko then fails later with a misleading "No existing session".
+                raise SshUnreachable(host=target.host, port=target.port,
+                                     detail=f"the SSH handshake did not finish within "
+                                            f"{timeout:.0f} s (the port accepts connections, "
+                                            "but no SSH banner and key exchange followed)"
+                                     ) from None
             # e.g. "Error reading SSH protocol banner": something that is not sshd answered.
             raise SshUnreachable(host=target.host, port=target.port,
                                  detail=f"no SSH server answered ({exc})") from None
@@ -577,5 +637,5 @@ def password_input(password: str) -> bytes:
 
 __all__ = [
     "RemoteResult", "SshOptions", "SshSource", "SshTarget", "fingerprint", "parse_source",
-    "sudo_argv", "terminal_sudo_prompt",
+    "redact_source", "sudo_argv", "terminal_sudo_prompt",
 ]

@@ -161,7 +161,9 @@ def plan_domain(
     if caps.firmware == "uefi" and uefi is None:
         raise UsageError(detail="a UEFI guest needs the OVMF loader and an NVRAM path")
     cpu = CpuTopology.flat(vcpus) if vcpus else (inventory.cpu or CpuTopology())
-    source = f" from {inventory.hostname}" if inventory.hostname else ""
+    # The hostname comes from the source or an --inventory file: control characters would
+    # make the XML invalid (or forge lines in logs), so they are shown escaped.
+    source = f" from {_printable(inventory.hostname)}" if inventory.hostname else ""
     return DomainSpec(
         name=name,
         uuid=uuid or str(uuidlib.uuid4()),
@@ -175,6 +177,11 @@ def plan_domain(
         serial_log=serial_log,
         description=f"converted by p2v{source}",
     )
+
+
+def _printable(text: str) -> str:
+    """`text` with every non-printable character as a \\xNN / \\uNNNN escape."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 # ---------------------------------------------------------------- XML

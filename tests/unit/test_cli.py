@@ -56,7 +56,7 @@ def test_bad_mac_is_rejected_before_anything_runs(tmp_path: Path) -> None:
 
 def test_nvram_with_bios_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     img, vars_fd = tmp_path / "d.img", tmp_path / "VARS.fd"
-    img.write_bytes(b"\0" * 512)
+    img.write_bytes(b"\0" * 510 + b"\x55\xaa")      # an (empty) MBR: a disk image
     vars_fd.write_bytes(b"\0" * 512)
     rc = main(["verify", str(img), "--firmware", "bios", "--nvram", str(vars_fd)])
     assert rc == 2
