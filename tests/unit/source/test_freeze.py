@@ -174,13 +174,21 @@ def test_usable_freeze_timeouts_pass() -> None:
         check_freeze_timeout(value)
 
 
+def _exit_code(argv: list[str]) -> int:
+    """cli.main's exit code, whether argparse refused the value (SystemExit) or p2v did."""
+    try:
+        return cli.main(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "5"])
 def test_convert_refuses_a_bad_freeze_timeout_before_anything_runs(
         value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     # Port 1: nothing answers there, and nothing may be dialled: refused first.
-    code = cli.main(["convert", "ssh://root@127.0.0.1:1", "--name", "g", "--output-dir", str(out),
-                     "--cutover", "--freeze-timeout", value])
+    code = _exit_code(["convert", "ssh://root@127.0.0.1:1", "--name", "g", "--output-dir",
+                       str(out), "--cutover", "--freeze-timeout", value])
     err = capsys.readouterr().err
     assert code == ExitCode.USAGE, err
     assert err.count("\n") == 1 and "--freeze-timeout" in err and "Traceback" not in err, err
@@ -190,8 +198,8 @@ def test_convert_refuses_a_bad_freeze_timeout_before_anything_runs(
 @pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
 def test_sync_refuses_a_bad_freeze_timeout_before_connecting(
         value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["sync", "ssh://root@127.0.0.1:1", "--output-dir", str(tmp_path),
-                     "--freeze", f"--freeze-timeout={value}"])
+    code = _exit_code(["sync", "ssh://root@127.0.0.1:1", "--output-dir", str(tmp_path),
+                       "--freeze", f"--freeze-timeout={value}"])
     err = capsys.readouterr().err
     assert code == ExitCode.USAGE, err
     assert err.count("\n") == 1 and "--freeze-timeout" in err and "Traceback" not in err, err
