@@ -201,11 +201,14 @@ def test_freeze_gives_a_clean_filesystem_and_hooks_run_around_it(
     with SshServer([device]) as ep:
         assert cli.main(["copy", *ssh_args(ep), "--output-dir", str(out), "--name", "f",
                          "--disk", device, "--json"]) == 0
-        (mnt / "doomed").unlink()
         new = os.urandom(6 * MiB)
         (mnt / "new").write_bytes(new)
-        fresh = os.urandom(40 * MiB)         # more than was freed: into chunks free before
+        fresh = os.urandom(40 * MiB)         # more than will be freed: into chunks free before
         (mnt / "fresh").write_bytes(fresh)
+        # Allocated before the delete: ext4 reuses freed blocks once the delete's transaction
+        # commits (every 5 s), so with the writes still delayed the outcome would race it.
+        os.sync()
+        (mnt / "doomed").unlink()
         capsys.readouterr()
         before = f"echo before >> {tmp_path}/hooks.log; echo stopping the database"
         after = f"echo after >> {tmp_path}/hooks.log"
