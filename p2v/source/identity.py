@@ -78,8 +78,8 @@ def mismatch(recorded: object, current: SourceIdentity) -> str | None:
 
     Same host key, and the same disk where either side reports one: an identifier present
     on both sides must agree, and a disk that reports identifiers is not one that reports
-    none. A record without identity (written by a p2v before 2026-12) never matches: it
-    cannot tell a clone from the original.
+    none. A record without identity (written by an older p2v) never matches: it cannot
+    tell a clone from the original.
     """
     if not isinstance(recorded, dict) or not isinstance(recorded.get("host_key"), str):
         return "it records no source identity: written by an older p2v"
