@@ -7,6 +7,12 @@ killed, Ctrl-C, destination full) a rerun of the same command re-reads only the 
 journal lacks. When every chunk is in, the manifest (`<image>.manifest.json`) is written,
 `.part` is renamed to the image and the journal removed: an image without `.part` is
 complete.
+
+Journal header and manifest record the source's identity (`p2v.source.identity`: host key,
+disk serial/WWN): a copy is resumed, or taken as complete, only from the very disk it
+came from, never from a clone with the same hostname, device and size. A resume first zeroes
+whatever the image holds in chunks the journal lacks (written, never journaled), since zero
+and free chunks are not written.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from typing import Any, Protocol
 
 from p2v.errors import (
     IntegrityError,
+    JournalUnreadable,
     RemoteCommandFailed,
     SourceDeviceError,
+    SourceMismatch,
     StreamError,
     UsageError,
 )
@@ -42,6 +50,7 @@ from p2v.source.extents import (
     read_header,
     reader_argv,
 )
+from p2v.source.identity import SourceIdentity, mismatch, source_identity
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_argv, sh_reader_argv
 from p2v.source.ssh import SshSource
 
@@ -128,6 +137,7 @@ class DiskResult:
     already_complete: bool = False
     free_chunks: int = 0               # skipped as free filesystem/swap space
     reader: str = "python3"            # which source-side reader ran ("python3" or "sh")
+    stale_zeroed_bytes: int = 0        # written before an interruption, never journaled
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -144,41 +154,71 @@ class _Journal:
     path: Path
     header: dict[str, Any]
     done: dict[int, str | None] = field(default_factory=dict)   # index -> sha256 (None: zero)
+    # Bytes of whole, valid lines: a kill's torn tail is cut off before the next append
+    # (or it would extend it), not while loading, so a refused journal stays as it was.
+    valid_bytes: int | None = None
 
     @classmethod
-    def load(cls, path: Path) -> _Journal:
-        text = path.read_text()
-        if not text.endswith("\n"):
-            # A line torn by a kill: cut it off, or the next append would extend it.
-            text = text[: text.rfind("\n") + 1]
-            with path.open("r+") as f:
-                f.truncate(len(text.encode()))
-        lines = text.splitlines()
-        header = json.loads(lines[0])
+    def load(cls, path: Path, schema: str | None = None) -> _Journal | None:
+        """The journal at path; None if its header line never got whole onto the disk (a
+        kill or power loss inside `create`: nothing can have been journaled after it)."""
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        lines = data[:end].split(b"\n")[:-1]
+        if not lines or not lines[0].strip(b"\0 "):
+            return None
+        try:
+            header = json.loads(lines[0])
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or (schema and header.get("schema") != schema):
+            raise JournalUnreadable(path=path, part=path.with_suffix(".part"),
+                                    detail=f"its first line is not a {schema or 'p2v'} "
+                                           "journal header")
         journal = cls(path, header)
+        offset = len(lines[0]) + 1
         for line in lines[1:]:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                break           # a torn last line from a kill: everything before it stands
-            journal.done[int(entry["i"])] = entry.get("h")
+            entry = _entry(line)
+            if entry is None:
+                break           # torn by a kill: everything before it stands
+            journal.done[entry[0]] = entry[1]
+            offset += len(line) + 1
+        if offset != len(data):
+            journal.valid_bytes = offset
         return journal
 
     @classmethod
     def create(cls, path: Path, header: dict[str, Any]) -> _Journal:
         write_private(path, json.dumps(header) + "\n", "journal")
         _fsync(path)
+        _fsync(path.parent)          # the journal's name too, before anything relies on it
         return cls(path, header)
 
     def append(self, entries: list[tuple[int, str | None]]) -> None:
         if not entries:
             return
+        if self.valid_bytes is not None:
+            with self.path.open("r+b") as f:
+                f.truncate(self.valid_bytes)
+            self.valid_bytes = None
         with open_private(self.path, "a", "journal") as out:
             for index, digest in entries:
                 out.write(json.dumps({"i": index, "h": digest}) + "\n")
             out.flush()
             os.fsync(out.fileno())
         self.done.update(entries)
+
+
+def _entry(line: bytes) -> tuple[int, str | None] | None:
+    """One journal line as (index, hash), or None for anything else (a torn line)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or type(entry.get("i")) is not int or entry["i"] < 0:
+        return None
+    digest = entry.get("h")
+    return (entry["i"], digest) if digest is None or isinstance(digest, str) else None
 
 
 def _fsync(path: Path) -> None:
@@ -338,13 +378,117 @@ def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, read
     return wire, read, refetched
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A copy's manifest; an unreadable one is a one-line error, not a traceback."""
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(detail=f"the manifest {path} is unreadable ({exc}); remove it and "
+                                "its image to copy afresh, or use another --output-dir"
+                         ) from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
+        raise UsageError(detail=f"{path} is not a p2v manifest; remove it and its image to "
+                                "copy afresh, or use another --output-dir")
+    return manifest
+
+
+def _complete_manifest(image: Path, manifest_path: Path, device: str, size: int,
+                       identity: SourceIdentity) -> dict[str, Any]:
+    """The manifest of a finished image, if it is this source disk's; else refuse: taking
+    it as complete would hand back another server's disk, replacing it would lose it."""
+    files = f"{image} and {manifest_path.name}"
+    if not manifest_path.exists():
+        raise SourceMismatch(path=image, detail="it has no manifest: p2v did not write it",
+                             action="overwrite it", files=image)
+    manifest = read_manifest(manifest_path)
+    why = mismatch(manifest.get("source"), identity)
+    if why is None and (manifest.get("device"), manifest.get("size")) != (device, size):
+        why = (f"the manifest is of {manifest.get('device')}, {manifest.get('size')} bytes; "
+               f"this source's {device} has {size}")
+    if why is not None:
+        raise SourceMismatch(path=image, detail=why, action="take it as complete",
+                             files=files)
+    return manifest
+
+
+def _resumable(journal_path: Path, part: Path, header: dict[str, Any],
+               identity: SourceIdentity) -> _Journal | None:
+    """The journal of an interrupted copy of this very source disk, None if there is
+    nothing to resume; a copy of another source (or of this one with another device, size
+    or chunk size) is refused, its files left as they are."""
+    if not journal_path.exists():
+        return None
+    journal = _Journal.load(journal_path, JOURNAL_SCHEMA)
+    if journal is None:
+        log.warning("%s: the journal's header was torn (killed or power lost as the copy "
+                    "started); nothing was journaled, starting afresh", journal_path)
+        return None
+    why = mismatch(journal.header.get("source"), identity)
+    if why is not None:
+        raise SourceMismatch(path=part, detail=why, action="resume it",
+                             files=f"{part} and {journal_path.name}")
+    theirs = {k: journal.header.get(k) for k in ("device", "size", "chunk_size")}
+    if theirs != {k: header[k] for k in ("device", "size", "chunk_size")}:
+        raise UsageError(detail=f"{journal_path} belongs to another copy ({theirs}); "
+                                "remove it and the .part image, or use another "
+                                "--output-dir")
+    return journal
+
+
+def _stale_ranges(data: list[tuple[int, int]], missing: list[tuple[int, int]], chunk: int
+                  ) -> list[tuple[int, int]]:
+    """Byte ranges (offset, length) both holding data in the image and in unjournaled
+    chunks (`missing`: half-open chunk index ranges); both lists sorted."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for first, last in missing:
+        lo, hi = first * chunk, last * chunk
+        while j < len(data) and data[j][0] + data[j][1] <= lo:
+            j += 1
+        k = j
+        while k < len(data) and data[k][0] < hi:
+            start, end = max(lo, data[k][0]), min(hi, data[k][0] + data[k][1])
+            if out and out[-1][0] + out[-1][1] == start:
+                out[-1] = (out[-1][0], end - out[-1][0])
+            else:
+                out.append((start, end - start))
+            k += 1
+    return out
+
+
+def _scrub(part: Path, journal: _Journal, count: int, chunk: int) -> int:
+    """Zero what the image holds in chunks the journal lacks; returns the bytes zeroed.
+
+    Written and flushed but never journaled (killed, or the power lost, before the journal
+    line was durable), such a chunk keeps the old data, and the copy writes nothing where
+    the source is now zero or free: left alone, the image would mix then and now while the
+    manifest calls the chunk zero.
+    """
+    missing = missing_ranges(set(journal.done), count)
+    if not missing:
+        return 0
+    with Qcow2Writer(part) as writer:
+        stale = _stale_ranges(writer.data_ranges(), missing, chunk)
+        for offset, length in stale:
+            writer.zero(offset, length)
+        if stale:
+            writer.flush()
+    zeroed = sum(length for _, length in stale)
+    if zeroed:
+        log.info("%s: zeroed %d byte(s) written before the interruption but never journaled",
+                 part, zeroed)
+    return zeroed
+
+
 def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
               info: DeviceInfo | None = None, meter_factory: MeterFactory | None = None,
               limiter: RateLimiter | None = None,
-              cancel: threading.Event | None = None) -> DiskResult:
+              cancel: threading.Event | None = None,
+              identity: SourceIdentity | None = None) -> DiskResult:
     """Copy one disk (see the module docstring). `info`: the probe's answer if already
-    known; `cancel`: set by another disk's failure, stops this one at the next chunk."""
+    known; `cancel`: set by another disk's failure, stops this one at the next chunk;
+    `identity`: the source disk's, if already known (see `p2v.source.identity`)."""
     started = time.monotonic()
     chunk = request.chunk_size
     image = request.output_dir / f"{name}-{image_stem(device)}.qcow2"
@@ -353,32 +497,27 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     manifest_path = image.with_name(image.name + ".manifest.json")
     info = info or probe_device(source, device)
     reader = _reader(info, request, source.target.host)
+    identity = identity or source_identity(source, device)
     size = info.size
     count = -(-size // chunk)
     header = {"schema": JOURNAL_SCHEMA, "host": source.target.host, "device": device,
-              "size": size, "chunk_size": chunk}
+              "size": size, "chunk_size": chunk, "source": identity.to_dict()}
     check_path(request.output_dir, "output dir")
     for path in (image, part, journal_path, manifest_path):
         check_path(path, "image")
 
-    if image.exists() and manifest_path.exists() and not journal_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("size") == size and manifest.get("device") == device:
-            emit({"event": "disk-complete", "device": device, "image": str(image)})
-            return DiskResult(device, image, manifest_path, size, count,
-                              manifest.get("zero_chunks", 0), manifest.get("data_chunks", 0),
-                              count, 0, 0, 0, time.monotonic() - started, already_complete=True)
+    if image.exists():
+        manifest = _complete_manifest(image, manifest_path, device, size, identity)
+        journal_path.unlink(missing_ok=True)     # left by a kill after the final rename
+        emit({"event": "disk-complete", "device": device, "image": str(image)})
+        return DiskResult(device, image, manifest_path, size, count,
+                          manifest.get("zero_chunks", 0), manifest.get("data_chunks", 0),
+                          count, 0, 0, 0, time.monotonic() - started, already_complete=True)
     if image.with_name(image.name + ".sync-journal").exists():
         raise UsageError(detail=f"a `p2v sync` of {image} was interrupted; rerun that sync "
                                 "to finish it (a copy would start the image afresh)")
-    journal: _Journal | None = None
-    if journal_path.exists() and part.exists():
-        journal = _Journal.load(journal_path)
-        theirs = {k: journal.header.get(k) for k in ("device", "size", "chunk_size")}
-        if theirs != {k: header[k] for k in ("device", "size", "chunk_size")}:
-            raise UsageError(detail=f"{journal_path} belongs to another copy ({theirs}); "
-                                    "remove it and the .part image, or use another "
-                                    "--output-dir")
+    journal = _resumable(journal_path, part, header, identity) if part.exists() else None
+    scrubbed = 0
     if journal is None:
         for stale in (part, journal_path, manifest_path):
             stale.unlink(missing_ok=True)
@@ -386,9 +525,12 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
         create_qcow2(part, size)
         make_private(part, "image")
         journal = _Journal.create(journal_path, header)
+    else:
+        scrubbed = _scrub(part, journal, count, chunk)
     resumed = len(journal.done)
     emit({"event": "disk-start", "device": device, "image": str(image), "size": size,
-          "chunks": count, "resumed_chunks": resumed, "reader": reader})
+          "chunks": count, "resumed_chunks": resumed, "reader": reader,
+          "stale_zeroed_bytes": scrubbed})
     done_bytes = sum(min(chunk, size - i * chunk) for i in journal.done)
     meter = (meter_factory or (lambda d, s, n: _QuietMeter()))(device, size, done_bytes)
     try:
@@ -409,7 +551,8 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     free_chunks = sum(1 for h in hashes if h == FREE_MARK)
     manifest = {
         "schema": MANIFEST_SCHEMA, "host": source.target.host, "device": device,
-        "image": image.name, "size": size, "chunk_size": chunk, "chunks": count,
+        "source": identity.to_dict(), "image": image.name, "size": size,
+        "chunk_size": chunk, "chunks": count,
         "zero_chunks": zero_chunks, "free_chunks": free_chunks,
         "data_chunks": count - zero_chunks - free_chunks, "full": request.full,
         "reader": reader,
@@ -432,7 +575,8 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     journal_path.unlink()
     result = DiskResult(device, image, manifest_path, size, count, zero_chunks,
                         count - zero_chunks - free_chunks, resumed, read, refetched, wire,
-                        time.monotonic() - started, free_chunks=free_chunks, reader=reader)
+                        time.monotonic() - started, free_chunks=free_chunks, reader=reader,
+                        stale_zeroed_bytes=scrubbed)
     emit({"event": "disk-done", **result.to_dict()})
     return result
 
@@ -460,6 +604,7 @@ def copy_disks(source: SshSource, request: CopyRequest,
         raise UsageError(detail=f"--disk {twice} is named twice (or two disks would share "
                                 "one image name)")
     infos = [probe_device(source, device) for device in request.disks]
+    identities = {info.device: source_identity(source, info.device) for info in infos}
     name = request.name or source_hostname(source)
     limiter = RateLimiter(request.bandwidth_limit) if request.bandwidth_limit else None
     lock = threading.Lock()
@@ -470,7 +615,8 @@ def copy_disks(source: SshSource, request: CopyRequest,
 
     def one(info: DeviceInfo) -> DiskResult:
         return copy_disk(source, info.device, request, name, emit_locked, info=info,
-                         meter_factory=meter_factory, limiter=limiter, cancel=cancel)
+                         meter_factory=meter_factory, limiter=limiter, cancel=cancel,
+                         identity=identities[info.device])
 
     cancel = threading.Event()
     workers = min(request.parallel, len(infos))
@@ -496,4 +642,4 @@ def copy_disks(source: SshSource, request: CopyRequest,
 
 
 __all__ = ["CopyRequest", "DeviceInfo", "DiskResult", "Meter", "MeterFactory", "copy_disk",
-           "copy_disks", "image_stem", "probe_device"]
+           "copy_disks", "image_stem", "probe_device", "read_manifest"]

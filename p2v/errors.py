@@ -16,6 +16,7 @@ class ExitCode:
     INTEGRITY = 5
     SCHEDULER_UNREACHABLE = 6
     DRIVERS_UNAVAILABLE = 7
+    SOURCE_MISMATCH = 8
     INTERRUPTED = 130
 
 
@@ -236,3 +237,13 @@ class NotADiskImage(UsageError):
 
 class OutputDirUnusable(UsageError):
     """{flag} {path} {detail}; give a writable directory (it is created if missing), nothing was written"""  # noqa: E501
+
+
+class SourceMismatch(P2VError):
+    """{path} is not a copy of this source ({detail}); refusing to {action}: use another --output-dir or --name, or remove {files} to copy this source afresh"""  # noqa: E501
+
+    exit_code = ExitCode.SOURCE_MISMATCH
+
+
+class JournalUnreadable(UsageError):
+    """the journal {path} is unreadable ({detail}); remove it and {part} to copy afresh, or use another --output-dir"""  # noqa: E501

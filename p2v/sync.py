@@ -39,6 +39,7 @@ from p2v.copy import (
     _Journal,
     image_stem,
     probe_device,
+    read_manifest,
     source_hostname,
 )
 from p2v.errors import (
@@ -46,6 +47,7 @@ from p2v.errors import (
     IntegrityError,
     P2VError,
     SourceDeviceError,
+    SourceMismatch,
     StreamError,
     SyncNotReady,
     UsageError,
@@ -63,6 +65,7 @@ from p2v.source.freeze import (
     run_hook,
 )
 from p2v.source.hasher import FREE, ZERO, hasher_argv, read_hashes
+from p2v.source.identity import SourceIdentity, mismatch, source_identity
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
 from p2v.source.ssh import SshSource
 
@@ -211,12 +214,22 @@ class _Counter:
             self.limiter.consume(n)
 
 
+def check_source(manifest: dict[str, Any], identity: SourceIdentity, image: Path) -> None:
+    """Refuse to sync an image taken from another server (or disk) than this one: its
+    unchanged chunks would stay the other server's."""
+    why = mismatch(manifest.get("source"), identity)
+    if why is not None:
+        raise SourceMismatch(path=image, detail=why, action="sync it",
+                             files=f"{image} and {image.name}.manifest.json")
+
+
 def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
               limiter: RateLimiter | None = None,
-              info: DeviceInfo | None = None) -> SyncDiskResult:
-    """One pass over one disk (see the module docstring); `info`: the probe's answer if
-    already known (probed before a freeze, to keep the frozen window short)."""
+              info: DeviceInfo | None = None,
+              identity: SourceIdentity | None = None) -> SyncDiskResult:
+    """One pass over one disk (see the module docstring); `info`, `identity`: the probe's
+    answers if already known (probed before a freeze, to keep the frozen window short)."""
     started = time.monotonic()
     image, part, manifest_path, journal_path = _paths(request.output_dir, name, device)
     for path in (request.output_dir, image, part, manifest_path, journal_path):
@@ -226,8 +239,9 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
         detail = ("the copy is still in progress" if part.exists() else "no image and "
                   "manifest")
         raise SyncNotReady(device=device, output_dir=request.output_dir, detail=detail)
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path)
     info = info or probe_device(source, device)
+    check_source(manifest, identity or source_identity(source, device), image)
     host = source.target.host
     chunk, size = int(manifest["chunk_size"]), int(manifest["size"])
     if manifest.get("device") != device or size != info.size:
@@ -243,9 +257,15 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
         raise SourceDeviceError(device=device, host=host,
                                 detail="the source has no python3 (leave the reader to auto)")
 
-    resumed = journal_path.exists()
-    if resumed:
-        journal = _Journal.load(journal_path)
+    loaded = _Journal.load(journal_path, SYNC_JOURNAL_SCHEMA) if journal_path.exists() else None
+    if loaded is None and journal_path.exists():
+        if not image.exists():
+            raise UsageError(detail=f"{journal_path} lost its header while {part} was being "
+                                    "synced; remove both and copy again")
+        journal_path.unlink()          # torn as the pass started: nothing was written yet
+    resumed = loaded is not None
+    if loaded is not None:
+        journal = loaded
         if journal.header.get("chunks_digest") != manifest.get("chunks_digest"):
             if not image.exists():
                 raise UsageError(detail=f"{journal_path} belongs to another image; remove "
@@ -412,9 +432,12 @@ def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | Non
 
 
 def sync_pass(source: SshSource, request: SyncRequest, name: str, infos: list[DeviceInfo],
-              emit: Callable[[Event], None], limiter: RateLimiter | None
+              emit: Callable[[Event], None], limiter: RateLimiter | None,
+              identities: dict[str, SourceIdentity] | None = None
               ) -> list[SyncDiskResult]:
-    return [sync_disk(source, info.device, request, name, emit, limiter=limiter, info=info)
+    ids = identities or {}
+    return [sync_disk(source, info.device, request, name, emit, limiter=limiter, info=info,
+                      identity=ids.get(info.device))
             for info in infos]
 
 
@@ -445,6 +468,10 @@ def sync(source: SshSource, request: SyncRequest,
                                detail="the copy is still in progress" if part.exists()
                                else "no image and manifest")
     infos = [probe_device(source, device) for device in disks]
+    identities = {device: source_identity(source, device) for device in disks}
+    for device in disks:                       # another server's image: no hook, no freeze
+        image, _, manifest_path, _ = _paths(request.output_dir, name, device)
+        check_source(read_manifest(manifest_path), identities[device], image)
     limiter = RateLimiter(request.bandwidth_limit) if request.bandwidth_limit else None
     hooks: dict[str, str] = {}
     report: FreezeReport | None = None
@@ -466,13 +493,14 @@ def sync(source: SshSource, request: SyncRequest,
                 # Writers wait while frozen: the frozen pass runs at normal priority (the
                 # live passes may stay under nice/ionice), each second of it is downtime.
                 frozen_pass = replace(request, low_priority=False)
-                results = sync_pass(source, frozen_pass, name, infos, emit, limiter)
+                results = sync_pass(source, frozen_pass, name, infos, emit, limiter,
+                                    identities)
                 if freeze.expired():
                     raise FreezeExpired(host=source.target.host,
                                         timeout=request.freeze_timeout)
             emit({"event": "thawed", "freeze_s": report.seconds})
         else:
-            results = sync_pass(source, request, name, infos, emit, limiter)
+            results = sync_pass(source, request, name, infos, emit, limiter, identities)
     except BaseException:
         failed = True
         raise

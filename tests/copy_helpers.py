@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -38,3 +39,22 @@ def kill_after_first_batch(argv: list[str], journal: Path, timeout: float = 120)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the copy finished before it could be killed"
     return len(journal.read_text().splitlines()) - 1
+
+
+def wait_closed(path: Path, timeout: float = 60) -> None:
+    """Wait until no process holds `path` open (a killed copy's qemu-storage-daemon gets
+    SIGTERM from the kernel and may still flush its metadata for a moment)."""
+    target = str(path.resolve())
+    deadline = time.monotonic() + timeout
+    while True:
+        holders = []
+        for fd in Path("/proc").glob("[0-9]*/fd/*"):
+            try:
+                if os.readlink(fd) == target:
+                    holders.append(fd.parts[2])
+            except OSError:
+                continue
+        if not holders:
+            return
+        assert time.monotonic() < deadline, f"{path} still open by pid(s) {holders}"
+        time.sleep(0.05)

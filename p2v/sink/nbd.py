@@ -1,7 +1,8 @@
 """A minimal NBD client (fixed newstyle, simple replies) for writing into an NBD export.
 
 Only what the copy needs: connect to a Unix socket, NBD_OPT_EXPORT_NAME, WRITE, FLUSH,
-WRITE_ZEROES (a sync zeroing a chunk no longer used), READ (for tests and checks) and
+WRITE_ZEROES (a sync zeroing a chunk no longer used, a resume
+zeroing what was written but never journaled), READ (for tests and checks) and
 DISC. No Python binding of libnbd exists on the hosts, and
 this is a few dozen lines of a documented protocol (github.com/NetworkBlockDevice/nbd,
 doc/proto.md).
@@ -26,6 +27,8 @@ SIMPLE_REPLY_MAGIC = 0x67446698
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
 CMD_WRITE_ZEROES = 6
 FLAG_SEND_WRITE_ZEROES = 1 << 6     # transmission flag: the server takes WRITE_ZEROES
+MAX_WRITE_REQUEST = 32 << 20        # qemu's NBD server refuses larger READ/WRITE payloads
+MAX_ZEROES_REQUEST = 1 << 30        # well inside the 32-bit length, in whole clusters
 
 
 class NbdError(OSError):
@@ -94,11 +97,21 @@ class NbdClient:
         self._request(CMD_WRITE, offset, len(data), data)
 
     def write_zeroes(self, offset: int, length: int) -> None:
-        """The range reads as zeros afterwards (the server may deallocate it)."""
-        if self.flags & FLAG_SEND_WRITE_ZEROES:
-            self._request(CMD_WRITE_ZEROES, offset, length)
-        else:
-            self._request(CMD_WRITE, offset, length, bytes(length))
+        """The range reads as zeros afterwards (the server may deallocate it).
+
+        Any length: sent in pieces a server takes (a request's length is 32 bits, and a
+        plain WRITE, for a server without WRITE_ZEROES, carries its bytes).
+        """
+        native = bool(self.flags & FLAG_SEND_WRITE_ZEROES)
+        piece = MAX_ZEROES_REQUEST if native else MAX_WRITE_REQUEST
+        end = offset + length
+        while offset < end:
+            n = min(piece, end - offset)
+            if native:
+                self._request(CMD_WRITE_ZEROES, offset, n)
+            else:
+                self._request(CMD_WRITE, offset, n, bytes(n))
+            offset += n
 
     def pread(self, length: int, offset: int) -> bytes:
         return self._request(CMD_READ, offset, length)

@@ -7,6 +7,7 @@ its final size on disk, and an image can be reopened to resume a copy.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import subprocess
 import tempfile
@@ -35,10 +36,24 @@ def create_qcow2(path: Path, size: int) -> None:
         raise
 
 
+def data_ranges(image: Path, *, force_share: bool = False) -> list[tuple[int, int]]:
+    """(offset, length) of every range of a qcow2 that may not read as zeros: allocated
+    data, as `qemu-img map` reports it (unallocated and zero clusters are left out).
+
+    force_share: read while another process holds the image open (see Qcow2Writer)."""
+    argv: list[str | Path] = ["qemu-img", "map", "--output=json", "-f", "qcow2"]
+    if force_share:
+        argv.append("-U")
+    out = runner.run([*argv, image], timeout=600).stdout
+    return [(int(e["start"]), int(e["length"])) for e in json.loads(out)
+            if not e.get("zero", False)]
+
+
 class Qcow2Writer:
     """An open qcow2 image: `write(offset, data)`, `flush()`, `close()`.
 
-    Zero chunks are never written: the image's unallocated clusters already read as zeros.
+    Zero chunks are never written into a fresh image: its unallocated clusters already
+    read as zeros. A reopened one may hold data the journal does not know of: `zero` it.
     """
 
     def __init__(self, image: Path, start_timeout: float = 30.0) -> None:
@@ -95,6 +110,14 @@ class Qcow2Writer:
             self.client.write_zeroes(offset, length)
         except (NbdError, OSError) as exc:
             self._raise(exc, f"zeroing at {offset}")
+
+    def data_ranges(self) -> list[tuple[int, int]]:
+        """The image's ranges that may hold data (see `data_ranges`), as of the last flush.
+
+        Read from the file beside this writer's daemon: sound because the daemon holds the
+        image's write lock (no one else changes it) and its metadata is on disk once
+        opened or flushed."""
+        return data_ranges(self.image, force_share=True)
 
     def read(self, offset: int, length: int) -> bytes:
         return self.client.pread(length, offset)

@@ -436,6 +436,15 @@ class SshSource:
         self._clients.clear()
         self._client = None
 
+    def host_key(self) -> str:
+        """The logged-in server's host key as "TYPE SHA256:…" (the last hop, past any jump):
+        what identifies the machine a copy came from, whatever it calls itself."""
+        transport = self._client.get_transport() if self._client is not None else None
+        if transport is None or not transport.is_active():
+            raise SshFailed(host=self.target.host, detail="not connected")
+        key = transport.get_remote_server_key()
+        return f"{key.get_name()} {fingerprint(key)}"
+
     def __enter__(self) -> SshSource:
         if self._client is None:
             self.connect()

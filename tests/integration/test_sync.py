@@ -203,10 +203,12 @@ def test_freeze_gives_a_clean_filesystem_and_hooks_run_around_it(
                          "--disk", device, "--json"]) == 0
         new = os.urandom(6 * MiB)
         (mnt / "new").write_bytes(new)
-        fresh = os.urandom(40 * MiB)         # into chunks free before
+        fresh = os.urandom(40 * MiB)         # more than will be freed: into chunks free before
         (mnt / "fresh").write_bytes(fresh)
-        # Deleted last: ext4 may reuse freed blocks once its journal committed (timing, i.e.
-        # load, decides), which would leave fewer chunks to drop.
+        # Allocated before the delete, which comes last: ext4 reuses freed blocks once the
+        # delete's transaction commits (every 5 s), so with the writes still delayed the
+        # outcome would race it.
+        os.sync()
         (mnt / "doomed").unlink()
         capsys.readouterr()
         before = f"echo before >> {tmp_path}/hooks.log; echo stopping the database"
