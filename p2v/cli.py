@@ -80,8 +80,8 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from p2v.verify.boot import BootOptions, verify_boot
 
-    for image in args.images:
-        check_disk_image(image)         # before the KVM probe and any overlay
+    for index, image in enumerate(args.images):
+        check_disk_image(image, boot=index == 0)    # before the KVM probe and any overlay
     options = BootOptions(
         bus=args.bus, firmware=args.firmware, nvram=args.nvram, macs=tuple(args.mac),
         nic_model=args.nic_model, timeout=args.timeout, memory_mib=args.memory,
@@ -396,8 +396,8 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     macs = list(pins.values())
     if len(set(macs)) != len(macs):
         raise UsageError(detail=f"the same MAC is given to two interfaces: {pins}")
-    for image in args.images:
-        check_disk_image(image)         # before the appliance starts
+    for index, image in enumerate(args.images):
+        check_disk_image(image, boot=index == 0)    # before the appliance starts
     options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pins.items()),
                          mac_map=mac_changes(source_macs, pins), source_disks=disks,
                          firmware=firmware, dry_run=args.dry_run,

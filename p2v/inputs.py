@@ -99,8 +99,12 @@ def check_json_text(text: str, path: Path, what: str) -> None:
         raise InputUnreadable(what=what, path=str(path), detail="not a JSON object")
 
 
-def check_disk_image(path: Path) -> None:
-    """Refuse a missing, empty or non-disk IMAGE before any boot or appliance launch."""
+def check_disk_image(path: Path, *, boot: bool = True) -> None:
+    """Refuse a missing, empty or non-disk IMAGE before any boot or appliance launch.
+
+    Only a boot disk (the first image) must show a partition table, boot sector or
+    filesystem at its start: a raw data disk may hold anything (an md member, btrfs, ZFS).
+    """
     if not path.exists():
         raise InputNotFound(what="image", path=str(path))
     if not path.is_file():
@@ -110,7 +114,7 @@ def check_disk_image(path: Path) -> None:
     info = _qemu_img_info(path)
     if int(info.get("virtual-size") or 0) == 0:
         raise NotADiskImage(path=str(path), detail="its virtual size is 0")
-    if info.get("format") == "raw" and not _looks_like_a_disk(path):
+    if boot and info.get("format") == "raw" and not _looks_like_a_disk(path):
         raise NotADiskImage(path=str(path), detail="no partition table, boot sector or "
                             "filesystem at its start")
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
-from p2v.errors import SourceSpecError
+from p2v.errors import NotADiskImage, SourceSpecError
+from p2v.inputs import check_disk_image
 from p2v.model import GuestCaps, SourceInventory
 from p2v.source.ssh import parse_source, redact_source
 from p2v.target.domain import GuestDisk, domain_xml, plan_domain
@@ -45,3 +47,12 @@ def test_a_hostname_with_control_characters_is_escaped_in_the_domain_xml() -> No
     assert not any(ord(c) < 32 and c not in "\n\t" for c in xml)
     description = ET.fromstring(xml).findtext("description")
     assert description == "converted by p2v from web\\x1b[31m\\n01\\x01"
+
+
+def test_a_raw_data_disk_needs_no_boot_signature(tmp_path: Path) -> None:
+    """Only the boot disk must look like one: a data disk may be an md member, btrfs, ..."""
+    data = tmp_path / "data.img"
+    data.write_bytes(b"\x01" * (1 << 20))
+    check_disk_image(data, boot=False)
+    with pytest.raises(NotADiskImage):
+        check_disk_image(data)
