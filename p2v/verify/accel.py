@@ -6,11 +6,11 @@ import glob
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from p2v import runner
+from p2v.verify.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ def probe_kvm(timeout: float = PROBE_TIMEOUT) -> bool:
     kernel = _probe_kernel()
     if kernel is None:
         return False
-    with tempfile.TemporaryDirectory(prefix="p2v-kvmprobe-") as tmp:
-        console = Path(tmp) / "console.log"
+    # Its qemu dies with p2v (runner.spawn); a killed probe's dir goes at the next sweep.
+    with scratch_dir("kvmprobe") as tmp:
+        console = tmp / "console.log"
         proc = runner.spawn(
             [
                 "qemu-system-x86_64", "-machine", "accel=kvm", "-cpu", "host", "-m", "256",
