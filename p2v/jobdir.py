@@ -27,7 +27,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -144,12 +144,19 @@ class WorkDir:
 
 def _hold(path: Path, name: str) -> IO[str]:
     """PATH flock'ed (the kernel drops it when this process dies) with our pid in it."""
-    lock = path.open("a+")
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise JobLocked(name=name, lock=str(path)) from None
+    while True:
+        lock = path.open("a+")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise JobLocked(name=name, lock=str(path)) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()        # its holder removed it as we opened it: lock the new one
     lock.seek(0)
     lock.truncate()
     lock.write(f"{os.getpid()}\n")
@@ -168,14 +175,25 @@ def images_lock(output_dir: Path, name: str) -> Iterator[None]:
     so it never writes an image that a convert or another copy is writing (JobLocked)."""
     if not name or Path(name).name != name or name in (".", ".."):
         raise UsageError(detail=f"--name {name!r}: a name, not a path")
+    output_dir = Path(output_dir)
+    made = not output_dir.exists()
+    path = images_lock_path(output_dir, name)
     try:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        lock = _hold(images_lock_path(output_dir, name), name)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = _hold(path, name)
     except OSError as exc:
         raise UsageError(detail=f"--output-dir {output_dir}: {exc.strerror or exc}; give a "
                                 "directory you can write") from None
-    with lock:
+    try:
         yield
+    finally:
+        # Removed while still held (a run that opened it meanwhile sees another inode and
+        # retries): a refused or failed run leaves the dir as it found it.
+        path.unlink(missing_ok=True)
+        lock.close()
+        if made:
+            with suppress(OSError):
+                output_dir.rmdir()        # only if it stayed empty
 
 
 __all__ = ["JobLocked", "WorkDir", "images_lock", "images_lock_path", "read_json",
