@@ -120,7 +120,7 @@ def spawn(
 
 # Resolved here, in the parent: a forked child of a threaded process must not dlopen.
 _PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)   # Linux only
 
 
 def set_parent_death_signal(sig: int, parent: int) -> None:
@@ -129,7 +129,7 @@ def set_parent_death_signal(sig: int, parent: int) -> None:
     Called in the child. If PARENT died before the request was in place, the signal is
     sent at once: a SIGKILL a moment too early must not leave an orphan either.
     """
-    if _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+    if _prctl is None or _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent:
         os.kill(os.getpid(), sig)
