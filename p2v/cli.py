@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -17,7 +19,7 @@ from p2v.errors import ExitCode, P2VError
 from p2v.inputs import check_disk_image, check_name, check_output_dir, finite_positive
 
 if TYPE_CHECKING:
-    from p2v.source.ssh import SshOptions
+    from p2v.source.ssh import SshOptions, SshSource
 
 log = logging.getLogger("p2v")
 
@@ -536,6 +538,17 @@ class _TqdmMeter:
         self._bar.close()
 
 
+@contextlib.contextmanager
+def _images_locked(source: SshSource, output_dir: Path, name: str | None) -> Iterator[str]:
+    """Hold the images' lock (the one convert holds too) for a standalone copy or sync."""
+    from p2v.copy import source_hostname
+    from p2v.jobdir import images_lock
+
+    name = name or source_hostname(source)
+    with images_lock(output_dir, name):
+        yield name
+
+
 def _cmd_copy(args: argparse.Namespace) -> int:
     from p2v.copy import CopyRequest, copy_disks
     from p2v.source.ssh import SshSource
@@ -573,8 +586,10 @@ def _cmd_copy(args: argparse.Namespace) -> int:
         elif event["event"] == "disk-complete":
             say(f"{event['device']}: {event['image']} is already complete")
 
-    with SshSource.open(args.source, options) as source:
-        results = copy_disks(source, request, emit, meter if bars else None)
+    with SshSource.open(args.source, options) as source, \
+            _images_locked(source, request.output_dir, request.name) as name:
+        results = copy_disks(source, replace(request, name=name), emit,
+                             meter if bars else None)
     if not args.json:
         for r in results:
             print(f"{r.device}: {r.image} ({r.data_chunks} data + {r.zero_chunks} zero "
@@ -656,8 +671,9 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         elif event["event"] == "thawed":
             say(f"thawed after {event['freeze_s'] or 0:.1f} s")
 
-    with SshSource.open(args.source, options) as source:
-        result = sync(source, request, emit)
+    with SshSource.open(args.source, options) as source, \
+            _images_locked(source, request.output_dir, request.name) as name:
+        result = sync(source, replace(request, name=name), emit)
     if args.json:
         print(json.dumps({"event": "sync-result", **result.to_dict()}), flush=True)
         return ExitCode.OK

@@ -14,6 +14,7 @@ Layout (docs/convert.md)::
       markers/<stage>.done JSON: the stage finished, when, in how many seconds
       report.json          the final JobReport (also written on failure)
       .lock                held (flock) while a run owns the job
+      .<name>.lock         held too: the lock a standalone copy/sync of these images takes
 
 A marker is written atomically after everything its stage produced is durable, so a stage
 without one is unfinished and is run again; each stage is safe to run again.
@@ -25,7 +26,8 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -59,6 +61,7 @@ class WorkDir:
         self.path = Path(path)
         self.name = name
         self._lock: IO[str] | None = None
+        self._images_lock: IO[str]
 
     # ------------------------------------------------------------------ paths
     @property
@@ -81,22 +84,20 @@ class WorkDir:
 
     def __enter__(self) -> WorkDir:
         self.create()
-        lock = open_private(self.path / ".lock", "a+")
+        lock = _hold(self.path / ".lock", self.name)
         try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # The lock a standalone `p2v copy`/`sync` into this dir under this name takes.
+            self._images_lock = _hold(images_lock_path(self.path, self.name), self.name)
+        except BaseException:
             lock.close()
-            raise JobLocked(name=self.name, lock=str(self.path / ".lock")) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+            raise
         self._lock = lock
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._lock is not None:
+            self._images_lock.close()
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
@@ -143,4 +144,59 @@ class WorkDir:
             out.write(json.dumps(event) + "\n")
 
 
-__all__ = ["JobLocked", "WorkDir", "read_json", "write_json"]
+def _hold(path: Path, name: str) -> IO[str]:
+    """PATH flock'ed (the kernel drops it when this process dies) with our pid in it."""
+    while True:
+        lock = open_private(path, "a+", "lock")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise JobLocked(name=name, lock=str(path)) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()        # its holder removed it as we opened it: lock the new one
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def images_lock_path(output_dir: Path, name: str) -> Path:
+    """The lock on the images NAME-*.qcow2 in OUTPUT_DIR (a job's work dir holds one too)."""
+    return Path(output_dir) / f".{name}.lock"
+
+
+@contextmanager
+def images_lock(output_dir: Path, name: str) -> Iterator[None]:
+    """Hold the lock on NAME's images in OUTPUT_DIR: what a standalone copy or sync takes,
+    so it never writes an image that a convert or another copy is writing (JobLocked)."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise UsageError(detail=f"--name {name!r}: a name, not a path")
+    output_dir = Path(output_dir)
+    made = not output_dir.exists()
+    path = images_lock_path(output_dir, name)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        lock = _hold(path, name)
+    except OSError as exc:
+        raise UsageError(detail=f"--output-dir {output_dir}: {exc.strerror or exc}; give a "
+                                "directory you can write") from None
+    try:
+        yield
+    finally:
+        # Removed while still held (a run that opened it meanwhile sees another inode and
+        # retries): a refused or failed run leaves the dir as it found it.
+        path.unlink(missing_ok=True)
+        lock.close()
+        if made:
+            with suppress(OSError):
+                output_dir.rmdir()        # only if it stayed empty
+
+
+__all__ = ["JobLocked", "WorkDir", "images_lock", "images_lock_path", "read_json",
+           "write_json"]

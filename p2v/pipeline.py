@@ -494,6 +494,7 @@ class _Job:
 
     def run_verify(self) -> dict[str, Any]:
         from p2v.verify.boot import BootOptions, verify_boot
+        from p2v.verify.scratch import WORK_DIR_ROOT
 
         if not self.spec.verify:
             self.say("boot check skipped (--no-verify)")
@@ -503,7 +504,8 @@ class _Job:
         options = BootOptions(bus=cast(Any, caps.disk_bus), firmware=caps.firmware,
                               macs=tuple(m for _n, m in plan.pins),
                               nic_model=cast(Any, caps.nic_model),
-                              timeout=self.spec.verify_timeout)
+                              timeout=self.spec.verify_timeout,
+                              scratch_root=self.wd.file(WORK_DIR_ROOT))   # `clean` removes it
         wait_until_released(self.images(), self.say)
         verdict = verify_boot(self.images(), options, progress=self.say)
         write_json(self.wd.file("verify.json"), verdict.to_dict())

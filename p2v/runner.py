@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,12 +94,14 @@ def spawn(
     stdout: int | None = subprocess.DEVNULL,
     stderr: int | None = subprocess.DEVNULL,
     cwd: str | Path | None = None,
-    die_with_parent: bool = False,
+    die_with_parent: bool = True,
 ) -> subprocess.Popen[bytes]:
     """Start a long-running process (qemu, sshd) in its own session; the caller stops it.
 
-    die_with_parent: the kernel sends it SIGTERM when p2v dies, even by SIGKILL (Linux
-    PR_SET_PDEATHSIG), so a helper holding an image lock never outlives a killed copy.
+    die_with_parent: the kernel SIGKILLs it when p2v dies, even by SIGKILL
+    (`die_with_parent_fn`), so no qemu, storage daemon or lock on an image outlives a killed job.
+    Call spawn from a thread that lives as long as the child: the kernel's notion of the
+    parent is the forking thread.
     """
     args = [os.fspath(a) for a in argv]
     args[0] = which(args[0]) if "/" not in args[0] else args[0]
@@ -109,16 +114,35 @@ def spawn(
         env=_env(env),
         cwd=cwd,
         start_new_session=True,
-        preexec_fn=_die_with_parent if die_with_parent else None,
+        preexec_fn=die_with_parent_fn() if die_with_parent else None,  # noqa: PLW1509
     )
 
 
-def _die_with_parent() -> None:
-    import ctypes
-    import signal
+# Resolved here, in the parent: a forked child of a threaded process must not dlopen.
+_PR_SET_PDEATHSIG = 1
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)   # Linux only
 
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+def set_parent_death_signal(sig: int, parent: int) -> None:
+    """Have the kernel send SIG to this process when PARENT dies (Linux PR_SET_PDEATHSIG).
+
+    Called in the child. If PARENT died before the request was in place, the signal is
+    sent at once: a SIGKILL a moment too early must not leave an orphan either.
+    """
+    if _prctl is None or _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
+def die_with_parent_fn(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A `preexec_fn` for Popen: the child gets SIG when the calling process dies.
+
+    The one way p2v ties a child's life to its own; SIGKILL for helpers (qemu, a storage
+    daemon) whose work is worthless without p2v, SIGINT for a job process that should stop
+    as on Ctrl-C.
+    """
+    return functools.partial(set_parent_death_signal, sig, os.getpid())
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

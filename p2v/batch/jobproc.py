@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from p2v import runner
 from p2v.batch.execute import JobOutcome, execute_job, worker_id
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
@@ -40,13 +41,6 @@ def _outcome_from(data: dict[str, Any]) -> JobOutcome:
     return JobOutcome(**data)
 
 
-def _pdeathsig() -> None:
-    import ctypes
-
-    os.setpgid(0, 0)
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)   # PR_SET_PDEATHSIG
-
-
 def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str, Any]]], None],
               should_stop: Callable[[], str | None],
               grace: float = 60.0) -> tuple[str, JobOutcome]:
@@ -62,7 +56,8 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
     with open_private(log_path, "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - a fixed argv
             [sys.executable, "-m", "p2v.batch.jobproc"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=log, preexec_fn=_pdeathsig)  # noqa: PLW1509
+            stdout=subprocess.PIPE, stderr=log, process_group=0,
+            preexec_fn=runner.die_with_parent_fn(signal.SIGINT))  # noqa: PLW1509
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(json.dumps(spec.to_dict()).encode())
     proc.stdin.close()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2v import runner
 from p2v.batch.execute import EventSink, JobOutcome, execute_job, worker_id
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
@@ -64,14 +65,9 @@ PoolMessage = PoolEvent | PoolDone | PoolPlaced
 
 
 def _stop_with_parent(parent: int) -> None:
-    """SIGINT when the batch process dies, even by SIGKILL (Linux PR_SET_PDEATHSIG): an
-    orphaned job stops as on Ctrl-C instead of holding its work dir against the rerun."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT)
-    if os.getppid() != parent:          # it died before the request was in place
-        raise KeyboardInterrupt
+    """SIGINT when the batch process dies, even by SIGKILL: an orphaned job stops as on
+    Ctrl-C instead of holding its work dir against the rerun."""
+    runner.set_parent_death_signal(signal.SIGINT, parent)
 
 
 def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str,

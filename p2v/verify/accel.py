@@ -6,12 +6,12 @@ import glob
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from p2v import runner
 from p2v.secure import private_dir, state_dir, write_private
+from p2v.verify.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ def probe_kvm(timeout: float = PROBE_TIMEOUT) -> bool:
     kernel = _probe_kernel()
     if kernel is None:
         return False
-    with tempfile.TemporaryDirectory(prefix="p2v-kvmprobe-") as tmp:
-        console = Path(tmp) / "console.log"
+    # Its qemu dies with p2v (runner.spawn); a killed probe's dir goes at the next sweep.
+    with scratch_dir("kvmprobe") as tmp:
+        console = tmp / "console.log"
         proc = runner.spawn(
             [
                 "qemu-system-x86_64", "-machine", "accel=kvm", "-cpu", "host", "-m", "256",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +18,7 @@ from p2v.verify import console as con
 from p2v.verify.accel import choose_accel
 from p2v.verify.probe import prepare_overlay
 from p2v.verify.qemu import Bus, Machine, Nic, NicModel, fresh_ovmf_vars
+from p2v.verify.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class BootOptions:
     timeout: float = 300.0
     memory_mib: int = 1024
     vcpus: int = 1
+    # Where the overlays and logs go (a job passes its work dir's; default: the state dir).
+    scratch_root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -104,11 +106,12 @@ def verify_boot(
     images = [Path(i).resolve() for i in images]
     _check_inputs(images, options)
     accel = choose_accel()
-    with tempfile.TemporaryDirectory(prefix="p2v-verify-", dir="/var/tmp") as tmp:
-        work = Path(tmp)
+    # A scratch dir, not a temp dir: if p2v is killed (its qemu dies with it), the next
+    # boot check or `p2v clean` removes what this one leaves.
+    with scratch_dir("verify", options.scratch_root) as work:
         overlays = []
         for index, image in enumerate(images):
-            overlay = work / f"overlay{index}.qcow2"
+            overlay = work / f"disk{index}.overlay"   # never named like an image
             runner.run(["qemu-img", "create", "-f", "qcow2", "-F", image_format(image),
                         "-b", str(image), str(overlay)], timeout=60)
             overlays.append(overlay)

@@ -37,6 +37,19 @@ def ssh_args(ep: SourceEndpoint) -> list[str]:
             "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null"]
 
 
+def written(live: SourceEndpoint, more_than: int = -1, timeout: float = 60) -> int:
+    """How many files the writer has completed, once that is more than MORE_THAN (polled
+    over SSH with a deadline: the event is the writer getting on, not time passing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = live.ssh(["sh", "-c", "cat /root/w/done 2>/dev/null"], check=False)
+        count = len(done.stdout.splitlines())
+        if count > more_than:
+            return count
+        assert time.monotonic() < deadline, f"the writer is stuck at {count} files"
+        time.sleep(0.2)
+
+
 def test_live_sync_freeze_with_a_writer(private_live: SourceEndpoint, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     live = private_live
@@ -44,7 +57,7 @@ def test_live_sync_freeze_with_a_writer(private_live: SourceEndpoint, tmp_path: 
                                 "echo $!"]).stdout.strip()
     assert pid.isdigit(), pid
     try:
-        time.sleep(3)
+        written(live, more_than=3)          # the writer is at work before the copy starts
         common = [*ssh_args(live), "--output-dir", str(tmp_path), "--name", "w"]
         t0 = time.monotonic()
         assert cli.main(["copy", *common, "--disk", "/dev/sda", "--json"]) == 0, \
@@ -58,9 +71,7 @@ def test_live_sync_freeze_with_a_writer(private_live: SourceEndpoint, tmp_path: 
         synced = time.monotonic() - t1
         events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         # The writer went on after the thaw: the source is not left frozen.
-        count = len(live.ssh(["cat", "/root/w/done"]).stdout.splitlines())
-        time.sleep(2)
-        assert len(live.ssh(["cat", "/root/w/done"]).stdout.splitlines()) > count
+        written(live, more_than=written(live))
     finally:
         live.ssh(["kill", "--", f"-{pid}"], check=False)
     result = events[-1]

@@ -55,6 +55,7 @@ class _SilentServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.conns: list[socket.socket] = []
+        self._arrived = threading.Condition()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -63,7 +64,15 @@ class _SilentServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.conns.append(conn)
+            with self._arrived:
+                self.conns.append(conn)
+                self._arrived.notify_all()
+
+    def wait_for_connection(self, count: int, timeout: float = 60) -> None:
+        """Until COUNT connections arrived in all (a client now waits for a banner)."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.conns) >= count, timeout):
+                raise AssertionError(f"no connection #{count} within {timeout} s")
 
     def close(self) -> None:
         self.sock.close()
@@ -128,8 +137,10 @@ def test_jobs_run_on_both_workers_and_the_ledger_says_where(cluster: Cluster,
 
 
 def _kill_where_placed(proc: subprocess.Popen[str], cluster: Cluster,
-                       events: list[dict[str, Any]]) -> str:
-    """Read the batch's events until a job is placed; kill that worker; its name."""
+                       events: list[dict[str, Any]], silent: _SilentServer,
+                       earlier: int) -> str:
+    """Read the batch's events until a job is placed; once it waits for the silent server
+    (which had EARLIER connections before the batch started), kill that worker; its name."""
     assert proc.stdout is not None
     for line in proc.stdout:
         event = json.loads(line)
@@ -137,7 +148,7 @@ def _kill_where_placed(proc: subprocess.Popen[str], cluster: Cluster,
         if event["event"] == "stage-start" and event["stage"] == "inspect":
             worker = next(e for e in events if e["event"] == "batch-job-placed")
             victim = cluster.workers[worker["worker_name"]]
-            time.sleep(1)                   # the job is waiting for the silent server
+            silent.wait_for_connection(earlier + 1)   # the job waits for its banner
             cluster.kill(victim)
             return victim.name
     err = proc.stderr.read() if proc.stderr else ""
@@ -157,10 +168,11 @@ def test_a_dead_workers_job_is_retried_elsewhere_within_the_bound(
         manifest = _manifest(tmp_path / "fleet.toml", out,
                              {"slow": f"ssh://root@127.0.0.1:{silent.port}"})
         events: list[dict[str, Any]] = []
+        earlier = len(silent.conns)
         proc = subprocess.Popen([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
                                  "--scheduler", cluster.address, "--tries", "2"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        victim = _kill_where_placed(proc, cluster, events)
+        victim = _kill_where_placed(proc, cluster, events, silent, earlier)
         rest, err = proc.communicate(timeout=120)
         events += [json.loads(line) for line in rest.splitlines()]
         assert proc.returncode == 1, err
@@ -193,10 +205,11 @@ def test_a_dead_workers_job_is_retried_elsewhere_within_the_bound(
         manifest = _manifest(tmp_path / "fleet2.toml", tmp_path / "out2",
                              {"once": f"ssh://root@127.0.0.1:{silent.port}"})
         events = []
+        earlier = len(silent.conns)
         proc = subprocess.Popen([sys.executable, "-m", "p2v", "batch", str(manifest), "--json",
                                  "--scheduler", cluster.address, "--tries", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _kill_where_placed(proc, cluster, events)
+        _kill_where_placed(proc, cluster, events, silent, earlier)
         rest, err = proc.communicate(timeout=120)
         assert proc.returncode == 1, err
         rows, attempts = _ledger(tmp_path / "out2")

@@ -165,6 +165,14 @@ def test_a_failed_stage_keeps_the_work_dir_and_the_rerun_resumes_there(
         assert defined(name) == []
 
 
+def wait_until_locked(image: Path, holder: subprocess.Popen[bytes]) -> None:
+    """The event: HOLDER has the image's write lock (qemu-img cannot open it any more)."""
+    deadline = time.monotonic() + 60
+    while "lock" not in runner.run(["qemu-img", "info", str(image)], check=False).stderr:
+        assert holder.poll() is None and time.monotonic() < deadline, "qemu-io never held it"
+        time.sleep(0.02)
+
+
 def test_an_image_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
     """What a rerun after a SIGKILL during fix meets: the old appliance still holds the
     image for a few seconds. The stage waits for it, and names it when it never lets go."""
@@ -176,15 +184,16 @@ def test_an_image_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
     said: list[str] = []
     holder = subprocess.Popen(["qemu-io", "-c", "sleep 3000", str(image)])
     try:
-        time.sleep(1)
-        started = time.monotonic()
+        wait_until_locked(image, holder)
         wait_until_released([image], said.append, timeout=60)
-        assert time.monotonic() - started > 0.5 and said and "release" in said[0]
+        # It found the image held and said so (how long it waited is the holder's business).
+        assert said and "release" in said[0]
+        assert "lock" not in runner.run(["qemu-img", "info", str(image)], check=False).stderr
     finally:
         holder.wait(timeout=30)
     holder = subprocess.Popen(["qemu-io", "-c", "sleep 20000", str(image)])
     try:
-        time.sleep(1)
+        wait_until_locked(image, holder)
         with pytest.raises(UsageError, match="still in use"):
             wait_until_released([image], said.append, timeout=2)
     finally:

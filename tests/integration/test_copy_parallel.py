@@ -154,12 +154,20 @@ def test_ctrl_c_during_a_parallel_copy_keeps_both_journals(
                        "--bandwidth-limit", "8M", "--json")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    started = 0
+    parts: list[Path] = []
     for line in proc.stdout:
-        started += json.loads(line)["event"] == "disk-start"
-        if started == 2:
+        event = json.loads(line)
+        if event["event"] == "disk-start":
+            parts.append(Path(event["image"] + ".part"))
+        if len(parts) == 2:
             break
-    time.sleep(1.5)                 # both disks part-way (8 MiB/s over 40 MiB of data)
+    # Both disks part-way: each image holds a chunk (a fresh qcow2 is far smaller than the
+    # 1 MiB chunk), i.e. each disk has one to journal on the way out. No commit comes before
+    # 64 MiB, so the journals cannot be what is waited for.
+    deadline = time.monotonic() + 60
+    while not all(p.stat().st_size > MiB for p in parts):
+        assert proc.poll() is None and time.monotonic() < deadline, "no chunk arrived"
+        time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.INTERRUPTED, err

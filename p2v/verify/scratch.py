@@ -1,0 +1,124 @@
+"""Scratch dirs of the boot check and the accelerator probe: held while used, swept once dead.
+
+A killed p2v runs no `finally`, so a scratch dir (a boot check's overlays, console logs, a
+copy of the NVRAM) would stay behind. Each one therefore holds an flock on its own `.owner`
+file for as long as its process lives (the kernel drops it when the process dies, however
+it dies), and every new scratch dir first removes the dirs in its root whose lock nobody
+holds. The roots are a job's work dir (`p2v clean` removes it too) or the state dir. Nothing
+in a scratch dir is named like an image (`*.qcow2`), so no glob for images ever picks one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from p2v.errors import UsageError
+from p2v.secure import private_dir, state_dir
+
+log = logging.getLogger(__name__)
+
+OWNER = ".owner"
+ROOT_LOCK = ".lock"
+# The only entries a sweep may remove: the dirs this module makes.
+KINDS = ("verify", "kvmprobe")
+WORK_DIR_ROOT = ".p2v-scratch"   # the root inside a job's work dir
+
+
+def default_root() -> Path:
+    """Where a scratch dir goes outside a job: the state dir, else a private dir of this user."""
+    root = state_dir() / "scratch"
+    try:
+        private_dir(root.parent, "state dir")     # 0700 and ours, as every command makes it
+        _make_root(root)
+    except PermissionError:       # a user who may not write the state dir
+        root = Path(tempfile.gettempdir()) / f"p2v-scratch-{os.geteuid()}"
+        _make_root(root)
+    return root
+
+
+def _make_root(root: Path) -> None:
+    """Create ROOT (0700), refusing a symlink or a dir that another user owns."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise UsageError(detail=f"{root} is a symlink, not a directory or not yours: p2v "
+                                "puts no scratch files there; remove it or set P2V_STATE_DIR")
+
+
+@contextmanager
+def _root_locked(root: Path) -> Iterator[None]:
+    """Serialise sweeps against the creation of scratch dirs in ROOT (held for moments)."""
+    with (root / ROOT_LOCK).open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def _is_ours(entry: Path) -> bool:
+    return entry.name.split("-", 1)[0] in KINDS and entry.is_dir() and not entry.is_symlink()
+
+
+def _owner_dead(entry: Path) -> bool:
+    try:
+        owner = (entry / OWNER).open("r")
+    except FileNotFoundError:
+        # Only a creator killed between making the dir and locking it leaves no owner file:
+        # creation happens under the root lock, which the sweeper holds now.
+        return True
+    with owner:
+        try:
+            fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+def sweep(root: Path) -> list[Path]:
+    """Remove ROOT's scratch dirs whose owner is gone; return what was removed."""
+    if not root.is_dir():
+        return []
+    with _root_locked(root):
+        return _sweep_locked(root)
+
+
+def _sweep_locked(root: Path) -> list[Path]:
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if _is_ours(entry) and _owner_dead(entry):
+            shutil.rmtree(entry, ignore_errors=True)
+            log.info("removed %s, left behind by a p2v run that was killed", entry)
+            removed.append(entry)
+    return removed
+
+
+@contextmanager
+def scratch_dir(kind: str, root: Path | None = None) -> Iterator[Path]:
+    """A fresh private dir `ROOT/KIND-XXXX`, removed on the way out (or by the next sweep)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown scratch kind {kind!r}")
+    root = default_root() if root is None else root
+    _make_root(root)
+    owner: IO[str]
+    with _root_locked(root):
+        _sweep_locked(root)
+        path = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=root))
+        owner = (path / OWNER).open("w")
+        fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        owner.write(f"{os.getpid()}\n")
+        owner.flush()
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        owner.close()
+
+
+__all__ = ["WORK_DIR_ROOT", "default_root", "scratch_dir", "sweep"]
