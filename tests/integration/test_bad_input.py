@@ -173,6 +173,13 @@ CASES: list[Case] = [
     Case("sync-freeze-timeout-minus-inf",
          lambda e: _sync_argv(e.p("out"), "--freeze", "--freeze-timeout=-inf"), USAGE,
          "argument --freeze-timeout: must be a finite number"),
+    # A --freeze-timeout the thaw timer cannot keep: refused before the copy, not after it.
+    Case("convert-freeze-timeout-too-short",
+         lambda e: _convert_argv(e.p("out"), "--cutover", "--freeze-timeout", "5"), USAGE,
+         "--freeze-timeout must be between 10 and 86400 seconds"),
+    Case("sync-freeze-timeout-too-short",
+         lambda e: _sync_argv(e.p("out"), "--freeze", "--freeze-timeout", "3"), USAGE,
+         "--freeze-timeout must be between 10 and 86400 seconds"),
     Case("copy-bandwidth-limit-overflows",
          lambda e: _copy_argv(e.p("out"), "--bandwidth-limit", "9" * 400), USAGE,
          "argument --bandwidth-limit: not a finite rate"),
