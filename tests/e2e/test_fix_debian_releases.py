@@ -110,5 +110,6 @@ def test_trixie_btrfs_subvolume_boots_on_virtio_after_fix(
         changes(first), first["changes"]
     assert any(c["kind"] == "rebuild-initramfs" for c in first["changes"])
     assert_boots_with_its_network(fixed)
-    assert fixed.verdict is not None and fixed.verdict.root == "/dev/vda2"
+    # findmnt's SOURCE for a subvolume mount: the device and, in brackets, the subvolume.
+    assert fixed.verdict is not None and fixed.verdict.root == "/dev/vda2[/@]"
     assert sha256(trixie_image.disks[0]) == fixed.cached_hash
