@@ -23,6 +23,7 @@ import glob
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -57,7 +58,12 @@ PARTITION_TYPES: dict[str, tuple[int, str]] = {
     "lvm": (0x8E, "E6D6D379-F507-44C2-A23C-238F2A3DF928"),
     "raid": (0xFD, "A19D880F-05FC-4D3B-A006-743F0F84911E"),
     "esp": (0xEF, "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+    # GPT on BIOS: the 1 MiB partition grub-pc embeds its core image in (no MBR id).
+    "bios_grub": (0, "21686148-6449-6E6F-744E-656564454649"),
 }
+# Network configuration systems a recipe can give the server.
+NETWORK_SYSTEMS = ("ifupdown", "networkd")
+MDADM_CONF = "/etc/mdadm/mdadm.conf"
 # File systems that cannot hold Unix ownership: mounted only after the tree is unpacked.
 NON_UNIX_FS = ("vfat",)
 ALIGN_SECTORS = 2048  # 1 MiB in 512-byte sectors
@@ -102,12 +108,25 @@ class VolumeGroup:
 
 
 @dataclass(frozen=True)
+class MdArray:
+    """An md RAID array, made in the appliance with a fixed UUID so that stage 2 can write
+    mdadm.conf (and the initramfs holding it) before the array exists."""
+
+    device: str  # /dev/md0
+    level: str  # raid1
+    members: tuple[str, ...]  # as the appliance sees them (/dev/sda1, /dev/sdb1)
+    uuid: str  # mdadm's form: 8:8:8:8 hex digits
+    conf_devices: str = "partitions"  # mdadm.conf's DEVICE line (a glob such as /dev/sd[ab]1)
+
+
+@dataclass(frozen=True)
 class Filesystem:
     device: str  # as the appliance sees it (/dev/sda1, /dev/vg0/root)
-    type: str  # ext4, xfs, vfat, swap
+    type: str  # ext4, xfs, vfat, swap, btrfs
     fstab: str  # "UUID" or the literal spec fstab names (/dev/sda1, /dev/mapper/vg0-root)
     mountpoint: str | None = None
     options: str | None = None
+    subvolume: str | None = None  # btrfs: made at the top and mounted (subvol= in fstab)
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,8 @@ class Recipe:
     volume_groups: tuple[VolumeGroup, ...] = ()
     files: tuple[tuple[str, Path], ...] = ()  # (guest path, source file)
     efi_loader: str | None = None
+    md_arrays: tuple[MdArray, ...] = ()
+    network: str = "ifupdown"  # or "networkd": a .network file matched by MACAddress=
     sources: tuple[Path, ...] = field(default=(), compare=False)  # recipe files read
 
 
@@ -213,12 +234,34 @@ def load_recipe(variant: str, recipe_dir: Path | None = None) -> Recipe:
             ),
             files=files,
             efi_loader=data.get("efi_loader"),
+            md_arrays=tuple(
+                MdArray(**{**md, "members": tuple(md["members"])})
+                for md in data.get("md_arrays", ())
+            ),
+            network=data.get("network", "ifupdown"),
             sources=tuple(seen) + tuple(source for _, source in files),
         )
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise FixtureError(variant=variant, detail=f"bad recipe {path}: {exc!r}") from exc
     _check_recipe(recipe)
     return recipe
+
+
+def _check_md_arrays(recipe: Recipe, bad: Callable[[str], FixtureError]) -> None:
+    partitions = {f"{_disk_device(i)}{n}" for i, disk in enumerate(recipe.disks)
+                  for n in range(1, len(disk.partitions) + 1)}
+    for md in recipe.md_arrays:
+        if md.level != "raid1":
+            raise bad(f"md level {md.level!r} (known: raid1)")
+        if len(md.members) < 2 or not set(md.members) <= partitions:
+            raise bad(f"{md.device} members {list(md.members)}: "
+                      f"two or more of {sorted(partitions)}")
+        groups = md.uuid.split(":")
+        if len(groups) != 4 or not all(
+                len(g) == 8 and all(c in "0123456789abcdef" for c in g) for g in groups):
+            raise bad(f"{md.device} uuid {md.uuid!r}: mdadm's form, 8:8:8:8 lower-case hex")
+    if recipe.md_arrays and "mdadm" not in recipe.packages:
+        raise bad("md_arrays need the mdadm package")
 
 
 def _with_initramfs_package(packages: list[str], initramfs: str) -> tuple[str, ...]:
@@ -249,6 +292,14 @@ def _check_recipe(recipe: Recipe) -> None:
         for part in disk.partitions:
             if part.type not in PARTITION_TYPES:
                 raise bad(f"partition type {part.type!r}")
+            if part.type == "bios_grub" and disk.table != "gpt":
+                raise bad("a bios_grub partition needs a gpt table")
+    if recipe.network not in NETWORK_SYSTEMS:
+        raise bad(f"network {recipe.network!r} (known: {', '.join(NETWORK_SYSTEMS)})")
+    _check_md_arrays(recipe, bad)
+    for fs in recipe.filesystems:
+        if fs.subvolume is not None and (fs.type != "btrfs" or not fs.mountpoint):
+            raise bad(f"subvolume {fs.subvolume!r} on {fs.device}: only a mounted btrfs has one")
     if not any(fs.mountpoint == "/" for fs in recipe.filesystems):
         raise bad("no file system is mounted on /")
     for _, source in recipe.files:
@@ -446,16 +497,39 @@ def _rootfs_tarball(recipe: Recipe, cache: Path, progress: Progress) -> Path:
 
 
 def _interfaces(recipe: Recipe) -> str:
+    loopback = "# The loopback network interface\nauto lo\niface lo inet loopback\n"
+    if recipe.network != "ifupdown":
+        return loopback
     return (
-        "# The loopback network interface\n"
-        "auto lo\n"
-        "iface lo inet loopback\n\n"
+        loopback + "\n"
         "# The primary network interface\n"
         f"auto {recipe.nic_name}\n"
         f"iface {recipe.nic_name} inet static\n"
         f"    address {recipe.address}\n"
         f"    gateway {recipe.gateway}\n"
     )
+
+
+def networkd_unit(recipe: Recipe) -> str:
+    """The server's systemd-networkd .network file, matched by the NIC's MAC (not its name)."""
+    return (
+        "[Match]\n"
+        f"MACAddress={recipe.mac}\n\n"
+        "[Network]\n"
+        f"Address={recipe.address}\n"
+        f"Gateway={recipe.gateway}\n"
+    )
+
+
+def mdadm_conf(recipe: Recipe) -> str:
+    """/etc/mdadm/mdadm.conf as the installer left it: members chosen by the DEVICE line."""
+    lines = ["# mdadm.conf", "#",
+             "# Please refer to mdadm.conf(5) for information about this file.", ""]
+    for device in dict.fromkeys(md.conf_devices for md in recipe.md_arrays):
+        lines.append(f"DEVICE {device}")
+    lines += ["", "HOMEHOST <system>", "MAILADDR root", ""]
+    lines += [f"ARRAY {md.device} metadata=1.2 UUID={md.uuid}" for md in recipe.md_arrays]
+    return "\n".join(lines) + "\n"
 
 
 def _persistent_net_rule(recipe: Recipe) -> str:
@@ -489,6 +563,10 @@ def fstab_text(recipe: Recipe, uuids: dict[str, str]) -> str:
         mountpoint = fs.mountpoint or "none"
         if fs.options:
             options = fs.options
+            if fs.subvolume and f"subvol={fs.subvolume}" not in options.split(","):
+                options += f",subvol={fs.subvolume}"
+        elif fs.subvolume:
+            options = f"defaults,subvol={fs.subvolume}"
         elif mountpoint == "/":
             options = "errors=remount-ro"
         elif fs.type == "vfat":
@@ -559,6 +637,11 @@ def _configure_tree(recipe: Recipe, root: Path, client_public_key: str) -> str:
         "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
     )
     _write(root, "/etc/network/interfaces", _interfaces(recipe))
+    if recipe.network == "networkd":
+        _write(root, f"/etc/systemd/network/10-{recipe.nic_name}.network", networkd_unit(recipe))
+        runner.run(["chroot", root, "systemctl", "enable", "systemd-networkd"])
+    if recipe.md_arrays:
+        _write(root, MDADM_CONF, mdadm_conf(recipe))
     if recipe.pin_nic_name:
         _write(root, "/etc/udev/rules.d/70-persistent-net.rules", _persistent_net_rule(recipe))
     for guest_path, source in recipe.files:
@@ -668,6 +751,8 @@ def _layout(s: GuestSession, recipe: Recipe) -> None:
                 s.call("setting a partition type", "part_set_mbr_id", dev, number, mbr_id)
                 if part.bootable:
                     s.call("setting the boot flag", "part_set_bootable", dev, number, True)
+    for md in recipe.md_arrays:
+        _create_md(s, recipe, md)
     for vg in recipe.volume_groups:
         for pv in vg.pvs:
             s.call(f"creating PV {pv}", "pvcreate", pv)
@@ -682,6 +767,23 @@ def _layout(s: GuestSession, recipe: Recipe) -> None:
             s.call(f"mkswap {fs.device}", "mkswap", fs.device)
         else:
             s.call(f"mkfs {fs.type} {fs.device}", "mkfs", fs.type, fs.device)
+        if fs.subvolume:
+            s.call("mounting the btrfs top", "mount", fs.device, "/")
+            s.call(f"creating subvolume {fs.subvolume}", "btrfs_subvolume_create",
+                   f"/{fs.subvolume}")
+            s.call("unmounting the btrfs top", "umount", "/")
+
+
+def _create_md(s: GuestSession, recipe: Recipe, md: MdArray) -> None:
+    """mdadm --create in the appliance (md_create cannot set the UUID the initramfs's
+    mdadm.conf names); the members are fresh zeros, so they start in sync."""
+    argv = ["mdadm", "--create", md.device, "--run", "--metadata=1.2", f"--level={md.level}",
+            f"--raid-devices={len(md.members)}", "--assume-clean", f"--uuid={md.uuid}",
+            f"--homehost={recipe.hostname}", f"--name={Path(md.device).name.removeprefix('md')}",
+            *md.members]
+    s.call(f"creating {md.device}", "debug", "sh", [shlex.join(argv)])
+    if md.device not in s.call("listing md devices", "list_md_devices"):
+        raise FixtureError(variant=recipe.variant, detail=f"mdadm did not create {md.device}")
 
 
 def _mount_all(s: GuestSession, recipe: Recipe, unix: bool) -> None:
@@ -694,7 +796,11 @@ def _mount_all(s: GuestSession, recipe: Recipe, unix: bool) -> None:
         assert fs.mountpoint is not None
         if fs.mountpoint != "/":
             s.call(f"creating {fs.mountpoint}", "mkdir_p", fs.mountpoint)
-        s.call(f"mounting {fs.device} on {fs.mountpoint}", "mount", fs.device, fs.mountpoint)
+        if fs.subvolume:
+            s.call(f"mounting {fs.device} subvol={fs.subvolume} on {fs.mountpoint}",
+                   "mount_options", f"subvol={fs.subvolume}", fs.device, fs.mountpoint)
+        else:
+            s.call(f"mounting {fs.device} on {fs.mountpoint}", "mount", fs.device, fs.mountpoint)
 
 
 def _guest_command(s: GuestSession, argv: list[str]) -> str:
@@ -704,7 +810,9 @@ def _guest_command(s: GuestSession, argv: list[str]) -> str:
 
 def _install_bootloader(s: GuestSession, recipe: Recipe) -> None:
     if recipe.bootloader == "grub-pc":
-        _guest_command(s, ["grub-install", "--target=i386-pc", _disk_device(0)])
+        # RAID1 servers carry the boot loader on every member disk, as installers do.
+        for index in range(len(recipe.disks) if recipe.md_arrays else 1):
+            _guest_command(s, ["grub-install", "--target=i386-pc", _disk_device(index)])
     else:
         _guest_command(
             s,
@@ -724,6 +832,9 @@ def _check_disk(s: GuestSession, recipe: Recipe) -> None:
     for unwanted in ("/dev/loop", "console=ttyS", "/dev/vd"):
         if unwanted in grub_cfg:
             raise fail(f"grub.cfg mentions {unwanted}")
+    root = next(fs for fs in recipe.filesystems if fs.mountpoint == "/")
+    if root.subvolume and f"rootflags=subvol={root.subvolume}" not in grub_cfg:
+        raise fail(f"grub.cfg lacks rootflags=subvol={root.subvolume} (the root subvolume)")
     if recipe.bootloader == "grub-efi":
         assert recipe.efi_loader is not None
         loader = "/boot/efi" + recipe.efi_loader.replace("\\", "/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,80 @@ def test_include_loop_is_reported(recipes: Path) -> None:
     (recipes / "loop.toml").write_text('include = ["loop.toml"]\n')
     with pytest.raises(FixtureError, match="include loop"):
         load_recipe("loop", recipes)
+
+
+# --- issue 14: Debian 11 (md RAID1) and 13 (btrfs subvolume, systemd-networkd) ---------
+
+
+def test_bullseye_recipe_has_md_raid1_with_a_glob_device_line() -> None:
+    recipe = load_recipe("bullseye", REPO_RECIPES)
+    assert recipe.suite == "bullseye" and recipe.firmware == "bios"
+    assert len(recipe.disks) == 2 and recipe.root_device == "/dev/md0"
+    (md,) = recipe.md_arrays
+    assert md.device == "/dev/md0" and md.level == "raid1"
+    assert md.members == ("/dev/sda1", "/dev/sdb1")
+    assert md.conf_devices == "/dev/sd[ab]1"
+    assert {"mdadm", "initramfs-tools"} <= set(recipe.packages)
+    assert {"md_mod", "raid1", "ahci"} <= set(recipe.initramfs_modules)
+    assert not any("virtio" in m for m in recipe.initramfs_modules)
+    conf = fixtures.mdadm_conf(recipe)
+    assert "DEVICE /dev/sd[ab]1\n" in conf
+    assert f"ARRAY /dev/md0 metadata=1.2 UUID={md.uuid}\n" in conf
+    assert "/dev/md0 / ext4 " in fstab_text(recipe, {})
+    assert recipe.network == "ifupdown" and recipe.pin_nic_name
+
+
+def test_trixie_recipe_has_a_btrfs_subvolume_and_networkd() -> None:
+    recipe = load_recipe("trixie", REPO_RECIPES)
+    assert recipe.suite == "trixie" and recipe.firmware == "bios"
+    assert recipe.disks[0].table == "gpt"
+    assert recipe.disks[0].partitions[0].type == "bios_grub"
+    root = next(fs for fs in recipe.filesystems if fs.mountpoint == "/")
+    assert root.type == "btrfs" and root.subvolume == "@"
+    assert "/dev/sda2 / btrfs defaults,subvol=@ 0 1" in fstab_text(recipe, {})
+    assert recipe.network == "networkd" and not recipe.pin_nic_name
+    unit = fixtures.networkd_unit(recipe)
+    assert f"MACAddress={recipe.mac}\n" in unit and "Name=" not in unit
+    assert f"Address={recipe.address}\n" in unit
+    assert "iface" not in fixtures._interfaces(recipe).replace("iface lo inet loopback", "")
+    assert "btrfs-progs" in recipe.packages
+
+
+def test_old_recipes_keep_their_defaults() -> None:
+    for variant in ("bios", "uefi", "dracut"):
+        recipe = load_recipe(variant, REPO_RECIPES)
+        assert recipe.md_arrays == () and recipe.network == "ifupdown"
+        assert all(fs.subvolume is None for fs in recipe.filesystems)
+        assert f"iface {recipe.nic_name} inet static" in fixtures._interfaces(recipe)
+
+
+def test_subvolume_options_are_not_doubled() -> None:
+    recipe = load_recipe("trixie", REPO_RECIPES)
+    root = next(fs for fs in recipe.filesystems if fs.mountpoint == "/")
+    again = replace(root, options="noatime,subvol=@")
+    assert "noatime,subvol=@ 0" in fstab_text(replace(recipe, filesystems=(again,)), {})
+
+
+@pytest.mark.parametrize(
+    ("variant", "old", "new", "message"),
+    [
+        ("bullseye", 'level = "raid1"', 'level = "raid5"', "md level 'raid5'"),
+        ("bullseye", '"/dev/sda1", "/dev/sdb1"', '"/dev/sda1", "/dev/sdc1"', "members"),
+        ("bullseye", 'uuid = "5b0d2a11:', 'uuid = "5B0D2A11:', "8:8:8:8"),
+        ("bullseye", '"grub-pc", "mdadm"', '"grub-pc"', "need the mdadm package"),
+        ("trixie", 'network = "networkd"', 'network = "netplan"', "network 'netplan'"),
+        ("trixie", 'table = "gpt"', 'table = "mbr"', "bios_grub partition needs a gpt"),
+        ("trixie", 'type = "btrfs"', 'type = "ext4"', "only a mounted btrfs"),
+        ("bullseye", 'conf_devices = ', 'devices = ', "unexpected keyword"),
+    ],
+)
+def test_bad_new_recipe_keys_are_refused(
+    recipes: Path, variant: str, old: str, new: str, message: str
+) -> None:
+    path = recipes / f"{variant}.toml"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    with pytest.raises(FixtureError) as info:
+        load_recipe(variant, recipes)
+    assert message in str(info.value)
