@@ -10,10 +10,10 @@ rest zeros with now and then 64 KiB of random data in them. All p2v traffic goes
 one link proxy (p2v/testbed/tcpproxy.py) that counts what the server sends. First an
 uninterrupted reference copy; then, per run, `p2v copy` of both disks into a fresh
 directory, either cut by the proxy once a random number of bytes has crossed it, or
-SIGKILLed a random time after it started; then the same command again until it exits 0.
-Each image is compared with `qemu-img compare` to the reference image and to the source
-device. `resent_bytes` = wire bytes of the interrupted run and its reruns minus the
-reference's. The source "changed" if its sha256 or the write/discard counters of
+SIGKILLed at a random time after its first disk-start event; then the same command
+again until it exits 0. Each image is compared with `qemu-img compare` to the reference
+image and to the source device. `resent_bytes` = wire bytes of the interrupted run and its
+reruns minus the reference's. The source "changed" if its sha256 or the write/discard counters of
 /sys/block/loopN/stat moved.
 
 Convert campaign (default 10 runs; each boots a guest under TCG, several minutes). The bios
@@ -174,6 +174,7 @@ class Run:
     wall_s: float
     wire_bytes: int
     fault: str | None = None          # what was done, when it was done
+    first_disk_s: float | None = None  # when the first disk-start event came
 
 
 class CampaignProxy(LinkProxy):
@@ -192,7 +193,8 @@ def run_p2v(argv: list[str], proxy: CampaignProxy, *, env: dict[str, str] | None
     """Run p2v with --json, reading its events; apply at most one fault.
 
     cut_after: the proxy drops the link after that many bytes; kill_after_s: SIGKILL that
-    long after the start; kill_stage (stage, delay): SIGKILL `delay` s after that stage's
+    long after the first disk-start event (the copy is under way: a kill while Python
+    starts tests nothing); kill_stage (stage, delay): SIGKILL `delay` s after that stage's
     stage-start event, or at its stage-done event if that comes first.
     """
     proxy.arm(cut_after)
@@ -212,9 +214,10 @@ def run_p2v(argv: list[str], proxy: CampaignProxy, *, env: dict[str, str] | None
 
         threading.Thread(target=pump, daemon=True).start()
         events: list[dict[str, Any]] = []
-        deadline = start + kill_after_s if kill_after_s is not None else None
+        deadline: float | None = None
         fault: str | None = None
         stage_started = 0.0
+        first_disk: float | None = None
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -225,7 +228,8 @@ def run_p2v(argv: list[str], proxy: CampaignProxy, *, env: dict[str, str] | None
             if deadline is not None and now >= deadline and proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 fault = (f"SIGKILL {now - stage_started:.1f} s into stage {kill_stage[0]}"
-                         if kill_stage else f"SIGKILL at {now - start:.1f} s")
+                         if kill_stage else f"SIGKILL at {now - start:.1f} s "
+                         f"({now - (first_disk or start):.1f} s after the copy began)")
                 deadline = None
             if line is None:
                 break
@@ -233,6 +237,10 @@ def run_p2v(argv: list[str], proxy: CampaignProxy, *, env: dict[str, str] | None
                 continue
             event = json.loads(line)
             events.append(event)
+            if event.get("event") == "disk-start" and first_disk is None:
+                first_disk = now
+                if kill_after_s is not None:
+                    deadline = now + kill_after_s
             if kill_stage and fault is None and event.get("stage") == kill_stage[0]:
                 if event.get("event") == "stage-start":
                     stage_started = now
@@ -251,10 +259,12 @@ def run_p2v(argv: list[str], proxy: CampaignProxy, *, env: dict[str, str] | None
     if cut_after is not None:
         fault = f"cut at byte {cut_after}" + ("" if proxy.cut else " (never reached)")
     elif kill_after_s is not None and fault is None:
-        fault = f"SIGKILL at {kill_after_s:.1f} s (p2v had already exited)"
+        fault = (f"SIGKILL {kill_after_s:.1f} s after the copy began (p2v had already "
+                 "exited)")
     elif kill_stage and fault is None:
         fault = f"SIGKILL during stage {kill_stage[0]} (stage never reached)"
-    return Run(code, events, stderr, wall, proxy.take(), fault)
+    return Run(code, events, stderr, wall, proxy.take(), fault,
+               None if first_disk is None else first_disk - start)
 
 
 def error_line(run: Run) -> str:
@@ -263,9 +273,12 @@ def error_line(run: Run) -> str:
 
 
 def git_commit() -> str:
-    head = runner.run(["git", "-C", ROOT, "rev-parse", "HEAD"]).stdout.strip()
+    """HEAD, and the last commit that changed p2v/ (what the figures measure)."""
+    head = runner.run(["git", "-C", ROOT, "rev-parse", "--short=12", "HEAD"]).stdout.strip()
+    code = runner.run(["git", "-C", ROOT, "log", "-1", "--format=%h", "--abbrev=12", "--",
+                       "p2v"]).stdout.strip()
     dirty = runner.run(["git", "-C", ROOT, "status", "--porcelain", "--", "p2v"]).stdout
-    return head + ("+dirty" if dirty.strip() else "")
+    return f"{head} (p2v/ as of {code}{', modified' if dirty.strip() else ''})"
 
 
 # ------------------------------------------------------------------------- results
@@ -368,7 +381,8 @@ def copy_campaign(args: argparse.Namespace, work: Path, house: Household, commit
                 first = run_p2v(argv, proxy, cut_after=rng.randrange(1 << 16, ref.wire_bytes))
                 bound = CUT_BOUND
             else:
-                first = run_p2v(argv, proxy, kill_after_s=rng.uniform(0.3, 0.9 * ref.wall_s))
+                copying = ref.wall_s - (ref.first_disk_s or 0.0)
+                first = run_p2v(argv, proxy, kill_after_s=rng.uniform(0.0, 0.95 * copying))
                 bound = KILL_BOUND
             reruns: list[Run] = []
             while (not reruns or reruns[-1].code != 0) and len(reruns) < 3 and (
