@@ -608,6 +608,10 @@ def summary(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {kind} | {len(group)} | {how} | {right}/{len(group)} {what} | "
                          f"{changed} | {statistics.median(resent):.1f} / {max(resent):.1f} | "
                          f"{bound} | {left} run(s) |")
+    lines.append(f"\nIn-flight bound: a cut {CUT_BOUND / MiB:.0f} MiB ({DEFAULT_PARALLEL} disks x "
+                 f"({DEFAULT_CHUNK // MiB} MiB chunk + {SSH_WINDOW // MiB} MiB SSH window)), a "
+                 f"SIGKILL {KILL_BOUND / MiB:.0f} MiB (the same + FLUSH_BYTES "
+                 f"{FLUSH_BYTES // MiB} MiB per disk), plus one session's overhead per rerun.")
     return "\n".join(lines)
 
 
