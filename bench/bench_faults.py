@@ -285,13 +285,17 @@ def git_commit() -> str:
 def save(rows: list[dict[str, Any]], kind: str, path: Path) -> None:
     """Replace the rows of `kind` in the results file (others stay), under a lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    lock = os.open(path.parent, os.O_RDONLY)     # the directory: no lock file to leave
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()) if path.exists() else []
-        keep = [r for r in old if r.get("kind") != kind]
+        merged = [r for r in old if r.get("kind") != kind] + rows
+        merged.sort(key=lambda r: (r.get("kind") != "copy", r.get("run", 0)))
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(keep + rows, indent=1) + "\n")
+        tmp.write_text(json.dumps(merged, indent=1) + "\n")
         tmp.replace(path)
+    finally:
+        os.close(lock)
 
 
 # ------------------------------------------------------------------------- copy campaign
