@@ -571,7 +571,8 @@ def mark_missing_nofail(text: str, will_exist: Callable[[str], bool]) -> Missing
     """fstab: an entry whose device the VM will not have (a disk left out, a SAN LUN) gets
     `nofail`, so the boot goes on without it instead of stopping in emergency mode.
 
-    Network and pseudo filesystems are left alone; an entry needed to boot (/, /usr, ...)
+    Network and pseudo filesystems are left alone, and so is / (mounted from the kernel's
+    root=, which is checked on its own); another entry needed to boot (/usr, /boot, ...)
     cannot be helped by nofail and is returned as fatal.
     """
     changes: list[str] = []
@@ -585,6 +586,11 @@ def mark_missing_nofail(text: str, will_exist: Callable[[str], bool]) -> Missing
             continue
         spec, mountpoint = fields[0], fields[1]
         options = fields[3].split(",") if len(fields) > 3 else ["defaults"]
+        if mountpoint == "/":
+            # The initramfs mounts the root from the kernel's root= (checked on the grub
+            # config's kernel lines); systemd only remounts it by mount point.
+            out.append(line)
+            continue
         if mountpoint in BOOT_MOUNTS:
             fatal.append(f"fstab: {mountpoint} is on {spec}, which the VM will not have")
             out.append(line)

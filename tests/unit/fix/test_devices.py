@@ -303,10 +303,16 @@ def test_fstab_entries_of_missing_disks_get_nofail() -> None:
     assert not again.rewrite.changed
 
 
-def test_a_missing_root_is_fatal_not_nofail() -> None:
-    res = devices.mark_missing_nofail("UUID=gone / ext4 defaults 0 1\n", lambda _s: False)
+def test_a_missing_boot_mount_is_fatal_not_nofail() -> None:
+    res = devices.mark_missing_nofail("UUID=gone /usr ext4 defaults 0 1\n", lambda _s: False)
     assert not res.rewrite.changed
-    assert res.fatal == ("fstab: / is on UUID=gone, which the VM will not have",)
+    assert res.fatal == ("fstab: /usr is on UUID=gone, which the VM will not have",)
+
+
+def test_the_root_entry_is_left_to_the_kernel_line_check() -> None:
+    """The initramfs mounts / from root=; fstab's / entry is only remounted by systemd."""
+    res = devices.mark_missing_nofail("/dev/sda1 / ext4 defaults 0 1\n", lambda _s: False)
+    assert not res.rewrite.changed and not res.fatal
 
 
 def test_mount_unit_what_becomes_a_by_uuid_path() -> None:
