@@ -95,8 +95,17 @@ def parse_probe(console: str) -> ProbeReport | None:
     return ProbeReport(hostname, root, tuple(nics))
 
 
+_LOGIN_PROMPT = re.compile(r"^\S+ login: ?$", re.MULTILINE)
+
+
 def diagnose(console: str, firmware_log: str) -> str | None:
-    """The first failure reason the logs show, or None."""
+    """The first failure reason the logs show, or None.
+
+    None too once the guest printed its login prompt: it reached userspace, so a message
+    seen on the way (a swap device that never appeared) did not stop the boot.
+    """
+    if _LOGIN_PROMPT.search(console):
+        return None
     text = console + "\n" + firmware_log
     for reason, pattern in FAILURES:
         if pattern.search(text):
@@ -132,8 +141,9 @@ _NEXT_STEPS = {
     "no-bootloader": "the firmware found nothing to boot: on UEFI the disk needs "
                      "\\EFI\\BOOT\\BOOTX64.EFI or the source's NVRAM (`p2v fix` copies the "
                      "loader); on BIOS grub must be in the disk's MBR",
-    "timeout": "no failure seen and no report from the guest in time: raise --timeout "
-               "(emulation is slow), or read the console lines in the evidence",
+    "timeout": "no failure seen and no report from the guest in time (if the console "
+               "shows a login prompt, the guest booted but its report was lost): raise "
+               "--timeout (emulation is slow), or read the console lines in the evidence",
     "qemu-exited": "qemu stopped by itself: its stderr is in the evidence",
 }
 

@@ -116,3 +116,10 @@ def test_every_reason_has_a_next_step() -> None:
 def test_mdadm_chatter_does_not_hide_a_missing_root() -> None:
     console = "mdadm: No arrays found in config file or automatically\n" + INITRAMFS_NO_ROOT
     assert con.diagnose(console, "") == "root-device-missing"
+
+
+def test_a_login_prompt_is_not_a_boot_failure() -> None:
+    """A swap device that never appeared delays the boot; the login prompt says it went on."""
+    console = ("[ TIME ] Timed out waiting for device /dev/sda2.\n"
+               "Debian GNU/Linux 12 p2v-bios ttyS0\n\np2v-bios login: ")
+    assert con.diagnose(console, "") is None
