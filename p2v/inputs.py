@@ -16,6 +16,7 @@ from p2v.errors import (
     OutputDirUnusable,
     UsageError,
 )
+from p2v.secure import check_path
 
 # (offset, bytes) a raw disk starts with: an MBR or GPT's protective MBR, or a whole-disk
 # ext2/3/4, XFS or LVM PV without a partition table (libguestfs opens those too).
@@ -57,6 +58,9 @@ def check_output_dir(path: Path | None, flag: str = "--output-dir") -> None:
     if path is None:
         return
     target = Path(os.path.abspath(path))
+    if os.path.islink(target):
+        # A planted link (even a dangling one) is named as such, not as "not a directory".
+        check_path(target, "output dir")
     probe = target
     while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
         probe = probe.parent
