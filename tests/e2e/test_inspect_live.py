@@ -42,6 +42,7 @@ def test_bios_server(live_source_bios: SourceEndpoint,
     assert inv.unknown == ()
 
 
+@pytest.mark.slow
 def test_uefi_server_lvm_and_esp(live_source_uefi: SourceEndpoint,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     fixture = live_source_uefi.fixture

@@ -13,7 +13,8 @@ from p2v.testbed.sources import SourceEndpoint
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(params=["bios", "uefi"])
+# The uefi server boots only for `make test-slow` (its inspect test is slow too).
+@pytest.fixture(params=["bios", pytest.param("uefi", marks=pytest.mark.slow)])
 def live(request: pytest.FixtureRequest) -> SourceEndpoint:
     endpoint: SourceEndpoint = request.getfixturevalue(f"live_source_{request.param}")
     return endpoint
