@@ -54,6 +54,8 @@ class BootVerdict:
     interfaces: tuple[con.Interface, ...]
     evidence: tuple[str, ...]
     changed_in_overlay: tuple[str, ...] = field(default=())
+    # Where the report came from: "ttyS1" (the check's own port) or "ttyS0" (the console).
+    report_port: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -97,6 +99,10 @@ def _has_esp(g: Any) -> bool:
                for p in parts)
 
 
+def _read(path: Path) -> str:
+    return con.clean(path.read_text(errors="replace")) if path.exists() else ""
+
+
 def verify_boot(
     images: Sequence[Path],
     options: BootOptions,
@@ -130,9 +136,10 @@ def verify_boot(
                 fresh_ovmf_vars(nvram)
         model: NicModel = options.nic_model or ("e1000e" if options.bus == "sata" else "virtio")
         nics = tuple(Nic(mac=m.lower(), model=model) for m in (options.macs or (DEFAULT_MAC,)))
-        serial, fwlog = work / "console.log", work / "firmware.log"
+        serial, fwlog, reportlog = work / "console.log", work / "firmware.log", work / "report.log"
         machine = Machine(
-            disks=tuple(overlays), serial_log=serial, bus=options.bus, firmware=firmware,  # type: ignore[arg-type]
+            disks=tuple(overlays), serial_log=serial, report_log=reportlog, bus=options.bus,
+            firmware=firmware,  # type: ignore[arg-type]
             nvram=nvram, nics=nics, memory_mib=options.memory_mib, vcpus=options.vcpus,
             accel=accel, debugcon_log=fwlog, extra=("-device", "VGA"),
         )
@@ -140,13 +147,14 @@ def verify_boot(
         started = time.monotonic()
         with (work / "qemu.err").open("wb") as qemu_err:
             proc = runner.spawn(machine.argv(), stderr=qemu_err.fileno())
-        report = None
+        report, port = None, None
         try:
             while True:
                 elapsed = time.monotonic() - started
-                text = con.clean(serial.read_text(errors="replace")) if serial.exists() else ""
-                fw = con.clean(fwlog.read_text(errors="replace")) if fwlog.exists() else ""
-                report = con.parse_probe(text)
+                text, fw = _read(serial), _read(fwlog)
+                report, port = con.parse_probe(_read(reportlog)), "ttyS1"
+                if report is None:
+                    report, port = con.parse_probe(text), "ttyS0"
                 if report is not None or con.is_stuck(text, fw) or elapsed > options.timeout:
                     break
                 if proc.poll() is not None:
@@ -175,4 +183,5 @@ def verify_boot(
             interfaces=report.interfaces if report else (),
             evidence=tuple(con.evidence_lines(text, fw)),
             changed_in_overlay=prepared.consoles_added,
+            report_port=port if report is not None else None,
         )

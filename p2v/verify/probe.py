@@ -2,6 +2,9 @@
 
 Physical servers rarely have a serial console, so nothing the check needs may be assumed
 present in the guest; all of it goes into the overlay only, never the image.
+
+The report goes to a second serial port (ttyS1) that only the check reads, then to the
+console: a getty starting on ttyS0 hangs up the descriptors open on it, which lost reports.
 """
 
 from __future__ import annotations
@@ -39,12 +42,16 @@ for dev in /sys/class/net/*; do
   echo "nic $name $(cat "$dev/address") $(cat "$dev/operstate") ${{addrs%,}}"
 done
 echo "{END}"
-}} > /dev/ttyS0 2>&1
+}} > /run/p2v-verify-report 2>&1
+for port in /dev/ttyS1 /dev/ttyS0; do
+  cat /run/p2v-verify-report > "$port" 2>/dev/null
+done
 """
 
 UNIT = f"""[Unit]
 Description=p2v boot check report (throwaway overlay only)
-After=network.target multi-user.target
+# Not after multi-user.target: one slow unit there must not hold back the report.
+After=network.target
 DefaultDependencies=yes
 
 [Service]

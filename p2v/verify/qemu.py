@@ -58,6 +58,7 @@ class Nic:
 class Machine:
     disks: tuple[Path, ...]
     serial_log: Path
+    report_log: Path | None = None     # a second serial port (ttyS1) for the boot report
     bus: Bus = "virtio"
     firmware: Firmware = "bios"
     nvram: Path | None = None
@@ -84,6 +85,8 @@ class Machine:
             "-serial", f"file:{self.serial_log}",
             "-boot", "strict=on",
         ]
+        if self.report_log is not None:
+            argv += ["-serial", f"file:{self.report_log}"]
         if self.debugcon_log is not None:
             # SeaBIOS and OVMF log to I/O port 0x402: it shows "no bootable device".
             argv += [

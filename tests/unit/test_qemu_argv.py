@@ -43,3 +43,14 @@ def test_uefi_needs_a_variable_store(tmp_path: Path) -> None:
                    nvram=vars_fd).argv()
     assert f"if=pflash,format=raw,unit=1,file={vars_fd}" in argv
     assert any("readonly=on" in a and "OVMF_CODE" in a for a in argv)
+
+
+def test_the_report_port_is_the_second_serial_port(tmp_path: Path) -> None:
+    """ttyS0 is the console (a getty may take it); the boot report gets ttyS1 to itself."""
+    m = Machine(disks=(Path("/a"),), serial_log=tmp_path / "console",
+                report_log=tmp_path / "report")
+    argv = m.argv()
+    serials = [argv[i + 1] for i, a in enumerate(argv) if a == "-serial"]
+    assert serials == [f"file:{tmp_path / 'console'}", f"file:{tmp_path / 'report'}"]
+    plain = Machine(disks=(Path("/a"),), serial_log=tmp_path / "console").argv()
+    assert plain.count("-serial") == 1
