@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -264,6 +265,21 @@ class _StrictPolicy(paramiko.MissingHostKeyPolicy):
 # The connection
 
 
+def _transport(timeout: float, sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """A transport whose own handshake timeout (15 s by default) outlasts ours, so the
+    timeout that ends a stalled handshake is the one p2v reports."""
+    transport = paramiko.Transport(sock, **kwargs)
+    transport.handshake_timeout = timeout + 5.0
+    return transport
+
+
+def _handshake_timeout(target: SshTarget, timeout: float) -> SshUnreachable:
+    return SshUnreachable(host=target.host, port=target.port,
+                          detail=f"the SSH handshake did not finish within {timeout:.0f} s "
+                                 "(the port accepts connections, but no SSH banner and key "
+                                 "exchange followed)")
+
+
 def _kex_unfinished(client: paramiko.SSHClient) -> bool:
     """The server sent its banner but the key exchange is still pending (timed out)."""
     transport = client.get_transport()
@@ -361,6 +377,7 @@ class SshSource:
             raise SshAuthFailed(user=target.user, host=target.host,
                                 detail=f"identity file {missing[0]} not found")
         timeout = self.options.connect_timeout
+        started = time.monotonic()
         try:
             client.connect(
                 target.host, port=target.port, username=target.user,
@@ -368,7 +385,7 @@ class SshSource:
                 allow_agent=self.options.use_agent and self.options.identity is None,
                 look_for_keys=not identities,
                 timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                sock=sock,
+                sock=sock, transport_factory=partial(_transport, timeout),
             )
         except paramiko.BadHostKeyException as exc:
             raise HostKeyChanged(host=target.known_hosts_pattern, key_type=exc.key.get_name(),
@@ -390,15 +407,20 @@ class SshSource:
         except OSError as exc:
             raise SshUnreachable(host=target.host, port=target.port,
                                  detail=exc.strerror or str(exc)) from None
+        except EOFError:
+            # paramiko's own handshake timeout (15 s) fires in the transport's thread and
+            # ends it with EOFError, which start_client() re-raises: under load it can come
+            # before start_client's timeout. Early, it is a server that hung up.
+            if time.monotonic() - started < timeout - 1.0:
+                raise SshUnreachable(host=target.host, port=target.port,
+                                     detail="the server closed the connection during the "
+                                            "SSH handshake") from None
+            raise _handshake_timeout(target, timeout) from None
         except paramiko.SSHException as exc:
             if _kex_unfinished(client):
                 # start_client() returns silently when its timeout passes mid key exchange;
                 # paramiko then fails later with a misleading "No existing session".
-                raise SshUnreachable(host=target.host, port=target.port,
-                                     detail=f"the SSH handshake did not finish within "
-                                            f"{timeout:.0f} s (the port accepts connections, "
-                                            "but no SSH banner and key exchange followed)"
-                                     ) from None
+                raise _handshake_timeout(target, timeout) from None
             # e.g. "Error reading SSH protocol banner": something that is not sshd answered.
             raise SshUnreachable(host=target.host, port=target.port,
                                  detail=f"no SSH server answered ({exc})") from None
