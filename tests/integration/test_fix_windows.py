@@ -1,8 +1,9 @@
 """p2v fix --virtio-win on phony Windows 7, Server 2019 and Server 2025 images.
 
-Each image is fixed once per session on a qcow2 overlay of the cached raw image (never
-written), then fixed again (must change nothing); one read-only appliance over the three
-overlays then reads the hives and files back. Windows itself never runs here: what is
+Each image is fixed once per session, when a test first asks for it, on a qcow2 overlay of
+the cached raw image (never written); a read-only appliance then reads its hives and files
+back (`make test`: win2k19 only; `make test-slow`: the others, and the second runs that
+must change nothing). Windows itself never runs here: what is
 checked is what p2v wrote, value by value and file by file, and the first-boot script
 that is on the image is run over simulated boots against a failing pnputil.
 """
@@ -14,7 +15,6 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,9 @@ from p2v.runner import run
 from p2v.testbed.winimage import PHONY_WINDOWS, make_virtio_win_iso, make_virtio_win_tree
 
 CATALOG = load_catalog()
+# make test fixes only win2k19 (from the ISO; a DRIVERS hive); the others are slow.
+KEYS = [pytest.param("win7", marks=pytest.mark.slow), "win2k19",
+        pytest.param("win2k25", marks=pytest.mark.slow)]
 SPECS = {s.key: s for s in PHONY_WINDOWS}
 # Which catalog entry each phony image is, and whether it comes from the ISO or a directory.
 EXPECT = {"win7": "w7", "win2k19": "2k19", "win2k25": "2k25"}
@@ -67,47 +70,58 @@ def _overlay(raw: Path, dest: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def fixed(windows_images: dict[str, Path], virtio_win: tuple[Path, Path],
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Fixed]]:
-    tree, iso = virtio_win
-    work = tmp_path_factory.mktemp("windows-fix")
-    cached = {k: sha256(p) for k, p in windows_images.items()}
-    out: dict[str, Fixed] = {}
-    for key, raw in windows_images.items():
-        image = _overlay(raw, work / f"{key}.qcow2")
+def _read_back(f: Fixed, work: Path) -> None:
+    """A read-only appliance copies the hives and the files p2v wrote to the host."""
+    with open_guest([f.image], readonly=True, fmt="qcow2") as s:
+        g = s.g
+        g.mount_ro("/dev/sda1", "/")
+        local = work / f"{f.key}-hives"
+        local.mkdir()
+        f.system, f.software = local / "SYSTEM", local / "SOFTWARE"
+        g.download("/Windows/System32/config/SYSTEM", str(f.system))
+        g.download("/Windows/System32/config/SOFTWARE", str(f.software))
+        if g.is_file("/Windows/System32/config/DRIVERS"):
+            f.drivers = local / "DRIVERS"
+            g.download("/Windows/System32/config/DRIVERS", str(f.drivers))
+        for top in (STAGE, "Windows/System32/drivers", "Windows/System32/GroupPolicy",
+                    "Windows/System32/DriverStore/FileRepository"):
+            if not g.is_dir(f"/{top}"):
+                continue
+            for rel in g.find(f"/{top}"):
+                rel = str(rel).lstrip("/")
+                path = f"/{top}/{rel}"
+                if g.is_file(path):
+                    f.files[f"{top}/{rel}"] = bytes(g.read_file(path))
+
+
+class LazyFixed(dict[str, Fixed]):
+    """Each image is fixed (and read back) the first time a test asks for it: `make test`
+    runs only the win2k19 rows, `make test-slow` the other two (two appliance runs each)."""
+
+    def __init__(self, images: dict[str, Path], virtio_win: tuple[Path, Path],
+                 work: Path) -> None:
+        super().__init__()
+        self.images, self.virtio_win, self.work = images, virtio_win, work
+
+    def __missing__(self, key: str) -> Fixed:
+        tree, iso = self.virtio_win
+        raw = self.images[key]
+        cached = sha256(raw)
+        image = _overlay(raw, self.work / f"{key}.qcow2")
         options = FixOptions(virtio_win=iso if key in FROM_ISO else tree)
         first = fix_images([image], options)
         assert isinstance(first, WindowsFixResult)
-        out[key] = Fixed(key, image, options, first, sha256(image))
-    # One read-only appliance reads every image back.
-    with open_guest([f.image for f in out.values()], readonly=True, fmt="qcow2") as s:
-        g = s.g
-        for index in range(len(out)):
-            g.mkmountpoint(f"/img{index}")
-        for index, f in enumerate(out.values()):
-            mnt = f"/img{index}"
-            g.mount_ro(f"/dev/sd{chr(ord('a') + index)}1", mnt)
-            local = work / f"{f.key}-hives"
-            local.mkdir()
-            f.system, f.software = local / "SYSTEM", local / "SOFTWARE"
-            g.download(f"{mnt}/Windows/System32/config/SYSTEM", str(f.system))
-            g.download(f"{mnt}/Windows/System32/config/SOFTWARE", str(f.software))
-            if g.is_file(f"{mnt}/Windows/System32/config/DRIVERS"):
-                f.drivers = local / "DRIVERS"
-                g.download(f"{mnt}/Windows/System32/config/DRIVERS", str(f.drivers))
-            for top in (STAGE, "Windows/System32/drivers", "Windows/System32/GroupPolicy",
-                        "Windows/System32/DriverStore/FileRepository"):
-                if not g.is_dir(f"{mnt}/{top}"):
-                    continue
-                for rel in g.find(f"{mnt}/{top}"):
-                    rel = str(rel).lstrip("/")
-                    path = f"{mnt}/{top}/{rel}"
-                    if g.is_file(path):
-                        f.files[f"{top}/{rel}"] = bytes(g.read_file(path))
-    # The cached images were never written.
-    assert {k: sha256(p) for k, p in windows_images.items()} == cached
-    yield out
+        fixed = Fixed(key, image, options, first, sha256(image))
+        _read_back(fixed, self.work)
+        assert sha256(raw) == cached, "the cached image was written"
+        self[key] = fixed
+        return fixed
+
+
+@pytest.fixture(scope="session")
+def fixed(windows_images: dict[str, Path], virtio_win: tuple[Path, Path],
+          tmp_path_factory: pytest.TempPathFactory) -> LazyFixed:
+    return LazyFixed(windows_images, virtio_win, tmp_path_factory.mktemp("windows-fix"))
 
 
 def _drivers(key: str) -> list[str]:
@@ -115,8 +129,8 @@ def _drivers(key: str) -> list[str]:
     return [d.name for d in CATALOG.drivers_for(version, "amd64")]
 
 
-@pytest.mark.parametrize("key", list(EXPECT))
-def test_the_catalog_picks_the_drivers(fixed: dict[str, Fixed], key: str) -> None:
+@pytest.mark.parametrize("key", KEYS)
+def test_the_catalog_picks_the_drivers(fixed: LazyFixed, key: str) -> None:
     f = fixed[key]
     assert f.first.report.catalog_dir == EXPECT[key]
     assert f.first.report.product == SPECS[key].product
@@ -129,8 +143,8 @@ def test_the_catalog_picks_the_drivers(fixed: dict[str, Fixed], key: str) -> Non
     assert f.first.applied and not f.first.plan.warnings
 
 
-@pytest.mark.parametrize("key", list(EXPECT))
-def test_boot_critical_services(fixed: dict[str, Fixed], key: str) -> None:
+@pytest.mark.parametrize("key", KEYS)
+def test_boot_critical_services(fixed: LazyFixed, key: str) -> None:
     with open_hive(fixed[key].system) as h:
         for name, group in (("viostor", "SCSI miniport"), ("vioscsi", "SCSI miniport")):
             svc = f"ControlSet001\\Services\\{name}"
@@ -145,8 +159,8 @@ def test_boot_critical_services(fixed: dict[str, Fixed], key: str) -> None:
             assert h.node(f"ControlSet001\\Services\\{name}") is None
 
 
-@pytest.mark.parametrize("key", list(EXPECT))
-def test_device_database_entries(fixed: dict[str, Fixed], key: str) -> None:
+@pytest.mark.parametrize("key", KEYS)
+def test_device_database_entries(fixed: LazyFixed, key: str) -> None:
     f = fixed[key]
     with open_hive(f.system) as h:
         cdd = "ControlSet001\\Control\\CriticalDeviceDatabase"
@@ -179,8 +193,8 @@ def test_device_database_entries(fixed: dict[str, Fixed], key: str) -> None:
                 sorted(f"{repo}/{n}" for n in driver.files)
 
 
-@pytest.mark.parametrize("key", list(EXPECT))
-def test_device_path_and_group_policy_registration(fixed: dict[str, Fixed], key: str) -> None:
+@pytest.mark.parametrize("key", KEYS)
+def test_device_path_and_group_policy_registration(fixed: LazyFixed, key: str) -> None:
     with open_hive(fixed[key].software) as h:
         assert h.get(r"Microsoft\Windows\CurrentVersion", "DevicePath") == RegValue.expand_sz(
             "%SystemRoot%\\inf;%SystemRoot%\\Drivers\\p2v-virtio")
@@ -198,8 +212,8 @@ def test_device_path_and_group_policy_registration(fixed: dict[str, Fixed], key:
                 "IsPowershell": RegValue.dword(0), "ExecTime": RegValue.qword(0)}
 
 
-@pytest.mark.parametrize("key", list(EXPECT))
-def test_every_planned_value_is_in_the_hives(fixed: dict[str, Fixed], key: str) -> None:
+@pytest.mark.parametrize("key", KEYS)
+def test_every_planned_value_is_in_the_hives(fixed: LazyFixed, key: str) -> None:
     f = fixed[key]
     assert len(f.first.plan.registry) > 20
     files = {"SYSTEM": f.system, "SOFTWARE": f.software, "DRIVERS": f.drivers}
@@ -210,8 +224,8 @@ def test_every_planned_value_is_in_the_hives(fixed: dict[str, Fixed], key: str) 
             assert h.get(edit.key, edit.name) == edit.value, (edit.key, edit.name)
 
 
-@pytest.mark.parametrize("key", ["win2k19", "win2k25"])
-def test_the_drivers_hive_has_the_same_driver_database(fixed: dict[str, Fixed],
+@pytest.mark.parametrize("key", ["win2k19", pytest.param("win2k25", marks=pytest.mark.slow)])
+def test_the_drivers_hive_has_the_same_driver_database(fixed: LazyFixed,
                                                        key: str) -> None:
     f = fixed[key]
     assert f.drivers is not None
@@ -227,8 +241,8 @@ def test_the_drivers_hive_has_the_same_driver_database(fixed: dict[str, Fixed],
         assert drivers.children("") == ["DriverDatabase"]
 
 
-@pytest.mark.parametrize("key", list(EXPECT))
-def test_files_copied(fixed: dict[str, Fixed], key: str, virtio_win: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("key", KEYS)
+def test_files_copied(fixed: LazyFixed, key: str, virtio_win: tuple[Path, Path]) -> None:
     f = fixed[key]
     tree = virtio_win[0]
     version = next(w for w in CATALOG.windows if w.dir == EXPECT[key])
@@ -253,9 +267,9 @@ def test_files_copied(fixed: dict[str, Fixed], key: str, virtio_win: tuple[Path,
     assert f"gPCMachineExtensionNames={firstboot.SCRIPTS_CSE}" in gpt and "Version=1" in gpt
 
 
-@pytest.mark.parametrize("key", list(EXPECT))
+@pytest.mark.parametrize("key", KEYS)
 def test_the_first_boot_script_on_the_image_gives_up_after_the_bound(
-        fixed: dict[str, Fixed], key: str) -> None:
+        fixed: LazyFixed, key: str) -> None:
     script = fixed[key].files[f"Windows/System32/GroupPolicy/Machine/Scripts/Startup/"
                               f"{firstboot.SCRIPT_NAME}"].decode()
     calls: list[list[str]] = []
@@ -277,11 +291,10 @@ def test_the_first_boot_script_on_the_image_gives_up_after_the_bound(
                                                                  calls[0][1]])
 
 
-# One second run in the default suite (the ISO one, through the CLI's text output); the
-# other two are slow (an appliance launch each).
-@pytest.mark.parametrize("key", [pytest.param("win7", marks=pytest.mark.slow), "win2k19",
-                                 pytest.param("win2k25", marks=pytest.mark.slow)])
-def test_a_second_run_changes_nothing(fixed: dict[str, Fixed], key: str) -> None:
+# Second runs (through the CLI's text output) are slow: an appliance launch each.
+@pytest.mark.slow
+@pytest.mark.parametrize("key", list(EXPECT))
+def test_a_second_run_changes_nothing(fixed: LazyFixed, key: str) -> None:
     f = fixed[key]
     assert f.first.caps_path is not None
     caps_text = f.first.caps_path.read_text()
