@@ -462,16 +462,23 @@ class _Job:
         return [Path(d["image"]) for d in read_json(self.wd.file("copy.json"))]
 
     def run_fix(self) -> dict[str, Any]:
-        from p2v.fix.fixer import FixOptions, fix_images, mac_changes
+        from p2v.fix.fixer import FixOptions, disk_ids, fix_images, mac_changes
         from p2v.fix.fsck import repair_filesystems
+        from p2v.fix.multipath import maps_from_dm
         from p2v.fix.network import NicPin
 
         plan = self.plan()
-        source_macs = {n.name: n.mac.lower() for n in self.inventory().nics if n.mac}
+        inv = self.inventory()
+        source_macs = {n.name: n.mac.lower() for n in inv.nics if n.mac}
+        known = {d.name: d for d in inv.disks}
         options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
                              mac_map=mac_changes(source_macs, dict(plan.pins)),
                              source_disks=tuple(d.name for d in plan.disks),
-                             firmware=plan.firmware)
+                             firmware=plan.firmware,
+                             # serial/WWID and multipath maps: what by-id names point at
+                             disk_ids=tuple(disk_ids(known[d.name]) if d.name in known else ()
+                                            for d in plan.disks),
+                             mpath_maps=maps_from_dm(inv.dm))
         wait_until_released(self.images(), self.say)
         # A live copy is not a snapshot: repair its filesystems before fix mounts them.
         for line in repair_filesystems(self.images(), progress=self.say):
