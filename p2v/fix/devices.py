@@ -266,19 +266,25 @@ def _is_current(path: str) -> bool:
     return path.startswith("/dev/vd")
 
 
+_REGEX_TAIL = re.compile(r"(?:-part)?(?:\.[*+?]|\[[^\]]*\][*+?]?|\$|\\d[*+?]?)+$")
+
+
 def _sub_devices(text: str, dmap: DeviceMap, changes: list[str], unresolved: list[str],
                  where: str) -> str:
     """Rename every hardware-bound device inside a text (a filter regex) onto virtio."""
     def repl(match: re.Match[str]) -> str:
         old = match.group(0)
-        if _is_current(old) or dmap.parse(old) is None:
+        # A by-id name swallows the regex after it (ata-X_SER.*): resolve the name alone.
+        tail = _REGEX_TAIL.search(old) if old.startswith("/dev/disk/") else None
+        name, rest = (old[:tail.start()], old[tail.start():]) if tail else (old, "")
+        if _is_current(name) or dmap.parse(name) is None:
             return old
-        res = dmap.remap(old)
+        res = dmap.remap(name)
         if res.new is None:
             unresolved.append(f"{where}: {old} (no disk of this guest matches)")
             return old
-        changes.append(f"{where}: {old} -> {res.new}")
-        return res.new
+        changes.append(f"{where}: {name} -> {res.new}")
+        return res.new + rest.removeprefix("-part")     # vda1, not vda-part1
 
     return dmap.pattern.sub(repl, text)
 
@@ -437,7 +443,8 @@ def kernel_roots(text: str) -> list[str]:
     return roots
 
 
-_DRACUT_ARG = re.compile(r"(?<![\w.-])(rd\.lvm\.lv|rd\.md\.uuid|rd\.luks\.uuid)=(\S+)")
+_DRACUT_ARG = re.compile(
+    r"(?<![\w.-])(rd\.lvm\.lv|rd\.lvm\.vg|rd\.md\.uuid|rd\.luks\.uuid|rd\.luks\.name)=(\S+)")
 
 
 def dracut_arg_problems(cmdline_text: str, dmap: DeviceMap, mapper_names: set[str]) -> list[str]:
@@ -454,6 +461,11 @@ def dracut_arg_problems(cmdline_text: str, dmap: DeviceMap, mapper_names: set[st
         if key == "rd.lvm.lv":
             vg, _, lv = value.partition("/")
             ok = f"{vg.replace('-', '--')}-{lv.replace('-', '--')}" in mapper_names
+        elif key == "rd.lvm.vg":        # the VG has an LV on the converted disks
+            ok = any(re.match(re.escape(value.replace("-", "--")) + "-(?!-)", m)
+                     for m in mapper_names)
+        elif key == "rd.luks.name":     # rd.luks.name=UUID=NAME
+            ok = _hex(value.split("=", 1)[0].removeprefix("luks-")) in luks
         elif key == "rd.md.uuid":
             ok = _hex(value) in arrays
         else:
@@ -479,6 +491,10 @@ def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
         return spec[6:] in known_labels
     if spec.startswith("/dev/mapper/"):
         return spec[len("/dev/mapper/"):] in mapper_names
+    if spec.startswith("/dev/disk/by-id/dm-name-"):
+        return spec[len("/dev/disk/by-id/dm-name-"):] in mapper_names     # an LV's link
+    if spec.startswith("/dev/disk/by-id/md-uuid-"):
+        return _hex(spec[len("/dev/disk/by-id/md-uuid-"):]) in md_members(dmap)
     if spec.startswith("/dev/disk/by-uuid/"):
         return spec.rsplit("/", 1)[1] in known_uuids
     if spec.startswith("/dev/disk/by-label/"):
@@ -528,6 +544,15 @@ def candidate_names(dmap: DeviceMap) -> list[tuple[str, str]]:
             pairs.append((f"/dev/{name}", virtio_name(index)))
             for part in sorted(disk.partitions):
                 pairs.append((_partition_path(name, part), virtio_name(index, part)))
+    # The multipath maps placed on a disk (a DEVICE /dev/mapper/mpath* line): the map and
+    # its partitions as kpartx names them.
+    for name, at in sorted(dmap.maps.items()):
+        if at is None:
+            continue
+        pairs.append((f"/dev/mapper/{name}", virtio_name(at)))
+        for part in sorted(dmap.disks[at].partitions):
+            pairs += [(f"/dev/mapper/{name}{sep}{part}", virtio_name(at, part))
+                      for sep in ("-part", "p")]
     return pairs
 
 

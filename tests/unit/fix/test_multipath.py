@@ -225,3 +225,14 @@ def test_the_drop_in_goes_to_config_dir_and_blacklists_only_virtual_disks() -> N
     text = multipath.dropin_text()
     assert 'devnode "^vd[a-z]+"' in text and 'vendor "QEMU"' in text
     assert text.count("{") == text.count("}")
+
+
+def test_mdadm_device_glob_over_multipath_maps_selects_their_virtio_names() -> None:
+    member = FsIdentity("3f1e2d4c-5b6a-7988-0123-456789abcdef", None, "linux_raid_member")
+    dmap = DeviceMap([DiskLayout(None, {1: member}), DiskLayout(None, {1: member})],
+                     {"mpatha": 0, "mpathb": 1})
+    text = "DEVICE /dev/mapper/mpath*\nARRAY /dev/md0 UUID=3f1e2d4c:5b6a7988:01234567:89abcdef\n"
+    assert devices.md_assembly_problems(text, dmap)
+    res = devices.rewrite_mdadm_conf(text, dmap)
+    assert res.text.splitlines()[0] == "DEVICE /dev/vda /dev/vda1 /dev/vdb /dev/vdb1"
+    assert devices.md_assembly_problems(res.text, dmap) == []
