@@ -8,7 +8,9 @@ the file format accepts it and the filesystem has one, else the virtio name. The
 functions (`rewrite_fstab`, `rewrite_crypttab`, `rewrite_kernel_args`, `rewrite_grub_default`,
 `rewrite_grub_cfg`, `rewrite_mdadm_conf`, `rewrite_lvm_conf`) return the new text and a list
 of what they changed; unchanged text comes back identical, which is what makes a second run
-of `p2v fix` a no-op.
+of `p2v fix` a no-op. Beyond kernel names, a disk is known by the source disk's serial and
+WWID (`DiskLayout.ids`: /dev/disk/by-id names) and by the multipath maps that were on it
+(`DeviceMap.maps`, placed by p2v.fix.multipath: /dev/mapper/mpatha-part1 and its kin).
 """
 
 from __future__ import annotations

@@ -241,8 +241,8 @@ def _mac_config_files(session: GuestSession) -> list[str]:
     return found
 
 
-def guest_device_map(session: GuestSession, report: GuestReport, base: devices.DeviceMap,
-                     options: FixOptions) -> devices.DeviceMap:
+def guest_device_map(session: GuestSession, root: str, grub_cfg: str | None,
+                     base: devices.DeviceMap, options: FixOptions) -> devices.DeviceMap:
     """The guest's disks with what names them beyond the bus: each source disk's serial and
     WWID (by-id links), and the multipath maps of the source, placed on the disk each was
     (p2v.fix.multipath; a map no evidence places stays unplaced and is reported)."""
@@ -256,13 +256,30 @@ def guest_device_map(session: GuestSession, report: GuestReport, base: devices.D
     fstab = _read(session, "/etc/fstab") or ""
     root_specs = [f[0] for f in (line.split() for line in fstab.splitlines())
                   if len(f) > 1 and f[1] == "/" and not f[0].startswith("#")]
-    if report.grub_cfg and session.g.is_file(report.grub_cfg):
-        root_specs += devices.kernel_roots(session.read_text(report.grub_cfg))
-    hints = multipath.root_hints(names, plain, root_specs, report.root)
+    if grub_cfg and session.g.is_file(grub_cfg):
+        root_specs += devices.kernel_roots(session.read_text(grub_cfg))
+    hints = multipath.root_hints(names, plain, root_specs, root)
     hints.update(multipath.pv_hints(names, plain,
                                     _read(session, "/etc/lvm/devices/system.devices")))
     placed = multipath.place_maps(names, plain, options.mpath_maps, hints)
     return devices.DeviceMap(disks, placed)
+
+
+def appliance_resolver(session: GuestSession, root: str,
+                       options: FixOptions) -> Callable[[str], str | None]:
+    """For mounting: the appliance device (/dev/sdb1) of an fstab name libguestfs cannot
+    resolve itself (/dev/mapper/mpatha-part1, a by-id link of the old disk)."""
+    found: dict[str, str | None] = {}
+
+    def resolve(spec: str) -> str | None:
+        if spec not in found:
+            base = device_map(session, list(options.source_disks) or None)
+            res = guest_device_map(session, root, None, base, options).remap(spec)
+            found[spec] = ("/dev/sd" + res.new[len("/dev/vd"):]
+                           if res.new and res.new.startswith("/dev/vd") else None)
+        return found[spec]
+
+    return resolve
 
 
 def _multipath_plan(session: GuestSession, plan: FixPlan) -> None:
@@ -732,8 +749,9 @@ def fix_images(images: Sequence[Path], options: FixOptions,
                                     f"{session.g.inspect_get_type(root)}: drop the option")
         # Mounted read-only until there is something to change: a run with nothing to do
         # (or a dry run) leaves every byte of the images as it was.
+        session.resolve_spec = appliance_resolver(session, root, options)
         report = inspect_guest(session, list(options.source_disks) or None)
-        dmap = guest_device_map(session, report,
+        dmap = guest_device_map(session, report.root, report.grub_cfg,
                                 device_map(session, list(options.source_disks) or None), options)
         progress(f"found {report.product} ({report.distro} {report.version}, {report.firmware}, "
                  f"{report.bootloader}), kernels: "

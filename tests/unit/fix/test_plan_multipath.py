@@ -48,8 +48,9 @@ def san_report() -> Any:
 
 def san_guest(files: dict[str, str]) -> tuple[Any, DeviceMap]:
     session = FakeSession(files)
-    return session, guest_device_map(session, san_report(), BASE,   # type: ignore[arg-type]
-                                     FixOptions())
+    rep = san_report()
+    return session, guest_device_map(session, rep.root, rep.grub_cfg,  # type: ignore[arg-type]
+                                     BASE, FixOptions())
 
 
 def apply(files: dict[str, str], plan: fixer.FixPlan, dmap: DeviceMap) -> dict[str, str]:
@@ -126,7 +127,7 @@ def test_the_inventory_places_the_maps_when_the_images_cannot() -> None:
     base = DeviceMap([DiskLayout("sda", BASE.disks[0].partitions),
                       DiskLayout("sdc", {1: FsIdentity("u-san", None, "ext4")})])
     opts = FixOptions(mpath_maps=(multipath.SourceMap("mpathb", WWID_B, ("sdc", "sdd")),))
-    dmap = guest_device_map(session, san_report(), base, opts)  # type: ignore[arg-type]
+    dmap = guest_device_map(session, "/dev/sda2", None, base, opts)  # type: ignore[arg-type]
     plan = plan_fix(session, san_report(), dmap, PIN)  # type: ignore[arg-type]
     assert "UUID=u-san /srv ext4 defaults 0 2" in plan.files["/etc/fstab"]
 
@@ -175,7 +176,7 @@ def test_by_id_names_of_several_disks_follow_each_disk_by_its_serial_or_wwn() ->
     rep = report(ALL_VIRTIO)
     rep.filesystems.append(FsInfo("/dev/sdb1", "xfs", "u-data", None, "/data"))
     opts = FixOptions(disk_ids=tuple(d.ids for d in TWO))
-    dmap = guest_device_map(session, rep, DeviceMap([  # type: ignore[arg-type]
+    dmap = guest_device_map(session, rep.root, rep.grub_cfg, DeviceMap([  # type: ignore[arg-type]
         DiskLayout(d.source_name, d.partitions) for d in TWO]), opts)
     plan = plan_fix(session, rep, dmap, PIN)  # type: ignore[arg-type]
     fstab = plan.files["/etc/fstab"].splitlines()
@@ -235,3 +236,30 @@ def test_the_inventory_gives_each_disk_its_serial_wwid_and_multipath_maps() -> N
     facts = fixer.read_inventory(json.dumps(doc))
     assert facts.disk_ids == (("S1X", "naa.5000c500a1b2c3d4"), ())
     assert facts.mpath_maps == (multipath.SourceMap("mpatha", WWID_A, ("sda", "sdb")),)
+
+
+class FakeRaw:
+    """A guestfs handle that mounts only appliance devices, as libguestfs does."""
+
+    def __init__(self, mounts: dict[str, str]) -> None:
+        self.mounts = mounts
+        self.mounted: list[tuple[str, str]] = []
+
+    def inspect_get_mountpoints(self, root: str) -> dict[str, str]:
+        return self.mounts
+
+    def mount_ro(self, device: str, mountpoint: str) -> None:
+        if not device.startswith("/dev/sd"):
+            raise RuntimeError(f"mount_ro: {device}: No such file or directory")
+        self.mounted.append((device, mountpoint))
+
+
+def test_fstab_names_libguestfs_cannot_mount_fall_back_to_root_and_the_resolver() -> None:
+    from p2v.fix.session import GuestSession
+    # libguestfs hands back a SAN guest's fstab names as they are: nothing would be mounted.
+    raw = FakeRaw({"/": "/dev/mapper/mpatha-part2", "/boot": "/dev/mapper/mpatha-part1",
+                   "/srv": "/dev/mapper/mpathb-part1"})
+    session = GuestSession(raw)
+    session.resolve_spec = {"/dev/mapper/mpatha-part1": "/dev/sda1"}.get
+    session.mount_guest("/dev/sda2", readonly=True)
+    assert raw.mounted == [("/dev/sda2", "/"), ("/dev/sda1", "/boot")]   # /srv: not converted
