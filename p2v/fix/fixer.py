@@ -282,15 +282,16 @@ def appliance_resolver(session: GuestSession, root: str,
     return resolve
 
 
-def _multipath_plan(session: GuestSession, plan: FixPlan) -> None:
+def _multipath_plan(session: GuestSession, plan: FixPlan, dmap: devices.DeviceMap) -> None:
     """multipath kept off the virtio disks, in a drop-in of its own (the guest's multipath
     files are left as they are: removing the drop-in undoes it). The maps' names are
     rewritten with the other device names; one on no converted disk is reported there."""
     g = session.g
-    conf = _read(session, multipath.CONF)
-    in_use = conf is not None or g.is_file(multipath.BINDINGS) or g.is_file(multipath.WWIDS)
-    if not in_use or not any(g.exists(t) for t in multipath.TOOLS):
+    # In use: the source had maps (bindings, wwids, aliases, the inventory), not merely the
+    # package and its default multipath.conf (Ubuntu server installs both everywhere).
+    if not dmap.maps or not any(g.exists(t) for t in multipath.TOOLS):
         return
+    conf = _read(session, multipath.CONF)
     path = multipath.dropin_path(conf)
     _edit(plan, path, _read(session, path), multipath.dropin_text(),
           "the source used multipath (SAN or dual-path disks): keep it off the single-path "
@@ -355,7 +356,7 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
                   "; ".join(marked.rewrite.changes))
         plan.warnings += [f"will not boot: {f}" for f in marked.fatal]
 
-    _multipath_plan(session, plan)
+    _multipath_plan(session, plan, dmap)
 
     md = _storage_problems(session, report, dmap, plan.files)
     plan.warnings += [("will not boot: " if _boots_from_md_or_lvm(report) else "") + p

@@ -140,6 +140,15 @@ def test_leftover_multipath_files_without_the_tools_get_no_drop_in() -> None:
     assert plan.files["/etc/fstab"].startswith("UUID=u-root /")
 
 
+def test_multipath_installed_but_never_used_gets_no_drop_in() -> None:
+    files = {**BIOS_FILES, multipath.CONF: "defaults {\n    user_friendly_names yes\n}\n",
+             "/sbin/multipath": ""}
+    session, dmap = san_guest(files)
+    assert dmap.maps == {}
+    plan = plan_fix(session, san_report(), dmap, PIN)
+    assert DROPIN not in plan.files
+
+
 def test_config_dir_of_the_guest_takes_the_drop_in() -> None:
     files = dict(SAN_FILES)
     files[multipath.CONF] = 'defaults {\n    config_dir "/etc/multipath.d"\n}\n'
