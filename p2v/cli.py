@@ -380,6 +380,7 @@ def _cmd_fix(args: argparse.Namespace) -> int:
     source_macs: dict[str, str] = {}
     disks: tuple[str, ...] = ()
     firmware = None
+    facts = None
     if args.inventory is not None:
         text = read_text_input(args.inventory, "inventory")
         check_json_text(text, args.inventory, "inventory")
@@ -404,7 +405,9 @@ def _cmd_fix(args: argparse.Namespace) -> int:
                          mac_map=mac_changes(source_macs, pins), source_disks=disks,
                          firmware=firmware, dry_run=args.dry_run,
                          serial_console=args.serial_console,
-                         remove_agents=args.remove_agents, virtio_win=args.virtio_win)
+                         remove_agents=args.remove_agents, virtio_win=args.virtio_win,
+                         disk_ids=facts.disk_ids if facts else (),
+                         mpath_maps=facts.mpath_maps if facts else ())
     result = fix_images(args.images, options, progress=_say(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -313,6 +313,7 @@ class DiskInfo:
     partitions: tuple[Partition, ...] = ()
     boot: bool = False
     copy_bytes_estimate: int | None = None
+    wwid: str | None = None            # sysfs device/wwid or wwid: naa.…, eui.…, t10.…
 
 
 @dataclass(frozen=True)

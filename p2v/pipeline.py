@@ -174,6 +174,21 @@ def _size(value: int | None) -> str:
     return str(value)
 
 
+def other_paths(inventory: Inventory) -> dict[str, tuple[str, str]]:
+    """Disks that are another path to a LUN already listed: disk -> (multipath map, the
+    first path). A dual-path disk shows up once per path (sda, sdb): copying each would
+    give the guest the same filesystems twice."""
+    order = {d.name: i for i, d in enumerate(inventory.disks)}
+    found: dict[str, tuple[str, str]] = {}
+    for m in inventory.dm:
+        # The boot disk, if it is one of them, else the first in inventory order.
+        paths = sorted((s for s in m.slaves if s in order),
+                       key=lambda s: (s != inventory.boot_disk, order[s]))
+        if m.kind == "multipath" and paths:
+            found.update({p: (m.name or m.device, paths[0]) for p in paths[1:]})
+    return found
+
+
 def choose_disks(inventory: Inventory, asked: Sequence[str]) -> tuple[list[PlannedDisk], str,
                                                                        list[str]]:
     """The disks to copy (boot disk first), why those, and the disks left out.
@@ -205,7 +220,13 @@ def choose_disks(inventory: Inventory, asked: Sequence[str]) -> tuple[list[Plann
                             "with --disk")
         why = "as named with --disk"
     else:
+        second = other_paths(inventory)
         for d in inventory.disks:
+            if d.name in second:
+                name, first = second[d.name]
+                left.append(f"disk {d.name} is another path of multipath map {name} (the "
+                            f"same LUN as {first}): copied once, as {first}")
+                continue
             if d.removable:
                 left.append(f"disk {d.name} ({_size(d.size_bytes)}) is removable (USB, card "
                             "reader): not copied; name it with --disk to copy it")
@@ -229,7 +250,9 @@ def not_carried_over(inventory: Inventory, disks: Sequence[PlannedDisk]) -> list
     items: list[str] = []
     part_disk = {p.name: d.name for d in inventory.disks for p in d.partitions}
     part_disk.update({d.name: d.name for d in inventory.disks})
-    dm_slaves = {m.device: m.slaves for m in inventory.dm}
+    # A multipath map is whole on any one of its paths: the first stands for them all.
+    second = other_paths(inventory)
+    dm_slaves = {m.device: tuple(s for s in m.slaves if s not in second) for m in inventory.dm}
     md_members = {m.name: m.devices for m in inventory.md}
 
     def disks_of(device: str, depth: int = 0) -> set[str]:
@@ -462,16 +485,23 @@ class _Job:
         return [Path(d["image"]) for d in read_json(self.wd.file("copy.json"))]
 
     def run_fix(self) -> dict[str, Any]:
-        from p2v.fix.fixer import FixOptions, fix_images, mac_changes
+        from p2v.fix.fixer import FixOptions, disk_ids, fix_images, mac_changes
         from p2v.fix.fsck import repair_filesystems
+        from p2v.fix.multipath import maps_from_dm
         from p2v.fix.network import NicPin
 
         plan = self.plan()
-        source_macs = {n.name: n.mac.lower() for n in self.inventory().nics if n.mac}
+        inv = self.inventory()
+        source_macs = {n.name: n.mac.lower() for n in inv.nics if n.mac}
+        known = {d.name: d for d in inv.disks}
         options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
                              mac_map=mac_changes(source_macs, dict(plan.pins)),
                              source_disks=tuple(d.name for d in plan.disks),
-                             firmware=plan.firmware)
+                             firmware=plan.firmware,
+                             # serial/WWID and multipath maps: what by-id names point at
+                             disk_ids=tuple(disk_ids(known[d.name]) if d.name in known else ()
+                                            for d in plan.disks),
+                             mpath_maps=maps_from_dm(inv.dm))
         wait_until_released(self.images(), self.say)
         # A live copy is not a snapshot: repair its filesystems before fix mounts them.
         for line in repair_filesystems(self.images(), progress=self.say):

@@ -8,7 +8,9 @@ the file format accepts it and the filesystem has one, else the virtio name. The
 functions (`rewrite_fstab`, `rewrite_crypttab`, `rewrite_kernel_args`, `rewrite_grub_default`,
 `rewrite_grub_cfg`, `rewrite_mdadm_conf`, `rewrite_lvm_conf`) return the new text and a list
 of what they changed; unchanged text comes back identical, which is what makes a second run
-of `p2v fix` a no-op.
+of `p2v fix` a no-op. Beyond kernel names, a disk is known by the source disk's serial and
+WWID (`DiskLayout.ids`: /dev/disk/by-id names) and by the multipath maps that were on it
+(`DeviceMap.maps`, placed by p2v.fix.multipath: /dev/mapper/mpatha-part1 and its kin).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ _LETTERS = re.compile(r"^(sd|hd|xvd|vd)([a-z]{1,2})(\d*)$")
 _CCISS = re.compile(r"^cciss/c(\d+)d(\d+)(?:p(\d+))?$")
 _NVME = re.compile(r"^nvme(\d+)n(\d+)(?:p(\d+))?$")
 _BY_PART = re.compile(r"-part(\d+)$")
+# by-id links udev makes for virtual block devices (md arrays, device-mapper maps, LVM PVs):
+# they name no hardware, so a move does not change them (multipath maps are DeviceMap's).
+_VIRTUAL_BY_ID = re.compile(r"^disk/by-id/(?:md-|dm-|lvm-pv-uuid-)")
+# A multipath map's partition as kpartx names it: NAME-part1 (newer), NAMEp1, NAME1 (older).
+_MP_PART = r"(?:-part(\d+)|p(\d+)|(?<![0-9])(\d+))?"
 
 
 def letters_to_index(letters: str) -> int:
@@ -80,6 +87,8 @@ def parse_device(path: str) -> ParsedDevice | None:
         part = int(m.group(3)) if m.group(3) else None
         return ParsedDevice(f"nvme{m.group(1)}n{m.group(2)}", part, int(m.group(1)))
     if name.startswith("disk/by-id/") or name.startswith("disk/by-path/"):
+        if _VIRTUAL_BY_ID.match(name):
+            return None   # an md array, LV, crypt or multipath map: not a disk's name
         m = _BY_PART.search(name)
         disk = name[: m.start()] if m else name
         return ParsedDevice(disk, int(m.group(1)) if m else None, None)
@@ -102,6 +111,7 @@ class DiskLayout:
     source_name: str | None = None     # as the physical machine named it (sda, nvme0n1)
     partitions: dict[int, FsIdentity] = field(default_factory=dict)
     whole: FsIdentity | None = None    # a filesystem on the unpartitioned disk
+    ids: tuple[str, ...] = ()          # the source disk's serial, WWID (naa.…, eui.…)
 
 
 @dataclass(frozen=True)
@@ -111,19 +121,96 @@ class Resolution:
     how: str                   # "uuid", "label", "virtio-name", "unresolved"
 
 
-class DeviceMap:
-    """The guest's disks in source order, and how each old device name maps onto them."""
+def id_keys(ident: str) -> set[str]:
+    """The forms one disk identifier takes in by-id names and multipath WWIDs, lowercase:
+    naa.HEX is also 3HEX (udev's SCSI ID_SERIAL, a multipath WWID) and 0xHEX (wwn-);
+    eui.HEX is also 2HEX."""
+    value = " ".join(ident.split()).lower()
+    keys = {value} if value else set()
+    for prefix, code in (("naa.", "3"), ("eui.", "2"), ("0x", "3")):
+        if value.startswith(prefix):
+            keys |= {value[len(prefix):], code + value[len(prefix):]}
+    if re.fullmatch(r"[23][0-9a-f]{15,}", value):
+        keys.add(value[1:])            # a WWID as udev/multipath spell it: type digit + hex
+    return keys
 
-    def __init__(self, disks: Sequence[DiskLayout]) -> None:
+
+def by_id_keys(name: str) -> set[str]:
+    """What a /dev/disk/by-id name (no -partN) may identify a disk by: wwn-0xHEX,
+    scsi-3HEX, nvme-eui.HEX, and the serial that ata-/scsi-SATA_/nvme-/usb- names end in."""
+    kind, _, rest = name.removeprefix("disk/by-id/").partition("-")
+    keys = id_keys(rest)             # scsi-3HEX: a NAA WWID; wwn-0xHEX; nvme-eui.HEX
+    if "_" in rest:
+        keys.add(rest.rsplit("_", 1)[1].lower())
+    return {k for k in keys if len(k) >= 4}   # a very short tail would match by accident
+
+
+class DeviceMap:
+    """The guest's disks in source order, and how each old device name maps onto them.
+
+    `maps` names the multipath maps the source had (alias or WWID -> the index of the
+    disk it was, None when that disk was not converted or is not known): their names
+    under /dev/mapper never appear on virtio, so they are hardware-bound here too.
+    """
+
+    def __init__(self, disks: Sequence[DiskLayout],
+                 maps: dict[str, int | None] | None = None) -> None:
         self.disks = tuple(disks)
+        self.maps = dict(maps or {})
         self._by_name = {d.source_name: i for i, d in enumerate(self.disks) if d.source_name}
+        self._by_key: dict[str, set[int]] = {}
+        for i, disk in enumerate(self.disks):
+            for ident in disk.ids:
+                for key in id_keys(ident):
+                    self._by_key.setdefault(key, set()).add(i)
+        for mp, index in self.maps.items():
+            # A map named by its WWID tells which disk a scsi-3…/wwn-0x… name meant.
+            if index is not None and re.fullmatch(r"[0-9a-f]{16,}", mp.lower()):
+                for key in id_keys(mp):
+                    self._by_key.setdefault(key, set()).add(index)
+        names = "|".join(re.escape(n) for n in sorted(self.maps, key=len, reverse=True))
+        self._mapper = re.compile(rf"/dev/(?:mapper|mpath)/({names}){_MP_PART}(?![\w-])"
+                                  if names else r"(?!x)x")
+        self.pattern = re.compile(f"{_DEVICE.pattern}|{self._mapper.pattern}")
+
+    def bound(self, path: str) -> bool:
+        """Whether a whole word is a device name bound to the old hardware."""
+        return self.parse(path) is not None and (
+            _DEVICE.fullmatch(path) is not None or self._mapper.fullmatch(path) is not None)
+
+    def parse(self, path: str) -> ParsedDevice | None:
+        """parse_device, plus the multipath maps: /dev/mapper/mpatha-part1,
+        /dev/disk/by-id/dm-name-mpatha, dm-uuid-mpath-WWID, dm-uuid-part1-mpath-WWID."""
+        if m := self._mapper.fullmatch(path):
+            part = next((g for g in m.groups()[1:] if g), None)
+            return ParsedDevice("mapper/" + m.group(1), int(part) if part else None, None)
+        name = path.removeprefix("/dev/disk/by-id/")
+        if name != path:
+            if m := re.fullmatch(r"dm-uuid-(?:part(\d+)-)?mpath-(\S+)", name):
+                wwid = next((w for w in (m.group(2), m.group(2).lower()) if w in self.maps),
+                            None)
+                if wwid is not None:
+                    return ParsedDevice("mapper/" + wwid, int(m.group(1) or 0) or None, None)
+            if (m := re.fullmatch(r"dm-name-(\S+?)(?:-part(\d+))?", name)) and \
+                    m.group(1) in self.maps:
+                return ParsedDevice("mapper/" + m.group(1), int(m.group(2) or 0) or None, None)
+        return parse_device(path)
 
     def disk_index(self, parsed: ParsedDevice) -> int | None:
+        if parsed.disk.startswith("mapper/"):
+            return self.maps.get(parsed.disk[len("mapper/"):])
         if parsed.disk in self._by_name:
             return self._by_name[parsed.disk]
+        if parsed.disk.startswith("disk/by-id/"):
+            found = set().union(*(self._by_key.get(k, set())
+                                  for k in by_id_keys(parsed.disk)))
+            if found:
+                return found.pop() if len(found) == 1 else None
+            if any(d.ids for d in self.disks):
+                return None            # the disks' identities are known and this is none
         if parsed.disk.startswith("disk/by-"):
             # A by-id/by-path name identifies hardware we no longer have; with one disk
-            # there is no doubt which one it meant.
+            # (and nothing better known) there is no doubt which one it meant.
             return 0 if len(self.disks) == 1 else None
         if self._by_name:
             # The inventory named the source disks and this is none of them: it may be a
@@ -134,7 +221,7 @@ class DeviceMap:
         return None
 
     def identity(self, path: str) -> tuple[int, int | None, FsIdentity | None] | None:
-        parsed = parse_device(path)
+        parsed = self.parse(path)
         if parsed is None:
             return None
         index = self.disk_index(parsed)
@@ -181,20 +268,27 @@ def _is_current(path: str) -> bool:
     return path.startswith("/dev/vd")
 
 
-def _sub_devices(text: str, replace: Callable[[str], Resolution],
-                 changes: list[str], unresolved: list[str], where: str) -> str:
+_REGEX_TAIL = re.compile(r"(?:-part)?(?:\.[*+?]|\[[^\]]*\][*+?]?|\$|\\d[*+?]?)+$")
+
+
+def _sub_devices(text: str, dmap: DeviceMap, changes: list[str], unresolved: list[str],
+                 where: str) -> str:
+    """Rename every hardware-bound device inside a text (a filter regex) onto virtio."""
     def repl(match: re.Match[str]) -> str:
         old = match.group(0)
-        if _is_current(old):
+        # A by-id name swallows the regex after it (ata-X_SER.*): resolve the name alone.
+        tail = _REGEX_TAIL.search(old) if old.startswith("/dev/disk/") else None
+        name, rest = (old[:tail.start()], old[tail.start():]) if tail else (old, "")
+        if _is_current(name) or dmap.parse(name) is None:
             return old
-        res = replace(old)
+        res = dmap.remap(name)
         if res.new is None:
             unresolved.append(f"{where}: {old} (no disk of this guest matches)")
             return old
-        changes.append(f"{where}: {old} -> {res.new}")
-        return res.new
+        changes.append(f"{where}: {name} -> {res.new}")
+        return res.new + rest.removeprefix("-part")     # vda1, not vda-part1
 
-    return _DEVICE.sub(repl, text)
+    return dmap.pattern.sub(repl, text)
 
 
 def _fields_rewrite(text: str, column: int, dmap: DeviceMap, what: str) -> Rewrite:
@@ -202,7 +296,7 @@ def _fields_rewrite(text: str, column: int, dmap: DeviceMap, what: str) -> Rewri
     changes: list[str] = []
     unresolved: list[str] = []
     out = []
-    for line in text.splitlines(keepends=True):
+    for number, line in enumerate(text.splitlines(keepends=True), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             out.append(line)
@@ -214,10 +308,11 @@ def _fields_rewrite(text: str, column: int, dmap: DeviceMap, what: str) -> Rewri
             continue
         i = words[column]
         spec = parts[i]
-        if _DEVICE.fullmatch(spec) and not _is_current(spec):
+        if dmap.bound(spec) and not _is_current(spec):
             res = dmap.resolve(spec)
             if res.new is None:
-                unresolved.append(f"{what}: {spec} (no disk of this guest matches)")
+                unresolved.append(f"{what} line {number}: {spec} (no disk of this guest "
+                                  "matches)")
             else:
                 changes.append(f"{what}: {spec} -> {res.new}")
                 parts[i] = res.new
@@ -245,7 +340,7 @@ def rewrite_kernel_args(text: str, dmap: DeviceMap, where: str) -> Rewrite:
 
     def repl(match: re.Match[str]) -> str:
         key, old = match.group(1), match.group(2)
-        if not _DEVICE.fullmatch(old) or _is_current(old):
+        if not dmap.bound(old) or _is_current(old):
             return match.group(0)
         res = dmap.resolve(old)
         if res.new is None:
@@ -256,6 +351,38 @@ def rewrite_kernel_args(text: str, dmap: DeviceMap, where: str) -> Rewrite:
 
     new = _KARG.sub(repl, text)
     return Rewrite(new, tuple(changes), tuple(unresolved))
+
+
+def _at_line(found: Sequence[str], where: str, text: str, offset: int) -> list[str]:
+    """Problems reported as `where: ...`, given the line of `text` they are on."""
+    line = text.count("\n", 0, offset) + 1
+    return [f"{where} line {line}:{u[len(where) + 1:]}" if u.startswith(where + ":") else u
+            for u in found]
+
+
+_RESUME_LINE = re.compile(r"^(\s*(?:RESUME\s*=|resume device\s*[=:])\s*[\"']?)([^\s\"']+)",
+                          re.MULTILINE)
+
+
+def rewrite_resume(text: str, dmap: DeviceMap, where: str) -> Rewrite:
+    """The hibernation device: initramfs-tools' conf.d/resume (RESUME=, takes UUID=) and
+    uswsusp.conf (`resume device = PATH`, a path: the virtio name)."""
+    changes: list[str] = []
+    unresolved: list[str] = []
+
+    def one(match: re.Match[str]) -> str:
+        old = match.group(2)
+        if not dmap.bound(old) or _is_current(old):
+            return match.group(0)
+        line = text.count("\n", 0, match.start()) + 1
+        res = dmap.resolve(old, allow_tags=match.group(1).lstrip().startswith("RESUME"))
+        if res.new is None:
+            unresolved.append(f"{where} line {line}: {old} (no disk of this guest matches)")
+            return match.group(0)
+        changes.append(f"{where} line {line}: {old} -> {res.new}")
+        return match.group(1) + res.new
+
+    return Rewrite(_RESUME_LINE.sub(one, text), tuple(changes), tuple(unresolved))
 
 
 _GRUB_CMDLINE = re.compile(r"^(\s*GRUB_CMDLINE_LINUX(?:_DEFAULT)?=)(.*)$", re.MULTILINE)
@@ -274,7 +401,7 @@ def rewrite_grub_default(text: str, dmap: DeviceMap) -> Rewrite:
     def cmdline(match: re.Match[str]) -> str:
         res = rewrite_kernel_args(match.group(2), dmap, "/etc/default/grub")
         changes.extend(res.changes)
-        unresolved.extend(res.unresolved)
+        unresolved.extend(_at_line(res.unresolved, "/etc/default/grub", text, match.start()))
         return match.group(1) + res.text
 
     new = _GRUB_CMDLINE.sub(cmdline, text)
@@ -303,7 +430,7 @@ def rewrite_grub_cfg(text: str, dmap: DeviceMap, where: str) -> Rewrite:
     def line(match: re.Match[str]) -> str:
         res = rewrite_kernel_args(match.group(0), dmap, where)
         changes.extend(res.changes)
-        unresolved.extend(res.unresolved)
+        unresolved.extend(_at_line(res.unresolved, where, text, match.start()))
         return res.text
 
     new = _GRUB_KERNEL_LINE.sub(line, text)
@@ -318,7 +445,8 @@ def kernel_roots(text: str) -> list[str]:
     return roots
 
 
-_DRACUT_ARG = re.compile(r"(?<![\w.-])(rd\.lvm\.lv|rd\.md\.uuid|rd\.luks\.uuid)=(\S+)")
+_DRACUT_ARG = re.compile(
+    r"(?<![\w.-])(rd\.lvm\.lv|rd\.lvm\.vg|rd\.md\.uuid|rd\.luks\.uuid|rd\.luks\.name)=(\S+)")
 
 
 def dracut_arg_problems(cmdline_text: str, dmap: DeviceMap, mapper_names: set[str]) -> list[str]:
@@ -335,6 +463,11 @@ def dracut_arg_problems(cmdline_text: str, dmap: DeviceMap, mapper_names: set[st
         if key == "rd.lvm.lv":
             vg, _, lv = value.partition("/")
             ok = f"{vg.replace('-', '--')}-{lv.replace('-', '--')}" in mapper_names
+        elif key == "rd.lvm.vg":        # the VG has an LV on the converted disks
+            ok = any(re.match(re.escape(value.replace("-", "--")) + "-(?!-)", m)
+                     for m in mapper_names)
+        elif key == "rd.luks.name":     # rd.luks.name=UUID=NAME
+            ok = _hex(value.split("=", 1)[0].removeprefix("luks-")) in luks
         elif key == "rd.md.uuid":
             ok = _hex(value) in arrays
         else:
@@ -360,6 +493,10 @@ def root_will_exist(spec: str, dmap: DeviceMap, known_uuids: set[str],
         return spec[6:] in known_labels
     if spec.startswith("/dev/mapper/"):
         return spec[len("/dev/mapper/"):] in mapper_names
+    if spec.startswith("/dev/disk/by-id/dm-name-"):
+        return spec[len("/dev/disk/by-id/dm-name-"):] in mapper_names     # an LV's link
+    if spec.startswith("/dev/disk/by-id/md-uuid-"):
+        return _hex(spec[len("/dev/disk/by-id/md-uuid-"):]) in md_members(dmap)
     if spec.startswith("/dev/disk/by-uuid/"):
         return spec.rsplit("/", 1)[1] in known_uuids
     if spec.startswith("/dev/disk/by-label/"):
@@ -409,6 +546,15 @@ def candidate_names(dmap: DeviceMap) -> list[tuple[str, str]]:
             pairs.append((f"/dev/{name}", virtio_name(index)))
             for part in sorted(disk.partitions):
                 pairs.append((_partition_path(name, part), virtio_name(index, part)))
+    # The multipath maps placed on a disk (a DEVICE /dev/mapper/mpath* line): the map and
+    # its partitions as kpartx names them.
+    for name, at in sorted(dmap.maps.items()):
+        if at is None:
+            continue
+        pairs.append((f"/dev/mapper/{name}", virtio_name(at)))
+        for part in sorted(dmap.disks[at].partitions):
+            pairs += [(f"/dev/mapper/{name}{sep}{part}", virtio_name(at, part))
+                      for sep in ("-part", "p")]
     return pairs
 
 
@@ -434,7 +580,7 @@ def _md_word(word: str, dmap: DeviceMap, changes: list[str], unresolved: list[st
             return [word]
         changes.append(f"{where}: {word} -> {' '.join(names)}")
         return names
-    if not _DEVICE.fullmatch(word):
+    if not dmap.bound(word):
         return [word]
     res = dmap.remap(word)
     if res.new is None:
@@ -488,7 +634,8 @@ def rewrite_mdadm_conf(text: str, dmap: DeviceMap) -> Rewrite:
     return Rewrite("".join(out), tuple(changes), tuple(unresolved))
 
 
-_LVM_PREFIX = re.compile(r"/dev/(?:sd|hd|xvd)(?=[^a-z])")
+# Name families of the old buses, and multipath's user-friendly names (mpatha, mpathb ...).
+_LVM_PREFIX = re.compile(r"/dev/(?:sd|hd|xvd|mapper/mpath)(?=[^a-z0-9_-])")
 _LVM_FILTER = re.compile(r"^(\s*(?:global_)?filter\s*=\s*)(.*)$", re.MULTILINE)
 
 
@@ -502,7 +649,7 @@ def rewrite_lvm_conf(text: str, dmap: DeviceMap) -> Rewrite:
     unresolved: list[str] = []
 
     def filt(match: re.Match[str]) -> str:
-        body = _sub_devices(match.group(2), dmap.remap, changes, unresolved, "lvm.conf filter")
+        body = _sub_devices(match.group(2), dmap, changes, unresolved, "lvm.conf filter")
 
         def prefix(m: re.Match[str]) -> str:
             changes.append(f"lvm.conf filter: {m.group(0)}... -> /dev/vd...")
@@ -532,7 +679,7 @@ def rewrite_unit(text: str, dmap: DeviceMap, where: str) -> Rewrite:
 
     def what(match: re.Match[str]) -> str:
         old = match.group(2)
-        if not _DEVICE.fullmatch(old) or _is_current(old):
+        if not dmap.bound(old) or _is_current(old):
             return match.group(0)
         line = text.count("\n", 0, match.start()) + 1
         if swap:
@@ -694,9 +841,11 @@ def md_assembly_problems(conf: str | None, dmap: DeviceMap) -> list[str]:
     return problems
 
 
-# LVM devices-file ID types bound to the physical disk (its WWID, serial, ...); the others
-# (devname, md_uuid, mpath_uuid, crypt_uuid, lvmlv_uuid, loop_file) survive the move.
-_LVM_HW_IDTYPES = frozenset({"sys_wwid", "sys_serial", "wwid_naa", "wwid_eui", "wwid_t10"})
+# LVM devices-file ID types bound to the physical disk (its WWID, serial, ...; a multipath
+# map's UUID is mpath-WWID); the others (devname, md_uuid, crypt_uuid, lvmlv_uuid,
+# loop_file) survive the move.
+_LVM_HW_IDTYPES = frozenset({"sys_wwid", "sys_serial", "wwid_naa", "wwid_eui", "wwid_t10",
+                             "mpath_uuid"})
 _LVM_FIELD = re.compile(r"(\w+)=(\S*)")
 
 
@@ -711,6 +860,7 @@ def rewrite_lvm_devices(text: str, dmap: DeviceMap) -> Rewrite:
     changes: list[str] = []
     unresolved: list[str] = []
     out = []
+    pvs = {uuid.replace("-", ""): path for path, uuid in _pv_names(dmap) if uuid}
     for number, line in enumerate(text.splitlines(keepends=True), 1):
         fields = dict(_LVM_FIELD.findall(line)) if not line.lstrip().startswith("#") else {}
         idtype, devname = fields.get("IDTYPE"), fields.get("DEVNAME", "")
@@ -722,7 +872,11 @@ def rewrite_lvm_devices(text: str, dmap: DeviceMap) -> Rewrite:
         if idtype not in _LVM_HW_IDTYPES and not stale_name:
             out.append(line)
             continue
-        res = dmap.remap(devname) if _DEVICE.fullmatch(devname) else None
+        res = dmap.remap(devname) if dmap.bound(devname) else None
+        by_pvid = pvs.get(fields.get("PVID", ""))
+        if by_pvid is not None:
+            # The PV itself is on a converted disk: its UUID says which, whatever the name.
+            res = Resolution(devname, by_pvid, "pvid")
         if res is None or res.new is None:
             unresolved.append(f"{where}: PV {fields.get('PVID', '?')} named by {idtype} "
                               f"{fields.get('IDNAME', '?')} (DEVNAME {devname or 'missing'}"
@@ -736,6 +890,15 @@ def rewrite_lvm_devices(text: str, dmap: DeviceMap) -> Rewrite:
         changes.append(f"{where}: {idtype} {fields.get('IDNAME', '?')} -> devname {res.new}")
         out.append(new + ("\n" if line.endswith("\n") else ""))
     return Rewrite("".join(out), tuple(changes), tuple(unresolved))
+
+
+def _pv_names(dmap: DeviceMap) -> list[tuple[str, str]]:
+    """(virtio name, PV UUID) of every LVM PV on the guest's disks."""
+    return [(virtio_name(i, p), fs.uuid or "")
+            for i, disk in enumerate(dmap.disks)
+            for p, fs in ([(None, disk.whole)] if disk.whole else [])
+            + sorted(disk.partitions.items())
+            if fs is not None and fs.fstype == "LVM2_member"]
 
 
 _LVM_ARRAY = re.compile(r"^[ \t]*(global_filter|filter)\s*=\s*\[(.*?)\]", re.MULTILINE | re.DOTALL)
@@ -772,11 +935,7 @@ def lvm_pv_problems(conf: str | None, devices_file: str | None, dmap: DeviceMap)
     is used only when an entry names it: by PVID for devname entries; WWID/serial entries
     match no virtio disk).
     """
-    pvs = [(virtio_name(i, p), fs.uuid or "")
-           for i, disk in enumerate(dmap.disks)
-           for p, fs in ([(None, disk.whole)] if disk.whole else [])
-           + sorted(disk.partitions.items())
-           if fs is not None and fs.fstype == "LVM2_member"]
+    pvs = _pv_names(dmap)
     rules = _lvm_rules(conf or "")
     listed: set[str] | None = None
     ignored = re.search(r"^[ \t]*use_devicesfile\s*=\s*0", conf or "", re.MULTILINE)

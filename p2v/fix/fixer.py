@@ -12,17 +12,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from p2v.errors import FixError, GuestfsError, UsageError
-from p2v.fix import agents, devices, linux, network
+from p2v.fix import agents, devices, linux, multipath, network
 from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
 from p2v.fix.session import GuestSession, open_guest
 from p2v.fix.virtio_win import check_virtio_win
 from p2v.fix.windows import WindowsFixResult, fix_windows
-from p2v.model import INVENTORY_SCHEMA, GuestCaps, Inventory, SourceInventory
+from p2v.model import INVENTORY_SCHEMA, DiskInfo, GuestCaps, Inventory, SourceInventory
 from p2v.secure import write_private
 from p2v.verify.boot import image_format
 from p2v.verify.probe import add_console
@@ -43,6 +43,9 @@ _TABLES: tuple[tuple[str, Callable[[str, devices.DeviceMap], devices.Rewrite]], 
 _INITRAMFS_COPIES = frozenset({
     "/etc/mdadm/mdadm.conf", "/etc/mdadm.conf", "/etc/lvm/lvm.conf",
     "/etc/lvm/devices/system.devices", "/etc/crypttab", "/etc/initramfs-tools/conf.d/resume",
+    "/etc/uswsusp.conf",
+    # dracut's multipath module and initramfs-tools' multipath hook carry these.
+    multipath.CONF, multipath.BINDINGS, multipath.WWIDS,
 })
 # initramfs-tools' resume setting names the swap device.
 _RESUME_FILES = ("/etc/initramfs-tools/conf.d/resume", "/etc/uswsusp.conf")
@@ -58,6 +61,8 @@ class FixOptions:
     serial_console: bool = False                 # add console=ttyS0 (kernel and grub)
     remove_agents: bool = False                  # remove other platforms' agents
     virtio_win: Path | None = None               # Windows: the virtio-win ISO or directory
+    disk_ids: tuple[tuple[str, ...], ...] = ()   # each source disk's serial/WWID, image order
+    mpath_maps: tuple[multipath.SourceMap, ...] = ()  # the source's multipath maps
 
 
 def mac_changes(source: dict[str, str], vm: dict[str, str]) -> tuple[tuple[str, str], ...]:
@@ -73,6 +78,8 @@ class InventoryFacts:
     pins: dict[str, str]
     disks: tuple[str, ...]
     firmware: str | None
+    disk_ids: tuple[tuple[str, ...], ...] = ()
+    mpath_maps: tuple[multipath.SourceMap, ...] = ()
 
 
 def read_inventory(text: str, what: str = "inventory") -> InventoryFacts:
@@ -87,10 +94,17 @@ def read_inventory(text: str, what: str = "inventory") -> InventoryFacts:
     if isinstance(data, dict) and data.get("schema") == INVENTORY_SCHEMA:
         inv = Inventory.from_dict(data, what)
         return InventoryFacts({n.name: n.mac.lower() for n in inv.nics if n.physical and n.mac},
-                              tuple(d.name for d in inv.disks), inv.firmware)
+                              tuple(d.name for d in inv.disks), inv.firmware,
+                              tuple(disk_ids(d) for d in inv.disks),
+                              multipath.maps_from_dm(inv.dm))
     src = SourceInventory.from_json(text, what)
     return InventoryFacts({n.name: n.mac for n in src.nics}, tuple(d.name for d in src.disks),
                           src.firmware)
+
+
+def disk_ids(disk: DiskInfo) -> tuple[str, ...]:
+    """What names a source disk by its identity (by-id links, multipath WWIDs)."""
+    return tuple(i for i in (disk.serial, disk.wwid) if i)
 
 
 @dataclass(frozen=True)
@@ -227,6 +241,67 @@ def _mac_config_files(session: GuestSession) -> list[str]:
     return found
 
 
+def guest_device_map(session: GuestSession, root: str, grub_cfg: str | None,
+                     base: devices.DeviceMap, options: FixOptions) -> devices.DeviceMap:
+    """The guest's disks with what names them beyond the bus: each source disk's serial and
+    WWID (by-id links), and the multipath maps of the source, placed on the disk each was
+    (p2v.fix.multipath; a map no evidence places stays unplaced and is reported)."""
+    disks = [replace(d, ids=options.disk_ids[i]) if i < len(options.disk_ids) else d
+             for i, d in enumerate(base.disks)]
+    plain = devices.DeviceMap(disks)
+    names = multipath.known_maps(_read(session, multipath.BINDINGS),
+                                 _read(session, multipath.WWIDS), _read(session, multipath.CONF))
+    if not names and not options.mpath_maps:
+        return plain
+    fstab = _read(session, "/etc/fstab") or ""
+    root_specs = [f[0] for f in (line.split() for line in fstab.splitlines())
+                  if len(f) > 1 and f[1] == "/" and not f[0].startswith("#")]
+    if grub_cfg and session.g.is_file(grub_cfg):
+        root_specs += devices.kernel_roots(session.read_text(grub_cfg))
+    hints = multipath.root_hints(names, plain, root_specs, root)
+    hints.update(multipath.pv_hints(names, plain,
+                                    _read(session, "/etc/lvm/devices/system.devices")))
+    placed = multipath.place_maps(names, plain, options.mpath_maps, hints)
+    return devices.DeviceMap(disks, placed)
+
+
+def appliance_resolver(session: GuestSession, root: str,
+                       options: FixOptions) -> Callable[[str], str | None]:
+    """For mounting: the appliance device (/dev/sdb1) of an fstab name libguestfs cannot
+    resolve itself (/dev/mapper/mpatha-part1, a by-id link of the old disk)."""
+    found: dict[str, str | None] = {}
+
+    def resolve(spec: str) -> str | None:
+        if spec not in found:
+            base = device_map(session, list(options.source_disks) or None)
+            res = guest_device_map(session, root, None, base, options).remap(spec)
+            found[spec] = ("/dev/sd" + res.new[len("/dev/vd"):]
+                           if res.new and res.new.startswith("/dev/vd") else None)
+        return found[spec]
+
+    return resolve
+
+
+def _multipath_plan(session: GuestSession, plan: FixPlan, dmap: devices.DeviceMap) -> None:
+    """multipath kept off the virtio disks, in a drop-in of its own (the guest's multipath
+    files are left as they are: removing the drop-in undoes it). The maps' names are
+    rewritten with the other device names; one on no converted disk is reported there."""
+    g = session.g
+    # In use: the source had maps (bindings, wwids, aliases, the inventory), not merely the
+    # package and its default multipath.conf (Ubuntu server installs both everywhere).
+    if not dmap.maps or not any(g.exists(t) for t in multipath.TOOLS):
+        return
+    conf = _read(session, multipath.CONF)
+    path = multipath.dropin_path(conf)
+    _edit(plan, path, _read(session, path), multipath.dropin_text(),
+          "the source used multipath (SAN or dual-path disks): keep it off the single-path "
+          "virtio disks", mode=0o644)
+
+
+def _in_initramfs(path: str) -> bool:
+    return path in _INITRAMFS_COPIES or path.endswith("/" + multipath.DROPIN)
+
+
 def _edit(plan: FixPlan, path: str, old: str | None, new: str, why: str,
           mode: int | None = None) -> None:
     if old == new:
@@ -267,10 +342,10 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
         old = _read(session, path)
         if old is None:
             continue
-        res = devices.rewrite_kernel_args(old.replace("RESUME=", "resume="), dmap, path)
+        res = devices.rewrite_resume(old, dmap, path)
+        plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
         if res.changed:
-            new = res.text.replace("resume=", "RESUME=") if "RESUME=" in old else res.text
-            _edit(plan, path, old, new, "; ".join(res.changes))
+            _edit(plan, path, old, res.text, "; ".join(res.changes))
 
     # 1a. fstab entries whose device the VM will not have: nofail, so the boot goes on.
     fstab = plan.files.get("/etc/fstab") or _read(session, "/etc/fstab")
@@ -280,6 +355,8 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             _edit(plan, "/etc/fstab", fstab, marked.rewrite.text,
                   "; ".join(marked.rewrite.changes))
         plan.warnings += [f"will not boot: {f}" for f in marked.fatal]
+
+    _multipath_plan(session, plan, dmap)
 
     md = _storage_problems(session, report, dmap, plan.files)
     plan.warnings += [("will not boot: " if _boots_from_md_or_lvm(report) else "") + p
@@ -366,7 +443,7 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
                  and k.initrd is not None]
         # The initramfs carries its own copy of these files: one rewritten on the root
         # alone leaves the early boot assembling md arrays and LVs from the old names.
-        stale = sorted(p for p in plan.files if p in _INITRAMFS_COPIES)
+        stale = sorted(p for p in plan.files if _in_initramfs(p))
         refresh = [k for k in report.kernels if stale and k.initrd is not None
                    and k.boots_on_virtio and k not in needs]
         if needs or refresh:
@@ -673,8 +750,10 @@ def fix_images(images: Sequence[Path], options: FixOptions,
                                     f"{session.g.inspect_get_type(root)}: drop the option")
         # Mounted read-only until there is something to change: a run with nothing to do
         # (or a dry run) leaves every byte of the images as it was.
+        session.resolve_spec = appliance_resolver(session, root, options)
         report = inspect_guest(session, list(options.source_disks) or None)
-        dmap = device_map(session, list(options.source_disks) or None)
+        dmap = guest_device_map(session, report.root, report.grub_cfg,
+                                device_map(session, list(options.source_disks) or None), options)
         progress(f"found {report.product} ({report.distro} {report.version}, {report.firmware}, "
                  f"{report.bootloader}), kernels: "
                  + ", ".join(f"{k.version} (virtio {'yes' if k.boots_on_virtio else 'no'})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,9 @@ class GuestSession:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
         self.g: Any = _Handle(raw)
+        # Turns an fstab device libguestfs cannot mount (a multipath map, a by-id link of
+        # the old disk) into the appliance device it is; called with "/" mounted.
+        self.resolve_spec: Callable[[str], str | None] | None = None
 
     def call(self, action: str, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -68,12 +71,27 @@ class GuestSession:
         mounts = self.call("reading mountpoints", "inspect_get_mountpoints", root)
         for mountpoint, device in sorted(mounts.items(), key=lambda m: len(m[0])):
             try:
-                if readonly:
-                    self.raw.mount_ro(device, mountpoint)
-                else:
-                    self.raw.mount(device, mountpoint)
+                self._mount(device, mountpoint, readonly)
+                continue
+            except RuntimeError as exc:
+                error = exc
+            # libguestfs hands back fstab names it cannot resolve as they are: the root is
+            # the one inspection found, the others may be known by name (p2v.fix.multipath).
+            other = root if mountpoint == "/" else (
+                self.resolve_spec(device) if self.resolve_spec else None)
+            try:
+                if other is None or other == device:
+                    raise error
+                self._mount(other, mountpoint, readonly)
+                log.info("mounted %s (fstab: %s) on %s", other, device, mountpoint)
             except RuntimeError as exc:
                 log.warning("could not mount %s on %s: %s", device, mountpoint, exc)
+
+    def _mount(self, device: str, mountpoint: str, readonly: bool) -> None:
+        if readonly:
+            self.raw.mount_ro(device, mountpoint)
+        else:
+            self.raw.mount(device, mountpoint)
 
     def read_text(self, path: str) -> str:
         return bytes(self.call(f"reading {path}", "read_file", path)).decode(errors="replace")

@@ -61,7 +61,7 @@ s dmi; for f in sys_vendor product_name product_serial board_vendor board_name b
     bios_version; do printf '%s\t%s\n' "$f" "$(v /sys/class/dmi/id/$f)"; done; e
 s sysblock; for d in /sys/block/*; do n=${d##*/}
   for f in dev size ro removable queue/rotational queue/logical_block_size device/model \
-      device/vendor device/serial device/wwid serial dm/name dm/uuid md/level md/raid_disks; do
+      device/vendor device/serial device/wwid wwid serial dm/name dm/uuid md/level md/raid_disks; do
     [ -r "$d/$f" ] && printf '%s\t%s\t%s\n' "$n" "$f" "$(v "$d/$f")"; done
   for x in "$d"/slaves/*; do [ -e "$x" ] && printf '%s\tslave\t%s\n' "$n" "${x##*/}"; done
   for p in "$d"/"$n"*; do [ -r "$p/partition" ] || continue; q=${p##*/}
@@ -655,6 +655,7 @@ def build_inventory(output: str) -> Inventory:
             read_only=_bool(_first(attrs, "ro")),
             table=table, partitions=tuple(parts), boot=name == boot_disk,
             copy_bytes_estimate=None if size is None else max(0, size - disk_savings),
+            wwid=_first(attrs, "device/wwid") or _first(attrs, "wwid"),
         ))
     if not disks:
         unknown.append("disks: no disks found in /sys/block")

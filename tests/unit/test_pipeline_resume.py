@@ -6,6 +6,7 @@ the real ones.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,22 @@ def test_what_does_not_carry_over_names_a_mount_on_a_disk_left_behind() -> None:
     assert any("not a snapshot" in i for i in items)
     all_disks, _w, _l = choose_disks(inventory(), ())
     assert not any("/data" in i for i in not_carried_over(inventory(), all_disks))
+
+
+def test_a_dual_path_lun_is_copied_once_and_its_mounts_are_carried_over() -> None:
+    base = inventory()
+    inv = dataclasses.replace(
+        base, boot_disk="sda",
+        disks=(DiskInfo("sda", "/dev/sda", 10 << 30, partitions=(Partition("sda1"),)),
+               DiskInfo("sdd", "/dev/sdd", 10 << 30, partitions=(Partition("sdd1"),))),
+        filesystems=(Filesystem("dm-1", "/dev/mapper/mpatha-part1", "ext4", mountpoint="/"),),
+        dm=(DmDevice("dm-0", "mpatha", "mpath-3600a", "multipath", ("sda", "sdd")),
+            DmDevice("dm-1", "mpatha-part1", "part1-mpath-3600a", "other", ("dm-0",))))
+    chosen, _why, left = choose_disks(inv, ())
+    assert [d.name for d in chosen] == ["sda"]
+    assert left == ["disk sdd is another path of multipath map mpatha (the same LUN as sda): "
+                    "copied once, as sda"]
+    assert not any(i.startswith("/ (") for i in not_carried_over(inv, chosen))
 
 
 def test_a_job_corrected_before_any_copy_starts_afresh(

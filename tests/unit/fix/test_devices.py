@@ -112,7 +112,7 @@ def test_fstab_rewrite() -> None:
     assert lines[7] == "/dev/vdb2 /raw ext2 defaults 0 2"
     assert lines[8] == "/dev/sdc1 /gone ext4 defaults 0 2"
     assert len(res.changes) == 4
-    assert res.unresolved == ("fstab: /dev/sdc1 (no disk of this guest matches)",)
+    assert res.unresolved == ("fstab line 9: /dev/sdc1 (no disk of this guest matches)",)
     assert res.text.endswith("\n")
 
 

@@ -128,6 +128,7 @@ def test_without_lsblk_ip_and_lvm_tools_the_essentials_remain() -> None:
     inv = build_inventory(without(recorded("uefi"), "lsblk", "ipaddr", "pvs", "vgs", "lvs"))
     (disk,) = inv.disks
     assert disk.serial == "QM00013"           # from the t10 wwid in sysfs
+    assert (disk.wwid or "").split() == ["t10.ATA", "QEMU", "HARDDISK", "QM00013"]
     assert disk.model == "QEMU HARDDISK"
     assert disk.table is None and disk.transport is None
     assert [p.content for p in disk.partitions] == ["vfat", "ext4", "LVM2_member"]
