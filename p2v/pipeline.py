@@ -523,8 +523,8 @@ class _Job:
                                    str(self.wd.file("caps.json")))
 
     def run_verify(self) -> dict[str, Any]:
+        from p2v.scratch import WORK_DIR_ROOT
         from p2v.verify.boot import BootOptions, verify_boot
-        from p2v.verify.scratch import WORK_DIR_ROOT
 
         if not self.spec.verify:
             self.say("boot check skipped (--no-verify)")

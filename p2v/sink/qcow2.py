@@ -10,13 +10,14 @@ import errno
 import json
 import logging
 import subprocess
-import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
 from p2v import runner
 from p2v.errors import CommandFailed, DestinationFull, P2VError
+from p2v.scratch import scratch_dir, socket_root
 from p2v.sink.nbd import NbdClient, NbdError
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,11 @@ class Qcow2Writer:
 
     def __init__(self, image: Path, start_timeout: float = 30.0) -> None:
         self.image = image
-        self._tmp = tempfile.TemporaryDirectory(prefix="p2v-nbd-")
-        self.socket_path = Path(self._tmp.name) / "nbd.sock"
-        self._log = Path(self._tmp.name) / "qsd.log"
+        # A scratch dir, not a temp dir: the next writer sweeps what a killed p2v left.
+        self._scratch = ExitStack()
+        tmp = self._scratch.enter_context(scratch_dir("nbd", socket_root()))
+        self.socket_path = tmp / "nbd.sock"
+        self._log = tmp / "qsd.log"
         with self._log.open("wb") as log_file:
             self._proc = runner.spawn(
                 ["qemu-storage-daemon",
@@ -137,7 +140,7 @@ class Qcow2Writer:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        self._tmp.cleanup()
+        self._scratch.close()
 
     def close(self) -> None:
         try:

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from p2v import runner
+from p2v.scratch import scratch_dir
 from p2v.secure import private_dir, state_dir, write_private
-from p2v.verify.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 

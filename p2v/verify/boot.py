@@ -14,11 +14,11 @@ from typing import Any
 from p2v import runner
 from p2v.errors import GuestfsError, InputNotFound, UsageError
 from p2v.fix.session import open_guest
+from p2v.scratch import scratch_dir
 from p2v.verify import console as con
 from p2v.verify.accel import choose_accel
 from p2v.verify.probe import prepare_overlay
 from p2v.verify.qemu import Bus, Machine, Nic, NicModel, fresh_ovmf_vars
-from p2v.verify.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,11 @@ journal while copying, its manifest and the dirs holding them are its owner's on
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,3 +90,32 @@ def test_a_planted_output_dir_or_image_is_refused(
         assert list(elsewhere.iterdir()) == []
         if planted == out:
             planted.unlink() if kind == "symlink" else planted.rmdir()
+
+
+def test_a_killed_copys_nbd_socket_dir_is_swept_by_the_next_copy(
+        small_source: tuple[SourceEndpoint, Path], tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup: the socket dir of the killed copy's qemu-storage-daemon
+    stays; the resuming copy removes it (its owner is dead) and leaves none of its own."""
+    ep, raw = small_source
+    out = tmp_path / "out"
+    state = Path(os.environ.get("TMPDIR", "/tmp")) / f"p2v-st-{os.getpid()}"
+    env = {**os.environ, "P2V_STATE_DIR": str(state)}
+    scratch = state / "scratch"
+    image = out / f"web01-{Path(ep.disks[0]).name}.qcow2"
+    journal = image.with_name(image.name + ".journal")
+    proc = subprocess.Popen(copy_argv(ep, out), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    try:
+        while proc.poll() is None and not (journal.exists()
+                                           and len(journal.read_text().splitlines()) > 1):
+            time.sleep(0.005)
+        proc.kill()
+        assert proc.wait() == -9, "the copy finished before it could be killed"
+        left = sorted(p.name for p in scratch.glob("nbd-*"))
+        assert len(left) == 1, left
+        done = subprocess.run(copy_argv(ep, out), capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        assert identical(raw, image)
+        assert sorted(p.name for p in scratch.glob("nbd-*")) == []
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from p2v.errors import UsageError
-from p2v.verify.scratch import scratch_dir, sweep
+from p2v.scratch import scratch_dir, sweep
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from p2v.verify.scratch import scratch_dir
+from p2v.scratch import scratch_dir
 with scratch_dir("verify", Path(sys.argv[1])) as path:
     (path / "disk0.overlay").write_bytes(b"x")
     print(path, flush=True)

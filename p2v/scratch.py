@@ -1,11 +1,13 @@
-"""Scratch dirs of the boot check and the accelerator probe: held while used, swept once dead.
+"""Scratch dirs (the boot check's, the accelerator probe's, a qcow2 writer's NBD socket):
+held while used, swept once dead.
 
 A killed p2v runs no `finally`, so a scratch dir (a boot check's overlays, console logs, a
-copy of the NVRAM) would stay behind. Each one therefore holds an flock on its own `.owner`
-file for as long as its process lives (the kernel drops it when the process dies, however
-it dies), and every new scratch dir first removes the dirs in its root whose lock nobody
-holds. The roots are a job's work dir (`p2v clean` removes it too) or the state dir. Nothing
-in a scratch dir is named like an image (`*.qcow2`), so no glob for images ever picks one.
+copy of the NVRAM, an NBD socket dir) would stay behind. Each one therefore holds an flock
+on its own `.owner` file for as long as its process lives (the kernel drops it when the
+process dies, however it dies), and every new scratch dir first removes the dirs in its root
+whose lock nobody holds. The roots are a job's work dir (`p2v clean` removes it too) or the
+state dir. Nothing in a scratch dir is named like an image (`*.qcow2`), so no glob for
+images ever picks one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 OWNER = ".owner"
 ROOT_LOCK = ".lock"
 # The only entries a sweep may remove: the dirs this module makes.
-KINDS = ("verify", "kvmprobe")
+KINDS = ("verify", "kvmprobe", "nbd")
 WORK_DIR_ROOT = ".p2v-scratch"   # the root inside a job's work dir
 
 
@@ -42,6 +44,17 @@ def default_root() -> Path:
     except PermissionError:       # a user who may not write the state dir
         root = Path(tempfile.gettempdir()) / f"p2v-scratch-{os.geteuid()}"
         _make_root(root)
+    return root
+
+
+def socket_root() -> Path:
+    """A root short enough for unix socket paths (108 bytes): the default root, else a
+    private dir of this user in the temp dir (a long P2V_STATE_DIR)."""
+    root = default_root()
+    if len(os.fsencode(root)) <= 60:
+        return root
+    root = Path(tempfile.gettempdir()) / f"p2v-scratch-{os.geteuid()}"
+    _make_root(root)
     return root
 
 
@@ -121,4 +134,4 @@ def scratch_dir(kind: str, root: Path | None = None) -> Iterator[Path]:
         owner.close()
 
 
-__all__ = ["WORK_DIR_ROOT", "default_root", "scratch_dir", "sweep"]
+__all__ = ["WORK_DIR_ROOT", "default_root", "scratch_dir", "socket_root", "sweep"]
