@@ -1,5 +1,5 @@
-"""Scratch dirs (the boot check's, the accelerator probe's, a qcow2 writer's NBD socket):
-held while used, swept once dead.
+"""Scratch dirs (the boot check's, the accelerator probe's, a qcow2 writer's NBD socket,
+libguestfs's temp dir): held while used, swept once dead.
 
 A killed p2v runs no `finally`, so a scratch dir (a boot check's overlays, console logs, a
 copy of the NVRAM, an NBD socket dir) would stay behind. Each one therefore holds an flock
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 OWNER = ".owner"
 ROOT_LOCK = ".lock"
 # The only entries a sweep may remove: the dirs this module makes.
-KINDS = ("verify", "kvmprobe", "nbd")
+KINDS = ("verify", "kvmprobe", "nbd", "guestfs")
 WORK_DIR_ROOT = ".p2v-scratch"   # the root inside a job's work dir
 
 

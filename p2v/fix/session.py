@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from p2v.errors import GuestfsError
+from p2v.scratch import scratch_dir
 from p2v.verify.accel import guestfs_env
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,11 @@ def open_guest(
         os.environ.setdefault(key, value)
     g = guestfs.GuestFS(python_return_dict=True)
     session = GuestSession(g)
+    scratch = ExitStack()
     try:
+        # libguestfs's own temp dir goes into a scratch dir: a killed p2v (no g.close) left
+        # $TMPDIR/libguestfsXXXXXX behind; the next appliance's sweep removes it.
+        g.set_tmpdir(str(scratch.enter_context(scratch_dir("guestfs"))))
         if memsize:
             g.set_memsize(memsize)
         if network:
@@ -149,3 +154,4 @@ def open_guest(
             session.call("flushing changes", "shutdown")
     finally:
         g.close()
+        scratch.close()

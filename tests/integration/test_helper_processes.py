@@ -1,6 +1,6 @@
 """A SIGKILLed `p2v verify` takes its qemu with it (the accelerator probe's and the boot
-check's), and the next run removes the scratch dir, overlay included, that the killed one
-could not."""
+check's), and the next run removes the scratch dirs, overlay and libguestfs's temp dir
+included, that the killed one could not."""
 
 from __future__ import annotations
 
@@ -147,10 +147,30 @@ def test_a_killed_verify_leaves_no_qemu_and_the_next_run_no_scratch(
         left.append(console.parent)
 
     env["P2V_ACCEL"] = "tcg"
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    # The appliance cache stays where it is (it follows TMPDIR otherwise: a rebuild).
+    env["LIBGUESTFS_CACHEDIR"] = os.environ.get("LIBGUESTFS_CACHEDIR", "/var/tmp")
+    (tmp_path / "tmp").mkdir()
+    # Killed while libguestfs's appliance runs (it prepares the overlay): its temp dir is
+    # a scratch dir too, and the next run sweeps it.
     proc = subprocess.Popen(verify, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
-        pid, argv = wait_for_qemu(proc, lambda a: "strict=on" in a)
+        pid, argv = wait_for_qemu(proc, lambda a: "-no-reboot" in a and "strict=on" not in a)
+        strays.append(pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    # libguestfs's qemu is not p2v's child helper: it ends once its daemon finds no host.
+    assert gone_within(pid, 300), f"the appliance's qemu {pid} outlived p2v by 300 s"
+    appliance = [p for p in (state / "scratch").glob("guestfs-*")]
+    assert len(appliance) == 1 and any(appliance[0].iterdir()), appliance
+    left += appliance
+
+    proc = subprocess.Popen(verify, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        pid, argv = wait_for_qemu(proc, lambda a: "strict=on" in a, timeout=900)
         strays.append(pid)
     finally:
         proc.kill()
@@ -170,3 +190,4 @@ def test_a_killed_verify_leaves_no_qemu_and_the_next_run_no_scratch(
         assert not stale.exists(), f"{stale} outlived the next run"
     scratch = state / "scratch"
     assert [p.name for p in scratch.iterdir() if not p.name.startswith(".")] == []
+    assert list((tmp_path / "tmp").iterdir()) == [], "left in TMPDIR"
