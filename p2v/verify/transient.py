@@ -19,7 +19,7 @@ from pathlib import Path
 PREFIX = "p2v-verify-"
 BRIDGE_PREFIX = "p2vv"           # + the 8-character token: within Linux's 15 characters
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
-P2V_NS = "https://github.com/p2v/p2v/verify/1"   # the scratch dir, for the leftover sweep
+P2V_NS = "http://p2v.invalid/verify/1"   # the scratch dir, for the leftover sweep
 
 ET.register_namespace("qemu", QEMU_NS)
 ET.register_namespace("p2v", P2V_NS)

@@ -7,12 +7,16 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from libvirt_env import Libvirtd, open_conn
 
 from p2v.testbed.image import FixtureImage
+from p2v.verify.transient import PREFIX, scratch_of
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +58,8 @@ def test_bios_fixture_boots_on_sata_with_its_network(bios_image: FixtureImage) -
     assert hashes(bios_image) == before
 
 
+# In make test-slow: make test proves this failure through the registered domain's XML.
+@pytest.mark.slow
 def test_bios_fixture_fails_on_virtio_root_device_missing(bios_image: FixtureImage) -> None:
     before = hashes(bios_image)
     rc, verdict, _ = p2v_verify("--bus", "virtio", *map(str, bios_image.disks))
@@ -88,3 +94,82 @@ def test_uefi_fixture_with_a_fresh_nvram_finds_no_bootloader(uefi_image: Fixture
     assert verdict["reason"] == "no-bootloader"
     assert any("Shell" in line or "No bootable" in line for line in verdict["evidence"])
     assert hashes(uefi_image) == before
+
+
+# ---------------------------------------------------------------- through libvirt
+def _verify_domains() -> dict[str, str]:
+    """The boot check's transient domains running now: name -> XML."""
+    conn = open_conn()
+    try:
+        return {d.name(): d.XMLDesc(0) for d in conn.listAllDomains()
+                if d.name().startswith(PREFIX)}
+    finally:
+        conn.close()
+
+
+def _verify_networks() -> set[str]:
+    conn = open_conn()
+    try:
+        return {n.name() for n in conn.listAllNetworks() if n.name().startswith(PREFIX)}
+    finally:
+        conn.close()
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_the_registered_xml_is_booted_unfixed_on_virtio_fails_and_a_kill_leaves_nothing(
+        bios_image: FixtureImage, libvirtd: Libvirtd, guest_dir: Path) -> None:
+    """The check boots the domain XML register defines, so a disk bus the guest has no
+    driver for (the unfixed fixture on virtio) is reported as not booting; the old check
+    booted its own qemu machine and never read that XML. A check killed with SIGKILL leaves
+    its domain to libvirt's autodestroy and its network to the next check."""
+    inventory = guest_dir / "inventory.json"
+    inventory.write_text(json.dumps({
+        "hostname": bios_image.hostname, "firmware": "bios", "memory_mib": 1024, "cpus": 1,
+        "nics": [{"name": bios_image.nic_name, "mac": bios_image.mac}]}))
+    caps = guest_dir / "caps.json"
+    caps.write_text(json.dumps({"disk_bus": "virtio", "nic_model": "virtio",
+                                "firmware": "bios"}))
+    out = guest_dir / "local"
+    reg = subprocess.run([sys.executable, "-m", "p2v.cli", "register", "--output", "local",
+                          "--output-dir", str(out), "--name", "p2vtest-vdom",
+                          "--inventory", str(inventory), "--caps", str(caps),
+                          str(bios_image.disks[0])], capture_output=True, text=True,
+                         timeout=600)
+    assert reg.returncode == 0, reg.stderr
+    xml = out / "p2vtest-vdom.xml"
+    (image,) = out.glob("p2vtest-vdom-disk0.*")
+    before = sha256(image)
+    argv = [sys.executable, "-m", "p2v.cli", "verify", "--json", "--domain-xml", str(xml)]
+    # 1. Killed as soon as its domain runs: libvirt destroys the domain with the connection.
+    assert not _verify_domains()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: bool(_verify_domains()) or proc.poll() is not None, "the check's domain")
+        assert proc.poll() is None, "the check ended before its domain was seen"
+        (killed_name, killed_xml), = _verify_domains().items()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert f"<source file='{image}'" not in killed_xml        # an overlay, not the image
+    assert "bus='virtio'" in killed_xml
+    killed_scratch = scratch_of(killed_xml)
+    assert killed_scratch is not None
+    _wait(lambda: not _verify_domains(), "libvirt to destroy the killed check's domain", 60)
+    assert killed_name in _verify_networks()          # no autodestroy for a network
+    # 2. The next check removes that network, boots the XML, and reports the failure.
+    rc, verdict, err = p2v_verify("--domain-xml", str(xml))
+    assert rc == 4, (verdict, err)
+    assert verdict["via"] == "libvirt-transient"
+    assert verdict["domain"].startswith(PREFIX) and verdict["domain"] != killed_name
+    assert verdict["bus"] == "virtio" and verdict["firmware"] == "bios"
+    assert verdict["reason"] == "root-device-missing"
+    assert any("/dev/sda1 does not exist" in line for line in verdict["evidence"])
+    assert not _verify_domains() and not _verify_networks()
+    assert not killed_scratch.exists()               # the killed run's overlays went too
+    assert sha256(image) == before
