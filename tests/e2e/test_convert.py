@@ -78,6 +78,8 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     # The boot check: virtio, the fixture's hostname, its NIC name with its static address.
     verdict = report["verdict"]
     assert verdict["booted"] is True and verdict["bus"] == "virtio"
+    # It booted the domain XML register then defined, as a transient domain now gone.
+    assert verdict["via"] == "libvirt-transient" and verdict["domain"].startswith("p2v-verify-")
     assert verdict["hostname"] == fixture.hostname
     nics = {i["name"]: i for i in verdict["interfaces"]}
     assert fixture.nic_name in nics, verdict["interfaces"]
@@ -98,6 +100,7 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     assert nic.find("model").get("type") == "virtio"  # type: ignore[union-attr]
     assert nic.find("source").get("network") == network  # type: ignore[union-attr]
     assert report["domain"]["uuid"] == dom.UUIDString()
+    assert not [d for d in conn_domains() if d.startswith("p2v-verify-")]
     work = out / name
     assert sorted(p.stem for p in (work / "markers").glob("*.done")) == sorted(STAGES)
     assert json.loads((work / "report.json").read_text())["ok"] is True
@@ -105,6 +108,14 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     assert disk["device"] == "/dev/sda" and disk["size"] == 2048 << 20
     assert 0 < report["bytes_sent"] < disk["size"] // 2
     return report
+
+
+def conn_domains() -> list[str]:
+    conn = open_conn()
+    try:
+        return [d.name() for d in conn.listAllDomains()]
+    finally:
+        conn.close()
 
 
 def clean(name: str, out: Path) -> None:
