@@ -766,6 +766,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="upload the images into this libvirt storage pool (needed for a remote "
                         "--connect)")
     p.add_argument("--start", action="store_true", help="start the guest once registered")
+    p.add_argument("--serial-console", action="store_true",
+                   help="fix adds a serial console (ttyS0) whose login prompt shows the "
+                        "guest's IPv4 addresses: `virsh console` and the domain's console log")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the boot check before registering (not recommended)")
     p.add_argument("--verify-timeout", type=_positive, default=300.0, metavar="S",
@@ -945,7 +948,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         verify_timeout=args.verify_timeout, new_macs=args.new_macs,
         cutover=args.cutover, freeze=args.freeze or "strict",
         freeze_timeout=args.freeze_timeout, before_final=args.before_final,
-        after_final=args.after_final,
+        after_final=args.after_final, serial_console=args.serial_console,
     )
     if not args.cutover and (args.before_final or args.after_final):
         raise UsageError(detail="--before-final and --after-final need --cutover")

@@ -471,7 +471,7 @@ class _Job:
         options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
                              mac_map=mac_changes(source_macs, dict(plan.pins)),
                              source_disks=tuple(d.name for d in plan.disks),
-                             firmware=plan.firmware)
+                             firmware=plan.firmware, serial_console=self.spec.serial_console)
         wait_until_released(self.images(), self.say)
         # A live copy is not a snapshot: repair its filesystems before fix mounts them.
         for line in repair_filesystems(self.images(), progress=self.say):
