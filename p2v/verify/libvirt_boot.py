@@ -28,6 +28,7 @@ from p2v.verify.transient import Throwaway, disk_sources, network_xml, transient
 
 DEFAULT_URI = "qemu:///system"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
+QEMU_RUN_DIR = Path("/run/libvirt/qemu")
 # The isolated bridge carries no host address at all and never forwards or answers ARP:
 # frames from the guest reach nothing but the check's other NICs.
 _BRIDGE_SYSCTLS = (("ipv6", "disable_ipv6", "1"), ("ipv4", "forwarding", "0"),
@@ -94,6 +95,26 @@ def harden_bridge(bridge: str) -> None:
             pass        # no such knob on this kernel: the bridge has no address anyway
 
 
+def same_nice(name: str, run_dir: Path = QEMU_RUN_DIR) -> None:
+    """Give the domain's qemu (every thread: nice is per thread) p2v's own nice level.
+
+    libvirtd starts qemu at its own priority; a check run under `nice` should not boot
+    its guest at a higher one. Best effort: a remote or vanished qemu is left as it is.
+    """
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        pid = int((run_dir / f"{name}.pid").read_text().strip())
+        tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        return
+    for task in tasks:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, task) < ours:
+                os.setpriority(os.PRIO_PROCESS, task, ours)
+        except OSError:
+            continue
+
+
 def _nvram(root: ET.Element, boot: DomainBoot, work: Path) -> Path | None:
     element = root.find("os/nvram")
     if element is None:
@@ -140,6 +161,7 @@ def verify_domain(boot: DomainBoot,
         try:
             guest.start(network_xml(throwaway), transient_xml(boot.xml, throwaway), owner_alive,
                         prepare_network=lambda: harden_bridge(throwaway.bridge))
+            same_nice(throwaway.name)
             progress(f"booting the domain XML register defines as transient domain "
                      f"{throwaway.name} ({bus}, {firmware}, {accel}, NICs on an isolated "
                      f"network), timeout {boot.timeout:.0f} s")
