@@ -233,8 +233,11 @@ def test_convert_start_runs_the_registered_guest_to_a_login_prompt_with_its_addr
                              "--start", "--serial-console"])
     assert code == 0, err
     report = events[-1]["report"]
-    assert report["verdict"]["booted"] is True
-    assert report["verdict"]["via"] == "libvirt-transient"
+    verdict = report["verdict"]
+    assert verdict["booted"] is True and verdict["via"] == "libvirt-transient"
+    assert verdict["hostname"] == fixture.hostname
+    nics = {i["name"]: i for i in verdict["interfaces"]}
+    assert fixture.address in nics[fixture.nic_name]["addresses"], verdict["interfaces"]
     domain = report["domain"]
     assert domain["started"] is True
     conn = open_conn()
