@@ -216,6 +216,8 @@ def test_killed_during_copy_and_during_fix_then_rerun(
 
 
 @pytest.mark.slow
+# Three boots (live source, boot check, the started guest) and a fix: past 30 min loaded.
+@pytest.mark.timeout(3600)
 def test_convert_start_runs_the_registered_guest_to_a_login_prompt_with_its_address(
         live_source_bios: SourceEndpoint, libvirtd: Libvirtd, isolated_network: str,
         guest_names: list[str], out_dir: Path) -> None:
