@@ -20,6 +20,7 @@ from p2v.inputs import check_disk_image, check_name, check_output_dir, finite_po
 
 if TYPE_CHECKING:
     from p2v.source.ssh import SshOptions, SshSource
+    from p2v.verify.boot import BootVerdict
 
 log = logging.getLogger("p2v")
 
@@ -60,8 +61,14 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
             "emergency-mode, kernel-panic, timeout."
         ),
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+    p.add_argument("images", nargs="*", type=Path, metavar="IMAGE",
                    help="disk images of one guest, boot disk first (any format qemu reads)")
+    p.add_argument("--domain-xml", type=Path, metavar="FILE",
+                   help="instead of IMAGEs: boot this domain XML (e.g. `register --output "
+                        "local`'s NAME.xml) as a transient libvirt domain on overlays of its "
+                        "disks, NICs on an isolated network (docs/verify.md)")
+    p.add_argument("--connect", default="qemu:///system", metavar="URI",
+                   help="with --domain-xml: the local libvirt to boot it in")
     p.add_argument("--bus", choices=("virtio", "sata"), default="virtio",
                    help="disk bus the guest sees (default: virtio)")
     p.add_argument("--firmware", choices=("auto", "bios", "uefi"), default="auto",
@@ -80,21 +87,28 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from p2v.errors import UsageError
     from p2v.verify.boot import BootOptions, verify_boot
 
-    for index, image in enumerate(args.images):
-        check_disk_image(image, boot=index == 0)    # before the KVM probe and any overlay
-    options = BootOptions(
-        bus=args.bus, firmware=args.firmware, nvram=args.nvram, macs=tuple(args.mac),
-        nic_model=args.nic_model, timeout=args.timeout, memory_mib=args.memory,
-    )
-    verdict = verify_boot(args.images, options, progress=_say(args))
+    if args.domain_xml is not None:
+        verdict = _verify_domain_xml(args)
+    else:
+        if not args.images:
+            raise UsageError(detail="give the guest's IMAGE(s), or --domain-xml FILE")
+        for index, image in enumerate(args.images):
+            check_disk_image(image, boot=index == 0)    # before the KVM probe and any overlay
+        options = BootOptions(
+            bus=args.bus, firmware=args.firmware, nvram=args.nvram, macs=tuple(args.mac),
+            nic_model=args.nic_model, timeout=args.timeout, memory_mib=args.memory,
+        )
+        verdict = verify_boot(args.images, options, progress=_say(args))
     if args.json:
         print(verdict.to_json())
     else:
         state = "BOOTED" if verdict.booted else f"FAILED: {verdict.reason}"
         print(f"{state} after {verdict.elapsed_s:.0f} s "
-              f"({verdict.bus}, {verdict.firmware}, {verdict.accel}); os: {verdict.os}")
+              f"({verdict.bus}, {verdict.firmware}, {verdict.accel}, via {verdict.via}); "
+              f"os: {verdict.os}")
         if verdict.booted:
             print(f"  hostname: {verdict.hostname}   root: {verdict.root}")
             for nic in verdict.interfaces:
@@ -108,6 +122,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
             print(f"  next step: {next_step(verdict.reason, verdict.evidence)}")
     return ExitCode.OK if verdict.booted else ExitCode.BOOT_FAILED
+
+
+def _verify_domain_xml(args: argparse.Namespace) -> BootVerdict:
+    from p2v.errors import InputNotFound, UsageError
+    from p2v.target.libvirt import is_local
+    from p2v.verify.libvirt_boot import DomainBoot, file_images, verify_domain
+
+    if args.images:
+        raise UsageError(detail="--domain-xml boots the disks its XML names: give no IMAGE")
+    if not is_local(args.connect):
+        raise UsageError(detail=f"--connect {args.connect}: the boot check runs on this "
+                                "host's libvirt only (its overlays are local files)")
+    if not args.domain_xml.is_file():
+        raise InputNotFound(what="domain XML", path=str(args.domain_xml))
+    xml = args.domain_xml.read_text()
+    images = file_images(xml)
+    for index, image in enumerate(images.values()):
+        check_disk_image(image, boot=index == 0)
+    return verify_domain(DomainBoot(xml=xml, images=images, uri=args.connect, nvram=args.nvram,
+                                    timeout=args.timeout), progress=_say(args))
 
 
 # ---------------------------------------------------------------- demo
@@ -735,6 +769,9 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                    help="upload the images into this libvirt storage pool (needed for a remote "
                         "--connect)")
     p.add_argument("--start", action="store_true", help="start the guest once registered")
+    p.add_argument("--serial-console", action="store_true",
+                   help="fix adds a serial console (ttyS0) whose login prompt shows the "
+                        "guest's IPv4 addresses: `virsh console` and the domain's console log")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the boot check before registering (not recommended)")
     p.add_argument("--verify-timeout", type=_positive, default=300.0, metavar="S",
@@ -914,7 +951,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         verify_timeout=args.verify_timeout, new_macs=args.new_macs,
         cutover=args.cutover, freeze=args.freeze or "strict",
         freeze_timeout=args.freeze_timeout, before_final=args.before_final,
-        after_final=args.after_final,
+        after_final=args.after_final, serial_console=args.serial_console,
     )
     if not args.cutover and (args.before_final or args.after_final):
         raise UsageError(detail="--before-final and --after-final need --cutover")

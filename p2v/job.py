@@ -63,6 +63,9 @@ class JobSpec:
     freeze_timeout: float = 300.0
     before_final: str | None = None             # the user's shell commands, run on the source
     after_final: str | None = None
+    # fix adds a serial console (ttyS0) whose login prompt shows the addresses: what a
+    # started guest's console log (and `virsh console`) shows.
+    serial_console: bool = False
 
     @property
     def work_dir(self) -> Path:

@@ -497,7 +497,7 @@ class _Job:
         options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
                              mac_map=mac_changes(source_macs, dict(plan.pins)),
                              source_disks=tuple(d.name for d in plan.disks),
-                             firmware=plan.firmware,
+                             firmware=plan.firmware, serial_console=self.spec.serial_console,
                              # serial/WWID and multipath maps: what by-id names point at
                              disk_ids=tuple(disk_ids(known[d.name]) if d.name in known else ()
                                             for d in plan.disks),
@@ -523,21 +523,12 @@ class _Job:
                                    str(self.wd.file("caps.json")))
 
     def run_verify(self) -> dict[str, Any]:
-        from p2v.scratch import WORK_DIR_ROOT
-        from p2v.verify.boot import BootOptions, verify_boot
-
         if not self.spec.verify:
             self.say("boot check skipped (--no-verify)")
             write_json(self.wd.file("verify.json"), None)
             return {"skipped": True}
-        caps, plan = self.caps(), self.plan()
-        options = BootOptions(bus=cast(Any, caps.disk_bus), firmware=caps.firmware,
-                              macs=tuple(m for _n, m in plan.pins),
-                              nic_model=cast(Any, caps.nic_model),
-                              timeout=self.spec.verify_timeout,
-                              scratch_root=self.wd.file(WORK_DIR_ROOT))   # `clean` removes it
         wait_until_released(self.images(), self.say)
-        verdict = verify_boot(self.images(), options, progress=self.say)
+        verdict = self._boot_check()
         write_json(self.wd.file("verify.json"), verdict.to_dict())
         if not verdict.booted:
             from p2v.verify.console import next_step
@@ -547,14 +538,62 @@ class _Job:
                              detail=f"{last.strip()[:160]}; "
                                     f"{next_step(verdict.reason, verdict.evidence)}; "
                                     f"console evidence in {self.wd.file('verify.json')}")
-        self.say(f"booted on {verdict.bus} in {verdict.elapsed_s:.0f} s: hostname "
-                 f"{verdict.hostname}, root {verdict.root}")
-        return {"booted": True, "hostname": verdict.hostname}
+        self.say(f"booted on {verdict.bus} in {verdict.elapsed_s:.0f} s (via {verdict.via}): "
+                 f"hostname {verdict.hostname}, root {verdict.root}")
+        return {"booted": True, "hostname": verdict.hostname, "via": verdict.via}
 
-    def run_register(self) -> dict[str, Any]:
-        from p2v.target.register import RegisterRequest, register
+    def _boot_check(self) -> Any:
+        """Boot the domain XML register will define (a transient domain on the local libvirt);
+        with a remote libvirt, p2v's own qemu machine of the same bus, firmware and NICs."""
+        from p2v.scratch import WORK_DIR_ROOT
+        from p2v.target.libvirt import LibvirtTarget, is_local
+
+        scratch = self.wd.file(WORK_DIR_ROOT)       # `clean` removes it with the work dir
+        if not is_local(self.spec.connect):
+            from p2v.verify.boot import BootOptions, verify_boot
+
+            self.say(f"{self.spec.connect} is remote: the boot check boots here in qemu on the "
+                     "same disk bus, firmware and NIC model, not the domain XML itself")
+            caps, plan = self.caps(), self.plan()
+            options = BootOptions(bus=cast(Any, caps.disk_bus), firmware=caps.firmware,
+                                  macs=tuple(m for _n, m in plan.pins),
+                                  nic_model=cast(Any, caps.nic_model),
+                                  timeout=self.spec.verify_timeout, scratch_root=scratch)
+            return verify_boot(self.images(), options, progress=self.say)
+        from p2v.target.domain import domain_xml
+        from p2v.target.register import check_request, inspect_image, volume_names
+        from p2v.verify.libvirt_boot import DomainBoot, verify_domain
+
+        request = self._register_request()
+        caps = check_request(request)
+        infos = [inspect_image(p) for p in request.images]
+        with LibvirtTarget(self.spec.connect, progress=self.say) as target:
+            xml = domain_xml(target.plan(request, infos, caps))
+        volumes = volume_names(self.spec.name, infos)
+        keys = [f"{self.spec.pool}/{v}" if self.spec.pool else str(i.path)
+                for i, v in zip(infos, volumes, strict=True)]
+        boot = DomainBoot(xml=xml, images=dict(zip(keys, (i.path for i in infos), strict=True)),
+                          uri=self.spec.connect, timeout=self.spec.verify_timeout,
+                          scratch_root=scratch)
+        return verify_domain(boot, progress=self.say)
+
+    def _register_request(self) -> Any:
+        """What register is asked to define: the verify stage boots the same."""
+        from p2v.target.register import RegisterRequest
 
         spec, plan, inv = self.spec, self.plan(), self.inventory()
+        return RegisterRequest(
+            name=spec.name, images=tuple(self.images()),
+            inventory=self._target_inventory(inv, plan.disks, plan.pins),
+            caps=self.caps(), memory_mib=spec.memory_mib, vcpus=spec.vcpus,
+            mappings=self._mappings(), uri=spec.connect, start=spec.start, pool=spec.pool,
+            output_dir=self.wd.path,
+        )
+
+    def run_register(self) -> dict[str, Any]:
+        from p2v.target.register import register
+
+        spec = self.spec
         images = self.images()
         pending = self.wd.file("register.pending")
         if pending.exists():
@@ -562,13 +601,7 @@ class _Job:
             # (only if it is that run's guest: same name, our images) and define it again.
             self._undo_register(images)
         write_json(pending, {"name": spec.name, "uri": spec.connect})
-        request = RegisterRequest(
-            name=spec.name, images=tuple(images),
-            inventory=self._target_inventory(inv, plan.disks, plan.pins),
-            caps=self.caps(), memory_mib=spec.memory_mib, vcpus=spec.vcpus,
-            mappings=self._mappings(), uri=spec.connect, start=spec.start, pool=spec.pool,
-            output_dir=self.wd.path,
-        )
+        request = self._register_request()
         try:
             result = register(request, progress=self.say)
         except BaseException:
@@ -895,7 +928,23 @@ def clean_job(name: str, output_dir: Path, *, domain: bool = False,
                         f"domain {name!r} at {uri} uses the images in {wd.path}; pass "
                         "--domain to remove it too, or keep the work dir"))
     shutil.rmtree(wd.path)
+    notes += _sweep_boot_checks(str(uri or spec.get("connect") or "qemu:///system"))
     return CleanResult(work_dir=str(wd.path), domain=removed_domain, notes=tuple(notes))
+
+
+def _sweep_boot_checks(uri: str) -> list[str]:
+    """A boot check's network (or domain) that a killed run left behind goes with `clean`."""
+    from p2v.scratch import owner_alive
+    from p2v.target.libvirt import is_local, sweep_transient_at
+
+    if not is_local(uri):
+        return []
+    try:
+        removed = sweep_transient_at(uri, owner_alive)
+    except P2VError:
+        return []           # no libvirtd here: nothing of a boot check can be left in it
+    return [f"removed {name}, left in libvirt by a boot check that was killed"
+            for name in removed]
 
 
 __all__ = ["CUTOVER_STAGES", "EVENT_SCHEMA", "STAGES", "CleanResult", "DiskReport", "JobPlan",

@@ -94,6 +94,16 @@ def _owner_dead(entry: Path) -> bool:
         return True
 
 
+def owner_alive(path: Path) -> bool:
+    """Whether the run that made scratch dir PATH still lives (False once the dir is gone)."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if not (path / OWNER).exists():
+        return False
+    return not _owner_dead(path)
+
+
 def sweep(root: Path) -> list[Path]:
     """Remove ROOT's scratch dirs whose owner is gone; return what was removed."""
     if not root.is_dir():
@@ -134,4 +144,5 @@ def scratch_dir(kind: str, root: Path | None = None) -> Iterator[Path]:
         owner.close()
 
 
-__all__ = ["WORK_DIR_ROOT", "default_root", "scratch_dir", "socket_root", "sweep"]
+__all__ = ["WORK_DIR_ROOT", "default_root", "owner_alive", "scratch_dir", "socket_root",
+           "sweep"]

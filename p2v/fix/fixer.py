@@ -380,6 +380,13 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
                 plan.files[report.grub_cfg] = new
                 plan.changes.append(Change("edit", report.grub_cfg,
                                            "serial console on the kernel lines"))
+        if g.is_dir("/etc/systemd/system"):
+            # The login prompt on that console then shows the guest's addresses.
+            issue = linux.ISSUE_FILE
+            old = session.read_text(issue) if g.is_file(issue) else None
+            _edit(plan, issue, old, linux.address_issue([p.name for p in options.pins]),
+                  "the serial console's login prompt shows the IPv4 addresses (agetty \\4)",
+                  mode=0o644)
 
     # 2. The grub config: regenerate when its kernel lines name a device that will not exist.
     if report.grub_cfg:

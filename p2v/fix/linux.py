@@ -8,6 +8,7 @@ all of them.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 # The modules a guest needs to find its disk and its NIC on virtio (and what they depend on;
@@ -201,6 +202,20 @@ def add_serial_console(grub_default: str) -> tuple[str, list[str]]:
     if changes and not re.search(r"^GRUB_SERIAL_COMMAND=", text, re.MULTILINE):
         text += 'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"\n'
     return text, changes
+
+
+ISSUE_FILE = "/etc/issue.d/p2v-addresses.issue"
+
+
+def address_issue(nic_names: Sequence[str]) -> str:
+    """An agetty issue snippet: the login prompt on the console shows each NIC's IPv4 address.
+
+    agetty (util-linux 2.35+) reads /etc/issue.d/*.issue and expands \\4{NIC} when it draws
+    the prompt, and again when the address changes; older gettys ignore the directory.
+    """
+    if not nic_names:
+        return "p2v: IPv4 address \\4\n"
+    return "".join(f"p2v: {name} \\4{{{name}}}\n" for name in nic_names)
 
 
 def selinux_policy(config: str) -> tuple[str, str]:

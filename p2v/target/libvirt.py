@@ -571,8 +571,9 @@ class LibvirtTarget:
         return True
 
     # ------------------------------------------------------------ the job
-    def register(self, request: RegisterRequest, images: Sequence[ImageInfo],
-                 caps: GuestCaps) -> RegisterResult:
+    def plan(self, request: RegisterRequest, images: Sequence[ImageInfo],
+             caps: GuestCaps) -> DomainSpec:
+        """The domain `register` defines for this request (the boot check boots its XML)."""
         name = request.name
         volumes = volume_names(name, images)
         if request.pool is not None:
@@ -582,13 +583,19 @@ class LibvirtTarget:
             disks = [GuestDisk(i.format, str(i.path)) for i in images]
         if request.nvram is not None and not self.local:
             raise UsageError(detail="--nvram works with a local libvirt only, so far")
-        spec = plan_domain(
+        return plan_domain(
             name=name, disks=disks, inventory=request.inventory, caps=caps,
             mappings=request.mappings, memory_mib=request.memory_mib, vcpus=request.vcpus,
             domain_type=self.domain_type(),
             uefi=self.uefi_files(name) if caps.firmware == "uefi" else None,
             serial_log=f"{SERIAL_LOG_DIR}/{name}-serial0.log",
         )
+
+    def register(self, request: RegisterRequest, images: Sequence[ImageInfo],
+                 caps: GuestCaps) -> RegisterResult:
+        name = request.name
+        volumes = volume_names(name, images)
+        spec = self.plan(request, images, caps)
         existing = self.preflight(spec, images, replace=request.replace, start=request.start,
                                   pool=request.pool, volumes=volumes)
         if existing is not None:
@@ -669,10 +676,127 @@ def _volume_xml(name: str, capacity: int, fmt: str = "raw") -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+# ------------------------------------------------------------ the boot check's transient guest
+VERIFY_PREFIX = "p2v-verify-"
+VERIFY_LOCK = "verify-libvirt.lock"
+
+
+@contextmanager
+def _verify_lock() -> Iterator[None]:
+    """Held while a check creates its network and domain, and while leftovers are swept:
+    a sweep must not take a network whose domain is about to start."""
+    import fcntl
+
+    path = private_dir(state_dir(), "state dir", tighten=False) / VERIFY_LOCK
+    with path.open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def _quietly(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except libvirt.libvirtError:
+        pass            # gone already: what we want
+
+
+class TransientGuest:
+    """The boot check's guest: a transient network and a transient domain, never defined.
+
+    The domain is started with AUTODESTROY: libvirtd destroys it when this connection closes,
+    also when p2v is killed. The network has no such flag: `sweep_transient` removes one left
+    by a killed run.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.conn: Any = None
+        self.domain: Any = None
+        self.network: Any = None
+
+    def start(self, network_xml: str, domain_xml_text: str,
+              owner_alive: Callable[[Path], bool],
+              prepare_network: Callable[[], None] = lambda: None) -> None:
+        """Sweep leftovers, create the network (then `prepare_network`), start the domain."""
+        self.conn = connect(self.uri)
+        with _verify_lock():
+            sweep_transient(self.conn, owner_alive)
+            with _libvirt_call("creating the boot check's isolated network"):
+                self.network = self.conn.networkCreateXML(network_xml)
+            prepare_network()
+            with _libvirt_call("starting the boot check's transient domain"):
+                self.domain = self.conn.createXML(domain_xml_text,
+                                                  libvirt.VIR_DOMAIN_START_AUTODESTROY)
+
+    def active(self) -> bool:
+        try:
+            return bool(self.domain is not None and self.domain.isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def close(self) -> None:
+        """Destroy the domain, then its network; close the connection. Never raises."""
+        if self.domain is not None:
+            _quietly(self.domain.destroy)
+            self.domain = None
+        if self.network is not None:
+            _quietly(self.network.destroy)
+            self.network = None
+        if self.conn is not None:
+            _quietly(self.conn.close)
+            self.conn = None
+
+
+def sweep_transient(conn: Any, owner_alive: Callable[[Path], bool]) -> list[str]:
+    """Destroy boot-check domains whose p2v is gone, then boot-check networks with no domain.
+
+    A domain's metadata names its scratch dir; `owner_alive(dir)` says whether the run that
+    holds it lives. Callers hold `_verify_lock` (a network is made just before its domain).
+    """
+    from p2v.verify.transient import scratch_of
+
+    removed: list[str] = []
+    running: set[str] = set()
+    with _libvirt_call("listing the boot check's leftover domains"):
+        domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
+    for dom in domains:
+        name = dom.name()
+        if not name.startswith(VERIFY_PREFIX):
+            continue
+        try:
+            scratch = scratch_of(dom.XMLDesc(0))
+        except libvirt.libvirtError:
+            continue        # gone meanwhile
+        if scratch is not None and owner_alive(scratch):
+            running.add(name)
+            continue
+        _quietly(dom.destroy)
+        removed.append(name)
+    with _libvirt_call("listing the boot check's leftover networks"):
+        networks = conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_TRANSIENT)
+    for net in networks:
+        name = net.name()
+        if name.startswith(VERIFY_PREFIX) and name not in running:
+            _quietly(net.destroy)
+            removed.append(name)
+    return removed
+
+
+def sweep_transient_at(uri: str, owner_alive: Callable[[Path], bool]) -> list[str]:
+    """`sweep_transient` on a fresh connection to `uri` (for `p2v clean`)."""
+    conn = connect(uri)
+    try:
+        with _verify_lock():
+            return sweep_transient(conn, owner_alive)
+    finally:
+        _quietly(conn.close)
+
+
 def _with_uuid(spec: DomainSpec, uuid: str) -> DomainSpec:
     from dataclasses import replace
 
     return replace(spec, uuid=uuid)
 
 
-__all__ = ["DomainFacts", "LibvirtTarget", "Staged", "connect", "is_local", "keep_dir"]
+__all__ = ["DomainFacts", "LibvirtTarget", "Staged", "TransientGuest", "VERIFY_PREFIX", "connect",
+           "is_local", "keep_dir", "sweep_transient", "sweep_transient_at"]

@@ -17,7 +17,7 @@ from p2v.fix.session import open_guest
 from p2v.scratch import scratch_dir
 from p2v.verify import console as con
 from p2v.verify.accel import choose_accel
-from p2v.verify.probe import prepare_overlay
+from p2v.verify.probe import Prepared, prepare_overlay
 from p2v.verify.qemu import Bus, Machine, Nic, NicModel, fresh_ovmf_vars
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,10 @@ class BootVerdict:
     changed_in_overlay: tuple[str, ...] = field(default=())
     # Where the report came from: "ttyS1" (the check's own port) or "ttyS0" (the console).
     report_port: str | None = None
+    # How it booted: "qemu" (p2v's own command line) or "libvirt-transient" (the domain XML
+    # register defines, started as a transient domain; `domain` is its name).
+    via: str = "qemu"
+    domain: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -103,6 +107,17 @@ def _read(path: Path) -> str:
     return con.clean(path.read_text(errors="replace")) if path.exists() else ""
 
 
+def make_overlays(images: Sequence[Path], work: Path) -> list[Path]:
+    """A qcow2 overlay per image in WORK (`diskN.overlay`: never named like an image)."""
+    overlays = []
+    for index, image in enumerate(images):
+        overlay = work / f"disk{index}.overlay"
+        runner.run(["qemu-img", "create", "-f", "qcow2", "-F", image_format(image),
+                    "-b", str(image), str(overlay)], timeout=60)
+        overlays.append(overlay)
+    return overlays
+
+
 def verify_boot(
     images: Sequence[Path],
     options: BootOptions,
@@ -115,12 +130,7 @@ def verify_boot(
     # A scratch dir, not a temp dir: if p2v is killed (its qemu dies with it), the next
     # boot check or `p2v clean` removes what this one leaves.
     with scratch_dir("verify", options.scratch_root) as work:
-        overlays = []
-        for index, image in enumerate(images):
-            overlay = work / f"disk{index}.overlay"   # never named like an image
-            runner.run(["qemu-img", "create", "-f", "qcow2", "-F", image_format(image),
-                        "-b", str(image), str(overlay)], timeout=60)
-            overlays.append(overlay)
+        overlays = make_overlays(images, work)
         progress("preparing a throwaway overlay (serial console, report probe)")
         with open_guest(overlays, fmt="qcow2") as session:
             firmware = options.firmware
@@ -144,44 +154,81 @@ def verify_boot(
             accel=accel, debugcon_log=fwlog, extra=("-device", "VGA"),
         )
         progress(f"booting on {options.bus} ({firmware}, {accel}), timeout {options.timeout:.0f} s")
-        started = time.monotonic()
         with (work / "qemu.err").open("wb") as qemu_err:
             proc = runner.spawn(machine.argv(), stderr=qemu_err.fileno())
-        report, port = None, None
         try:
-            while True:
-                elapsed = time.monotonic() - started
-                text, fw = _read(serial), _read(fwlog)
-                report, port = con.parse_probe(_read(reportlog)), "ttyS1"
-                if report is None:
-                    report, port = con.parse_probe(text), "ttyS0"
-                if report is not None or con.is_stuck(text, fw) or elapsed > options.timeout:
-                    break
-                if proc.poll() is not None:
-                    err = (work / "qemu.err").read_text(errors="replace").strip()
-                    fw += "\n" + err
-                    break
-                time.sleep(1.0)
+            seen = watch(Logs(serial, reportlog, fwlog), lambda: proc.poll() is None,
+                         lambda: (work / "qemu.err").read_text(errors="replace").strip(),
+                         options.timeout)
         finally:
             runner.stop(proc, grace=2.0)
-        elapsed = round(time.monotonic() - started, 1)
-        if report is not None:
-            reason = None
-        else:
-            reason = con.diagnose(text, fw) or ("timeout" if elapsed > options.timeout
-                                                else "qemu-exited")
+        return seen.verdict(accel=accel, bus=options.bus, firmware=firmware, prepared=prepared,
+                            via="qemu")
+
+
+@dataclass(frozen=True)
+class Logs:
+    """The files a boot writes: the console (ttyS0), the report port (ttyS1), the firmware's."""
+
+    console: Path
+    report: Path
+    firmware: Path
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one boot showed by the time the watch ended."""
+
+    report: con.ProbeReport | None
+    port: str | None
+    console: str
+    firmware: str
+    elapsed_s: float
+    timed_out: bool
+
+    def verdict(self, *, accel: str, bus: str, firmware: str, prepared: Prepared, via: str,
+                domain: str | None = None) -> BootVerdict:
+        report = self.report
+        reason = None
+        if report is None:
+            reason = con.diagnose(self.console, self.firmware) or (
+                "timeout" if self.timed_out else "qemu-exited")
         return BootVerdict(
             booted=report is not None,
             reason=reason,
-            elapsed_s=elapsed,
+            elapsed_s=self.elapsed_s,
             accel=accel,
-            bus=options.bus,
+            bus=bus,
             firmware=firmware,
             os=prepared.product if prepared.os_found else "no operating system found",
             hostname=report.hostname if report else None,
             root=report.root if report else None,
             interfaces=report.interfaces if report else (),
-            evidence=tuple(con.evidence_lines(text, fw)),
+            evidence=tuple(con.evidence_lines(self.console, self.firmware)),
             changed_in_overlay=prepared.consoles_added,
-            report_port=port if report is not None else None,
+            report_port=self.port if report is not None else None,
+            via=via,
+            domain=domain,
         )
+
+
+def watch(logs: Logs, alive: Callable[[], bool], exit_detail: Callable[[], str],
+          timeout: float) -> Seen:
+    """Read the logs until the report arrives, the guest is stuck or gone, or time is up."""
+    started = time.monotonic()
+    report, port, text, fw = None, None, "", ""
+    while True:
+        elapsed = time.monotonic() - started
+        text, fw = _read(logs.console), _read(logs.firmware)
+        report, port = con.parse_probe(_read(logs.report)), "ttyS1"
+        if report is None:
+            report, port = con.parse_probe(text), "ttyS0"
+        if report is not None or con.is_stuck(text, fw) or elapsed > timeout:
+            break
+        if not alive():
+            fw += "\n" + exit_detail()
+            break
+        time.sleep(1.0)
+    elapsed = round(time.monotonic() - started, 1)
+    return Seen(report, port if report is not None else None, text, fw, elapsed,
+                timed_out=elapsed > timeout)

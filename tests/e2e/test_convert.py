@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,8 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     # The boot check: virtio, the fixture's hostname, its NIC name with its static address.
     verdict = report["verdict"]
     assert verdict["booted"] is True and verdict["bus"] == "virtio"
+    # It booted the domain XML register then defined, as a transient domain now gone.
+    assert verdict["via"] == "libvirt-transient" and verdict["domain"].startswith("p2v-verify-")
     assert verdict["hostname"] == fixture.hostname
     nics = {i["name"]: i for i in verdict["interfaces"]}
     assert fixture.nic_name in nics, verdict["interfaces"]
@@ -98,6 +101,7 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     assert nic.find("model").get("type") == "virtio"  # type: ignore[union-attr]
     assert nic.find("source").get("network") == network  # type: ignore[union-attr]
     assert report["domain"]["uuid"] == dom.UUIDString()
+    assert not [d for d in conn_domains() if d.startswith("p2v-verify-")]
     work = out / name
     assert sorted(p.stem for p in (work / "markers").glob("*.done")) == sorted(STAGES)
     assert json.loads((work / "report.json").read_text())["ok"] is True
@@ -105,6 +109,14 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     assert disk["device"] == "/dev/sda" and disk["size"] == 2048 << 20
     assert 0 < report["bytes_sent"] < disk["size"] // 2
     return report
+
+
+def conn_domains() -> list[str]:
+    conn = open_conn()
+    try:
+        return [d.name() for d in conn.listAllDomains()]
+    finally:
+        conn.close()
 
 
 def clean(name: str, out: Path) -> None:
@@ -200,4 +212,57 @@ def test_killed_during_copy_and_during_fix_then_rerun(
     assert code == 0, err
     assert events[0]["resume_at"] == "fix"
     check_converted(live_source_bios, name, isolated_network, events, out_dir)
+    clean(name, out_dir)
+
+
+@pytest.mark.slow
+# Three boots (live source, boot check, the started guest) and a fix: past 30 min loaded.
+@pytest.mark.timeout(3600)
+def test_convert_start_runs_the_registered_guest_to_a_login_prompt_with_its_address(
+        live_source_bios: SourceEndpoint, libvirtd: Libvirtd, isolated_network: str,
+        guest_names: list[str], out_dir: Path) -> None:
+    """`convert --start --serial-console`: the registered domain itself (not a check's
+    overlay: the probe is not in it) boots, and its console log, written by libvirt, shows
+    the getty's "HOSTNAME login:" and the address agetty reads from the running system."""
+    from p2v.verify.console import clean as plain
+    from p2v.verify.probe import BEGIN
+
+    name = "p2vtest-convert-start"
+    guest_names.append(name)
+    fixture = live_source_bios.fixture
+    assert fixture is not None
+    code, events, err = run([*convert_argv(live_source_bios, name, out_dir, isolated_network),
+                             "--start", "--serial-console"])
+    assert code == 0, err
+    report = events[-1]["report"]
+    verdict = report["verdict"]
+    assert verdict["booted"] is True and verdict["via"] == "libvirt-transient"
+    assert verdict["hostname"] == fixture.hostname
+    nics = {i["name"]: i for i in verdict["interfaces"]}
+    assert fixture.address in nics[fixture.nic_name]["addresses"], verdict["interfaces"]
+    domain = report["domain"]
+    assert domain["started"] is True
+    conn = open_conn()
+    try:
+        dom = conn.lookupByName(name)
+        assert dom.isActive() and dom.UUIDString() == domain["uuid"]
+    finally:
+        conn.close()
+    log = Path(domain["serial_log"])
+    address = fixture.address.split("/")[0]
+    login = re.compile(rf"^{re.escape(fixture.hostname)} login:", re.MULTILINE)
+    shown = re.compile(rf"p2v: {re.escape(fixture.nic_name)} {re.escape(address)}\b")
+    deadline = time.monotonic() + 900
+    text = ""
+    while not (login.search(text) and shown.search(text)):
+        assert time.monotonic() < deadline, f"no login prompt with {address} in {log}:\n" \
+                                            f"{text[-3000:]}"
+        time.sleep(2)
+        text = plain(log.read_text(errors="replace")) if log.exists() else ""
+    assert BEGIN not in text            # the boot check's probe stayed in its overlay
+    conn = open_conn()
+    try:
+        conn.lookupByName(name).destroy()
+    finally:
+        conn.close()
     clean(name, out_dir)

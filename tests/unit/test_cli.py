@@ -61,3 +61,23 @@ def test_nvram_with_bios_is_refused(tmp_path: Path, capsys: pytest.CaptureFixtur
     rc = main(["verify", str(img), "--firmware", "bios", "--nvram", str(vars_fd)])
     assert rc == 2
     assert "--nvram goes with --firmware uefi" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["verify"], "give the guest's IMAGE(s), or --domain-xml FILE"),
+    (["verify", "--domain-xml", "{d}/x.xml", "{d}/a.img"], "give no IMAGE"),
+    (["verify", "--domain-xml", "{d}/x.xml", "--connect", "qemu+ssh://h/system"],
+     "this host's libvirt only"),
+    (["verify", "--domain-xml", "{d}/missing.xml"], "missing.xml"),
+    (["verify", "--domain-xml", "{d}/pool.xml"], "is a pool volume"),
+])
+def test_domain_xml_bad_input_is_one_line(argv: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.xml").write_text("<domain/>")
+    (tmp_path / "pool.xml").write_text(
+        "<domain><devices><disk type='volume' device='disk'>"
+        "<source pool='default' volume='v.qcow2'/></disk></devices></domain>")
+    rc = main([a.format(d=tmp_path) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert message in err and err.count("\n") == 0

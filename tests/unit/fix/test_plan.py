@@ -215,6 +215,17 @@ def test_serial_console_without_grub_defaults_edits_the_kernel_lines() -> None:
     assert "console=ttyS0,115200n8" in plan.files["/boot/grub/grub.cfg"]
 
 
+def test_serial_console_login_prompt_shows_each_pinned_nics_address() -> None:
+    files = dict(BIOS_FILES)
+    files["/etc/systemd/system/multi-user.target.wants/ssh.service"] = ""
+    options = FixOptions(pins=PIN.pins, serial_console=True)
+    plan = plan_fix(FakeSession(files), report(), DMAP, options)  # type: ignore[arg-type]
+    assert plan.files["/etc/issue.d/p2v-addresses.issue"] == "p2v: eth0 \\4{eth0}\n"
+    assert plan.modes["/etc/issue.d/p2v-addresses.issue"] == 0o644
+    without = plan_fix(FakeSession(files), report(), DMAP, PIN)  # type: ignore[arg-type]
+    assert "/etc/issue.d/p2v-addresses.issue" not in without.files
+
+
 def test_agents_reported_and_removed_only_when_asked() -> None:
     rep = report()
     rep.package_format = "deb"
