@@ -576,9 +576,10 @@ def _storage_problems(session: GuestSession, report: GuestReport,
     def text(path: str) -> str | None:
         return planned.get(path) or _read(session, path)
 
-    return (devices.md_assembly_problems(_mdadm_text(session, planned), dmap)
+    md_conf = _mdadm_text(session, planned)
+    return (devices.md_assembly_problems(md_conf, dmap)
             + devices.lvm_pv_problems(text("/etc/lvm/lvm.conf"),
-                                      text("/etc/lvm/devices/system.devices"), dmap))
+                                      text("/etc/lvm/devices/system.devices"), dmap, md_conf))
 
 
 def _will_exist(session: GuestSession, report: GuestReport,
@@ -608,6 +609,8 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
     md = _storage_problems(session, report, dmap)
     if md and _boots_from_md_or_lvm(report):
         raise FixError(images=report.root, detail="; ".join(md))
+    checks += devices.storage_checks(_mdadm_text(session), _read(session, "/etc/lvm/lvm.conf"),
+                                     _read(session, "/etc/lvm/devices/system.devices"), dmap)
     if report.grub_cfg and session.g.is_file(report.grub_cfg):
         cfg = session.read_text(report.grub_cfg)
         roots = devices.kernel_roots(cfg)
