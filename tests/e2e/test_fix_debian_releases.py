@@ -67,7 +67,7 @@ def fix_and_boot(image: FixtureImage, directory: Path) -> Fixed:
     disks = overlays(image, directory)
     mac = f"{image.nic_name}={image.mac}"
     first, first_s = p2v_fix("--mac", mac, *map(str, disks))
-    fixed = Fixed(image, disks[0], cached, {}, True, first, first_s, {}, True)
+    fixed = Fixed(image, disks[0], cached, first, first_s)
     fixed.verdict = verify_boot(disks, BootOptions(bus="virtio", macs=(image.mac,),
                                                    timeout=1200))
     return fixed
