@@ -36,6 +36,13 @@ def uefi_image() -> FixtureImage:
 
 
 @pytest.fixture(scope="session")
+def xfsmd_image() -> FixtureImage:
+    """LVM on md RAID1 with an XFS root (hostname p2v-xfsmd, NIC enp0s25); not in
+    `make fixtures`: built on first use by the slow tests that need it."""
+    return _build("xfsmd")
+
+
+@pytest.fixture(scope="session")
 def loop_source_bios(bios_image: FixtureImage) -> Iterator[SourceEndpoint]:
     """The bios fixture's disks, read-only loop devices behind a loopback sshd."""
     with LoopSource(bios_image) as endpoint:

@@ -115,6 +115,15 @@ class DiskLayout:
 
 
 @dataclass(frozen=True)
+class MdContent:
+    """An md array of the guest as the appliance assembled it, and what is on it."""
+
+    uuid: str                          # the array UUID, any form (digits compared)
+    device: str                        # the appliance's name for it (/dev/md127)
+    content: FsIdentity | None = None  # an LVM PV, a filesystem, ...
+
+
+@dataclass(frozen=True)
 class Resolution:
     old: str
     new: str | None            # None: could not be resolved (reported, left as it is)
@@ -154,9 +163,11 @@ class DeviceMap:
     """
 
     def __init__(self, disks: Sequence[DiskLayout],
-                 maps: dict[str, int | None] | None = None) -> None:
+                 maps: dict[str, int | None] | None = None,
+                 arrays: Sequence[MdContent] = ()) -> None:
         self.disks = tuple(disks)
         self.maps = dict(maps or {})
+        self.arrays = tuple(arrays)
         self._by_name = {d.source_name: i for i, d in enumerate(self.disks) if d.source_name}
         self._by_key: dict[str, set[int]] = {}
         for i, disk in enumerate(self.disks):
@@ -813,6 +824,29 @@ def md_arrays_left_behind(conf: str | None, dmap: DeviceMap) -> set[str]:
     return {name for name, uuid, _ in _mdadm_conf(conf)[1] if uuid not in found}
 
 
+@dataclass(frozen=True)
+class _MdVerdict:
+    name: str
+    members: tuple[str, ...]          # virtio names of its members on the converted disks
+    chosen: tuple[str, ...]           # those mdadm.conf selects
+    how: str                          # the selectors, for the report
+
+
+def _md_verdicts(conf: str | None, dmap: DeviceMap) -> list[_MdVerdict]:
+    selectors, arrays = _mdadm_conf(conf)
+    found = md_members(dmap)
+    verdicts = []
+    for name, uuid, devs in arrays:
+        members = found.get(uuid, [])
+        if not members:
+            continue
+        chosen = [m for m in members if _md_selected(m, selectors)
+                  and (devs is None or _md_selected(m, devs))]
+        how = f"DEVICE {' '.join(selectors)}" + (f", devices={','.join(devs)}" if devs else "")
+        verdicts.append(_MdVerdict(name, tuple(members), tuple(chosen), how))
+    return verdicts
+
+
 def md_assembly_problems(conf: str | None, dmap: DeviceMap) -> list[str]:
     """Why an md array of the guest would not assemble on virtio under this mdadm.conf.
 
@@ -821,24 +855,22 @@ def md_assembly_problems(conf: str | None, dmap: DeviceMap) -> list[str]:
     members are found by the array UUID in their superblocks (blkid's linux_raid_member).
     Arrays whose members were not converted are md_arrays_left_behind's business.
     """
-    selectors, arrays = _mdadm_conf(conf)
-    found = md_members(dmap)
     problems = []
-    for name, uuid, devs in arrays:
-        members = found.get(uuid, [])
-        if not members:
-            continue
-        chosen = [m for m in members if _md_selected(m, selectors)
-                  and (devs is None or _md_selected(m, devs))]
-        if not chosen:
-            problems.append(f"md array {name}: none of its members ({', '.join(members)}) is "
-                            f"selected by mdadm.conf (DEVICE {' '.join(selectors)}"
-                            + (f", devices={','.join(devs)})" if devs else ")"))
-        elif len(chosen) < len(members):
-            problems.append(f"md array {name}: only {', '.join(chosen)} of its members "
-                            f"({', '.join(members)}) selected by mdadm.conf: it would start "
+    for v in _md_verdicts(conf, dmap):
+        if not v.chosen:
+            problems.append(f"md array {v.name}: none of its members ({', '.join(v.members)}) "
+                            f"is selected by mdadm.conf ({v.how})")
+        elif len(v.chosen) < len(v.members):
+            problems.append(f"md array {v.name}: only {', '.join(v.chosen)} of its members "
+                            f"({', '.join(v.members)}) selected by mdadm.conf: it would start "
                             "degraded or not at all")
     return problems
+
+
+def md_guest_name(uuid: str, conf: str | None) -> str | None:
+    """The name the guest gives an array (its ARRAY line in mdadm.conf), if it names one."""
+    return next((name for name, digits, _ in _mdadm_conf(conf)[1] if digits == _hex(uuid)),
+                None)
 
 
 # LVM devices-file ID types bound to the physical disk (its WWID, serial, ...; a multipath
@@ -927,35 +959,83 @@ def _lvm_accepts(rules: list[tuple[bool, str]], path: str) -> bool:
     return True                        # no pattern matched: LVM accepts the device
 
 
-def lvm_pv_problems(conf: str | None, devices_file: str | None, dmap: DeviceMap) -> list[str]:
+def _guest_pvs(dmap: DeviceMap, md_conf: str | None) -> list[tuple[str, str]]:
+    """(the name the guest's LVM sees it by, PV UUID) for each PV of the converted disks:
+    on a partition or disk (its virtio name), or on an md array (its mdadm.conf name, else
+    the name it was assembled under)."""
+    pvs = [(virtio_name(i, p), fs.uuid or "")
+           for i, disk in enumerate(dmap.disks)
+           for p, fs in ([(None, disk.whole)] if disk.whole else [])
+           + sorted(disk.partitions.items())
+           if fs is not None and fs.fstype == "LVM2_member"]
+    pvs += [(md_guest_name(md.uuid, md_conf) or md.device, md.content.uuid or "")
+            for md in dmap.arrays
+            if md.content is not None and md.content.fstype == "LVM2_member"]
+    return pvs
+
+
+def _devices_file_pvids(conf: str | None, devices_file: str | None) -> set[str] | None:
+    """PVIDs the devices file lets LVM use on virtio (None: no devices file in force).
+    Entries by devname (checked by PVID wherever the PV now is) and by md/mpath/crypt UUID
+    survive the move; WWID and serial entries name the physical disk."""
+    ignored = re.search(r"^[ \t]*use_devicesfile\s*=\s*0", conf or "", re.MULTILINE)
+    if devices_file is None or ignored:
+        return None
+    listed = set()
+    for line in devices_file.splitlines():
+        fields = dict(_LVM_FIELD.findall(line.split("#", 1)[0]))
+        if fields.get("IDTYPE") not in (None, *_LVM_HW_IDTYPES) and fields.get("PVID"):
+            listed.add(fields["PVID"])
+    return listed
+
+
+def _lvm_verdicts(conf: str | None, devices_file: str | None, dmap: DeviceMap,
+                  md_conf: str | None) -> list[tuple[str, str | None, str]]:
+    """(PV name, why LVM ignores it or None, how it is accepted) for each PV."""
+    rules = _lvm_rules(conf or "")
+    listed = _devices_file_pvids(conf, devices_file)
+    verdicts: list[tuple[str, str | None, str]] = []
+    for path, uuid in _guest_pvs(dmap, md_conf):
+        rejected = next((key for key in ("global_filter", "filter")
+                         if key in rules and not _lvm_accepts(rules[key], path)), None)
+        if rejected:
+            verdicts.append((path, f"LVM PV {path}: rejected by lvm.conf {rejected}", ""))
+        elif listed is not None and uuid.replace("-", "") not in listed:
+            verdicts.append((path, f"LVM PV {path}: not in /etc/lvm/devices/system.devices by "
+                                   "a name the VM has", ""))
+        else:
+            how = " and ".join(k for k in ("global_filter", "filter") if k in rules)
+            how = f"accepted by lvm.conf {how}" if how else "no lvm.conf filter"
+            verdicts.append((path, None, how + ("" if listed is None
+                                                else ", listed in system.devices")))
+    return verdicts
+
+
+def lvm_pv_problems(conf: str | None, devices_file: str | None, dmap: DeviceMap,
+                    md_conf: str | None = None) -> list[str]:
     """Why LVM would ignore a PV of the guest on virtio.
 
     Models the filters (first matching pattern decides, against the PV's kernel name: the
     /dev/disk/by-* aliases of a virtio disk are not known here) and the devices file (a PV
-    is used only when an entry names it: by PVID for devname entries; WWID/serial entries
-    match no virtio disk).
+    is used only when an entry names it: by PVID for devname and md_uuid entries;
+    WWID/serial entries match no virtio disk). A PV on an md array is checked by the
+    array's name in mdadm.conf.
     """
-    pvs = _pv_names(dmap)
-    rules = _lvm_rules(conf or "")
-    listed: set[str] | None = None
-    ignored = re.search(r"^[ \t]*use_devicesfile\s*=\s*0", conf or "", re.MULTILINE)
-    if devices_file is not None and not ignored:
-        listed = set()
-        for line in devices_file.splitlines():
-            fields = dict(_LVM_FIELD.findall(line.split("#", 1)[0]))
-            if fields.get("IDTYPE") == "devname" and fields.get("PVID"):
-                listed.add(fields["PVID"])
-    problems = []
-    for path, uuid in pvs:
-        for key in ("global_filter", "filter"):
-            if key in rules and not _lvm_accepts(rules[key], path):
-                problems.append(f"LVM PV {path}: rejected by lvm.conf {key}")
-                break
-        else:
-            if listed is not None and uuid.replace("-", "") not in listed:
-                problems.append(f"LVM PV {path}: not in /etc/lvm/devices/system.devices by a "
-                                "name the VM has")
-    return problems
+    return [problem for _, problem, _ in _lvm_verdicts(conf, devices_file, dmap, md_conf)
+            if problem]
+
+
+def storage_checks(md_conf: str | None, lvm_conf: str | None, devices_file: str | None,
+                   dmap: DeviceMap) -> list[str]:
+    """What the model found will work on virtio: each md array assembled from all its
+    members, each PV LVM will use (for the report, beside the problems)."""
+    lines = [f"md array {v.name} assembles on virtio from {', '.join(v.chosen)} "
+             f"(mdadm.conf {v.how})"
+             for v in _md_verdicts(md_conf, dmap) if v.chosen and v.chosen == v.members]
+    lines += [f"LVM PV {path} will be used on virtio ({how})"
+              for path, problem, how in _lvm_verdicts(lvm_conf, devices_file, dmap, md_conf)
+              if problem is None]
+    return lines
 
 
 def find_devices(text: str) -> list[str]:

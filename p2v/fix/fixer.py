@@ -248,7 +248,7 @@ def guest_device_map(session: GuestSession, root: str, grub_cfg: str | None,
     (p2v.fix.multipath; a map no evidence places stays unplaced and is reported)."""
     disks = [replace(d, ids=options.disk_ids[i]) if i < len(options.disk_ids) else d
              for i, d in enumerate(base.disks)]
-    plain = devices.DeviceMap(disks)
+    plain = devices.DeviceMap(disks, arrays=base.arrays)
     names = multipath.known_maps(_read(session, multipath.BINDINGS),
                                  _read(session, multipath.WWIDS), _read(session, multipath.CONF))
     if not names and not options.mpath_maps:
@@ -262,7 +262,7 @@ def guest_device_map(session: GuestSession, root: str, grub_cfg: str | None,
     hints.update(multipath.pv_hints(names, plain,
                                     _read(session, "/etc/lvm/devices/system.devices")))
     placed = multipath.place_maps(names, plain, options.mpath_maps, hints)
-    return devices.DeviceMap(disks, placed)
+    return devices.DeviceMap(disks, placed, arrays=base.arrays)
 
 
 def appliance_resolver(session: GuestSession, root: str,
@@ -660,9 +660,10 @@ def _storage_problems(session: GuestSession, report: GuestReport,
     def text(path: str) -> str | None:
         return planned.get(path) or _read(session, path)
 
-    return (devices.md_assembly_problems(_mdadm_text(session, planned), dmap)
+    md_conf = _mdadm_text(session, planned)
+    return (devices.md_assembly_problems(md_conf, dmap)
             + devices.lvm_pv_problems(text("/etc/lvm/lvm.conf"),
-                                      text("/etc/lvm/devices/system.devices"), dmap))
+                                      text("/etc/lvm/devices/system.devices"), dmap, md_conf))
 
 
 def _will_exist(session: GuestSession, report: GuestReport,
@@ -692,6 +693,8 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
     md = _storage_problems(session, report, dmap)
     if md and _boots_from_md_or_lvm(report):
         raise FixError(images=report.root, detail="; ".join(md))
+    checks += devices.storage_checks(_mdadm_text(session), _read(session, "/etc/lvm/lvm.conf"),
+                                     _read(session, "/etc/lvm/devices/system.devices"), dmap)
     if report.grub_cfg and session.g.is_file(report.grub_cfg):
         cfg = session.read_text(report.grub_cfg)
         roots = devices.kernel_roots(cfg)

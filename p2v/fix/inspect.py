@@ -12,7 +12,7 @@ from typing import Any
 from p2v.errors import GuestfsError, UnsupportedGuest
 from p2v.fix import linux, network
 from p2v.fix.agents import Agent, find_agents
-from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
+from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity, MdContent
 from p2v.fix.session import GuestSession
 
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -106,7 +106,28 @@ def device_map(session: GuestSession, source_names: list[str] | None = None) -> 
                 whole = FsIdentity(info.get("UUID"), info.get("LABEL"), info.get("TYPE"))
         name = source_names[index] if source_names and index < len(source_names) else None
         layouts.append(DiskLayout(name, parts, whole))
-    return DeviceMap(layouts)
+    return DeviceMap(layouts, arrays=_md_contents(session))
+
+
+def _md_contents(session: GuestSession) -> list[MdContent]:
+    """Each md array the appliance assembled: its UUID and what is on it (an LVM PV...)."""
+    g = session.g
+    arrays = []
+    try:
+        names = [str(md) for md in g.list_md_devices()]
+    except GuestfsError:
+        return []
+    for md in names:
+        try:
+            uuid = str(g.md_detail(md).get("uuid", ""))
+        except GuestfsError:
+            continue
+        info = _blkid(g, md)
+        content = FsIdentity(info.get("UUID"), info.get("LABEL"), info.get("TYPE")) \
+            if info.get("TYPE") else None
+        if uuid:
+            arrays.append(MdContent(uuid, md, content))
+    return arrays
 
 
 def _kernels(session: GuestSession, family: linux.LinuxFamily | None) -> list[KernelInfo]:

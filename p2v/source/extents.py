@@ -31,8 +31,9 @@ KIND_ZERO, KIND_RAW, KIND_ZLIB, KIND_END, KIND_FREE = 0, 1, 2, 3, 4
 # Free space the copy may skip (runs on the source, stdlib only): ext2/3/4 block bitmaps,
 # XFS free-space B+trees and swap areas, on the whole device and on each of its partitions
 # (from /sys), and on an LVM2 PV there: extents no LV uses, and the same filesystems on its
-# plain linear LVs, read through their extent maps. Anything it does not understand counts
-# as used. Returns sorted, merged (start, end) byte ranges.
+# plain linear LVs, read through their extent maps; all of that inside the data area of an
+# in-sync md RAID1 member too. Anything it does not understand counts as used. Returns
+# sorted, merged (start, end) byte ranges.
 FREEMAP = r"""
 import os, re, struct, zlib
 
@@ -434,6 +435,61 @@ def _lvm_free(fd, base, size):
             free += view.to_device(a, z)
     return free
 
+def _md1_data(fd, base, size):
+    # The data area (start, length) of an in-sync RAID1 member whose v1.1 or v1.2
+    # superblock (at 0 or 4 KiB) precedes its data: each member holds the whole array, so
+    # what is on the array lies there as it is (0.90 and 1.0 keep theirs at the end, their
+    # data at the start is seen directly). None: not such a member, or one whose data may
+    # not be current (a spare, faulty, recovering, resyncing or reshaping member, a bad
+    # checksum).
+    for sector in (0, 8):
+        if (sector << 9) + 1024 > size:
+            continue
+        sb = _pread(fd, 1024, base + (sector << 9))
+        if len(sb) < 1024 or struct.unpack_from("<II", sb, 0) != (0xA92B4EFC, 1):
+            continue
+        features, level = struct.unpack_from("<I", sb, 8)[0], struct.unpack_from("<i", sb, 72)[0]
+        used, data_off = struct.unpack_from("<Q", sb, 80)[0], struct.unpack_from("<Q", sb, 128)[0]
+        super_off = struct.unpack_from("<Q", sb, 144)[0]
+        resync = struct.unpack_from("<Q", sb, 208)[0]
+        devnum, max_dev = struct.unpack_from("<I", sb, 160)[0], struct.unpack_from("<I", sb, 220)[0]
+        if (level != 1 or features & ~0x9 or super_off != sector or resync != (1 << 64) - 1
+                or not devnum < max_dev <= 1920):
+            return None          # 0x1 bitmap and 0x8 bad-block log change nothing here
+        body = bytearray(_pread(fd, 256 + 2 * max_dev, base + (sector << 9)))
+        if len(body) < 256 + 2 * max_dev:
+            return None
+        csum = struct.unpack_from("<I", body, 216)[0]
+        struct.pack_into("<I", body, 216, 0)
+        total = sum(struct.unpack_from("<%dI" % (len(body) // 4), body))
+        if len(body) % 4:
+            total += struct.unpack_from("<H", body, len(body) - 2)[0]
+        if ((total & 0xFFFFFFFF) + (total >> 32)) & 0xFFFFFFFF != csum:
+            return None
+        if struct.unpack_from("<H", body, 256 + 2 * devnum)[0] >= 0xFF00:
+            return None          # spare, faulty or journal: not a copy of the data
+        start, length = data_off << 9, used << 9
+        if not 0 < start < start + length <= size or start <= (sector << 9) < start + length:
+            return None
+        return base + start, length
+    return None
+
+def _content_free(fd, base, size, md=True):
+    got = _lvm_free(fd, base, size)
+    if got is not None and _signature(fd, base):
+        return None              # a PV label and a filesystem: which is stale?
+    if got is None:
+        got = _ext_free(fd, base, size)
+    if got is None:
+        got = _xfs_free(fd, base, size)
+    if got is None:
+        got = _swap_free(fd, base, size)
+    if got is None and md:
+        data = _md1_data(fd, base, size)
+        if data is not None:
+            got = _content_free(fd, data[0], data[1], md=False)
+    return got
+
 def _signature(fd, base):
     # An ext, XFS or swap signature at base (to refuse a PV label next to one).
     sb = _pread(fd, 1024 + 58, base)
@@ -468,15 +524,7 @@ def free_ranges(fd, dev, disk_size):
         if size < 64 * 1024:        # an extended partition's container, or tiny
             continue
         try:
-            got = _lvm_free(fd, base, size)
-            if got is not None and _signature(fd, base):
-                got = None          # a PV label and a filesystem: which is stale?
-            elif got is None:
-                got = _ext_free(fd, base, size)
-                if got is None:
-                    got = _xfs_free(fd, base, size)
-                if got is None:
-                    got = _swap_free(fd, base, size)
+            got = _content_free(fd, base, size)
         except (OSError, struct.error, IndexError, ValueError, KeyError, TypeError,
                 AttributeError, RecursionError):
             got = None

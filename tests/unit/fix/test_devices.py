@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2v.fix import devices
-from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
+from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity, MdContent
 
 ROOT = FsIdentity("1111-root", None, "ext4")
 SWAP = FsIdentity("2222-swap", None, "swap")
@@ -415,3 +415,63 @@ def test_dracut_storage_args_must_name_what_the_vm_has() -> None:
         "kernel line: rd.lvm.lv=vg1/root names nothing on the converted disks",
         "kernel line: rd.md.uuid=00000000:5b6a7988:01234567:89abcdef names nothing on the "
         "converted disks"]
+
+
+# LVM on md RAID1 (the xfsmd fixture's layout): the PV is the array, not a partition.
+MD1_UUID = "41f09b3e:96ac27d8:5be1d04a:0c7f3e92"
+MD1_MEMBER = FsIdentity("41f09b3e-96ac-27d8-5be1-d04a0c7f3e92", None, "linux_raid_member")
+MD_CONF = "DEVICE partitions\nARRAY /dev/md1 metadata=1.2 UUID=" + MD1_UUID + "\n"
+MD_ONLY = 'devices {\n filter = [ "a|^/dev/md[0-9]+$|", "r|.*|" ]\n}\n'
+
+
+def pv_on_md(appliance_name: str = "/dev/md127") -> DeviceMap:
+    """Two disks whose second partitions are the members of md1, the only PV."""
+    member = {1: ROOT, 2: MD1_MEMBER}
+    return DeviceMap([DiskLayout(None, member), DiskLayout(None, member)],
+                     arrays=[MdContent(MD1_UUID, appliance_name, PV)])
+
+
+@pytest.mark.parametrize(("conf", "devices_file", "md_conf", "problem"), [
+    (MD_ONLY, None, MD_CONF, None),
+    (None, None, MD_CONF, None),
+    ('devices {\n filter = [ "r|^/dev/md|" ]\n}\n', None, MD_CONF,
+     "LVM PV /dev/md1: rejected by lvm.conf filter"),
+    # No ARRAY line: the array is known by the name it was assembled under.
+    ('devices {\n global_filter = [ "r|^/dev/md127$|" ]\n}\n', None, None,
+     "LVM PV /dev/md127: rejected by lvm.conf global_filter"),
+    (None, f"IDTYPE=md_uuid IDNAME=md-uuid-41f09b3e DEVNAME=/dev/md1 PVID={PVID}\n", MD_CONF,
+     None),
+    (None, f"IDTYPE=devname IDNAME=/dev/md1 DEVNAME=/dev/md1 PVID={PVID}\n", MD_CONF, None),
+    (None, "IDTYPE=devname IDNAME=/dev/md2 DEVNAME=/dev/md2 PVID=someotherpv\n", MD_CONF,
+     "LVM PV /dev/md1: not in /etc/lvm/devices/system.devices"),
+])
+def test_lvm_pv_on_md_model(conf: str | None, devices_file: str | None, md_conf: str | None,
+                            problem: str | None) -> None:
+    problems = devices.lvm_pv_problems(conf, devices_file, pv_on_md(), md_conf)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_a_pv_on_md_is_found_under_the_guests_name_for_the_array() -> None:
+    assert devices.md_guest_name(MD1_UUID.replace(":", ""), MD_CONF) == "/dev/md1"
+    assert devices.md_guest_name(MD1_UUID, "DEVICE partitions\n") is None
+    # An array holding a filesystem (an md /boot) is no PV.
+    boot = DeviceMap(pv_on_md().disks, arrays=[MdContent(MD1_UUID, "/dev/md1", ROOT)])
+    assert devices.lvm_pv_problems('devices {\n filter = [ "r|.*|" ]\n}\n', None, boot,
+                                   MD_CONF) == []
+
+
+def test_storage_checks_name_what_will_work_on_virtio() -> None:
+    lines = devices.storage_checks(MD_CONF, MD_ONLY, None, pv_on_md())
+    assert lines == [
+        "md array /dev/md1 assembles on virtio from /dev/vda2, /dev/vdb2 "
+        "(mdadm.conf DEVICE partitions)",
+        "LVM PV /dev/md1 will be used on virtio (accepted by lvm.conf filter)",
+    ]
+    # What does not work is a problem, never a check.
+    glob = MD_CONF.replace("partitions", "/dev/sd[ab]2")
+    assert devices.storage_checks(glob, 'devices {\n filter = [ "r|.*|" ]\n}\n', None,
+                                  pv_on_md()) == []
+    assert devices.storage_checks(None, None, None, DeviceMap([])) == []

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from p2v.errors import FixError
 from p2v.fix import fixer, network
 from p2v.fix.agents import Agent
-from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
+from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity, MdContent
 from p2v.fix.fixer import FixOptions, plan_fix
 from p2v.fix.inspect import FsInfo, GuestReport, KernelInfo
 from p2v.model import GuestCaps
@@ -361,3 +364,44 @@ def test_root_lv_whose_pv_the_devices_file_names_by_wwid_is_fixed_not_trusted() 
     assert "IDTYPE=devname IDNAME=/dev/vda2" in plan.files["/etc/lvm/devices/system.devices"]
     assert not [w for w in plan.warnings if "LVM PV" in w]
     assert [c for c in plan.changes if c.kind == "rebuild-initramfs"]
+
+
+# LVM on md RAID1 (the xfsmd fixture): /boot on md0, the only PV is md1, root an XFS LV.
+MD1 = "41f09b3e:96ac27d8:5be1d04a:0c7f3e92"
+MD1_MEMBER = FsIdentity("41f09b3e-96ac-27d8-5be1-d04a0c7f3e92", None, "linux_raid_member")
+MD1_PV = FsIdentity("Y7vRSg-W9c8-J4b3-kIL3-l0I0-fFtQ-8bPHpX", None, "LVM2_member")
+LVM_ON_MD_DMAP = DeviceMap([DiskLayout(None, {2: MD1_MEMBER}), DiskLayout(None, {2: MD1_MEMBER})],
+                           arrays=[MdContent(MD1, "/dev/md127", MD1_PV)])
+LVM_ON_MD_FILES = {
+    **BIOS_FILES,
+    "/etc/fstab": "/dev/mapper/vg0-root / xfs defaults 0 1\n",
+    "/boot/grub/grub.cfg": "\tlinux\t/vmlinuz root=/dev/mapper/vg0-root ro quiet\n",
+    "/etc/mdadm/mdadm.conf": f"DEVICE partitions\nARRAY /dev/md1 metadata=1.2 UUID={MD1}\n",
+    "/etc/lvm/lvm.conf": 'devices {\n filter = [ "a|^/dev/md[0-9]+$|", "r|.*|" ]\n}\n',
+}
+
+
+def lvm_on_md_report() -> GuestReport:
+    rep = report(ALL_VIRTIO)
+    rep.mounts = {"/": "/dev/vg0/root"}
+    rep.mapper_names = ["vg0-root"]
+    return rep
+
+
+def test_root_lv_on_md_is_checked_through_the_array_and_the_filter() -> None:
+    session = FakeSession(dict(LVM_ON_MD_FILES))
+    checks = fixer.check_guest(session, lvm_on_md_report(), LVM_ON_MD_DMAP)  # type: ignore[arg-type]
+    assert "md array /dev/md1 assembles on virtio from /dev/vda2, /dev/vdb2 " \
+           "(mdadm.conf DEVICE partitions)" in checks
+    assert "LVM PV /dev/md1 will be used on virtio (accepted by lvm.conf filter)" in checks
+
+
+def test_root_lv_on_md_whose_pv_the_filter_rejects_is_not_said_to_boot() -> None:
+    files = dict(LVM_ON_MD_FILES)
+    files["/etc/lvm/lvm.conf"] = 'devices {\n filter = [ "a|^/dev/sd|", "r|.*|" ]\n}\n'
+    with pytest.raises(FixError, match="LVM PV /dev/md1: rejected by lvm.conf filter"):
+        fixer.check_guest(FakeSession(files), lvm_on_md_report(),  # type: ignore[arg-type]
+                          LVM_ON_MD_DMAP)
+    plan = plan_fix(FakeSession(files), lvm_on_md_report(), LVM_ON_MD_DMAP,  # type: ignore[arg-type]
+                    PIN)
+    assert "will not boot: LVM PV /dev/md1: rejected by lvm.conf filter" in plan.warnings
