@@ -185,7 +185,7 @@ def assert_nowhere(run: Run, user: SudoUser, files: list[Path]) -> None:
         for path in files:
             assert secret.encode() not in path.read_bytes(), f"the password is in {path}"
     assert run.watch.scans > 0
-    assert not run.watch.findings, f"the password was visible: {run.watch.findings}"
+    assert not run.watch.leaks(), f"the password was visible: {run.watch.leaks()}"
 
 
 def assert_one_error_line(run: Run, expected: str) -> str:
