@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from stall_server import BANNER, stalling_listener
 
 from p2v.errors import ExitCode, SshUnreachable
 from p2v.source.ssh import SshOptions, SshSource, parse_source
@@ -261,27 +260,8 @@ def _state(d: Path) -> dict[str, tuple[int, int, int]]:
 @pytest.fixture(scope="module")
 def stall_ports() -> Iterator[tuple[int, int]]:
     """Two loopback listeners: one accepts and never speaks, one sends a banner and stalls."""
-    stop = threading.Event()
-    listeners, held = [], []
-
-    def serve(sock: socket.socket, banner: bytes) -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = sock.accept()
-            except OSError:
-                return
-            held.append(conn)
-            if banner:
-                conn.sendall(banner)
-
-    for banner in (b"", b"SSH-2.0-OpenSSH_9.2p1 stalls-after-banner\r\n"):
-        sock = socket.create_server(("127.0.0.1", 0))
-        listeners.append(sock)
-        threading.Thread(target=serve, args=(sock, banner), daemon=True).start()
-    yield listeners[0].getsockname()[1], listeners[1].getsockname()[1]
-    stop.set()
-    for s in [*listeners, *held]:
-        s.close()
+    with stalling_listener() as silent, stalling_listener(BANNER) as banner:
+        yield silent, banner
 
 
 @dataclass

@@ -3,13 +3,12 @@ whichever timeout (p2v's connect timeout or paramiko's handshake timeout) runs o
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stall_server import BANNER, stalling_listener
 
 from p2v.errors import SshUnreachable
 from p2v.source.ssh import SshOptions, SshSource
@@ -17,23 +16,8 @@ from p2v.source.ssh import SshOptions, SshSource
 
 @pytest.fixture
 def banner_then_stall() -> Iterator[int]:
-    server = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            held.append(conn)
-            conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 stalls-after-banner\r\n")
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield server.getsockname()[1]
-    server.close()
-    for conn in held:
-        conn.close()
+    with stalling_listener(BANNER) as port:
+        yield port
 
 
 def test_a_connect_timeout_beyond_paramikos_handshake_timeout(banner_then_stall: int,
