@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 OWNER = ".owner"
 ROOT_LOCK = ".lock"
+ADOPTED = ".adopted"     # dirs made elsewhere by this run's helpers, removed with this one
 # The only entries a sweep may remove: the dirs this module makes.
 KINDS = ("verify", "kvmprobe", "nbd", "guestfs")
 WORK_DIR_ROOT = ".p2v-scratch"   # the root inside a job's work dir
@@ -112,10 +113,40 @@ def sweep(root: Path) -> list[Path]:
         return _sweep_locked(root)
 
 
+def adopt(path: Path, other: Path) -> None:
+    """Have scratch dir PATH take OTHER (a dir a helper made outside it) along when a sweep
+    removes it, that is once the run that made both is dead.
+
+    libguestfs puts its sockets in /tmp whatever its temp dir is (always, for root), and only
+    its close() removes them: recorded here, the next sweep removes them after a SIGKILL.
+    """
+    with (Path(path) / ADOPTED).open("a") as f:
+        f.write(f"{os.fspath(other)}\n")
+        f.flush()
+
+
+def _remove_adopted(entry: Path) -> None:
+    """Remove the dirs ENTRY adopted that are still real dirs of this user."""
+    try:
+        lines = (entry / ADOPTED).read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        other = Path(line)
+        try:
+            info = other.lstat()
+        except OSError:
+            continue              # closed normally: libguestfs removed it itself
+        if (other.is_absolute() and len(other.parts) > 2 and stat.S_ISDIR(info.st_mode)
+                and info.st_uid == os.geteuid()):
+            shutil.rmtree(other, ignore_errors=True)
+
+
 def _sweep_locked(root: Path) -> list[Path]:
     removed = []
     for entry in sorted(root.iterdir()):
         if _is_ours(entry) and _owner_dead(entry):
+            _remove_adopted(entry)
             shutil.rmtree(entry, ignore_errors=True)
             log.info("removed %s, left behind by a p2v run that was killed", entry)
             removed.append(entry)
@@ -140,9 +171,10 @@ def scratch_dir(kind: str, root: Path | None = None) -> Iterator[Path]:
         owner.flush()
         yield path
     finally:
+        # Adopted dirs stay: their makers remove them while alive (and may outlive this dir).
         shutil.rmtree(path, ignore_errors=True)
         owner.close()
 
 
-__all__ = ["WORK_DIR_ROOT", "default_root", "owner_alive", "scratch_dir", "socket_root",
+__all__ = ["WORK_DIR_ROOT", "adopt", "default_root", "owner_alive", "scratch_dir", "socket_root",
            "sweep"]

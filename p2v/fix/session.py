@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from p2v.errors import GuestfsError
-from p2v.scratch import scratch_dir
+from p2v.scratch import adopt, scratch_dir
 from p2v.verify.accel import guestfs_env
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,61 @@ class GuestSession:
         return bool(self.call(f"checking {path}", "exists", path))
 
 
+def _appliance_sockdirs(sockdir_root: str) -> set[Path]:
+    """The socket dirs of the libguestfs appliances (qemu children of this process) running now.
+
+    Read from each child's command line (`-chardev socket,path=DIR/guestfsd.sock`): libguestfs
+    offers no call that names the dir.
+    """
+    found: set[Path] = set()
+    for children in Path("/proc/self/task").glob("*/children"):
+        try:
+            pids = children.read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for arg in argv:
+                for part in arg.decode(errors="replace").split(","):
+                    sock = Path(part.removeprefix("path="))
+                    if (part.startswith("path=") and sock.name == "guestfsd.sock"
+                            and str(sock.parent.parent) == sockdir_root
+                            and sock.parent.name.startswith("libguestfs")):
+                        found.add(sock.parent)
+    return found
+
+
+@contextmanager
+def _sockdir_adopted(g: Any, scratch: Path) -> Iterator[None]:
+    """While the appliance launches, record its socket dir in SCRATCH (see scratch.adopt).
+
+    The dir is made during launch, so a watcher looks for it from the start: a p2v killed
+    mid-launch would otherwise leave it in /tmp.
+    """
+    root = str(Path(g.get_sockdir()).resolve())
+    before = _appliance_sockdirs(root)
+    done = threading.Event()
+
+    def watch() -> None:
+        while True:
+            new = _appliance_sockdirs(root) - before
+            for path in new:
+                adopt(scratch, path)
+            if new or done.wait(0.05):
+                return
+
+    watcher = threading.Thread(target=watch, name="p2v-guestfs-sockdir", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 @contextmanager
 def open_guest(
     disks: Sequence[Path],
@@ -135,7 +191,8 @@ def open_guest(
     try:
         # libguestfs's own temp dir goes into a scratch dir: a killed p2v (no g.close) left
         # $TMPDIR/libguestfsXXXXXX behind; the next appliance's sweep removes it.
-        g.set_tmpdir(str(scratch.enter_context(scratch_dir("guestfs"))))
+        tmp = scratch.enter_context(scratch_dir("guestfs"))
+        g.set_tmpdir(str(tmp))
         if memsize:
             g.set_memsize(memsize)
         if network:
@@ -148,7 +205,8 @@ def open_guest(
         for extra in extra_readonly:
             session.call(f"adding {extra}", "add_drive_opts", str(extra), readonly=True,
                          format="raw")
-        session.call("launching the appliance", "launch")
+        with _sockdir_adopted(g, tmp):
+            session.call("launching the appliance", "launch")
         yield session
         if not readonly:
             session.call("flushing changes", "shutdown")

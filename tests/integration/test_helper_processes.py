@@ -158,6 +158,15 @@ def test_a_killed_verify_leaves_no_qemu_and_the_next_run_no_scratch(
     try:
         pid, argv = wait_for_qemu(proc, lambda a: "-no-reboot" in a and "strict=on" not in a)
         strays.append(pid)
+        # libguestfs keeps its sockets in /tmp (always, for root), outside every dir p2v
+        # chooses; p2v records that dir in its scratch dir while the appliance launches.
+        sockdir = next(Path(part.removeprefix("path=")).parent for a in argv
+                       for part in a.split(",") if part.endswith("/guestfsd.sock"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+                str(sockdir) in f.read_text()
+                for f in (state / "scratch").glob("guestfs-*/.adopted")):
+            time.sleep(0.05)
     finally:
         proc.kill()
         proc.wait()
@@ -165,7 +174,8 @@ def test_a_killed_verify_leaves_no_qemu_and_the_next_run_no_scratch(
     assert gone_within(pid, 300), f"the appliance's qemu {pid} outlived p2v by 300 s"
     appliance = [p for p in (state / "scratch").glob("guestfs-*")]
     assert len(appliance) == 1 and any(appliance[0].iterdir()), appliance
-    left += appliance
+    assert sockdir.is_dir()            # a SIGKILL runs no close(): it is still there
+    left += [*appliance, sockdir]
 
     proc = subprocess.Popen(verify, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
