@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """bench/fix: p2v fix vs virt-v2v on the same fixture copies, and whether each result boots.
 
-Run as root from the repo: `bench/fix [--fixtures bios,uefi,dracut] [--tools p2v,virt-v2v]`
-(`make bench-fix` installs virt-v2v and libnbd-bin first).
+Run as root from the repo: `bench/fix [--fixtures bios,uefi,...] [--tools p2v,virt-v2v]`
+(`make bench-fix` installs virt-v2v and libnbd-bin first). The default is every bootable
+fixture (the phony Windows images never boot).
 
-For each fixture (the cached image is never written):
-- p2v:      a qcow2 overlay of the cached disk, `p2v fix --mac NAME=MAC overlay` (wall time
-            of the whole command: appliance launch, inspection, initramfs rebuild, grub).
-- virt-v2v: `virt-v2v -i disk CACHED -o local -os DIR -of qcow2` (needs nbdcopy from
-            libnbd-bin); its wall time includes writing the converted copy.
+For each fixture (the cached images are never written), with all of its disks:
+- p2v:      a qcow2 overlay of each cached disk, `p2v fix --mac NAME=MAC OVERLAY...` (wall
+            time of the whole command: appliance launch, inspection, initramfs rebuild, grub).
+- virt-v2v: `virt-v2v -i disk CACHED... -o local -os DIR -of qcow2` (needs nbdcopy from
+            libnbd-bin); its wall time includes writing the converted copies.
 Then each result is booted on virtio with `p2v verify` (a fresh NVRAM for UEFI, the
 fixture's MAC): `boots_virtio`, and `network_ok` when the fixture's interface name carries
 its static address. Writes bench/results/fix.json, a list of {fixture, tool, wall_s,
@@ -39,9 +40,13 @@ from p2v.verify.boot import BootOptions, verify_boot  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "fix.json"
 
 
-def boot(image: FixtureImage, disk: Path) -> tuple[bool, bool, str | None]:
-    verdict = verify_boot([disk], BootOptions(bus="virtio", firmware=image.firmware,
-                                              macs=(image.mac,), timeout=400))
+FIXTURES = "bios,uefi,dracut,bullseye,trixie,xfsmd"
+
+
+def boot(image: FixtureImage, disks: list[Path]) -> tuple[bool, bool, str | None]:
+    # An md or LVM root that does not come up waits out initramfs-tools' root timeout.
+    verdict = verify_boot(disks, BootOptions(bus="virtio", firmware=image.firmware,
+                                              macs=(image.mac,), timeout=900))
     nics = {n.name: n for n in verdict.interfaces}
     network_ok = (image.nic_name in nics
                   and image.address in nics[image.nic_name].addresses)
@@ -49,19 +54,22 @@ def boot(image: FixtureImage, disk: Path) -> tuple[bool, bool, str | None]:
 
 
 def run_p2v(image: FixtureImage, work: Path) -> dict[str, Any]:
-    disk = work / f"{image.variant}-p2v.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                    str(image.disks[0]), str(disk)], check=True)
+    disks = []
+    for index, cached in enumerate(image.disks):
+        disk = work / f"{image.variant}-p2v-{index}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        str(cached), str(disk)], check=True)
+        disks.append(disk)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "p2v.cli", "fix", "--json", "--mac",
-                           f"{image.nic_name}={image.mac}", str(disk)],
+                           f"{image.nic_name}={image.mac}", *map(str, disks)],
                           capture_output=True, text=True, cwd=ROOT, timeout=3600)
     wall = time.monotonic() - started
     result: dict[str, Any] = {"fixture": image.variant, "tool": "p2v", "wall_s": round(wall, 1),
                               "completed": proc.returncode == 0}
     if proc.returncode != 0:
         result["reason"] = proc.stderr.strip().splitlines()[-1:]
-    return result | _boot_fields(image, disk, result["completed"])
+    return result | _boot_fields(image, disks, result["completed"])
 
 
 def run_virt_v2v(image: FixtureImage, work: Path) -> dict[str, Any]:
@@ -69,7 +77,7 @@ def run_virt_v2v(image: FixtureImage, work: Path) -> dict[str, Any]:
     out.mkdir()
     env = dict(os.environ, **guestfs_env())
     started = time.monotonic()
-    proc = subprocess.run(["virt-v2v", "-i", "disk", str(image.disks[0]), "-o", "local",
+    proc = subprocess.run(["virt-v2v", "-i", "disk", *map(str, image.disks), "-o", "local",
                            "-os", str(out), "-of", "qcow2", "-on", f"{image.variant}-v2v"],
                           capture_output=True, text=True, env=env, timeout=3600)
     wall = time.monotonic() - started
@@ -83,13 +91,17 @@ def run_virt_v2v(image: FixtureImage, work: Path) -> dict[str, Any]:
                  if line.strip()]
         errors = [line for line in lines if "error:" in line]
         result["reason"] = errors[-2:] or lines[-3:]
-    return result | _boot_fields(image, disks[0] if disks else out, completed)
+    if completed and len(disks) != len(image.disks):
+        completed = False
+        result["completed"] = False
+        result["reason"] = [f"{len(disks)} disk(s) written for {len(image.disks)}"]
+    return result | _boot_fields(image, disks, completed)
 
 
-def _boot_fields(image: FixtureImage, disk: Path, completed: bool) -> dict[str, Any]:
+def _boot_fields(image: FixtureImage, disks: list[Path], completed: bool) -> dict[str, Any]:
     if not completed:
         return {"boots_virtio": False, "network_ok": False}
-    booted, network_ok, reason = boot(image, disk)
+    booted, network_ok, reason = boot(image, disks)
     fields: dict[str, Any] = {"boots_virtio": booted, "network_ok": network_ok}
     if reason:
         fields["boot_reason"] = reason
@@ -115,7 +127,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixtures", default="bios,uefi,dracut")
+    parser.add_argument("--fixtures", default=FIXTURES)
     parser.add_argument("--tools", default="p2v,virt-v2v")
     args = parser.parse_args()
     runners = {"p2v": run_p2v, "virt-v2v": run_virt_v2v}

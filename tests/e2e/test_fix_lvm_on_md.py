@@ -16,17 +16,23 @@ root-device timeout.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from test_fix import assert_boots_with_its_network, changes, sha256
-from test_fix_debian_releases import fix_and_boot, unfixed_on_virtio
+from test_fix_debian_releases import fix_and_boot, overlays, unfixed_on_virtio
 
+from p2v.errors import ExitCode
+from p2v.fix.session import open_guest
 from p2v.testbed.image import FixtureImage
+from p2v.verify.boot import BootOptions, verify_boot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT_LV = "/dev/mapper/vg0-root"
+MDADM_CONF = "/etc/mdadm/mdadm.conf"
 
 
 def test_lvm_on_md_xfs_root_fails_on_virtio_before_fix(xfsmd_image: FixtureImage) -> None:
@@ -68,3 +74,41 @@ def test_lvm_on_md_xfs_root_boots_on_virtio_after_fix(
     assert_boots_with_its_network(fixed)
     assert fixed.verdict is not None and fixed.verdict.root == ROOT_LV
     assert sha256(xfsmd_image.disks[0]) == fixed.cached_hash
+
+
+# Debian's mdadm.conf as some installers and admins leave it: members chosen by the SATA
+# controller's by-path names, which no disk has on virtio (the controller is gone).
+BY_PATH_DEVICE = "DEVICE /dev/disk/by-path/pci-0000:00:1f.2-ata-*"
+
+
+def test_a_guest_the_check_rejects_is_refused_and_really_does_not_boot(
+    xfsmd_image: FixtureImage, tmp_path: Path
+) -> None:
+    """The honest check, proven by a real boot: an array whose members mdadm.conf selects by
+    the old controller's paths. The fix does all it can (virtio drivers in the initramfs,
+    the same mdadm.conf in it), then refuses to call the guest fixed and says why; the boot
+    on virtio then fails as it said, on the array not assembled."""
+    disks = overlays(xfsmd_image, tmp_path)
+    with open_guest(disks, fmt="qcow2") as session:
+        session.mount_guest(session.inspect())
+        conf = session.read_text(MDADM_CONF)
+        assert "DEVICE partitions" in conf, conf
+        session.write_text(MDADM_CONF, conf.replace("DEVICE partitions", BY_PATH_DEVICE))
+    proc = subprocess.run(
+        [sys.executable, "-m", "p2v.cli", "fix", "--mac",
+         f"{xfsmd_image.nic_name}={xfsmd_image.mac}", *map(str, disks)],
+        capture_output=True, text=True, timeout=1500)
+    print(proc.stdout[-3000:], proc.stderr[-2000:])
+    assert proc.returncode == ExitCode.FAILURE, (proc.returncode, proc.stderr)
+    error = [line for line in proc.stderr.splitlines() if line.startswith("p2v: error:")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "md array /dev/md1" in error[0] and "mdadm.conf" in error[0], error
+    assert "pci-0000:00:1f.2-ata-*" in error[0], error
+    assert "checked:" not in proc.stdout and "guest caps" not in proc.stdout, proc.stdout
+
+    verdict = verify_boot(disks, BootOptions(bus="virtio", macs=(xfsmd_image.mac,),
+                                             timeout=1800))
+    print(f"rejected guest: {verdict.reason} in {verdict.elapsed_s} s; {verdict.evidence[:6]}")
+    assert verdict.booted is False, verdict
+    assert verdict.reason in ("md-not-assembled", "lvm-pv-missing", "root-device-missing"), \
+        (verdict.reason, verdict.evidence)
