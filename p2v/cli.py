@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from p2v import __version__
+from p2v import __version__, runner
 from p2v.errors import ExitCode, P2VError
 from p2v.inputs import check_disk_image, check_name, check_output_dir, finite_positive
 
@@ -1208,6 +1208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from p2v.secure import private_umask, private_umask_restore
 
     umask = private_umask()     # every file p2v or its children write: 0600, dirs 0700
+    runner.interrupt_on_sigint()    # even under nohup: p2v's own stop signal
     try:
         return int(args.func(args))
     except P2VError as exc:

@@ -135,6 +135,17 @@ def set_parent_death_signal(sig: int, parent: int) -> None:
         os.kill(os.getpid(), sig)
 
 
+def interrupt_on_sigint() -> None:
+    """SIGINT raises KeyboardInterrupt here even if this process was started with it ignored.
+
+    SIGINT is how p2v stops its own work: Ctrl-C, a batch stopping its jobs, the
+    parent-death signal of a job whose batch died. A process started from `nohup` or a
+    non-interactive shell's `&` inherits SIGINT ignored, and Python then keeps it ignored:
+    such a job would run on unsupervised after its batch died, and ignore every stop.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def die_with_parent_fn(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A `preexec_fn` for Popen: the child gets SIG when the calling process dies.
 

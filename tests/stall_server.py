@@ -11,9 +11,10 @@ BANNER = b"SSH-2.0-OpenSSH_9.2p1 stalls-after-banner\r\n"
 
 
 @contextmanager
-def stalling_listener(banner: bytes = b"") -> Iterator[int]:
+def stalling_listener(banner: bytes = b"",
+                      connected: threading.Event | None = None) -> Iterator[int]:
     """A port that accepts, sends `banner` (if any) and then never speaks again; every
-    connection is held open until the block ends."""
+    connection is held open until the block ends. `connected` is set at each accept."""
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
 
@@ -26,6 +27,8 @@ def stalling_listener(banner: bytes = b"") -> Iterator[int]:
             held.append(conn)
             if banner:
                 conn.sendall(banner)
+            if connected is not None:
+                connected.set()
 
     threading.Thread(target=serve, daemon=True).start()
     try:

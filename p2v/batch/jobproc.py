@@ -173,6 +173,7 @@ def main() -> int:
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    runner.interrupt_on_sigint()        # the worker's stop and parent-death signal
     print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {spec.name} starts in pid "
           f"{os.getpid()} (cluster worker)", flush=True)
 

@@ -83,6 +83,7 @@ def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # SIGTERM from outside is handled like Ctrl-C: the job's helpers are stopped in order.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    runner.interrupt_on_sigint()        # the batch's stop and parent-death signal
     print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {spec.name} starts in pid "
           f"{os.getpid()}", flush=True)
     begun = time.monotonic()

@@ -139,6 +139,10 @@ def _interrupt_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 24
     return proc.returncode, events
 
 
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_ctrl_c_stops_every_job_cleanly_and_the_rerun_resumes(
         bios_image: FixtureImage, loop_source_bios: SourceEndpoint, libvirtd: Any,
         isolated_network: str, guest_dir: Path, tmp_path: Path) -> None:
@@ -200,7 +204,10 @@ known_hosts = "{ep.known_hosts}"
 
         # The batch process killed outright (SIGKILL): its jobs stop by themselves; the
         # ledger still says running, and the next run takes that as interrupted and resumes.
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Started as `nohup p2v batch` starts it, with SIGINT ignored: the jobs' parent-death
+        # signal is SIGINT, and they must not inherit it ignored.
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_sigint_ignored)  # noqa: PLW1509
         assert proc.stdout is not None
         events = []
         for line in proc.stdout:
