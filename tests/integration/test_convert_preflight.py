@@ -8,6 +8,7 @@ target is the real libvirtd the tests start.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -165,10 +166,28 @@ def test_a_failed_stage_keeps_the_work_dir_and_the_rerun_resumes_there(
         assert defined(name) == []
 
 
+def _write_locked(image: Path) -> bool:
+    """Whether some process holds qemu's write-permission lock (byte 101) on IMAGE.
+
+    Read from /proc/locks, which takes no lock itself: probing with `qemu-img info` took a
+    shared lock that a qemu-io still starting could meet, and it then gave up ("Failed to
+    get write lock"), seen under load.
+    """
+    info = image.stat()
+    key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "OFDLCK" in fields and key in fields:
+            start, end = fields[-2:]
+            if int(start) <= 101 <= (int(end) if end != "EOF" else 101):
+                return True
+    return False
+
+
 def wait_until_locked(image: Path, holder: subprocess.Popen[bytes]) -> None:
     """The event: HOLDER has the image's write lock (qemu-img cannot open it any more)."""
     deadline = time.monotonic() + 60
-    while "lock" not in runner.run(["qemu-img", "info", str(image)], check=False).stderr:
+    while not _write_locked(image):
         assert holder.poll() is None and time.monotonic() < deadline, "qemu-io never held it"
         time.sleep(0.02)
 

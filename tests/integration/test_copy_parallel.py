@@ -118,12 +118,19 @@ def test_one_disk_failing_stops_the_other_and_both_resume(
         monkeypatch: pytest.MonkeyPatch) -> None:
     ep, raws = two_disks
     real = copy_module.read_extents
+    first = tmp_path / f"f-{Path(ep.disks[0]).name}.qcow2.part"
 
     def breaking(stream: Any, chunk_size: int, host: str = "source", device: str = "disk",
                  **checks: Any) -> Iterator[Extent]:
         for n, extent in enumerate(real(stream, chunk_size, host=host, device=device,
                                         **checks)):
             if device == ep.disks[1] and n == 3:
+                # The state the test is about: the first disk part-way, with a chunk in its
+                # image to journal on the way out (under load it may not have one yet).
+                deadline = time.monotonic() + 60
+                while not (first.is_file() and first.stat().st_size > MiB):
+                    assert time.monotonic() < deadline, "the first disk wrote no chunk"
+                    time.sleep(0.01)
                 raise StreamError(host=host, device=device, detail="cut for the test")
             yield extent
 
