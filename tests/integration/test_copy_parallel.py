@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,20 +119,20 @@ def test_one_disk_failing_stops_the_other_and_both_resume(
         monkeypatch: pytest.MonkeyPatch) -> None:
     ep, raws = two_disks
     real = copy_module.read_extents
-    first = tmp_path / f"f-{Path(ep.disks[0]).name}.qcow2.part"
+    broke = threading.Event()
 
     def breaking(stream: Any, chunk_size: int, host: str = "source", device: str = "disk",
                  **checks: Any) -> Iterator[Extent]:
         for n, extent in enumerate(real(stream, chunk_size, host=host, device=device,
                                         **checks)):
             if device == ep.disks[1] and n == 3:
-                # The state the test is about: the first disk part-way, with a chunk in its
-                # image to journal on the way out (under load it may not have one yet).
-                deadline = time.monotonic() + 60
-                while not (first.is_file() and first.stat().st_size > MiB):
-                    assert time.monotonic() < deadline, "the first disk wrote no chunk"
-                    time.sleep(0.01)
+                broke.set()
                 raise StreamError(host=host, device=device, detail="cut for the test")
+            if device == ep.disks[0] and n == 2:
+                # The state the test is about: this disk part-way, chunks in hand, when the
+                # other breaks. Held here until then: under load the other disk started
+                # seconds late and this one had finished (seen: one journal, not two).
+                assert broke.wait(120), "the second disk never broke"
             yield extent
 
     monkeypatch.setattr(copy_module, "read_extents", breaking)
