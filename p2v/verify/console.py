@@ -157,11 +157,26 @@ def culprit(lines: list[str] | tuple[str, ...]) -> str | None:
     return None
 
 
+# Debian's initramfs prints this when the DEVICE lines of its mdadm.conf match no disk: with
+# no virtio driver there is no disk at all, and a DEVICE pattern naming the old disks (by
+# name or by-path) matches none of the new ones. The console cannot tell which; either way an
+# array never assembled, so the LV or root on it is missing for that reason, not an LVM one.
+_MD_FOUND_NO_MEMBER = "No devices listed in conf file were found"
+_MD_STEP = ("mdadm found none of the disks its mdadm.conf selects, so no md array assembled "
+            "(and nothing on one, such as {what}): the initramfs lacks the virtio drivers, or "
+            "the DEVICE lines of /etc/mdadm/mdadm.conf name the old disks; `p2v fix` adds "
+            "the drivers and rewrites the names it can (a pattern it cannot rewrite is "
+            "reported by file and line), then verify again")
+
+
 def next_step(reason: str | None, evidence: list[str] | tuple[str, ...]) -> str:
     """What to do about a failed boot, naming what the console says is missing."""
     if reason is None:
         return ""
     step = _NEXT_STEPS.get(reason, "see the console lines in the evidence")
+    if reason in ("lvm-pv-missing", "root-device-missing", "md-not-assembled") and any(
+            _MD_FOUND_NO_MEMBER in line for line in evidence):
+        step = _MD_STEP
     return step.format(what=culprit(evidence) or "a device")
 
 

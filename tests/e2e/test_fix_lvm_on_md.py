@@ -28,6 +28,7 @@ from p2v.errors import ExitCode
 from p2v.fix.session import open_guest
 from p2v.testbed.image import FixtureImage
 from p2v.verify.boot import BootOptions, verify_boot
+from p2v.verify.console import next_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -39,9 +40,11 @@ def test_lvm_on_md_xfs_root_fails_on_virtio_before_fix(xfsmd_image: FixtureImage
     verdict = unfixed_on_virtio(xfsmd_image)
     print(f"unfixed: {verdict.reason} in {verdict.elapsed_s} s; {verdict.evidence[:4]}")
     assert verdict.booted is False
-    # No virtio_blk in its initramfs: no disk, so no array, no VG and no root LV.
-    assert verdict.reason in ("lvm-pv-missing", "root-device-missing"), \
-        (verdict.reason, verdict.evidence)
+    # No virtio_blk in its initramfs: no disk, so no array, no VG and no root LV. The
+    # console names the LV (lvm-pv-missing); mdadm's own line moves the advice to md.
+    assert verdict.reason == "lvm-pv-missing", (verdict.reason, verdict.evidence)
+    assert next_step(verdict.reason, verdict.evidence).startswith("mdadm found none"), \
+        verdict.evidence
     assert any(ROOT_LV in line or "vg0" in line for line in verdict.evidence), verdict.evidence
 
 
@@ -110,5 +113,8 @@ def test_a_guest_the_check_rejects_is_refused_and_really_does_not_boot(
                                              timeout=1800))
     print(f"rejected guest: {verdict.reason} in {verdict.elapsed_s} s; {verdict.evidence[:6]}")
     assert verdict.booted is False, verdict
-    assert verdict.reason in ("md-not-assembled", "lvm-pv-missing", "root-device-missing"), \
-        (verdict.reason, verdict.evidence)
+    # The console names the missing LV; mdadm's "No devices listed in conf file were
+    # found" moves the advice to mdadm.conf's DEVICE lines, where the cause is.
+    assert verdict.reason == "lvm-pv-missing", (verdict.reason, verdict.evidence)
+    step = next_step(verdict.reason, verdict.evidence)
+    assert step.startswith("mdadm found none") and "DEVICE lines" in step, verdict.evidence

@@ -123,3 +123,28 @@ def test_a_login_prompt_is_not_a_boot_failure() -> None:
     console = ("[ TIME ] Timed out waiting for device /dev/sda2.\n"
                "Debian GNU/Linux 12 p2v-bios ttyS0\n\np2v-bios login: ")
     assert con.diagnose(console, "") is None
+
+
+# The evidence of two real boots of the xfsmd fixture (LVM on md RAID1) on virtio: as
+# copied (no virtio driver, so no disk) and after a fix the check rejected (mdadm.conf
+# DEVICE by the old controller's by-path names). The console shows the same lines.
+XFSMD_NO_MEMBER = (
+    "Gave up waiting for root file system device.  Common problems:",
+    "ALERT!  /dev/mapper/vg0-root does not exist.  Dropping to a shell!",
+    "(initramfs)",
+    "mdadm: No devices listed in conf file were found.",
+)
+
+
+def test_an_lv_on_an_array_that_found_no_member_is_blamed_on_mdadm_not_lvm() -> None:
+    console = "\n".join(XFSMD_NO_MEMBER)
+    reason = con.diagnose(console, "")
+    assert reason == "lvm-pv-missing"
+    step = con.next_step(reason, con.evidence_lines(console, ""))
+    assert step.startswith("mdadm found none of the disks its mdadm.conf selects"), step
+    assert "/dev/mapper/vg0-root" in step and "DEVICE lines" in step
+    assert "filter" not in step
+    # Without that line the LVM advice stands.
+    plain = "\n".join(XFSMD_NO_MEMBER[:3])
+    assert "filter/global_filter" in con.next_step("lvm-pv-missing",
+                                                   con.evidence_lines(plain, ""))
