@@ -6,8 +6,9 @@ Run as root from the repo: `bench/fix [--fixtures bios,uefi,...] [--tools p2v,vi
 fixture (the phony Windows images never boot).
 
 For each fixture (the cached images are never written), with all of its disks:
-- p2v:      a qcow2 overlay of each cached disk, `p2v fix --mac NAME=MAC OVERLAY...` (wall
-            time of the whole command: appliance launch, inspection, initramfs rebuild, grub).
+- p2v:      a qcow2 overlay of each cached disk (the boot check's make_overlays), then
+            `p2v fix --mac NAME=MAC OVERLAY...` (wall time of the whole command: appliance
+            launch, inspection, initramfs rebuild, grub).
 - virt-v2v: `virt-v2v -i disk CACHED... -o local -os DIR -of qcow2` (needs nbdcopy from
             libnbd-bin); its wall time includes writing the converted copies.
 Then each result is booted on virtio with `p2v verify` (a fresh NVRAM for UEFI, the
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from p2v.testbed.fixtures import build_fixture  # noqa: E402
 from p2v.testbed.image import FixtureImage  # noqa: E402
 from p2v.verify.accel import guestfs_env  # noqa: E402
-from p2v.verify.boot import BootOptions, verify_boot  # noqa: E402
+from p2v.verify.boot import BootOptions, make_overlays, verify_boot  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "fix.json"
 
@@ -54,12 +55,9 @@ def boot(image: FixtureImage, disks: list[Path]) -> tuple[bool, bool, str | None
 
 
 def run_p2v(image: FixtureImage, work: Path) -> dict[str, Any]:
-    disks = []
-    for index, cached in enumerate(image.disks):
-        disk = work / f"{image.variant}-p2v-{index}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                        str(cached), str(disk)], check=True)
-        disks.append(disk)
+    overlays = work / f"{image.variant}-p2v"
+    overlays.mkdir()
+    disks = make_overlays(image.disks, overlays)
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "p2v.cli", "fix", "--json", "--mac",
                            f"{image.nic_name}={image.mac}", *map(str, disks)],
