@@ -22,6 +22,7 @@ from test_fix import Fixed, assert_boots_with_its_network, changes, p2v_fix, sha
 
 from p2v.testbed.image import FixtureImage
 from p2v.verify.boot import BootOptions, BootVerdict, verify_boot
+from p2v.verify.console import next_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -58,8 +59,13 @@ def overlays(image: FixtureImage, directory: Path) -> list[Path]:
 def unfixed_on_virtio(image: FixtureImage) -> BootVerdict:
     # verify_boot boots throwaway overlays of the images; initramfs-tools waits for the
     # root device for minutes under TCG before it gives up.
-    return verify_boot(list(image.disks), BootOptions(bus="virtio", macs=(image.mac,),
-                                                      timeout=1800))
+    verdict = verify_boot(list(image.disks), BootOptions(bus="virtio", macs=(image.mac,),
+                                                         timeout=1800))
+    # Shown by `pytest -rP`: which cause the console named, and the advice given with it.
+    print(f"{image.variant} unfixed on virtio: reason={verdict.reason} "
+          f"next_step={next_step(verdict.reason, verdict.evidence)!r} "
+          f"evidence={verdict.evidence!r}")
+    return verdict
 
 
 def fix_and_boot(image: FixtureImage, directory: Path) -> Fixed:
