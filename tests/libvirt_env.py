@@ -5,7 +5,8 @@ The daemon itself is p2v.testbed.libvirtd.Libvirtd (shared with `p2v demo`).
 Imported by tests/integration/conftest.py and tests/e2e/conftest.py (the root conftest is
 shared, so these fixtures live here). One libvirtd serves the whole session: when one already
 answers at qemu:///system it is used and left running; otherwise virtlogd and libvirtd are
-started in the foreground as children of the test run and stopped by their pids at the end.
+started in the foreground by the test run and stopped by their pids at the end, unless
+another test run on this host still uses them (Libvirtd(shared=True): its users lock).
 Everything a test creates (guests, the isolated network, the bridge, the pool, image dirs) is
 removed even when the test fails.
 """
@@ -92,7 +93,9 @@ def _shared_resource(key: str, make: Callable[[ExitStack], Any]) -> Iterator[Any
 
 
 def _make_libvirtd(stack: ExitStack) -> Libvirtd:
-    daemon = Libvirtd()
+    # shared: a second test run on this host (make test beside make test-slow) uses the
+    # daemon this one may start, and must keep it when this run ends or is killed.
+    daemon = Libvirtd(shared=True)
     daemon.start()
     stack.callback(daemon.stop)
     return daemon

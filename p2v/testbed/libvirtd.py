@@ -8,6 +8,7 @@ reached through p2v.target.libvirt (its only importer) and `virsh`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -18,12 +19,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from p2v import runner
 from p2v.errors import LibvirtUnreachable, P2VError
 
 URI = "qemu:///system"
 VIRTLOGD_SOCK = "/run/libvirt/virtlogd-sock"
+# Every process using a shared daemon holds a shared lock on this file; the one that started
+# the daemons stops them only when it can take the lock exclusively (nobody else uses them).
+USERS_LOCK = Path("/run/p2v-testbed-libvirtd.users")
 
 
 class LibvirtdStartError(P2VError):
@@ -54,14 +59,48 @@ def virtlogd_answers(path: str = VIRTLOGD_SOCK) -> bool:
 
 @dataclass
 class Libvirtd:
-    """libvirtd at URI; `owned` when this process started it (and so stops it)."""
+    """libvirtd at URI; `owned` when this process started it (and so stops it).
+
+    shared: other processes on this host (a second test run beside this one) may use the
+    daemons this one starts. They then do not die with this process, and stop() leaves them
+    running while anyone else holds USERS_LOCK: a run ending, or killed, must not take the
+    libvirtd away from the run beside it.
+    """
 
     uri: str = URI
     owned: bool = False
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     workdir: Path | None = None
+    shared: bool = False
+    users_lock: Path = USERS_LOCK
+    _users: IO[bytes] | None = None
+
+    def join(self) -> None:
+        """Count this process among the daemons' users (waits while a last user stops them)."""
+        if self._users is None:
+            self.users_lock.parent.mkdir(parents=True, exist_ok=True)
+            self._users = open(self.users_lock, "ab")  # noqa: SIM115 - held until leave()
+            fcntl.flock(self._users, fcntl.LOCK_SH)
+
+    def last_user(self) -> bool:
+        """True when no other process uses the daemons; then this one holds the lock alone
+        (exclusively) until leave(), so nobody starts using them while they are stopped."""
+        if self._users is None:
+            return True
+        try:
+            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def leave(self) -> None:
+        if self._users is not None:
+            self._users.close()  # closing the file releases its lock
+            self._users = None
 
     def start(self) -> None:
+        if self.shared:
+            self.join()
         for d in ("/var/log/libvirt", "/var/run/libvirt", "/var/lib/libvirt/qemu/nvram"):
             os.makedirs(d, exist_ok=True)
         # A libvirtd left running can outlive its virtlogd; guests then fail to start with
@@ -70,7 +109,8 @@ class Libvirtd:
             Path(VIRTLOGD_SOCK).unlink(missing_ok=True)  # stale: nobody listens on it
             self.procs.append(runner.spawn(
                 ["virtlogd", "-p", str(self._workdir() / "virtlogd.pid")],
-                stderr=(self._workdir() / "virtlogd.err").open("wb").fileno()))
+                stderr=(self._workdir() / "virtlogd.err").open("wb").fileno(),
+                die_with_parent=not self.shared))
             self.owned = True
             self._wait(virtlogd_answers, "virtlogd", "virtlogd.err")
         if answers(self.uri):
@@ -78,7 +118,8 @@ class Libvirtd:
         self.owned = True
         self.procs.append(runner.spawn(
             ["libvirtd", "-p", str(self._workdir() / "libvirtd.pid")],
-            stderr=(self._workdir() / "libvirtd.err").open("wb").fileno()))
+            stderr=(self._workdir() / "libvirtd.err").open("wb").fileno(),
+            die_with_parent=not self.shared))
         self._wait(lambda: answers(self.uri), f"libvirtd at {self.uri}", "libvirtd.err")
 
     def _workdir(self) -> Path:
@@ -97,6 +138,11 @@ class Libvirtd:
             time.sleep(0.3)
 
     def stop(self) -> None:
+        if self.procs and not self.last_user():
+            # Another process on this host uses them: they stay, as a libvirtd found running
+            # would (its pid and log files stay in the work dir with them).
+            self.procs.clear()
+            self.workdir = None
         # libvirtd first: it talks to virtlogd while shutting down.
         for proc in reversed(self.procs):
             runner.stop(proc, grace=10)
@@ -104,6 +150,7 @@ class Libvirtd:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        self.leave()
 
     def __enter__(self) -> Libvirtd:
         self.start()
