@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from p2v.errors import FixtureError  # noqa: E402
 from p2v.testbed.fixtures import build_fixture  # noqa: E402
 from p2v.testbed.image import FixtureImage  # noqa: E402
 from p2v.verify.accel import guestfs_env  # noqa: E402
@@ -130,9 +131,17 @@ def main() -> int:
     args = parser.parse_args()
     runners = {"p2v": run_p2v, "virt-v2v": run_virt_v2v}
     rows: list[dict[str, Any]] = []
+    failed_builds: list[str] = []
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     with tempfile.TemporaryDirectory(prefix="p2v-bench-fix-", dir="/var/tmp") as tmp:
         for variant in args.fixtures.split(","):
-            image = build_fixture(variant)
+            try:
+                image = build_fixture(variant)
+            except FixtureError as exc:
+                # One fixture that cannot be built must not cost the figures of the others.
+                print(f"bench/fix: {variant}: {exc}", file=sys.stderr, flush=True)
+                failed_builds.append(variant)
+                continue
             for tool in args.tools.split(","):
                 print(f"bench/fix: {variant} / {tool} ...", file=sys.stderr, flush=True)
                 load = os.getloadavg()[0]
@@ -142,15 +151,23 @@ def main() -> int:
                 row["load_1min"] = round(load, 1)
                 print(f"bench/fix: {json.dumps(row)}", file=sys.stderr, flush=True)
                 rows.append(row)
-    # Rows of fixtures or tools not run this time are kept: one file holds every figure.
-    measured = {(r["fixture"], r["tool"]) for r in rows}
-    kept = [r for r in (json.loads(RESULTS.read_text()) if RESULTS.is_file() else [])
-            if (r["fixture"], r["tool"]) not in measured]
-    rows = sorted(kept + rows, key=lambda r: (r["fixture"], r["tool"] != "p2v"))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
-    print(table(rows))
+                # Written after every row: a bench stopped part-way keeps what it measured.
+                merged = _merge(earlier, rows)
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+    print(table(_merge(earlier, rows)))
+    if failed_builds:
+        print(f"bench/fix: not measured (fixture build failed): {', '.join(failed_builds)}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _merge(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of fixtures or tools not run this time are kept: one file holds every figure."""
+    measured = {(r["fixture"], r["tool"]) for r in rows}
+    kept = [r for r in earlier if (r["fixture"], r["tool"]) not in measured]
+    return sorted(kept + rows, key=lambda r: (r["fixture"], r["tool"] != "p2v"))
 
 
 if __name__ == "__main__":
