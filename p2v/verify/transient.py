@@ -1,12 +1,15 @@
 """Turn the domain XML register will define into the boot check's throwaway transient domain.
 
 Pure (ElementTree only): the machine type, firmware, disk bus and targets, boot order, NIC
-models and MACs, memory, CPUs and every other device stay exactly as register defines them.
-Only what must not be the real guest's changes: the name (prefix `p2v-verify-`, so a leftover
-is recognised), no UUID (libvirt picks one: the real guest's may be defined already), the
-disks become qcow2 overlays, every NIC goes to the check's own isolated network, the NVRAM
-is a scratch copy, the console log goes to the scratch dir, a second serial port (ttyS1)
-logs the probe's report, and the firmware's debug port (0x402) is logged for the diagnosis.
+models and MACs, CPUs and every other device stay exactly as register defines them.
+Only what must not be the real guest's changes: memory is capped at CHECK_MEMORY_MIB (a
+server's RAM does not decide whether it boots, and a conversion host runs several checks
+at once: two checks of a 23 GiB source could not both start on a 24 GiB host), the name
+(prefix `p2v-verify-`, so a leftover is recognised), no UUID (libvirt picks one: the real
+guest's may be defined already), the disks become qcow2 overlays, every NIC goes to the
+check's own isolated network, the NVRAM is a scratch copy, the console log goes to the
+scratch dir, a second serial port (ttyS1) logs the probe's report, and the firmware's
+debug port (0x402) is logged for the diagnosis.
 """
 
 from __future__ import annotations
@@ -20,6 +23,12 @@ PREFIX = "p2v-verify-"
 BRIDGE_PREFIX = "p2vv"           # + the 8-character token: within Linux's 15 characters
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 P2V_NS = "http://p2v.invalid/verify/1"   # the scratch dir, for the leftover sweep
+
+# Enough for any server OS p2v converts to boot to its login (Windows Server wants 2 GiB).
+CHECK_MEMORY_MIB = 4096
+_MIB_PER_UNIT = {"b": 1 / 2**20, "bytes": 1 / 2**20, "KB": 1000 / 2**20, "k": 1 / 1024,
+                 "KiB": 1 / 1024, "MB": 10**6 / 2**20, "M": 1, "MiB": 1, "GB": 10**9 / 2**20,
+                 "G": 1024, "GiB": 1024, "TB": 10**12 / 2**20, "T": 2**20, "TiB": 2**20}
 
 ET.register_namespace("qemu", QEMU_NS)
 ET.register_namespace("p2v", P2V_NS)
@@ -148,6 +157,7 @@ def transient_xml(xml: str, t: Throwaway) -> str:
         if t.nvram is None:
             raise ValueError("a UEFI domain's check needs a scratch NVRAM path")
         nvram.text = str(t.nvram)
+    _cap_memory(root)
     devices = root.find("devices")
     if devices is None:
         raise ValueError("the domain XML has no <devices>")
@@ -162,6 +172,19 @@ def transient_xml(xml: str, t: Throwaway) -> str:
             ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _cap_memory(root: ET.Element) -> None:
+    for tag in ("memory", "currentMemory"):
+        element = root.find(tag)
+        if element is None or not (element.text or "").strip():
+            continue
+        unit = element.get("unit", "KiB")
+        if unit not in _MIB_PER_UNIT:
+            raise ValueError(f"the domain XML's <{tag}> has an unknown unit {unit!r}")
+        if int(element.text or "0") * _MIB_PER_UNIT[unit] > CHECK_MEMORY_MIB:
+            element.text = str(CHECK_MEMORY_MIB)
+            element.set("unit", "MiB")
 
 
 def scratch_of(xml: str) -> Path | None:

@@ -4,6 +4,7 @@ logs swapped in, and nothing else changed (p2v.verify.transient), plus the lefto
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -15,6 +16,7 @@ import pytest
 from p2v.model import CpuTopology, GuestCaps, SourceDisk, SourceInventory, SourceNic
 from p2v.target.domain import GuestDisk, NicMapping, UefiFiles, domain_xml, plan_domain
 from p2v.verify.transient import (
+    CHECK_MEMORY_MIB,
     P2V_NS,
     QEMU_NS,
     Throwaway,
@@ -249,3 +251,32 @@ def test_sweep_takes_dead_checks_and_orphan_networks_only() -> None:
     assert removed == ["p2v-verify-dead0000", "p2v-verify-dead0000", "p2v-verify-gone0000"]
     assert [d.destroyed for d in domains] == [False, True, False]
     assert [n.destroyed for n in networks] == [False, True, True, False]
+
+
+def _memory(xml: str) -> list[tuple[str, str | None]]:
+    root = ET.fromstring(xml)
+    return [(root.find(t).text or "", root.find(t).get("unit"))  # type: ignore[union-attr]
+            for t in ("memory", "currentMemory")]
+
+
+def test_a_big_servers_memory_is_capped_for_the_check_and_a_small_ones_kept() -> None:
+    # A 23 GiB source (the test bed's loop sources report the host's RAM): two checks at
+    # once could not start on a 24 GiB conversion host ("cannot set up guest memory").
+    big = dataclasses.replace(INVENTORY, memory_mib=23 * 1024)
+    xml = register_xml(inventory=big)
+    assert _memory(xml) == [(str(23 * 1024), "MiB")] * 2
+    assert _memory(transient_xml(xml, throwaway(xml))) == [(str(CHECK_MEMORY_MIB), "MiB")] * 2
+    small = register_xml()
+    assert _memory(transient_xml(small, throwaway(small))) == _memory(small) == \
+        [("2048", "MiB")] * 2
+
+
+def test_memory_in_kib_by_default_is_read_as_kib() -> None:
+    xml = register_xml()
+    root = ET.fromstring(xml)
+    for tag in ("memory", "currentMemory"):
+        element = root.find(tag)
+        assert element is not None
+        element.text, element.attrib = str(8 * 1024 * 1024), {}   # 8 GiB in KiB
+    capped = transient_xml(ET.tostring(root, encoding="unicode"), throwaway(xml))
+    assert _memory(capped) == [(str(CHECK_MEMORY_MIB), "MiB")] * 2
