@@ -98,9 +98,12 @@ def test_uefi_fixture_with_a_fresh_nvram_finds_no_bootloader(uefi_image: Fixture
 
 
 # ---------------------------------------------------------------- through libvirt
-def _verify_domains() -> dict[str, str]:
-    """The boot check's transient domains running now: name -> XML."""
+def _verify_domains(guest: str | None = None) -> dict[str, str]:
+    """The boot check's transient domains running now: name -> XML; with `guest`, only the
+    checks of that guest (another test run on this host may be running checks of its own)."""
     import libvirt
+
+    from p2v.verify.transient import P2V_NS
 
     conn = open_conn()
     found = {}
@@ -113,6 +116,10 @@ def _verify_domains() -> dict[str, str]:
                 pass            # destroyed between the listing and the read
     finally:
         conn.close()
+    if guest is not None:
+        found = {name: xml for name, xml in found.items()
+                 if (tag := ET.fromstring(xml).find(f"metadata/{{{P2V_NS}}}verify")) is not None
+                 and tag.get("domain") == guest}
     return found
 
 
@@ -169,13 +176,14 @@ def test_the_registered_virtio_xml_of_the_unfixed_fixture_is_booted_and_fails(
     assert sha256(image) == before
 
 
-def _start_and_kill(argv: list[str]) -> tuple[str, str]:
+def _start_and_kill(argv: list[str], guest: str) -> tuple[str, str]:
     """Run a check, SIGKILL it once its transient domain runs; (domain name, its XML)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: bool(_verify_domains()) or proc.poll() is not None, "the check's domain")
+        _wait(lambda: bool(_verify_domains(guest)) or proc.poll() is not None,
+              "the check's domain")
         assert proc.poll() is None, "the check ended before its domain was seen"
-        ((name, xml),) = _verify_domains().items()
+        ((name, xml),) = _verify_domains(guest).items()
     finally:
         proc.kill()
         proc.wait()
@@ -187,8 +195,10 @@ def test_a_killed_check_leaves_its_domain_to_libvirt_and_its_network_to_the_next
         bios_image: FixtureImage, libvirtd: Libvirtd, guest_dir: Path) -> None:
     xml, _image = _register_local_virtio(bios_image, guest_dir)
     argv = [sys.executable, "-m", "p2v.cli", "verify", "--json", "--domain-xml", str(xml)]
-    assert not _verify_domains()
-    first, first_xml = _start_and_kill(argv)
+    guest = ET.parse(xml).getroot().findtext("name")
+    assert guest
+    assert not _verify_domains(guest)
+    first, first_xml = _start_and_kill(argv, guest)
     (disk,) = ET.fromstring(first_xml).iterfind("devices/disk")
     top = disk.find("source")
     assert top is not None and str(top.get("file")).endswith("/disk0.overlay")   # not the image
@@ -196,13 +206,15 @@ def test_a_killed_check_leaves_its_domain_to_libvirt_and_its_network_to_the_next
     scratch = scratch_of(first_xml)
     assert scratch is not None and scratch.is_dir()
     # AUTODESTROY: libvirtd destroys the domain when the killed p2v's connection closes.
-    _wait(lambda: not _verify_domains(), "libvirt to destroy the killed check's domain", 60)
+    _wait(lambda: not _verify_domains(guest), "libvirt to destroy the killed check's domain",
+          60)
     assert first in _verify_networks()              # a network has no autodestroy
-    second, _ = _start_and_kill(argv)
+    second, _ = _start_and_kill(argv, guest)
     # The second check swept the first one's network and scratch dir before it started.
     assert second != first and first not in _verify_networks()
     assert not scratch.exists()
-    _wait(lambda: not _verify_domains(), "libvirt to destroy the second check's domain", 60)
+    _wait(lambda: not _verify_domains(guest), "libvirt to destroy the second check's domain",
+          60)
     from p2v.scratch import owner_alive
     from p2v.target.libvirt import sweep_transient_at
 
