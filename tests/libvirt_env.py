@@ -44,6 +44,29 @@ def open_conn(uri: str = URI):  # type: ignore[no-untyped-def]
     return libvirt.open(uri)
 
 
+def boot_checks(guest: str | None = None) -> dict[str, str]:
+    """The boot check's transient domains running now: name -> XML; with `guest`, only the
+    checks of that guest (another test run on this host may be running checks of its own)."""
+    import libvirt
+
+    from p2v.verify.transient import PREFIX, checked_domain
+
+    conn = open_conn()
+    found = {}
+    try:
+        for dom in conn.listAllDomains():
+            try:
+                if dom.name().startswith(PREFIX):
+                    found[dom.name()] = dom.XMLDesc(0)
+            except libvirt.libvirtError:
+                pass            # destroyed between the listing and the read
+    finally:
+        conn.close()
+    if guest is None:
+        return found
+    return {name: xml for name, xml in found.items() if checked_domain(xml) == guest}
+
+
 def remove_domain(conn, name: str) -> None:  # type: ignore[no-untyped-def]
     """Destroy and undefine a guest (with its NVRAM) if it exists."""
     import libvirt

@@ -187,11 +187,21 @@ def _cap_memory(root: ET.Element) -> None:
             element.set("unit", "MiB")
 
 
+def _verify_metadata(xml: str, key: str) -> str | None:
+    found = ET.fromstring(xml).find(f"metadata/{{{P2V_NS}}}verify")
+    return found.get(key) if found is not None else None
+
+
 def scratch_of(xml: str) -> Path | None:
     """The scratch dir a (leftover) check's domain XML names in its metadata, if any."""
-    found = ET.fromstring(xml).find(f"metadata/{{{P2V_NS}}}verify")
-    scratch = found.get("scratch") if found is not None else None
+    scratch = _verify_metadata(xml, "scratch")
     return Path(scratch) if scratch else None
 
 
-__all__ = ["PREFIX", "Throwaway", "disk_sources", "network_xml", "scratch_of", "transient_xml"]
+def checked_domain(xml: str) -> str | None:
+    """The name of the guest a check's domain XML is the check of, if it names one."""
+    return _verify_metadata(xml, "domain")
+
+
+__all__ = ["PREFIX", "Throwaway", "checked_domain", "disk_sources", "network_xml", "scratch_of",
+           "transient_xml"]

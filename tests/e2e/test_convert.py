@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from libvirt_env import Libvirtd, open_conn
+from libvirt_env import Libvirtd, boot_checks, open_conn
 
 from p2v.pipeline import STAGES
 from p2v.testbed.sources import SourceEndpoint
@@ -104,7 +104,7 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     # The check's own transient domain is gone. Only this guest's checks count: another test
     # run on this host may have its own boot checks running in the same libvirtd.
     assert verdict["domain"] not in conn_domains()
-    assert not checks_of(name)
+    assert not boot_checks(name)
     work = out / name
     assert sorted(p.stem for p in (work / "markers").glob("*.done")) == sorted(STAGES)
     assert json.loads((work / "report.json").read_text())["ok"] is True
@@ -120,29 +120,6 @@ def conn_domains() -> list[str]:
         return [d.name() for d in conn.listAllDomains()]
     finally:
         conn.close()
-
-
-def checks_of(guest: str) -> list[str]:
-    """The boot-check domains (p2v-verify-*) whose metadata names `guest`."""
-    import libvirt
-
-    from p2v.verify.transient import P2V_NS, PREFIX
-
-    conn = open_conn()
-    found = []
-    try:
-        for dom in conn.listAllDomains():
-            try:
-                if not dom.name().startswith(PREFIX):
-                    continue
-                tag = ET.fromstring(dom.XMLDesc(0)).find(f"metadata/{{{P2V_NS}}}verify")
-            except libvirt.libvirtError:
-                continue        # destroyed between the listing and the read
-            if tag is not None and tag.get("domain") == guest:
-                found.append(dom.name())
-    finally:
-        conn.close()
-    return found
 
 
 def clean(name: str, out: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from libvirt_env import Libvirtd, open_conn
+from libvirt_env import Libvirtd, boot_checks, open_conn
 
 from p2v.testbed.image import FixtureImage
 from p2v.verify.transient import PREFIX, scratch_of
@@ -98,31 +98,6 @@ def test_uefi_fixture_with_a_fresh_nvram_finds_no_bootloader(uefi_image: Fixture
 
 
 # ---------------------------------------------------------------- through libvirt
-def _verify_domains(guest: str | None = None) -> dict[str, str]:
-    """The boot check's transient domains running now: name -> XML; with `guest`, only the
-    checks of that guest (another test run on this host may be running checks of its own)."""
-    import libvirt
-
-    from p2v.verify.transient import P2V_NS
-
-    conn = open_conn()
-    found = {}
-    try:
-        for dom in conn.listAllDomains():
-            try:
-                if dom.name().startswith(PREFIX):
-                    found[dom.name()] = dom.XMLDesc(0)
-            except libvirt.libvirtError:
-                pass            # destroyed between the listing and the read
-    finally:
-        conn.close()
-    if guest is not None:
-        found = {name: xml for name, xml in found.items()
-                 if (tag := ET.fromstring(xml).find(f"metadata/{{{P2V_NS}}}verify")) is not None
-                 and tag.get("domain") == guest}
-    return found
-
-
 def _verify_networks() -> set[str]:
     conn = open_conn()
     try:
@@ -171,7 +146,7 @@ def test_the_registered_virtio_xml_of_the_unfixed_fixture_is_booted_and_fails(
     assert verdict["bus"] == "virtio" and verdict["firmware"] == "bios"
     assert verdict["reason"] == "root-device-missing"
     assert any("/dev/sda1 does not exist" in line for line in verdict["evidence"])
-    assert verdict["domain"] not in _verify_domains()
+    assert verdict["domain"] not in boot_checks()
     assert verdict["domain"] not in _verify_networks()
     assert sha256(image) == before
 
@@ -180,10 +155,10 @@ def _start_and_kill(argv: list[str], guest: str) -> tuple[str, str]:
     """Run a check, SIGKILL it once its transient domain runs; (domain name, its XML)."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: bool(_verify_domains(guest)) or proc.poll() is not None,
+        _wait(lambda: bool(boot_checks(guest)) or proc.poll() is not None,
               "the check's domain")
         assert proc.poll() is None, "the check ended before its domain was seen"
-        ((name, xml),) = _verify_domains(guest).items()
+        ((name, xml),) = boot_checks(guest).items()
     finally:
         proc.kill()
         proc.wait()
@@ -197,7 +172,7 @@ def test_a_killed_check_leaves_its_domain_to_libvirt_and_its_network_to_the_next
     argv = [sys.executable, "-m", "p2v.cli", "verify", "--json", "--domain-xml", str(xml)]
     guest = ET.parse(xml).getroot().findtext("name")
     assert guest
-    assert not _verify_domains(guest)
+    assert not boot_checks(guest)
     first, first_xml = _start_and_kill(argv, guest)
     (disk,) = ET.fromstring(first_xml).iterfind("devices/disk")
     top = disk.find("source")
@@ -206,14 +181,14 @@ def test_a_killed_check_leaves_its_domain_to_libvirt_and_its_network_to_the_next
     scratch = scratch_of(first_xml)
     assert scratch is not None and scratch.is_dir()
     # AUTODESTROY: libvirtd destroys the domain when the killed p2v's connection closes.
-    _wait(lambda: not _verify_domains(guest), "libvirt to destroy the killed check's domain",
+    _wait(lambda: not boot_checks(guest), "libvirt to destroy the killed check's domain",
           60)
     assert first in _verify_networks()              # a network has no autodestroy
     second, _ = _start_and_kill(argv, guest)
     # The second check swept the first one's network and scratch dir before it started.
     assert second != first and first not in _verify_networks()
     assert not scratch.exists()
-    _wait(lambda: not _verify_domains(guest), "libvirt to destroy the second check's domain",
+    _wait(lambda: not boot_checks(guest), "libvirt to destroy the second check's domain",
           60)
     from p2v.scratch import owner_alive
     from p2v.target.libvirt import sweep_transient_at

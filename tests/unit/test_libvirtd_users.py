@@ -8,12 +8,18 @@ from pathlib import Path
 from p2v.testbed.libvirtd import Libvirtd
 
 
-def test_the_starter_is_the_last_user_only_once_the_other_run_has_left(tmp_path: Path) -> None:
-    lock = tmp_path / "users"
+def _two_runs(lock: Path) -> tuple[Libvirtd, Libvirtd]:
+    """The run that starts the daemons and a run beside it, both joined as users."""
     starter = Libvirtd(shared=True, users_lock=lock)
     other = Libvirtd(shared=True, users_lock=lock)
     starter.join()
     other.join()
+    return starter, other
+
+
+def test_the_starter_is_the_last_user_only_once_the_other_run_has_left(tmp_path: Path) -> None:
+    lock = tmp_path / "users"
+    starter, other = _two_runs(lock)
     assert starter.last_user() is False  # the run beside it still uses the daemons
     other.leave()
     assert starter.last_user() is True
@@ -29,10 +35,7 @@ def test_a_daemon_another_run_uses_is_left_running(tmp_path: Path) -> None:
     import subprocess
 
     lock = tmp_path / "users"
-    starter = Libvirtd(shared=True, users_lock=lock)
-    other = Libvirtd(shared=True, users_lock=lock)
-    starter.join()
-    other.join()
+    starter, other = _two_runs(lock)
     # A real process standing for the daemon this run started.
     daemon = subprocess.Popen(["sleep", "60"])
     starter.procs.append(daemon)

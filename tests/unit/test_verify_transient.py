@@ -20,6 +20,7 @@ from p2v.verify.transient import (
     P2V_NS,
     QEMU_NS,
     Throwaway,
+    checked_domain,
     disk_sources,
     network_xml,
     scratch_of,
@@ -114,6 +115,8 @@ def test_the_name_is_prefixed_the_uuid_left_to_libvirt_and_the_scratch_dir_recor
     assert "web01" in (root.findtext("description") or "")
     assert scratch_of(out) == SCRATCH
     assert scratch_of(xml) is None
+    assert checked_domain(out) == "web01"   # whose check it is, for a test run beside another
+    assert checked_domain(xml) is None
 
 
 def test_a_uefi_domain_gets_a_scratch_nvram_and_keeps_loader_and_template() -> None:
