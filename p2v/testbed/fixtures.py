@@ -735,6 +735,53 @@ def _disk_device(index: int) -> str:
     return f"/dev/sd{chr(ord('a') + index)}"
 
 
+# In the appliance: each disk's by-path entry (the order the API numbers them in), its
+# kernel name, major:minor and size in sectors; then the mount table (to drop its own root).
+_KERNEL_DISKS_SH = r"""
+for e in $(ls -1v /dev/disk/by-path); do
+  case "$e" in *-part*) continue;; esac
+  d=$(readlink -f "/dev/disk/by-path/$e"); n=${d#/dev/}
+  echo "disk $d $(cat /sys/class/block/$n/dev) $(cat /sys/class/block/$n/size)"
+done
+cat /proc/self/mountinfo
+"""
+
+
+def kernel_disks(listing: str) -> list[tuple[str, int]]:
+    """The appliance's disks in API order as (kernel name, sectors), from _KERNEL_DISKS_SH's
+    output: by-path order, less the appliance's own root (mounted on /)."""
+    root_devs = set()
+    disks: list[tuple[str, str, int]] = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if fields[:1] == ["disk"] and len(fields) == 4:
+            disks.append((fields[1], fields[2], int(fields[3])))
+        elif len(fields) > 4 and fields[4] == "/":
+            root_devs.add(fields[2])
+    return [(name, size) for name, majmin, size in disks if majmin not in root_devs]
+
+
+def _kernel_device(s: GuestSession, api_name: str) -> str:
+    """The kernel's name for an API device name (/dev/sda2), for commands run in the
+    appliance or the guest chroot: the daemon translates the names in its own calls only,
+    and the kernel may enumerate the disks in another order (then /dev/sda can be the
+    appliance's root, and grub-install there fails with "ext2 doesn't support embedding")."""
+    listing = str(s.call("listing the appliance's disks", "debug", "sh", [_KERNEL_DISKS_SH]))
+    disks = kernel_disks(listing)
+    letter = api_name.removeprefix("/dev/sd")[:1]
+    index = ord(letter) - ord("a") if letter else -1
+    if not api_name.startswith("/dev/sd") or not 0 <= index < len(disks):
+        raise FixtureError(variant="appliance",
+                           detail=f"no kernel disk for {api_name} in {disks}")
+    name, sectors = disks[index]
+    disk = _disk_device(index)
+    want = int(s.call(f"sizing {disk}", "blockdev_getsz", disk))
+    if sectors != want:
+        raise FixtureError(variant="appliance",
+                           detail=f"{name} has {sectors} sectors, {disk} {want}: not the same disk")
+    return name + api_name[len(disk):]
+
+
 def _layout(s: GuestSession, recipe: Recipe) -> None:
     for index, disk in enumerate(recipe.disks):
         dev = _disk_device(index)
@@ -780,7 +827,7 @@ def _create_md(s: GuestSession, recipe: Recipe, md: MdArray) -> None:
     argv = ["mdadm", "--create", md.device, "--run", "--metadata=1.2", f"--level={md.level}",
             f"--raid-devices={len(md.members)}", "--assume-clean", f"--uuid={md.uuid}",
             f"--homehost={recipe.hostname}", f"--name={Path(md.device).name.removeprefix('md')}",
-            *md.members]
+            *(_kernel_device(s, member) for member in md.members)]
     s.call(f"creating {md.device}", "debug", "sh", [shlex.join(argv)])
     if md.device not in s.call("listing md devices", "list_md_devices"):
         raise FixtureError(variant=recipe.variant, detail=f"mdadm did not create {md.device}")
@@ -812,7 +859,8 @@ def _install_bootloader(s: GuestSession, recipe: Recipe) -> None:
     if recipe.bootloader == "grub-pc":
         # RAID1 servers carry the boot loader on every member disk, as installers do.
         for index in range(len(recipe.disks) if recipe.md_arrays else 1):
-            _guest_command(s, ["grub-install", "--target=i386-pc", _disk_device(index)])
+            disk = _kernel_device(s, _disk_device(index))
+            _guest_command(s, ["grub-install", "--target=i386-pc", disk])
     else:
         _guest_command(
             s,

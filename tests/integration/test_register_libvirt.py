@@ -54,10 +54,16 @@ def xml_of(name: str) -> ET.Element:
 
 
 def defined(name: str) -> bool:
+    """Whether libvirt knows the domain, running or not: one lookup by name (listing ids
+    and then looking each up raced a run beside this one whose boot check ended between)."""
     conn = open_conn()
     try:
-        return name in conn.listDefinedDomains() or any(
-            conn.lookupByID(i).name() == name for i in conn.listDomainsID())
+        conn.lookupByName(name)
+        return True
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
     finally:
         conn.close()
 

@@ -264,3 +264,25 @@ def test_bad_new_recipe_keys_are_refused(
     with pytest.raises(FixtureError) as info:
         load_recipe(variant, recipes)
     assert message in str(info.value)
+
+
+# The kernel may name the disks in another order than the API numbers them: then the
+# appliance's root is /dev/sda and the recipe's first disk /dev/sdb.
+SWAPPED = """\
+disk /dev/sdb 8:16 4194304
+disk /dev/sdc 8:32 4194304
+disk /dev/sda 8:0 8388608
+23 1 8:0 / / rw,noatime - ext2 /dev/root rw
+24 23 0:21 / /proc rw,relatime - proc /proc rw
+30 23 8:18 / /sysroot rw,relatime - btrfs /dev/sdb2 rw
+"""
+
+
+def test_kernel_disks_follow_the_api_order_and_drop_the_appliance_root() -> None:
+    assert fixtures.kernel_disks(SWAPPED) == [("/dev/sdb", 4194304), ("/dev/sdc", 4194304)]
+
+
+def test_kernel_disks_in_the_usual_order_map_each_name_to_itself() -> None:
+    usual = ("disk /dev/sda 8:0 4194304\ndisk /dev/sdb 8:16 8388608\n"
+             "23 1 8:16 / / rw,noatime - ext2 /dev/root rw\n")
+    assert fixtures.kernel_disks(usual) == [("/dev/sda", 4194304)]
