@@ -868,6 +868,19 @@ def _install_bootloader(s: GuestSession, recipe: Recipe) -> None:
              "--bootloader-id=debian", "--no-nvram", "--no-uefi-secure-boot"],
         )
     _guest_command(s, ["update-grub"])
+    _name_root_as_the_server_does(s, recipe)
+
+
+def _name_root_as_the_server_does(s: GuestSession, recipe: Recipe) -> None:
+    """update-grub names the root by the kernel's name in the appliance: where that is not
+    the server's (the disks enumerated in another order), write the server's name back."""
+    if not recipe.root_device.startswith("/dev/sd"):
+        return  # md and LVM names do not depend on the disk order
+    seen = _kernel_device(s, recipe.root_device)
+    if seen != recipe.root_device:
+        cfg = s.read_text("/boot/grub/grub.cfg")
+        s.write_text("/boot/grub/grub.cfg",
+                     cfg.replace(f"root={seen} ", f"root={recipe.root_device} "))
 
 
 def _check_disk(s: GuestSession, recipe: Recipe) -> None:
