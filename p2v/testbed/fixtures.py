@@ -761,28 +761,39 @@ def kernel_disks(listing: str) -> list[tuple[str, int]]:
     return [(name, size) for name, majmin, size in disks if majmin not in root_devs]
 
 
-def _kernel_device(s: GuestSession, api_name: str) -> str:
-    """The kernel's name for an API device name (/dev/sda2), for commands run in the
-    appliance or the guest chroot: the daemon translates the names in its own calls only,
-    and the kernel may enumerate the disks in another order (then /dev/sda can be the
+KernelNames = dict[str, str]  # API disk name (/dev/sda) -> the appliance kernel's (/dev/sdb)
+
+
+def _kernel_names(s: GuestSession, count: int) -> KernelNames:
+    """The kernel's names for the recipe's disks, read once per appliance, for commands run
+    in the appliance or the guest chroot: the daemon translates the names in its own calls
+    only, and the kernel may enumerate the disks in another order (then /dev/sda can be the
     appliance's root, and grub-install there fails with "ext2 doesn't support embedding")."""
     listing = str(s.call("listing the appliance's disks", "debug", "sh", [_KERNEL_DISKS_SH]))
     disks = kernel_disks(listing)
-    letter = api_name.removeprefix("/dev/sd")[:1]
-    index = ord(letter) - ord("a") if letter else -1
-    if not api_name.startswith("/dev/sd") or not 0 <= index < len(disks):
+    if len(disks) < count:
         raise FixtureError(variant="appliance",
-                           detail=f"no kernel disk for {api_name} in {disks}")
-    name, sectors = disks[index]
-    disk = _disk_device(index)
-    want = int(s.call(f"sizing {disk}", "blockdev_getsz", disk))
-    if sectors != want:
-        raise FixtureError(variant="appliance",
-                           detail=f"{name} has {sectors} sectors, {disk} {want}: not the same disk")
-    return name + api_name[len(disk):]
+                           detail=f"the appliance lists {disks}, not {count} disks")
+    names: KernelNames = {}
+    for index, (name, sectors) in enumerate(disks[:count]):
+        disk = _disk_device(index)
+        want = int(s.call(f"sizing {disk}", "blockdev_getsz", disk))
+        if sectors != want:
+            raise FixtureError(variant="appliance", detail=(
+                f"{name} has {sectors} sectors, {disk} {want}: not the same disk"))
+        names[disk] = name
+    return names
 
 
-def _layout(s: GuestSession, recipe: Recipe) -> None:
+def kernel_device(names: KernelNames, api_name: str) -> str:
+    """/dev/sda2 -> the kernel's name of that partition (or disk)."""
+    disk = api_name.rstrip("0123456789")
+    if disk not in names:
+        raise FixtureError(variant="appliance", detail=f"no kernel disk for {api_name}")
+    return names[disk] + api_name[len(disk):]
+
+
+def _layout(s: GuestSession, recipe: Recipe, names: KernelNames) -> None:
     for index, disk in enumerate(recipe.disks):
         dev = _disk_device(index)
         table = "msdos" if disk.table == "mbr" else "gpt"
@@ -799,7 +810,7 @@ def _layout(s: GuestSession, recipe: Recipe) -> None:
                 if part.bootable:
                     s.call("setting the boot flag", "part_set_bootable", dev, number, True)
     for md in recipe.md_arrays:
-        _create_md(s, recipe, md)
+        _create_md(s, recipe, md, names)
     for vg in recipe.volume_groups:
         for pv in vg.pvs:
             s.call(f"creating PV {pv}", "pvcreate", pv)
@@ -821,13 +832,13 @@ def _layout(s: GuestSession, recipe: Recipe) -> None:
             s.call("unmounting the btrfs top", "umount", "/")
 
 
-def _create_md(s: GuestSession, recipe: Recipe, md: MdArray) -> None:
+def _create_md(s: GuestSession, recipe: Recipe, md: MdArray, names: KernelNames) -> None:
     """mdadm --create in the appliance (md_create cannot set the UUID the initramfs's
     mdadm.conf names); the members are fresh zeros, so they start in sync."""
     argv = ["mdadm", "--create", md.device, "--run", "--metadata=1.2", f"--level={md.level}",
             f"--raid-devices={len(md.members)}", "--assume-clean", f"--uuid={md.uuid}",
             f"--homehost={recipe.hostname}", f"--name={Path(md.device).name.removeprefix('md')}",
-            *(_kernel_device(s, member) for member in md.members)]
+            *(kernel_device(names, member) for member in md.members)]
     s.call(f"creating {md.device}", "debug", "sh", [shlex.join(argv)])
     if md.device not in s.call("listing md devices", "list_md_devices"):
         raise FixtureError(variant=recipe.variant, detail=f"mdadm did not create {md.device}")
@@ -855,11 +866,11 @@ def _guest_command(s: GuestSession, argv: list[str]) -> str:
     return str(s.call(f"running {' '.join(argv)} in the guest", "command", argv))
 
 
-def _install_bootloader(s: GuestSession, recipe: Recipe) -> None:
+def _install_bootloader(s: GuestSession, recipe: Recipe, names: KernelNames) -> None:
     if recipe.bootloader == "grub-pc":
         # RAID1 servers carry the boot loader on every member disk, as installers do.
         for index in range(len(recipe.disks) if recipe.md_arrays else 1):
-            disk = _kernel_device(s, _disk_device(index))
+            disk = names[_disk_device(index)]
             _guest_command(s, ["grub-install", "--target=i386-pc", disk])
     else:
         _guest_command(
@@ -868,15 +879,15 @@ def _install_bootloader(s: GuestSession, recipe: Recipe) -> None:
              "--bootloader-id=debian", "--no-nvram", "--no-uefi-secure-boot"],
         )
     _guest_command(s, ["update-grub"])
-    _name_root_as_the_server_does(s, recipe)
+    _name_root_as_the_server_does(s, recipe, names)
 
 
-def _name_root_as_the_server_does(s: GuestSession, recipe: Recipe) -> None:
+def _name_root_as_the_server_does(s: GuestSession, recipe: Recipe, names: KernelNames) -> None:
     """update-grub names the root by the kernel's name in the appliance: where that is not
     the server's (the disks enumerated in another order), write the server's name back."""
     if not recipe.root_device.startswith("/dev/sd"):
         return  # md and LVM names do not depend on the disk order
-    seen = _kernel_device(s, recipe.root_device)
+    seen = kernel_device(names, recipe.root_device)
     if seen != recipe.root_device:
         cfg = s.read_text("/boot/grub/grub.cfg")
         s.write_text("/boot/grub/grub.cfg",
@@ -913,7 +924,8 @@ def _make_disks(
             handle.truncate(spec.size_mib * 1024 * 1024)
     progress(f"{recipe.variant}: partitioning and unpacking in the appliance")
     with open_guest(disks, fmt="raw", memsize=1024) as s:
-        _layout(s, recipe)
+        names = _kernel_names(s, len(recipe.disks))
+        _layout(s, recipe, names)
         _mount_all(s, recipe, unix=True)
         s.call("unpacking the root file system", "tar_in", str(tarball), "/",
                xattrs=True, acls=True)
@@ -924,7 +936,7 @@ def _make_disks(
         }
         s.write_text("/etc/fstab", fstab_text(recipe, uuids), mode=0o644)
         progress(f"{recipe.variant}: grub-install and update-grub in the guest (slow under TCG)")
-        _install_bootloader(s, recipe)
+        _install_bootloader(s, recipe, names)
         _check_disk(s, recipe)
         s.call("syncing", "sync")
 

@@ -286,3 +286,11 @@ def test_kernel_disks_in_the_usual_order_map_each_name_to_itself() -> None:
     usual = ("disk /dev/sda 8:0 4194304\ndisk /dev/sdb 8:16 8388608\n"
              "23 1 8:16 / / rw,noatime - ext2 /dev/root rw\n")
     assert fixtures.kernel_disks(usual) == [("/dev/sda", 4194304)]
+
+
+def test_a_partition_takes_its_disks_kernel_name() -> None:
+    names = {"/dev/sda": "/dev/sdb", "/dev/sdb": "/dev/sdc"}
+    assert fixtures.kernel_device(names, "/dev/sda2") == "/dev/sdb2"
+    assert fixtures.kernel_device(names, "/dev/sdb") == "/dev/sdc"
+    with pytest.raises(FixtureError, match="no kernel disk for /dev/sdc1"):
+        fixtures.kernel_device(names, "/dev/sdc1")
