@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import IO, Any, Literal, cast
 
 from p2v import runner
 from p2v.errors import FixtureError, P2VError
@@ -373,8 +373,44 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+# Builds this process uses: each holds a shared lock on its users file until the process
+# ends, so that a run of newer code (another checkout, other cache keys) pruning older
+# builds leaves alone the one a test run beside it is still reading.
+_IN_USE: dict[Path, IO[bytes]] = {}
+
+
+def _users_file(build: Path) -> Path:
+    return build.parent / f".{build.name}.users"
+
+
+def _use(build: Path) -> None:
+    """Count this process among the build's users; call under the variant's lock."""
+    if build not in _IN_USE:
+        handle = open(_users_file(build), "ab")  # noqa: SIM115 - held until the process ends
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        _IN_USE[build] = handle
+
+
+def _unused(build: Path) -> bool:
+    """True if no process uses the build (an exclusive lock can be had at once)."""
+    users = _users_file(build)
+    if not users.exists():
+        return True
+    with open(users, "ab") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
 def _remove_stale(cache_dir: Path, variant: str, keep: Path) -> None:
-    """Drop older builds (and leftover temp dirs) of this variant; call under its lock."""
+    """Drop older builds (and leftover temp dirs) of this variant no process still uses.
+
+    Call under the variant's lock: a user registers under that lock too, so no build can
+    gain a user between the check and the removal.
+    """
     for pattern in (f"{variant}-*", f".{variant}-*.tmp"):
         for path in cache_dir.glob(pattern):
             if path != keep and (path.is_dir() or path.suffix == ".tmp"):
@@ -382,8 +418,12 @@ def _remove_stale(cache_dir: Path, variant: str, keep: Path) -> None:
                 stem = path.name.lstrip(".").removesuffix(".tmp").split(".")[0]
                 rest = stem[len(variant) + 1 :]
                 if len(rest) == 16 and all(c in "0123456789abcdef" for c in rest):
+                    if path.suffix != ".tmp" and not _unused(path):
+                        log.info("keeping stale fixture build %s: another run uses it", path)
+                        continue
                     log.info("removing stale fixture build %s", path)
                     _remove(path)
+                    _users_file(path).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -407,6 +447,8 @@ def build_fixture(
     with _locked(cache / f".{variant}.lock"):
         meta = final / FIXTURE_JSON
         if meta.is_file():
+            _use(final)
+            _remove_stale(cache, variant, keep=final)
             progress(f"{variant}: cached at {final}")
             return FixtureImage.from_json(meta.read_text())
         started = time.monotonic()
@@ -415,6 +457,7 @@ def build_fixture(
         try:
             image = _build(recipe, work, final, cache, progress)
             os.rename(work, final)
+            _use(final)
         except FixtureError:
             _remove(work)
             raise
@@ -939,6 +982,34 @@ def _make_disks(
         _install_bootloader(s, recipe, names)
         _check_disk(s, recipe)
         s.call("syncing", "sync")
+        _stop_arrays(s, recipe, names)
+
+
+def _stop_arrays(s: GuestSession, recipe: Recipe, names: KernelNames) -> None:
+    """Stop the md arrays as a shutdown would, and check every member is marked clean.
+
+    Left running, an array written to in its last moments keeps a dirty superblock (a
+    crashed server's, due for a resync) when the appliance powers off: the copy then rightly
+    treats the member as not in sync and copies all of it, which is not the server modelled.
+    """
+    if not recipe.md_arrays:
+        return
+    s.call("unmounting everything", "umount_all")
+    if recipe.volume_groups:
+        s.call("deactivating the volume groups", "vg_activate_all", False)
+    for md in recipe.md_arrays:
+        s.call(f"stopping {md.device}", "debug", "sh", [shlex.join(["mdadm", "--stop", md.device])])
+    for md in recipe.md_arrays:
+        for member in md.members:
+            device = kernel_device(names, member)
+            shown = str(s.call(f"examining {member}", "debug", "sh",
+                               [shlex.join(["mdadm", "--examine", device])]))
+            state = next((line.split(":", 1)[1].strip() for line in shown.splitlines()
+                          if line.strip().startswith("State :")), "")
+            if state != "clean":
+                raise FixtureError(variant=recipe.variant,
+                                   detail=f"{member} of {md.device} is {state or 'unknown'} "
+                                          "after a stop, not clean")
 
 
 def _virt_fw_vars() -> str:

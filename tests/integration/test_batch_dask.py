@@ -31,7 +31,18 @@ def _batch(manifest: Path, *args: str, timeout: float = 300) -> tuple[int, list[
                                                                        str]:
     proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest), "--json", *args],
                           capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+    return proc.returncode, _events(proc.stdout, proc.stderr), proc.stderr
+
+
+def _events(stdout: str, stderr: str = "") -> list[dict[str, Any]]:
+    """The batch's JSON lines; a line that is not one fails with it and stderr shown."""
+    events = []
+    for line in stdout.splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"not a JSON event line ({exc}): {line!r}\n{stderr}") from exc
+    return events
 
 
 def _manifest(path: Path, out: Path, sources: dict[str, str]) -> Path:
@@ -143,7 +154,7 @@ def _kill_where_placed(proc: subprocess.Popen[str], cluster: Cluster,
     (which had EARLIER connections before the batch started), kill that worker; its name."""
     assert proc.stdout is not None
     for line in proc.stdout:
-        event = json.loads(line)
+        event = _events(line)[0]
         events.append(event)
         if event["event"] == "stage-start" and event["stage"] == "inspect":
             worker = next(e for e in events if e["event"] == "batch-job-placed")
@@ -174,7 +185,7 @@ def test_a_dead_workers_job_is_retried_elsewhere_within_the_bound(
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         victim = _kill_where_placed(proc, cluster, events, silent, earlier)
         rest, err = proc.communicate(timeout=120)
-        events += [json.loads(line) for line in rest.splitlines()]
+        events += _events(rest, err)
         assert proc.returncode == 1, err
         other = next(w for w in cluster.workers.values() if w.name != victim)
         retry = next(e for e in events if e["event"] == "batch-job-retry")
@@ -242,7 +253,7 @@ def test_a_killed_submitter_stops_its_jobs_and_the_rerun_resubmits_them(
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         for line in proc.stdout:
-            event = json.loads(line)
+            event = _events(line)[0]
             if event["event"] == "stage-start" and event["job"] == "hang":
                 break
         proc.kill()
@@ -311,7 +322,7 @@ def test_ctrl_c_stops_the_jobs_on_the_workers(cluster: Cluster, tmp_path: Path) 
         assert proc.stdout is not None
         events = []
         for line in proc.stdout:
-            events.append(json.loads(line))
+            events += _events(line)
             if len([e for e in events if e["event"] == "stage-start"]) == 2:
                 break
         t0 = time.monotonic()
@@ -322,7 +333,7 @@ def test_ctrl_c_stops_the_jobs_on_the_workers(cluster: Cluster, tmp_path: Path) 
         silent.close()
     assert proc.returncode == 130, err
     assert stop_s < 15, "the jobs must stop promptly"
-    events += [json.loads(line) for line in rest.splitlines()]
+    events += _events(rest, err)
     ends = {e["job"]: e["state"] for e in events if e["event"] == "batch-job-end"}
     # Two ran (one per slot) and were stopped; the third was never submitted.
     assert ends == {"hang0": "interrupted", "hang1": "interrupted"}

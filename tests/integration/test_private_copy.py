@@ -17,6 +17,7 @@ from copy_helpers import identical, kill_after_first_batch
 
 from p2v.errors import ExitCode
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
+from p2v.testbed.tcpproxy import LinkProxy
 
 MiB = 1 << 20
 
@@ -34,21 +35,42 @@ def small_source(tmp_path_factory: pytest.TempPathFactory
         yield ep, path
 
 
-def copy_argv(ep: SourceEndpoint, out: Path) -> list[str]:
-    return [sys.executable, "-m", "p2v.cli", "copy", f"ssh://{ep.user}@{ep.host}:{ep.port}",
-            "--identity", str(ep.key), "--known-hosts", str(ep.known_hosts),
+@pytest.fixture(scope="module")
+def large_source(tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[tuple[SourceEndpoint, Path]]:
+    """More data than one journal batch (64 MiB): a copy of it can be killed between its
+    first batch and its end, which a disk of one batch cannot."""
+    path = tmp_path_factory.mktemp("big") / "disk.raw"
+    write_random_disk(path, 128 * MiB, 96 * MiB)
+    with LoopSource.from_files([path]) as ep:
+        yield ep, path
+
+
+def copy_argv(ep: SourceEndpoint, out: Path, port: int | None = None,
+              known_hosts: Path | None = None) -> list[str]:
+    return [sys.executable, "-m", "p2v.cli", "copy",
+            f"ssh://{ep.user}@{ep.host}:{port or ep.port}",
+            "--identity", str(ep.key), "--known-hosts", str(known_hosts or ep.known_hosts),
             "--ssh-config", "/dev/null", "--output-dir", str(out), "--disk", ep.disks[0],
             "--name", "web01", "--chunk-size", "1", "--no-compress"]
 
 
 def test_copy_under_umask_000_writes_only_private_files(
-        small_source: tuple[SourceEndpoint, Path], tmp_path: Path) -> None:
-    ep, raw = small_source
+        large_source: tuple[SourceEndpoint, Path], tmp_path: Path) -> None:
+    ep, raw = large_source
     out = tmp_path / "jobs" / "web01"            # neither exists: p2v creates both
     image = out / f"web01-{Path(ep.disks[0]).name}.qcow2"
+    # The killed run goes over a link paced to 16 MiB/s: its last 32 MiB take 2 s after
+    # the first batch is journaled, so the kill lands mid-copy even on a loaded machine.
+    proxy = LinkProxy(ep.port, link_bps=16 * MiB)
+    fields = ep.known_hosts.read_text().split()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[{ep.host}]:{proxy.port} {fields[1]} {fields[2]}\n")
     old = os.umask(0)                            # the children inherit it
     try:
-        kill_after_first_batch(copy_argv(ep, out), image.with_name(image.name + ".journal"))
+        kill_after_first_batch(copy_argv(ep, out, proxy.port, known_hosts),
+                               image.with_name(image.name + ".journal"))
+        proxy.close()
         # Killed mid-copy: what lies on disk now is the server's data too.
         assert mode(out.parent) == mode(out) == 0o700
         for suffix in (".part", ".journal"):
@@ -56,6 +78,7 @@ def test_copy_under_umask_000_writes_only_private_files(
         done = subprocess.run(copy_argv(ep, out), capture_output=True, text=True)
     finally:
         os.umask(old)
+        proxy.close()
     assert done.returncode == 0, done.stderr
     assert identical(raw, image)
     files = sorted(p.name for p in out.iterdir())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,6 +180,30 @@ def test_remove_stale_keeps_current_and_other_variants(tmp_path: Path) -> None:
     fixtures._remove_stale(tmp_path, "bios", keep=current)
     assert current.exists() and other.exists()
     assert not old.exists() and not temp.exists()
+
+
+def test_remove_stale_keeps_a_build_another_process_uses(tmp_path: Path) -> None:
+    """A run of newer code must not delete the old build a test run beside it still reads."""
+    current = tmp_path / "bios-0123456789abcdef"
+    old = tmp_path / "bios-fedcba9876543210"
+    for path in (current, old):
+        path.mkdir()
+    user = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from p2v.testbed import fixtures; "
+         "fixtures._use(Path(sys.argv[1])); print('using', flush=True); time.sleep(600)",
+         str(old)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert user.stdout is not None and user.stdout.readline() == "using\n"
+        fixtures._remove_stale(tmp_path, "bios", keep=current)
+        assert old.exists(), "a build in use by another process was removed"
+    finally:
+        user.send_signal(signal.SIGKILL)
+        user.wait()
+    fixtures._remove_stale(tmp_path, "bios", keep=current)
+    assert not old.exists() and not (tmp_path / f".{old.name}.users").exists()
+    assert current.exists()
 
 
 def test_cached_fixture_is_none_when_unbuilt(tmp_path: Path) -> None:
