@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 from p2v import __version__, runner
 from p2v.errors import ExitCode, P2VError
 from p2v.inputs import check_disk_image, check_name, check_output_dir, finite_positive
+from p2v.units import human_size
 
 if TYPE_CHECKING:
     from p2v.source.ssh import SshOptions, SshSource
@@ -813,14 +814,6 @@ def _add_freeze_flags(p: argparse.ArgumentParser, scope: str, freeze_what: str) 
                         "and the thaw; runs even when the pass failed")
 
 
-def _size_text(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
 class _ConvertScreen:
     """Human progress on stderr: stage lines, one progress line per disk, messages."""
 
@@ -857,7 +850,7 @@ class _ConvertScreen:
             self._progress(event)
         elif kind == "disk-done":
             self._line(f"  {event.get('device')}: copied, "
-                       f"{_size_text(float(str(event.get('wire_bytes') or 0)))} sent in "
+                       f"{human_size(float(str(event.get('wire_bytes') or 0)))} sent in "
                        f"{float(str(event.get('seconds') or 0)):.0f} s")
 
     def _progress(self, event: dict[str, object]) -> None:
@@ -868,7 +861,7 @@ class _ConvertScreen:
                               int(str(event.get("wire_bytes") or 0)))
         done = sum(d for d, _t, _w in self.disks.values())
         total = sum(t for _d, t, _w in self.disks.values())
-        sent = _size_text(float(sum(w for _d, _t, w in self.disks.values())))
+        sent = human_size(float(sum(w for _d, _t, w in self.disks.values())))
         width = max(10, 30 // len(self.disks))
         bars = "  ".join(
             f"{name.removeprefix('/dev/')} [{'#' * (width * d // t)}"
@@ -884,7 +877,7 @@ class _ConvertScreen:
 
 
 def _print_report(report: object) -> None:
-    from p2v.pipeline import JobReport
+    from p2v.report import JobReport
 
     assert isinstance(report, JobReport)
     domain = report.domain or {}
@@ -895,9 +888,9 @@ def _print_report(report: object) -> None:
           f"{domain.get('nic_model')})")
     print(f"  {report.disk_choice}")
     for disk in report.disks:
-        print(f"  disk {disk.device}: {_size_text(disk.size)} -> {disk.image} "
-              f"({_size_text(disk.file_bytes)} on disk)")
-    print(f"  bytes sent: {_size_text(report.bytes_sent)} ({report.bytes_sent} B)")
+        print(f"  disk {disk.device}: {human_size(disk.size)} -> {disk.image} "
+              f"({human_size(disk.file_bytes)} on disk)")
+    print(f"  bytes sent: {human_size(report.bytes_sent)} ({report.bytes_sent} B)")
     if report.downtime_s is not None:
         print(f"  cutover: the source was frozen {report.downtime_s:.1f} s (freeze to thaw); "
               "passes in sync.json")
@@ -994,8 +987,8 @@ def _add_clean(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_clean(args: argparse.Namespace) -> int:
+    from p2v.clean import clean_job
     from p2v.job import default_output_dir
-    from p2v.pipeline import clean_job
 
     result = clean_job(args.name, (args.output_dir or default_output_dir()).absolute(),
                        domain=args.domain, uri=args.connect)

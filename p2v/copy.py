@@ -40,6 +40,7 @@ from p2v.errors import (
     StreamError,
     UsageError,
 )
+from p2v.events import Event
 from p2v.ratelimit import RateLimiter
 from p2v.secure import check_path, make_private, open_private, private_dir, write_private
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
@@ -71,7 +72,6 @@ DEFAULT_PARALLEL = 2
 MAX_PARALLEL = 4
 READERS = ("auto", "python3", "sh")
 
-Event = dict[str, Any]
 
 
 class Meter(Protocol):

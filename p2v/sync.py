@@ -52,6 +52,7 @@ from p2v.errors import (
     SyncNotReady,
     UsageError,
 )
+from p2v.events import Event
 from p2v.ratelimit import RateLimiter
 from p2v.secure import check_path, write_private
 from p2v.sink.qcow2 import Qcow2Writer
@@ -77,7 +78,6 @@ FLUSH_BYTES = 64 << 20
 FLUSH_SECONDS = 5.0      # and at least this often, so a slow link loses little to a kill
 FREEZE_MODES = (None, "strict", "best-effort")
 
-Event = dict[str, Any]
 
 
 @dataclass(frozen=True)

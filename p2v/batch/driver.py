@@ -23,10 +23,10 @@ from p2v.batch.ledger import Ledger, PlanItem, StateLock, decide
 from p2v.batch.manifest import Manifest
 from p2v.batch.pool import LocalPool, PoolDone, PoolEvent, PoolMessage, PoolPlaced
 from p2v.errors import ExitCode, P2VError
+from p2v.events import EventSink
 from p2v.job import JobSpec
 from p2v.secure import private_dir, write_private
 
-EventSink = Callable[[dict[str, Any]], None]
 REPORT_SCHEMA = "p2v.batch-report/1"
 LEDGER_FILE = "ledger.sqlite"
 # How long stopped jobs get to clean up (stop their helpers, close the appliance) before

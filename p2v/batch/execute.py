@@ -13,16 +13,15 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from p2v.errors import ExitCode, P2VError
+from p2v.events import EventSink
 from p2v.job import JobSpec
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from p2v.model import (
     Partition,
     normalise_mac,
 )
+from p2v.units import human_size
 
 if TYPE_CHECKING:
     from p2v.model import Firmware
@@ -741,17 +742,6 @@ def inspect_source(source: SshSource, timeout: float = 300) -> Inventory:
                                   returncode=result.returncode,
                                   stderr_tail=result.stderr.strip()[-300:] or "(no output)")
     return build_inventory(result.text)
-
-
-def human_size(value: int | None) -> str:
-    if value is None:
-        return "?"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return "?"
 
 
 def format_inventory(inv: Inventory) -> list[str]:

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from p2v.clean import clean_job
 from p2v.job import JobSpec
-from p2v.pipeline import JobReport, clean_job, run_job
+from p2v.pipeline import run_job
+from p2v.report import JobReport
 from p2v.testbed.fixtures import build_fixture
 from p2v.testbed.libvirtd import URI, Libvirtd, ensure_network
 from p2v.testbed.sources import LiveSource

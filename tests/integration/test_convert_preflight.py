@@ -196,7 +196,7 @@ def test_an_image_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
     """What a rerun after a SIGKILL during fix meets: the old appliance still holds the
     image for a few seconds. The stage waits for it, and names it when it never lets go."""
     from p2v.errors import UsageError
-    from p2v.pipeline import wait_until_released
+    from p2v.stages import wait_until_released
 
     image = tmp_path / "held.qcow2"
     runner.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])

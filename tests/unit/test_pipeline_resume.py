@@ -12,37 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_stages import FakeStages
 
-from p2v import pipeline
-from p2v.errors import ExitCode, StreamError
+from p2v.errors import ExitCode
 from p2v.job import JobSpec
 from p2v.jobdir import JobLocked, WorkDir
+from p2v.jobplan import choose_disks, not_carried_over
 from p2v.model import DiskInfo, DmDevice, Filesystem, Inventory, NicInfo, Partition
-from p2v.pipeline import STAGES, JobReport, choose_disks, not_carried_over, run_job
+from p2v.pipeline import STAGES, run_job
+from p2v.report import JobReport, load_report
 
 
 def spec(tmp_path: Path, **kw: Any) -> JobSpec:
     return JobSpec(**{"source": "ssh://root@web01", "name": "web01", "output_dir": tmp_path,
                       **kw})
-
-
-class FakeStages:
-    """Stands in for the stages: records which ran; `fail` names one to break once."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: str | None = None) -> None:
-        self.ran: list[str] = []
-        self.fail = fail
-        for stage in STAGES:
-            monkeypatch.setattr(pipeline._Job, f"run_{stage}", self._make(stage))
-
-    def _make(self, stage: str) -> Any:
-        def run(job: Any) -> dict[str, Any]:
-            self.ran.append(stage)
-            if stage == self.fail:
-                self.fail = None
-                raise StreamError(host="web01", device="/dev/sda", detail="connection reset")
-            return {"stage": stage}
-        return run
 
 
 def test_a_rerun_continues_at_the_first_unfinished_stage(
@@ -126,7 +109,7 @@ def test_report_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     report = run_job(spec(tmp_path))
     data = json.loads(json.dumps(report.to_dict()))
     assert JobReport.from_dict(data) == report
-    assert pipeline.load_report(tmp_path / "web01") == JobReport.from_dict(
+    assert load_report(tmp_path / "web01") == JobReport.from_dict(
         json.loads((tmp_path / "web01" / "report.json").read_text()))
 
 

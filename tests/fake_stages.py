@@ -1,0 +1,58 @@
+"""Stand-ins for the job's stages, for the unit tests of the pipeline's own logic (markers,
+resume, the report). tests/integration and tests/e2e run the real stages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from p2v import preflight, stages
+from p2v.errors import StreamError
+from p2v.jobplan import JobPlan, PlannedDisk
+from p2v.model import Inventory
+from p2v.pipeline import CUTOVER_STAGES
+
+
+class FakeStages:
+    """Stands in for the stages: records which ran; `fail` names one to break once.
+
+    Each fake returns (and each fake loader reloads) a value of the stage's own type, so the
+    pipeline's hand-over between stages and its report are the real ones.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: str | None = None) -> None:
+        self.ran: list[str] = []
+        self.fail = fail
+        for stage in CUTOVER_STAGES:
+            module, attr = stage_function(stage)
+            monkeypatch.setattr(module, attr, self._make(stage))
+            monkeypatch.setattr(stages, LOADERS[stage], lambda wd, s=stage: fake_value(s))
+
+    def _make(self, stage: str) -> Any:
+        def run(*args: Any) -> Any:
+            self.ran.append(stage)
+            if stage == self.fail:
+                self.fail = None
+                raise StreamError(host="web01", device="/dev/sda", detail="connection reset")
+            return fake_value(stage)
+        return run
+
+
+LOADERS = {"inspect": "load_inventory", "preflight": "load_plan", "copy": "load_disks",
+           "sync": "load_sync", "fix": "load_caps", "verify": "load_verdict",
+           "register": "load_domain"}
+
+
+def stage_function(stage: str) -> tuple[Any, str]:
+    """Where the pipeline finds the stage's function (module, attribute)."""
+    return (preflight, "run") if stage == "preflight" else (stages, stage)
+
+
+def fake_value(stage: str) -> Any:
+    return {"inspect": Inventory(hostname="web01"),
+            "preflight": JobPlan(disks=(PlannedDisk("/dev/sda", "sda", True, 1 << 30, None),),
+                                 pins=(), firmware="bios", disk_choice="copying sda",
+                                 not_carried_over=()),
+            "copy": (), "sync": {"downtime_s": None}, "fix": None, "verify": None,
+            "register": {"name": "web01"}}[stage]
