@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fake_stages import FakeStages
 
+from p2v import pipeline
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
 from p2v.jobdir import JobLocked, WorkDir
@@ -72,6 +73,23 @@ def test_a_later_marker_without_an_earlier_one_is_not_trusted(
     assert wd.first_unfinished(STAGES) == "copy"
     assert run_job(spec(tmp_path)).ok
     assert fake.ran == ["copy", "fix", "verify", "register"]
+
+
+def test_a_stage_whose_record_cannot_be_read_runs_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A marker stands for a record a later stage reloads: an unreadable record is no
+    reason to fail the job, only to run that stage (and those after it) again."""
+    fake = FakeStages(monkeypatch, fail="fix")
+    run_job(spec(tmp_path))
+    fake.ran.clear()
+
+    def unreadable(wd: WorkDir) -> Any:
+        raise OSError("plan.json: No such file or directory")
+    monkeypatch.setattr(pipeline.stages, "load_plan", unreadable)
+    report = run_job(spec(tmp_path))
+    assert report.ok, report.error
+    assert fake.ran == ["preflight", "copy", "fix", "verify", "register"]
+    assert "the record of preflight cannot be read" in (tmp_path / "web01" / "job.log").read_text()
 
 
 def test_a_work_dir_of_another_source_is_refused(
