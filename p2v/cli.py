@@ -240,7 +240,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from p2v.inputs import check_json_text, read_text_input
     from p2v.model import GuestCaps, SourceInventory
     from p2v.target.domain import NicMapping
-    from p2v.target.register import RegisterRequest, register
+    from p2v.target.register import register
+    from p2v.target.request import RegisterRequest
 
     def read(path: Path | None, what: str) -> str | None:
         if path is None:

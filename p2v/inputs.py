@@ -124,22 +124,19 @@ def check_disk_image(path: Path, *, boot: bool = True) -> None:
 
 
 def _qemu_img_info(path: Path) -> dict[str, Any]:
-    from p2v import runner
+    from p2v import qemuimg
     from p2v.errors import CommandFailed
 
     try:
         # -U: the image may be open read-only elsewhere (a running verify, a copy).
-        result = runner.run(["qemu-img", "info", "-U", "--output=json", str(path)],
-                            timeout=_QEMU_IMG_TIMEOUT)
+        data = qemuimg.info(path, timeout=_QEMU_IMG_TIMEOUT)
     except CommandFailed as exc:
         raise NotADiskImage(path=str(path),
                             detail=f"qemu-img cannot read it: {exc.fields['stderr_tail']}"
                             ) from None
-    try:
-        data = json.loads(result.stdout)
     except ValueError:
-        data = None
-    if not isinstance(data, dict):
+        data = {}
+    if not data:
         raise NotADiskImage(path=str(path), detail="qemu-img gave no description of it")
     return data
 

@@ -39,7 +39,7 @@ def run(ctx: JobContext, inv: Inventory) -> JobPlan:
         raise CommandNotFound(program="libguestfs Python binding (python3-guestfs)")
     firmware = inv.firmware or "bios"
     if firmware == "uefi":
-        from p2v.target.register import host_ovmf
+        from p2v.target.request import host_ovmf
 
         host_ovmf()
     disks, choice, left = choose_disks(inv, spec.disks)
@@ -59,7 +59,7 @@ def run(ctx: JobContext, inv: Inventory) -> JobPlan:
                              detail="the source's copy estimate plus 256 MiB for fix")
     pins = tuple((n.name, n.mac.lower()) for n in inv.nics if n.physical and n.mac)
     if spec.new_macs:
-        from p2v.target.register import fresh_mac
+        from p2v.target.request import fresh_mac
 
         pins = tuple((name, fresh_mac()) for name, _mac in pins)
     _check_target(ctx, inv, target_inventory(inv, sized, pins), firmware)

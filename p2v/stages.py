@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
-from p2v import runner
+from p2v import qemuimg
 from p2v.errors import BootFailed, P2VError, UsageError
 from p2v.events import Event, EventSink
 from p2v.job import JobSpec
@@ -28,7 +28,7 @@ from p2v.report import DiskReport, allocated
 
 if TYPE_CHECKING:
     from p2v.source.ssh import SshSource
-    from p2v.target.register import RegisterRequest
+    from p2v.target.request import RegisterRequest
 
 # Live sync passes before the frozen one: more while each delta is smaller than the last.
 MAX_LIVE_PASSES = 4
@@ -175,12 +175,12 @@ def wait_until_released(paths: Sequence[Path], say: Callable[[str], None],
     for image in paths:
         told = False
         while True:
-            probe = runner.run(["qemu-img", "info", str(image)], check=False, timeout=60)
-            if probe.returncode == 0 or "lock" not in probe.stderr:
+            holder = qemuimg.lock_holder(image)
+            if holder is None:
                 break       # free, or another problem the stage itself will report
             if time.monotonic() > deadline:
                 raise UsageError(detail=(
-                    f"{image} is still in use by another process ({probe.stderr.strip()[:120]})"
+                    f"{image} is still in use by another process ({holder[:120]})"
                     "; find it with `fuser -v IMAGE`, let it finish, then rerun"))
             if not told:
                 say(f"waiting for another process (a killed run's appliance?) to release "
@@ -232,7 +232,7 @@ def load_caps(wd: WorkDir) -> GuestCaps:
 def guest_request(ctx: JobContext, inv: Inventory, plan: JobPlan, disks: Sequence[DiskReport],
                   caps: GuestCaps) -> RegisterRequest:
     """What register is asked to define: the verify stage boots the same."""
-    from p2v.target.register import RegisterRequest
+    from p2v.target.request import RegisterRequest
 
     spec = ctx.spec
     return RegisterRequest(
@@ -290,7 +290,7 @@ def _boot_check(ctx: JobContext, request: RegisterRequest, plan: JobPlan,
                               timeout=spec.verify_timeout, scratch_root=scratch)
         return verify_boot(list(request.images), options, progress=ctx.say)
     from p2v.target.domain import domain_xml
-    from p2v.target.register import check_request, inspect_image, volume_names
+    from p2v.target.request import check_request, inspect_image, volume_names
     from p2v.verify.libvirt_boot import DomainBoot, verify_domain
 
     checked = check_request(request)
@@ -340,7 +340,7 @@ def load_domain(wd: WorkDir) -> dict[str, Any] | None:
 def _undo_register(ctx: JobContext, paths: Sequence[Path]) -> None:
     """Undefine the job's own guest if a failed register left it defined."""
     from p2v.target.libvirt import LibvirtTarget
-    from p2v.target.register import volume_names
+    from p2v.target.request import volume_names
 
     spec = ctx.spec
     try:

@@ -49,7 +49,7 @@ def boot_checks(guest: str | None = None) -> dict[str, str]:
     checks of that guest (another test run on this host may be running checks of its own)."""
     import libvirt
 
-    from p2v.verify.transient import PREFIX, checked_domain
+    from p2v.target.transient import PREFIX, checked_domain
 
     conn = open_conn()
     found = {}

@@ -18,14 +18,14 @@ from typing import Any
 
 from p2v.errors import FixError, GuestfsError, UsageError
 from p2v.fix import agents, devices, linux, multipath, network
+from p2v.fix.console import add_console
 from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
 from p2v.fix.session import GuestSession, open_guest
 from p2v.fix.virtio_win import check_virtio_win
 from p2v.fix.windows import WindowsFixResult, fix_windows
 from p2v.model import INVENTORY_SCHEMA, DiskInfo, GuestCaps, Inventory, SourceInventory
+from p2v.qemuimg import image_format
 from p2v.secure import write_private
-from p2v.verify.boot import image_format
-from p2v.verify.probe import add_console
 
 CAPS_SUFFIX = ".caps.json"
 # Files whose device names are rewritten, and how: (path, rewrite function).

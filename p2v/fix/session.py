@@ -10,9 +10,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from p2v.accel import guestfs_env
 from p2v.errors import GuestfsError
 from p2v.scratch import adopt, scratch_dir
-from p2v.verify.accel import guestfs_env
 
 log = logging.getLogger(__name__)
 

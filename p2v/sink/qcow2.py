@@ -7,7 +7,6 @@ its final size on disk, and an image can be reopened to resume a copy.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import subprocess
 import time
@@ -15,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 
-from p2v import runner
+from p2v import qemuimg, runner
 from p2v.errors import CommandFailed, DestinationFull, P2VError
 from p2v.scratch import scratch_dir, socket_root
 from p2v.sink.nbd import NbdClient, NbdError
@@ -30,7 +29,7 @@ class SinkError(P2VError):
 def create_qcow2(path: Path, size: int) -> None:
     """A new, empty qcow2 of `size` virtual bytes (reads as zeros)."""
     try:
-        runner.run(["qemu-img", "create", "-q", "-f", "qcow2", path, str(size)], timeout=60)
+        qemuimg.create(path, size)
     except CommandFailed as exc:
         if "No space left" in exc.message:
             raise DestinationFull(image=path, detail="qemu-img create failed") from None
@@ -42,12 +41,8 @@ def data_ranges(image: Path, *, force_share: bool = False) -> list[tuple[int, in
     data, as `qemu-img map` reports it (unallocated and zero clusters are left out).
 
     force_share: read while another process holds the image open (see Qcow2Writer)."""
-    argv: list[str | Path] = ["qemu-img", "map", "--output=json", "-f", "qcow2"]
-    if force_share:
-        argv.append("-U")
-    out = runner.run([*argv, image], timeout=600).stdout
-    return [(int(e["start"]), int(e["length"])) for e in json.loads(out)
-            if not e.get("zero", False)]
+    return [(int(e["start"]), int(e["length"]))
+            for e in qemuimg.allocation_map(image, share=force_share) if not e.get("zero", False)]
 
 
 class Qcow2Writer:

@@ -40,7 +40,7 @@ from p2v.target.domain import (
     domain_xml,
     plan_domain,
 )
-from p2v.target.register import (
+from p2v.target.request import (
     ImageInfo,
     Progress,
     RegisterRequest,
@@ -167,7 +167,7 @@ class LibvirtTarget:
     def domain_type(self) -> DomainType:
         """kvm where KVM really works (probed locally, domcapabilities remotely), else qemu."""
         if self.local:
-            from p2v.verify.accel import choose_accel
+            from p2v.accel import choose_accel
 
             return "kvm" if choose_accel() == "kvm" else "qemu"
         forced = os.environ.get("P2V_ACCEL")
@@ -753,7 +753,7 @@ def sweep_transient(conn: Any, owner_alive: Callable[[Path], bool]) -> list[str]
     A domain's metadata names its scratch dir; `owner_alive(dir)` says whether the run that
     holds it lives. Callers hold `_verify_lock` (a network is made just before its domain).
     """
-    from p2v.verify.transient import scratch_of
+    from p2v.target.transient import scratch_of
 
     removed: list[str] = []
     running: set[str] = set()

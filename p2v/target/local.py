@@ -12,12 +12,13 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from p2v import runner
+from p2v import qemuimg, runner
+from p2v.accel import choose_accel
 from p2v.errors import UsageError
 from p2v.model import GuestCaps
 from p2v.secure import check_path, grant_qemu, make_private, private_dir, write_private
 from p2v.target.domain import GuestDisk, UefiFiles, domain_xml, plan_domain
-from p2v.target.register import (
+from p2v.target.request import (
     ImageInfo,
     Progress,
     RegisterRequest,
@@ -25,7 +26,6 @@ from p2v.target.register import (
     host_ovmf,
     volume_names,
 )
-from p2v.verify.accel import choose_accel
 
 
 def _quiet(_msg: str) -> None:
@@ -38,8 +38,7 @@ def copy_image(image: ImageInfo, dest: Path) -> None:
     Never a hard link or symlink: the guest writes to its disk, and the input must not change.
     """
     if image.backing:
-        runner.run(["qemu-img", "convert", "-O", image.format, str(image.path), str(dest)],
-                   timeout=None)
+        qemuimg.convert(image.path, dest, image.format)
     else:
         runner.run(["cp", "--sparse=always", "--reflink=auto", str(image.path), str(dest)],
                    timeout=None)

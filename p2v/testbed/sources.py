@@ -35,9 +35,9 @@ from pathlib import Path
 from types import TracebackType
 
 from p2v import runner
+from p2v.accel import choose_accel
 from p2v.errors import CommandTimeout, P2VError
 from p2v.testbed.image import FixtureImage
-from p2v.verify.accel import choose_accel
 from p2v.verify.qemu import Machine, Nic
 
 log = logging.getLogger(__name__)

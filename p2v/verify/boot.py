@@ -11,14 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2v import runner
+from p2v import qemuimg, runner
+from p2v.accel import choose_accel
 from p2v.errors import GuestfsError, InputNotFound, UsageError
+from p2v.firmware import fresh_ovmf_vars
 from p2v.fix.session import open_guest
 from p2v.scratch import scratch_dir
 from p2v.verify import console as con
-from p2v.verify.accel import choose_accel
 from p2v.verify.probe import Prepared, prepare_overlay
-from p2v.verify.qemu import Bus, Machine, Nic, NicModel, fresh_ovmf_vars
+from p2v.verify.qemu import Bus, Machine, Nic, NicModel
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,6 @@ class BootVerdict:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def image_format(path: Path) -> str:
-    """The image's format as qemu-img sees it (-U: the image may be in use elsewhere)."""
-    info = runner.run(["qemu-img", "info", "-U", "--output=json", str(path)], timeout=60)
-    return str(json.loads(info.stdout)["format"])
-
-
 def _check_inputs(images: Sequence[Path], options: BootOptions) -> None:
     if not images:
         raise UsageError(detail="verify needs at least one IMAGE")
@@ -112,8 +107,7 @@ def make_overlays(images: Sequence[Path], work: Path) -> list[Path]:
     overlays = []
     for index, image in enumerate(images):
         overlay = work / f"disk{index}.overlay"
-        runner.run(["qemu-img", "create", "-f", "qcow2", "-F", image_format(image),
-                    "-b", str(image), str(overlay)], timeout=60)
+        qemuimg.create(overlay, backing=image)
         overlays.append(overlay)
     return overlays
 

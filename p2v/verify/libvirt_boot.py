@@ -22,9 +22,9 @@ from p2v.errors import InputNotFound, TargetNotReady, UsageError
 from p2v.fix.session import open_guest
 from p2v.scratch import owner_alive, scratch_dir
 from p2v.secure import grant_qemu, qemu_gid
+from p2v.target.transient import Throwaway, disk_sources, network_xml, transient_xml
 from p2v.verify.boot import BootVerdict, Logs, make_overlays, watch
 from p2v.verify.probe import prepare_overlay
-from p2v.verify.transient import Throwaway, disk_sources, network_xml, transient_xml
 
 DEFAULT_URI = "qemu:///system"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from p2v.fix.console import KERNEL_LINE, add_console
 from p2v.fix.session import GuestSession
 
 BEGIN = "P2V-PROBE-BEGIN"
 END = "P2V-PROBE-END"
-CONSOLE_ARGS = "console=tty0 console=ttyS0,115200n8"
 
 PROBE_PATH = "/usr/local/sbin/p2v-verify-probe"
 UNIT_PATH = "/etc/systemd/system/p2v-verify-probe.service"
@@ -68,18 +68,7 @@ GRUB_CONFIGS = (
     "/boot/grub/menu.lst",
     "/boot/grub/grub.conf",
 )
-_KERNEL_LINE = re.compile(r"^(\s*(?:linux|linuxefi|linux16|kernel)\s+\S+.*?)\s*$", re.MULTILINE)
 _BLS_OPTIONS = re.compile(r"^(options\s+.*?)\s*$", re.MULTILINE)
-
-
-def add_console(text: str, pattern: re.Pattern[str] = _KERNEL_LINE) -> str:
-    """Append the serial console to every kernel line that lacks it."""
-
-    def repl(match: re.Match[str]) -> str:
-        line = match.group(1)
-        return line if "console=ttyS0" in line else f"{line} {CONSOLE_ARGS}"
-
-    return pattern.sub(repl, text)
 
 
 @dataclass(frozen=True)
@@ -106,7 +95,7 @@ def prepare_overlay(session: GuestSession) -> Prepared:
         if not g.is_file(path):
             continue
         text = session.read_text(path)
-        regex = _BLS_OPTIONS if path.startswith("/boot/loader/entries/") else _KERNEL_LINE
+        regex = _BLS_OPTIONS if path.startswith("/boot/loader/entries/") else KERNEL_LINE
         new = add_console(text, regex)
         if new != text:
             session.write_text(path, new)

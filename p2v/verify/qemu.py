@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from p2v.errors import InputNotFound
+from p2v.firmware import ovmf_code
 
 Bus = Literal["virtio", "sata"]
 Firmware = Literal["bios", "uefi"]
 NicModel = Literal["virtio", "e1000e", "e1000"]
 
-OVMF_CODE_CANDIDATES = (
-    "/usr/share/OVMF/OVMF_CODE_4M.fd",
-    "/usr/share/OVMF/OVMF_CODE.fd",
-    "/usr/share/edk2/ovmf/OVMF_CODE.fd",
-)
-OVMF_VARS_CANDIDATES = (
-    "/usr/share/OVMF/OVMF_VARS_4M.fd",
-    "/usr/share/OVMF/OVMF_VARS.fd",
-    "/usr/share/edk2/ovmf/OVMF_VARS.fd",
-)
-
 # Physical boards put their onboard NIC at 00:19.0, which systemd names enp0s25.
 ONBOARD_NIC_SLOT = 0x19
-
-
-def _first_existing(candidates: tuple[str, ...], what: str) -> Path:
-    for candidate in candidates:
-        if Path(candidate).exists():
-            return Path(candidate)
-    raise InputNotFound(what=what, path=" or ".join(candidates))
-
-
-def ovmf_code() -> Path:
-    return _first_existing(OVMF_CODE_CANDIDATES, "OVMF firmware (install ovmf)")
-
-
-def fresh_ovmf_vars(dest: Path) -> Path:
-    """Copy an empty UEFI variable store: what a brand-new VM gets."""
-    shutil.copyfile(_first_existing(OVMF_VARS_CANDIDATES, "OVMF variable store"), dest)
-    return dest
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from p2v.fix.console import add_console
 from p2v.verify import console as con
-from p2v.verify.probe import BEGIN, END, add_console
+from p2v.verify.probe import BEGIN, END
 
 INITRAMFS_NO_ROOT = """\
 Begin: Running /scripts/local-block ... done.

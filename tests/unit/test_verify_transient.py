@@ -1,5 +1,5 @@
 """The boot check's transient domain: register's XML with overlays, isolated NICs and serial
-logs swapped in, and nothing else changed (p2v.verify.transient), plus the leftover sweep."""
+logs swapped in, and nothing else changed (p2v.target.transient), plus the leftover sweep."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from p2v.model import CpuTopology, GuestCaps, SourceDisk, SourceInventory, SourceNic
 from p2v.target.domain import GuestDisk, NicMapping, UefiFiles, domain_xml, plan_domain
-from p2v.verify.transient import (
+from p2v.target.transient import (
     CHECK_MEMORY_MIB,
     P2V_NS,
     QEMU_NS,

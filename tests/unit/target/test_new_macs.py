@@ -8,7 +8,7 @@ import pytest
 
 from p2v.errors import UsageError
 from p2v.model import GuestCaps, SourceInventory, SourceNic
-from p2v.target.register import RegisterRequest, check_request, fresh_mac, with_new_macs
+from p2v.target.request import RegisterRequest, check_request, fresh_mac, with_new_macs
 
 SOURCE = SourceInventory(nics=(SourceNic("eth0", "52:54:00:b1:05:01"),
                                SourceNic("eth1", "52:54:00:b1:05:02")))

@@ -11,7 +11,7 @@ from p2v.cli import main
 from p2v.errors import UsageError
 from p2v.model import CpuTopology, GuestCaps, SourceInventory, SourceNic
 from p2v.target.domain import NicMapping
-from p2v.target.register import RegisterRequest, check_request, volume_names
+from p2v.target.request import RegisterRequest, check_request, volume_names
 
 
 def test_guest_caps_round_trip_and_defaults() -> None:
@@ -88,7 +88,7 @@ def test_nic_mapping_parse() -> None:
 
 
 def test_volume_names_follow_source_order() -> None:
-    from p2v.target.register import ImageInfo
+    from p2v.target.request import ImageInfo
 
     images = [ImageInfo(Path("a"), "qcow2", 1, 1, None), ImageInfo(Path("b"), "raw", 1, 1, None)]
     assert volume_names("web01", images) == ["web01-disk0.qcow2", "web01-disk1.raw"]
