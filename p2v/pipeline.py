@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from p2v import preflight, stages
 from p2v.errors import ExitCode, P2VError, WorkDirMismatch
@@ -45,6 +45,16 @@ EVENT_SCHEMA = "p2v.events/1"
 _SAME_JOB = ("source", "disks", "full", "new_macs")  # new_macs: the MACs fix pinned
 
 T = TypeVar("T")
+
+# What the report shows of each stage, reloaded when this run did not reach it; the first
+# three whenever their record exists (as they were before a later stage failed).
+_REPORTED: dict[str, Callable[[WorkDir], Any]] = {
+    "inspect": lambda wd: stages.load_inventory(wd), "preflight": lambda wd: stages.load_plan(wd),
+    "copy": lambda wd: stages.load_disks(wd), "sync": lambda wd: stages.load_sync(wd),
+    "verify": lambda wd: stages.load_verdict(wd), "register": lambda wd: stages.load_domain(wd)}
+_ALWAYS_REPORTED = ("inspect", "preflight", "copy")
+# What a missing, truncated or foreign record raises when it is loaded.
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, P2VError)
 
 
 def stages_for(spec: JobSpec) -> tuple[str, ...]:
@@ -81,6 +91,15 @@ def run_job(spec: JobSpec, events: EventSink | None = None) -> JobReport:
     except P2VError as exc:
         # The work dir itself could not be set up (locked, unwritable): nothing ran.
         return _refused(spec, exc.message, exc.exit_code, started)
+
+
+def _recorded(wd: WorkDir, load: Callable[[WorkDir], T]) -> T | None:
+    """The stage's value from its record, or None if the record is missing or unreadable."""
+    try:
+        return load(wd)
+    except _UNREADABLE as exc:
+        wd.log(f"a stage record cannot be read: {exc}")
+        return None
 
 
 def _refused(spec: JobSpec, message: str, code: int, started: float) -> JobReport:
@@ -133,13 +152,21 @@ class _Run:
         if not self.reached and name != self.first:
             try:
                 value = load(wd)
-            except (OSError, ValueError, P2VError) as exc:
-                wd.log(f"the record of {name} cannot be read ({exc}): running it again")
+            except _UNREADABLE as exc:
+                wd.log(f"the record of {name} cannot be read: {exc}")
+                if self.first is None:
+                    # A finished job runs nothing again: a record it cannot read is only
+                    # a gap in its report, not a reason to redo (and re-register) the guest.
+                    ctx.emit({"event": "stage-skip", "reason": "done in an earlier run"})
+                    return cast(T, None)
             else:
                 ctx.emit({"event": "stage-skip", "reason": "done in an earlier run"})
                 self.values[name] = value
                 return value
+            ctx.say(f"the record of {name} cannot be read: running {name} and the stages "
+                    "after it again")
         self.reached = True
+        self.earlier -= set(self.order[self.order.index(name):])
         wd.clear(self.order[self.order.index(name):])
         ctx.emit({"event": "stage-start"})
         t0 = time.monotonic()
@@ -165,12 +192,14 @@ class _Run:
                 wd.log(f"interrupted in {ctx.stage}")
                 ctx.emit({"event": "job-interrupted", "stage": ctx.stage})
                 return False
-            if exc is not None and not isinstance(exc, P2VError):
+            if isinstance(exc, Exception) and not isinstance(exc, P2VError):
                 wd.log(f"internal error in {ctx.stage}:\n"
                        + "".join(traceback.format_exception(kind, exc, tb)))
                 return False
         finally:
             ctx.close()
+        if exc is not None and not isinstance(exc, P2VError):
+            return False            # SystemExit and the like: nothing to report
         if isinstance(exc, P2VError):
             error, failed = exc, self.running or ctx.stage
             wd.log(f"FAILED in {failed}: {exc.message}")
@@ -187,7 +216,12 @@ class _Run:
         return True
 
     def _report(self, error: P2VError | None, failed: str | None) -> JobReport:
-        wd, got = self.ctx.wd, self.values
+        wd, got = self.ctx.wd, dict(self.values)
+        # A run stopped early (another job's work dir, a failed stage) still reports what
+        # earlier runs left: the plan, the copied disks, a verdict and domain once done.
+        for stage, load in _REPORTED.items():
+            if stage not in got and (stage in _ALWAYS_REPORTED or wd.is_done(stage)):
+                got[stage] = _recorded(wd, load)
         times = [StageTime(s, float(wd.marker_data(s).get("seconds", 0)), s in self.earlier)
                  for s in self.order if wd.is_done(s)]
         values = JobValues(inventory=got.get("inspect"), plan=got.get("preflight"),

@@ -262,7 +262,7 @@ def verify(ctx: JobContext, inv: Inventory, plan: JobPlan, disks: Sequence[DiskR
                                 f"console evidence in {ctx.wd.file('verify.json')}")
     ctx.say(f"booted on {verdict.bus} in {verdict.elapsed_s:.0f} s (via {verdict.via}): "
             f"hostname {verdict.hostname}, root {verdict.root}")
-    return cast(dict[str, Any], verdict.to_dict())
+    return load_verdict(ctx.wd)         # as a rerun will see it (JSON, not tuples)
 
 
 def load_verdict(wd: WorkDir) -> dict[str, Any] | None:
@@ -317,19 +317,19 @@ def register(ctx: JobContext, inv: Inventory, plan: JobPlan, disks: Sequence[Dis
         # An earlier run died between defining and its marker: remove what it defined
         # (only if it is that run's guest: same name, our images) and define it again.
         _undo_register(ctx, paths)
+    request = guest_request(ctx, inv, plan, disks, caps)
     write_json(pending, {"name": spec.name, "uri": spec.connect})
     try:
-        result = define(guest_request(ctx, inv, plan, disks, caps), progress=ctx.say)
+        result = define(request, progress=ctx.say)
     except BaseException:
         _undo_register(ctx, paths)
         raise
-    domain = result.to_dict()
-    write_json(ctx.wd.file("register.json"), domain)
+    write_json(ctx.wd.file("register.json"), result.to_dict())
     pending.unlink(missing_ok=True)
     ctx.say(f"domain {result.name} defined at {result.uri} ({result.domain_type}, "
             f"{result.firmware}, {result.disk_bus}); "
             + ("started" if result.started else "left shut off"))
-    return cast(dict[str, Any], domain)
+    return cast(dict[str, Any], read_json(ctx.wd.file("register.json")))  # as a rerun sees it
 
 
 def load_domain(wd: WorkDir) -> dict[str, Any] | None:

@@ -89,7 +89,34 @@ def test_a_stage_whose_record_cannot_be_read_runs_again(
     report = run_job(spec(tmp_path))
     assert report.ok, report.error
     assert fake.ran == ["preflight", "copy", "fix", "verify", "register"]
+    assert [s.earlier_run for s in report.stages] == [True] + [False] * 5
     assert "the record of preflight cannot be read" in (tmp_path / "web01" / "job.log").read_text()
+
+
+def test_a_finished_job_with_an_unreadable_record_runs_nothing_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redoing preflight onwards would try to define the guest a second time."""
+    fake = FakeStages(monkeypatch)
+    assert run_job(spec(tmp_path)).ok
+    fake.ran.clear()
+
+    def unreadable(wd: WorkDir) -> Any:
+        raise OSError("plan.json: No such file or directory")
+    monkeypatch.setattr(pipeline.stages, "load_plan", unreadable)
+    events: list[dict[str, Any]] = []
+    report = run_job(spec(tmp_path), events.append)
+    assert report.ok and fake.ran == []
+    assert [e["stage"] for e in events if e["event"] == "stage-skip"] == list(STAGES)
+    assert all(s.earlier_run for s in report.stages)
+
+
+def test_a_refused_rerun_still_reports_what_earlier_runs_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeStages(monkeypatch, fail="fix")
+    first = run_job(spec(tmp_path))
+    assert first.disk_choice == "copying sda"
+    report = run_job(spec(tmp_path, disks=("/dev/sdb",)))       # another job: refused
+    assert not report.ok and report.disk_choice == "copying sda"
 
 
 def test_a_work_dir_of_another_source_is_refused(
