@@ -35,6 +35,10 @@ demo: setup
 lint: setup
 	$(PY) -m ruff check p2v tests bench
 	$(PY) -m mypy p2v
+	@# The layers and each outside library's one home (pyproject.toml [tool.importlinter]).
+	$(VENV)/bin/lint-imports --no-cache
+	@# No function over 60 lines but those listed, and those may not grow.
+	$(PY) scripts/shape_metrics.py --check
 
 # What CI runs: lint, unit, integration and the e2e boots (not the tests marked slow).
 test: lint fixtures
