@@ -536,7 +536,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _parallel(text: str) -> int:
-    from p2v.copy import MAX_PARALLEL
+    from p2v.transfer.copy import MAX_PARALLEL
 
     value = _at_least_one(text)
     if value > MAX_PARALLEL:
@@ -580,8 +580,8 @@ class _TqdmMeter:
 @contextlib.contextmanager
 def _images_locked(source: SshSource, output_dir: Path, name: str | None) -> Iterator[str]:
     """Hold the images' lock (the one convert holds too) for a standalone copy or sync."""
-    from p2v.copy import source_hostname
     from p2v.jobdir import images_lock
+    from p2v.transfer.device import source_hostname
 
     name = name or source_hostname(source)
     with images_lock(output_dir, name):
@@ -589,8 +589,8 @@ def _images_locked(source: SshSource, output_dir: Path, name: str | None) -> Ite
 
 
 def _cmd_copy(args: argparse.Namespace) -> int:
-    from p2v.copy import CopyRequest, copy_disks
     from p2v.source.ssh import SshSource
+    from p2v.transfer.copy import CopyRequest, copy_disks
 
     check_name(args.name)
     check_output_dir(args.output_dir)
@@ -679,7 +679,7 @@ def _add_sync(sub: argparse._SubParsersAction) -> None:
 def _cmd_sync(args: argparse.Namespace) -> int:
     from p2v.source.freeze import check_freeze_timeout
     from p2v.source.ssh import SshSource
-    from p2v.sync import SyncRequest, sync
+    from p2v.transfer.sync import SyncRequest, sync
 
     check_freeze_timeout(args.freeze_timeout)     # before connecting
     check_name(args.name)

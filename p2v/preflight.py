@@ -29,7 +29,7 @@ SPACE_MARGIN = 256 << 20
 
 def run(ctx: JobContext, inv: Inventory) -> JobPlan:
     """Refuse the job now if anything would stop it later; else fix its plan."""
-    from p2v.copy import probe_device
+    from p2v.transfer.device import probe_device
 
     spec = ctx.spec
     # Tools first: nothing else is worth checking on a host that cannot do the job.

@@ -102,7 +102,7 @@ def load_plan(wd: WorkDir) -> JobPlan:
 
 # ------------------------------------------------------------------------------- copy, sync
 def copy(ctx: JobContext, plan: JobPlan) -> tuple[DiskReport, ...]:
-    from p2v.copy import CopyRequest, copy_disks
+    from p2v.transfer.copy import CopyRequest, copy_disks
 
     spec = ctx.spec
     request = CopyRequest(disks=tuple(d.device for d in plan.disks), output_dir=ctx.wd.path,
@@ -124,7 +124,7 @@ def load_disks(wd: WorkDir) -> tuple[DiskReport, ...]:
 
 def sync(ctx: JobContext, plan: JobPlan) -> dict[str, Any]:
     """Live sync passes while the delta shrinks, then the frozen final pass."""
-    from p2v import sync as transfer
+    from p2v.transfer import sync as transfer
 
     spec = ctx.spec
     live = transfer.SyncRequest(output_dir=ctx.wd.path,

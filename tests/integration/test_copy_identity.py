@@ -21,9 +21,10 @@ import pytest
 from copy_helpers import identical, kill_after_first_batch, open_source, wait_closed
 
 from p2v import cli, runner
-from p2v.copy import CopyRequest, copy_disks, image_stem
 from p2v.errors import ExitCode
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
+from p2v.transfer.copy import CopyRequest, copy_disks
+from p2v.transfer.device import image_stem
 
 MiB = 1 << 20
 SIZE = 128 * MiB

@@ -17,11 +17,11 @@ import pytest
 from copy_helpers import identical, open_source
 
 from p2v import cli
-from p2v import copy as copy_module
-from p2v.copy import CopyRequest, copy_disks
 from p2v.errors import ExitCode, StreamError
 from p2v.source.extents import Extent
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
+from p2v.transfer import copy as copy_module
+from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20
 

@@ -15,7 +15,6 @@ import pytest
 from copy_helpers import identical, kill_after_first_batch, open_source
 
 from p2v import cli, runner
-from p2v.copy import CopyRequest, copy_disks
 from p2v.source.extents import ranges_input
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
 from p2v.testbed.sources import (
@@ -25,6 +24,7 @@ from p2v.testbed.sources import (
     detach_loop,
     write_random_disk,
 )
+from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20
 SIZE = 128 * MiB + 3 * 512          # a short last chunk

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from copy_helpers import identical, open_source
 
-from p2v.copy import CopyRequest, _stream, copy_disks, probe_device
 from p2v.source.extents import format_ranges
-from p2v.sync import SyncRequest, sync
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
+from p2v.transfer.copy import CopyRequest, _stream, copy_disks
+from p2v.transfer.device import probe_device
+from p2v.transfer.sync import SyncRequest, sync
 
 CHUNK = 64 << 10
 COUNT = 24_000                          # chunks: a 1.5 GiB sparse disk

@@ -19,9 +19,9 @@ from copy_helpers import identical, open_source
 from test_freemap import free_ranges
 
 from p2v import runner
-from p2v.copy import CopyRequest, copy_disks
 from p2v.testbed.image import FixtureImage
 from p2v.testbed.sources import LoopSource
+from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20
 EXTENT = 4 * MiB

@@ -18,10 +18,10 @@ from copy_helpers import open_source
 from test_freemap import free_ranges
 
 from p2v import runner
-from p2v.copy import CopyRequest, copy_disks
 from p2v.source.extents import FREEMAP
 from p2v.testbed.image import FixtureImage
 from p2v.testbed.sources import LoopSource
+from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20
 DATA_OFFSET = 2048          # sectors: 1 MiB, mdadm's default for small members

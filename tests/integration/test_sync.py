@@ -23,10 +23,8 @@ import pytest
 from copy_helpers import identical, open_source
 
 from p2v import cli, runner
-from p2v.copy import CopyRequest, copy_disks
 from p2v.errors import ExitCode, P2VError
 from p2v.source.ssh import SshOptions, SshSource
-from p2v.sync import SyncRequest, sync
 from p2v.testbed.sources import (
     LoopSource,
     SourceEndpoint,
@@ -37,6 +35,8 @@ from p2v.testbed.sources import (
     write_random_disk,
 )
 from p2v.testbed.tcpproxy import LinkProxy
+from p2v.transfer.copy import CopyRequest, copy_disks
+from p2v.transfer.sync import SyncRequest, sync
 
 MiB = 1 << 20
 

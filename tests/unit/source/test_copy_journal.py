@@ -7,24 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from p2v.copy import FREE_MARK, _Journal, _stale_ranges
 from p2v.errors import JournalUnreadable
+from p2v.transfer.copy import _stale_ranges
+from p2v.transfer.journal import Journal
+from p2v.transfer.manifest import FREE_MARK
 
 
 def test_journal_round_trip_and_torn_tail(tmp_path: Path) -> None:
     path = tmp_path / "disk.qcow2.journal"
     header = {"schema": "p2v.journal/1", "device": "/dev/sda", "size": 8 << 20,
               "chunk_size": 1 << 20}
-    journal = _Journal.create(path, header)
+    journal = Journal.create(path, header)
     journal.append([(0, "ab" * 32), (1, None), (2, FREE_MARK)])
     journal.append([])
     with path.open("a") as out:
         out.write('{"i": 3, "h": "cd')          # p2v killed in the middle of a line
-    again = _Journal.load(path)
+    again = Journal.load(path)
     assert again.header == header
     assert again.done == {0: "ab" * 32, 1: None, 2: FREE_MARK}
     again.append([(3, "ef" * 32)])                # the torn line is gone, not extended
-    assert _Journal.load(path).done[3] == "ef" * 32
+    assert Journal.load(path).done[3] == "ef" * 32
 
 
 HEADER = {"schema": "p2v.journal/1", "device": "/dev/sda", "size": 8 << 20,
@@ -37,7 +39,7 @@ def test_a_torn_header_is_nothing_journaled(tmp_path: Path) -> None:
     path = tmp_path / "disk.qcow2.journal"
     for torn in (b"", b'{"schema": "p2v.jou', b"\0" * 40, b"\0" * 40 + b"\n"):
         path.write_bytes(torn)
-        assert _Journal.load(path, "p2v.journal/1") is None
+        assert Journal.load(path, "p2v.journal/1") is None
         assert path.read_bytes() == torn          # loading never writes
 
 
@@ -46,7 +48,7 @@ def test_a_garbled_header_is_a_one_line_error(tmp_path: Path) -> None:
     for bad in (b"\xff\xfe not json\n", b"[1, 2]\n", b'{"schema": "p2v.sync-journal/1"}\n'):
         path.write_bytes(bad + b'{"i": 0, "h": null}\n')
         with pytest.raises(JournalUnreadable) as info:
-            _Journal.load(path, "p2v.journal/1")
+            Journal.load(path, "p2v.journal/1")
         assert "\n" not in info.value.message and info.value.exit_code == 2
         assert f"remove it and {tmp_path / 'disk.qcow2.part'}" in info.value.message
 
@@ -54,11 +56,11 @@ def test_a_garbled_header_is_a_one_line_error(tmp_path: Path) -> None:
 def test_a_bad_line_ends_the_journal_and_is_cut_only_on_the_next_append(tmp_path: Path
                                                                         ) -> None:
     path = tmp_path / "disk.qcow2.journal"
-    _Journal.create(path, HEADER).append([(0, "ab" * 32), (1, None)])
+    Journal.create(path, HEADER).append([(0, "ab" * 32), (1, None)])
     good = path.read_bytes()
     path.write_bytes(good + b'{"i": "2"}\n{"i": 3, "h": null}\n{"i": 4')
     before = path.read_bytes()
-    journal = _Journal.load(path, "p2v.journal/1")
+    journal = Journal.load(path, "p2v.journal/1")
     assert journal is not None and journal.done == {0: "ab" * 32, 1: None}
     assert path.read_bytes() == before           # a refused journal stays as it was
     journal.append([(5, None)])

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from p2v.copy import image_stem
 from p2v.errors import StreamError
 from p2v.source.extents import (
     READER,
@@ -21,6 +20,7 @@ from p2v.source.extents import (
     read_header,
     reader_argv,
 )
+from p2v.transfer.device import image_stem
 
 CHUNK = 64 << 10
 

@@ -31,17 +31,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from p2v.copy import (
-    FREE_MARK,
-    MANIFEST_SCHEMA,
-    DeviceInfo,
-    _fsync,
-    _Journal,
-    image_stem,
-    probe_device,
-    read_manifest,
-    source_hostname,
-)
 from p2v.errors import (
     FreezeExpired,
     IntegrityError,
@@ -69,6 +58,9 @@ from p2v.source.hasher import FREE, ZERO, hasher_argv, read_hashes
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
 from p2v.source.ssh import SshSource
+from p2v.transfer.device import DeviceInfo, image_stem, probe_device, source_hostname
+from p2v.transfer.journal import Journal, fsync
+from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +249,7 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
         raise SourceDeviceError(device=device, host=host,
                                 detail="the source has no python3 (leave the reader to auto)")
 
-    loaded = _Journal.load(journal_path, SYNC_JOURNAL_SCHEMA) if journal_path.exists() else None
+    loaded = Journal.load(journal_path, SYNC_JOURNAL_SCHEMA) if journal_path.exists() else None
     if loaded is None and journal_path.exists():
         if not image.exists():
             raise UsageError(detail=f"{journal_path} lost its header while {part} was being "
@@ -279,7 +271,7 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
         if image.exists():
             image.replace(part)
     else:
-        journal = _Journal.create(journal_path, {
+        journal = Journal.create(journal_path, {
             "schema": SYNC_JOURNAL_SCHEMA, "device": device, "size": size,
             "chunk_size": chunk, "chunks_digest": manifest.get("chunks_digest")})
         image.replace(part)
@@ -353,7 +345,7 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
 
 def _rewrite(source: SshSource, info: DeviceInfo, reader: str, chunk: int,
              changed: list[int], request: SyncRequest, writer: Qcow2Writer,
-             journal: _Journal, wire: _Counter, emit: Callable[[Event], None]) -> None:
+             journal: Journal, wire: _Counter, emit: Callable[[Event], None]) -> None:
     """Read the changed chunks (again once if one arrives corrupt) into the image."""
     pending: list[tuple[int, str | None]] = []
     pending_bytes = 0
@@ -427,7 +419,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | Non
                 "syncs": [*manifest.get("syncs", []), sync]})
     tmp = path.with_name(path.name + ".tmp")
     write_private(tmp, json.dumps(new, indent=1) + "\n", "manifest")
-    _fsync(tmp)
+    fsync(tmp)
     tmp.replace(path)
 
 

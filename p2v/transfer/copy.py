@@ -20,21 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from p2v.errors import (
     IntegrityError,
-    JournalUnreadable,
-    RemoteCommandFailed,
     SourceDeviceError,
     SourceMismatch,
     StreamError,
@@ -42,7 +38,7 @@ from p2v.errors import (
 )
 from p2v.events import Event
 from p2v.ratelimit import RateLimiter
-from p2v.secure import check_path, make_private, open_private, private_dir, write_private
+from p2v.secure import check_path, make_private, private_dir, write_private
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
 from p2v.source.extents import (
     missing_ranges,
@@ -52,13 +48,14 @@ from p2v.source.extents import (
     reader_argv,
 )
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
-from p2v.source.shreader import read_sh_extents, read_sh_header, sh_argv, sh_reader_argv
+from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
 from p2v.source.ssh import SshSource
+from p2v.transfer.device import DeviceInfo, image_stem, probe_device, source_hostname
+from p2v.transfer.journal import Journal, fsync
+from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
 
 log = logging.getLogger(__name__)
 
-MANIFEST_SCHEMA = "p2v.manifest/1"
-FREE_MARK = "free"     # journal/manifest value of a chunk skipped as free filesystem space
 JOURNAL_SCHEMA = "p2v.journal/1"
 DEFAULT_CHUNK = 4 << 20
 # Chunks are journaled in batches, after a flush: at most this many bytes are re-sent
@@ -110,16 +107,6 @@ class CopyRequest:
     reader: str = "auto"               # "auto": python3 where the source has it, else sh
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What the probe found: the device's size and which reader the source can run."""
-
-    device: str
-    size: int
-    python3: bool
-    gzip: bool
-
-
 @dataclass
 class DiskResult:
     device: str
@@ -141,115 +128,6 @@ class DiskResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-
-
-def image_stem(device: str) -> str:
-    """/dev/sda -> sda; /dev/mapper/vg0-root -> vg0-root; /dev/cciss/c0d0 -> cciss_c0d0."""
-    name = device.removeprefix("/dev/").removeprefix("mapper/")
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "disk"
-
-
-@dataclass
-class _Journal:
-    path: Path
-    header: dict[str, Any]
-    done: dict[int, str | None] = field(default_factory=dict)   # index -> sha256 (None: zero)
-    # Bytes of whole, valid lines: a kill's torn tail is cut off before the next append
-    # (or it would extend it), not while loading, so a refused journal stays as it was.
-    valid_bytes: int | None = None
-
-    @classmethod
-    def load(cls, path: Path, schema: str | None = None) -> _Journal | None:
-        """The journal at path; None if its header line never got whole onto the disk (a
-        kill or power loss inside `create`: nothing can have been journaled after it)."""
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        lines = data[:end].split(b"\n")[:-1]
-        if not lines or not lines[0].strip(b"\0 "):
-            return None
-        try:
-            header = json.loads(lines[0])
-        except ValueError:
-            header = None
-        if not isinstance(header, dict) or (schema and header.get("schema") != schema):
-            raise JournalUnreadable(path=path, part=path.with_suffix(".part"),
-                                    detail=f"its first line is not a {schema or 'p2v'} "
-                                           "journal header")
-        journal = cls(path, header)
-        offset = len(lines[0]) + 1
-        for line in lines[1:]:
-            entry = _entry(line)
-            if entry is None:
-                break           # torn by a kill: everything before it stands
-            journal.done[entry[0]] = entry[1]
-            offset += len(line) + 1
-        if offset != len(data):
-            journal.valid_bytes = offset
-        return journal
-
-    @classmethod
-    def create(cls, path: Path, header: dict[str, Any]) -> _Journal:
-        write_private(path, json.dumps(header) + "\n", "journal")
-        _fsync(path)
-        _fsync(path.parent)          # the journal's name too, before anything relies on it
-        return cls(path, header)
-
-    def append(self, entries: list[tuple[int, str | None]]) -> None:
-        if not entries:
-            return
-        if self.valid_bytes is not None:
-            with self.path.open("r+b") as f:
-                f.truncate(self.valid_bytes)
-            self.valid_bytes = None
-        with open_private(self.path, "a", "journal") as out:
-            for index, digest in entries:
-                out.write(json.dumps({"i": index, "h": digest}) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        self.done.update(entries)
-
-
-def _entry(line: bytes) -> tuple[int, str | None] | None:
-    """One journal line as (index, hash), or None for anything else (a torn line)."""
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(entry, dict) or type(entry.get("i")) is not int or entry["i"] < 0:
-        return None
-    digest = entry.get("h")
-    return (entry["i"], digest) if digest is None or isinstance(digest, str) else None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def probe_device(source: SshSource, device: str) -> DeviceInfo:
-    """Size and reader tools of a source device; a missing or non-block device is a
-    one-line error. Needs only sh (blockdev or /sys for the size)."""
-    result = source.run(sh_argv("probe", device), check=False, timeout=60)
-    host = source.target.host
-    if result.returncode == 3:
-        raise SourceDeviceError(device=device, host=host, detail="no such device")
-    if result.returncode == 4:
-        raise SourceDeviceError(device=device, host=host,
-                                detail="not a block device (give a whole disk, e.g. /dev/sda)")
-    fields = result.text.split()
-    if result.returncode != 0 or len(fields) != 3 or not all(f.isdigit() for f in fields):
-        raise RemoteCommandFailed(command=f"probe {device}", host=host,
-                                  returncode=result.returncode,
-                                  stderr_tail=result.stderr.strip()[-200:] or "(no output)")
-    return DeviceInfo(device, int(fields[0]), fields[1] == "1", fields[2] == "1")
-
-
-def source_hostname(source: SshSource) -> str:
-    name = source.run(["cat", "/proc/sys/kernel/hostname"], root=False).text.strip()
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "source"
 
 
 def _reader(info: DeviceInfo, request: CopyRequest, host: str) -> str:
@@ -298,7 +176,7 @@ class _Cancelled(Exception):
 
 
 def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: str,
-                 journal: _Journal, part: Path, meter: Meter, emit: Callable[[Event], None],
+                 journal: Journal, part: Path, meter: Meter, emit: Callable[[Event], None],
                  limiter: RateLimiter | None, cancel: threading.Event | None,
                  done_bytes: int) -> tuple[int, int, int]:
     """Every chunk the journal lacks into the image; returns (wire, read, refetched)."""
@@ -378,20 +256,6 @@ def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, read
     return wire, read, refetched
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    """A copy's manifest; an unreadable one is a one-line error, not a traceback."""
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise UsageError(detail=f"the manifest {path} is unreadable ({exc}); remove it and "
-                                "its image to copy afresh, or use another --output-dir"
-                         ) from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA:
-        raise UsageError(detail=f"{path} is not a p2v manifest; remove it and its image to "
-                                "copy afresh, or use another --output-dir")
-    return manifest
-
-
 def _complete_manifest(image: Path, manifest_path: Path, device: str, size: int,
                        identity: SourceIdentity) -> dict[str, Any]:
     """The manifest of a finished image, if it is this source disk's; else refuse: taking
@@ -412,13 +276,13 @@ def _complete_manifest(image: Path, manifest_path: Path, device: str, size: int,
 
 
 def _resumable(journal_path: Path, part: Path, header: dict[str, Any],
-               identity: SourceIdentity) -> _Journal | None:
+               identity: SourceIdentity) -> Journal | None:
     """The journal of an interrupted copy of this very source disk, None if there is
     nothing to resume; a copy of another source (or of this one with another device, size
     or chunk size) is refused, its files left as they are."""
     if not journal_path.exists():
         return None
-    journal = _Journal.load(journal_path, JOURNAL_SCHEMA)
+    journal = Journal.load(journal_path, JOURNAL_SCHEMA)
     if journal is None:
         log.warning("%s: the journal's header was torn (killed or power lost as the copy "
                     "started); nothing was journaled, starting afresh", journal_path)
@@ -456,7 +320,7 @@ def _stale_ranges(data: list[tuple[int, int]], missing: list[tuple[int, int]], c
     return out
 
 
-def _scrub(part: Path, journal: _Journal, count: int, chunk: int) -> int:
+def _scrub(part: Path, journal: Journal, count: int, chunk: int) -> int:
     """Zero what the image holds in chunks the journal lacks; returns the bytes zeroed.
 
     Written and flushed but never journaled (killed, or the power lost, before the journal
@@ -524,7 +388,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
         private_dir(request.output_dir, "output dir", tighten=False)
         create_qcow2(part, size)
         make_private(part, "image")
-        journal = _Journal.create(journal_path, header)
+        journal = Journal.create(journal_path, header)
     else:
         scrubbed = _scrub(part, journal, count, chunk)
     resumed = len(journal.done)
@@ -569,7 +433,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     }
     tmp = manifest_path.with_name(manifest_path.name + ".tmp")
     write_private(tmp, json.dumps(manifest, indent=1) + "\n", "manifest")
-    _fsync(tmp)
+    fsync(tmp)
     tmp.replace(manifest_path)
     part.replace(image)
     journal_path.unlink()

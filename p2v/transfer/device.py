@@ -1,0 +1,50 @@
+"""A source disk as the transfer sees it: its size and reader tools (probed with sh only),
+the name its image gets, and the source's hostname (the default image prefix)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from p2v.errors import RemoteCommandFailed, SourceDeviceError
+from p2v.source.shreader import sh_argv
+from p2v.source.ssh import SshSource
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the probe found: the device's size and which reader the source can run."""
+
+    device: str
+    size: int
+    python3: bool
+    gzip: bool
+
+
+def image_stem(device: str) -> str:
+    """/dev/sda -> sda; /dev/mapper/vg0-root -> vg0-root; /dev/cciss/c0d0 -> cciss_c0d0."""
+    name = device.removeprefix("/dev/").removeprefix("mapper/")
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "disk"
+
+
+def probe_device(source: SshSource, device: str) -> DeviceInfo:
+    """Size and reader tools of a source device; a missing or non-block device is a
+    one-line error. Needs only sh (blockdev or /sys for the size)."""
+    result = source.run(sh_argv("probe", device), check=False, timeout=60)
+    host = source.target.host
+    if result.returncode == 3:
+        raise SourceDeviceError(device=device, host=host, detail="no such device")
+    if result.returncode == 4:
+        raise SourceDeviceError(device=device, host=host,
+                                detail="not a block device (give a whole disk, e.g. /dev/sda)")
+    fields = result.text.split()
+    if result.returncode != 0 or len(fields) != 3 or not all(f.isdigit() for f in fields):
+        raise RemoteCommandFailed(command=f"probe {device}", host=host,
+                                  returncode=result.returncode,
+                                  stderr_tail=result.stderr.strip()[-200:] or "(no output)")
+    return DeviceInfo(device, int(fields[0]), fields[1] == "1", fields[2] == "1")
+
+
+def source_hostname(source: SshSource) -> str:
+    name = source.run(["cat", "/proc/sys/kernel/hostname"], root=False).text.strip()
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "source"
