@@ -1,0 +1,7 @@
+"""`python -m p2v.cli`."""
+
+import sys
+
+from p2v.cli import main
+
+sys.exit(main())

@@ -1,0 +1,120 @@
+"""`p2v batch`: a fleet from one manifest, locally or on Dask workers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from p2v.cli.common import at_least_one
+from p2v.cli.render import BatchScreen
+from p2v.errors import ExitCode
+from p2v.inputs import check_output_dir
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="convert every server of a TOML manifest, N jobs at a time, resumable",
+        description=(
+            "Run one `p2v convert` job per [[server]] of MANIFEST (TOML: [defaults] and one "
+            "[[server]] entry each). The whole manifest is checked first: every problem is "
+            "listed (file, entry, field) and nothing runs. Up to --jobs jobs run at once, "
+            "each in its own process with its own work dir OUTPUT_DIR/NAME; one failing "
+            "job never stops the others. A ledger (OUTPUT_DIR/.p2v-batch/ledger.sqlite) "
+            "records every job, so rerunning the same command skips finished jobs and "
+            "resumes the rest; Ctrl-C stops the jobs cleanly. Ends with a summary table and "
+            "a report (OUTPUT_DIR/.p2v-batch/report.json); exit 0 when every job succeeded, "
+            "1 when one failed. See docs/batch.md."
+        ),
+    )
+    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the fleet's TOML manifest")
+    p.add_argument("--jobs", type=at_least_one, metavar="N",
+                   help="jobs run at the same time (default: the manifest's `jobs`, else 1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the manifest and print which jobs would run, resume or be "
+                        "skipped; change nothing")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: the convert events of every job (with `job`) "
+                        "and the batch's own (batch-start, batch-job-start, batch-job-end, "
+                        "batch-done)")
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run the jobs on the workers of this Dask scheduler (each worker "
+                        "started with --resources p2v=N runs N at once); the ledger stays "
+                        "here. See docs/fleet.md")
+    p.add_argument("--tries", type=at_least_one, metavar="N", default=3,
+                   help="with --scheduler: how often a job is started when the worker "
+                        "running it dies, before it is failed (default 3)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from p2v.batch.driver import ledger_path, plan_batch, run_batch
+    from p2v.batch.manifest import load_manifest
+    from p2v.errors import ManifestInvalid
+
+    try:
+        manifest = load_manifest(args.manifest)
+    except ManifestInvalid as exc:
+        for problem in exc.problems:
+            print(f"p2v: error: {problem}", file=sys.stderr)
+        raise
+    check_output_dir(manifest.output_dir, flag=f"{args.manifest}: output_dir")
+    jobs = args.jobs or manifest.jobs or 1
+    if args.dry_run:
+        plan = plan_batch(manifest)
+        if args.json:
+            print(json.dumps({"manifest": str(manifest.path), "jobs": jobs,
+                              "ledger": str(ledger_path(manifest)),
+                              "plan": [{"job": i.spec.name, "action": i.action,
+                                        "reason": i.reason, "source": i.spec.source,
+                                        "work_dir": str(i.spec.work_dir),
+                                        "spec": i.spec.to_dict()} for i in plan]}, indent=2))
+            return ExitCode.OK
+        width = max(4, *(len(i.spec.name) for i in plan))
+        print(f"{'NAME':<{width}}  ACTION  SOURCE / WHY")
+        for i in plan:
+            print(f"{i.spec.name:<{width}}  {i.action:<6}  {i.spec.source}: {i.reason}")
+        todo = sum(1 for i in plan if i.action != "skip")
+        print(f"{todo} job(s) to run, {len(plan) - todo} to skip, {jobs} at a time; work dirs "
+              f"in {manifest.output_dir}; ledger {ledger_path(manifest)} (dry run: nothing "
+              "changed)")
+        return ExitCode.OK
+    if args.json:
+        def sink(event: dict[str, object]) -> None:
+            print(json.dumps(event), flush=True)
+    else:
+        sink = BatchScreen()
+    if args.scheduler:
+        from p2v.batch.dask_pool import DaskPool, connect
+
+        client = connect(args.scheduler)    # unreachable: one line, exit 6, nothing started
+        result = run_batch(manifest, jobs=jobs, events=sink, tries=args.tries,
+                           pool_factory=lambda run: DaskPool(client, run, manifest.hosts))
+    else:
+        result = run_batch(manifest, jobs=jobs, events=sink)
+    if args.json:
+        return result.exit_code
+    width = max(4, *(len(j.name) for j in result.jobs))
+    print(f"{'NAME':<{width}}  {'STATE':<11}  {'STAGE':<9}  {'TIME':>6}  DETAIL")
+    for j in result.jobs:
+        state = "skipped" if j.action == "skip" else (
+            "not run" if j.action == "not-started" else j.state)
+        seconds = f"{j.seconds:.0f} s" if j.seconds is not None and j.action != "skip" else "-"
+        if j.state == "succeeded":
+            summary = j.summary
+            detail = (f"domain {summary.get('domain')} at {summary.get('uri')}"
+                      + (", boot checked" if summary.get("booted") else "")
+                      if summary else f"done earlier; {j.work_dir}")
+        else:
+            detail = (j.error or "") + (f" (log: {j.log})" if j.log else "")
+        print(f"{j.name:<{width}}  {state:<11}  {j.stage or '-':<9}  {seconds:>6}  {detail}")
+    counts = result.counts
+    print(f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} "
+          f"skipped" + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
+          + (f", {counts['pending']} not started" if counts["pending"] else "")
+          + f"; report {result.report_path}")
+    if result.interrupted:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+    return result.exit_code

@@ -1,0 +1,120 @@
+"""`p2v convert` and its report: one server to a verified, registered guest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from p2v.cli.common import add_freeze_flags, add_ssh_source, check_source_arg, positive_arg
+from p2v.cli.render import ConvertScreen, print_report
+from p2v.errors import ExitCode
+from p2v.inputs import check_name, check_output_dir
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a running server into a verified libvirt guest (the whole job)",
+        description=(
+            "One job: inspect SOURCE, preflight (host key, devices, free space for the copy "
+            "estimate, the name free in libvirt, networks, tools, and what will not carry "
+            "over), copy its disks (without --disk: every physical disk, never loop, ram or "
+            "optical devices), fix the copy for virtio with the source's MACs, boot-check it "
+            "on a throwaway overlay with its NICs off every network, then register it with "
+            "libvirt (shut off unless --start). Everything lives in the job's work dir "
+            "DIR/NAME; a failure leaves no domain defined and keeps the work dir: rerun the "
+            "same command to continue at the first unfinished stage (the copy resumes "
+            "mid-disk). `p2v clean NAME` removes it. See docs/convert.md."
+        ),
+    )
+    add_ssh_source(p)
+    p.add_argument("--name", required=True,
+                   help="the guest's name: domain name, work dir and image names")
+    p.add_argument("--disk", action="append", default=[], metavar="DEV",
+                   help="source disk to copy, e.g. /dev/sda (repeatable; default: every "
+                        "physical disk)")
+    p.add_argument("--memory", type=int, metavar="MiB", help="guest RAM (default: the source's)")
+    p.add_argument("--vcpus", type=int, metavar="N",
+                   help="vCPUs (default: the source's topology)")
+    p.add_argument("--output-dir", type=Path, metavar="DIR",
+                   help="where the job's work dir NAME/ goes (default: $P2V_STATE_DIR/jobs, "
+                        "/var/lib/p2v/jobs)")
+    p.add_argument("--connect", default="qemu:///system", metavar="URI",
+                   help="libvirt URI (default: qemu:///system)")
+    p.add_argument("--network", action="append", default=[], metavar="[SRC=]NET",
+                   help="attach source NIC SRC (name or MAC) to libvirt network NET; without "
+                        "SRC=, every NIC not mapped otherwise (default: 'default')")
+    p.add_argument("--bridge", action="append", default=[], metavar="[SRC=]BR",
+                   help="attach source NIC SRC (name or MAC) to host bridge BR")
+    p.add_argument("--pool", metavar="NAME",
+                   help="upload the images into this libvirt storage pool (needed for a remote "
+                        "--connect)")
+    p.add_argument("--start", action="store_true", help="start the guest once registered")
+    p.add_argument("--serial-console", action="store_true",
+                   help="fix adds a serial console (ttyS0) whose login prompt shows the "
+                        "guest's IPv4 addresses: `virsh console` and the domain's console log")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the boot check before registering (not recommended)")
+    p.add_argument("--verify-timeout", type=positive_arg, default=300.0, metavar="S",
+                   help="seconds the boot check waits for userspace (default: 300)")
+    p.add_argument("--full", action="store_true",
+                   help="copy every non-zero byte (default: skip ext2/3/4 free blocks and swap)")
+    p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
+    p.add_argument("--new-macs", action="store_true",
+                   help="give the guest fresh MACs (the source stays live with its own); the "
+                        "guest's interface names are pinned to the new ones, so its network "
+                        "configuration still applies")
+    p.add_argument("--cutover", action="store_true",
+                   help="live cutover: after the copy, sync passes while the delta shrinks, "
+                        "then a final pass with the source's filesystems frozen (fsfreeze, "
+                        "a thaw timer on the source); the downtime window is reported "
+                        "(docs/sync.md)")
+    add_freeze_flags(p, "with --cutover: ", "the final pass always freezes; ")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: one event per stage change, progress tick and "
+                        "message, then job-done or job-failed with the report")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from p2v.errors import UsageError
+    from p2v.job import JobSpec, default_output_dir
+    from p2v.pipeline import run_job
+    from p2v.source.freeze import check_freeze_timeout
+
+    for flag, value in (("--memory", args.memory), ("--vcpus", args.vcpus)):
+        if value is not None and value < 1:
+            raise UsageError(detail=f"{flag} must be positive, not {value}")
+    check_freeze_timeout(args.freeze_timeout)     # now, not at the final pass after the copy
+    check_source_arg(args)
+    check_name(args.name)
+    check_output_dir(args.output_dir or default_output_dir())
+    spec = JobSpec(
+        source=args.source, name=args.name,
+        output_dir=(args.output_dir or default_output_dir()).absolute(),
+        disks=tuple(args.disk), memory_mib=args.memory, vcpus=args.vcpus,
+        connect=args.connect, networks=tuple(args.network), bridges=tuple(args.bridge),
+        pool=args.pool, start=args.start, verify=not args.no_verify, full=args.full,
+        compress=not args.no_compress, identity=args.identity, known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
+        verify_timeout=args.verify_timeout, new_macs=args.new_macs,
+        cutover=args.cutover, freeze=args.freeze or "strict",
+        freeze_timeout=args.freeze_timeout, before_final=args.before_final,
+        after_final=args.after_final, serial_console=args.serial_console,
+    )
+    if not args.cutover and (args.before_final or args.after_final):
+        raise UsageError(detail="--before-final and --after-final need --cutover")
+    if args.json:
+        def sink(event: dict[str, object]) -> None:
+            print(json.dumps(event), flush=True)
+    else:
+        sink = ConvertScreen(args.verbose > 0)
+    report = run_job(spec, sink)
+    if not report.ok:
+        print(f"p2v: error: {report.error}", file=sys.stderr)
+        return report.exit_code
+    if not args.json:
+        print_report(report)
+    return ExitCode.OK

@@ -1,0 +1,111 @@
+"""`p2v sync`: delta passes against a finished copy, the last one with the source frozen."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from p2v.cli.common import (
+    add_freeze_flags,
+    add_ssh_source,
+    images_locked,
+    progress_printer,
+    rate_arg,
+    ssh_options,
+)
+from p2v.errors import ExitCode
+from p2v.inputs import check_name, check_output_dir
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sync",
+        help="bring completed copies up to date, sending only changed chunks (live cutover)",
+        description=(
+            "After a completed `p2v copy` into DIR: the source hashes every chunk in use "
+            "(read-only), p2v compares with each image's manifest and fetches only the "
+            "chunks that changed, zeroing chunks no longer in use; resumable like a copy. "
+            "--freeze makes this the final pass with the source's mounted filesystems on "
+            "the copied disks frozen (fsfreeze) for a filesystem-consistent image; a timer "
+            "started on the source first thaws them after --freeze-timeout seconds even "
+            "if p2v or the link dies. --before-final/--after-final run YOUR shell command "
+            "on the source around the pass (e.g. stop and start a database). These are "
+            "the only things p2v ever does on a source beyond reading. See docs/sync.md."
+        ),
+    )
+    add_ssh_source(p)
+    p.add_argument("--output-dir", type=Path, required=True, metavar="DIR",
+                   help="the directory the copy wrote its images and manifests into")
+    p.add_argument("--disk", action="append", metavar="DEV",
+                   help="source disk to sync (repeatable; default: every disk copied "
+                        "into DIR under --name)")
+    p.add_argument("--name", help="image name stem used by the copy (default: the "
+                                  "source's hostname)")
+    add_freeze_flags(p, "", "freeze the source's mounted filesystems on these disks during "
+                             "the pass; ")
+    p.add_argument("--source-priority", choices=("low", "normal"), default="low",
+                   help="CPU/IO priority of the readers on the source (default: low)")
+    p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
+    p.add_argument("--bandwidth-limit", type=rate_arg, metavar="RATE",
+                   help="at most RATE bytes/s on the wire, e.g. 50M (default: unlimited)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout, one event each (sync-start, sync-delta, "
+                        "progress, sync-done, frozen, thawed, sync-result)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from p2v.source.freeze import check_freeze_timeout
+    from p2v.source.ssh import SshSource
+    from p2v.transfer.sync import SyncRequest, sync
+
+    check_freeze_timeout(args.freeze_timeout)     # before connecting
+    check_name(args.name)
+    check_output_dir(args.output_dir)
+    options = ssh_options(args)
+    request = SyncRequest(
+        output_dir=args.output_dir, disks=tuple(args.disk or ()), name=args.name,
+        compress=not args.no_compress, low_priority=args.source_priority == "low",
+        bandwidth_limit=args.bandwidth_limit, freeze=args.freeze,
+        freeze_timeout=args.freeze_timeout, before_final=args.before_final,
+        after_final=args.after_final,
+    )
+    say = progress_printer(args)
+
+    def emit(event: dict[str, object]) -> None:
+        if args.json:
+            print(json.dumps(event), flush=True)
+        elif event["event"] == "sync-delta":
+            say(f"{event['device']}: {event['changed_chunks']} changed, "
+                f"{event['dropped_chunks']} dropped chunk(s) ({event['changed_bytes']} "
+                f"bytes), hashed in {event['hash_seconds']} s")
+        elif event["event"] == "frozen":
+            frozen = event["frozen"]
+            say("frozen: " + (", ".join(frozen) if isinstance(frozen, list) and frozen
+                              else "nothing (no mounted filesystem on these disks)"))
+            for item in event["not_frozen"] if isinstance(event["not_frozen"], list) else []:
+                say(f"NOT frozen: {item['mountpoint']} ({item['why']})")
+        elif event["event"] == "thawed":
+            say(f"thawed after {event['freeze_s'] or 0:.1f} s")
+
+    with SshSource.open(args.source, options) as source, \
+            images_locked(source, request.output_dir, request.name) as name:
+        result = sync(source, replace(request, name=name), emit)
+    if args.json:
+        print(json.dumps({"event": "sync-result", **result.to_dict()}), flush=True)
+        return ExitCode.OK
+    for d in result.disks:
+        print(f"{d.device}: {d.image} ({d.changed_chunks} changed + {d.dropped_chunks} dropped"
+              f" of {d.chunks} chunks, {d.changed_bytes} bytes changed, {d.wire_bytes} bytes "
+              f"on the wire, {d.seconds:.1f} s" + (", resumed" if d.resumed else "") + ")")
+    if result.freeze is not None:
+        f = result.freeze
+        print(f"frozen {f.seconds or 0:.1f} s: {', '.join(m.mountpoint for m in f.frozen)}"
+              if f.frozen else "nothing was frozen")
+        for m, why in f.not_frozen:
+            print(f"NOT frozen (not consistent): {m.mountpoint} ({m.fstype}): {why}")
+    print(f"total: {result.changed_bytes} bytes changed, {result.wire_bytes} bytes sent, "
+          f"{result.seconds:.1f} s")
+    return ExitCode.OK
