@@ -39,6 +39,8 @@ lint: setup
 	$(VENV)/bin/lint-imports --no-cache
 	@# No function over 60 lines but those listed, and those may not grow.
 	$(PY) scripts/shape_metrics.py --check
+	@# The sh programs p2v runs on the source: POSIX sh, as old servers have it.
+	shellcheck -s sh p2v/source/remote/*.sh
 
 # What CI runs: lint, unit, integration and the e2e boots (not the tests marked slow).
 test: lint fixtures

@@ -41,6 +41,7 @@ from p2v.errors import (
     P2VError,
     UsageError,
 )
+from p2v.source import remote
 from p2v.source.ssh import SshSource
 
 log = logging.getLogger(__name__)
@@ -59,33 +60,10 @@ _POLL = 0.5
 # $4... mountpoints. Prints its pid. Once fired, it thaws every mount, and again each second
 # while a p2v `fsfreeze -f` (a process named p2v-freeze-HEX) still runs: a freeze that lands
 # after the first round is thawed too. The bracket keeps grep from matching itself.
-_TIMER = r"""
-t=$1 tag=$2; shift 2
-script='sleep "$1"; shift; hex=$1; shift; n=0
-while :; do
-    for m in "$@"; do fsfreeze -u "$m"; done
-    grep -q -e "p2v-[f]reeze-$hex" /proc/[0-9]*/cmdline 2>/dev/null || break
-    n=$((n + 1)); [ "$n" -lt 900 ] || break
-    sleep 1
-done'
-if command -v setsid >/dev/null 2>&1; then
-    setsid sh -c "$script" "$tag" "$t" "$@" </dev/null >/dev/null 2>&1 &
-else
-    sh -c "$script" "$tag" "$t" "$@" </dev/null >/dev/null 2>&1 &
-fi
-echo $!
-"""
+_TIMER = remote.script("freeze_timer.sh")
 
 # $1 pid, $2 marker, $3 "kill" or "check": exit 0 when the timer is (was) running.
-_TIMER_CTL = r"""
-pid=$1 tag=$2
-[ -r "/proc/$pid/cmdline" ] || exit 1
-tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q -- "$tag" || exit 1
-if [ "$3" = kill ]; then
-    kill -- "-$pid" 2>/dev/null || kill "$pid"
-fi
-exit 0
-"""
+_TIMER_CTL = remote.script("freeze_timer_ctl.sh")
 
 # The freeze itself, under a name ($0 = p2v-freeze-HEX) the timer and thaw() can look for;
 # the trailing commands keep sh from exec'ing fsfreeze (which would drop the name).

@@ -15,25 +15,14 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from p2v.source import remote
+
 if TYPE_CHECKING:
     from p2v.source.ssh import SshSource
 
 # $1: the device. Prints "KEY<TAB>VALUE" per identifier the disk has (none for a loop
 # device); a partition answers with its disk's. Reads sysfs only, writes nothing.
-DISK_ID_SCRIPT = r"""
-dev=$(readlink -f "$1") || exit 0
-d=/sys/class/block/${dev##*/}
-d=$(cd -P "$d" 2>/dev/null && pwd) || exit 0
-[ -r "$d/partition" ] && d=${d%/*}
-found=
-for f in device/wwid wwid device/serial serial dm/uuid; do
-    [ -r "$d/$f" ] || continue
-    v=$(tr -d '\n' < "$d/$f" 2>/dev/null) || continue
-    [ -n "$v" ] && printf '%s\t%s\n' "$f" "$v" && found=1
-done
-[ -n "$found" ] || printf 'lsblk\t%s\n' "$(lsblk -dno SERIAL,WWN "$dev" 2>/dev/null)"
-exit 0
-"""
+DISK_ID_SCRIPT = remote.script("disk_id.sh")
 
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]+")
 
