@@ -7,7 +7,7 @@ Copy campaign (default 20 runs). The source is two writable loop devices behind 
 sshd: a copy of the bios fixture's disk (2 GiB, MBR, ext4 + swap: free-space skipping and
 compression at work) and a 512 MiB disk of 4 MiB blocks, about half of them random, the
 rest zeros with now and then 64 KiB of random data in them. All p2v traffic goes through
-one link proxy (p2v/testbed/tcpproxy.py) that counts what the server sends. First an
+one link proxy (tests/tcpproxy.py) that counts what the server sends. First an
 uninterrupted reference copy; then, per run, `p2v copy` of both disks into a fresh
 directory, either cut by the proxy once a random number of bytes has crossed it, or
 SIGKILLed at a random time after its first disk-start event; then the same command
@@ -58,13 +58,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))   # the link proxy is a test helper
+
+from tcpproxy import LinkProxy  # noqa: E402
 
 from p2v import runner  # noqa: E402
 from p2v.pipeline import STAGES  # noqa: E402
 from p2v.testbed.fixtures import build_fixture  # noqa: E402
 from p2v.testbed.libvirtd import URI, Libvirtd, isolated_network  # noqa: E402
 from p2v.testbed.sources import LoopSource, SourceEndpoint, copy_fixture  # noqa: E402
-from p2v.testbed.tcpproxy import LinkProxy  # noqa: E402
 from p2v.transfer.copy import DEFAULT_CHUNK, DEFAULT_PARALLEL, FLUSH_BYTES  # noqa: E402
 
 MiB = 1 << 20

@@ -35,6 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))   # the link proxy is a test helper
+
+from tcpproxy import LinkProxy  # noqa: E402
 
 from p2v import runner  # noqa: E402
 from p2v.testbed.sources import (  # noqa: E402
@@ -44,7 +47,6 @@ from p2v.testbed.sources import (  # noqa: E402
     detach_loop,
     known_hosts_line,
 )
-from p2v.testbed.tcpproxy import LinkProxy  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -70,10 +70,6 @@ class BootFailed(P2VError):
     exit_code = ExitCode.BOOT_FAILED
 
 
-class FixtureError(P2VError):
-    """building the {variant} fixture failed: {detail}"""
-
-
 class LibvirtUnreachable(P2VError):
     """cannot connect to libvirt at {uri}: {detail}"""
 

@@ -81,7 +81,7 @@ def tmp_image_copy(tmp_path: Path) -> Callable[[FixtureImage], FixtureImage]:
 @pytest.fixture(scope="session")
 def windows_images() -> dict[str, Path]:
     """Phony Windows 7, Server 2019 and Server 2025 images (raw, cached; never boot): NTFS
-    with SYSTEM/SOFTWARE hives enough for libguestfs inspection (p2v/testbed/winimage.py)."""
-    from p2v.testbed.winimage import build_windows_images
+    with SYSTEM/SOFTWARE hives enough for libguestfs inspection (tests/winimage.py)."""
+    from winimage import build_windows_images
 
     return build_windows_images()

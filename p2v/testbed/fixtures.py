@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 
 from p2v import runner
-from p2v.errors import FixtureError, P2VError
+from p2v.errors import P2VError
 from p2v.fix.session import GuestSession, open_guest
-from p2v.testbed.image import FixtureImage
+from p2v.testbed.image import FixtureError, FixtureImage
 
 log = logging.getLogger(__name__)
 

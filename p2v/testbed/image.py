@@ -7,6 +7,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from p2v.errors import P2VError
+
+
+class FixtureError(P2VError):
+    """building the {variant} fixture failed: {detail}"""
+
 
 @dataclass(frozen=True)
 class FixtureImage:

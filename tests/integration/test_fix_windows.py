@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cmdsubset import CmdSubset
+from winimage import PHONY_WINDOWS, make_virtio_win_iso, make_virtio_win_tree
 
 from p2v.fix import firstboot
 from p2v.fix.catalog import load_catalog
@@ -28,7 +29,6 @@ from p2v.fix.hive import RegValue, open_hive
 from p2v.fix.session import open_guest
 from p2v.fix.windows import CONFIGURATION, WindowsFixResult, cdd_key
 from p2v.runner import run
-from p2v.testbed.winimage import PHONY_WINDOWS, make_virtio_win_iso, make_virtio_win_tree
 
 CATALOG = load_catalog()
 # make test fixes only win2k19 (from the ISO; a DRIVERS hive); the others are slow.

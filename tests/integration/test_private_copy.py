@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical, kill_after_first_batch
+from tcpproxy import LinkProxy
 
 from p2v.errors import ExitCode
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
-from p2v.testbed.tcpproxy import LinkProxy
 
 MiB = 1 << 20
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical, open_source
+from tcpproxy import LinkProxy
 
 from p2v import cli, runner
 from p2v.errors import ExitCode, P2VError
@@ -34,7 +35,6 @@ from p2v.testbed.sources import (
     make_partition_nodes,
     write_random_disk,
 )
-from p2v.testbed.tcpproxy import LinkProxy
 from p2v.transfer.copy import CopyRequest, copy_disks
 from p2v.transfer.sync import SyncRequest, sync
 

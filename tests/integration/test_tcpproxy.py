@@ -8,8 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from p2v.testbed.tcpproxy import LinkProxy
+from tcpproxy import LinkProxy
 
 PAYLOAD = bytes(range(256)) * 4096          # 1 MiB
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from p2v.errors import FixtureError
 from p2v.testbed import fixtures
 from p2v.testbed.fixtures import (
     ALIGN_SECTORS,
@@ -22,6 +21,7 @@ from p2v.testbed.fixtures import (
     rootfs_key,
     variants,
 )
+from p2v.testbed.image import FixtureError
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "fixtures"
 
