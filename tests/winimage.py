@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2v.fix import hive as hive_module
 from p2v.fix.catalog import CATALOG_PATH, Catalog, load_catalog
 from p2v.fix.hive import RegValue, create_hive, open_hive
 from p2v.fix.session import open_guest
@@ -126,7 +127,7 @@ def write_hives(spec: WindowsSpec, directory: Path) -> dict[str, Path]:
 
 def _image_key(specs: tuple[WindowsSpec, ...]) -> str:
     digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(Path(__file__).resolve().parents[1].joinpath("fix", "hive.py").read_bytes())
+    digest.update(Path(hive_module.__file__).read_bytes())
     digest.update(repr(specs).encode())
     return digest.hexdigest()[:16]
 
