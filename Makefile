@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,fleet]'
 	@# The dev tools belong to the venv even where the system python already has them.
 	$(PY) -m pip install -q --disable-pip-version-check --ignore-installed \
-	  ruff mypy pytest pytest-timeout
+	  ruff mypy pytest pytest-timeout import-linter
 	@touch $@
 
 venv: sysdeps $(STAMP)

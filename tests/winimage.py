@@ -25,7 +25,13 @@ from p2v.fix.catalog import CATALOG_PATH, Catalog, load_catalog
 from p2v.fix.hive import RegValue, create_hive, open_hive
 from p2v.fix.session import open_guest
 from p2v.runner import run
-from p2v.testbed.fixtures import default_cache_dir
+from p2v.testbed.fixtures import (
+    build_unused,
+    default_cache_dir,
+    locked,
+    remove_build,
+    use_build,
+)
 
 DISK_MB = 64
 DISK_SIGNATURE = 0x5032_5601   # MBR disk signature; MountedDevices names C: by it
@@ -141,9 +147,20 @@ def build_windows_images(cache_dir: Path | None = None,
     """
     cache = (cache_dir or default_cache_dir()) / f"windows-{_image_key(specs)}"
     paths = {s.key: cache / f"{s.key}.img" for s in specs}
-    if (cache / "images.json").is_file():
-        return paths
     cache.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time; each user holds the build's users file (as for the fixtures),
+    # so a run of newer code never deletes the images a run beside it still reads.
+    with locked(cache.parent / ".windows.lock"):
+        if not (cache / "images.json").is_file():
+            _build_windows_images(cache, specs)
+        use_build(cache)
+        for stale in cache.parent.glob("windows-*"):
+            if stale != cache and stale.is_dir() and build_unused(stale):
+                remove_build(stale)
+    return paths
+
+
+def _build_windows_images(cache: Path, specs: tuple[WindowsSpec, ...]) -> None:
     work = Path(tempfile.mkdtemp(prefix=".windows-", dir=cache.parent))
     try:
         disks = []
@@ -187,14 +204,9 @@ def build_windows_images(cache_dir: Path | None = None,
         if cache.exists():
             shutil.rmtree(cache)
         os.rename(work, cache)
-        # Builds from older versions of this file are never used again.
-        for stale in cache.parent.glob("windows-*"):
-            if stale != cache and stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
     finally:
         if work.exists():
             shutil.rmtree(work)
-    return paths
 
 
 def make_virtio_win_tree(root: Path, windows_dirs: tuple[str, ...] = ("w7", "2k19", "2k25"),

@@ -356,7 +356,7 @@ def cached_fixture(variant: str, cache_dir: Path | None = None) -> FixtureImage 
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -377,13 +377,14 @@ def _remove(path: Path) -> None:
 # ends, so that a run of newer code (another checkout, other cache keys) pruning older
 # builds leaves alone the one a test run beside it is still reading.
 _IN_USE: dict[Path, IO[bytes]] = {}
+UNTRACKED_AGE = 24 * 3600
 
 
 def _users_file(build: Path) -> Path:
     return build.parent / f".{build.name}.users"
 
 
-def _use(build: Path) -> None:
+def use_build(build: Path) -> None:
     """Count this process among the build's users; call under the variant's lock."""
     if build not in _IN_USE:
         handle = open(_users_file(build), "ab")  # noqa: SIM115 - held until the process ends
@@ -391,11 +392,17 @@ def _use(build: Path) -> None:
         _IN_USE[build] = handle
 
 
-def _unused(build: Path) -> bool:
-    """True if no process uses the build (an exclusive lock can be had at once)."""
+def build_unused(build: Path) -> bool:
+    """True if no process uses the build (an exclusive lock can be had at once).
+
+    A build without a users file was made by code that kept none: it may be in use by a
+    run of that code, so it counts as unused only once it is a day old."""
     users = _users_file(build)
     if not users.exists():
-        return True
+        try:
+            return time.time() - build.stat().st_mtime > UNTRACKED_AGE
+        except OSError:
+            return True
     with open(users, "ab") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -403,6 +410,12 @@ def _unused(build: Path) -> bool:
             return False
         fcntl.flock(handle, fcntl.LOCK_UN)
         return True
+
+
+def remove_build(build: Path) -> None:
+    """Delete a build and its users file (call once build_unused said so, under the lock)."""
+    _remove(build)
+    _users_file(build).unlink(missing_ok=True)
 
 
 def _remove_stale(cache_dir: Path, variant: str, keep: Path) -> None:
@@ -418,12 +431,11 @@ def _remove_stale(cache_dir: Path, variant: str, keep: Path) -> None:
                 stem = path.name.lstrip(".").removesuffix(".tmp").split(".")[0]
                 rest = stem[len(variant) + 1 :]
                 if len(rest) == 16 and all(c in "0123456789abcdef" for c in rest):
-                    if path.suffix != ".tmp" and not _unused(path):
+                    if path.suffix != ".tmp" and not build_unused(path):
                         log.info("keeping stale fixture build %s: another run uses it", path)
                         continue
                     log.info("removing stale fixture build %s", path)
-                    _remove(path)
-                    _users_file(path).unlink(missing_ok=True)
+                    remove_build(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -444,10 +456,10 @@ def build_fixture(
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FixtureError(variant=variant, detail=f"cannot create {cache}: {exc}") from exc
-    with _locked(cache / f".{variant}.lock"):
+    with locked(cache / f".{variant}.lock"):
         meta = final / FIXTURE_JSON
         if meta.is_file():
-            _use(final)
+            use_build(final)
             _remove_stale(cache, variant, keep=final)
             progress(f"{variant}: cached at {final}")
             return FixtureImage.from_json(meta.read_text())
@@ -457,7 +469,7 @@ def build_fixture(
         try:
             image = _build(recipe, work, final, cache, progress)
             os.rename(work, final)
-            _use(final)
+            use_build(final)
         except FixtureError:
             _remove(work)
             raise
@@ -501,7 +513,7 @@ def _rootfs_tarball(recipe: Recipe, cache: Path, progress: Progress) -> Path:
     store.mkdir(parents=True, exist_ok=True)
     key = rootfs_key(recipe)
     tarball = store / f"{recipe.variant}-{recipe.suite}-{key}.tar"
-    with _locked(store / f".{recipe.variant}.lock"):
+    with locked(store / f".{recipe.variant}.lock"):
         if tarball.is_file():
             progress(f"{recipe.variant}: root file system tarball cached ({tarball.name})")
             return tarball

@@ -54,7 +54,7 @@ from p2v.transfer.device import DeviceInfo, image_stem, probe_device, source_hos
 from p2v.transfer.journal import Journal, fsync
 from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("p2v.copy")   # the name job logs have always shown
 
 JOURNAL_SCHEMA = "p2v.journal/1"
 DEFAULT_CHUNK = 4 << 20

@@ -62,7 +62,7 @@ from p2v.transfer.device import DeviceInfo, image_stem, probe_device, source_hos
 from p2v.transfer.journal import Journal, fsync
 from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("p2v.sync")   # the name job logs have always shown
 
 SYNC_JOURNAL_SCHEMA = "p2v.sync-journal/1"
 DIRTY = "dirty"          # journal: the chunk is being rewritten; its hash is unknown

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,9 +179,20 @@ def test_remove_stale_keeps_current_and_other_variants(tmp_path: Path) -> None:
     other = tmp_path / "bios-xfs-0123456789abcdef"
     for path in (current, old, temp, other):
         path.mkdir()
+    day_old = time.time() - fixtures.UNTRACKED_AGE - 60
+    os.utime(old, (day_old, day_old))
     fixtures._remove_stale(tmp_path, "bios", keep=current)
     assert current.exists() and other.exists()
     assert not old.exists() and not temp.exists()
+
+
+def test_a_fresh_build_of_code_that_kept_no_users_file_is_kept(tmp_path: Path) -> None:
+    """Code older than the users file never said it uses a build: a run of it may be."""
+    current, old = tmp_path / "bios-0123456789abcdef", tmp_path / "bios-fedcba9876543210"
+    current.mkdir()
+    old.mkdir()
+    fixtures._remove_stale(tmp_path, "bios", keep=current)
+    assert old.exists()
 
 
 def test_remove_stale_keeps_a_build_another_process_uses(tmp_path: Path) -> None:
@@ -191,7 +204,7 @@ def test_remove_stale_keeps_a_build_another_process_uses(tmp_path: Path) -> None
     user = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from pathlib import Path; from p2v.testbed import fixtures; "
-         "fixtures._use(Path(sys.argv[1])); print('using', flush=True); time.sleep(600)",
+         "fixtures.use_build(Path(sys.argv[1])); print('using', flush=True); time.sleep(600)",
          str(old)],
         stdout=subprocess.PIPE, text=True)
     try:
