@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from p2v.errors import CommandFailed, CommandNotFound, CommandTimeout
 
@@ -91,30 +92,38 @@ def spawn(
     argv: Sequence[str | os.PathLike[str]],
     *,
     env: Mapping[str, str] | None = None,
-    stdout: int | None = subprocess.DEVNULL,
-    stderr: int | None = subprocess.DEVNULL,
+    stdin: int | None = subprocess.DEVNULL,
+    stdout: int | IO[Any] | None = subprocess.DEVNULL,
+    stderr: int | IO[Any] | None = subprocess.DEVNULL,
     cwd: str | Path | None = None,
     die_with_parent: bool = True,
+    death_signal: int = signal.SIGKILL,
+    own_session: bool = True,
+    keep_secrets: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-running process (qemu, sshd) in its own session; the caller stops it.
+    """Start a long-running process (qemu, sshd, a batch job) in its own session (or, with
+    own_session False, its own process group); the caller stops it.
 
-    die_with_parent: the kernel SIGKILLs it when p2v dies, even by SIGKILL
+    die_with_parent: the kernel sends it DEATH_SIGNAL when p2v dies, even by SIGKILL
     (`die_with_parent_fn`), so no qemu, storage daemon or lock on an image outlives a killed job.
     Call spawn from a thread that lives as long as the child: the kernel's notion of the
-    parent is the forking thread.
+    parent is the forking thread. keep_secrets: the child is p2v itself and needs what
+    every other command is spared (the sudo password).
     """
     args = [os.fspath(a) for a in argv]
     args[0] = which(args[0]) if "/" not in args[0] else args[0]
     log.debug("spawn: %s", shlex.join(args))
+    child_env = {**os.environ, **(env or {})} if keep_secrets else _env(env)
     return subprocess.Popen(
         args,
-        stdin=subprocess.DEVNULL,
+        stdin=stdin,
         stdout=stdout,
         stderr=stderr,
-        env=_env(env),
+        env=child_env,
         cwd=cwd,
-        start_new_session=True,
-        preexec_fn=die_with_parent_fn() if die_with_parent else None,  # noqa: PLW1509
+        start_new_session=own_session,
+        process_group=None if own_session else 0,
+        preexec_fn=die_with_parent_fn(death_signal) if die_with_parent else None,  # noqa: PLW1509
     )
 
 

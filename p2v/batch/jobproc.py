@@ -54,10 +54,10 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
     _wait_for_lock(spec.work_dir / ".lock", LOCK_WAIT)
     begun = time.monotonic()
     with open_private(log_path, "ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - a fixed argv
-            [sys.executable, "-m", "p2v.batch.jobproc"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=log, process_group=0,
-            preexec_fn=runner.die_with_parent_fn(signal.SIGINT))  # noqa: PLW1509
+        # SIGINT if this worker dies (a Ctrl-C stop); p2v itself keeps the sudo password.
+        proc = runner.spawn([sys.executable, "-m", "p2v.batch.jobproc"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                            death_signal=signal.SIGINT, own_session=False, keep_secrets=True)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(json.dumps(spec.to_dict()).encode())
     proc.stdin.close()
