@@ -132,3 +132,19 @@ def add_freeze_flags(p: argparse.ArgumentParser, scope: str, freeze_what: str) -
     p.add_argument("--after-final", metavar="CMD",
                    help=f"{scope}YOUR shell command, run on the source after the final pass "
                         "and the thaw; runs even when the pass failed")
+
+
+def add_libvirt_target(p: argparse.ArgumentParser) -> None:
+    """Where and how the guest is defined: convert and register say it the same way."""
+    p.add_argument("--connect", default="qemu:///system", metavar="URI",
+                   help="libvirt URI (default: qemu:///system)")
+    p.add_argument("--network", action="append", default=[], metavar="[SRC=]NET",
+                   help="attach source NIC SRC (its name or MAC) to libvirt network NET; "
+                        "without SRC=, every NIC not mapped otherwise (default: 'default')")
+    p.add_argument("--bridge", action="append", default=[], metavar="[SRC=]BR",
+                   help="attach source NIC SRC (its name or MAC) to host bridge BR; "
+                        "without SRC=, every NIC not mapped otherwise")
+    p.add_argument("--pool", metavar="NAME",
+                   help="upload the images into this libvirt storage pool (needed for a "
+                        "remote --connect)")
+    p.add_argument("--start", action="store_true", help="start the guest once it is defined")

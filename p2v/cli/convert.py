@@ -7,7 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from p2v.cli.common import add_freeze_flags, add_ssh_source, check_source_arg, positive_arg
+from p2v.cli.common import (
+    add_freeze_flags,
+    add_libvirt_target,
+    add_ssh_source,
+    check_source_arg,
+    positive_arg,
+)
 from p2v.cli.render import ConvertScreen, print_report
 from p2v.errors import ExitCode
 from p2v.inputs import check_name, check_output_dir
@@ -41,17 +47,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", type=Path, metavar="DIR",
                    help="where the job's work dir NAME/ goes (default: $P2V_STATE_DIR/jobs, "
                         "/var/lib/p2v/jobs)")
-    p.add_argument("--connect", default="qemu:///system", metavar="URI",
-                   help="libvirt URI (default: qemu:///system)")
-    p.add_argument("--network", action="append", default=[], metavar="[SRC=]NET",
-                   help="attach source NIC SRC (name or MAC) to libvirt network NET; without "
-                        "SRC=, every NIC not mapped otherwise (default: 'default')")
-    p.add_argument("--bridge", action="append", default=[], metavar="[SRC=]BR",
-                   help="attach source NIC SRC (name or MAC) to host bridge BR")
-    p.add_argument("--pool", metavar="NAME",
-                   help="upload the images into this libvirt storage pool (needed for a remote "
-                        "--connect)")
-    p.add_argument("--start", action="store_true", help="start the guest once registered")
+    add_libvirt_target(p)
     p.add_argument("--serial-console", action="store_true",
                    help="fix adds a serial console (ttyS0) whose login prompt shows the "
                         "guest's IPv4 addresses: `virsh console` and the domain's console log")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from p2v.cli.common import progress_printer
+from p2v.cli.common import add_libvirt_target, progress_printer
 from p2v.errors import ExitCode
 from p2v.inputs import check_name, check_output_dir
 
@@ -37,14 +37,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="guest RAM (default: the source's, else 1024)")
     p.add_argument("--vcpus", type=int, metavar="N",
                    help="vCPUs as one socket of N cores (default: the source's topology, else 1)")
-    p.add_argument("--connect", default="qemu:///system", metavar="URI",
-                   help="libvirt URI (default: qemu:///system)")
-    p.add_argument("--network", action="append", default=[], metavar="[SRC=]NET",
-                   help="attach source NIC SRC (its name or MAC) to libvirt network NET; "
-                        "without SRC=, every NIC not mapped otherwise (default: 'default')")
-    p.add_argument("--bridge", action="append", default=[], metavar="[SRC=]BR",
-                   help="attach source NIC SRC (its name or MAC) to host bridge BR; "
-                        "without SRC=, every NIC not mapped otherwise")
+    add_libvirt_target(p)
     p.add_argument("--nvram", type=Path, metavar="VARS",
                    help="UEFI variable store to seed the guest's NVRAM with (e.g. the source "
                         "machine's, with its boot entry); default: an empty one")
@@ -53,12 +46,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "the guest pins interface names to MACs, see --caps)")
     p.add_argument("--force-new-macs", action="store_true",
                    help="with --new-macs: go ahead even though pinned names will change")
-    p.add_argument("--start", action="store_true", help="start the guest once defined")
     p.add_argument("--replace", action="store_true",
                    help="replace a (shut off) guest of the same name and its pool volumes")
-    p.add_argument("--pool", metavar="NAME",
-                   help="upload the images into this libvirt storage pool (needed for a "
-                        "remote --connect)")
     p.add_argument("--output", choices=("libvirt", "local"), default="libvirt",
                    help="libvirt (default) or local: NAME.xml + images in --output-dir")
     p.add_argument("--output-dir", type=Path, metavar="DIR",
