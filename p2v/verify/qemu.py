@@ -84,23 +84,30 @@ class Machine:
             else:
                 argv += ["-device", f"virtio-blk-pci,drive={drive},bootindex={index}"]
         for index, nic in enumerate(self.nics):
-            netdev = f"net{index}"
-            if nic.network == "isolated":
-                argv += ["-netdev", f"hubport,id={netdev},hubid={index}"]
-            elif nic.network.startswith("user:"):
-                port = int(nic.network.split(":", 1)[1])
-                argv += [
-                    "-netdev",
-                    f"user,id={netdev},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:{port}-:22",
-                ]
-            else:
-                raise ValueError(f"unknown network {nic.network!r}")
-            if nic.model == "e1000e":
-                slot = f",addr={ONBOARD_NIC_SLOT + index:#x}"
-                argv += ["-device", f"e1000e,netdev={netdev},mac={nic.mac}{slot}"]
-            elif nic.model == "e1000":
-                argv += ["-device", f"e1000,netdev={netdev},mac={nic.mac}"]
-            else:
-                argv += ["-device", f"virtio-net-pci,netdev={netdev},mac={nic.mac}"]
+            argv += _nic_argv(index, nic)
         argv += ["-device", "virtio-rng-pci"] if self.bus == "virtio" else []
         return argv + list(self.extra)
+
+
+def _nic_argv(index: int, nic: Nic) -> list[str]:
+    """One NIC: its netdev (isolated hub or user-mode with SSH forwarded) and device model."""
+    argv: list[str] = []
+    netdev = f"net{index}"
+    if nic.network == "isolated":
+        argv += ["-netdev", f"hubport,id={netdev},hubid={index}"]
+    elif nic.network.startswith("user:"):
+        port = int(nic.network.split(":", 1)[1])
+        argv += [
+            "-netdev",
+            f"user,id={netdev},net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:{port}-:22",
+        ]
+    else:
+        raise ValueError(f"unknown network {nic.network!r}")
+    if nic.model == "e1000e":
+        slot = f",addr={ONBOARD_NIC_SLOT + index:#x}"
+        argv += ["-device", f"e1000e,netdev={netdev},mac={nic.mac}{slot}"]
+    elif nic.model == "e1000":
+        argv += ["-device", f"e1000,netdev={netdev},mac={nic.mac}"]
+    else:
+        argv += ["-device", f"virtio-net-pci,netdev={netdev},mac={nic.mac}"]
+    return argv
