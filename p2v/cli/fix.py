@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from p2v.cli.common import progress_printer
+from p2v.cli.render import print_fix_result
 from p2v.errors import ExitCode
 from p2v.inputs import check_disk_image
 
@@ -95,30 +96,5 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(result, WindowsFixResult):
         print("\n".join(result.lines()))
         return ExitCode.OK
-    r = result.report
-    print(f"{r.product}: {r.distro} {r.version} (family {r.family or 'unknown'}), "
-          f"{r.firmware}, boot loader {r.bootloader}"
-          + (f" ({r.grub_cfg})" if r.grub_cfg else ""))
-    for k in r.kernels:
-        virtio = ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in k.virtio.items())
-        print(f"  kernel {k.version}: {k.initrd or 'no initramfs'}: {virtio}")
-    for f in r.filesystems:
-        print(f"  filesystem {f.device} {f.type} {f.mountpoint or '-'} UUID={f.uuid or '-'}")
-    if r.esp_loaders:
-        print(f"  EFI loaders: {', '.join(r.esp_loaders)}")
-    print(f"  NICs configured: {', '.join(r.nic_names) or 'none found'}"
-          + (f"; pinned by udev rules: {r.nic_pins}" if r.nic_pins else ""))
-    if result.plan.empty:
-        print("nothing to do: the guest needs no change")
-    else:
-        print(f"{'planned' if args.dry_run else 'made'} {len(result.plan.changes)} change(s):")
-        for change in result.plan.changes:
-            print(f"  {change}")
-    for warning in result.plan.warnings:
-        print(f"warning: {warning}")
-    for check in result.checks:
-        print(f"checked: {check}")
-    c = result.caps
-    print(f"guest caps: disks {c.disk_bus}, NIC {c.nic_model}, {c.machine}, {c.firmware}"
-          + (f" -> {result.caps_path}" if result.caps_path else " (dry run: nothing written)"))
+    print_fix_result(result, args.dry_run)
     return ExitCode.OK

@@ -7,8 +7,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2v.units import human_size
+
+if TYPE_CHECKING:
+    from p2v.fix.fixer import FixResult
 
 
 def bar_safe_printer() -> Callable[[str], None]:
@@ -193,3 +197,33 @@ class BatchScreen:
             text = f"stopping {count} running job(s); they are resumed by the next run ..."
         if text is not None:
             print(f"p2v: {text}", file=sys.stderr, flush=True)
+
+
+def print_fix_result(result: FixResult, dry_run: bool) -> None:
+    """`p2v fix` on a Linux guest, for people: what it found, what it changed, the caps."""
+    r = result.report
+    print(f"{r.product}: {r.distro} {r.version} (family {r.family or 'unknown'}), "
+          f"{r.firmware}, boot loader {r.bootloader}"
+          + (f" ({r.grub_cfg})" if r.grub_cfg else ""))
+    for k in r.kernels:
+        virtio = ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in k.virtio.items())
+        print(f"  kernel {k.version}: {k.initrd or 'no initramfs'}: {virtio}")
+    for f in r.filesystems:
+        print(f"  filesystem {f.device} {f.type} {f.mountpoint or '-'} UUID={f.uuid or '-'}")
+    if r.esp_loaders:
+        print(f"  EFI loaders: {', '.join(r.esp_loaders)}")
+    print(f"  NICs configured: {', '.join(r.nic_names) or 'none found'}"
+          + (f"; pinned by udev rules: {r.nic_pins}" if r.nic_pins else ""))
+    if result.plan.empty:
+        print("nothing to do: the guest needs no change")
+    else:
+        print(f"{'planned' if dry_run else 'made'} {len(result.plan.changes)} change(s):")
+        for change in result.plan.changes:
+            print(f"  {change}")
+    for warning in result.plan.warnings:
+        print(f"warning: {warning}")
+    for check in result.checks:
+        print(f"checked: {check}")
+    c = result.caps
+    print(f"guest caps: disks {c.disk_bus}, NIC {c.nic_model}, {c.machine}, {c.firmware}"
+          + (f" -> {result.caps_path}" if result.caps_path else " (dry run: nothing written)"))
