@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from p2v.cli.common import at_least_one
-from p2v.cli.render import BatchScreen
+from p2v.cli.render import BatchScreen, print_batch_plan, print_batch_result
 from p2v.errors import ExitCode
 from p2v.inputs import check_output_dir
 
@@ -72,14 +72,7 @@ def run(args: argparse.Namespace) -> int:
                                         "work_dir": str(i.spec.work_dir),
                                         "spec": i.spec.to_dict()} for i in plan]}, indent=2))
             return ExitCode.OK
-        width = max(4, *(len(i.spec.name) for i in plan))
-        print(f"{'NAME':<{width}}  ACTION  SOURCE / WHY")
-        for i in plan:
-            print(f"{i.spec.name:<{width}}  {i.action:<6}  {i.spec.source}: {i.reason}")
-        todo = sum(1 for i in plan if i.action != "skip")
-        print(f"{todo} job(s) to run, {len(plan) - todo} to skip, {jobs} at a time; work dirs "
-              f"in {manifest.output_dir}; ledger {ledger_path(manifest)} (dry run: nothing "
-              "changed)")
+        print_batch_plan(plan, jobs, manifest)
         return ExitCode.OK
     if args.json:
         def sink(event: dict[str, object]) -> None:
@@ -96,25 +89,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_batch(manifest, jobs=jobs, events=sink)
     if args.json:
         return result.exit_code
-    width = max(4, *(len(j.name) for j in result.jobs))
-    print(f"{'NAME':<{width}}  {'STATE':<11}  {'STAGE':<9}  {'TIME':>6}  DETAIL")
-    for j in result.jobs:
-        state = "skipped" if j.action == "skip" else (
-            "not run" if j.action == "not-started" else j.state)
-        seconds = f"{j.seconds:.0f} s" if j.seconds is not None and j.action != "skip" else "-"
-        if j.state == "succeeded":
-            summary = j.summary
-            detail = (f"domain {summary.get('domain')} at {summary.get('uri')}"
-                      + (", boot checked" if summary.get("booted") else "")
-                      if summary else f"done earlier; {j.work_dir}")
-        else:
-            detail = (j.error or "") + (f" (log: {j.log})" if j.log else "")
-        print(f"{j.name:<{width}}  {state:<11}  {j.stage or '-':<9}  {seconds:>6}  {detail}")
-    counts = result.counts
-    print(f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} "
-          f"skipped" + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
-          + (f", {counts['pending']} not started" if counts["pending"] else "")
-          + f"; report {result.report_path}")
+    print_batch_result(result)
     if result.interrupted:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
     return result.exit_code

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2v.units import human_size
 
 if TYPE_CHECKING:
+    from p2v.batch.driver import BatchResult
+    from p2v.batch.ledger import PlanItem
+    from p2v.batch.manifest import Manifest
     from p2v.fix.fixer import FixResult
 
 
@@ -227,3 +230,40 @@ def print_fix_result(result: FixResult, dry_run: bool) -> None:
     c = result.caps
     print(f"guest caps: disks {c.disk_bus}, NIC {c.nic_model}, {c.machine}, {c.firmware}"
           + (f" -> {result.caps_path}" if result.caps_path else " (dry run: nothing written)"))
+
+
+def print_batch_plan(plan: Sequence[PlanItem], jobs: int, manifest: Manifest) -> None:
+    """`p2v batch --dry-run`, for people: each job's action and why."""
+    from p2v.batch.driver import ledger_path
+
+    width = max(4, *(len(i.spec.name) for i in plan))
+    print(f"{'NAME':<{width}}  ACTION  SOURCE / WHY")
+    for i in plan:
+        print(f"{i.spec.name:<{width}}  {i.action:<6}  {i.spec.source}: {i.reason}")
+    todo = sum(1 for i in plan if i.action != "skip")
+    print(f"{todo} job(s) to run, {len(plan) - todo} to skip, {jobs} at a time; work dirs "
+          f"in {manifest.output_dir}; ledger {ledger_path(manifest)} (dry run: nothing "
+          "changed)")
+
+
+def print_batch_result(result: BatchResult) -> None:
+    """The batch's table: each job's state, stage, time and detail, then the counts."""
+    width = max(4, *(len(j.name) for j in result.jobs))
+    print(f"{'NAME':<{width}}  {'STATE':<11}  {'STAGE':<9}  {'TIME':>6}  DETAIL")
+    for j in result.jobs:
+        state = "skipped" if j.action == "skip" else (
+            "not run" if j.action == "not-started" else j.state)
+        seconds = f"{j.seconds:.0f} s" if j.seconds is not None and j.action != "skip" else "-"
+        if j.state == "succeeded":
+            summary = j.summary
+            detail = (f"domain {summary.get('domain')} at {summary.get('uri')}"
+                      + (", boot checked" if summary.get("booted") else "")
+                      if summary else f"done earlier; {j.work_dir}")
+        else:
+            detail = (j.error or "") + (f" (log: {j.log})" if j.log else "")
+        print(f"{j.name:<{width}}  {state:<11}  {j.stage or '-':<9}  {seconds:>6}  {detail}")
+    counts = result.counts
+    print(f"{counts['succeeded']} succeeded, {counts['failed']} failed, {counts['skipped']} "
+          f"skipped" + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
+          + (f", {counts['pending']} not started" if counts["pending"] else "")
+          + f"; report {result.report_path}")
