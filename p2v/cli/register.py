@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from p2v.cli.common import add_libvirt_target, progress_printer
+from p2v.cli.render import print_register_result
 from p2v.errors import ExitCode
 from p2v.inputs import check_name, check_output_dir
 
@@ -103,18 +104,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(result.to_json())
         return ExitCode.OK
-    where = result.xml if result.output == "local" else result.uri
-    state = "written" if result.output == "local" else (
-        "started" if result.started else "defined")
-    print(f"{result.name}: {state} ({where}); {result.domain_type}, {result.firmware}, "
-          f"disks on {result.disk_bus}, NICs {result.nic_model}; uuid {result.uuid}")
-    for disk in result.disks:
-        print(f"  disk {disk}")
-    for nic in result.nics:
-        attached = nic.get("network") or nic.get("bridge")
-        kind = "network" if nic.get("network") else "bridge"
-        print(f"  nic  {nic['mac'] or '(new MAC)'} -> {kind} {attached}"
-              + (f"  (was {nic['source_nic']})" if nic.get("source_nic") else ""))
-    if result.serial_log:
-        print(f"  console log: {result.serial_log}")
+    print_register_result(result)
     return ExitCode.OK

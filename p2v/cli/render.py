@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from p2v.batch.ledger import PlanItem
     from p2v.batch.manifest import Manifest
     from p2v.fix.fixer import FixResult
+    from p2v.target.request import RegisterResult
 
 
 def bar_safe_printer() -> Callable[[str], None]:
@@ -267,3 +268,21 @@ def print_batch_result(result: BatchResult) -> None:
           f"skipped" + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
           + (f", {counts['pending']} not started" if counts["pending"] else "")
           + f"; report {result.report_path}")
+
+
+def print_register_result(result: RegisterResult) -> None:
+    """`p2v register`, for people: what was defined (or written) where, its disks and NICs."""
+    where = result.xml if result.output == "local" else result.uri
+    state = "written" if result.output == "local" else (
+        "started" if result.started else "defined")
+    print(f"{result.name}: {state} ({where}); {result.domain_type}, {result.firmware}, "
+          f"disks on {result.disk_bus}, NICs {result.nic_model}; uuid {result.uuid}")
+    for disk in result.disks:
+        print(f"  disk {disk}")
+    for nic in result.nics:
+        attached = nic.get("network") or nic.get("bridge")
+        kind = "network" if nic.get("network") else "bridge"
+        print(f"  nic  {nic['mac'] or '(new MAC)'} -> {kind} {attached}"
+              + (f"  (was {nic['source_nic']})" if nic.get("source_nic") else ""))
+    if result.serial_log:
+        print(f"  console log: {result.serial_log}")
