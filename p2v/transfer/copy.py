@@ -50,7 +50,13 @@ from p2v.source.extents import (
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
 from p2v.source.ssh import SshSource
-from p2v.transfer.device import DeviceInfo, image_stem, probe_device, source_hostname
+from p2v.transfer.device import (
+    DeviceInfo,
+    image_paths,
+    image_stem,
+    probe_device,
+    source_hostname,
+)
 from p2v.transfer.journal import Journal, fsync
 from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
 
@@ -355,10 +361,9 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     `identity`: the source disk's, if already known (see `p2v.source.identity`)."""
     started = time.monotonic()
     chunk = request.chunk_size
-    image = request.output_dir / f"{name}-{image_stem(device)}.qcow2"
-    part = image.with_name(image.name + ".part")
-    journal_path = image.with_name(image.name + ".journal")
-    manifest_path = image.with_name(image.name + ".manifest.json")
+    paths = image_paths(request.output_dir, name, device)
+    image, part, journal_path, manifest_path = (paths.image, paths.part, paths.journal,
+                                                paths.manifest)
     info = info or probe_device(source, device)
     reader = _reader(info, request, source.target.host)
     identity = identity or source_identity(source, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from p2v.errors import RemoteCommandFailed, SourceDeviceError
 from p2v.source.shreader import sh_argv
@@ -48,3 +49,33 @@ def probe_device(source: SshSource, device: str) -> DeviceInfo:
 def source_hostname(source: SshSource) -> str:
     name = source.run(["cat", "/proc/sys/kernel/hostname"], root=False).text.strip()
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "source"
+
+
+@dataclass(frozen=True)
+class ImagePaths:
+    """The files of one disk's image in the output dir, as copy and sync both name them."""
+
+    image: Path                        # DIR/NAME-DEV.qcow2: complete once .part is gone
+
+    def _beside(self, suffix: str) -> Path:
+        return self.image.with_name(self.image.name + suffix)
+
+    @property
+    def part(self) -> Path:
+        return self._beside(".part")
+
+    @property
+    def journal(self) -> Path:
+        return self._beside(".journal")
+
+    @property
+    def sync_journal(self) -> Path:
+        return self._beside(".sync-journal")
+
+    @property
+    def manifest(self) -> Path:
+        return self._beside(".manifest.json")
+
+
+def image_paths(output_dir: Path, name: str, device: str) -> ImagePaths:
+    return ImagePaths(output_dir / f"{name}-{image_stem(device)}.qcow2")

@@ -58,7 +58,7 @@ from p2v.source.hasher import FREE, ZERO, hasher_argv, read_hashes
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
 from p2v.source.ssh import SshSource
-from p2v.transfer.device import DeviceInfo, image_stem, probe_device, source_hostname
+from p2v.transfer.device import DeviceInfo, image_paths, probe_device, source_hostname
 from p2v.transfer.journal import Journal, fsync
 from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
 
@@ -126,10 +126,8 @@ class SyncResult:
 
 
 def _paths(output_dir: Path, name: str, device: str) -> tuple[Path, Path, Path, Path]:
-    image = output_dir / f"{name}-{image_stem(device)}.qcow2"
-    return (image, image.with_name(image.name + ".part"),
-            image.with_name(image.name + ".manifest.json"),
-            image.with_name(image.name + ".sync-journal"))
+    paths = image_paths(output_dir, name, device)
+    return paths.image, paths.part, paths.manifest, paths.sync_journal
 
 
 def find_disks(output_dir: Path, name: str) -> tuple[str, ...]:
