@@ -440,6 +440,21 @@ def _check(request: SyncRequest) -> None:
         raise UsageError(detail=f"unknown reader {request.reader!r}")
 
 
+def _ready_disks(request: SyncRequest, name: str) -> tuple[str, ...]:
+    """The disks to sync, each with a finished copy; refused before anything is touched."""
+    disks = request.disks or find_disks(request.output_dir, name)
+    if not disks:
+        raise SyncNotReady(device=f"any disk of {name!r}", output_dir=request.output_dir,
+                           detail="no manifest found")
+    for device in disks:
+        image, part, manifest, journal = _paths(request.output_dir, name, device)
+        if not manifest.exists() or not (image.exists() or part.exists() and journal.exists()):
+            raise SyncNotReady(device=device, output_dir=request.output_dir,
+                               detail="the copy is still in progress" if part.exists()
+                               else "no image and manifest")
+    return tuple(disks)
+
+
 def sync(source: SshSource, request: SyncRequest,
          emit: Callable[[Event], None] = lambda e: None) -> SyncResult:
     """One sync pass over every disk; with hooks or --freeze, the final pass: before-final
@@ -447,16 +462,7 @@ def sync(source: SshSource, request: SyncRequest,
     _check(request)
     started = time.monotonic()
     name = request.name or source_hostname(source)
-    disks = request.disks or find_disks(request.output_dir, name)
-    if not disks:
-        raise SyncNotReady(device=f"any disk of {name!r}", output_dir=request.output_dir,
-                           detail="no manifest found")
-    for device in disks:                       # refuse before touching anything
-        image, part, manifest, journal = _paths(request.output_dir, name, device)
-        if not manifest.exists() or not (image.exists() or part.exists() and journal.exists()):
-            raise SyncNotReady(device=device, output_dir=request.output_dir,
-                               detail="the copy is still in progress" if part.exists()
-                               else "no image and manifest")
+    disks = _ready_disks(request, name)
     infos = [probe_device(source, device) for device in disks]
     identities = {device: source_identity(source, device) for device in disks}
     for device in disks:                       # another server's image: no hook, no freeze
