@@ -11,13 +11,14 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 
 from p2v import qemuimg, runner
 from p2v.accel import choose_accel
 from p2v.errors import UsageError
 from p2v.model import GuestCaps
 from p2v.secure import check_path, grant_qemu, make_private, private_dir, write_private
-from p2v.target.domain import GuestDisk, UefiFiles, domain_xml, plan_domain
+from p2v.target.domain import DomainSpec, GuestDisk, UefiFiles, domain_xml, plan_domain
 from p2v.target.request import (
     ImageInfo,
     Progress,
@@ -51,23 +52,28 @@ class LocalTarget:
         self.directory = Path(directory).resolve()
         self.progress = progress
 
-    def register(self, request: RegisterRequest, images: Sequence[ImageInfo],
-                 caps: GuestCaps) -> RegisterResult:
-        name = request.name
-        xml_path = self.directory / f"{name}.xml"
+    def __enter__(self) -> LocalTarget:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        pass
+
+    def _paths(self, name: str, images: Sequence[ImageInfo]) -> tuple[Path, list[Path], Path]:
+        """DIR/NAME.xml, the disk copies and the NVRAM file: the files register writes."""
         dests = [self.directory / n for n in volume_names(name, images)]
-        nvram = self.directory / f"{name}_VARS.fd"
-        existing = [p for p in (xml_path, *dests) if p.exists()]
-        if existing and not request.replace:
-            raise UsageError(detail=(
-                f"{existing[0]} already exists; choose another --name or --output-dir, "
-                "or pass --replace"))
+        return self.directory / f"{name}.xml", dests, self.directory / f"{name}_VARS.fd"
+
+    def plan(self, request: RegisterRequest, images: Sequence[ImageInfo],
+             caps: GuestCaps) -> DomainSpec:
+        """The domain NAME.xml will describe: the copied disks, this host's OVMF and accel."""
+        name = request.name
+        _xml, dests, nvram = self._paths(name, images)
         uefi = None
-        template = None
         if caps.firmware == "uefi":
             loader, template = host_ovmf()
             uefi = UefiFiles(loader=loader, nvram=str(nvram), template=template)
-        spec = plan_domain(
+        return plan_domain(
             name=name,
             disks=[GuestDisk(i.format, str(d)) for i, d in zip(images, dests, strict=True)],
             inventory=request.inventory, caps=caps, mappings=request.mappings,
@@ -75,6 +81,18 @@ class LocalTarget:
             domain_type="kvm" if choose_accel() == "kvm" else "qemu",
             uefi=uefi, serial_log=str(self.directory / f"{name}-serial0.log"),
         )
+
+    def register(self, request: RegisterRequest, images: Sequence[ImageInfo],
+                 caps: GuestCaps) -> RegisterResult:
+        name = request.name
+        xml_path, dests, nvram = self._paths(name, images)
+        existing = [p for p in (xml_path, *dests) if p.exists()]
+        if existing and not request.replace:
+            raise UsageError(detail=(
+                f"{existing[0]} already exists; choose another --name or --output-dir, "
+                "or pass --replace"))
+        spec = self.plan(request, images, caps)
+        uefi = spec.uefi
         private_dir(self.directory, "output dir", tighten=False)
         for path in (xml_path, *dests, nvram):
             check_path(path, "output file")
@@ -82,7 +100,7 @@ class LocalTarget:
             self._place(image, dest)
         if uefi is not None:
             temp = nvram.with_name(f".{nvram.name}.part")
-            shutil.copyfile(request.nvram or template or "", temp)
+            shutil.copyfile(request.nvram or uefi.template or "", temp)
             make_private(temp)
             temp.replace(nvram)
         temp = xml_path.with_name(f".{xml_path.name}.part")
