@@ -256,7 +256,31 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
     """Check parsed manifest DATA (read from PATH); relative paths are taken from PATH's dir."""
     problems = _Problems(str(path))
     base = path.resolve().parent
+    _check_top_keys(data, problems)
+    defaults_raw = data.get("defaults", {})
+    if not isinstance(defaults_raw, dict):
+        problems.add("", "defaults", f"must be a table ([defaults]), got "
+                                     f"{_type_name(defaults_raw)}")
+        defaults_raw = {}
+    output_dir, connect = _batch_settings(data, defaults_raw, base, problems)
+    jobs: int | None = None
+    if "jobs" in data:
+        try:
+            jobs = _positive("")(data["jobs"])
+        except _Bad as exc:
+            problems.add("", "jobs", str(exc))
+    defaults = _check_defaults(defaults_raw, problems)
+    specs = _check_servers(_server_tables(data, problems), defaults, connect, base, output_dir,
+                           problems)
+    hosts = _check_hosts(data.get("hosts", {}), problems)
+    if problems.lines:
+        raise ManifestInvalid(str(path), problems.lines)
+    assert output_dir is not None
+    return Manifest(path=path, output_dir=output_dir, jobs=jobs, specs=tuple(specs),
+                    hosts=hosts)
 
+
+def _check_top_keys(data: dict[str, Any], problems: _Problems) -> None:
     for key in data:
         if key not in _TOP_KEYS:
             if key in _SERVER_FIELDS:
@@ -265,13 +289,12 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
             else:
                 problems.add("", key, _unknown(key, _TOP_KEYS, "at the top level"))
 
-    defaults_raw = data.get("defaults", {})
-    if not isinstance(defaults_raw, dict):
-        problems.add("", "defaults", f"must be a table ([defaults]), got "
-                                     f"{_type_name(defaults_raw)}")
-        defaults_raw = {}
 
-    # output_dir and connect: at the top level or in [defaults], not both.
+def _batch_settings(data: dict[str, Any], defaults_raw: dict[str, Any], base: Path,
+                    problems: _Problems) -> tuple[Path | None, str]:
+    """output_dir and connect for the whole batch: at the top level or in [defaults], not both.
+
+    The output dir is None when the one given is bad (the problem is recorded)."""
     batch_values: dict[str, Any] = {}
     for key in _BATCH_KEYS:
         if key in data and key in defaults_raw:
@@ -297,14 +320,11 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
             connect = _uri(value)
         except _Bad as exc:
             problems.add(where, "connect", str(exc))
+    return output_dir, connect
 
-    jobs: int | None = None
-    if "jobs" in data:
-        try:
-            jobs = _positive("")(data["jobs"])
-        except _Bad as exc:
-            problems.add("", "jobs", str(exc))
 
+def _check_defaults(defaults_raw: dict[str, Any], problems: _Problems) -> dict[str, Any]:
+    """The [defaults] every server inherits, checked (the batch-wide keys left out)."""
     defaults: dict[str, Any] = {}
     for key, value in defaults_raw.items():
         if key in _BATCH_KEYS:
@@ -315,21 +335,29 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
         if key not in _DEFAULT_FIELDS:
             problems.add("[defaults]", key, _unknown(key, _DEFAULT_FIELDS, "in [defaults]"))
             continue
-        field, check = _DEFAULT_FIELDS[key]
+        check = _DEFAULT_FIELDS[key][1]
         try:
             defaults[key] = check(value)
         except _Bad as exc:
             problems.add("[defaults]", key, str(exc))
+    return defaults
 
+
+def _server_tables(data: dict[str, Any], problems: _Problems) -> list[dict[str, Any]]:
     servers = data.get("server", [])
     if not isinstance(servers, list) or not all(isinstance(s, dict) for s in servers):
         problems.add("", "server", "must be an array of tables: one [[server]] entry per server")
-        servers = []
-    elif not servers and "server" not in data:
+        return []
+    if not servers and "server" not in data:
         problems.add("", "server", "no [[server]] entries; add one per server to convert")
     elif not servers:
         problems.add("", "server", "is empty; add one [[server]] entry per server to convert")
+    return servers
 
+
+def _check_servers(servers: list[dict[str, Any]], defaults: dict[str, Any], connect: str,
+                   base: Path, output_dir: Path | None, problems: _Problems) -> list[JobSpec]:
+    """Each [[server]] entry checked, and no two sharing a name or a source."""
     specs: list[JobSpec] = []
     names: dict[str, str] = {}
     sources: dict[str, str] = {}
@@ -355,13 +383,7 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
                 sources[source] = where
         if spec is not None:
             specs.append(spec)
-
-    hosts = _check_hosts(data.get("hosts", {}), problems)
-    if problems.lines:
-        raise ManifestInvalid(str(path), problems.lines)
-    assert output_dir is not None
-    return Manifest(path=path, output_dir=output_dir, jobs=jobs, specs=tuple(specs),
-                    hosts=hosts)
+    return specs
 
 
 def _check_hosts(raw: Any, problems: _Problems) -> dict[str, HostSettings]:
