@@ -12,7 +12,6 @@ it SIGINT when the worker dies (PR_SET_PDEATHSIG), and SIGINT stops it as Ctrl-C
 from __future__ import annotations
 
 import json
-import logging
 import os
 import select
 import signal
@@ -24,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from p2v import runner
-from p2v.batch.execute import JobOutcome, execute_job, worker_id
+from p2v.batch.execute import (
+    JobOutcome,
+    execute_job,
+    run_in_job_process,
+    start_job_process,
+    worker_id,
+)
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
 from p2v.secure import open_private, private_dir, private_umask
@@ -192,11 +197,7 @@ def main() -> int:
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                       # print() and helpers' output go to the job's log
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    runner.interrupt_on_sigint()        # the worker's stop and parent-death signal
-    print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {spec.name} starts in pid "
-          f"{os.getpid()} (cluster worker)", flush=True)
+    start_job_process(spec.name, " (cluster worker)")
 
     def send(event: dict[str, Any]) -> None:
         # The worker gone (its pipe broken) must not fail the job's own work: the kernel's
@@ -206,16 +207,7 @@ def main() -> int:
         except OSError:
             pass
 
-    begun = time.monotonic()
-    try:
-        outcome = execute_job(spec, send)
-        kind = "done"
-    except KeyboardInterrupt:
-        outcome = JobOutcome(name=spec.name, ok=False, stage=None, error="interrupted",
-                             exit_code=ExitCode.INTERRUPTED, worker=worker_id(),
-                             seconds=round(time.monotonic() - begun, 1))
-        kind = "interrupted"
-    print(f"=== {kind}: {'ok' if outcome.ok else outcome.error}", flush=True)
+    kind, outcome = run_in_job_process(spec, execute_job, send)
     try:
         channel.write(json.dumps({"kind": kind, "outcome": outcome.to_dict()}, default=str)
                       + "\n")
