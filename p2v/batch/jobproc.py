@@ -31,6 +31,7 @@ from p2v.batch.execute import (
     worker_id,
 )
 from p2v.errors import ExitCode
+from p2v.events import Event
 from p2v.job import JobSpec
 from p2v.secure import open_private, private_dir, private_umask
 
@@ -46,7 +47,7 @@ def _outcome_from(data: dict[str, Any]) -> JobOutcome:
     return JobOutcome(**data)
 
 
-def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str, Any]]], None],
+def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[Event]], None],
               should_stop: Callable[[], str | None],
               grace: float = 60.0) -> tuple[str, JobOutcome]:
     """Run SPEC in a child process; ("done"|"interrupted", outcome).
@@ -88,7 +89,7 @@ class _Messages:
     def __init__(self) -> None:
         self.outcome: JobOutcome | None = None
         self.kind = "done"
-        self.pending: list[dict[str, Any]] = []
+        self.pending: list[Event] = []
         self._last_progress: dict[str, float] = {}
         self._buf = b""
 
@@ -110,13 +111,13 @@ class _Messages:
             if isinstance(event, dict) and _wanted(event, self._last_progress):
                 self.pending.append(event)
 
-    def take(self) -> list[dict[str, Any]]:
+    def take(self) -> list[Event]:
         pending, self.pending = self.pending, []
         return pending
 
 
 def _follow(proc: subprocess.Popen[bytes], log_path: Path, messages: _Messages,
-            on_events: Callable[[list[dict[str, Any]]], None],
+            on_events: Callable[[list[Event]], None],
             should_stop: Callable[[], str | None], grace: float) -> bool:
     """Read the child's stdout to its end, passing events on and stopping it when asked;
     True when it was asked to stop."""
@@ -170,7 +171,7 @@ def _wait_for_lock(lock: Path, timeout: float) -> None:
             return
 
 
-def _wanted(event: dict[str, Any], last: dict[str, float]) -> bool:
+def _wanted(event: Event, last: dict[str, float]) -> bool:
     """Every event but copy progress, which passes every PROGRESS_EVERY s and when complete."""
     if event.get("event") != "progress":
         return True
@@ -199,7 +200,7 @@ def main() -> int:
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     start_job_process(spec.name, " (cluster worker)")
 
-    def send(event: dict[str, Any]) -> None:
+    def send(event: Event) -> None:
         # The worker gone (its pipe broken) must not fail the job's own work: the kernel's
         # SIGINT (PR_SET_PDEATHSIG) is what stops it.
         try:

@@ -27,6 +27,12 @@ _URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://\S*")
 _MAPPING_RE = re.compile(r"(?:[^=\s]+=)?[^=\s]+")
 
 
+# A table as tomllib parses it: its values are whatever the file holds, until checked.
+_Table = dict[str, Any]
+# Checked values by manifest key, each of its JobSpec field's type.
+_Values = dict[str, Any]
+
+
 class _Bad(Exception):
     """One field's problem; the caller adds where it is."""
 
@@ -187,7 +193,7 @@ def _unknown(key: str, allowed: tuple[str, ...] | dict[str, Any], where_hint: st
     return f"unknown key {where_hint}; {hint}"
 
 
-def _label(index: int, raw: dict[str, Any]) -> str:
+def _label(index: int, raw: _Table) -> str:
     name = raw.get("name")
     shown = f" {json.dumps(name)}" if isinstance(name, str) else ""
     return f"server[{index}]{shown}"
@@ -252,7 +258,7 @@ def _too_deep(text: str) -> int | None:
     return None
 
 
-def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
+def check_manifest(data: _Table, path: Path) -> Manifest:
     """Check parsed manifest DATA (read from PATH); relative paths are taken from PATH's dir."""
     problems = _Problems(str(path))
     base = path.resolve().parent
@@ -280,7 +286,7 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
                     hosts=hosts)
 
 
-def _check_top_keys(data: dict[str, Any], problems: _Problems) -> None:
+def _check_top_keys(data: _Table, problems: _Problems) -> None:
     for key in data:
         if key not in _TOP_KEYS:
             if key in _SERVER_FIELDS:
@@ -290,7 +296,7 @@ def _check_top_keys(data: dict[str, Any], problems: _Problems) -> None:
                 problems.add("", key, _unknown(key, _TOP_KEYS, "at the top level"))
 
 
-def _batch_settings(data: dict[str, Any], defaults_raw: dict[str, Any], base: Path,
+def _batch_settings(data: _Table, defaults_raw: _Table, base: Path,
                     problems: _Problems) -> tuple[Path | None, str]:
     """output_dir and connect for the whole batch: at the top level or in [defaults], not both.
 
@@ -323,9 +329,9 @@ def _batch_settings(data: dict[str, Any], defaults_raw: dict[str, Any], base: Pa
     return output_dir, connect
 
 
-def _check_defaults(defaults_raw: dict[str, Any], problems: _Problems) -> dict[str, Any]:
+def _check_defaults(defaults_raw: _Table, problems: _Problems) -> _Values:
     """The [defaults] every server inherits, checked (the batch-wide keys left out)."""
-    defaults: dict[str, Any] = {}
+    defaults: _Values = {}
     for key, value in defaults_raw.items():
         if key in _BATCH_KEYS:
             continue
@@ -343,7 +349,7 @@ def _check_defaults(defaults_raw: dict[str, Any], problems: _Problems) -> dict[s
     return defaults
 
 
-def _server_tables(data: dict[str, Any], problems: _Problems) -> list[dict[str, Any]]:
+def _server_tables(data: _Table, problems: _Problems) -> list[_Table]:
     servers = data.get("server", [])
     if not isinstance(servers, list) or not all(isinstance(s, dict) for s in servers):
         problems.add("", "server", "must be an array of tables: one [[server]] entry per server")
@@ -355,7 +361,7 @@ def _server_tables(data: dict[str, Any], problems: _Problems) -> list[dict[str, 
     return servers
 
 
-def _check_servers(servers: list[dict[str, Any]], defaults: dict[str, Any], connect: str,
+def _check_servers(servers: list[_Table], defaults: _Values, connect: str,
                    base: Path, output_dir: Path | None, problems: _Problems) -> list[JobSpec]:
     """Each [[server]] entry checked, and no two sharing a name or a source."""
     specs: list[JobSpec] = []
@@ -422,7 +428,7 @@ def _absolute(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _check_server(raw: dict[str, Any], where: str, defaults: dict[str, Any], connect: str,
+def _check_server(raw: _Table, where: str, defaults: _Values, connect: str,
                   base: Path, output_dir: Path | None, problems: _Problems) -> JobSpec | None:
     """One [[server]] entry merged over the defaults; None when it has a problem."""
     before = len(problems.lines)
@@ -455,7 +461,7 @@ def _check_server(raw: dict[str, Any], where: str, defaults: dict[str, Any], con
     return JobSpec(output_dir=output_dir, **kwargs)
 
 
-def _check_files(values: dict[str, Any], raw: dict[str, Any], where: str,
+def _check_files(values: _Values, raw: _Table, where: str,
                  problems: _Problems) -> bool:
     """Report missing files; False when the ssh_config the source is resolved with is missing.
 
@@ -481,7 +487,7 @@ def _check_files(values: dict[str, Any], raw: dict[str, Any], where: str,
     return config_ok
 
 
-def _check_source(values: dict[str, Any], where: str, problems: _Problems) -> None:
+def _check_source(values: _Values, where: str, problems: _Problems) -> None:
     # The same parser p2v convert uses, with the entry's ssh_config: an alias must resolve.
     from p2v.source.ssh import parse_source, redact_source
 
