@@ -27,10 +27,8 @@ _URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://\S*")
 _MAPPING_RE = re.compile(r"(?:[^=\s]+=)?[^=\s]+")
 
 
-# A table as tomllib parses it: its values are whatever the file holds, until checked.
-_Table = dict[str, Any]
-# Checked values by manifest key, each of its JobSpec field's type.
-_Values = dict[str, Any]
+_Table = dict[str, Any]      # a table as tomllib parses it: values not checked yet
+_Values = dict[str, Any]     # checked values by manifest key, each of its field's type
 
 
 class _Bad(Exception):
@@ -383,8 +381,7 @@ def _check_servers(servers: list[_Table], defaults: _Values, connect: str,
                 from p2v.source.ssh import redact_source
 
                 problems.add(where, "source", f"{json.dumps(redact_source(source))} is already "
-                                              "the source of "
-                                              f"{sources[source]}")
+                                              f"the source of {sources[source]}")
             else:
                 sources[source] = where
         if spec is not None:
