@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2v.job import JobSpec
 from p2v.model import Inventory, SourceDisk, SourceInventory, SourceNic
 from p2v.units import human_size
+
+if TYPE_CHECKING:
+    from p2v.target.domain import NicMapping
 
 
 @dataclass(frozen=True)
@@ -173,16 +176,15 @@ def target_inventory(inv: Inventory, disks: Sequence[PlannedDisk],
                    disks=tuple(SourceDisk(d.name, d.boot) for d in disks))
 
 
-def nic_mappings(spec: JobSpec, inv: Inventory | None) -> tuple[Any, ...]:
+def nic_mappings(spec: JobSpec, inv: Inventory | None) -> tuple[NicMapping, ...]:
     """The job's --network/--bridge mappings; with --new-macs one keyed by a source MAC
     still means that NIC, whatever MAC the guest gets."""
     from p2v.target.domain import NicMapping
 
-    mappings = ([NicMapping.parse("network", m) for m in spec.networks]
-                + [NicMapping.parse("bridge", m) for m in spec.bridges])
+    mappings = NicMapping.from_flags(spec.networks, spec.bridges)
     if spec.new_macs and inv is not None:
         by_mac = {n.mac.lower(): n.name for n in inv.nics if n.mac}
-        mappings = [replace(m, src=by_mac.get(m.src.strip().lower().replace("-", ":"),
-                                              m.src)) if m.src else m
-                    for m in mappings]
-    return tuple(mappings)
+        mappings = tuple(replace(m, src=by_mac.get(m.src.strip().lower().replace("-", ":"),
+                                                   m.src)) if m.src else m
+                         for m in mappings)
+    return mappings

@@ -131,15 +131,7 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
     TRIES bounds how often a job is started again after its worker died.
     """
     state_dir = manifest.state_dir
-    forward = events
-
-    def emit(event: dict[str, Any]) -> None:
-        # The convert event schema: event, job, stage, time first, then the event's own keys.
-        full = {"event": event["event"], "job": event.get("job"), "stage": event.get("stage"),
-                "time": _now()}
-        full.update((k, v) for k, v in event.items() if k not in full)
-        forward(full)
-
+    emit = _batch_emitter(events)
     run_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
     started = _now()
     with StateLock(state_dir), Ledger.open(ledger_path(manifest)) as ledger:
@@ -158,41 +150,11 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
               "state_dir": str(state_dir), "jobs": jobs, "total": len(plan),
               "to_run": sum(1 for i in plan if i.action != "skip"),
               "recovered": recovered})
-        todo = deque(item for item in plan if item.action != "skip")
         for item in plan:
             if item.action == "skip":
                 emit({"event": "batch-job-skip", "job": item.spec.name, "reason": item.reason})
-        run = _Run(ledger, emit, forward, run_id, tries)
-        interrupted = False
-        restore = _sigterm_as_interrupt()
-        try:
-            while todo or run.active:
-                while todo and pool.free_slots() > 0:
-                    item = todo.popleft()
-                    run.start(item, pool)
-                for message in pool.poll(0.5):
-                    run.handle(message, pool)
-        except P2VError as exc:     # the pool itself failed: a cluster's scheduler went away
-            for name in sorted(run.active):
-                ledger.interrupt(name, f"interrupted: {exc.message}")
-            raise
-        except KeyboardInterrupt:
-            interrupted = True
-            emit({"event": "batch-stopping", "running": sorted(run.active)})
-            run.stopping = True
-            for message in pool.stop(grace):
-                run.handle(message, pool)
-            for name in sorted(run.active):     # started but never heard from
-                run.handle(PoolDone(name, JobOutcome(name=name, ok=False, stage=None,
-                                                     error="interrupted"), interrupted=True))
-            # Ctrl-C between a job's ledger start and its process start: nothing runs it.
-            for item in plan:
-                row = ledger.get(item.spec.name)
-                if row is not None and row.state == "running":
-                    ledger.interrupt(item.spec.name, "interrupted (Ctrl-C) as it started")
-        finally:
-            restore()
-            pool.close()
+        run = _Run(ledger, emit, events, run_id, tries)
+        interrupted = _drive(run, plan, pool, grace)
         results = [_result(item, ledger, run, logs) for item in plan]
         result = BatchResult(manifest=str(manifest.path), run_id=run_id,
                              state_dir=str(state_dir), jobs_in_parallel=jobs, started=started,
@@ -202,6 +164,59 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
               "exit_code": result.exit_code, "interrupted": interrupted,
               "report": result.report_path})
         return result
+
+
+def _batch_emitter(forward: EventSink) -> EventSink:
+    """The batch's own events in the convert event schema: event, job, stage, time first,
+    then the event's own keys."""
+    def emit(event: dict[str, Any]) -> None:
+        full = {"event": event["event"], "job": event.get("job"), "stage": event.get("stage"),
+                "time": _now()}
+        full.update((k, v) for k, v in event.items() if k not in full)
+        forward(full)
+    return emit
+
+
+def _drive(run: _Run, plan: list[PlanItem], pool: JobPool, grace: float) -> bool:
+    """Keep POOL full until every job of PLAN to run has ended; True when interrupted.
+
+    The pool is closed on the way out, whatever happens."""
+    todo = deque(item for item in plan if item.action != "skip")
+    restore = _sigterm_as_interrupt()
+    try:
+        while todo or run.active:
+            while todo and pool.free_slots() > 0:
+                item = todo.popleft()
+                run.start(item, pool)
+            for message in pool.poll(0.5):
+                run.handle(message, pool)
+    except P2VError as exc:     # the pool itself failed: a cluster's scheduler went away
+        for name in sorted(run.active):
+            run.ledger.interrupt(name, f"interrupted: {exc.message}")
+        raise
+    except KeyboardInterrupt:
+        _stop(run, plan, pool, grace)
+        return True
+    finally:
+        restore()
+        pool.close()
+    return False
+
+
+def _stop(run: _Run, plan: list[PlanItem], pool: JobPool, grace: float) -> None:
+    """Ctrl-C: stop the running jobs (GRACE seconds to clean up) and mark them interrupted."""
+    run.emit({"event": "batch-stopping", "running": sorted(run.active)})
+    run.stopping = True
+    for message in pool.stop(grace):
+        run.handle(message, pool)
+    for name in sorted(run.active):     # started but never heard from
+        run.handle(PoolDone(name, JobOutcome(name=name, ok=False, stage=None,
+                                             error="interrupted"), interrupted=True))
+    # Ctrl-C between a job's ledger start and its process start: nothing runs it.
+    for item in plan:
+        row = run.ledger.get(item.spec.name)
+        if row is not None and row.state == "running":
+            run.ledger.interrupt(item.spec.name, "interrupted (Ctrl-C) as it started")
 
 
 class _Run:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from p2v import runner
 from p2v.errors import ExitCode, P2VError
 from p2v.events import EventSink
 from p2v.job import JobSpec
@@ -112,3 +115,31 @@ def execute_job(spec: JobSpec, events: EventSink | None = None) -> JobOutcome:
                    error=report.error or "the job failed without a reason",
                    exit_code=report.exit_code or ExitCode.FAILURE,
                    summary=_report_facts(report))
+
+
+def start_job_process(name: str, where: str = "") -> None:
+    """What a job's own process sets up first, a local child or a cluster worker's: logging
+    with times, SIGTERM handled like Ctrl-C (the job's helpers stopped in order), and SIGINT
+    (the batch's or the worker's stop, the parent-death signal) as KeyboardInterrupt."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    runner.interrupt_on_sigint()
+    print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {name} starts in pid "
+          f"{os.getpid()}{where}", flush=True)
+
+
+def run_in_job_process(spec: JobSpec, job: Callable[[JobSpec, EventSink], JobOutcome],
+                       send: EventSink) -> tuple[str, JobOutcome]:
+    """JOB(SPEC, SEND) in the job's process: ("done", its outcome), or ("interrupted", an
+    outcome saying so) when it was stopped; the log's last line says which."""
+    begun = time.monotonic()
+    try:
+        outcome = job(spec, send)
+        kind = "done"
+    except KeyboardInterrupt:
+        outcome = JobOutcome(name=spec.name, ok=False, stage=None,  # the driver knows the stage
+                             error="interrupted", exit_code=ExitCode.INTERRUPTED,
+                             worker=worker_id(), seconds=round(time.monotonic() - begun, 1))
+        kind = "interrupted"
+    print(f"=== {kind}: {'ok' if outcome.ok else outcome.error}", flush=True)
+    return kind, outcome

@@ -12,7 +12,6 @@ it SIGINT when the worker dies (PR_SET_PDEATHSIG), and SIGINT stops it as Ctrl-C
 from __future__ import annotations
 
 import json
-import logging
 import os
 import select
 import signal
@@ -24,8 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from p2v import runner
-from p2v.batch.execute import JobOutcome, execute_job, worker_id
+from p2v.batch.execute import (
+    JobOutcome,
+    execute_job,
+    run_in_job_process,
+    start_job_process,
+    worker_id,
+)
 from p2v.errors import ExitCode
+from p2v.events import Event
 from p2v.job import JobSpec
 from p2v.secure import open_private, private_dir, private_umask
 
@@ -41,7 +47,7 @@ def _outcome_from(data: dict[str, Any]) -> JobOutcome:
     return JobOutcome(**data)
 
 
-def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str, Any]]], None],
+def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[Event]], None],
               should_stop: Callable[[], str | None],
               grace: float = 60.0) -> tuple[str, JobOutcome]:
     """Run SPEC in a child process; ("done"|"interrupted", outcome).
@@ -58,14 +64,64 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
         proc = runner.spawn([sys.executable, "-m", "p2v.batch.jobproc"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                             death_signal=signal.SIGINT, own_session=False, keep_secrets=True)
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None
     proc.stdin.write(json.dumps(spec.to_dict()).encode())
     proc.stdin.close()
-    outcome: JobOutcome | None = None
-    kind = "done"
-    pending: list[dict[str, Any]] = []
-    last_progress: dict[str, float] = {}
-    buf = b""
+    messages = _Messages()
+    stopped = _follow(proc, log_path, messages, on_events, should_stop, grace)
+    code = proc.wait()
+    _signal_group(proc.pid, signal.SIGKILL)     # a helper the job left behind
+    if messages.outcome is not None:
+        return messages.kind, messages.outcome
+    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+    outcome = JobOutcome(
+        name=spec.name, ok=False, stage=None, worker=worker_id(),
+        exit_code=ExitCode.INTERRUPTED if stopped else ExitCode.FAILURE,
+        seconds=round(time.monotonic() - begun, 1),
+        error="interrupted (killed after the grace period)" if stopped else
+        f"the job's process ended without a result ({how}); see {log_path} on the worker")
+    return ("interrupted" if stopped else "done"), outcome
+
+
+class _Messages:
+    """The child's stdout as it arrives: the events to pass on, and its outcome once sent."""
+
+    def __init__(self) -> None:
+        self.outcome: JobOutcome | None = None
+        self.kind = "done"
+        self.pending: list[Event] = []
+        self._last_progress: dict[str, float] = {}
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if "outcome" in message:
+                self.outcome = _outcome_from(message["outcome"])
+                self.kind = message.get("kind", "done")
+                continue
+            event = message.get("event")
+            if isinstance(event, dict) and _wanted(event, self._last_progress):
+                self.pending.append(event)
+
+    def take(self) -> list[Event]:
+        pending, self.pending = self.pending, []
+        return pending
+
+
+def _follow(proc: subprocess.Popen[bytes], log_path: Path, messages: _Messages,
+            on_events: Callable[[list[Event]], None],
+            should_stop: Callable[[], str | None], grace: float) -> bool:
+    """Read the child's stdout to its end, passing events on and stopping it when asked;
+    True when it was asked to stop."""
+    assert proc.stdout is not None
     stop_sent: float | None = None
     next_check = time.monotonic() + 1.0
     fd = proc.stdout.fileno()
@@ -74,28 +130,11 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
         ready, _, _ = select.select([fd], [], [], 0.5)
         if ready:
             chunk = os.read(fd, 65536)
-            if not chunk:
-                eof = True
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    continue
-                if "outcome" in message:
-                    outcome = _outcome_from(message["outcome"])
-                    kind = message.get("kind", "done")
-                    continue
-                event = message.get("event")
-                if isinstance(event, dict) and _wanted(event, last_progress):
-                    pending.append(event)
+            eof = not chunk
+            messages.feed(chunk)
         now = time.monotonic()
-        if pending and (now >= next_check or eof or len(pending) > 50):
-            on_events(pending)
-            pending = []
+        if messages.pending and (now >= next_check or eof or len(messages.pending) > 50):
+            on_events(messages.take())
         if now >= next_check:
             next_check = now + 1.0
             reason = should_stop() if stop_sent is None else None
@@ -107,21 +146,9 @@ def run_child(spec: JobSpec, log_path: Path, on_events: Callable[[list[dict[str,
                 _signal_group(proc.pid, signal.SIGINT)
         if stop_sent is not None and now - stop_sent > grace:
             _signal_group(proc.pid, signal.SIGKILL)
-    if pending:
-        on_events(pending)
-    code = proc.wait()
-    _signal_group(proc.pid, signal.SIGKILL)     # a helper the job left behind
-    if outcome is None:
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        stopped = stop_sent is not None
-        outcome = JobOutcome(
-            name=spec.name, ok=False, stage=None, worker=worker_id(),
-            exit_code=ExitCode.INTERRUPTED if stopped else ExitCode.FAILURE,
-            seconds=round(time.monotonic() - begun, 1),
-            error="interrupted (killed after the grace period)" if stopped else
-            f"the job's process ended without a result ({how}); see {log_path} on the worker")
-        kind = "interrupted" if stopped else "done"
-    return kind, outcome
+    if messages.pending:
+        on_events(messages.take())
+    return stop_sent is not None
 
 
 def _wait_for_lock(lock: Path, timeout: float) -> None:
@@ -144,7 +171,7 @@ def _wait_for_lock(lock: Path, timeout: float) -> None:
             return
 
 
-def _wanted(event: dict[str, Any], last: dict[str, float]) -> bool:
+def _wanted(event: Event, last: dict[str, float]) -> bool:
     """Every event but copy progress, which passes every PROGRESS_EVERY s and when complete."""
     if event.get("event") != "progress":
         return True
@@ -171,13 +198,9 @@ def main() -> int:
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                       # print() and helpers' output go to the job's log
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    runner.interrupt_on_sigint()        # the worker's stop and parent-death signal
-    print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {spec.name} starts in pid "
-          f"{os.getpid()} (cluster worker)", flush=True)
+    start_job_process(spec.name, " (cluster worker)")
 
-    def send(event: dict[str, Any]) -> None:
+    def send(event: Event) -> None:
         # The worker gone (its pipe broken) must not fail the job's own work: the kernel's
         # SIGINT (PR_SET_PDEATHSIG) is what stops it.
         try:
@@ -185,16 +208,7 @@ def main() -> int:
         except OSError:
             pass
 
-    begun = time.monotonic()
-    try:
-        outcome = execute_job(spec, send)
-        kind = "done"
-    except KeyboardInterrupt:
-        outcome = JobOutcome(name=spec.name, ok=False, stage=None, error="interrupted",
-                             exit_code=ExitCode.INTERRUPTED, worker=worker_id(),
-                             seconds=round(time.monotonic() - begun, 1))
-        kind = "interrupted"
-    print(f"=== {kind}: {'ok' if outcome.ok else outcome.error}", flush=True)
+    kind, outcome = run_in_job_process(spec, execute_job, send)
     try:
         channel.write(json.dumps({"kind": kind, "outcome": outcome.to_dict()}, default=str)
                       + "\n")

@@ -27,6 +27,10 @@ _URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://\S*")
 _MAPPING_RE = re.compile(r"(?:[^=\s]+=)?[^=\s]+")
 
 
+_Table = dict[str, Any]      # a table as tomllib parses it: values not checked yet
+_Values = dict[str, Any]     # checked values by manifest key, each of its field's type
+
+
 class _Bad(Exception):
     """One field's problem; the caller adds where it is."""
 
@@ -187,7 +191,7 @@ def _unknown(key: str, allowed: tuple[str, ...] | dict[str, Any], where_hint: st
     return f"unknown key {where_hint}; {hint}"
 
 
-def _label(index: int, raw: dict[str, Any]) -> str:
+def _label(index: int, raw: _Table) -> str:
     name = raw.get("name")
     shown = f" {json.dumps(name)}" if isinstance(name, str) else ""
     return f"server[{index}]{shown}"
@@ -252,11 +256,35 @@ def _too_deep(text: str) -> int | None:
     return None
 
 
-def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
+def check_manifest(data: _Table, path: Path) -> Manifest:
     """Check parsed manifest DATA (read from PATH); relative paths are taken from PATH's dir."""
     problems = _Problems(str(path))
     base = path.resolve().parent
+    _check_top_keys(data, problems)
+    defaults_raw = data.get("defaults", {})
+    if not isinstance(defaults_raw, dict):
+        problems.add("", "defaults", f"must be a table ([defaults]), got "
+                                     f"{_type_name(defaults_raw)}")
+        defaults_raw = {}
+    output_dir, connect = _batch_settings(data, defaults_raw, base, problems)
+    jobs: int | None = None
+    if "jobs" in data:
+        try:
+            jobs = _positive("")(data["jobs"])
+        except _Bad as exc:
+            problems.add("", "jobs", str(exc))
+    defaults = _check_defaults(defaults_raw, problems)
+    specs = _check_servers(_server_tables(data, problems), defaults, connect, base, output_dir,
+                           problems)
+    hosts = _check_hosts(data.get("hosts", {}), problems)
+    if problems.lines:
+        raise ManifestInvalid(str(path), problems.lines)
+    assert output_dir is not None
+    return Manifest(path=path, output_dir=output_dir, jobs=jobs, specs=tuple(specs),
+                    hosts=hosts)
 
+
+def _check_top_keys(data: _Table, problems: _Problems) -> None:
     for key in data:
         if key not in _TOP_KEYS:
             if key in _SERVER_FIELDS:
@@ -265,13 +293,12 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
             else:
                 problems.add("", key, _unknown(key, _TOP_KEYS, "at the top level"))
 
-    defaults_raw = data.get("defaults", {})
-    if not isinstance(defaults_raw, dict):
-        problems.add("", "defaults", f"must be a table ([defaults]), got "
-                                     f"{_type_name(defaults_raw)}")
-        defaults_raw = {}
 
-    # output_dir and connect: at the top level or in [defaults], not both.
+def _batch_settings(data: _Table, defaults_raw: _Table, base: Path,
+                    problems: _Problems) -> tuple[Path | None, str]:
+    """output_dir and connect for the whole batch: at the top level or in [defaults], not both.
+
+    The output dir is None when the one given is bad (the problem is recorded)."""
     batch_values: dict[str, Any] = {}
     for key in _BATCH_KEYS:
         if key in data and key in defaults_raw:
@@ -297,15 +324,12 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
             connect = _uri(value)
         except _Bad as exc:
             problems.add(where, "connect", str(exc))
+    return output_dir, connect
 
-    jobs: int | None = None
-    if "jobs" in data:
-        try:
-            jobs = _positive("")(data["jobs"])
-        except _Bad as exc:
-            problems.add("", "jobs", str(exc))
 
-    defaults: dict[str, Any] = {}
+def _check_defaults(defaults_raw: _Table, problems: _Problems) -> _Values:
+    """The [defaults] every server inherits, checked (the batch-wide keys left out)."""
+    defaults: _Values = {}
     for key, value in defaults_raw.items():
         if key in _BATCH_KEYS:
             continue
@@ -315,21 +339,29 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
         if key not in _DEFAULT_FIELDS:
             problems.add("[defaults]", key, _unknown(key, _DEFAULT_FIELDS, "in [defaults]"))
             continue
-        field, check = _DEFAULT_FIELDS[key]
+        check = _DEFAULT_FIELDS[key][1]
         try:
             defaults[key] = check(value)
         except _Bad as exc:
             problems.add("[defaults]", key, str(exc))
+    return defaults
 
+
+def _server_tables(data: _Table, problems: _Problems) -> list[_Table]:
     servers = data.get("server", [])
     if not isinstance(servers, list) or not all(isinstance(s, dict) for s in servers):
         problems.add("", "server", "must be an array of tables: one [[server]] entry per server")
-        servers = []
-    elif not servers and "server" not in data:
+        return []
+    if not servers and "server" not in data:
         problems.add("", "server", "no [[server]] entries; add one per server to convert")
     elif not servers:
         problems.add("", "server", "is empty; add one [[server]] entry per server to convert")
+    return servers
 
+
+def _check_servers(servers: list[_Table], defaults: _Values, connect: str,
+                   base: Path, output_dir: Path | None, problems: _Problems) -> list[JobSpec]:
+    """Each [[server]] entry checked, and no two sharing a name or a source."""
     specs: list[JobSpec] = []
     names: dict[str, str] = {}
     sources: dict[str, str] = {}
@@ -349,19 +381,12 @@ def check_manifest(data: dict[str, Any], path: Path) -> Manifest:
                 from p2v.source.ssh import redact_source
 
                 problems.add(where, "source", f"{json.dumps(redact_source(source))} is already "
-                                              "the source of "
-                                              f"{sources[source]}")
+                                              f"the source of {sources[source]}")
             else:
                 sources[source] = where
         if spec is not None:
             specs.append(spec)
-
-    hosts = _check_hosts(data.get("hosts", {}), problems)
-    if problems.lines:
-        raise ManifestInvalid(str(path), problems.lines)
-    assert output_dir is not None
-    return Manifest(path=path, output_dir=output_dir, jobs=jobs, specs=tuple(specs),
-                    hosts=hosts)
+    return specs
 
 
 def _check_hosts(raw: Any, problems: _Problems) -> dict[str, HostSettings]:
@@ -400,7 +425,7 @@ def _absolute(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _check_server(raw: dict[str, Any], where: str, defaults: dict[str, Any], connect: str,
+def _check_server(raw: _Table, where: str, defaults: _Values, connect: str,
                   base: Path, output_dir: Path | None, problems: _Problems) -> JobSpec | None:
     """One [[server]] entry merged over the defaults; None when it has a problem."""
     before = len(problems.lines)
@@ -433,7 +458,7 @@ def _check_server(raw: dict[str, Any], where: str, defaults: dict[str, Any], con
     return JobSpec(output_dir=output_dir, **kwargs)
 
 
-def _check_files(values: dict[str, Any], raw: dict[str, Any], where: str,
+def _check_files(values: _Values, raw: _Table, where: str,
                  problems: _Problems) -> bool:
     """Report missing files; False when the ssh_config the source is resolved with is missing.
 
@@ -459,7 +484,7 @@ def _check_files(values: dict[str, Any], raw: dict[str, Any], where: str,
     return config_ok
 
 
-def _check_source(values: dict[str, Any], where: str, problems: _Problems) -> None:
+def _check_source(values: _Values, where: str, problems: _Problems) -> None:
     # The same parser p2v convert uses, with the entry's ssh_config: an alias must resolve.
     from p2v.source.ssh import parse_source, redact_source
 

@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from p2v import runner
-from p2v.batch.execute import EventSink, JobOutcome, execute_job, worker_id
+from p2v.batch.execute import (
+    EventSink,
+    JobOutcome,
+    execute_job,
+    run_in_job_process,
+    start_job_process,
+)
 from p2v.errors import ExitCode
 from p2v.job import JobSpec
 from p2v.secure import private_dir
@@ -80,27 +86,16 @@ def _child_main(job_fn: JobFunction, spec: JobSpec, channel: Any, log_path: str,
     os.close(fd)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    # SIGTERM from outside is handled like Ctrl-C: the job's helpers are stopped in order.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    runner.interrupt_on_sigint()        # the batch's stop and parent-death signal
-    print(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} job {spec.name} starts in pid "
-          f"{os.getpid()}", flush=True)
-    begun = time.monotonic()
+    start_job_process(spec.name)
 
     def send(event: dict[str, Any]) -> None:
         channel.put(("event", spec.name, event))
 
-    try:
-        _stop_with_parent(parent)
-        outcome = job_fn(spec, send)
-        kind = "done"
-    except KeyboardInterrupt:
-        outcome = JobOutcome(name=spec.name, ok=False, stage=None,  # the driver knows the stage
-                             error="interrupted", exit_code=ExitCode.INTERRUPTED,
-                             worker=worker_id(), seconds=round(time.monotonic() - begun, 1))
-        kind = "interrupted"
-    print(f"=== {kind}: {'ok' if outcome.ok else outcome.error}", flush=True)
+    def job(job_spec: JobSpec, events: EventSink) -> JobOutcome:
+        _stop_with_parent(parent)       # inside the job: a stop this early is an interrupt
+        return job_fn(job_spec, events)
+
+    kind, outcome = run_in_job_process(spec, job, send)
     if os.getppid() == parent:
         channel.put((kind, spec.name, outcome))
         # The queue's feeder thread hands the message over before the process ends.

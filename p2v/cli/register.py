@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
         caps=GuestCaps.from_json(caps_text, str(args.caps)) if caps_text is not None else None,
         memory_mib=args.memory,
         vcpus=args.vcpus,
-        mappings=tuple([NicMapping.parse("network", m) for m in args.network]
-                       + [NicMapping.parse("bridge", m) for m in args.bridge]),
+        mappings=NicMapping.from_flags(args.network, args.bridge),
         uri=args.connect,
         start=args.start,
         replace=args.replace,

@@ -427,43 +427,93 @@ def _split_dm_lvm_name(name: str) -> tuple[str, str] | None:
     return m[1].replace("--", "-"), m[2].replace("--", "-")
 
 
-def build_inventory(output: str) -> Inventory:
-    """The Inventory of a source from the collection script's output (pure)."""
-    sec = split_sections(output)
-    unknown: list[str] = []
+@dataclass
+class _Reader:
+    """The sections by name; each one asked for and found empty leaves its note in `unknown`."""
 
-    def text(name: str, what: str | None = None) -> str:
-        section = sec.get(name)
+    sections: dict[str, Section]
+    unknown: list[str] = field(default_factory=list)
+
+    def text(self, name: str, what: str | None = None) -> str:
+        section = self.sections.get(name)
         if section is None or not section.text.strip():
             if what:
-                unknown.append(what)
+                self.unknown.append(what)
             return ""
         return section.text
 
-    hostname = _clean(text("hostname", "hostname: /proc/sys/kernel/hostname unreadable"))
-    uname = text("uname", "kernel: uname failed").splitlines()
-    osr = parse_os_release(text("os-release", "os: no /etc/os-release"))
+
+@dataclass(frozen=True)
+class _Host:
+    hostname: str | None
+    os: OsInfo
+    cpu: CpuInfo | None
+    memory_mib: int | None
+    firmware: str | None
+    machine: dict[str, str]
+
+
+def _host(read: _Reader) -> _Host:
+    """Name, OS, CPU, memory and firmware: the sections that describe the machine itself."""
+    hostname = _clean(read.text("hostname", "hostname: /proc/sys/kernel/hostname unreadable"))
+    uname = read.text("uname", "kernel: uname failed").splitlines()
+    osr = parse_os_release(read.text("os-release", "os: no /etc/os-release"))
     os_info = OsInfo(id=osr.get("ID"), version_id=osr.get("VERSION_ID"),
                      pretty_name=osr.get("PRETTY_NAME"), id_like=osr.get("ID_LIKE"),
                      kernel=_clean(uname[0]) if uname else None,
                      arch=_clean(uname[1]) if len(uname) > 1 else None)
-    cpu = parse_cpuinfo(text("cpuinfo", "cpu: /proc/cpuinfo unreadable"))
-    memory = parse_meminfo_mib(text("meminfo", "memory: /proc/meminfo unreadable"))
-    firmware_text = _clean(text("firmware", "firmware: /sys/firmware unreadable"))
+    cpu = parse_cpuinfo(read.text("cpuinfo", "cpu: /proc/cpuinfo unreadable"))
+    memory = parse_meminfo_mib(read.text("meminfo", "memory: /proc/meminfo unreadable"))
+    firmware_text = _clean(read.text("firmware", "firmware: /sys/firmware unreadable"))
     firmware = firmware_text if firmware_text in ("bios", "uefi") else None
-    machine = parse_key_tab_value(text("dmi"))
+    return _Host(hostname, os_info, cpu, memory, firmware, parse_key_tab_value(read.text("dmi")))
 
-    topo = _Topology.parse(text("sysblock", "disks: /sys/block unreadable"))
-    lsblk = parse_lsblk_pairs(text("lsblk", "disk details: lsblk failed (model, serial, "
-                                            "partition table may be unknown)"))
-    blkid = parse_blkid_export(text("blkid", "filesystems: blkid found nothing"))
-    mounts = parse_mountinfo(text("mountinfo", "mounts: /proc/self/mountinfo unreadable"))
-    df = parse_df(text("df", "filesystem usage: df failed"))
-    swaps = parse_swaps(text("swaps"))
+
+@dataclass(frozen=True)
+class _Block:
+    """The block sections joined: topology, lsblk rows, partition tables, mounts, filesystems."""
+
+    topo: _Topology
+    lsblk: dict[str, dict[str, str]]
+    dm_names: dict[str, str]      # dm name (vg0-root) -> kernel name (dm-0)
+    pttype: dict[str, str]        # kernel name -> partition table type, as blkid saw it
+    mount_of: dict[str, Mount]    # kernel name -> its shortest mountpoint
+    filesystems: tuple[Filesystem, ...]
+
+    @property
+    def fs_by_kname(self) -> dict[str, Filesystem]:
+        return {fs.device: fs for fs in self.filesystems}
+
+
+def _block(read: _Reader) -> _Block:
+    topo = _Topology.parse(read.text("sysblock", "disks: /sys/block unreadable"))
+    lsblk = parse_lsblk_pairs(read.text("lsblk", "disk details: lsblk failed (model, serial, "
+                                                 "partition table may be unknown)"))
+    blkid = parse_blkid_export(read.text("blkid", "filesystems: blkid found nothing"))
+    mounts = parse_mountinfo(read.text("mountinfo", "mounts: /proc/self/mountinfo unreadable"))
+    df = parse_df(read.text("df", "filesystem usage: df failed"))
+    swaps = parse_swaps(read.text("swaps"))
 
     dm_names = {v[0]: k for k, a in topo.attrs.items() if (v := a.get("dm/name"))}
+    content, pttype = _contents(blkid, lsblk, topo, dm_names)
+    mount_of: dict[str, Mount] = {}
+    for mount in mounts:
+        kname = topo.by_majmin.get(mount.majmin)
+        if kname and (kname not in mount_of or len(mount.mountpoint) < len(
+                mount_of[kname].mountpoint)):
+            mount_of[kname] = mount
+    swap_on = {_dev_path_to_kname(p, topo, dm_names) for p in swaps}
+    filesystems = tuple(_filesystem(kname, content[kname], mount_of.get(kname), df,
+                                    kname in swap_on)
+                        for kname in sorted(content, key=_natural))
+    return _Block(topo, lsblk, dm_names, pttype, mount_of, filesystems)
 
-    # Filesystems: blkid (any device), then lsblk for what blkid could not see.
+
+def _contents(blkid: dict[str, dict[str, str]], lsblk: dict[str, dict[str, str]],
+              topo: _Topology, dm_names: dict[str, str]
+              ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """What each device holds: blkid (any device), then lsblk for what blkid could not see;
+    and the partition tables blkid found."""
     content: dict[str, dict[str, str]] = {}
     pttype: dict[str, str] = {}
     for devname, values in blkid.items():
@@ -476,32 +526,25 @@ def build_inventory(output: str) -> Inventory:
         if "FSTYPE" in row and kname not in content:
             content[kname] = {"TYPE": row["FSTYPE"], "UUID": row.get("UUID", ""),
                               "LABEL": row.get("LABEL", ""), "DEVNAME": f"/dev/{kname}"}
-    mount_of: dict[str, Mount] = {}
-    for mount in mounts:
-        kname = topo.by_majmin.get(mount.majmin)
-        if kname and (kname not in mount_of or len(mount.mountpoint) < len(
-                mount_of[kname].mountpoint)):
-            mount_of[kname] = mount
-    swap_on = {_dev_path_to_kname(p, topo, dm_names) for p in swaps}
-    filesystems: list[Filesystem] = []
-    fs_by_kname: dict[str, Filesystem] = {}
-    for kname in sorted(content, key=_natural):
-        values = content[kname]
-        mounted = mount_of.get(kname)
-        usage = df.get(mounted.mountpoint) if mounted else None
-        mountpoint = mounted.mountpoint if mounted else ("[SWAP]" if kname in swap_on else None)
-        fs = Filesystem(
-            device=kname, path=values.get("DEVNAME"), type=_clean(values.get("TYPE")),
-            uuid=_clean(values.get("UUID")), label=_clean(values.get("LABEL")),
-            mountpoint=mountpoint,
-            size_bytes=usage.size_bytes if usage else None,
-            used_bytes=usage.used_bytes if usage else None,
-            free_bytes=(usage.size_bytes - usage.used_bytes) if usage else None,
-        )
-        filesystems.append(fs)
-        fs_by_kname[kname] = fs
+    return content, pttype
 
-    # Device mapper, LVM, md.
+
+def _filesystem(kname: str, values: dict[str, str], mounted: Mount | None,
+                df: dict[str, DfRow], swap: bool) -> Filesystem:
+    usage = df.get(mounted.mountpoint) if mounted else None
+    mountpoint = mounted.mountpoint if mounted else ("[SWAP]" if swap else None)
+    return Filesystem(
+        device=kname, path=values.get("DEVNAME"), type=_clean(values.get("TYPE")),
+        uuid=_clean(values.get("UUID")), label=_clean(values.get("LABEL")),
+        mountpoint=mountpoint,
+        size_bytes=usage.size_bytes if usage else None,
+        used_bytes=usage.used_bytes if usage else None,
+        free_bytes=(usage.size_bytes - usage.used_bytes) if usage else None,
+    )
+
+
+def _device_mapper(topo: _Topology) -> tuple[list[DmDevice], list[LvmLv]]:
+    """Every dm device, and the LVs among them (named vg-lv, uuid LVM-...)."""
     dm: list[DmDevice] = []
     lvs: list[LvmLv] = []
     for name in sorted((n for n in topo.attrs if "dm/name" in topo.attrs[n]), key=_natural):
@@ -518,11 +561,17 @@ def build_inventory(output: str) -> Inventory:
         if kind == "lvm" and dm_name and (split := _split_dm_lvm_name(dm_name)):
             lvs.append(LvmLv(name=split[1], vg=split[0], device=name,
                              path=f"/dev/mapper/{dm_name}", size_bytes=topo.sizes.get(name)))
-    pv_rows = parse_lvm_report(text("pvs"), 4)
-    vg_rows = parse_lvm_report(text("vgs"), 5)
+    return dm, lvs
+
+
+def _lvm(read: _Reader, block: _Block, lvs: list[LvmLv]) -> LvmInfo:
+    """PVs and VGs from LVM's own report when the tools ran, else from /sys and blkid."""
+    topo = block.topo
+    pv_rows = parse_lvm_report(read.text("pvs"), 4)
+    vg_rows = parse_lvm_report(read.text("vgs"), 5)
     pvs: list[LvmPv] = []
-    pv_knames = [k for k, f in fs_by_kname.items() if f.type == "LVM2_member"]
-    report_pv = {(_dev_path_to_kname(r[0], topo, dm_names) or r[0]): r for r in pv_rows}
+    pv_knames = [f.device for f in block.filesystems if f.type == "LVM2_member"]
+    report_pv = {(_dev_path_to_kname(r[0], topo, block.dm_names) or r[0]): r for r in pv_rows}
     for kname in sorted(set(pv_knames) | set(report_pv), key=_natural):
         pv_row = report_pv.get(kname)
         vg = _clean(pv_row[1]) if pv_row else next(
@@ -539,92 +588,120 @@ def build_inventory(output: str) -> Inventory:
         vgs.append(LvmVg(name=vg_name, size_bytes=size,
                          free_bytes=_int(vg_row[2]) if vg_row else None, pvs=members))
     if (pvs or lvs) and not vg_rows:
-        unknown.append("lvm: pvs/vgs not available; VG sizes from /sys, free space unknown")
-    mdstat = parse_mdstat(text("mdstat"))
+        read.unknown.append("lvm: pvs/vgs not available; VG sizes from /sys, free space unknown")
+    return LvmInfo(pvs=tuple(pvs), vgs=tuple(vgs), lvs=tuple(lvs))
+
+
+def _md_arrays(read: _Reader, topo: _Topology) -> tuple[MdArray, ...]:
+    """md arrays from /sys, with /proc/mdstat for what /sys does not say."""
+    mdstat = parse_mdstat(read.text("mdstat"))
     md: list[MdArray] = []
     for name in sorted((n for n in topo.attrs if n.startswith("md")), key=_natural):
         level = _first(topo.attrs[name], "md/level") or mdstat.get(name, (None, ()))[0]
         members = tuple(topo.slaves.get(name, [])) or mdstat.get(name, (None, ()))[1]
         md.append(MdArray(name=name, level=level, devices=members,
                           size_bytes=topo.sizes.get(name)))
-    md_level = {m.name: m.level for m in md}
+    return tuple(md)
 
-    # Copy estimate: a device's size minus what the copy can skip on it ("savings"):
-    # free blocks of ext*/xfs, all of swap, and whatever its holders (LVs, arrays) skip.
-    def savings(kname: str, seen: frozenset[str] = frozenset()) -> int:
-        size = topo.sizes.get(kname, 0)
-        fs = fs_by_kname.get(kname)
+
+@dataclass(frozen=True)
+class _Savings:
+    """What the copy can skip on a device: free blocks of ext*/xfs, all of swap, and
+    whatever its holders (LVs, arrays) skip."""
+
+    topo: _Topology
+    fs_by_kname: dict[str, Filesystem]
+    md_level: dict[str, str | None]
+
+    def __call__(self, kname: str, seen: frozenset[str] = frozenset()) -> int:
+        size = self.topo.sizes.get(kname, 0)
+        fs = self.fs_by_kname.get(kname)
         if fs and fs.type == "swap":
             return size
         if fs and fs.type in FS_AWARE:
             return min(size, fs.free_bytes or 0)
         total = 0
-        for holder in topo.holders.get(kname, []):
+        for holder in self.topo.holders.get(kname, []):
             if holder in seen:
                 continue
-            share = savings(holder, seen | {kname})
-            members = len(topo.slaves.get(holder, [])) or 1
+            share = self(holder, seen | {kname})
+            members = len(self.topo.slaves.get(holder, [])) or 1
             # A mirror member holds a whole copy of the array; others hold a share of it.
-            if md_level.get(holder) not in ("raid1",):
+            if self.md_level.get(holder) not in ("raid1",):
                 share //= members
             total += share
         return min(size, total)
 
-    disks: list[DiskInfo] = []
-    boot_disk = _boot_disk(mount_of, topo, firmware)
-    for name in sorted((n for n, a in topo.attrs.items() if _is_disk(n, a)), key=_natural):
-        attrs = topo.attrs[name]
-        row = lsblk.get(name, {})
-        size = topo.sizes.get(name)
-        parts: list[Partition] = []
-        part_savings = 0
-        for p in sorted(topo.partitions.get(name, []), key=lambda p: _natural(p["name"])):
-            pname = p["name"]
-            prow = lsblk.get(pname, {})
-            start = _int(p.get("start"))
-            psize = topo.sizes.get(pname)
-            parts.append(Partition(
-                name=pname, number=_int(p.get("partition")),
-                start_bytes=start * SECTOR if start is not None else None, size_bytes=psize,
-                type=_clean(prow.get("PARTTYPE")),
-                content=fs_by_kname[pname].type if pname in fs_by_kname else None,
-            ))
-            part_savings += savings(pname)
-        disk_savings = part_savings if parts else savings(name)
-        table = _clean(row.get("PTTYPE"))
-        if table is None:
-            table = pttype.get(name)
-        disks.append(DiskInfo(
-            name=name, path="/dev/" + name.replace("!", "/"), size_bytes=size,
-            model=_clean(row.get("MODEL")) or _first(attrs, "device/model"),
-            vendor=_first(attrs, "device/vendor"),
-            serial=_clean(row.get("SERIAL")) or _first(attrs, "device/serial")
-            or _first(attrs, "serial") or _serial_from_wwid(_first(attrs, "device/wwid")),
-            transport=_clean(row.get("TRAN")),
-            rotational=_bool(_first(attrs, "queue/rotational")),
-            removable=_bool(_first(attrs, "removable")),
-            read_only=_bool(_first(attrs, "ro")),
-            table=table, partitions=tuple(parts), boot=name == boot_disk,
-            copy_bytes_estimate=None if size is None else max(0, size - disk_savings),
-            wwid=_first(attrs, "device/wwid") or _first(attrs, "wwid"),
+
+def _disk(name: str, block: _Block, savings: _Savings, boot: bool) -> DiskInfo:
+    """One whole disk with its partitions; its copy estimate is its size minus the savings."""
+    topo, lsblk, fs_by_kname = block.topo, block.lsblk, savings.fs_by_kname
+    attrs = topo.attrs[name]
+    row = lsblk.get(name, {})
+    size = topo.sizes.get(name)
+    parts: list[Partition] = []
+    part_savings = 0
+    for p in sorted(topo.partitions.get(name, []), key=lambda p: _natural(p["name"])):
+        pname = p["name"]
+        start = _int(p.get("start"))
+        parts.append(Partition(
+            name=pname, number=_int(p.get("partition")),
+            start_bytes=start * SECTOR if start is not None else None,
+            size_bytes=topo.sizes.get(pname), type=_clean(lsblk.get(pname, {}).get("PARTTYPE")),
+            content=fs_by_kname[pname].type if pname in fs_by_kname else None,
         ))
+        part_savings += savings(pname)
+    disk_savings = part_savings if parts else savings(name)
+    table = _clean(row.get("PTTYPE"))
+    if table is None:
+        table = block.pttype.get(name)
+    return DiskInfo(
+        name=name, path="/dev/" + name.replace("!", "/"), size_bytes=size,
+        model=_clean(row.get("MODEL")) or _first(attrs, "device/model"),
+        vendor=_first(attrs, "device/vendor"),
+        serial=_clean(row.get("SERIAL")) or _first(attrs, "device/serial")
+        or _first(attrs, "serial") or _serial_from_wwid(_first(attrs, "device/wwid")),
+        transport=_clean(row.get("TRAN")),
+        rotational=_bool(_first(attrs, "queue/rotational")),
+        removable=_bool(_first(attrs, "removable")),
+        read_only=_bool(_first(attrs, "ro")),
+        table=table, partitions=tuple(parts), boot=boot,
+        copy_bytes_estimate=None if size is None else max(0, size - disk_savings),
+        wwid=_first(attrs, "device/wwid") or _first(attrs, "wwid"),
+    )
+
+
+def build_inventory(output: str) -> Inventory:
+    """The Inventory of a source from the collection script's output (pure)."""
+    read = _Reader(split_sections(output))
+    host = _host(read)
+    block = _block(read)
+    topo = block.topo
+    dm, lvs = _device_mapper(topo)
+    lvm = _lvm(read, block, lvs)
+    md = _md_arrays(read, topo)
+
+    savings = _Savings(topo, block.fs_by_kname, {m.name: m.level for m in md})
+    boot_disk = _boot_disk(block.mount_of, topo, host.firmware)
+    disks = tuple(_disk(name, block, savings, name == boot_disk)
+                  for name in sorted((n for n, a in topo.attrs.items() if _is_disk(n, a)),
+                                     key=_natural))
     if not disks:
-        unknown.append("disks: no disks found in /sys/block")
+        read.unknown.append("disks: no disks found in /sys/block")
     if boot_disk is None and disks:
-        unknown.append("boot disk: no mounted /boot, /boot/efi or / on a disk")
+        read.unknown.append("boot disk: no mounted /boot, /boot/efi or / on a disk")
     estimates = [d.copy_bytes_estimate for d in disks]
     total = sum(e for e in estimates if e is not None) if None not in estimates else None
 
-    physical, virtual = _nics(sec, text)
-    if missing := [n for n, s in sec.items() if s.rc is None]:
-        unknown.append("collection cut off in: " + ", ".join(missing))
+    physical, virtual = _nics(read.sections, read.text)
+    if missing := [n for n, s in read.sections.items() if s.rc is None]:
+        read.unknown.append("collection cut off in: " + ", ".join(missing))
     return Inventory(
-        hostname=hostname, firmware=cast("Firmware | None", firmware), os=os_info, cpu=cpu,
-        memory_mib=memory, machine=machine, disks=tuple(disks),
-        filesystems=tuple(filesystems),
-        lvm=LvmInfo(pvs=tuple(pvs), vgs=tuple(vgs), lvs=tuple(lvs)),
-        md=tuple(md), dm=tuple(dm), nics=physical, virtual_nics=virtual,
-        boot_disk=boot_disk, copy_bytes_estimate=total, unknown=tuple(unknown),
+        hostname=host.hostname, firmware=cast("Firmware | None", host.firmware), os=host.os,
+        cpu=host.cpu, memory_mib=host.memory_mib, machine=host.machine, disks=disks,
+        filesystems=block.filesystems, lvm=lvm, md=md, dm=tuple(dm), nics=physical,
+        virtual_nics=virtual, boot_disk=boot_disk, copy_bytes_estimate=total,
+        unknown=tuple(read.unknown),
     )
 
 

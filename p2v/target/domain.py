@@ -88,6 +88,13 @@ class NicMapping:
             return cls(kind, text)
         return cls(kind, target, src)
 
+    @classmethod
+    def from_flags(cls, networks: Sequence[str], bridges: Sequence[str]
+                   ) -> tuple[NicMapping, ...]:
+        """Every --network, then every --bridge flag, as `p2v register` and a job take them."""
+        return tuple([cls.parse("network", m) for m in networks]
+                     + [cls.parse("bridge", m) for m in bridges])
+
 
 def _matches(src: str, nic: SourceNic) -> bool:
     if src == nic.name:

@@ -553,6 +553,40 @@ class LiveSource(_Source):
     def _start(self, stack: ExitStack) -> SourceEndpoint:
         image = self.image
         workdir = self._make_workdir(stack)
+        overlays, nvram, key = self._prepare(workdir)
+        accel = choose_accel()
+        disks = tuple(f"/dev/sd{chr(ord('a') + i)}" for i in range(len(overlays)))
+
+        for _ in range(self._PORT_ATTEMPTS):
+            port = free_port()
+            known_hosts = workdir / "known_hosts"
+            known_hosts.write_text(known_hosts_line(LOOPBACK, port, image.host_public_key))
+            endpoint = SourceEndpoint(
+                host=LOOPBACK, port=port, user="root", key=key, known_hosts=known_hosts,
+                disks=disks, fixture=image,
+            )
+            machine = self._machine(workdir, overlays, nvram, port, accel)
+            started = time.monotonic()
+            with (workdir / "qemu.log").open("wb") as qemu_log:
+                proc = runner.spawn(
+                    machine.argv(), stdout=qemu_log.fileno(), stderr=qemu_log.fileno()
+                )
+            self.pid = proc.pid
+            stack.callback(self._shutdown, proc, endpoint)
+            if self._wait_ssh(proc, endpoint, started):
+                self.boot_seconds = time.monotonic() - started
+                log.info(
+                    "live source %s (qemu pid %d, %s) answered SSH on port %d after %.1f s",
+                    image.variant, proc.pid, accel, port, self.boot_seconds,
+                )
+                return endpoint
+            # qemu exited at once because the forwarded port was taken: try another one.
+            _stop_process(proc)
+        raise SourceStartError(kind="live", detail=self._log_tails())
+
+    def _prepare(self, workdir: Path) -> tuple[list[Path], Path | None, Path]:
+        """The machine's own files in WORKDIR: (disk overlays, NVRAM copy, client key)."""
+        image = self.image
         overlays: list[Path] = []
         for index, disk in enumerate(image.disks):
             overlay = workdir / f"disk{index}.qcow2"
@@ -571,50 +605,27 @@ class LiveSource(_Source):
         key = workdir / "client_key"
         shutil.copyfile(image.ssh_private_key, key)
         key.chmod(0o600)
-        accel = choose_accel()
-        disks = tuple(f"/dev/sd{chr(ord('a') + i)}" for i in range(len(overlays)))
+        return overlays, nvram, key
 
-        for _ in range(self._PORT_ATTEMPTS):
-            port = free_port()
-            known_hosts = workdir / "known_hosts"
-            known_hosts.write_text(known_hosts_line(LOOPBACK, port, image.host_public_key))
-            endpoint = SourceEndpoint(
-                host=LOOPBACK, port=port, user="root", key=key, known_hosts=known_hosts,
-                disks=disks, fixture=image,
-            )
-            machine = Machine(
-                disks=tuple(overlays),
-                serial_log=workdir / "serial.log",
-                bus="sata",
-                firmware=image.firmware,
-                nvram=nvram,
-                nics=(Nic(mac=image.mac, model="e1000e", network=f"user:{port}"),),
-                memory_mib=self.memory_mib,
-                vcpus=self.vcpus,
-                accel=accel,
-                disk_format="qcow2",
-                debugcon_log=workdir / "firmware.log",
-                # Physical boards have a graphics adapter, and the fixtures (no serial
-                # console, like a real server) never reached SSH without one under TCG.
-                extra=("-device", "VGA"),
-            )
-            started = time.monotonic()
-            with (workdir / "qemu.log").open("wb") as qemu_log:
-                proc = runner.spawn(
-                    machine.argv(), stdout=qemu_log.fileno(), stderr=qemu_log.fileno()
-                )
-            self.pid = proc.pid
-            stack.callback(self._shutdown, proc, endpoint)
-            if self._wait_ssh(proc, endpoint, started):
-                self.boot_seconds = time.monotonic() - started
-                log.info(
-                    "live source %s (qemu pid %d, %s) answered SSH on port %d after %.1f s",
-                    image.variant, proc.pid, accel, port, self.boot_seconds,
-                )
-                return endpoint
-            # qemu exited at once because the forwarded port was taken: try another one.
-            _stop_process(proc)
-        raise SourceStartError(kind="live", detail=self._log_tails())
+    def _machine(self, workdir: Path, overlays: list[Path], nvram: Path | None, port: int,
+                 accel: str) -> Machine:
+        """The fixture's physical box as a qemu machine, guest port 22 forwarded to PORT."""
+        return Machine(
+            disks=tuple(overlays),
+            serial_log=workdir / "serial.log",
+            bus="sata",
+            firmware=self.image.firmware,
+            nvram=nvram,
+            nics=(Nic(mac=self.image.mac, model="e1000e", network=f"user:{port}"),),
+            memory_mib=self.memory_mib,
+            vcpus=self.vcpus,
+            accel=accel,
+            disk_format="qcow2",
+            debugcon_log=workdir / "firmware.log",
+            # Physical boards have a graphics adapter, and the fixtures (no serial
+            # console, like a real server) never reached SSH without one under TCG.
+            extra=("-device", "VGA"),
+        )
 
     def _wait_ssh(
         self, proc: subprocess.Popen[bytes], endpoint: SourceEndpoint, started: float

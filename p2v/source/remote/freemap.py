@@ -1,3 +1,4 @@
+import collections
 import os
 import re
 import struct
@@ -10,8 +11,13 @@ def _pread(fd, n, off):
     os.lseek(fd, off, 0)
     return os.read(fd, n)
 
-def _ext_free(fd, base, limit):
-    sb = _pread(fd, 1024, base + 1024)
+_ExtGeometry = collections.namedtuple(
+    "_ExtGeometry", "blocks first_data bs per_group groups itable_len desc_size reserved_gdt "
+    "ro_compat")
+
+def _ext_geometry(sb):
+    # What the free map needs from an ext2/3/4 superblock; None when it is not one, or one
+    # laid out in a way this reader does not follow.
     if len(sb) < 1024 or struct.unpack_from("<H", sb, 56)[0] != 0xEF53:
         return None
     (blocks_lo, first_data, log_bs, per_group, inodes_per_group) = (
@@ -26,54 +32,77 @@ def _ext_free(fd, base, limit):
     wide = bool(incompat & 0x80)
     blocks = blocks_lo | ((struct.unpack_from("<I", sb, 0x150)[0] << 32) if wide else 0)
     desc_size = struct.unpack_from("<H", sb, 0xFE)[0] if wide else 32
-    desc_size = desc_size or 32
-    reserved_gdt = struct.unpack_from("<H", sb, 0xCE)[0]
-    if blocks * bs > limit:
-        return None
-    groups = (blocks - first_data + per_group - 1) // per_group
-    gdt = _pread(fd, groups * desc_size, base + (first_data + 1) * bs)
-    if len(gdt) < groups * desc_size:
+    return _ExtGeometry(
+        blocks, first_data, bs, per_group, (blocks - first_data + per_group - 1) // per_group,
+        (inodes_per_group * inode_size + bs - 1) // bs, desc_size or 32,
+        struct.unpack_from("<H", sb, 0xCE)[0], ro_compat)
+
+def _ext_descriptors(fd, base, geo):
+    # ([(block bitmap block, flags)] per group, [(first, last+1) block of every group's
+    # metadata]) from the group descriptor table; None when it is cut short.
+    gdt = _pread(fd, geo.groups * geo.desc_size, base + (geo.first_data + 1) * geo.bs)
+    if len(gdt) < geo.groups * geo.desc_size:
         return None
     def field(d, lo, hi):
         v = struct.unpack_from("<I", d, lo)[0]
-        if desc_size >= 64:
+        if geo.desc_size >= 64:
             v |= struct.unpack_from("<I", d, hi)[0] << 32
         return v
-    itable_len = (inodes_per_group * inode_size + bs - 1) // bs
-    meta = []                       # (first, last+1) blocks of every group's metadata
+    meta = []
     descs = []
-    for g in range(groups):
-        d = gdt[g * desc_size:(g + 1) * desc_size]
+    for g in range(geo.groups):
+        d = gdt[g * geo.desc_size:(g + 1) * geo.desc_size]
         bb, ib, it = field(d, 0, 0x20), field(d, 4, 0x24), field(d, 8, 0x28)
         flags = struct.unpack_from("<H", d, 0x12)[0]
         descs.append((bb, flags))
-        meta += [(bb, bb + 1), (ib, ib + 1), (it, it + itable_len)]
-    gdt_blocks = (groups * desc_size + bs - 1) // bs
-    def has_backup(g):
-        if g <= 1 or not ro_compat & 1:
+        meta += [(bb, bb + 1), (ib, ib + 1), (it, it + geo.itable_len)]
+    return descs, meta
+
+def _ext_has_backup(g, ro_compat):
+    # Whether group g holds a superblock backup: all do, unless sparse_super keeps them
+    # in groups 0, 1 and the powers of 3, 5 and 7.
+    if g <= 1 or not ro_compat & 1:
+        return True
+    for p in (3, 5, 7):
+        n = p
+        while n < g:
+            n *= p
+        if n == g:
             return True
-        for p in (3, 5, 7):
-            n = p
-            while n < g:
-                n *= p
-            if n == g:
-                return True
-        return False
+    return False
+
+def _ext_uninit_free(base, geo, g, start, count, meta):
+    # A BLOCK_UNINIT group: free but for the superblock backup and the metadata in it.
+    gdt_blocks = (geo.groups * geo.desc_size + geo.bs - 1) // geo.bs
+    bs = geo.bs
+    lo = start + (1 + gdt_blocks + geo.reserved_gdt if _ext_has_backup(g, geo.ro_compat) else 0)
+    cuts = sorted((max(a, lo), min(z, start + count)) for a, z in meta
+                  if z > lo and a < start + count)
     free = []
-    for g in range(groups):
-        start = first_data + g * per_group
-        count = min(per_group, blocks - start)
+    for a, z in cuts:
+        if a > lo:
+            free.append((base + lo * bs, base + a * bs))
+        lo = max(lo, z)
+    if lo < start + count:
+        free.append((base + lo * bs, base + (start + count) * bs))
+    return free
+
+def _ext_free(fd, base, limit):
+    geo = _ext_geometry(_pread(fd, 1024, base + 1024))
+    if geo is None or geo.blocks * geo.bs > limit:
+        return None
+    got = _ext_descriptors(fd, base, geo)
+    if got is None:
+        return None
+    descs, meta = got
+    bs = geo.bs
+    free = []
+    for g in range(geo.groups):
+        start = geo.first_data + g * geo.per_group
+        count = min(geo.per_group, geo.blocks - start)
         bb, flags = descs[g]
-        if flags & 0x2:             # BLOCK_UNINIT: free but for metadata in this group
-            lo = start + (1 + gdt_blocks + reserved_gdt if has_backup(g) else 0)
-            cuts = sorted((max(a, lo), min(z, start + count)) for a, z in meta
-                          if z > lo and a < start + count)
-            for a, z in cuts:
-                if a > lo:
-                    free.append((base + lo * bs, base + a * bs))
-                lo = max(lo, z)
-            if lo < start + count:
-                free.append((base + lo * bs, base + (start + count) * bs))
+        if flags & 0x2:             # BLOCK_UNINIT
+            free += _ext_uninit_free(base, geo, g, start, count, meta)
             continue
         bitmap = _pread(fd, bs, base + bb * bs)
         if len(bitmap) < bs:
@@ -83,10 +112,11 @@ def _ext_free(fd, base, limit):
             free.append((base + (start + m.start() * 8) * bs, base + (start + m.end() * 8) * bs))
     return free
 
-def _xfs_free(fd, base, limit):
-    # The free extents of every allocation group's by-block-number B+tree (bnobt), from
-    # its AGF: leftmost path down to the leaves, then the leaves' right-sibling chain.
-    sb = _pread(fd, 512, base)
+_XfsGeometry = collections.namedtuple(
+    "_XfsGeometry", "bs agblocks agcount sectsize v5 hdr magic node_max leaf_max")
+
+def _xfs_geometry(sb, limit):
+    # What the free map needs from an XFS superblock; None when it is not one it can read.
     if len(sb) < 512 or sb[:4] != b"XFSB":
         return None
     bs, dblocks = struct.unpack_from(">IQ", sb, 4)
@@ -98,51 +128,83 @@ def _xfs_free(fd, base, limit):
         return None
     v5 = version & 0xF == 5
     hdr, magic = (56, b"AB3B") if v5 else (16, b"ABTB")
-    node_max, leaf_max = (bs - hdr) // 12, (bs - hdr) // 8   # keys+ptrs; records
-    def block(ag, agbno, length):
-        if not 0 < agbno < length:
+    # A node's keys and pointers; a leaf's records.
+    return _XfsGeometry(bs, agblocks, agcount, sectsize, v5, hdr, magic, (bs - hdr) // 12,
+                        (bs - hdr) // 8)
+
+def _xfs_block(fd, base, geo, ag, agbno, length):
+    # Block agbno of allocation group ag when it is a bnobt block; else None.
+    if not 0 < agbno < length:
+        return None
+    daddr = ag * geo.agblocks + agbno
+    b = _pread(fd, geo.bs, base + daddr * geo.bs)
+    if len(b) < geo.bs or b[:4] != geo.magic:
+        return None
+    if geo.v5 and struct.unpack_from(">Q", b, 16)[0] != daddr * (geo.bs // 512):
+        return None
+    return b
+
+def _xfs_leftmost_leaf(fd, base, geo, ag):
+    # (the leftmost leaf of ag's bnobt, the AG's length in blocks), found from its AGF;
+    # None when the tree is not as expected.
+    agf = _pread(fd, 64, base + ag * geo.agblocks * geo.bs + geo.sectsize)
+    if len(agf) < 64 or agf[:4] != b"XAGF" or struct.unpack_from(">I", agf, 8)[0] != ag:
+        return None
+    length, root = struct.unpack_from(">II", agf, 12)
+    levels = struct.unpack_from(">I", agf, 28)[0]
+    if length > geo.agblocks or not 0 < levels <= 8:
+        return None
+    b = _xfs_block(fd, base, geo, ag, root, length)
+    for depth in range(levels - 1, 0, -1):
+        if b is None or struct.unpack_from(">HH", b, 4)[0] != depth:
             return None
-        b = _pread(fd, bs, base + (ag * agblocks + agbno) * bs)
-        if len(b) < bs or b[:4] != magic:
+        if struct.unpack_from(">HH", b, 4)[1] < 1:
             return None
-        if v5 and struct.unpack_from(">Q", b, 16)[0] != (ag * agblocks + agbno) * (bs // 512):
-            return None
-        return b
+        b = _xfs_block(fd, base, geo, ag,
+                       struct.unpack_from(">I", b, geo.hdr + geo.node_max * 8)[0], length)
+    return None if b is None else (b, length)
+
+def _xfs_ag_free(fd, base, geo, ag):
+    # The free extents of allocation group ag: its bnobt leaves' records, from the leftmost
+    # leaf along the right-sibling chain. None when anything does not add up.
+    got = _xfs_leftmost_leaf(fd, base, geo, ag)
+    if got is None:
+        return None
+    b, length = got
+    hdr, bs, ag_start = geo.hdr, geo.bs, ag * geo.agblocks
     free = []
-    for ag in range(agcount):
-        agf = _pread(fd, 64, base + ag * agblocks * bs + sectsize)
-        if len(agf) < 64 or agf[:4] != b"XAGF" or struct.unpack_from(">I", agf, 8)[0] != ag:
+    hops = 0
+    while True:
+        if b is None:
             return None
-        length, root = struct.unpack_from(">II", agf, 12)
-        levels = struct.unpack_from(">I", agf, 28)[0]
-        if length > agblocks or not 0 < levels <= 8:
+        level, n, right = struct.unpack_from(">HH", b, 4) + struct.unpack_from(">I", b, 12)
+        if level != 0 or n > geo.leaf_max:
             return None
-        b = block(ag, root, length)
-        for depth in range(levels - 1, 0, -1):
-            if b is None or struct.unpack_from(">HH", b, 4)[0] != depth:
+        for k in range(n):
+            start, count = struct.unpack_from(">II", b, hdr + 8 * k)
+            if not count or start + count > length:
                 return None
-            if struct.unpack_from(">HH", b, 4)[1] < 1:
-                return None
-            b = block(ag, struct.unpack_from(">I", b, hdr + node_max * 8)[0], length)
-        hops = 0
-        while True:
-            if b is None:
-                return None
-            level, n, right = struct.unpack_from(">HH", b, 4) + struct.unpack_from(">I", b, 12)
-            if level != 0 or n > leaf_max:
-                return None
-            for k in range(n):
-                start, count = struct.unpack_from(">II", b, hdr + 8 * k)
-                if not count or start + count > length:
-                    return None
-                first = base + (ag * agblocks + start) * bs
-                free.append((first, first + count * bs))
-            if right == 0xFFFFFFFF:
-                break
-            hops += 1
-            if hops > length:
-                return None
-            b = block(ag, right, length)
+            first = base + (ag_start + start) * bs
+            free.append((first, first + count * bs))
+        if right == 0xFFFFFFFF:
+            return free
+        hops += 1
+        if hops > length:
+            return None
+        b = _xfs_block(fd, base, geo, ag, right, length)
+
+def _xfs_free(fd, base, limit):
+    # The free extents of every allocation group's by-block-number B+tree (bnobt), from
+    # its AGF: leftmost path down to the leaves, then the leaves' right-sibling chain.
+    geo = _xfs_geometry(_pread(fd, 512, base), limit)
+    if geo is None:
+        return None
+    free = []
+    for ag in range(geo.agcount):
+        got = _xfs_ag_free(fd, base, geo, ag)
+        if got is None:
+            return None
+        free += got
     return free
 
 def _swap_free(fd, base, size):
@@ -290,6 +352,37 @@ def _lvm_layout(text, uuid, data_off, size):
     # From a PV's VG metadata: (byte ranges of its extents no LV uses, {LV name: [(LV
     # offset, PV offset, length)]} of the visible linear LVs wholly on it that nothing
     # else refers to), offsets from the PV's start. Raises on anything not understood.
+    vg, mine, start, count, ext = _lvm_pv(text, uuid, data_off, size)
+    used = [False] * count
+    refs = set()            # names other segments use: origins, sub-LVs, pools, PVs
+    plain = {}              # LV name -> [(first LV extent, extents, first PV extent)]
+    for name, lv in vg.get("logical_volumes", {}).items():
+        mapped = _lvm_lv_extents(lv, vg["physical_volumes"], mine, count, used, refs)
+        if mapped is not None:
+            plain[name] = mapped
+    if mine in refs:
+        raise ValueError("PV named outside striped segments")   # pvmove, old mirrors
+    free = []
+    e = 0
+    while e < count:
+        if used[e]:
+            e += 1
+            continue
+        f = e
+        while e < count and not used[e]:
+            e += 1
+        free.append((start + f * ext, start + e * ext))
+    lvmap = {}
+    for name, mapped in plain.items():
+        if name not in refs:
+            segs = _lvm_linear(mapped, start, ext)
+            if segs:
+                lvmap[name] = segs
+    return free, lvmap
+
+def _lvm_pv(text, uuid, data_off, size):
+    # (the VG, this PV's name in it, its first extent's offset, its extent count, the
+    # extent size in bytes), checked against what its label says.
     meta = _lvm_parse(text)
     vgs = [v for v in meta.values() if isinstance(v, dict)]
     if (len(vgs) != 1 or meta.get("contents") != "Text Format Volume Group"
@@ -305,77 +398,67 @@ def _lvm_layout(text, uuid, data_off, size):
     start, count = pv["pe_start"] * 512, pv["pe_count"]
     if start != data_off or start + count * ext > size:
         raise ValueError("extents out of range")
-    used = [False] * count
-    refs = set()            # names other segments use: origins, sub-LVs, pools, PVs
-    plain = {}              # LV name -> [(first LV extent, extents, first PV extent)]
-    lvs = vg.get("logical_volumes", {})
-    for name, lv in lvs.items():
-        segs = [v for v in lv.values() if isinstance(v, dict)]
-        if len(segs) != lv["segment_count"]:
-            raise ValueError("segment count")
-        status = lv["status"]
-        ok = (isinstance(status, list) and "VISIBLE" in status and "LOCKED" not in status
-              and not lv.get("flags"))
-        mapped = []
-        for seg in segs:
-            n, stripes = seg["extent_count"], seg.get("stripes")
-            if seg["type"] != "striped" or not isinstance(stripes, list):
+    return vg, mine[0], start, count, ext
+
+def _lvm_lv_extents(lv, pvs, mine, count, used, refs):
+    # Marks the extents of PV `mine` that LV lv uses, and adds to refs the names its
+    # segments refer to; [(first LV extent, extents, first PV extent)] when lv is a visible
+    # linear LV wholly on this PV, else None.
+    segs = [v for v in lv.values() if isinstance(v, dict)]
+    if len(segs) != lv["segment_count"]:
+        raise ValueError("segment count")
+    status = lv["status"]
+    ok = (isinstance(status, list) and "VISIBLE" in status and "LOCKED" not in status
+          and not lv.get("flags"))
+    mapped = []
+    for seg in segs:
+        n, stripes = seg["extent_count"], seg.get("stripes")
+        if seg["type"] != "striped" or not isinstance(stripes, list):
+            ok = False
+            for v in seg.values():
+                for item in v if isinstance(v, list) else [v]:
+                    if isinstance(item, str):
+                        refs.add(item)
+            continue
+        width = seg["stripe_count"]
+        if width < 1 or len(stripes) != 2 * width or n % width:
+            raise ValueError("bad stripes")
+        for i in range(width):
+            where, first = stripes[2 * i], stripes[2 * i + 1]
+            if where not in pvs:
+                refs.add(where)
                 ok = False
-                for v in seg.values():
-                    for item in v if isinstance(v, list) else [v]:
-                        if isinstance(item, str):
-                            refs.add(item)
-                continue
-            width = seg["stripe_count"]
-            if width < 1 or len(stripes) != 2 * width or n % width:
-                raise ValueError("bad stripes")
-            for i in range(width):
-                where, first = stripes[2 * i], stripes[2 * i + 1]
-                if where not in pvs:
-                    refs.add(where)
-                    ok = False
-                elif where == mine[0]:
-                    if first < 0 or first + n // width > count:
-                        raise ValueError("segment out of range")
-                    for e in range(first, first + n // width):
-                        if used[e]:
-                            raise ValueError("extent used twice")
-                        used[e] = True
-                    if width == 1:
-                        mapped.append((seg["start_extent"], n, first))
-                    else:
-                        ok = False
+            elif where == mine:
+                _lvm_use(used, first, n // width, count)
+                if width == 1:
+                    mapped.append((seg["start_extent"], n, first))
                 else:
-                    ok = False      # on another PV
-        if ok:
-            plain[name] = mapped
-    if mine[0] in refs:
-        raise ValueError("PV named outside striped segments")   # pvmove, old mirrors
-    free = []
-    e = 0
-    while e < count:
+                    ok = False
+            else:
+                ok = False      # on another PV
+    return mapped if ok else None
+
+def _lvm_use(used, first, n, count):
+    # Marks extents first .. first+n-1 of the PV's count used; raises when one is out of
+    # range or already taken.
+    if first < 0 or first + n > count:
+        raise ValueError("segment out of range")
+    for e in range(first, first + n):
         if used[e]:
-            e += 1
-            continue
-        f = e
-        while e < count and not used[e]:
-            e += 1
-        free.append((start + f * ext, start + e * ext))
-    lvmap = {}
-    for name, mapped in plain.items():
-        if name in refs:
-            continue
-        mapped.sort()
-        segs, at = [], 0
-        for first, n, pe in mapped:
-            if first != at:
-                break
-            segs.append((first * ext, start + pe * ext, n * ext))
-            at += n
-        else:
-            if segs:
-                lvmap[name] = segs
-    return free, lvmap
+            raise ValueError("extent used twice")
+        used[e] = True
+
+def _lvm_linear(mapped, start, ext):
+    # An LV's segments as [(LV offset, PV offset, length)] in bytes, as far as they run on
+    # from its start without a gap.
+    mapped.sort()
+    segs, at = [], 0
+    for first, n, pe in mapped:
+        if first != at:
+            return []
+        segs.append((first * ext, start + pe * ext, n * ext))
+        at += n
+    return segs
 
 def _lvm_free(fd, base, size):
     # Free space of an LVM2 PV: its extents no LV uses, and the free space of the
