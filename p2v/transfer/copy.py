@@ -33,22 +33,15 @@ from p2v.errors import (
     IntegrityError,
     SourceDeviceError,
     SourceMismatch,
-    StreamError,
     UsageError,
 )
 from p2v.events import Event
 from p2v.ratelimit import RateLimiter
 from p2v.secure import check_path, make_private, private_dir, write_private
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
-from p2v.source.extents import (
-    missing_ranges,
-    ranges_input,
-    read_extents,
-    read_header,
-    reader_argv,
-)
+from p2v.source.extents import Extent, missing_ranges, ranges_input
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
-from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
+from p2v.source.reader import READERS, Reader, choose_reader
 from p2v.source.ssh import SshSource
 from p2v.transfer.device import (
     DeviceInfo,
@@ -73,7 +66,6 @@ DEFAULT_PARALLEL = 2
 # decompressed forms): 4 keep the peak under 256 MiB, and this receiver is CPU-bound
 # (paramiko's crypto) well before 4 disks on a few cores anyway.
 MAX_PARALLEL = 4
-READERS = ("auto", "python3", "sh")
 
 
 
@@ -136,52 +128,29 @@ class DiskResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def _reader(info: DeviceInfo, request: CopyRequest, host: str) -> str:
-    if request.reader == "python3" and not info.python3:
-        raise SourceDeviceError(device=info.device, host=host,
-                                detail="the source has no python3 (leave the reader to auto)")
-    if request.reader == "auto":
-        return "python3" if info.python3 else "sh"
-    return request.reader
-
-
 @contextmanager
-def _stream(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: str,
-            ranges: list[tuple[int, int]]) -> Iterator[Iterator[Any]]:
+def _stream(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: Reader,
+            ranges: list[tuple[int, int]]) -> Iterator[Iterator[Extent]]:
     host, device = source.target.host, info.device
-    if reader == "sh":
-        argv = sh_reader_argv(device, request.chunk_size,
-                              compress=request.compress and info.gzip,
-                              low_priority=request.low_priority)
-    else:
-        argv = reader_argv(device, request.chunk_size, compress=request.compress,
-                           low_priority=request.low_priority, skip_free=not request.full)
+    argv = reader.argv(device, request.chunk_size, compress=request.compress,
+                       low_priority=request.low_priority, skip_free=not request.full)
     # The ranges on stdin: scattered ones overflow a command line (issue 13).
     with source.stream(argv, stdin=ranges_input(ranges)) as raw:
-        try:
-            if reader == "sh":
-                buffered, size, chunk = read_sh_header(raw)
-                extents = read_sh_extents(buffered, request.chunk_size, host=host,
-                                          device=device, size=info.size, ranges=ranges)
-            else:
-                size, chunk = read_header(raw)
-                extents = read_extents(raw, request.chunk_size, host=host, device=device,
-                                       size=info.size, ranges=ranges)
-        except (EOFError, ValueError, OSError) as exc:
-            raise StreamError(host=host, device=device, detail=f"no stream header ({exc})"
-                              ) from None
-        if chunk != request.chunk_size or size != info.size:
+        stream = reader.parse(raw, request.chunk_size, host=host, device=device,
+                              size=info.size, ranges=ranges)
+        if stream.chunk_size != request.chunk_size or stream.size != info.size:
             raise SourceDeviceError(device=device, host=host,
                                     detail=f"changed size under the copy ({info.size} -> "
-                                           f"{size} bytes); start again in a new --output-dir")
-        yield extents
+                                           f"{stream.size} bytes); start again in a new "
+                                           "--output-dir")
+        yield stream.extents
 
 
 class _Cancelled(Exception):
     """Another disk of the same copy failed: stop this one at the next chunk."""
 
 
-def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: str,
+def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: Reader,
                  journal: Journal, part: Path, meter: Meter, emit: Callable[[Event], None],
                  limiter: RateLimiter | None, cancel: threading.Event | None,
                  done_bytes: int) -> tuple[int, int, int]:
@@ -365,7 +334,8 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     image, part, journal_path, manifest_path = (paths.image, paths.part, paths.journal,
                                                 paths.manifest)
     info = info or probe_device(source, device)
-    reader = _reader(info, request, source.target.host)
+    reader = choose_reader(request.reader, python3=info.python3, gzip=info.gzip,
+                           host=source.target.host, device=device)
     identity = identity or source_identity(source, device)
     size = info.size
     count = -(-size // chunk)
@@ -398,7 +368,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
         scrubbed = _scrub(part, journal, count, chunk)
     resumed = len(journal.done)
     emit({"event": "disk-start", "device": device, "image": str(image), "size": size,
-          "chunks": count, "resumed_chunks": resumed, "reader": reader,
+          "chunks": count, "resumed_chunks": resumed, "reader": reader.name,
           "stale_zeroed_bytes": scrubbed})
     done_bytes = sum(min(chunk, size - i * chunk) for i in journal.done)
     meter = (meter_factory or (lambda d, s, n: _QuietMeter()))(device, size, done_bytes)
@@ -424,7 +394,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
         "chunk_size": chunk, "chunks": count,
         "zero_chunks": zero_chunks, "free_chunks": free_chunks,
         "data_chunks": count - zero_chunks - free_chunks, "full": request.full,
-        "reader": reader,
+        "reader": reader.name,
         "skipped": {"zero": "all-zero chunks are not sent and not written (they read as "
                             "zeros in the image)",
                     "free": "chunks wholly inside ext2/3/4 or XFS free blocks or a swap "
@@ -444,7 +414,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     journal_path.unlink()
     result = DiskResult(device, image, manifest_path, size, count, zero_chunks,
                         count - zero_chunks - free_chunks, resumed, read, refetched, wire,
-                        time.monotonic() - started, free_chunks=free_chunks, reader=reader,
+                        time.monotonic() - started, free_chunks=free_chunks, reader=reader.name,
                         stale_zeroed_bytes=scrubbed)
     emit({"event": "disk-done", **result.to_dict()})
     return result

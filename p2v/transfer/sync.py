@@ -37,7 +37,6 @@ from p2v.errors import (
     P2VError,
     SourceDeviceError,
     SourceMismatch,
-    StreamError,
     SyncNotReady,
     UsageError,
 )
@@ -45,7 +44,7 @@ from p2v.events import Event
 from p2v.ratelimit import RateLimiter
 from p2v.secure import check_path, write_private
 from p2v.sink.qcow2 import Qcow2Writer
-from p2v.source.extents import Extent, ranges_input, read_extents, read_header, reader_argv
+from p2v.source.extents import Extent, ranges_input
 from p2v.source.freeze import (
     DEFAULT_FREEZE_TIMEOUT,
     Freeze,
@@ -56,7 +55,7 @@ from p2v.source.freeze import (
 )
 from p2v.source.hasher import FREE, ZERO, hasher_argv, read_hashes
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
-from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
+from p2v.source.reader import PYTHON3, READERS, Reader, choose_reader
 from p2v.source.ssh import SshSource
 from p2v.transfer.device import DeviceInfo, image_paths, probe_device, source_hostname
 from p2v.transfer.journal import Journal, fsync
@@ -148,37 +147,22 @@ def _chunk_len(index: int, chunk: int, size: int) -> int:
 
 
 @contextmanager
-def _data_stream(source: SshSource, info: DeviceInfo, reader: str, chunk: int,
+def _data_stream(source: SshSource, info: DeviceInfo, reader: Reader, chunk: int,
                  ranges: list[tuple[int, int]], request: SyncRequest
                  ) -> Iterator[Iterator[Extent]]:
     """The copy's reader over `ranges`, reading every chunk (no free-space parsing)."""
     host, device = source.target.host, info.device
-    if reader == "sh":
-        argv = sh_reader_argv(device, chunk, compress=request.compress and info.gzip,
-                              low_priority=request.low_priority)
-    else:
-        # python3 -B: no bytecode cache written on a source that may be frozen.
-        argv = reader_argv(device, chunk, compress=request.compress,
-                           low_priority=request.low_priority, skip_free=False)
+    argv = reader.argv(device, chunk, compress=request.compress,
+                       low_priority=request.low_priority, skip_free=False)
     # The ranges on stdin: a busy server's changed chunks overflow a command line.
     with source.stream(argv, stdin=ranges_input(ranges)) as raw:
-        try:
-            if reader == "sh":
-                buffered, size, got_chunk = read_sh_header(raw)
-                extents = read_sh_extents(buffered, chunk, host=host, device=device,
-                                          size=info.size, ranges=ranges)
-            else:
-                size, got_chunk = read_header(raw)
-                extents = read_extents(raw, chunk, host=host, device=device,
-                                       size=info.size, ranges=ranges)
-        except (EOFError, ValueError, OSError) as exc:
-            raise StreamError(host=host, device=device, detail=f"no stream header ({exc})"
-                              ) from None
-        if got_chunk != chunk or size != info.size:
+        stream = reader.parse(raw, chunk, host=host, device=device, size=info.size,
+                              ranges=ranges)
+        if stream.chunk_size != chunk or stream.size != info.size:
             raise SourceDeviceError(device=device, host=host,
                                     detail=f"changed size since the copy ({info.size} -> "
-                                           f"{size} bytes); copy it again")
-        yield extents
+                                           f"{stream.size} bytes); copy it again")
+        yield stream.extents
 
 
 def _ranges(indexes: list[int]) -> list[tuple[int, int]]:
@@ -240,12 +224,8 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
                                   f"{size} bytes; the source's {device} has {info.size}")
     count = -(-size // chunk)
     hashes: list[str | None] = list(manifest["chunk_hashes"])
-    reader = manifest.get("reader", "python3") if request.reader == "auto" else request.reader
-    if reader == "python3" and not info.python3:
-        reader = "sh"
-    if request.reader == "python3" and not info.python3:
-        raise SourceDeviceError(device=device, host=host,
-                                detail="the source has no python3 (leave the reader to auto)")
+    reader = choose_reader(request.reader, python3=info.python3, gzip=info.gzip, host=host,
+                           device=device, preferred=manifest.get("reader", PYTHON3))
 
     loaded = Journal.load(journal_path, SYNC_JOURNAL_SCHEMA) if journal_path.exists() else None
     if loaded is None and journal_path.exists():
@@ -274,15 +254,15 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
             "chunk_size": chunk, "chunks_digest": manifest.get("chunks_digest")})
         image.replace(part)
     emit({"event": "sync-start", "device": device, "image": str(image), "chunks": count,
-          "resumed": resumed, "reader": reader})
+          "resumed": resumed, "reader": reader.name})
 
     # 1-2: what differs.
     wire = _Counter(limiter)
     changed: list[int] = []
     dropped: list[tuple[int, str | None]] = []          # (index, new manifest value)
     same_empty: list[tuple[int, str | None]] = []       # zero <-> free: no write needed
-    skip_free = not manifest.get("full", False) and reader == "python3"
-    with source.stream(hasher_argv(device, chunk, reader=reader, skip_free=skip_free,
+    skip_free = not manifest.get("full", False) and reader.name == PYTHON3
+    with source.stream(hasher_argv(device, chunk, reader=reader.name, skip_free=skip_free,
                                    low_priority=request.low_priority)) as raw:
         for index, state, nbytes in read_hashes(raw, chunk, size, host=host, device=device):
             wire.add(nbytes)
@@ -336,12 +316,12 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
         "dropped_chunks": len(dropped)})
     journal_path.unlink()
     result = SyncDiskResult(device, image, count, len(changed), len(dropped), changed_bytes,
-                            wire.bytes, time.monotonic() - started, resumed, reader)
+                            wire.bytes, time.monotonic() - started, resumed, reader.name)
     emit({"event": "sync-done", **result.to_dict()})
     return result
 
 
-def _rewrite(source: SshSource, info: DeviceInfo, reader: str, chunk: int,
+def _rewrite(source: SshSource, info: DeviceInfo, reader: Reader, chunk: int,
              changed: list[int], request: SyncRequest, writer: Qcow2Writer,
              journal: Journal, wire: _Counter, emit: Callable[[Event], None]) -> None:
     """Read the changed chunks (again once if one arrives corrupt) into the image."""
@@ -436,7 +416,7 @@ def _check(request: SyncRequest) -> None:
         raise UsageError(detail=f"--freeze must be given alone or as --freeze=best-effort, "
                                 f"not {request.freeze!r}")
     check_freeze_timeout(request.freeze_timeout)
-    if request.reader not in ("auto", "python3", "sh"):
+    if request.reader not in READERS:
         raise UsageError(detail=f"unknown reader {request.reader!r}")
 
 

@@ -19,6 +19,7 @@ import pytest
 from copy_helpers import identical, open_source
 
 from p2v.source.extents import format_ranges
+from p2v.source.reader import choose_reader
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 from p2v.transfer.copy import CopyRequest, _stream, copy_disks
 from p2v.transfer.device import probe_device
@@ -131,7 +132,9 @@ def test_both_readers_take_15000_ranges(small_source: tuple[SourceEndpoint, Path
     request = CopyRequest(disks=ep.disks, output_dir=tmp_path, name="r", chunk_size=CHUNK)
     with open_source(ep) as source:
         info = probe_device(source, ep.disks[0])
-        with _stream(source, info, request, reader, ranges) as extents:
+        chosen = choose_reader(reader, python3=info.python3, gzip=info.gzip,
+                               host=source.target.host, device=info.device)
+        with _stream(source, info, request, chosen, ranges) as extents:
             got = [(e.index, e.zero, e.corrupt, e.data) for e in extents]
     data = raw.read_bytes()
     assert got == [(5, False, False, data[5 * CHUNK:6 * CHUNK]),
