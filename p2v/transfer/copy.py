@@ -41,8 +41,8 @@ from p2v.secure import check_path, make_private, private_dir, write_private
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
 from p2v.source.extents import Extent, missing_ranges, ranges_input
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
+from p2v.source.protocol import Source
 from p2v.source.reader import READERS, Reader, choose_reader
-from p2v.source.ssh import SshSource
 from p2v.transfer.device import (
     DeviceInfo,
     image_paths,
@@ -129,7 +129,7 @@ class DiskResult:
 
 
 @contextmanager
-def _stream(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: Reader,
+def _stream(source: Source, info: DeviceInfo, request: CopyRequest, reader: Reader,
             ranges: list[tuple[int, int]]) -> Iterator[Iterator[Extent]]:
     host, device = source.target.host, info.device
     argv = reader.argv(device, request.chunk_size, compress=request.compress,
@@ -150,7 +150,7 @@ class _Cancelled(Exception):
     """Another disk of the same copy failed: stop this one at the next chunk."""
 
 
-def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: Reader,
+def _copy_chunks(source: Source, info: DeviceInfo, request: CopyRequest, reader: Reader,
                  journal: Journal, part: Path, meter: Meter, emit: Callable[[Event], None],
                  limiter: RateLimiter | None, cancel: threading.Event | None,
                  done_bytes: int) -> tuple[int, int, int]:
@@ -319,7 +319,7 @@ def _scrub(part: Path, journal: Journal, count: int, chunk: int) -> int:
     return zeroed
 
 
-def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
+def copy_disk(source: Source, device: str, request: CopyRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
               info: DeviceInfo | None = None, meter_factory: MeterFactory | None = None,
               limiter: RateLimiter | None = None,
@@ -420,7 +420,7 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     return result
 
 
-def copy_disks(source: SshSource, request: CopyRequest,
+def copy_disks(source: Source, request: CopyRequest,
                emit: Callable[[Event], None] = lambda e: None,
                meter_factory: MeterFactory | None = None) -> list[DiskResult]:
     """Copy every disk, `request.parallel` at a time, all under one bandwidth limit.

@@ -44,6 +44,7 @@ from p2v.events import Event
 from p2v.ratelimit import RateLimiter
 from p2v.secure import check_path, write_private
 from p2v.sink.qcow2 import Qcow2Writer
+from p2v.sink.writer import DiskWriter
 from p2v.source.extents import Extent, ranges_input
 from p2v.source.freeze import (
     DEFAULT_FREEZE_TIMEOUT,
@@ -55,8 +56,8 @@ from p2v.source.freeze import (
 )
 from p2v.source.hasher import FREE, ZERO, hasher_argv, read_hashes
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
+from p2v.source.protocol import Source
 from p2v.source.reader import PYTHON3, READERS, Reader, choose_reader
-from p2v.source.ssh import SshSource
 from p2v.transfer.device import DeviceInfo, image_paths, probe_device, source_hostname
 from p2v.transfer.journal import Journal, fsync
 from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
@@ -147,7 +148,7 @@ def _chunk_len(index: int, chunk: int, size: int) -> int:
 
 
 @contextmanager
-def _data_stream(source: SshSource, info: DeviceInfo, reader: Reader, chunk: int,
+def _data_stream(source: Source, info: DeviceInfo, reader: Reader, chunk: int,
                  ranges: list[tuple[int, int]], request: SyncRequest
                  ) -> Iterator[Iterator[Extent]]:
     """The copy's reader over `ranges`, reading every chunk (no free-space parsing)."""
@@ -197,7 +198,7 @@ def check_source(manifest: dict[str, Any], identity: SourceIdentity, image: Path
                              files=f"{image} and {image.name}.manifest.json")
 
 
-def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
+def sync_disk(source: Source, device: str, request: SyncRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
               limiter: RateLimiter | None = None,
               info: DeviceInfo | None = None,
@@ -321,8 +322,8 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
     return result
 
 
-def _rewrite(source: SshSource, info: DeviceInfo, reader: Reader, chunk: int,
-             changed: list[int], request: SyncRequest, writer: Qcow2Writer,
+def _rewrite(source: Source, info: DeviceInfo, reader: Reader, chunk: int,
+             changed: list[int], request: SyncRequest, writer: DiskWriter,
              journal: Journal, wire: _Counter, emit: Callable[[Event], None]) -> None:
     """Read the changed chunks (again once if one arrives corrupt) into the image."""
     pending: list[tuple[int, str | None]] = []
@@ -401,7 +402,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | Non
     tmp.replace(path)
 
 
-def sync_pass(source: SshSource, request: SyncRequest, name: str, infos: list[DeviceInfo],
+def sync_pass(source: Source, request: SyncRequest, name: str, infos: list[DeviceInfo],
               emit: Callable[[Event], None], limiter: RateLimiter | None,
               identities: dict[str, SourceIdentity] | None = None
               ) -> list[SyncDiskResult]:
@@ -435,7 +436,7 @@ def _ready_disks(request: SyncRequest, name: str) -> tuple[str, ...]:
     return tuple(disks)
 
 
-def sync(source: SshSource, request: SyncRequest,
+def sync(source: Source, request: SyncRequest,
          emit: Callable[[Event], None] = lambda e: None) -> SyncResult:
     """One sync pass over every disk; with hooks or --freeze, the final pass: before-final
     hook, freeze (timer first), the pass, thaw, after-final hook (always, once started)."""
