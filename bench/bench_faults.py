@@ -67,7 +67,8 @@ from p2v.pipeline import STAGES  # noqa: E402
 from p2v.testbed.fixtures import build_fixture  # noqa: E402
 from p2v.testbed.libvirtd import URI, Libvirtd, isolated_network  # noqa: E402
 from p2v.testbed.sources import LoopSource, SourceEndpoint, copy_fixture  # noqa: E402
-from p2v.transfer.copy import DEFAULT_CHUNK, DEFAULT_PARALLEL, FLUSH_BYTES  # noqa: E402
+from p2v.transfer.copy import DEFAULT_CHUNK, DEFAULT_PARALLEL  # noqa: E402
+from p2v.transfer.pump import FLUSH_BYTES  # noqa: E402
 
 MiB = 1 << 20
 RESULTS = ROOT / "bench" / "results" / "faults.json"
@@ -75,7 +76,7 @@ RESULTS = ROOT / "bench" / "results" / "faults.json"
 SSH_WINDOW = 2 * MiB
 # After a cut p2v commits what arrived whole, so each disk in flight loses at most the chunk
 # it was receiving and the window behind it. A SIGKILL commits nothing: each disk also loses
-# the chunks read since its last flush (a flush every FLUSH_BYTES of data, p2v/transfer/copy.py).
+# the chunks read since its last flush (a flush every FLUSH_BYTES of data, p2v/transfer/pump.py).
 CUT_BOUND = DEFAULT_PARALLEL * (DEFAULT_CHUNK + SSH_WINDOW)
 KILL_BOUND = DEFAULT_PARALLEL * (FLUSH_BYTES + DEFAULT_CHUNK + SSH_WINDOW)
 # A guess at how long each convert stage lasts here (TCG, shared cores): the kill lands at a

@@ -46,7 +46,7 @@ def data_ranges(image: Path, *, force_share: bool = False) -> list[tuple[int, in
 
 
 class Qcow2Writer:
-    """An open qcow2 image: `write(offset, data)`, `flush()`, `close()`.
+    """An open qcow2 image (a `writer.DiskWriter`): `write(offset, data)`, `flush()`, `close()`.
 
     Zero chunks are never written into a fresh image: its unallocated clusters already
     read as zeros. A reopened one may hold data the journal does not know of: `zero` it.

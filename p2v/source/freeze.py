@@ -42,7 +42,7 @@ from p2v.errors import (
     UsageError,
 )
 from p2v.source import remote
-from p2v.source.ssh import SshSource
+from p2v.source.protocol import Source
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _mounts_table(text: str) -> dict[str, tuple[str, bool]]:
     return table
 
 
-def mounts_on(source: SshSource, disks: tuple[str, ...]) -> list[Mount]:
+def mounts_on(source: Source, disks: tuple[str, ...]) -> list[Mount]:
     """The filesystems mounted from the disks (their partitions, LVs, ...), one per device,
     deepest mountpoint first (the order to freeze them in)."""
     # One round trip: lsblk's rows, a separator line, then the mount table.
@@ -166,7 +166,7 @@ class Freeze:
     thawed again) with FreezeRefused naming it; True: it is reported and left running.
     """
 
-    def __init__(self, source: SshSource, mounts: list[Mount], *, timeout: float,
+    def __init__(self, source: Source, mounts: list[Mount], *, timeout: float,
                  best_effort: bool = False) -> None:
         check_freeze_timeout(timeout)
         self.source = source
@@ -336,7 +336,7 @@ class Freeze:
             log.error("%s", thaw_error.message)
 
 
-def run_hook(source: SshSource, hook: str, command: str, *, outcome: str,
+def run_hook(source: Source, hook: str, command: str, *, outcome: str,
              timeout: float = HOOK_TIMEOUT) -> str:
     """Run the user's hook command on the source through `sh -c`; its output is logged
     and returned; a non-zero exit raises HookFailed ending with `outcome`."""

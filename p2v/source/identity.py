@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from p2v.source import remote
 
 if TYPE_CHECKING:
-    from p2v.source.ssh import SshSource
+    from p2v.source.protocol import Source
 
 # $1: the device. Prints "KEY<TAB>VALUE" per identifier the disk has (none for a loop
 # device); a partition answers with its disk's. Reads sysfs only, writes nothing.
@@ -50,7 +50,7 @@ def parse_disk_ids(text: str) -> dict[str, str]:
     return ids
 
 
-def source_identity(source: SshSource, device: str) -> SourceIdentity:
+def source_identity(source: Source, device: str) -> SourceIdentity:
     """The identity of `device` on the logged-in source (one short remote command)."""
     result = source.run(["sh", "-c", DISK_ID_SCRIPT, "p2v-disk-id", device], root=False,
                         timeout=60, check=False)

@@ -40,6 +40,7 @@ from p2v.errors import (
     SshUnreachable,
     SudoFailed,
 )
+from p2v.source.protocol import RemoteResult
 
 log = logging.getLogger(__name__)
 
@@ -287,18 +288,6 @@ def _kex_unfinished(client: paramiko.SSHClient) -> bool:
             and not getattr(transport, "initial_kex_done", True))
 
 
-@dataclass(frozen=True)
-class RemoteResult:
-    command: str
-    returncode: int
-    stdout: bytes
-    stderr: str
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", errors="replace")
-
-
 def _tail(text: str, lines: int = 3) -> str:
     rest = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return " | ".join(rest[-lines:]) or "(no output)"
@@ -324,7 +313,7 @@ def terminal_sudo_prompt(question: str) -> str:
 
 
 class SshSource:
-    """A logged-in SSH session to the source; use as a context manager.
+    """A logged-in SSH session to the source (a `protocol.Source`); use as a context manager.
 
     `run(argv)` runs a command and returns its output; `stream(argv)` yields its stdout as
     a binary file for long transfers. Both run as root: directly for a root login, else
@@ -354,10 +343,9 @@ class SshSource:
             return target.known_hosts_files[0]
         return DEFAULT_KNOWN_HOSTS.expanduser()
 
-    def _connect_one(self, target: SshTarget, sock: Any | None) -> paramiko.SSHClient:
-        known_hosts = self._known_hosts(target)
-        client = paramiko.SSHClient()
-        self._clients.append(client)
+    def _trust(self, client: paramiko.SSHClient, target: SshTarget, known_hosts: Path) -> None:
+        """The host keys `client` accepts: known_hosts (and the system's file unless
+        --known-hosts replaced both); an unknown one is refused or recorded (_StrictPolicy)."""
         if self.options.known_hosts is None:
             # The system-wide file counts too, as with OpenSSH; never written.
             system = Path("/etc/ssh/ssh_known_hosts")
@@ -371,6 +359,13 @@ class SshSource:
                                 detail=f"cannot read known_hosts {known_hosts}: {exc}") from None
         client.set_missing_host_key_policy(
             _StrictPolicy(target, known_hosts, self.options.accept_new_host_key))
+
+    def _connect_one(self, target: SshTarget, sock: Any | None) -> paramiko.SSHClient:
+        """Log in to one hop (over `sock`: through the previous hop); fails as an SSH error."""
+        known_hosts = self._known_hosts(target)
+        client = paramiko.SSHClient()
+        self._clients.append(client)
+        self._trust(client, target, known_hosts)
         identities = [str(p) for p in target.identity_files if p.is_file()]
         missing = [str(p) for p in target.identity_files if not p.is_file()]
         if self.options.identity is not None and missing:

@@ -17,86 +17,54 @@ and free chunks are not written.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from p2v.errors import (
-    IntegrityError,
-    SourceDeviceError,
-    SourceMismatch,
-    StreamError,
-    UsageError,
-)
+from p2v.errors import IntegrityError, SourceMismatch, UsageError
 from p2v.events import Event
 from p2v.ratelimit import RateLimiter
-from p2v.secure import check_path, make_private, private_dir, write_private
+from p2v.secure import check_path, make_private, private_dir
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
-from p2v.source.extents import (
-    missing_ranges,
-    ranges_input,
-    read_extents,
-    read_header,
-    reader_argv,
-)
+from p2v.source.extents import missing_ranges
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
-from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
-from p2v.source.ssh import SshSource
+from p2v.source.protocol import Source
+from p2v.source.reader import READERS, Reader, choose_reader
 from p2v.transfer.device import (
     DeviceInfo,
+    ImagePaths,
     image_paths,
     image_stem,
     probe_device,
     source_hostname,
 )
-from p2v.transfer.journal import Journal, fsync
-from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
+from p2v.transfer.journal import Journal
+from p2v.transfer.manifest import MANIFEST_SCHEMA, chunk_summary, read_manifest, write_manifest
+from p2v.transfer.pump import Cancelled, Meter, Policy, Pump, QuietMeter, ReadSpec, Wire
 
 log = logging.getLogger("p2v.copy")   # the name job logs have always shown
 
 JOURNAL_SCHEMA = "p2v.journal/1"
 DEFAULT_CHUNK = 4 << 20
-# Chunks are journaled in batches, after a flush: at most this many bytes are re-sent
-# after a cut, on top of what was in flight.
-FLUSH_BYTES = 64 << 20
+MAX_BATCH_CHUNKS = 4096    # a batch is journaled at pump.FLUSH_BYTES of data or this many chunks
 
 DEFAULT_PARALLEL = 2
 # Each disk in flight costs p2v about 35 MiB (SSH window, chunk, its compressed and
 # decompressed forms): 4 keep the peak under 256 MiB, and this receiver is CPU-bound
 # (paramiko's crypto) well before 4 disks on a few cores anyway.
 MAX_PARALLEL = 4
-READERS = ("auto", "python3", "sh")
-
-
-
-class Meter(Protocol):
-    """Progress of one disk (the CLI draws a bar from it; the default draws nothing)."""
-
-    def update(self, done_bytes: int, wire_bytes: int) -> None:
-        """done_bytes of the disk are in the image (resumed ones included)."""
-
-    def close(self) -> None:
-        """The disk is finished or failed."""
-
-
-class _QuietMeter:
-    def update(self, done_bytes: int, wire_bytes: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
 
 # (device, size in bytes, bytes already in the image) -> a Meter
 MeterFactory = Callable[[str, int, int], Meter]
+
+# A fresh (or scrubbed) image reads as zeros where the journal lacks chunks: only data is
+# written, and a batch of zero chunks costs no bytes, hence the chunk count too.
+_POLICY = Policy(write_zeros=False, log=log, rerun="copies", max_chunks=MAX_BATCH_CHUNKS)
 
 
 @dataclass(frozen=True)
@@ -136,130 +104,36 @@ class DiskResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
 
 
-def _reader(info: DeviceInfo, request: CopyRequest, host: str) -> str:
-    if request.reader == "python3" and not info.python3:
-        raise SourceDeviceError(device=info.device, host=host,
-                                detail="the source has no python3 (leave the reader to auto)")
-    if request.reader == "auto":
-        return "python3" if info.python3 else "sh"
-    return request.reader
+def read_spec(source: Source, info: DeviceInfo, request: CopyRequest, reader: Reader
+              ) -> ReadSpec:
+    """How the copy reads a device: free space skipped unless --full."""
+    return ReadSpec(reader, source.target.host, info.device, info.size, request.chunk_size,
+                    request.compress, request.low_priority, skip_free=not request.full,
+                    resized="changed size under the copy ({was} -> {now} bytes); start "
+                            "again in a new --output-dir")
 
 
-@contextmanager
-def _stream(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: str,
-            ranges: list[tuple[int, int]]) -> Iterator[Iterator[Any]]:
-    host, device = source.target.host, info.device
-    if reader == "sh":
-        argv = sh_reader_argv(device, request.chunk_size,
-                              compress=request.compress and info.gzip,
-                              low_priority=request.low_priority)
-    else:
-        argv = reader_argv(device, request.chunk_size, compress=request.compress,
-                           low_priority=request.low_priority, skip_free=not request.full)
-    # The ranges on stdin: scattered ones overflow a command line (issue 13).
-    with source.stream(argv, stdin=ranges_input(ranges)) as raw:
-        try:
-            if reader == "sh":
-                buffered, size, chunk = read_sh_header(raw)
-                extents = read_sh_extents(buffered, request.chunk_size, host=host,
-                                          device=device, size=info.size, ranges=ranges)
-            else:
-                size, chunk = read_header(raw)
-                extents = read_extents(raw, request.chunk_size, host=host, device=device,
-                                       size=info.size, ranges=ranges)
-        except (EOFError, ValueError, OSError) as exc:
-            raise StreamError(host=host, device=device, detail=f"no stream header ({exc})"
-                              ) from None
-        if chunk != request.chunk_size or size != info.size:
-            raise SourceDeviceError(device=device, host=host,
-                                    detail=f"changed size under the copy ({info.size} -> "
-                                           f"{size} bytes); start again in a new --output-dir")
-        yield extents
-
-
-class _Cancelled(Exception):
-    """Another disk of the same copy failed: stop this one at the next chunk."""
-
-
-def _copy_chunks(source: SshSource, info: DeviceInfo, request: CopyRequest, reader: str,
-                 journal: Journal, part: Path, meter: Meter, emit: Callable[[Event], None],
-                 limiter: RateLimiter | None, cancel: threading.Event | None,
-                 done_bytes: int) -> tuple[int, int, int]:
+def _copy_chunks(source: Source, spec: ReadSpec, journal: Journal, part: Path, *,
+                 meter: Meter, emit: Callable[[Event], None], limiter: RateLimiter | None,
+                 cancel: threading.Event | None, done_bytes: int) -> tuple[int, int, int]:
     """Every chunk the journal lacks into the image; returns (wire, read, refetched)."""
-    device, chunk = info.device, request.chunk_size
-    count = -(-info.size // chunk)
-    wire = 0
-    read = 0
-    refetched = 0
+    count = -(-spec.size // spec.chunk_size)
+    wire = Wire(limiter)
+
+    def progress() -> None:
+        emit({"event": "progress", "device": spec.device, "done_chunks": len(journal.done),
+              "chunks": count, "wire_bytes": wire.bytes})
+
     with Qcow2Writer(part) as writer:
-        pending: list[tuple[int, str | None]] = []
-        pending_bytes = 0
-
-        def commit() -> None:
-            nonlocal pending_bytes
-            if pending:
-                writer.flush()
-                journal.append(pending)
-                pending.clear()
-                pending_bytes = 0
-                emit({"event": "progress", "device": device, "done_chunks": len(journal.done),
-                      "chunks": count, "wire_bytes": wire})
-
-        def take(ranges: list[tuple[int, int]]) -> list[int]:
-            """Read those chunks; return the indexes that arrived corrupt."""
-            nonlocal wire, read, pending_bytes, done_bytes
-            corrupt: list[int] = []
-            try:
-                with _stream(source, info, request, reader, ranges) as extents:
-                    for extent in extents:
-                        if cancel is not None and cancel.is_set():
-                            raise _Cancelled
-                        wire += extent.wire_bytes
-                        read += 1
-                        if limiter is not None:
-                            limiter.consume(extent.wire_bytes)
-                        if extent.corrupt:
-                            corrupt.append(extent.index)
-                            continue
-                        if not extent.zero:
-                            writer.write(extent.offset, extent.data)
-                            pending_bytes += extent.length
-                        pending.append((extent.index,
-                                        FREE_MARK if extent.free else extent.sha256))
-                        done_bytes += extent.length
-                        meter.update(done_bytes, wire)
-                        if pending_bytes >= FLUSH_BYTES or len(pending) >= 4096:
-                            commit()
-            except BaseException:
-                # Save what arrived before the interruption, but never let that attempt
-                # replace the reason we stopped (Ctrl-C, a cut link, a failed disk): chunks
-                # that cannot be flushed now are simply copied again by the rerun.
-                try:
-                    commit()
-                except Exception as exc:
-                    log.warning("%s: the last %d chunk(s) could not be saved (%s); the rerun "
-                                "copies them again", device, len(pending), exc)
-                raise
-            commit()
-            return corrupt
-
-        bad = take(missing_ranges(set(journal.done), count))
-        if bad:
-            refetched = len(bad)
-            log.warning("%d chunk(s) of %s arrived corrupt; fetching them again", len(bad),
-                        device)
-            again = take([(i, i + 1) for i in bad])
-            if again:
-                index = again[0]
-                raise IntegrityError(device=device, index=index, offset=index * chunk,
-                                     got="(mismatch)", expected="the source's hash")
+        pump = Pump(source, spec, writer, journal, wire, _POLICY, progress=progress,
+                    meter=meter, done_bytes=done_bytes, cancel=cancel)
+        pump.run(missing_ranges(set(journal.done), count))
         missing = missing_ranges(set(journal.done), count)
         if missing:
-            raise IntegrityError(device=device, index=missing[0][0],
-                                 offset=missing[0][0] * chunk, got="nothing",
+            raise IntegrityError(device=spec.device, index=missing[0][0],
+                                 offset=missing[0][0] * spec.chunk_size, got="nothing",
                                  expected="a chunk")
-
-    return wire, read, refetched
+    return wire.bytes, pump.read, pump.refetched
 
 
 def _complete_manifest(image: Path, manifest_path: Path, device: str, size: int,
@@ -350,7 +224,64 @@ def _scrub(part: Path, journal: Journal, count: int, chunk: int) -> int:
     return zeroed
 
 
-def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
+def _already_complete(paths: ImagePaths, device: str, size: int, count: int,
+                      identity: SourceIdentity, emit: Callable[[Event], None],
+                      started: float) -> DiskResult:
+    """The result for an image already copied (its manifest this source disk's)."""
+    manifest = _complete_manifest(paths.image, paths.manifest, device, size, identity)
+    paths.journal.unlink(missing_ok=True)     # left by a kill after the final rename
+    emit({"event": "disk-complete", "device": device, "image": str(paths.image)})
+    return DiskResult(device, paths.image, paths.manifest, size, count,
+                      manifest.get("zero_chunks", 0), manifest.get("data_chunks", 0),
+                      count, 0, 0, 0, time.monotonic() - started, already_complete=True)
+
+
+def _open_journal(paths: ImagePaths, request: CopyRequest, header: dict[str, Any],
+                  identity: SourceIdentity) -> tuple[Journal, int]:
+    """The journal to copy against and the bytes the resume zeroed: an interrupted copy's
+    (its image scrubbed), else a new one beside a new, empty image."""
+    if paths.sync_journal.exists():
+        raise UsageError(detail=f"a `p2v sync` of {paths.image} was interrupted; rerun that "
+                                "sync to finish it (a copy would start the image afresh)")
+    size, chunk = header["size"], header["chunk_size"]
+    journal = (_resumable(paths.journal, paths.part, header, identity)
+               if paths.part.exists() else None)
+    if journal is not None:
+        return journal, _scrub(paths.part, journal, -(-size // chunk), chunk)
+    for stale in (paths.part, paths.journal, paths.manifest):
+        stale.unlink(missing_ok=True)
+    private_dir(request.output_dir, "output dir", tighten=False)
+    create_qcow2(paths.part, size)
+    make_private(paths.part, "image")
+    return Journal.create(paths.journal, header), 0
+
+
+def _manifest(header: dict[str, Any], image: Path, hashes: list[str | None], full: bool,
+              reader: str) -> dict[str, Any]:
+    """The finished image's manifest (`hashes`: every chunk's, from the journal)."""
+    size, chunk = header["size"], header["chunk_size"]
+    digest, zero_chunks, free_chunks = chunk_summary(hashes, size, chunk)
+    return {
+        "schema": MANIFEST_SCHEMA, "host": header["host"], "device": header["device"],
+        "source": header["source"], "image": image.name, "size": size,
+        "chunk_size": chunk, "chunks": len(hashes),
+        "zero_chunks": zero_chunks, "free_chunks": free_chunks,
+        "data_chunks": len(hashes) - zero_chunks - free_chunks, "full": full,
+        "reader": reader,
+        "skipped": {"zero": "all-zero chunks are not sent and not written (they read as "
+                            "zeros in the image)",
+                    "free": "chunks wholly inside ext2/3/4 or XFS free blocks or a swap "
+                            "area past its header page: not read, not sent, zeros in the "
+                            "image"},
+        "hash": "sha256 of each chunk on the source; null: all-zero; \"free\": skipped",
+        "chunk_hashes": hashes,
+        "chunks_digest": digest,
+        "chunks_digest_is": "sha256 over the concatenated sha256 digests of every chunk "
+                            "of the image in order (zero and free chunks as zeros)",
+    }
+
+
+def copy_disk(source: Source, device: str, request: CopyRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
               info: DeviceInfo | None = None, meter_factory: MeterFactory | None = None,
               limiter: RateLimiter | None = None,
@@ -362,95 +293,47 @@ def copy_disk(source: SshSource, device: str, request: CopyRequest, name: str,
     started = time.monotonic()
     chunk = request.chunk_size
     paths = image_paths(request.output_dir, name, device)
-    image, part, journal_path, manifest_path = (paths.image, paths.part, paths.journal,
-                                                paths.manifest)
     info = info or probe_device(source, device)
-    reader = _reader(info, request, source.target.host)
+    reader = choose_reader(request.reader, python3=info.python3, gzip=info.gzip,
+                           host=source.target.host, device=device)
     identity = identity or source_identity(source, device)
     size = info.size
     count = -(-size // chunk)
     header = {"schema": JOURNAL_SCHEMA, "host": source.target.host, "device": device,
               "size": size, "chunk_size": chunk, "source": identity.to_dict()}
     check_path(request.output_dir, "output dir")
-    for path in (image, part, journal_path, manifest_path):
+    for path in (paths.image, paths.part, paths.journal, paths.manifest):
         check_path(path, "image")
-
-    if image.exists():
-        manifest = _complete_manifest(image, manifest_path, device, size, identity)
-        journal_path.unlink(missing_ok=True)     # left by a kill after the final rename
-        emit({"event": "disk-complete", "device": device, "image": str(image)})
-        return DiskResult(device, image, manifest_path, size, count,
-                          manifest.get("zero_chunks", 0), manifest.get("data_chunks", 0),
-                          count, 0, 0, 0, time.monotonic() - started, already_complete=True)
-    if image.with_name(image.name + ".sync-journal").exists():
-        raise UsageError(detail=f"a `p2v sync` of {image} was interrupted; rerun that sync "
-                                "to finish it (a copy would start the image afresh)")
-    journal = _resumable(journal_path, part, header, identity) if part.exists() else None
-    scrubbed = 0
-    if journal is None:
-        for stale in (part, journal_path, manifest_path):
-            stale.unlink(missing_ok=True)
-        private_dir(request.output_dir, "output dir", tighten=False)
-        create_qcow2(part, size)
-        make_private(part, "image")
-        journal = Journal.create(journal_path, header)
-    else:
-        scrubbed = _scrub(part, journal, count, chunk)
+    if paths.image.exists():
+        return _already_complete(paths, device, size, count, identity, emit, started)
+    journal, scrubbed = _open_journal(paths, request, header, identity)
     resumed = len(journal.done)
-    emit({"event": "disk-start", "device": device, "image": str(image), "size": size,
-          "chunks": count, "resumed_chunks": resumed, "reader": reader,
+    emit({"event": "disk-start", "device": device, "image": str(paths.image), "size": size,
+          "chunks": count, "resumed_chunks": resumed, "reader": reader.name,
           "stale_zeroed_bytes": scrubbed})
     done_bytes = sum(min(chunk, size - i * chunk) for i in journal.done)
-    meter = (meter_factory or (lambda d, s, n: _QuietMeter()))(device, size, done_bytes)
+    meter = (meter_factory or (lambda d, s, n: QuietMeter()))(device, size, done_bytes)
     try:
-        wire, read, refetched = _copy_chunks(source, info, request, reader, journal, part,
-                                             meter, emit, limiter, cancel, done_bytes)
+        wire, read, refetched = _copy_chunks(
+            source, read_spec(source, info, request, reader), journal, paths.part,
+            meter=meter, emit=emit, limiter=limiter, cancel=cancel, done_bytes=done_bytes)
     finally:
         meter.close()
-
-    zero = hashlib.sha256(bytes(chunk)).hexdigest()
-    hashes = [journal.done[i] for i in range(count)]
-    digest = hashlib.sha256()
-    for i, h in enumerate(hashes):
-        if h is None or h == FREE_MARK:
-            length = min(chunk, size - i * chunk)
-            h = zero if length == chunk else hashlib.sha256(bytes(length)).hexdigest()
-        digest.update(bytes.fromhex(h))
-    zero_chunks = sum(1 for h in hashes if h is None)
-    free_chunks = sum(1 for h in hashes if h == FREE_MARK)
-    manifest = {
-        "schema": MANIFEST_SCHEMA, "host": source.target.host, "device": device,
-        "source": identity.to_dict(), "image": image.name, "size": size,
-        "chunk_size": chunk, "chunks": count,
-        "zero_chunks": zero_chunks, "free_chunks": free_chunks,
-        "data_chunks": count - zero_chunks - free_chunks, "full": request.full,
-        "reader": reader,
-        "skipped": {"zero": "all-zero chunks are not sent and not written (they read as "
-                            "zeros in the image)",
-                    "free": "chunks wholly inside ext2/3/4 or XFS free blocks or a swap "
-                            "area past its header page: not read, not sent, zeros in the "
-                            "image"},
-        "hash": "sha256 of each chunk on the source; null: all-zero; \"free\": skipped",
-        "chunk_hashes": hashes,
-        "chunks_digest": digest.hexdigest(),
-        "chunks_digest_is": "sha256 over the concatenated sha256 digests of every chunk "
-                            "of the image in order (zero and free chunks as zeros)",
-    }
-    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-    write_private(tmp, json.dumps(manifest, indent=1) + "\n", "manifest")
-    fsync(tmp)
-    tmp.replace(manifest_path)
-    part.replace(image)
-    journal_path.unlink()
-    result = DiskResult(device, image, manifest_path, size, count, zero_chunks,
-                        count - zero_chunks - free_chunks, resumed, read, refetched, wire,
-                        time.monotonic() - started, free_chunks=free_chunks, reader=reader,
+    manifest = _manifest(header, paths.image, [journal.done[i] for i in range(count)],
+                         request.full, reader.name)
+    write_manifest(paths.manifest, manifest)
+    paths.part.replace(paths.image)
+    paths.journal.unlink()
+    result = DiskResult(device, paths.image, paths.manifest, size, count,
+                        manifest["zero_chunks"], manifest["data_chunks"], resumed, read,
+                        refetched, wire, time.monotonic() - started,
+                        free_chunks=manifest["free_chunks"], reader=reader.name,
                         stale_zeroed_bytes=scrubbed)
     emit({"event": "disk-done", **result.to_dict()})
     return result
 
 
-def copy_disks(source: SshSource, request: CopyRequest,
+def copy_disks(source: Source, request: CopyRequest,
                emit: Callable[[Event], None] = lambda e: None,
                meter_factory: MeterFactory | None = None) -> list[DiskResult]:
     """Copy every disk, `request.parallel` at a time, all under one bandwidth limit.
@@ -503,9 +386,9 @@ def copy_disks(source: SshSource, request: CopyRequest,
     if failed:
         cancel.set()
     pool.shutdown(wait=True, cancel_futures=True)
-    for future in futures:       # the first real error, not another disk's _Cancelled
+    for future in futures:       # the first real error, not another disk's Cancelled
         exc = None if future.cancelled() else future.exception()
-        if exc is not None and not isinstance(exc, _Cancelled):
+        if exc is not None and not isinstance(exc, Cancelled):
             raise exc
     return [f.result() for f in futures]
 

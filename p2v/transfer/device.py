@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2v.errors import RemoteCommandFailed, SourceDeviceError
+from p2v.source.protocol import Source
 from p2v.source.shreader import sh_argv
-from p2v.source.ssh import SshSource
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ def image_stem(device: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "disk"
 
 
-def probe_device(source: SshSource, device: str) -> DeviceInfo:
+def probe_device(source: Source, device: str) -> DeviceInfo:
     """Size and reader tools of a source device; a missing or non-block device is a
     one-line error. Needs only sh (blockdev or /sys for the size)."""
     result = source.run(sh_argv("probe", device), check=False, timeout=60)
@@ -46,7 +46,7 @@ def probe_device(source: SshSource, device: str) -> DeviceInfo:
     return DeviceInfo(device, int(fields[0]), fields[1] == "1", fields[2] == "1")
 
 
-def source_hostname(source: SshSource) -> str:
+def source_hostname(source: Source) -> str:
     name = source.run(["cat", "/proc/sys/kernel/hostname"], root=False).text.strip()
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "source"
 

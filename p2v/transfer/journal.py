@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ class Journal:
         fsync(path.parent)          # the journal's name too, before anything relies on it
         return cls(path, header)
 
-    def append(self, entries: list[tuple[int, str | None]]) -> None:
+    def append(self, entries: Sequence[tuple[int, str | None]]) -> None:
         if not entries:
             return
         if self.valid_bytes is not None:

@@ -21,12 +21,10 @@ written on the source by a pass.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,17 +33,14 @@ from p2v.errors import (
     FreezeExpired,
     IntegrityError,
     P2VError,
-    SourceDeviceError,
     SourceMismatch,
-    StreamError,
     SyncNotReady,
     UsageError,
 )
 from p2v.events import Event
 from p2v.ratelimit import RateLimiter
-from p2v.secure import check_path, write_private
+from p2v.secure import check_path
 from p2v.sink.qcow2 import Qcow2Writer
-from p2v.source.extents import Extent, ranges_input, read_extents, read_header, reader_argv
 from p2v.source.freeze import (
     DEFAULT_FREEZE_TIMEOUT,
     Freeze,
@@ -56,19 +51,35 @@ from p2v.source.freeze import (
 )
 from p2v.source.hasher import FREE, ZERO, hasher_argv, read_hashes
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
-from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
-from p2v.source.ssh import SshSource
-from p2v.transfer.device import DeviceInfo, image_paths, probe_device, source_hostname
-from p2v.transfer.journal import Journal, fsync
-from p2v.transfer.manifest import FREE_MARK, MANIFEST_SCHEMA, read_manifest
+from p2v.source.protocol import Source
+from p2v.source.reader import PYTHON3, READERS, choose_reader
+from p2v.transfer.device import (
+    DeviceInfo,
+    ImagePaths,
+    image_paths,
+    probe_device,
+    source_hostname,
+)
+from p2v.transfer.journal import Journal
+from p2v.transfer.manifest import (
+    FREE_MARK,
+    MANIFEST_SCHEMA,
+    chunk_summary,
+    read_manifest,
+    write_manifest,
+)
+from p2v.transfer.pump import Policy, Pump, ReadSpec, Wire, index_ranges
 
 log = logging.getLogger("p2v.sync")   # the name job logs have always shown
 
 SYNC_JOURNAL_SCHEMA = "p2v.sync-journal/1"
 DIRTY = "dirty"          # journal: the chunk is being rewritten; its hash is unknown
-FLUSH_BYTES = 64 << 20
-FLUSH_SECONDS = 5.0      # and at least this often, so a slow link loses little to a kill
+FLUSH_SECONDS = 5.0      # at least this often, so a slow link loses little to a kill
 FREEZE_MODES = (None, "strict", "best-effort")
+
+# A pass overwrites chunks that held data: zero chunks are written as zeros. Committed by
+# bytes and by time (a slow link), the chunk count never decides.
+_POLICY = Policy(write_zeros=True, log=log, rerun="sends", flush_seconds=FLUSH_SECONDS)
 
 
 
@@ -125,11 +136,6 @@ class SyncResult:
                 "freeze": self.freeze.to_dict() if self.freeze else None}
 
 
-def _paths(output_dir: Path, name: str, device: str) -> tuple[Path, Path, Path, Path]:
-    paths = image_paths(output_dir, name, device)
-    return paths.image, paths.part, paths.manifest, paths.sync_journal
-
-
 def find_disks(output_dir: Path, name: str) -> tuple[str, ...]:
     """The source devices of the completed copies named `name` in output_dir."""
     devices = []
@@ -147,61 +153,13 @@ def _chunk_len(index: int, chunk: int, size: int) -> int:
     return min(chunk, size - index * chunk)
 
 
-@contextmanager
-def _data_stream(source: SshSource, info: DeviceInfo, reader: str, chunk: int,
-                 ranges: list[tuple[int, int]], request: SyncRequest
-                 ) -> Iterator[Iterator[Extent]]:
-    """The copy's reader over `ranges`, reading every chunk (no free-space parsing)."""
-    host, device = source.target.host, info.device
-    if reader == "sh":
-        argv = sh_reader_argv(device, chunk, compress=request.compress and info.gzip,
-                              low_priority=request.low_priority)
-    else:
-        # python3 -B: no bytecode cache written on a source that may be frozen.
-        argv = reader_argv(device, chunk, compress=request.compress,
-                           low_priority=request.low_priority, skip_free=False)
-    # The ranges on stdin: a busy server's changed chunks overflow a command line.
-    with source.stream(argv, stdin=ranges_input(ranges)) as raw:
-        try:
-            if reader == "sh":
-                buffered, size, got_chunk = read_sh_header(raw)
-                extents = read_sh_extents(buffered, chunk, host=host, device=device,
-                                          size=info.size, ranges=ranges)
-            else:
-                size, got_chunk = read_header(raw)
-                extents = read_extents(raw, chunk, host=host, device=device,
-                                       size=info.size, ranges=ranges)
-        except (EOFError, ValueError, OSError) as exc:
-            raise StreamError(host=host, device=device, detail=f"no stream header ({exc})"
-                              ) from None
-        if got_chunk != chunk or size != info.size:
-            raise SourceDeviceError(device=device, host=host,
-                                    detail=f"changed size since the copy ({info.size} -> "
-                                           f"{size} bytes); copy it again")
-        yield extents
-
-
-def _ranges(indexes: list[int]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for i in sorted(indexes):
-        if out and out[-1][1] == i:
-            out[-1] = (out[-1][0], i + 1)
-        else:
-            out.append((i, i + 1))
-    return out
-
-
-class _Counter:
-    """Wire bytes of one disk, under the shared bandwidth limit."""
-
-    def __init__(self, limiter: RateLimiter | None) -> None:
-        self.limiter = limiter
-        self.bytes = 0
-
-    def add(self, n: int) -> None:
-        self.bytes += n
-        if self.limiter is not None:
-            self.limiter.consume(n)
+def _check_ready(paths: ImagePaths, output_dir: Path, device: str) -> None:
+    """Refuse a disk without a finished copy (a pass resumes only its own `.part`)."""
+    if not paths.manifest.exists() or not (
+            paths.image.exists() or paths.part.exists() and paths.sync_journal.exists()):
+        raise SyncNotReady(device=device, output_dir=output_dir,
+                           detail="the copy is still in progress" if paths.part.exists()
+                           else "no image and manifest")
 
 
 def check_source(manifest: dict[str, Any], identity: SourceIdentity, image: Path) -> None:
@@ -213,78 +171,75 @@ def check_source(manifest: dict[str, Any], identity: SourceIdentity, image: Path
                              files=f"{image} and {image.name}.manifest.json")
 
 
-def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
-              emit: Callable[[Event], None] = lambda e: None, *,
-              limiter: RateLimiter | None = None,
-              info: DeviceInfo | None = None,
-              identity: SourceIdentity | None = None) -> SyncDiskResult:
-    """One pass over one disk (see the module docstring); `info`, `identity`: the probe's
-    answers if already known (probed before a freeze, to keep the frozen window short)."""
-    started = time.monotonic()
-    image, part, manifest_path, journal_path = _paths(request.output_dir, name, device)
-    for path in (request.output_dir, image, part, manifest_path, journal_path):
-        check_path(path, "output dir" if path == request.output_dir else "image")
-    if not manifest_path.exists() or not (image.exists() or part.exists() and
-                                          journal_path.exists()):
-        detail = ("the copy is still in progress" if part.exists() else "no image and "
-                  "manifest")
-        raise SyncNotReady(device=device, output_dir=request.output_dir, detail=detail)
-    manifest = read_manifest(manifest_path)
-    info = info or probe_device(source, device)
-    check_source(manifest, identity or source_identity(source, device), image)
-    host = source.target.host
-    chunk, size = int(manifest["chunk_size"]), int(manifest["size"])
+def _check_manifest(source: Source, manifest: dict[str, Any], paths: ImagePaths,
+                    device: str, output_dir: Path, info: DeviceInfo,
+                    identity: SourceIdentity | None) -> None:
+    """Refuse a manifest of another source disk, or of a size that no longer holds."""
+    check_source(manifest, identity or source_identity(source, device), paths.image)
+    size = int(manifest["size"])
     if manifest.get("device") != device or size != info.size:
-        raise SyncNotReady(device=device, output_dir=request.output_dir,
+        raise SyncNotReady(device=device, output_dir=output_dir,
                            detail=f"the manifest is of {manifest.get('device')}, "
                                   f"{size} bytes; the source's {device} has {info.size}")
-    count = -(-size // chunk)
-    hashes: list[str | None] = list(manifest["chunk_hashes"])
-    reader = manifest.get("reader", "python3") if request.reader == "auto" else request.reader
-    if reader == "python3" and not info.python3:
-        reader = "sh"
-    if request.reader == "python3" and not info.python3:
-        raise SourceDeviceError(device=device, host=host,
-                                detail="the source has no python3 (leave the reader to auto)")
 
+
+def _open_journal(paths: ImagePaths, manifest: dict[str, Any], hashes: list[str | None]
+                  ) -> tuple[Journal, bool]:
+    """The sync journal and whether it resumes a pass: an interrupted pass's (its lines
+    applied to `hashes`), else a new one. From here on the image is `.part`."""
+    journal_path, image = paths.sync_journal, paths.image
     loaded = Journal.load(journal_path, SYNC_JOURNAL_SCHEMA) if journal_path.exists() else None
     if loaded is None and journal_path.exists():
         if not image.exists():
-            raise UsageError(detail=f"{journal_path} lost its header while {part} was being "
-                                    "synced; remove both and copy again")
+            raise UsageError(detail=f"{journal_path} lost its header while {paths.part} was "
+                                    "being synced; remove both and copy again")
         journal_path.unlink()          # torn as the pass started: nothing was written yet
-    resumed = loaded is not None
+    if loaded is not None and loaded.header.get("chunks_digest") != manifest.get(
+            "chunks_digest"):
+        if not image.exists():
+            raise UsageError(detail=f"{journal_path} belongs to another image; remove "
+                                    "it and copy again")
+        # Killed after the image and its new manifest were in place: a finished pass.
+        journal_path.unlink()
+        loaded = None
     if loaded is not None:
-        journal = loaded
-        if journal.header.get("chunks_digest") != manifest.get("chunks_digest"):
-            if not image.exists():
-                raise UsageError(detail=f"{journal_path} belongs to another image; remove "
-                                        "it and copy again")
-            # Killed after the image and its new manifest were in place: a finished pass.
-            journal_path.unlink()
-            resumed = False
-    if resumed:
-        for index, digest in journal.done.items():
+        for index, digest in loaded.done.items():
             hashes[index] = digest
         if image.exists():
-            image.replace(part)
-    else:
-        journal = Journal.create(journal_path, {
-            "schema": SYNC_JOURNAL_SCHEMA, "device": device, "size": size,
-            "chunk_size": chunk, "chunks_digest": manifest.get("chunks_digest")})
-        image.replace(part)
-    emit({"event": "sync-start", "device": device, "image": str(image), "chunks": count,
-          "resumed": resumed, "reader": reader})
+            image.replace(paths.part)
+        return loaded, True
+    journal = Journal.create(journal_path, {
+        "schema": SYNC_JOURNAL_SCHEMA, "device": manifest["device"], "size": manifest["size"],
+        "chunk_size": manifest["chunk_size"], "chunks_digest": manifest.get("chunks_digest")})
+    image.replace(paths.part)
+    return journal, False
 
-    # 1-2: what differs.
-    wire = _Counter(limiter)
-    changed: list[int] = []
-    dropped: list[tuple[int, str | None]] = []          # (index, new manifest value)
-    same_empty: list[tuple[int, str | None]] = []       # zero <-> free: no write needed
-    skip_free = not manifest.get("full", False) and reader == "python3"
-    with source.stream(hasher_argv(device, chunk, reader=reader, skip_free=skip_free,
-                                   low_priority=request.low_priority)) as raw:
-        for index, state, nbytes in read_hashes(raw, chunk, size, host=host, device=device):
+
+@dataclass
+class _Delta:
+    """What differs between the source and the image (1-2 of the module docstring)."""
+
+    size: int
+    chunk: int
+    changed: list[int] = field(default_factory=list)
+    dropped: list[tuple[int, str | None]] = field(default_factory=list)  # (index, new value)
+    same_empty: list[tuple[int, str | None]] = field(default_factory=list)  # zero <-> free
+
+    @property
+    def changed_bytes(self) -> int:
+        """Bytes of the changed and dropped chunks."""
+        return sum(_chunk_len(i, self.chunk, self.size) for i in self.changed) + sum(
+            _chunk_len(i, self.chunk, self.size) for i, _ in self.dropped)
+
+
+def _delta(source: Source, spec: ReadSpec, hashes: list[str | None], skip_free: bool,
+           wire: Wire) -> _Delta:
+    """The source's hash list compared with `hashes` (the manifest's, journal applied)."""
+    delta = _Delta(spec.size, spec.chunk_size)
+    with source.stream(hasher_argv(spec.device, spec.chunk_size, reader=spec.reader.name,
+                                   skip_free=skip_free, low_priority=spec.low_priority)) as raw:
+        for index, state, nbytes in read_hashes(raw, spec.chunk_size, spec.size,
+                                                host=spec.host, device=spec.device):
             wire.add(nbytes)
             known = hashes[index]
             empty_before = known is None or known == FREE_MARK
@@ -293,135 +248,112 @@ def sync_disk(source: SshSource, device: str, request: SyncRequest, name: str,
                 if known == new:
                     continue
                 if empty_before:
-                    same_empty.append((index, new))
+                    delta.same_empty.append((index, new))
                 else:
-                    dropped.append((index, new))
+                    delta.dropped.append((index, new))
             elif known != state:
-                changed.append(index)
-    hash_done = time.monotonic()
-    changed_bytes = sum(_chunk_len(i, chunk, size) for i in changed) + sum(
-        _chunk_len(i, chunk, size) for i, _ in dropped)
-    emit({"event": "sync-delta", "device": device, "changed_chunks": len(changed),
-          "dropped_chunks": len(dropped), "changed_bytes": changed_bytes,
-          "hash_seconds": round(hash_done - started, 3), "wire_bytes": wire.bytes})
-    log.info("%s: %d chunk(s) changed, %d dropped (%d bytes), hashed in %.1f s", device,
-             len(changed), len(dropped), changed_bytes, hash_done - started)
+                delta.changed.append(index)
+    return delta
 
-    # 3: rewrite. Dirty first, so a kill mid-write never leaves a stale hash standing.
-    dirty: list[tuple[int, str | None]] = [(i, DIRTY) for i in changed]
-    journal.append(dirty + [(i, DIRTY) for i, _ in dropped])
-    journal.append(same_empty)
-    if changed or dropped:
-        with Qcow2Writer(part) as writer:
-            for index, _ in dropped:
-                writer.zero(index * chunk, _chunk_len(index, chunk, size))
-            writer.flush()
-            journal.append(dropped)
-            _rewrite(source, info, reader, chunk, changed, request, writer, journal, wire,
-                     emit)
 
-    # 4: the manifest, then the image under its name again.
+def _rewrite(source: Source, spec: ReadSpec, delta: _Delta, part: Path, journal: Journal,
+             wire: Wire, emit: Callable[[Event], None]) -> None:
+    """Dropped chunks zeroed, changed ones read again into the image. Journaled dirty
+    first, so a kill mid-write never leaves a stale hash standing."""
+    journal.append([(i, DIRTY) for i in delta.changed] + [(i, DIRTY) for i, _ in delta.dropped])
+    journal.append(delta.same_empty)
+    if not (delta.changed or delta.dropped):
+        return
+    with Qcow2Writer(part) as writer:
+        for index, _ in delta.dropped:
+            writer.zero(index * spec.chunk_size, _chunk_len(index, spec.chunk_size, spec.size))
+        writer.flush()
+        journal.append(delta.dropped)
+        if delta.changed:
+            pump = Pump(source, spec, writer, journal, wire, _POLICY, progress=lambda: emit(
+                {"event": "progress", "device": spec.device, "wire_bytes": wire.bytes}))
+            pump.run(index_ranges(delta.changed))
+
+
+def _final_hashes(journal: Journal, hashes: list[str | None], count: int, spec: ReadSpec
+                  ) -> list[str | None]:
+    """Every chunk's hash after the pass; a chunk still dirty is an IntegrityError."""
     final = [journal.done.get(i, hashes[i]) for i in range(count)]
     if any(h == DIRTY for h in final):
         index = final.index(DIRTY)
-        raise IntegrityError(device=device, index=index, offset=index * chunk,
+        raise IntegrityError(device=spec.device, index=index, offset=index * spec.chunk_size,
                              got="nothing", expected="a chunk")
+    return final
+
+
+def sync_disk(source: Source, device: str, request: SyncRequest, name: str,
+              emit: Callable[[Event], None] = lambda e: None, *,
+              limiter: RateLimiter | None = None,
+              info: DeviceInfo | None = None,
+              identity: SourceIdentity | None = None) -> SyncDiskResult:
+    """One pass over one disk (see the module docstring); `info`, `identity`: the probe's
+    answers if already known (probed before a freeze, to keep the frozen window short)."""
+    started = time.monotonic()
+    paths = image_paths(request.output_dir, name, device)
+    for path in (request.output_dir, paths.image, paths.part, paths.manifest,
+                 paths.sync_journal):
+        check_path(path, "output dir" if path == request.output_dir else "image")
+    _check_ready(paths, request.output_dir, device)
+    manifest = read_manifest(paths.manifest)
+    info = info or probe_device(source, device)
+    _check_manifest(source, manifest, paths, device, request.output_dir, info, identity)
+    chunk, size = int(manifest["chunk_size"]), int(manifest["size"])
+    count = -(-size // chunk)
+    hashes: list[str | None] = list(manifest["chunk_hashes"])
+    reader = choose_reader(request.reader, python3=info.python3, gzip=info.gzip,
+                           host=source.target.host, device=device,
+                           preferred=manifest.get("reader", PYTHON3))
+    journal, resumed = _open_journal(paths, manifest, hashes)
+    emit({"event": "sync-start", "device": device, "image": str(paths.image), "chunks": count,
+          "resumed": resumed, "reader": reader.name})
+    wire = Wire(limiter)
+    # Every chunk asked for is read (no free-space parsing): the hash list said it is used.
+    spec = ReadSpec(reader, source.target.host, device, info.size, chunk, request.compress,
+                    request.low_priority, skip_free=False,
+                    resized="changed size since the copy ({was} -> {now} bytes); copy it again")
+    delta = _delta(source, spec, hashes, wire=wire, skip_free=not manifest.get(
+        "full", False) and reader.name == PYTHON3)
+    hash_seconds = time.monotonic() - started
+    emit({"event": "sync-delta", "device": device, "changed_chunks": len(delta.changed),
+          "dropped_chunks": len(delta.dropped), "changed_bytes": delta.changed_bytes,
+          "hash_seconds": round(hash_seconds, 3), "wire_bytes": wire.bytes})
+    log.info("%s: %d chunk(s) changed, %d dropped (%d bytes), hashed in %.1f s", device,
+             len(delta.changed), len(delta.dropped), delta.changed_bytes, hash_seconds)
+    _rewrite(source, spec, delta, paths.part, journal, wire, emit)
+    final = _final_hashes(journal, hashes, count, spec)
     # In this order, a kill between any two steps leaves a state the rerun understands:
     # the image with the journal (resumed against the old manifest), or the image with its
     # new manifest and a stale journal (dropped).
-    part.replace(image)
-    _write_manifest(manifest_path, manifest, final, size, chunk, {
+    paths.part.replace(paths.image)
+    _write_manifest(paths.manifest, manifest, final, size, chunk, {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "frozen": bool(request.freeze), "changed_chunks": len(changed),
-        "dropped_chunks": len(dropped)})
-    journal_path.unlink()
-    result = SyncDiskResult(device, image, count, len(changed), len(dropped), changed_bytes,
-                            wire.bytes, time.monotonic() - started, resumed, reader)
+        "frozen": bool(request.freeze), "changed_chunks": len(delta.changed),
+        "dropped_chunks": len(delta.dropped)})
+    paths.sync_journal.unlink()
+    result = SyncDiskResult(device, paths.image, count, len(delta.changed), len(delta.dropped),
+                            delta.changed_bytes, wire.bytes, time.monotonic() - started,
+                            resumed, reader.name)
     emit({"event": "sync-done", **result.to_dict()})
     return result
 
 
-def _rewrite(source: SshSource, info: DeviceInfo, reader: str, chunk: int,
-             changed: list[int], request: SyncRequest, writer: Qcow2Writer,
-             journal: Journal, wire: _Counter, emit: Callable[[Event], None]) -> None:
-    """Read the changed chunks (again once if one arrives corrupt) into the image."""
-    pending: list[tuple[int, str | None]] = []
-    pending_bytes = 0
-    last = time.monotonic()
-
-    def commit() -> None:
-        nonlocal pending_bytes, last
-        if pending:
-            writer.flush()
-            journal.append(pending)
-            pending.clear()
-            pending_bytes = 0
-            last = time.monotonic()
-            emit({"event": "progress", "device": info.device, "wire_bytes": wire.bytes})
-
-    def take(indexes: list[int]) -> list[int]:
-        nonlocal pending_bytes
-        corrupt: list[int] = []
-        if not indexes:
-            return corrupt
-        try:
-            with _data_stream(source, info, reader, chunk, _ranges(indexes), request) as ext:
-                for extent in ext:
-                    wire.add(extent.wire_bytes)
-                    if extent.corrupt:
-                        corrupt.append(extent.index)
-                        continue
-                    if extent.zero:
-                        writer.zero(extent.offset, extent.length)
-                    else:
-                        writer.write(extent.offset, extent.data)
-                    pending.append((extent.index, None if extent.zero else extent.sha256))
-                    pending_bytes += extent.length
-                    if pending_bytes >= FLUSH_BYTES or time.monotonic() - last > FLUSH_SECONDS:
-                        commit()
-        except BaseException:
-            try:
-                commit()
-            except Exception as exc:
-                log.warning("%s: the last %d chunk(s) could not be saved (%s); the rerun "
-                            "sends them again", info.device, len(pending), exc)
-            raise
-        commit()
-        return corrupt
-
-    bad = take(changed)
-    if bad:
-        log.warning("%d chunk(s) of %s arrived corrupt; fetching them again", len(bad),
-                    info.device)
-        again = take(bad)
-        if again:
-            raise IntegrityError(device=info.device, index=again[0], offset=again[0] * chunk,
-                                 got="(mismatch)", expected="the source's hash")
-
-
 def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | None],
                     size: int, chunk: int, sync: dict[str, Any]) -> None:
-    zero = hashlib.sha256(bytes(chunk)).hexdigest()
-    digest = hashlib.sha256()
-    for i, h in enumerate(hashes):
-        if h is None or h == FREE_MARK:
-            length = _chunk_len(i, chunk, size)
-            h = zero if length == chunk else hashlib.sha256(bytes(length)).hexdigest()
-        digest.update(bytes.fromhex(h))
-    zero_chunks = sum(1 for h in hashes if h is None)
-    free_chunks = sum(1 for h in hashes if h == FREE_MARK)
+    digest, zero_chunks, free_chunks = chunk_summary(hashes, size, chunk)
     new = dict(manifest)
-    new.update({"chunk_hashes": hashes, "chunks_digest": digest.hexdigest(),
+    new.update({"chunk_hashes": hashes, "chunks_digest": digest,
                 "zero_chunks": zero_chunks, "free_chunks": free_chunks,
                 "data_chunks": len(hashes) - zero_chunks - free_chunks,
                 "syncs": [*manifest.get("syncs", []), sync]})
-    tmp = path.with_name(path.name + ".tmp")
-    write_private(tmp, json.dumps(new, indent=1) + "\n", "manifest")
-    fsync(tmp)
-    tmp.replace(path)
+    write_manifest(path, new)
 
 
-def sync_pass(source: SshSource, request: SyncRequest, name: str, infos: list[DeviceInfo],
+def sync_pass(source: Source, request: SyncRequest, name: str, infos: list[DeviceInfo],
               emit: Callable[[Event], None], limiter: RateLimiter | None,
               identities: dict[str, SourceIdentity] | None = None
               ) -> list[SyncDiskResult]:
@@ -436,7 +368,7 @@ def _check(request: SyncRequest) -> None:
         raise UsageError(detail=f"--freeze must be given alone or as --freeze=best-effort, "
                                 f"not {request.freeze!r}")
     check_freeze_timeout(request.freeze_timeout)
-    if request.reader not in ("auto", "python3", "sh"):
+    if request.reader not in READERS:
         raise UsageError(detail=f"unknown reader {request.reader!r}")
 
 
@@ -447,15 +379,11 @@ def _ready_disks(request: SyncRequest, name: str) -> tuple[str, ...]:
         raise SyncNotReady(device=f"any disk of {name!r}", output_dir=request.output_dir,
                            detail="no manifest found")
     for device in disks:
-        image, part, manifest, journal = _paths(request.output_dir, name, device)
-        if not manifest.exists() or not (image.exists() or part.exists() and journal.exists()):
-            raise SyncNotReady(device=device, output_dir=request.output_dir,
-                               detail="the copy is still in progress" if part.exists()
-                               else "no image and manifest")
+        _check_ready(image_paths(request.output_dir, name, device), request.output_dir, device)
     return tuple(disks)
 
 
-def sync(source: SshSource, request: SyncRequest,
+def sync(source: Source, request: SyncRequest,
          emit: Callable[[Event], None] = lambda e: None) -> SyncResult:
     """One sync pass over every disk; with hooks or --freeze, the final pass: before-final
     hook, freeze (timer first), the pass, thaw, after-final hook (always, once started)."""
@@ -466,8 +394,8 @@ def sync(source: SshSource, request: SyncRequest,
     infos = [probe_device(source, device) for device in disks]
     identities = {device: source_identity(source, device) for device in disks}
     for device in disks:                       # another server's image: no hook, no freeze
-        image, _, manifest_path, _ = _paths(request.output_dir, name, device)
-        check_source(read_manifest(manifest_path), identities[device], image)
+        paths = image_paths(request.output_dir, name, device)
+        check_source(read_manifest(paths.manifest), identities[device], paths.image)
     limiter = RateLimiter(request.bandwidth_limit) if request.bandwidth_limit else None
     hooks: dict[str, str] = {}
     report: FreezeReport | None = None

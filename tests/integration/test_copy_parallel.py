@@ -18,9 +18,9 @@ from copy_helpers import identical, open_source
 
 from p2v import cli
 from p2v.errors import ExitCode, StreamError
+from p2v.source import reader as reader_module
 from p2v.source.extents import Extent
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
-from p2v.transfer import copy as copy_module
 from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20
@@ -118,7 +118,7 @@ def test_one_disk_failing_stops_the_other_and_both_resume(
         two_disks: tuple[SourceEndpoint, list[Path]], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     ep, raws = two_disks
-    real = copy_module.read_extents
+    real = reader_module.read_extents
     broke = threading.Event()
 
     def breaking(stream: Any, chunk_size: int, host: str = "source", device: str = "disk",
@@ -135,7 +135,7 @@ def test_one_disk_failing_stops_the_other_and_both_resume(
                 assert broke.wait(120), "the second disk never broke"
             yield extent
 
-    monkeypatch.setattr(copy_module, "read_extents", breaking)
+    monkeypatch.setattr(reader_module, "read_extents", breaking)
     # Slow enough (8 MiB/s) that the first disk is still running when the second breaks.
     request = CopyRequest(disks=ep.disks, output_dir=tmp_path, name="f", chunk_size=MiB,
                           bandwidth_limit=8 * MiB)
@@ -145,7 +145,7 @@ def test_one_disk_failing_stops_the_other_and_both_resume(
     assert "cut for the test" in info.value.message
     journals = sorted(tmp_path.glob("*.journal"))
     assert len(journals) == 2 and not list(tmp_path.glob("*.qcow2"))   # nothing presented
-    monkeypatch.setattr(copy_module, "read_extents", real)
+    monkeypatch.setattr(reader_module, "read_extents", real)
     with open_source(ep) as source:
         results = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=tmp_path,
                                                  name="f", chunk_size=MiB))

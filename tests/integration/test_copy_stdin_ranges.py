@@ -19,9 +19,11 @@ import pytest
 from copy_helpers import identical, open_source
 
 from p2v.source.extents import format_ranges
+from p2v.source.reader import choose_reader
 from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
-from p2v.transfer.copy import CopyRequest, _stream, copy_disks
+from p2v.transfer.copy import CopyRequest, copy_disks, read_spec
 from p2v.transfer.device import probe_device
+from p2v.transfer.pump import open_extents
 from p2v.transfer.sync import SyncRequest, sync
 
 CHUNK = 64 << 10
@@ -131,7 +133,10 @@ def test_both_readers_take_15000_ranges(small_source: tuple[SourceEndpoint, Path
     request = CopyRequest(disks=ep.disks, output_dir=tmp_path, name="r", chunk_size=CHUNK)
     with open_source(ep) as source:
         info = probe_device(source, ep.disks[0])
-        with _stream(source, info, request, reader, ranges) as extents:
+        chosen = choose_reader(reader, python3=info.python3, gzip=info.gzip,
+                               host=source.target.host, device=info.device)
+        with open_extents(source, read_spec(source, info, request, chosen),
+                          ranges) as extents:
             got = [(e.index, e.zero, e.corrupt, e.data) for e in extents]
     data = raw.read_bytes()
     assert got == [(5, False, False, data[5 * CHUNK:6 * CHUNK]),
