@@ -202,7 +202,7 @@ def nic_pins(report: GuestReport, options: FixOptions) -> list[network.NicPin]:
 # ------------------------------------------------------------------------------------ plan
 
 def _read(session: GuestSession, path: str) -> str | None:
-    return session.read_text(path) if session.g.is_file(path) else None
+    return session.read_text(path) if session.is_file(path) else None
 
 
 _GRUB_D = "/etc/default/grub.d/"
@@ -219,25 +219,23 @@ def _extra_tables(session: GuestSession) -> list[tuple[str, Callable[
         [str, devices.DeviceMap, str], devices.Rewrite]]]:
     """Files found by directory: grub snippets (read by grub-mkconfig after
     /etc/default/grub) and the admin's own mount and swap units."""
-    g = session.g
     found: list[tuple[str, Callable[[str, devices.DeviceMap, str], devices.Rewrite]]] = []
-    if g.is_dir(_GRUB_D):
-        found += [(_GRUB_D + n, _grub_d) for n in sorted(str(x) for x in g.ls(_GRUB_D))
-                  if n.endswith(".cfg") and g.is_file(_GRUB_D + n)]
-    if g.is_dir(_UNIT_DIR):
+    if session.is_dir(_GRUB_D):
+        found += [(_GRUB_D + n, _grub_d) for n in sorted(session.ls(_GRUB_D))
+                  if n.endswith(".cfg") and session.is_file(_GRUB_D + n)]
+    if session.is_dir(_UNIT_DIR):
         found += [(_UNIT_DIR + n, devices.rewrite_unit)
-                  for n in sorted(str(x) for x in g.ls(_UNIT_DIR))
-                  if n.endswith((".mount", ".swap")) and g.is_file(_UNIT_DIR + n)]
+                  for n in sorted(session.ls(_UNIT_DIR))
+                  if n.endswith((".mount", ".swap")) and session.is_file(_UNIT_DIR + n)]
     return found
 
 
 def _mac_config_files(session: GuestSession) -> list[str]:
-    g = session.g
-    found = [p for p in network.MAC_CONFIG_FILES if g.is_file(p)]
+    found = [p for p in network.MAC_CONFIG_FILES if session.is_file(p)]
     for folder in network.MAC_CONFIG_DIRS:
-        if g.is_dir(folder):
-            found += [f"{folder}/{n}" for n in sorted(str(x) for x in g.ls(folder))
-                      if g.is_file(f"{folder}/{n}")]
+        if session.is_dir(folder):
+            found += [f"{folder}/{n}" for n in sorted(session.ls(folder))
+                      if session.is_file(f"{folder}/{n}")]
     return found
 
 
@@ -256,7 +254,7 @@ def guest_device_map(session: GuestSession, root: str, grub_cfg: str | None,
     fstab = _read(session, "/etc/fstab") or ""
     root_specs = [f[0] for f in (line.split() for line in fstab.splitlines())
                   if len(f) > 1 and f[1] == "/" and not f[0].startswith("#")]
-    if grub_cfg and session.g.is_file(grub_cfg):
+    if grub_cfg and session.is_file(grub_cfg):
         root_specs += devices.kernel_roots(session.read_text(grub_cfg))
     hints = multipath.root_hints(names, plain, root_specs, root)
     hints.update(multipath.pv_hints(names, plain,
@@ -286,10 +284,9 @@ def _multipath_plan(session: GuestSession, plan: FixPlan, dmap: devices.DeviceMa
     """multipath kept off the virtio disks, in a drop-in of its own (the guest's multipath
     files are left as they are: removing the drop-in undoes it). The maps' names are
     rewritten with the other device names; one on no converted disk is reported there."""
-    g = session.g
     # In use: the source had maps (bindings, wwids, aliases, the inventory), not merely the
     # package and its default multipath.conf (Ubuntu server installs both everywhere).
-    if not dmap.maps or not any(g.exists(t) for t in multipath.TOOLS):
+    if not dmap.maps or not any(session.exists(t) for t in multipath.TOOLS):
         return
     conf = _read(session, multipath.CONF)
     path = multipath.dropin_path(conf)
@@ -315,7 +312,6 @@ def _edit(plan: FixPlan, path: str, old: str | None, new: str, why: str,
 def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap,
              options: FixOptions) -> FixPlan:
     """Every change the guest needs, computed from its files; nothing is written."""
-    g = session.g
     plan = FixPlan()
     family = linux.family_named(report.family)
 
@@ -366,7 +362,7 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
     # the kernel lines themselves where the guest has no grub defaults file.
     if options.serial_console:
         path = "/etc/default/grub"
-        if g.is_file(path):
+        if session.is_file(path):
             base = plan.files.get(path) or session.read_text(path)
             new, added = linux.add_serial_console(base)
             if added:
@@ -380,10 +376,10 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
                 plan.files[report.grub_cfg] = new
                 plan.changes.append(Change("edit", report.grub_cfg,
                                            "serial console on the kernel lines"))
-        if g.is_dir("/etc/systemd/system"):
+        if session.is_dir("/etc/systemd/system"):
             # The login prompt on that console then shows the guest's addresses.
             issue = linux.ISSUE_FILE
-            old = session.read_text(issue) if g.is_file(issue) else None
+            old = session.read_text(issue) if session.is_file(issue) else None
             _edit(plan, issue, old, linux.address_issue([p.name for p in options.pins]),
                   "the serial console's login prompt shows the IPv4 addresses (agetty \\4)",
                   mode=0o644)
@@ -410,7 +406,7 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
 
     # 3. NIC names pinned to the VM's MACs.
     if options.pins:
-        if g.is_dir("/etc/systemd") or report.has_systemd_udev:
+        if session.is_dir("/etc/systemd") or report.has_systemd_udev:
             for pin in options.pins:
                 path = network.link_path(pin.name)
                 _edit(plan, path, _read(session, path), network.link_text(pin),
@@ -457,7 +453,7 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             # A rebuild inside the appliance must keep virtio whatever MODULES= says.
             old = _read(session, family.modules_file) or ""
             new = family.modules_config(old)
-            _edit(plan, family.modules_file, old if g.is_file(family.modules_file) else None,
+            _edit(plan, family.modules_file, old if session.is_file(family.modules_file) else None,
                   new, f"keep {', '.join(linux.VIRTIO_MODULES)} in every future initramfs",
                   mode=0o644)
         for kernel in needs:
@@ -494,8 +490,8 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             plan.changes.append(Change("remove-packages", " ".join(names), listed))
 
     # 5. UEFI: the removable-media fallback loader a fresh NVRAM boots.
-    if report.firmware == "uefi" and g.is_dir("/boot/efi/EFI"):
-        if not g.is_file(_esp_path(session, "BOOT/BOOTX64.EFI")):
+    if report.firmware == "uefi" and session.is_dir("/boot/efi/EFI"):
+        if not session.is_file(_esp_path(session, "BOOT/BOOTX64.EFI")):
             source = _fallback_source(session)
             if source is None:
                 plan.warnings.append("UEFI guest without \\EFI\\BOOT\\BOOTX64.EFI and no grub or "
@@ -509,7 +505,7 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
                     if source.endswith("/" + extra):
                         continue
                     path = f"{src_dir}/{extra}"
-                    if g.is_file(path):
+                    if session.is_file(path):
                         plan.fallback_extra.append((path, f"/boot/efi/EFI/BOOT/{extra}"))
                 plan.changes.append(Change("copy", "\\EFI\\BOOT\\BOOTX64.EFI",
                                            f"fallback loader from {_efi_name(source)}: a VM "
@@ -527,7 +523,7 @@ def _esp_path(session: GuestSession, rel: str) -> str:
     """A path under /boot/efi/EFI as it exists (FAT is case-insensitive)."""
     path = f"/boot/efi/EFI/{rel}"
     try:
-        return str(session.g.case_sensitive_path(path))
+        return session.case_sensitive_path(path)
     except GuestfsError:
         return path
 
@@ -537,22 +533,20 @@ def _efi_name(path: str) -> str:
 
 
 def _fallback_source(session: GuestSession) -> str | None:
-    g = session.g
-    for vendor in [str(v) for v in g.ls("/boot/efi/EFI")]:
+    for vendor in session.ls("/boot/efi/EFI"):
         if vendor.upper() == "BOOT":
             continue
         for loader in ("shimx64.efi", "grubx64.efi"):
             path = _esp_path(session, f"{vendor}/{loader}")
-            if g.is_file(path):
+            if session.is_file(path):
                 return path
     return None
 
 
 def _mkconfig_argv(session: GuestSession, family: linux.LinuxFamily) -> list[str] | None:
-    g = session.g
     for argv in family.grub_mkconfig:
         for prefix in ("/usr/sbin/", "/sbin/", "/usr/bin/", "/bin/"):
-            if g.exists(prefix + argv[0]):
+            if session.exists(prefix + argv[0]):
                 return list(argv)
     return None
 
@@ -566,16 +560,15 @@ def _root_ok(spec: str, report: GuestReport, dmap: devices.DeviceMap) -> bool:
 # ----------------------------------------------------------------------------------- apply
 
 def _sh(session: GuestSession, argv: list[str], what: str) -> str:
-    return "\n".join(str(line) for line in session.call(what, "command_lines", argv))
+    return "\n".join(session.command_lines(argv, action=what))
 
 
 def apply_plan(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap,
                plan: FixPlan, progress: Callable[[str], None]) -> list[str]:
     """Make the planned changes; return the checks made afterwards (raise if one fails)."""
-    g = session.g
     family = linux.family_named(report.family)
     for path, text in plan.files.items():
-        g.mkdir_p(path.rsplit("/", 1)[0] or "/")
+        session.mkdir_p(path.rsplit("/", 1)[0] or "/")
         session.write_text(path, text, mode=plan.modes.get(path))
     progress(f"wrote {len(plan.files)} file(s)")
     checks: list[str] = []
@@ -615,10 +608,10 @@ def apply_plan(session: GuestSession, report: GuestReport, dmap: devices.DeviceM
             cfg = res.text
     if plan.fallback is not None:
         src, dst = plan.fallback
-        g.mkdir_p("/boot/efi/EFI/BOOT")
-        g.cp(src, dst)
+        session.mkdir_p("/boot/efi/EFI/BOOT")
+        session.cp(src, dst)
         for extra_src, extra_dst in plan.fallback_extra:
-            g.cp(extra_src, extra_dst)
+            session.cp(extra_src, extra_dst)
         checks.append(f"\\EFI\\BOOT\\BOOTX64.EFI is a copy of {_efi_name(src)}")
     if plan.relabel is not None:
         checks.append(_relabel(session, report, plan))
@@ -632,10 +625,10 @@ def _relabel(session: GuestSession, report: GuestReport, plan: FixPlan) -> str:
     paths = sorted({*plan.files, *(k.initrd for k in plan.rebuild if k.initrd),
                     *([report.grub_cfg] if plan.regenerate_grub and report.grub_cfg else [])})
     try:
-        if not session.g.is_file(spec):
+        if not session.is_file(spec):
             raise GuestfsError(action="relabelling", detail=f"no {spec}")
         for path in paths:
-            session.g.selinux_relabel(spec, path, force=True)
+            session.selinux_relabel(spec, path)
         return f"SELinux labels set on {len(paths)} changed file(s) ({spec})"
     except GuestfsError as exc:
         session.write_text("/.autorelabel", "")
@@ -685,7 +678,7 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
     """The grub config names a root device the VM will have, and so does every fstab entry
     the boot needs (raise FixError if not)."""
     checks = []
-    if session.g.is_file("/etc/fstab"):
+    if session.is_file("/etc/fstab"):
         fatal = devices.mark_missing_nofail(session.read_text("/etc/fstab"),
                                             _will_exist(session, report, dmap)).fatal
         if fatal:
@@ -695,7 +688,7 @@ def check_guest(session: GuestSession, report: GuestReport, dmap: devices.Device
         raise FixError(images=report.root, detail="; ".join(md))
     checks += devices.storage_checks(_mdadm_text(session), _read(session, "/etc/lvm/lvm.conf"),
                                      _read(session, "/etc/lvm/devices/system.devices"), dmap)
-    if report.grub_cfg and session.g.is_file(report.grub_cfg):
+    if report.grub_cfg and session.is_file(report.grub_cfg):
         cfg = session.read_text(report.grub_cfg)
         roots = devices.kernel_roots(cfg)
         bad = [r for r in roots if not _root_ok(r, report, dmap)]
@@ -750,14 +743,14 @@ def fix_images(images: Sequence[Path], options: FixOptions,
     iso = (options.virtio_win,) if virtio_kind == "iso" and options.virtio_win else ()
     with open_guest(images, readonly=options.dry_run, fmt=fmt, extra_readonly=iso) as session:
         root = session.inspect()
-        if str(session.g.inspect_get_type(root)) == "windows":
+        if session.inspect_get_type(root) == "windows":
             return fix_windows(session, root, images, virtio_win=options.virtio_win,
                                virtio_kind=virtio_kind, dry_run=options.dry_run,
                                caps_path=caps_path_for(images), progress=progress,
                                started=started)
         if options.virtio_win is not None:
             raise UsageError(detail="--virtio-win is for Windows guests; this one is "
-                                    f"{session.g.inspect_get_type(root)}: drop the option")
+                                    f"{session.inspect_get_type(root)}: drop the option")
         # Mounted read-only until there is something to change: a run with nothing to do
         # (or a dry run) leaves every byte of the images as it was.
         session.resolve_spec = appliance_resolver(session, root, options)
@@ -772,7 +765,7 @@ def fix_images(images: Sequence[Path], options: FixOptions,
         checks: list[str] = []
         applied = False
         if not options.dry_run and not plan.empty:
-            session.g.umount_all()
+            session.umount_all()
             session.mount_guest(report.root)
             checks = apply_plan(session, report, dmap, plan, progress)
             applied = True

@@ -80,28 +80,27 @@ class GuestReport:
         return data
 
 
-def _blkid(g: Any, device: str) -> dict[str, str]:
+def _blkid(session: GuestSession, device: str) -> dict[str, str]:
     try:
-        return {str(k): str(v) for k, v in g.blkid(device).items()}
+        return session.blkid(device)
     except GuestfsError:
         return {}
 
 
 def device_map(session: GuestSession, source_names: list[str] | None = None) -> DeviceMap:
     """The guest's disks (appliance order = source order) with their partitions' identities."""
-    g = session.g
     layouts = []
-    for index, disk in enumerate(g.list_devices()):
+    for index, disk in enumerate(session.list_devices()):
         parts: dict[int, FsIdentity] = {}
-        for part in g.list_partitions():
-            if str(g.part_to_dev(part)) != str(disk):
+        for part in session.list_partitions():
+            if session.part_to_dev(part) != disk:
                 continue
-            info = _blkid(g, part)
-            number = int(g.part_to_partnum(part))
+            info = _blkid(session, part)
+            number = session.part_to_partnum(part)
             parts[number] = FsIdentity(info.get("UUID"), info.get("LABEL"), info.get("TYPE"))
         whole = None
         if not parts:
-            info = _blkid(g, disk)
+            info = _blkid(session, disk)
             if info.get("TYPE"):
                 whole = FsIdentity(info.get("UUID"), info.get("LABEL"), info.get("TYPE"))
         name = source_names[index] if source_names and index < len(source_names) else None
@@ -111,18 +110,17 @@ def device_map(session: GuestSession, source_names: list[str] | None = None) -> 
 
 def _md_contents(session: GuestSession) -> list[MdContent]:
     """Each md array the appliance assembled: its UUID and what is on it (an LVM PV...)."""
-    g = session.g
     arrays = []
     try:
-        names = [str(md) for md in g.list_md_devices()]
+        names = session.list_md_devices()
     except GuestfsError:
         return []
     for md in names:
         try:
-            uuid = str(g.md_detail(md).get("uuid", ""))
+            uuid = session.md_detail(md).get("uuid", "")
         except GuestfsError:
             continue
-        info = _blkid(g, md)
+        info = _blkid(session, md)
         content = FsIdentity(info.get("UUID"), info.get("LABEL"), info.get("TYPE")) \
             if info.get("TYPE") else None
         if uuid:
@@ -131,27 +129,27 @@ def _md_contents(session: GuestSession) -> list[MdContent]:
 
 
 def _kernels(session: GuestSession, family: linux.LinuxFamily | None) -> list[KernelInfo]:
-    g = session.g
-    moddir = next((d for d in ("/lib/modules", "/usr/lib/modules") if g.is_dir(d)), None)
+    moddir = next((d for d in ("/lib/modules", "/usr/lib/modules") if session.is_dir(d)), None)
     if moddir is None:
         return []
     kernels = []
-    for kver in sorted(str(k) for k in g.ls(moddir)):
-        if not g.exists(f"/boot/vmlinuz-{kver}"):
+    for kver in sorted(session.ls(moddir)):
+        if not session.exists(f"/boot/vmlinuz-{kver}"):
             continue   # modules left behind by a removed kernel: cannot boot
         config = f"/boot/config-{kver}"
-        builtin = linux.builtin_modules(session.read_text(config)) if g.is_file(config) else set()
+        builtin = (linux.builtin_modules(session.read_text(config)) if session.is_file(config)
+                   else set())
         available = set(builtin)
-        for path in g.find(f"{moddir}/{kver}/kernel/drivers"):
-            base = str(path).rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
+        for path in session.find(f"{moddir}/{kver}/kernel/drivers"):
+            base = path.rsplit("/", 1)[-1].split(".ko", 1)[0].replace("-", "_")
             if base in linux.VIRTIO_MODULES:
                 available.add(base)
         initrd = None
         virtio = {m: m in builtin for m in linux.VIRTIO_MODULES}
         if family is not None:
-            initrd = next((p for p in family.initrd_candidates(kver) if g.is_file(p)), None)
+            initrd = next((p for p in family.initrd_candidates(kver) if session.is_file(p)), None)
             if initrd is not None:
-                listing = "\n".join(g.command_lines(family.list_initrd(initrd)))
+                listing = "\n".join(session.command_lines(family.list_initrd(initrd)))
                 virtio = linux.has_virtio(listing, builtin)
         kernels.append(KernelInfo(kver, initrd, virtio, tuple(sorted(builtin)),
                                   tuple(sorted(available))))
@@ -160,12 +158,11 @@ def _kernels(session: GuestSession, family: linux.LinuxFamily | None) -> list[Ke
 
 def _firmware(session: GuestSession, mounts: dict[str, str]) -> tuple[str, list[str]]:
     """uefi when the guest mounts an ESP holding an EFI loader, else bios."""
-    g = session.g
     loaders: list[str] = []
-    if "/boot/efi" in mounts and g.is_dir("/boot/efi/EFI"):
-        for path in g.find("/boot/efi/EFI"):
-            if str(path).lower().endswith(".efi"):
-                loaders.append("\\EFI\\" + str(path).lstrip("/").replace("/", "\\"))
+    if "/boot/efi" in mounts and session.is_dir("/boot/efi/EFI"):
+        for path in session.find("/boot/efi/EFI"):
+            if path.lower().endswith(".efi"):
+                loaders.append("\\EFI\\" + path.lstrip("/").replace("/", "\\"))
     if loaders or has_esp(session):
         return "uefi", loaders
     return "bios", loaders
@@ -173,13 +170,12 @@ def _firmware(session: GuestSession, mounts: dict[str, str]) -> tuple[str, list[
 
 def has_esp(session: GuestSession) -> bool:
     """Whether a disk has a GPT EFI system partition (what a UEFI install boots from)."""
-    g = session.g
-    for disk in g.list_devices():
+    for disk in session.list_devices():
         try:
-            if g.part_get_parttype(disk) != "gpt":
+            if session.part_get_parttype(disk) != "gpt":
                 continue
-            for part in g.part_list(disk):
-                if str(g.part_get_gpt_type(disk, part["part_num"])).upper() == ESP_GUID:
+            for number in session.part_numbers(disk):
+                if session.part_get_gpt_type(disk, number).upper() == ESP_GUID:
                     return True
         except GuestfsError:
             continue
@@ -188,7 +184,7 @@ def has_esp(session: GuestSession) -> bool:
 
 def _pretty_name(session: GuestSession) -> str | None:
     for path in ("/etc/os-release", "/usr/lib/os-release"):
-        if session.g.is_file(path):
+        if session.is_file(path):
             for line in session.read_text(path).splitlines():
                 if line.startswith("PRETTY_NAME="):
                     return line.split("=", 1)[1].strip().strip("\"'")
@@ -198,67 +194,66 @@ def _pretty_name(session: GuestSession) -> str | None:
 def inspect_guest(session: GuestSession, source_names: list[str] | None = None) -> GuestReport:
     """Inspect the guest and mount it read-only; raise UnsupportedGuest for what p2v fix
     cannot handle."""
-    g = session.g
     root = session.inspect()
-    os_type = str(g.inspect_get_type(root))
-    distro = str(g.inspect_get_distro(root))
+    os_type = session.inspect_get_type(root)
+    distro = session.inspect_get_distro(root)
     if os_type != "linux":
         raise UnsupportedGuest(what=f"{os_type} {distro}",
                                detail="only Linux and Windows guests are converted so far")
-    major, minor = int(g.inspect_get_major_version(root)), int(g.inspect_get_minor_version(root))
-    mounts = {str(k): str(v) for k, v in g.inspect_get_mountpoints(root).items()}
+    major, minor = session.inspect_get_version(root)
+    mounts = session.inspect_get_mountpoints(root)
     session.mount_guest(root, readonly=True)
-    has_dracut = bool(g.exists("/usr/bin/dracut") or g.exists("/sbin/dracut")
-                      or g.exists("/usr/sbin/dracut"))
+    has_dracut = bool(session.exists("/usr/bin/dracut") or session.exists("/sbin/dracut")
+                      or session.exists("/usr/sbin/dracut"))
     # initramfs-tools' own scripts dir (initramfs-tools-core): gone when dracut replaced it.
-    has_initramfs_tools = bool(g.is_dir("/usr/share/initramfs-tools")
-                               and (g.exists("/usr/sbin/mkinitramfs")
-                                    or g.exists("/sbin/mkinitramfs")))
+    has_initramfs_tools = bool(session.is_dir("/usr/share/initramfs-tools")
+                               and (session.exists("/usr/sbin/mkinitramfs")
+                                    or session.exists("/sbin/mkinitramfs")))
     family = linux.family_for(distro, major, has_dracut, has_initramfs_tools)
     firmware, loaders = _firmware(session, mounts)
-    grub_cfg = next((p for p in GRUB2_CFGS if g.is_file(p)), None)
+    grub_cfg = next((p for p in GRUB2_CFGS if session.is_file(p)), None)
     bootloader = "grub2" if grub_cfg else "none found"
     if grub_cfg is None:
-        grub_cfg = next((p for p in GRUB_LEGACY_CFGS if g.is_file(p)), None)
+        grub_cfg = next((p for p in GRUB_LEGACY_CFGS if session.is_file(p)), None)
         if grub_cfg:
             bootloader = "grub-legacy"
     filesystems = []
-    for device, fstype in sorted(g.list_filesystems().items()):
+    for device, fstype in sorted(session.list_filesystems().items()):
         if fstype in ("unknown", "") or fstype.startswith("LVM2") or fstype.endswith("_member"):
             continue
-        info = _blkid(g, device)
+        info = _blkid(session, device)
         mountpoint = next((m for m, d in mounts.items() if d == device), None)
         filesystems.append(FsInfo(str(device), str(fstype), info.get("UUID"), info.get("LABEL"),
                                   mountpoint))
     interfaces = session.read_text("/etc/network/interfaces") \
-        if g.is_file("/etc/network/interfaces") else ""
-    ifcfg = tuple(session.read_text(str(p))
-                  for p in g.glob_expand("/etc/sysconfig/network-scripts/ifcfg-*"))
-    netplan = tuple(session.read_text(str(p)) for p in g.glob_expand("/etc/netplan/*.yaml"))
-    rules = session.read_text(network.RULES_FILE) if g.is_file(network.RULES_FILE) else ""
-    udevd = any(g.exists(p) for p in ("/lib/systemd/systemd-udevd",
+        if session.is_file("/etc/network/interfaces") else ""
+    ifcfg = tuple(session.read_text(p)
+                  for p in session.glob_expand("/etc/sysconfig/network-scripts/ifcfg-*"))
+    netplan = tuple(session.read_text(p) for p in session.glob_expand("/etc/netplan/*.yaml"))
+    rules = session.read_text(network.RULES_FILE) if session.is_file(network.RULES_FILE) else ""
+    udevd = any(session.exists(p) for p in ("/lib/systemd/systemd-udevd",
                                       "/usr/lib/systemd/systemd-udevd"))
     mapper = []
     try:
         mapper = [f"{lv.split('/')[-2].replace('-', '--')}-{lv.split('/')[-1].replace('-', '--')}"
-                  for lv in (str(p) for p in g.lvs())]
+                  for lv in session.lvs()]
     except GuestfsError:
         pass
-    package_format = str(g.inspect_get_package_format(root))
+    package_format = session.inspect_get_package_format(root)
     try:
-        packages = [str(a["app2_name"]) for a in g.inspect_list_applications2(root)]
+        packages = session.application_names(root)
     except GuestfsError:
         packages = []
     selinux = linux.selinux_policy(session.read_text("/etc/selinux/config")) \
-        if g.is_file("/etc/selinux/config") else ("disabled", "targeted")
+        if session.is_file("/etc/selinux/config") else ("disabled", "targeted")
     return GuestReport(
         package_format=package_format, agents=find_agents(packages), selinux=selinux,
         root=root, os_type=os_type, distro=distro, version=f"{major}.{minor}",
-        product=_pretty_name(session) or str(g.inspect_get_product_name(root)),
+        product=_pretty_name(session) or session.inspect_get_product_name(root),
         family=family.name if family else None, firmware=firmware, bootloader=bootloader,
         grub_cfg=grub_cfg, kernels=_kernels(session, family), filesystems=filesystems,
         mounts=mounts,
         nic_names=network.configured_names(interfaces, ifcfg, netplan),
         nic_pins=network.rules_names(rules), has_systemd_udev=udevd,
-        esp_loaders=loaders, disks=len(g.list_devices()), mapper_names=mapper,
+        esp_loaders=loaders, disks=len(session.list_devices()), mapper_names=mapper,
     )

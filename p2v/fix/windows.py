@@ -192,24 +192,23 @@ def _int(value: Any) -> int | None:
 def inspect_windows(session: GuestSession, root: str, software: Path,
                     catalog: Catalog) -> WindowsReport:
     """The guest's version facts (libguestfs inspection, plus the build from SOFTWARE)."""
-    g = session.g
     with open_hive(software) as h:
         cv = h.values(r"Microsoft\Windows NT\CurrentVersion")
     build = next((_int(cv[k].data) for k in ("CurrentBuildNumber", "CurrentBuild")
                   if k in cv), None)
-    arch_raw = str(g.inspect_get_arch(root))
+    arch_raw = session.inspect_get_arch(root)
     arch = GUESTFS_ARCHS.get(arch_raw, arch_raw)
-    major, minor = int(g.inspect_get_major_version(root)), int(g.inspect_get_minor_version(root))
-    variant = str(g.inspect_get_product_variant(root)).lower()
-    drive = next((str(letter) for letter, dev in g.inspect_get_drive_mappings(root).items()
-                  if str(dev) == root), "C")
+    major, minor = session.inspect_get_version(root)
+    variant = session.inspect_get_product_variant(root).lower()
+    drive = next((str(letter) for letter, dev in session.inspect_get_drive_mappings(root).items()
+                  if dev == root), "C")
     version = catalog.version_for(major, minor, variant, build)
     return WindowsReport(
-        root=root, product=str(g.inspect_get_product_name(root)), major=major, minor=minor,
+        root=root, product=session.inspect_get_product_name(root), major=major, minor=minor,
         build=build, variant=variant, arch=arch,
-        systemroot=str(g.inspect_get_windows_systemroot(root)),
-        hostname=str(g.inspect_get_hostname(root)),
-        control_set=str(g.inspect_get_windows_current_control_set(root)), drive=drive,
+        systemroot=session.inspect_get_windows_systemroot(root),
+        hostname=session.inspect_get_hostname(root),
+        control_set=session.inspect_get_windows_current_control_set(root), drive=drive,
         firmware="uefi" if has_esp(session) else "bios",
         catalog_dir=version.dir if version else None)
 
@@ -286,32 +285,31 @@ def _guest(session: GuestSession, rel: str) -> str:
     """rel (under the system volume) as the appliance has it, in the case it exists."""
     path = f"{GROOT}/{rel}"
     try:
-        return str(session.g.case_sensitive_path(path))
+        return session.case_sensitive_path(path)
     except GuestfsError:
         return path
 
 
 def _same_file(session: GuestSession, tree: DriverTree | None, copy: FileCopy) -> bool:
-    g = session.g
     path = _guest(session, copy.guest_path)
-    if not g.is_file(path):
+    if not session.is_file(path):
         return False
-    have = str(g.checksum("sha256", path))
+    have = session.checksum("sha256", path)
     if copy.data is not None:
         return have == hashlib.sha256(copy.data).hexdigest()
     assert tree is not None and copy.tree_path is not None
     if tree.kind == "dir":
         want = hashlib.sha256((tree.path / copy.tree_path).read_bytes()).hexdigest()
     else:
-        want = str(g.checksum("sha256", f"{ISO_MOUNT}/{copy.tree_path}"))
+        want = session.checksum("sha256", f"{ISO_MOUNT}/{copy.tree_path}")
     return have == want
 
 
 def _text_file(session: GuestSession, rel: str) -> str:
     path = _guest(session, rel)
-    if not session.g.is_file(path):
+    if not session.is_file(path):
         return ""
-    raw = bytes(session.call(f"reading {rel}", "read_file", path))
+    raw = session.read_file(path, action=f"reading {rel}")
     if raw.startswith(b"\xff\xfe"):
         return raw[2:].decode("utf-16-le", errors="replace")
     return raw.decode("utf-8", errors="replace").lstrip("\ufeff")
@@ -464,9 +462,9 @@ def check_registry(plan: WindowsPlan, hives: dict[str, Path]) -> list[str]:
 def _mount(session: GuestSession, root: str, readonly: bool) -> None:
     try:
         if readonly:
-            session.g.mount_ro(root, GROOT)
+            session.mount_ro(root, GROOT)
         else:
-            session.g.mount(root, GROOT)
+            session.mount(root, GROOT)
     except GuestfsError as exc:
         if readonly:
             raise
@@ -478,17 +476,16 @@ def _mount(session: GuestSession, root: str, readonly: bool) -> None:
 
 def _apply(session: GuestSession, tree: DriverTree | None, plan: WindowsPlan,
            hives: dict[str, Path], hive_paths: dict[str, str]) -> list[str]:
-    g = session.g
     changed = {c.target for c in plan.changes}
     for name, path in hives.items():
-        session.call(f"writing the {name} hive", "upload", str(path), hive_paths[name])
+        session.upload(path, hive_paths[name], action=f"writing the {name} hive")
     for copy in plan.files:
         if copy.guest_path.replace("/", "\\") not in changed:
             continue
         target = _guest(session, copy.guest_path)
-        g.mkdir_p(target.rsplit("/", 1)[0])
+        session.mkdir_p(target.rsplit("/", 1)[0])
         if copy.data is not None:
-            session.call(f"writing {copy.guest_path}", "write", target, copy.data)
+            session.write(target, copy.data, action=f"writing {copy.guest_path}")
         else:
             assert tree is not None and copy.tree_path is not None
             tree.copy(copy.tree_path, target)
@@ -497,7 +494,7 @@ def _apply(session: GuestSession, tree: DriverTree | None, plan: WindowsPlan,
         back = {}
         for name, remote in hive_paths.items():
             back[name] = Path(tmp) / name
-            session.call(f"reading the {name} hive back", "download", remote, str(back[name]))
+            session.download(remote, back[name], action=f"reading the {name} hive back")
         checks = check_registry(plan, back)
     copied = sum(1 for c in plan.files if c.guest_path.replace("/", "\\") in changed)
     return [*checks, f"{copied} file(s) written"]
@@ -509,29 +506,29 @@ def fix_windows(session: GuestSession, root: str, images: Sequence[Path], *,
                 started: float, catalog: Catalog | None = None) -> WindowsFixResult:
     """Inspect, plan and (unless dry-run or nothing to do) fix a Windows guest."""
     catalog = catalog or load_catalog()
-    g = session.g
-    g.mkmountpoint(GROOT)
+    session.mkmountpoint(GROOT)
     tree = None
     if virtio_win is not None and virtio_kind is not None:
         if virtio_kind == "iso":
-            g.mkmountpoint(ISO_MOUNT)
-            g.mount_ro(str(g.list_devices()[-1]), ISO_MOUNT)
+            session.mkmountpoint(ISO_MOUNT)
+            session.mount_ro(session.list_devices()[-1], ISO_MOUNT)
         tree = DriverTree(session, virtio_win, virtio_kind)
     _mount(session, root, readonly=True)
     hive_paths = {
-        "SYSTEM": _guest(session, str(g.inspect_get_windows_system_hive(root)).lstrip("/")),
-        "SOFTWARE": _guest(session, str(g.inspect_get_windows_software_hive(root)).lstrip("/")),
+        "SYSTEM": _guest(session, session.inspect_get_windows_system_hive(root).lstrip("/")),
+        "SOFTWARE": _guest(session,
+                           session.inspect_get_windows_software_hive(root).lstrip("/")),
     }
     # Windows 10 and later also keep the driver database in a hive of its own (HKLM\DRIVERS).
     drivers_hive = hive_paths["SYSTEM"].rsplit("/", 1)[0] + "/DRIVERS"
     drivers_hive = _guest(session, drivers_hive[len(GROOT) + 1:])
-    if g.is_file(drivers_hive):
+    if session.is_file(drivers_hive):
         hive_paths["DRIVERS"] = drivers_hive
     with tempfile.TemporaryDirectory(prefix="p2v-hives-") as tmp:
         hives = {}
         for name, remote in hive_paths.items():
             hives[name] = Path(tmp) / name
-            session.call(f"reading the {name} hive", "download", remote, str(hives[name]))
+            session.download(remote, hives[name], action=f"reading the {name} hive")
         report = inspect_windows(session, root, hives["SOFTWARE"], catalog)
         progress(f"found {report.product} (Windows NT {report.version}, {report.variant}, "
                  f"{report.arch}); catalog entry: {report.catalog_dir or 'none'}")
@@ -540,7 +537,7 @@ def fix_windows(session: GuestSession, root: str, images: Sequence[Path], *,
         applied = False
         if not dry_run and not plan.empty:
             progress(f"writing {len(plan.changes)} change(s) into the guest")
-            g.umount(GROOT)
+            session.umount(GROOT)
             _mount(session, root, readonly=False)
             checks = _apply(session, tree, plan, hives, hive_paths)
             applied = True

@@ -73,25 +73,24 @@ def _overlay(raw: Path, dest: Path) -> Path:
 def _read_back(f: Fixed, work: Path) -> None:
     """A read-only appliance copies the hives and the files p2v wrote to the host."""
     with open_guest([f.image], readonly=True, fmt="qcow2") as s:
-        g = s.g
-        g.mount_ro("/dev/sda1", "/")
+        s.mount_ro("/dev/sda1", "/")
         local = work / f"{f.key}-hives"
         local.mkdir()
         f.system, f.software = local / "SYSTEM", local / "SOFTWARE"
-        g.download("/Windows/System32/config/SYSTEM", str(f.system))
-        g.download("/Windows/System32/config/SOFTWARE", str(f.software))
-        if g.is_file("/Windows/System32/config/DRIVERS"):
+        s.download("/Windows/System32/config/SYSTEM", f.system)
+        s.download("/Windows/System32/config/SOFTWARE", f.software)
+        if s.is_file("/Windows/System32/config/DRIVERS"):
             f.drivers = local / "DRIVERS"
-            g.download("/Windows/System32/config/DRIVERS", str(f.drivers))
+            s.download("/Windows/System32/config/DRIVERS", f.drivers)
         for top in (STAGE, "Windows/System32/drivers", "Windows/System32/GroupPolicy",
                     "Windows/System32/DriverStore/FileRepository"):
-            if not g.is_dir(f"/{top}"):
+            if not s.is_dir(f"/{top}"):
                 continue
-            for rel in g.find(f"/{top}"):
-                rel = str(rel).lstrip("/")
+            for rel in s.find(f"/{top}"):
+                rel = rel.lstrip("/")
                 path = f"/{top}/{rel}"
-                if g.is_file(path):
-                    f.files[f"{top}/{rel}"] = bytes(g.read_file(path))
+                if s.is_file(path):
+                    f.files[f"{top}/{rel}"] = s.read_file(path)
 
 
 class LazyFixed(dict[str, Fixed]):

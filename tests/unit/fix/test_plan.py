@@ -20,9 +20,14 @@ ALL_VIRTIO = {m: True for m in NO_VIRTIO}
 AVAILABLE = tuple(sorted(NO_VIRTIO))
 
 
-class FakeG:
+class FakeSession:
+    """The GuestSession methods planning reads the guest's files with."""
+
     def __init__(self, files: dict[str, str]) -> None:
         self.files = files
+
+    def read_text(self, path: str) -> str:
+        return str(self.files[path])
 
     def is_file(self, path: str) -> bool:
         return path in self.files
@@ -42,14 +47,6 @@ class FakeG:
             if f.lower() == path.lower():
                 return f
         return path
-
-
-class FakeSession:
-    def __init__(self, files: dict[str, str]) -> None:
-        self.g: Any = FakeG(files)
-
-    def read_text(self, path: str) -> str:
-        return str(self.g.files[path])
 
 
 BIOS_FILES = {
