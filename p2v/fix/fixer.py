@@ -311,39 +311,57 @@ def _edit(plan: FixPlan, path: str, old: str | None, new: str, why: str,
 
 def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap,
              options: FixOptions) -> FixPlan:
-    """Every change the guest needs, computed from its files; nothing is written."""
+    """Every change the guest needs, computed from its files; nothing is written.
+
+    One planner per concern, in the order the changes are reported (and made).
+    """
     plan = FixPlan()
     family = linux.family_named(report.family)
+    _plan_device_names(session, plan, dmap)
+    _plan_storage(session, plan, report, dmap)
+    if options.serial_console:
+        _plan_serial_console(session, plan, report, options)
+    _plan_grub_config(session, plan, report, dmap, family)
+    _plan_nic_names(session, plan, report, options)
+    _plan_mac_configs(session, plan, options)
+    _plan_initramfs(session, plan, report, family)
+    _plan_agents(plan, report, options)
+    _plan_uefi_fallback(session, plan, report)
+    _plan_selinux(plan, report)
+    return plan
 
-    # 1. Device names in the config files.
+
+def _take_rewrite(plan: FixPlan, path: str, old: str, res: devices.Rewrite) -> bool:
+    """Plan a rewritten file (names it left alone become warnings); whether it changed."""
+    plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
+    if res.changed:
+        _edit(plan, path, old, res.text, "; ".join(res.changes))
+    return res.changed
+
+
+def _plan_device_names(session: GuestSession, plan: FixPlan, dmap: devices.DeviceMap) -> None:
+    """1. Device names in the config files (fstab, crypttab, grub defaults, md, LVM, units,
+    resume), switched to names the VM will have."""
     for path, rewrite in _TABLES:
         old = _read(session, path)
-        if old is None:
-            continue
-        res = rewrite(old, dmap)
-        plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
-        if res.changed:
-            _edit(plan, path, old, res.text, "; ".join(res.changes))
-            if path == "/etc/default/grub":
-                plan.regenerate_grub = True
+        if old is not None and _take_rewrite(plan, path, old, rewrite(old, dmap)) \
+                and path == "/etc/default/grub":
+            plan.regenerate_grub = True
     for path, rewrite_one in _extra_tables(session):
         old = session.read_text(path)
-        res = rewrite_one(old, dmap, path)
-        plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
-        if res.changed:
-            _edit(plan, path, old, res.text, "; ".join(res.changes))
-            if path.startswith(_GRUB_D):
-                plan.regenerate_grub = True
+        if _take_rewrite(plan, path, old, rewrite_one(old, dmap, path)) \
+                and path.startswith(_GRUB_D):
+            plan.regenerate_grub = True
     for path in _RESUME_FILES:
         old = _read(session, path)
-        if old is None:
-            continue
-        res = devices.rewrite_resume(old, dmap, path)
-        plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
-        if res.changed:
-            _edit(plan, path, old, res.text, "; ".join(res.changes))
+        if old is not None:
+            _take_rewrite(plan, path, old, devices.rewrite_resume(old, dmap, path))
 
-    # 1a. fstab entries whose device the VM will not have: nofail, so the boot goes on.
+
+def _plan_storage(session: GuestSession, plan: FixPlan, report: GuestReport,
+                  dmap: devices.DeviceMap) -> None:
+    """1a. fstab entries whose device the VM will not have get nofail (the boot goes on);
+    multipath is kept off the virtio disks; md and LVM problems are reported."""
     fstab = plan.files.get("/etc/fstab") or _read(session, "/etc/fstab")
     if fstab is not None:
         marked = devices.mark_missing_nofail(fstab, _will_exist(session, report, dmap))
@@ -351,172 +369,192 @@ def plan_fix(session: GuestSession, report: GuestReport, dmap: devices.DeviceMap
             _edit(plan, "/etc/fstab", fstab, marked.rewrite.text,
                   "; ".join(marked.rewrite.changes))
         plan.warnings += [f"will not boot: {f}" for f in marked.fatal]
-
     _multipath_plan(session, plan, dmap)
-
     md = _storage_problems(session, report, dmap, plan.files)
     plan.warnings += [("will not boot: " if _boots_from_md_or_lvm(report) else "") + p
                       for p in md]
 
-    # 1b. A serial console, asked for: through the grub defaults (then regenerated), or on
-    # the kernel lines themselves where the guest has no grub defaults file.
-    if options.serial_console:
-        path = "/etc/default/grub"
-        if session.is_file(path):
-            base = plan.files.get(path) or session.read_text(path)
-            new, added = linux.add_serial_console(base)
-            if added:
-                plan.files[path] = new
-                plan.changes.append(Change("edit", path, "serial console: " + "; ".join(added)))
-                plan.regenerate_grub = True
-        elif report.grub_cfg:
-            cfg = plan.files.get(report.grub_cfg) or session.read_text(report.grub_cfg)
-            new = add_console(cfg)
-            if new != cfg:
-                plan.files[report.grub_cfg] = new
-                plan.changes.append(Change("edit", report.grub_cfg,
-                                           "serial console on the kernel lines"))
-        if session.is_dir("/etc/systemd/system"):
-            # The login prompt on that console then shows the guest's addresses.
-            issue = linux.ISSUE_FILE
-            old = session.read_text(issue) if session.is_file(issue) else None
-            _edit(plan, issue, old, linux.address_issue([p.name for p in options.pins]),
-                  "the serial console's login prompt shows the IPv4 addresses (agetty \\4)",
-                  mode=0o644)
 
-    # 2. The grub config: regenerate when its kernel lines name a device that will not exist.
-    if report.grub_cfg:
-        cfg = session.read_text(report.grub_cfg)
-        bad = [r for r in devices.kernel_roots(cfg) if not _root_ok(r, report, dmap)]
-        if bad:
-            has_tool = family is not None and _mkconfig_argv(session, family) is not None
-            if report.bootloader == "grub2" and has_tool:
-                plan.regenerate_grub = True
-            else:
-                res = devices.rewrite_grub_cfg(cfg, dmap, report.grub_cfg)
-                if res.changed:
-                    _edit(plan, report.grub_cfg, cfg, res.text, "; ".join(res.changes))
-                plan.warnings += [f"left as it is: {u}" for u in res.unresolved]
-        if plan.regenerate_grub:
-            why = (f"kernel lines name {', '.join(sorted(set(bad)))}" if bad
-                   else "follow the new /etc/default/grub")
-            plan.changes.append(Change("regenerate-grub", report.grub_cfg, why))
-    elif report.bootloader == "none found":
-        plan.warnings.append("no grub configuration found: the boot loader is not checked")
+def _plan_serial_console(session: GuestSession, plan: FixPlan, report: GuestReport,
+                         options: FixOptions) -> None:
+    """1b. A serial console, asked for: through the grub defaults (then regenerated), or on
+    the kernel lines themselves where the guest has no grub defaults file."""
+    path = "/etc/default/grub"
+    if session.is_file(path):
+        base = plan.files.get(path) or session.read_text(path)
+        new, added = linux.add_serial_console(base)
+        if added:
+            plan.files[path] = new
+            plan.changes.append(Change("edit", path, "serial console: " + "; ".join(added)))
+            plan.regenerate_grub = True
+    elif report.grub_cfg:
+        cfg = plan.files.get(report.grub_cfg) or session.read_text(report.grub_cfg)
+        new = add_console(cfg)
+        if new != cfg:
+            plan.files[report.grub_cfg] = new
+            plan.changes.append(Change("edit", report.grub_cfg,
+                                       "serial console on the kernel lines"))
+    if session.is_dir("/etc/systemd/system"):
+        # The login prompt on that console then shows the guest's addresses.
+        issue = linux.ISSUE_FILE
+        old = session.read_text(issue) if session.is_file(issue) else None
+        _edit(plan, issue, old, linux.address_issue([p.name for p in options.pins]),
+              "the serial console's login prompt shows the IPv4 addresses (agetty \\4)",
+              mode=0o644)
 
-    # 3. NIC names pinned to the VM's MACs.
-    if options.pins:
-        if session.is_dir("/etc/systemd") or report.has_systemd_udev:
-            for pin in options.pins:
-                path = network.link_path(pin.name)
-                _edit(plan, path, _read(session, path), network.link_text(pin),
-                      f"{pin.name} keeps its name on the NIC with MAC {pin.mac}", mode=0o644)
-        rules = _read(session, network.RULES_FILE)
-        if rules is not None:
-            new_rules, rule_changes = network.update_rules(rules, list(options.pins))
-            _edit(plan, network.RULES_FILE, rules, new_rules, "; ".join(rule_changes))
-        elif not report.has_systemd_udev:
-            text = "".join(network.rules_line(p) + "\n" for p in options.pins)
-            _edit(plan, network.RULES_FILE, None, text, "pin NIC names (udev without .link)",
-                  mode=0o644)
-        unknown = [n for n in report.nic_names if n not in {p.name for p in options.pins}]
-        if unknown:
-            plan.warnings.append(f"configured interfaces without a MAC to pin them to: "
-                                 f"{', '.join(unknown)} (give --mac NAME=MAC)")
-    else:
+
+def _plan_grub_config(session: GuestSession, plan: FixPlan, report: GuestReport,
+                      dmap: devices.DeviceMap, family: linux.LinuxFamily | None) -> None:
+    """2. The grub config: regenerated when its kernel lines name a device that will not
+    exist (or its defaults changed), else its kernel lines rewritten."""
+    if not report.grub_cfg:
+        if report.bootloader == "none found":
+            plan.warnings.append("no grub configuration found: the boot loader is not checked")
+        return
+    cfg = session.read_text(report.grub_cfg)
+    bad = [r for r in devices.kernel_roots(cfg) if not _root_ok(r, report, dmap)]
+    if bad:
+        has_tool = family is not None and _mkconfig_argv(session, family) is not None
+        if report.bootloader == "grub2" and has_tool:
+            plan.regenerate_grub = True
+        else:
+            _take_rewrite(plan, report.grub_cfg, cfg,
+                          devices.rewrite_grub_cfg(cfg, dmap, report.grub_cfg))
+    if plan.regenerate_grub:
+        why = (f"kernel lines name {', '.join(sorted(set(bad)))}" if bad
+               else "follow the new /etc/default/grub")
+        plan.changes.append(Change("regenerate-grub", report.grub_cfg, why))
+
+
+def _plan_nic_names(session: GuestSession, plan: FixPlan, report: GuestReport,
+                    options: FixOptions) -> None:
+    """3. NIC names pinned to the VM's MACs (systemd .link files, or udev rules)."""
+    if not options.pins:
         loose = [n for n in report.nic_names if n not in report.nic_pins]
         if loose:
             plan.warnings.append(f"NIC names not pinned ({', '.join(loose)}): no --mac or "
                                  "--inventory NICs given; a virtio NIC may get another name")
+        return
+    if session.is_dir("/etc/systemd") or report.has_systemd_udev:
+        for pin in options.pins:
+            path = network.link_path(pin.name)
+            _edit(plan, path, _read(session, path), network.link_text(pin),
+                  f"{pin.name} keeps its name on the NIC with MAC {pin.mac}", mode=0o644)
+    rules = _read(session, network.RULES_FILE)
+    if rules is not None:
+        new_rules, rule_changes = network.update_rules(rules, list(options.pins))
+        _edit(plan, network.RULES_FILE, rules, new_rules, "; ".join(rule_changes))
+    elif not report.has_systemd_udev:
+        text = "".join(network.rules_line(p) + "\n" for p in options.pins)
+        _edit(plan, network.RULES_FILE, None, text, "pin NIC names (udev without .link)",
+              mode=0o644)
+    unknown = [n for n in report.nic_names if n not in {p.name for p in options.pins}]
+    if unknown:
+        plan.warnings.append(f"configured interfaces without a MAC to pin them to: "
+                             f"{', '.join(unknown)} (give --mac NAME=MAC)")
 
-    # 3b. Configs keyed by a source NIC's MAC follow the VM's new MAC (--new-macs).
-    if options.mac_map:
-        for path in _mac_config_files(session):
-            original = _read(session, path)
-            if original is None:
-                continue
-            current = plan.files.get(path, original)
-            new, changed = network.follow_macs(current, dict(options.mac_map), path)
-            if changed:
-                _edit(plan, path, original, new, "; ".join(changed))
 
-    # 4. virtio drivers in the initramfs of each kernel that lacks them.
-    if family is not None:
-        needs = [k for k in report.kernels if not k.boots_on_virtio and k.can_get_virtio
-                 and k.initrd is not None]
-        # The initramfs carries its own copy of these files: one rewritten on the root
-        # alone leaves the early boot assembling md arrays and LVs from the old names.
-        stale = sorted(p for p in plan.files if _in_initramfs(p))
-        refresh = [k for k in report.kernels if stale and k.initrd is not None
-                   and k.boots_on_virtio and k not in needs]
-        if needs or refresh:
-            # A rebuild inside the appliance must keep virtio whatever MODULES= says.
-            old = _read(session, family.modules_file) or ""
-            new = family.modules_config(old)
-            _edit(plan, family.modules_file, old if session.is_file(family.modules_file) else None,
-                  new, f"keep {', '.join(linux.VIRTIO_MODULES)} in every future initramfs",
-                  mode=0o644)
-        for kernel in needs:
-            plan.rebuild.append(kernel)
-            missing = [m for m, ok in kernel.virtio.items() if not ok]
-            plan.changes.append(Change("rebuild-initramfs", kernel.version,
-                                       f"{kernel.initrd} lacks {', '.join(missing)} "
-                                       f"({family.initramfs_tool})"))
-        for kernel in refresh:
-            plan.rebuild.append(kernel)
-            plan.changes.append(Change("rebuild-initramfs", kernel.version,
-                                       f"{kernel.initrd} holds the old {', '.join(stale)} "
-                                       f"({family.initramfs_tool})"))
-        for kernel in report.kernels:
-            if not kernel.can_get_virtio:
-                plan.warnings.append(f"kernel {kernel.version} has no virtio_blk driver: it "
-                                     "cannot boot on virtio")
-    else:
+def _plan_mac_configs(session: GuestSession, plan: FixPlan, options: FixOptions) -> None:
+    """3b. Configs keyed by a source NIC's MAC follow the VM's new MAC (--new-macs)."""
+    if not options.mac_map:
+        return
+    for path in _mac_config_files(session):
+        original = _read(session, path)
+        if original is None:
+            continue
+        current = plan.files.get(path, original)
+        new, changed = network.follow_macs(current, dict(options.mac_map), path)
+        if changed:
+            _edit(plan, path, original, new, "; ".join(changed))
+
+
+def _plan_initramfs(session: GuestSession, plan: FixPlan, report: GuestReport,
+                    family: linux.LinuxFamily | None) -> None:
+    """4. virtio drivers in the initramfs of each kernel that lacks them; a rebuild of those
+    that carry a config file planned above."""
+    if family is None:
         plan.warnings.append(f"unknown distro family ({report.distro}): initramfs not changed")
+        return
+    needs = [k for k in report.kernels if not k.boots_on_virtio and k.can_get_virtio
+             and k.initrd is not None]
+    # The initramfs carries its own copy of these files: one rewritten on the root
+    # alone leaves the early boot assembling md arrays and LVs from the old names.
+    stale = sorted(p for p in plan.files if _in_initramfs(p))
+    refresh = [k for k in report.kernels if stale and k.initrd is not None
+               and k.boots_on_virtio and k not in needs]
+    if needs or refresh:
+        # A rebuild inside the appliance must keep virtio whatever MODULES= says.
+        old = _read(session, family.modules_file) or ""
+        new = family.modules_config(old)
+        _edit(plan, family.modules_file, old if session.is_file(family.modules_file) else None,
+              new, f"keep {', '.join(linux.VIRTIO_MODULES)} in every future initramfs",
+              mode=0o644)
+    for kernel in needs:
+        plan.rebuild.append(kernel)
+        missing = [m for m, ok in kernel.virtio.items() if not ok]
+        plan.changes.append(Change("rebuild-initramfs", kernel.version,
+                                   f"{kernel.initrd} lacks {', '.join(missing)} "
+                                   f"({family.initramfs_tool})"))
+    for kernel in refresh:
+        plan.rebuild.append(kernel)
+        plan.changes.append(Change("rebuild-initramfs", kernel.version,
+                                   f"{kernel.initrd} holds the old {', '.join(stale)} "
+                                   f"({family.initramfs_tool})"))
+    for kernel in report.kernels:
+        if not kernel.can_get_virtio:
+            plan.warnings.append(f"kernel {kernel.version} has no virtio_blk driver: it "
+                                 "cannot boot on virtio")
 
-    # 4b. Other platforms' agents: reported; removed when asked.
-    if report.agents:
-        names = [a.package for a in report.agents]
-        listed = ", ".join(f"{a.package} ({a.what})" for a in report.agents)
-        argv = agents.remove_argv(report.package_format, names)
-        if not options.remove_agents:
-            plan.warnings.append(f"agents of other platforms installed: {listed}; "
-                                 "--remove-agents removes them")
-        elif argv is None:
-            plan.warnings.append(f"agents of other platforms installed: {listed}; no way to "
-                                 f"remove {report.package_format} packages offline")
-        else:
-            plan.remove_argv = argv
-            plan.changes.append(Change("remove-packages", " ".join(names), listed))
 
-    # 5. UEFI: the removable-media fallback loader a fresh NVRAM boots.
-    if report.firmware == "uefi" and session.is_dir("/boot/efi/EFI"):
-        if not session.is_file(_esp_path(session, "BOOT/BOOTX64.EFI")):
-            source = _fallback_source(session)
-            if source is None:
-                plan.warnings.append("UEFI guest without \\EFI\\BOOT\\BOOTX64.EFI and no grub or "
-                                     "shim loader to copy there")
-            else:
-                src_dir = source.rsplit("/", 1)[0]
-                plan.fallback = (source, "/boot/efi/EFI/BOOT/BOOTX64.EFI")
-                # shim loads grubx64.efi from its own directory; a signed grub reads
-                # grub.cfg from it.
-                for extra in ("grubx64.efi", "mmx64.efi", "grub.cfg"):
-                    if source.endswith("/" + extra):
-                        continue
-                    path = f"{src_dir}/{extra}"
-                    if session.is_file(path):
-                        plan.fallback_extra.append((path, f"/boot/efi/EFI/BOOT/{extra}"))
-                plan.changes.append(Change("copy", "\\EFI\\BOOT\\BOOTX64.EFI",
-                                           f"fallback loader from {_efi_name(source)}: a VM "
-                                           "with a fresh NVRAM boots only that"))
-    # 6. SELinux: what p2v writes has no label; an enforcing guest would deny it at boot.
+def _plan_agents(plan: FixPlan, report: GuestReport, options: FixOptions) -> None:
+    """4b. Other platforms' agents: reported; removed when asked."""
+    if not report.agents:
+        return
+    names = [a.package for a in report.agents]
+    listed = ", ".join(f"{a.package} ({a.what})" for a in report.agents)
+    argv = agents.remove_argv(report.package_format, names)
+    if not options.remove_agents:
+        plan.warnings.append(f"agents of other platforms installed: {listed}; "
+                             "--remove-agents removes them")
+    elif argv is None:
+        plan.warnings.append(f"agents of other platforms installed: {listed}; no way to "
+                             f"remove {report.package_format} packages offline")
+    else:
+        plan.remove_argv = argv
+        plan.changes.append(Change("remove-packages", " ".join(names), listed))
+
+
+def _plan_uefi_fallback(session: GuestSession, plan: FixPlan, report: GuestReport) -> None:
+    """5. UEFI: the removable-media fallback loader a fresh NVRAM boots."""
+    if report.firmware != "uefi" or not session.is_dir("/boot/efi/EFI") \
+            or session.is_file(_esp_path(session, "BOOT/BOOTX64.EFI")):
+        return
+    source = _fallback_source(session)
+    if source is None:
+        plan.warnings.append("UEFI guest without \\EFI\\BOOT\\BOOTX64.EFI and no grub or "
+                             "shim loader to copy there")
+        return
+    src_dir = source.rsplit("/", 1)[0]
+    plan.fallback = (source, "/boot/efi/EFI/BOOT/BOOTX64.EFI")
+    # shim loads grubx64.efi from its own directory; a signed grub reads grub.cfg from it.
+    for extra in ("grubx64.efi", "mmx64.efi", "grub.cfg"):
+        if source.endswith("/" + extra):
+            continue
+        path = f"{src_dir}/{extra}"
+        if session.is_file(path):
+            plan.fallback_extra.append((path, f"/boot/efi/EFI/BOOT/{extra}"))
+    plan.changes.append(Change("copy", "\\EFI\\BOOT\\BOOTX64.EFI",
+                               f"fallback loader from {_efi_name(source)}: a VM "
+                               "with a fresh NVRAM boots only that"))
+
+
+def _plan_selinux(plan: FixPlan, report: GuestReport) -> None:
+    """6. SELinux: what p2v writes has no label; an enforcing guest would deny it at boot."""
     mode, policy = report.selinux
     if mode != "disabled" and not plan.empty:
         plan.relabel = f"/etc/selinux/{policy}/contexts/files/file_contexts"
         plan.changes.append(Change("selinux-relabel", "the changed files",
                                    f"SELinux is {mode} ({policy})"))
-    return plan
 
 
 def _esp_path(session: GuestSession, rel: str) -> str:

@@ -203,28 +203,60 @@ def inspect_guest(session: GuestSession, source_names: list[str] | None = None) 
     major, minor = session.inspect_get_version(root)
     mounts = session.inspect_get_mountpoints(root)
     session.mount_guest(root, readonly=True)
-    has_dracut = bool(session.exists("/usr/bin/dracut") or session.exists("/sbin/dracut")
-                      or session.exists("/usr/sbin/dracut"))
-    # initramfs-tools' own scripts dir (initramfs-tools-core): gone when dracut replaced it.
-    has_initramfs_tools = bool(session.is_dir("/usr/share/initramfs-tools")
-                               and (session.exists("/usr/sbin/mkinitramfs")
-                                    or session.exists("/sbin/mkinitramfs")))
-    family = linux.family_for(distro, major, has_dracut, has_initramfs_tools)
+    family = _family(session, distro, major)
     firmware, loaders = _firmware(session, mounts)
+    bootloader, grub_cfg = _bootloader(session)
+    nic_names, nic_pins, udevd = _network(session)
+    return GuestReport(
+        package_format=session.inspect_get_package_format(root),
+        agents=find_agents(_packages(session, root)), selinux=_selinux(session),
+        root=root, os_type=os_type, distro=distro, version=f"{major}.{minor}",
+        product=_pretty_name(session) or session.inspect_get_product_name(root),
+        family=family.name if family else None, firmware=firmware, bootloader=bootloader,
+        grub_cfg=grub_cfg, kernels=_kernels(session, family),
+        filesystems=_filesystems(session, mounts), mounts=mounts,
+        nic_names=nic_names, nic_pins=nic_pins, has_systemd_udev=udevd,
+        esp_loaders=loaders, disks=len(session.list_devices()),
+        mapper_names=_mapper_names(session),
+    )
+
+
+def _family(session: GuestSession, distro: str, major: int) -> linux.LinuxFamily | None:
+    """The distro family, told apart by the initramfs tool the guest has."""
+    has_dracut = (session.exists("/usr/bin/dracut") or session.exists("/sbin/dracut")
+                  or session.exists("/usr/sbin/dracut"))
+    # initramfs-tools' own scripts dir (initramfs-tools-core): gone when dracut replaced it.
+    has_initramfs_tools = (session.is_dir("/usr/share/initramfs-tools")
+                           and (session.exists("/usr/sbin/mkinitramfs")
+                                or session.exists("/sbin/mkinitramfs")))
+    return linux.family_for(distro, major, has_dracut, has_initramfs_tools)
+
+
+def _bootloader(session: GuestSession) -> tuple[str, str | None]:
+    """(grub2, grub-legacy or none found; its config)."""
     grub_cfg = next((p for p in GRUB2_CFGS if session.is_file(p)), None)
-    bootloader = "grub2" if grub_cfg else "none found"
-    if grub_cfg is None:
-        grub_cfg = next((p for p in GRUB_LEGACY_CFGS if session.is_file(p)), None)
-        if grub_cfg:
-            bootloader = "grub-legacy"
+    if grub_cfg:
+        return "grub2", grub_cfg
+    grub_cfg = next((p for p in GRUB_LEGACY_CFGS if session.is_file(p)), None)
+    return ("grub-legacy" if grub_cfg else "none found"), grub_cfg
+
+
+def _filesystems(session: GuestSession, mounts: dict[str, str]) -> list[FsInfo]:
+    """The guest's filesystems (not LVM PVs, md members and the like), with their UUIDs."""
     filesystems = []
     for device, fstype in sorted(session.list_filesystems().items()):
         if fstype in ("unknown", "") or fstype.startswith("LVM2") or fstype.endswith("_member"):
             continue
         info = _blkid(session, device)
         mountpoint = next((m for m, d in mounts.items() if d == device), None)
-        filesystems.append(FsInfo(str(device), str(fstype), info.get("UUID"), info.get("LABEL"),
+        filesystems.append(FsInfo(device, fstype, info.get("UUID"), info.get("LABEL"),
                                   mountpoint))
+    return filesystems
+
+
+def _network(session: GuestSession) -> tuple[list[str], dict[str, str], bool]:
+    """The NIC names the network config uses, those udev rules pin (name -> MAC), and
+    whether udev is systemd's (reads .link files)."""
     interfaces = session.read_text("/etc/network/interfaces") \
         if session.is_file("/etc/network/interfaces") else ""
     ifcfg = tuple(session.read_text(p)
@@ -232,28 +264,28 @@ def inspect_guest(session: GuestSession, source_names: list[str] | None = None) 
     netplan = tuple(session.read_text(p) for p in session.glob_expand("/etc/netplan/*.yaml"))
     rules = session.read_text(network.RULES_FILE) if session.is_file(network.RULES_FILE) else ""
     udevd = any(session.exists(p) for p in ("/lib/systemd/systemd-udevd",
-                                      "/usr/lib/systemd/systemd-udevd"))
-    mapper = []
+                                            "/usr/lib/systemd/systemd-udevd"))
+    return (network.configured_names(interfaces, ifcfg, netplan), network.rules_names(rules),
+            udevd)
+
+
+def _mapper_names(session: GuestSession) -> list[str]:
+    """The device-mapper names of the guest's LVs (vg--name-lv--name)."""
     try:
-        mapper = [f"{lv.split('/')[-2].replace('-', '--')}-{lv.split('/')[-1].replace('-', '--')}"
-                  for lv in session.lvs()]
+        return [f"{lv.split('/')[-2].replace('-', '--')}-{lv.split('/')[-1].replace('-', '--')}"
+                for lv in session.lvs()]
     except GuestfsError:
-        pass
-    package_format = session.inspect_get_package_format(root)
+        return []
+
+
+def _packages(session: GuestSession, root: str) -> list[str]:
     try:
-        packages = session.application_names(root)
+        return session.application_names(root)
     except GuestfsError:
-        packages = []
-    selinux = linux.selinux_policy(session.read_text("/etc/selinux/config")) \
-        if session.is_file("/etc/selinux/config") else ("disabled", "targeted")
-    return GuestReport(
-        package_format=package_format, agents=find_agents(packages), selinux=selinux,
-        root=root, os_type=os_type, distro=distro, version=f"{major}.{minor}",
-        product=_pretty_name(session) or session.inspect_get_product_name(root),
-        family=family.name if family else None, firmware=firmware, bootloader=bootloader,
-        grub_cfg=grub_cfg, kernels=_kernels(session, family), filesystems=filesystems,
-        mounts=mounts,
-        nic_names=network.configured_names(interfaces, ifcfg, netplan),
-        nic_pins=network.rules_names(rules), has_systemd_udev=udevd,
-        esp_loaders=loaders, disks=len(session.list_devices()), mapper_names=mapper,
-    )
+        return []
+
+
+def _selinux(session: GuestSession) -> tuple[str, str]:
+    if session.is_file("/etc/selinux/config"):
+        return linux.selinux_policy(session.read_text("/etc/selinux/config"))
+    return ("disabled", "targeted")

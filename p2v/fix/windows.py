@@ -38,7 +38,7 @@ from p2v.fix.hive import RegValue, open_hive
 from p2v.fix.inspect import has_esp
 from p2v.fix.session import GuestSession
 from p2v.fix.virtio_win import ISO_MOUNT, DriverTree
-from p2v.model import GuestCaps, NicModel
+from p2v.model import Firmware, GuestCaps, NicModel
 from p2v.secure import write_private
 
 GROOT = "/guest"        # where the appliance mounts the Windows system volume
@@ -326,29 +326,63 @@ def plan_windows(session: GuestSession, report: WindowsReport, catalog: Catalog,
     fallback_nic = cast(NicModel, version.fallback_nic if version
                         else ("e1000" if (report.major, report.minor) < (6, 2) else "e1000e"))
     storage = [d for d in drivers if d.boot_critical and d.device == "virtio-blk"]
-    firmware = "uefi" if report.firmware == "uefi" else "bios"
+    firmware = cast(Firmware, "uefi" if report.firmware == "uefi" else "bios")
     if version is None or not storage:
-        name = version.name if version else f"Windows NT {report.version} ({report.variant})"
-        plan.fallback = (f"the driver catalog has no virtio storage driver for {name} "
-                         f"{report.arch}")
-        plan.warnings.append(f"{plan.fallback}: the guest keeps SATA disks and an "
-                             f"{fallback_nic} NIC (no virtio drivers injected)")
-        plan.caps = GuestCaps(disk_bus="sata", nic_model=fallback_nic, machine="q35",
-                              firmware=cast(Any, firmware))
-        _inbox_ahci(plan, report, hives)
+        _plan_sata_fallback(plan, report, version, fallback_nic, firmware, hives)
         return plan
     if tree is None:
         raise UsageError(detail=f"{report.product} needs virtio drivers: give --virtio-win "
                                 "DIR|ISO (the virtio-win ISO or its unpacked contents)")
-    # Every driver's files first: a missing one stops the run before anything is written.
+    found = _driver_files(plan, tree, drivers, version, report.arch)
+    plan.registry = (_plan_drivers(plan, report, version, tree, found, drivers, hives)
+                     + _plan_first_boot(session, plan, report, version, hives))
+    _diff_registry(plan, hives)
+    for copy in plan.files:
+        if not _same_file(session, tree, copy):
+            kind = "copy" if copy.tree_path else "create"
+            plan.changes.append(WinChange(kind, copy.guest_path.replace("/", "\\"), copy.why))
+    has_net = "netkvm" in found
+    plan.caps = GuestCaps(disk_bus="virtio", nic_model="virtio" if has_net else fallback_nic,
+                          machine="q35", firmware=firmware)
+    if not has_net:
+        plan.warnings.append(f"no netkvm driver: the NIC stays {fallback_nic}")
+    return plan
+
+
+def _plan_sata_fallback(plan: WindowsPlan, report: WindowsReport,
+                        version: WindowsVersion | None, fallback_nic: NicModel,
+                        firmware: Firmware, hives: dict[str, Path]) -> None:
+    """No virtio storage driver for this Windows: SATA disks, an emulated NIC, and the inbox
+    AHCI driver started at boot."""
+    name = version.name if version else f"Windows NT {report.version} ({report.variant})"
+    plan.fallback = f"the driver catalog has no virtio storage driver for {name} {report.arch}"
+    plan.warnings.append(f"{plan.fallback}: the guest keeps SATA disks and an "
+                         f"{fallback_nic} NIC (no virtio drivers injected)")
+    plan.caps = GuestCaps(disk_bus="sata", nic_model=fallback_nic, machine="q35",
+                          firmware=firmware)
+    _inbox_ahci(plan, report, hives)
+
+
+def _driver_files(plan: WindowsPlan, tree: DriverTree, drivers: list[Driver],
+                  version: WindowsVersion, arch: str) -> dict[str, dict[str, str]]:
+    """Every driver's files (name -> path in the tree), found before anything is written: a
+    missing one stops the run, a missing optional one is left out with a warning."""
     found: dict[str, dict[str, str]] = {}
     for driver in drivers:
         try:
-            found[driver.name] = tree.driver_files(driver, version, report.arch)
+            found[driver.name] = tree.driver_files(driver, version, arch)
         except UsageError as exc:
             if not driver.optional:
                 raise
             plan.warnings.append(f"optional driver {driver.name} left out: {exc}")
+    return found
+
+
+def _plan_drivers(plan: WindowsPlan, report: WindowsReport, version: WindowsVersion,
+                  tree: DriverTree, found: dict[str, dict[str, str]], drivers: list[Driver],
+                  hives: dict[str, Path]) -> list[RegEdit]:
+    """Stage every driver for pnputil; install the boot-critical ones offline (their .sys,
+    their DriverStore package, their registry values, returned)."""
     edits: list[RegEdit] = []
     stage = firstboot.STAGE_PATH
     for driver in drivers:
@@ -358,31 +392,37 @@ def plan_windows(session: GuestSession, report: WindowsReport, catalog: Catalog,
         for name, rel in files.items():
             plan.files.append(FileCopy(f"{stage}/{name}", rel, why=f"staged for pnputil "
                                        f"({driver.name})"))
-        if driver.boot_critical:
-            plan.drivers.append(driver.name)
-            sys_rel = files[driver.sys_file]
-            plan.files.append(FileCopy(f"Windows/System32/drivers/{driver.sys_file}", sys_rel,
-                                       why=f"boot-critical {driver.name} loaded at boot"))
-            package = package_name(driver, report.arch, tree.read(files[driver.inf_file]))
-            if version.uses_driver_database:
-                for name, rel in files.items():
-                    plan.files.append(FileCopy(
-                        f"Windows/System32/DriverStore/FileRepository/{package}/{name}", rel,
-                        why=f"driver package of {driver.name}"))
-            boot = boot_driver_edits(driver, version, report.control_set, package)
-            edits += boot
-            if "DRIVERS" in hives:
-                # The same DriverDatabase keys in the DRIVERS hive, whose root is HKLM\DRIVERS.
-                edits += [RegEdit("DRIVERS", e.key, e.name, e.value, e.group)
-                          for e in boot if e.key.startswith("DriverDatabase\\")]
-        else:
+        if not driver.boot_critical:
             plan.staged.append(driver.name)
-    # DevicePath, and the first-boot script with its Group Policy registration.
+            continue
+        plan.drivers.append(driver.name)
+        plan.files.append(FileCopy(f"Windows/System32/drivers/{driver.sys_file}",
+                                   files[driver.sys_file],
+                                   why=f"boot-critical {driver.name} loaded at boot"))
+        package = package_name(driver, report.arch, tree.read(files[driver.inf_file]))
+        if version.uses_driver_database:
+            for name, rel in files.items():
+                plan.files.append(FileCopy(
+                    f"Windows/System32/DriverStore/FileRepository/{package}/{name}", rel,
+                    why=f"driver package of {driver.name}"))
+        boot = boot_driver_edits(driver, version, report.control_set, package)
+        edits += boot
+        if "DRIVERS" in hives:
+            # The same DriverDatabase keys in the DRIVERS hive, whose root is HKLM\DRIVERS.
+            edits += [RegEdit("DRIVERS", e.key, e.name, e.value, e.group)
+                      for e in boot if e.key.startswith("DriverDatabase\\")]
+    return edits
+
+
+def _plan_first_boot(session: GuestSession, plan: WindowsPlan, report: WindowsReport,
+                     version: WindowsVersion, hives: dict[str, Path]) -> list[RegEdit]:
+    """DevicePath, and the first-boot pnputil script with its Group Policy registration
+    (its files planned, its registry values returned)."""
     with open_hive(hives["SOFTWARE"]) as h:
         current = h.get(DEVICE_PATH_KEY, "DevicePath")
-    edits.append(RegEdit("SOFTWARE", DEVICE_PATH_KEY, "DevicePath", RegValue.expand_sz(
+    edits = [RegEdit("SOFTWARE", DEVICE_PATH_KEY, "DevicePath", RegValue.expand_sz(
         extended_device_path(str(current.data) if current else None)),
-        "DevicePath (PnP looks for drivers of new devices there)"))
+        "DevicePath (PnP looks for drivers of new devices there)")]
     scripts_ini = _text_file(session, firstboot.SCRIPTS_INI)
     index, _present = firstboot.startup_index(scripts_ini)
     edits += [RegEdit("SOFTWARE", key, name, value, "Group Policy startup script")
@@ -396,18 +436,7 @@ def plan_windows(session: GuestSession, report: WindowsReport, catalog: Catalog,
             _text_file(session, firstboot.GPT_INI)).encode(),
             why="enable startup scripts in the local policy"),
     ]
-    plan.registry = edits
-    _diff_registry(plan, hives)
-    for copy in plan.files:
-        if not _same_file(session, tree, copy):
-            kind = "copy" if copy.tree_path else "create"
-            plan.changes.append(WinChange(kind, copy.guest_path.replace("/", "\\"), copy.why))
-    has_net = "netkvm" in found
-    plan.caps = GuestCaps(disk_bus="virtio", nic_model="virtio" if has_net else fallback_nic,
-                          machine="q35", firmware=cast(Any, firmware))
-    if not has_net:
-        plan.warnings.append(f"no netkvm driver: the NIC stays {fallback_nic}")
-    return plan
+    return edits
 
 
 def _inbox_ahci(plan: WindowsPlan, report: WindowsReport, hives: dict[str, Path]) -> None:
