@@ -12,20 +12,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from p2v.errors import FixError, GuestfsError, UsageError
 from p2v.fix import agents, devices, linux, multipath, network
+from p2v.fix.base import Change, FixResult, Verdict, write_caps
 from p2v.fix.console import add_console
 from p2v.fix.inspect import GuestReport, KernelInfo, device_map, inspect_guest
 from p2v.fix.session import GuestSession, open_guest
 from p2v.fix.virtio_win import check_virtio_win
-from p2v.fix.windows import WindowsFixResult, fix_windows
+from p2v.fix.windows import fix_windows
 from p2v.model import INVENTORY_SCHEMA, DiskInfo, GuestCaps, Inventory, SourceInventory
 from p2v.qemuimg import image_format
-from p2v.secure import write_private
 
 CAPS_SUFFIX = ".caps.json"
 # Files whose device names are rewritten, and how: (path, rewrite function).
@@ -107,18 +107,6 @@ def disk_ids(disk: DiskInfo) -> tuple[str, ...]:
     return tuple(i for i in (disk.serial, disk.wwid) if i)
 
 
-@dataclass(frozen=True)
-class Change:
-    """One planned change: a file written, or an action run inside the guest."""
-
-    kind: str           # edit, create, rebuild-initramfs, regenerate-grub, copy
-    target: str         # a guest path, or a kernel version
-    why: str
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.target}: {self.why}"
-
-
 @dataclass
 class FixPlan:
     files: dict[str, str] = field(default_factory=dict)     # guest path -> new text
@@ -135,40 +123,6 @@ class FixPlan:
     @property
     def empty(self) -> bool:
         return not self.changes
-
-
-@dataclass
-class FixResult:
-    images: tuple[Path, ...]
-    report: GuestReport
-    plan: FixPlan
-    applied: bool
-    caps: GuestCaps
-    caps_path: Path | None
-    dry_run: bool
-    pins: list[network.NicPin]
-    kernels_after: list[KernelInfo]
-    checks: list[str] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    @property
-    def nothing_to_do(self) -> bool:
-        return self.plan.empty
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "images": [str(i) for i in self.images],
-            "dry_run": self.dry_run,
-            "nothing_to_do": self.plan.empty,
-            "applied": self.applied,
-            "inspection": self.report.to_dict(),
-            "changes": [asdict(c) for c in self.plan.changes],
-            "warnings": self.plan.warnings,
-            "checks": self.checks,
-            "caps": caps_document(self.caps, self.report, self.pins, self.kernels_after),
-            "caps_path": str(self.caps_path) if self.caps_path else None,
-            "elapsed_s": self.elapsed_s,
-        }
 
 
 def caps_path_for(images: Sequence[Path]) -> Path:
@@ -197,6 +151,24 @@ def nic_pins(report: GuestReport, options: FixOptions) -> list[network.NicPin]:
     if options.pins:
         return list(options.pins)
     return [network.NicPin(n, m) for n, m in sorted(report.nic_pins.items())]
+
+
+def summary(report: GuestReport) -> list[str]:
+    """The guest as `p2v fix` prints it: OS, boot, kernels, filesystems, NICs."""
+    r = report
+    lines = [f"{r.product}: {r.distro} {r.version} (family {r.family or 'unknown'}), "
+             f"{r.firmware}, boot loader {r.bootloader}"
+             + (f" ({r.grub_cfg})" if r.grub_cfg else "")]
+    for k in r.kernels:
+        virtio = ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in k.virtio.items())
+        lines.append(f"  kernel {k.version}: {k.initrd or 'no initramfs'}: {virtio}")
+    lines += [f"  filesystem {f.device} {f.type} {f.mountpoint or '-'} UUID={f.uuid or '-'}"
+              for f in r.filesystems]
+    if r.esp_loaders:
+        lines.append(f"  EFI loaders: {', '.join(r.esp_loaders)}")
+    lines.append(f"  NICs configured: {', '.join(r.nic_names) or 'none found'}"
+                 + (f"; pinned by udev rules: {r.nic_pins}" if r.nic_pins else ""))
+    return lines
 
 
 # ------------------------------------------------------------------------------------ plan
@@ -765,7 +737,7 @@ def _after(report: GuestReport, plan: FixPlan, applied: bool) -> list[KernelInfo
 
 
 def fix_images(images: Sequence[Path], options: FixOptions,
-               progress: Callable[[str], None] = lambda _m: None) -> FixResult | WindowsFixResult:
+               progress: Callable[[str], None] = lambda _m: None) -> FixResult:
     """Inspect, plan and (unless dry-run) fix one guest's disk images, all together.
 
     A Windows guest goes to p2v.fix.windows (virtio-win drivers); a Linux one is fixed here.
@@ -812,11 +784,10 @@ def fix_images(images: Sequence[Path], options: FixOptions,
     after = _after(report, plan, applied)
     caps = decide_caps(report, options, after)
     pins = nic_pins(report, options)
+    verdict = Verdict(caps, caps_document(caps, report, pins, after), summary(report))
     caps_path = None
     if not options.dry_run:
         caps_path = caps_path_for(images)
-        text = json.dumps(caps_document(caps, report, pins, after), indent=2) + "\n"
-        if not caps_path.exists() or caps_path.read_text() != text:
-            write_private(caps_path, text)
-    return FixResult(images, report, plan, applied, caps, caps_path, options.dry_run, pins,
-                     after, checks, round(time.monotonic() - started, 1))
+        write_caps(caps_path, verdict.caps_document)
+    return FixResult(images, report, plan, applied, verdict, caps_path, options.dry_run, checks,
+                     round(time.monotonic() - started, 1))

@@ -23,7 +23,6 @@ its GuestCaps, and the report says so.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,13 +32,13 @@ from typing import Any, cast
 
 from p2v.errors import FixError, GuestfsError, UsageError
 from p2v.fix import firstboot
+from p2v.fix.base import Change, FixResult, Verdict, write_caps
 from p2v.fix.catalog import GUESTFS_ARCHS, Catalog, Driver, WindowsVersion, load_catalog
 from p2v.fix.hive import RegValue, open_hive
 from p2v.fix.inspect import has_esp
 from p2v.fix.session import GuestSession
 from p2v.fix.virtio_win import ISO_MOUNT, DriverTree
 from p2v.model import Firmware, GuestCaps, NicModel
-from p2v.secure import write_private
 
 GROOT = "/guest"        # where the appliance mounts the Windows system volume
 DEVICE_PATH_KEY = r"Microsoft\Windows\CurrentVersion"
@@ -65,19 +64,12 @@ class WindowsReport:
     firmware: str
     catalog_dir: str | None      # the catalog's name for this version (2k19), None: unknown
 
+    def to_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), os_type="windows")
+
     @property
     def version(self) -> str:
         return f"{self.major}.{self.minor}" + (f" build {self.build}" if self.build else "")
-
-
-@dataclass(frozen=True)
-class WinChange:
-    kind: str       # copy, registry, create, edit
-    target: str
-    why: str
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.target}: {self.why}"
 
 
 @dataclass(frozen=True)
@@ -103,7 +95,7 @@ class WindowsPlan:
     staged: list[str] = field(default_factory=list)        # staged for first-boot pnputil
     registry: list[RegEdit] = field(default_factory=list)
     files: list[FileCopy] = field(default_factory=list)
-    changes: list[WinChange] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     caps: GuestCaps = field(default_factory=GuestCaps)
     fallback: str | None = None
@@ -113,60 +105,16 @@ class WindowsPlan:
         return not self.changes
 
 
-@dataclass
-class WindowsFixResult:
-    images: tuple[Path, ...]
-    report: WindowsReport
-    plan: WindowsPlan
-    applied: bool
-    caps: GuestCaps
-    caps_path: Path | None
-    dry_run: bool
-    checks: list[str] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    @property
-    def nothing_to_do(self) -> bool:
-        return self.plan.empty
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "images": [str(i) for i in self.images],
-            "dry_run": self.dry_run,
-            "nothing_to_do": self.plan.empty,
-            "applied": self.applied,
-            "inspection": dict(asdict(self.report), os_type="windows"),
-            "drivers": {"boot": self.plan.drivers, "staged": self.plan.staged},
-            "changes": [asdict(c) for c in self.plan.changes],
-            "warnings": self.plan.warnings,
-            "checks": self.checks,
-            "caps": caps_document(self.caps, self.report, self.plan),
-            "caps_path": str(self.caps_path) if self.caps_path else None,
-            "elapsed_s": self.elapsed_s,
-        }
-
-    def lines(self) -> list[str]:
-        """The text report `p2v fix` prints."""
-        r = self.report
-        out = [f"{r.product}: Windows NT {r.version} ({r.variant}, {r.arch}), "
-               f"{r.systemroot} on {r.drive}:, {r.control_set}, {r.firmware}; catalog: "
-               f"{r.catalog_dir or 'no entry'}"]
-        if self.plan.drivers or self.plan.staged:
-            out.append(f"  drivers: boot-critical {', '.join(self.plan.drivers) or 'none'}; "
-                       f"staged for first boot {', '.join(self.plan.staged) or 'none'}")
-        if self.plan.empty:
-            out.append("nothing to do: the guest needs no change")
-        else:
-            out.append(f"{'planned' if self.dry_run else 'made'} {len(self.plan.changes)} "
-                       "change(s):")
-            out += [f"  {c}" for c in self.plan.changes]
-        out += [f"warning: {w}" for w in self.plan.warnings]
-        out += [f"checked: {c}" for c in self.checks]
-        c = self.caps
-        out.append(f"guest caps: disks {c.disk_bus}, NIC {c.nic_model}, {c.machine}, "
-                   f"{c.firmware}" + (f" -> {self.caps_path}" if self.caps_path
-                                      else " (dry run: nothing written)"))
-        return out
+def summary(report: WindowsReport, plan: WindowsPlan) -> list[str]:
+    """The guest as `p2v fix` prints it: version, system volume, catalog entry, drivers."""
+    r = report
+    out = [f"{r.product}: Windows NT {r.version} ({r.variant}, {r.arch}), "
+           f"{r.systemroot} on {r.drive}:, {r.control_set}, {r.firmware}; catalog: "
+           f"{r.catalog_dir or 'no entry'}"]
+    if plan.drivers or plan.staged:
+        out.append(f"  drivers: boot-critical {', '.join(plan.drivers) or 'none'}; "
+                   f"staged for first boot {', '.join(plan.staged) or 'none'}")
+    return out
 
 
 def caps_document(caps: GuestCaps, report: WindowsReport, plan: WindowsPlan) -> dict[str, Any]:
@@ -340,7 +288,7 @@ def plan_windows(session: GuestSession, report: WindowsReport, catalog: Catalog,
     for copy in plan.files:
         if not _same_file(session, tree, copy):
             kind = "copy" if copy.tree_path else "create"
-            plan.changes.append(WinChange(kind, copy.guest_path.replace("/", "\\"), copy.why))
+            plan.changes.append(Change(kind, copy.guest_path.replace("/", "\\"), copy.why))
     has_net = "netkvm" in found
     plan.caps = GuestCaps(disk_bus="virtio", nic_model="virtio" if has_net else fallback_nic,
                           machine="q35", firmware=firmware)
@@ -470,7 +418,7 @@ def _diff_registry(plan: WindowsPlan, hives: dict[str, Path]) -> None:
                     changed.setdefault((name, edit.group), []).append(
                         f"{edit.name or '(default)'}")
     for (hive, group), names in changed.items():
-        plan.changes.append(WinChange("registry", f"{hive}: {group}",
+        plan.changes.append(Change("registry", f"{hive}: {group}",
                                       f"{len(names)} value(s) set"))
 
 
@@ -532,7 +480,7 @@ def _apply(session: GuestSession, tree: DriverTree | None, plan: WindowsPlan,
 def fix_windows(session: GuestSession, root: str, images: Sequence[Path], *,
                 virtio_win: Path | None, virtio_kind: str | None, dry_run: bool,
                 caps_path: Path, progress: Callable[[str], None],
-                started: float, catalog: Catalog | None = None) -> WindowsFixResult:
+                started: float, catalog: Catalog | None = None) -> FixResult:
     """Inspect, plan and (unless dry-run or nothing to do) fix a Windows guest."""
     catalog = catalog or load_catalog()
     session.mkmountpoint(GROOT)
@@ -570,11 +518,11 @@ def fix_windows(session: GuestSession, root: str, images: Sequence[Path], *,
             _mount(session, root, readonly=False)
             checks = _apply(session, tree, plan, hives, hive_paths)
             applied = True
+    verdict = Verdict(plan.caps, caps_document(plan.caps, report, plan), summary(report, plan),
+                      {"drivers": {"boot": plan.drivers, "staged": plan.staged}})
     caps_file = None
     if not dry_run:
         caps_file = caps_path
-        text = json.dumps(caps_document(plan.caps, report, plan), indent=2) + "\n"
-        if not caps_file.exists() or caps_file.read_text() != text:
-            write_private(caps_file, text)
-    return WindowsFixResult(tuple(images), report, plan, applied, plan.caps, caps_file,
-                            dry_run, checks, round(time.monotonic() - started, 1))
+        write_caps(caps_file, verdict.caps_document)
+    return FixResult(tuple(images), report, plan, applied, verdict, caps_file, dry_run, checks,
+                     round(time.monotonic() - started, 1))

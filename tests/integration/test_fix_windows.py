@@ -23,11 +23,12 @@ from cmdsubset import CmdSubset
 from winimage import PHONY_WINDOWS, make_virtio_win_iso, make_virtio_win_tree
 
 from p2v.fix import firstboot
+from p2v.fix.base import FixResult
 from p2v.fix.catalog import load_catalog
 from p2v.fix.fixer import FixOptions, fix_images
 from p2v.fix.hive import RegValue, open_hive
 from p2v.fix.session import open_guest
-from p2v.fix.windows import CONFIGURATION, WindowsFixResult, cdd_key
+from p2v.fix.windows import CONFIGURATION, WindowsReport, cdd_key
 from p2v.runner import run
 
 CATALOG = load_catalog()
@@ -50,7 +51,7 @@ class Fixed:
     key: str
     image: Path
     options: FixOptions
-    first: WindowsFixResult
+    first: FixResult
     hash_first: str
     system: Path = Path()
     software: Path = Path()
@@ -109,7 +110,7 @@ class LazyFixed(dict[str, Fixed]):
         image = _overlay(raw, self.work / f"{key}.qcow2")
         options = FixOptions(virtio_win=iso if key in FROM_ISO else tree)
         first = fix_images([image], options)
-        assert isinstance(first, WindowsFixResult)
+        assert isinstance(first.report, WindowsReport)
         fixed = Fixed(key, image, options, first, sha256(image))
         _read_back(fixed, self.work)
         assert sha256(raw) == cached, "the cached image was written"
