@@ -20,10 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2v.fix import hive as hive_module
-from p2v.fix.catalog import CATALOG_PATH, Catalog, load_catalog
-from p2v.fix.hive import RegValue, create_hive, open_hive
 from p2v.fix.session import open_guest
+from p2v.fix.windows import hive as hive_module
+from p2v.fix.windows.catalog import CATALOG_PATH, Catalog, load_catalog
+from p2v.fix.windows.hive import RegValue, create_hive, open_hive
 from p2v.runner import run
 from p2v.testbed.fixtures import (
     build_unused,

@@ -51,8 +51,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from p2v.errors import UsageError
-    from p2v.fix.fixer import FixOptions, fix_images, mac_changes, read_inventory
-    from p2v.fix.network import NicPin, valid_name
+    from p2v.fix.fixer import fix_images
+    from p2v.fix.linux.network import NicPin, valid_name
+    from p2v.fix.options import FixOptions, mac_changes, read_inventory
     from p2v.inputs import check_json_text, read_text_input
     from p2v.model import normalise_mac
 

@@ -56,6 +56,32 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)  # JSON keys after "inspection"
 
 
+class Fixer(Protocol):
+    """What a guest family's fixer (p2v.fix.linux, p2v.fix.windows) provides to the one fix
+    pipeline (p2v.fix.fixer.fix_images), which calls it in this order over one session:
+    inspect, plan, then apply (when there are changes to make) or check, then verdict."""
+
+    def inspect(self) -> Report:
+        """What the guest is; changes nothing."""
+        ...
+
+    def plan(self) -> Plan:
+        """Every change the guest needs; writes nothing into the guest."""
+        ...
+
+    def apply(self) -> list[str]:
+        """Make the planned changes; return the checks made after (raise if one fails)."""
+        ...
+
+    def check(self) -> list[str]:
+        """The checks of a guest that needed no change (raise if one fails)."""
+        ...
+
+    def verdict(self, applied: bool) -> Verdict:
+        """The caps the VM gets, and how the guest is reported."""
+        ...
+
+
 @dataclass
 class FixResult:
     """What `p2v fix` found, planned and did for one guest, Linux or Windows."""

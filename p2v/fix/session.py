@@ -128,8 +128,12 @@ class GuestSession:
         return [str(p) for p in self._call("glob_expand", pattern)]
 
     def case_sensitive_path(self, path: str) -> str:
-        """path in the case it exists in (FAT and NTFS are case-insensitive)."""
-        return str(self._call("case_sensitive_path", path))
+        """path in the case it exists in (FAT and NTFS are case-insensitive); as it is given
+        where libguestfs cannot resolve it (a parent directory missing)."""
+        try:
+            return str(self._call("case_sensitive_path", path))
+        except GuestfsError:
+            return path
 
     def checksum(self, kind: str, path: str) -> str:
         return str(self._call("checksum", kind, path))
@@ -261,7 +265,7 @@ class GuestSession:
             except RuntimeError as exc:
                 error = exc
             # libguestfs hands back fstab names it cannot resolve as they are: the root is
-            # the one inspection found, the others may be known by name (p2v.fix.multipath).
+            # the one inspection found, the others may be known by name (p2v.fix.linux.multipath).
             other = root if mountpoint == "/" else (
                 self.resolve_spec(device) if self.resolve_spec else None)
             try:

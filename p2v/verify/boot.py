@@ -14,6 +14,7 @@ from p2v import qemuimg, runner
 from p2v.accel import choose_accel
 from p2v.errors import GuestfsError, InputNotFound, UsageError
 from p2v.firmware import fresh_ovmf_vars
+from p2v.fix.inspect import ESP_GUID
 from p2v.fix.session import GuestSession, open_guest
 from p2v.scratch import scratch_dir
 from p2v.verify import console as con
@@ -23,7 +24,6 @@ from p2v.verify.qemu import Bus, Machine, Nic, NicModel
 log = logging.getLogger(__name__)
 
 DEFAULT_MAC = "52:54:00:70:32:76"
-ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from p2v.fix.base import FixResult
-from p2v.fix.fixer import FixOptions, fix_images
-from p2v.fix.inspect import GuestReport
-from p2v.fix.multipath import dropin_text
+from p2v.fix.fixer import fix_images
+from p2v.fix.linux.inspect import GuestReport
+from p2v.fix.linux.multipath import dropin_text
+from p2v.fix.options import FixOptions
 from p2v.runner import run
 
 MiB = 1 << 20

@@ -22,13 +22,15 @@ import pytest
 from cmdsubset import CmdSubset
 from winimage import PHONY_WINDOWS, make_virtio_win_iso, make_virtio_win_tree
 
-from p2v.fix import firstboot
 from p2v.fix.base import FixResult
-from p2v.fix.catalog import load_catalog
-from p2v.fix.fixer import FixOptions, fix_images
-from p2v.fix.hive import RegValue, open_hive
+from p2v.fix.fixer import fix_images
+from p2v.fix.options import FixOptions
 from p2v.fix.session import open_guest
-from p2v.fix.windows import CONFIGURATION, WindowsReport, cdd_key
+from p2v.fix.windows import firstboot
+from p2v.fix.windows.catalog import load_catalog
+from p2v.fix.windows.hive import RegValue, open_hive
+from p2v.fix.windows.inspect import WindowsReport
+from p2v.fix.windows.plan import CONFIGURATION, cdd_key
 from p2v.runner import run
 
 CATALOG = load_catalog()

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2v.errors import ExitCode, UsageError
-from p2v.fix.catalog import Driver, WindowsVersion
 from p2v.fix.session import GuestSession
+from p2v.fix.windows.catalog import Driver, WindowsVersion
 
 ISO_MOUNT = "/virtio-win"      # where the appliance mounts the ISO (its own mountpoint)
 

@@ -1,75 +1,34 @@
-"""`p2v fix` for Windows: inject the virtio-win drivers the catalog picks, offline.
+"""Plan the virtio-win drivers a Windows guest gets, on host copies of its hives (hivex).
 
-Windows finds its boot disk only through a driver that is registered as boot-critical
-before the first boot: without it a disk moved onto virtio blue-screens with
-INACCESSIBLE_BOOT_DEVICE. So, in one appliance session over the guest's disks (and the
-virtio-win ISO, read-only, if one is given):
-
-1. inspect (libguestfs: version, arch, system root, control set, hives; the build number
-   from the SOFTWARE hive) and look the version up in the catalog;
-2. plan on host copies of SYSTEM and SOFTWARE (hivex): the boot-critical drivers get their
-   .sys in System32\\drivers, a service with Start=0 and their PCI IDs in the
-   CriticalDeviceDatabase (up to Windows 7 / 2008 R2) or the DriverDatabase (Windows 8 and
-   later, with the package in the DriverStore); every driver is staged in
-   %SystemRoot%\\Drivers\\p2v-virtio, which is added to DevicePath, for a bounded first-boot
-   pnputil run (p2v.fix.firstboot);
-3. stop there for --dry-run, or when nothing differs (a second run), else remount
-   read-write, upload the hives and files, and read the hives back to check every value.
-
-A Windows version the catalog has no virtio driver for keeps SATA and an emulated NIC in
-its GuestCaps, and the report says so.
+The boot-critical drivers get their .sys in System32\\drivers, a service with Start=0 and
+their PCI IDs in the CriticalDeviceDatabase (up to Windows 7 / 2008 R2) or the DriverDatabase
+(Windows 8 and later, with the package in the DriverStore); every driver is staged in
+%SystemRoot%\\Drivers\\p2v-virtio, which is added to DevicePath, for a bounded first-boot
+pnputil run (p2v.fix.windows.firstboot). A Windows version the catalog has no virtio driver
+for keeps SATA and an emulated NIC.
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-from p2v.errors import FixError, GuestfsError, UsageError
-from p2v.fix import firstboot
-from p2v.fix.base import Change, FixResult, Verdict, write_caps
-from p2v.fix.catalog import GUESTFS_ARCHS, Catalog, Driver, WindowsVersion, load_catalog
-from p2v.fix.hive import RegValue, open_hive
-from p2v.fix.inspect import has_esp
+from p2v.errors import FixError, UsageError
+from p2v.fix.base import Change
 from p2v.fix.session import GuestSession
-from p2v.fix.virtio_win import ISO_MOUNT, DriverTree
+from p2v.fix.windows import firstboot
+from p2v.fix.windows.catalog import Catalog, Driver, WindowsVersion
+from p2v.fix.windows.hive import RegValue, open_hive
+from p2v.fix.windows.inspect import WindowsReport
+from p2v.fix.windows.virtio_win import ISO_MOUNT, DriverTree
 from p2v.model import Firmware, GuestCaps, NicModel
 
 GROOT = "/guest"        # where the appliance mounts the Windows system volume
 DEVICE_PATH_KEY = r"Microsoft\Windows\CurrentVersion"
 STAGE_DEVICE_PATH = firstboot.STAGE_DIR
 CONFIGURATION = "p2v_boot"     # the DriverDatabase configuration p2v writes for a device
-
-
-@dataclass(frozen=True)
-class WindowsReport:
-    """What the Windows guest is, as p2v fix found it."""
-
-    root: str
-    product: str
-    major: int
-    minor: int
-    build: int | None
-    variant: str                 # client or server
-    arch: str                    # virtio-win's name: amd64, x86
-    systemroot: str              # /Windows
-    hostname: str
-    control_set: str             # ControlSet001
-    drive: str                   # the system volume's letter
-    firmware: str
-    catalog_dir: str | None      # the catalog's name for this version (2k19), None: unknown
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(asdict(self), os_type="windows")
-
-    @property
-    def version(self) -> str:
-        return f"{self.major}.{self.minor}" + (f" build {self.build}" if self.build else "")
 
 
 @dataclass(frozen=True)
@@ -104,64 +63,6 @@ class WindowsPlan:
     def empty(self) -> bool:
         return not self.changes
 
-
-def summary(report: WindowsReport, plan: WindowsPlan) -> list[str]:
-    """The guest as `p2v fix` prints it: version, system volume, catalog entry, drivers."""
-    r = report
-    out = [f"{r.product}: Windows NT {r.version} ({r.variant}, {r.arch}), "
-           f"{r.systemroot} on {r.drive}:, {r.control_set}, {r.firmware}; catalog: "
-           f"{r.catalog_dir or 'no entry'}"]
-    if plan.drivers or plan.staged:
-        out.append(f"  drivers: boot-critical {', '.join(plan.drivers) or 'none'}; "
-                   f"staged for first boot {', '.join(plan.staged) or 'none'}")
-    return out
-
-
-def caps_document(caps: GuestCaps, report: WindowsReport, plan: WindowsPlan) -> dict[str, Any]:
-    """GuestCaps plus what it was decided from (facts only: a second run writes the same)."""
-    data: dict[str, Any] = dict(caps.to_dict())
-    data["os"] = {"distro": "windows", "version": report.version, "product": report.product,
-                  "variant": report.variant, "arch": report.arch,
-                  "catalog": report.catalog_dir}
-    data["drivers"] = sorted(plan.drivers + plan.staged)
-    data["fallback"] = plan.fallback
-    return data
-
-
-# -------------------------------------------------------------------------------- inspect
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        return None
-
-
-def inspect_windows(session: GuestSession, root: str, software: Path,
-                    catalog: Catalog) -> WindowsReport:
-    """The guest's version facts (libguestfs inspection, plus the build from SOFTWARE)."""
-    with open_hive(software) as h:
-        cv = h.values(r"Microsoft\Windows NT\CurrentVersion")
-    build = next((_int(cv[k].data) for k in ("CurrentBuildNumber", "CurrentBuild")
-                  if k in cv), None)
-    arch_raw = session.inspect_get_arch(root)
-    arch = GUESTFS_ARCHS.get(arch_raw, arch_raw)
-    major, minor = session.inspect_get_version(root)
-    variant = session.inspect_get_product_variant(root).lower()
-    drive = next((str(letter) for letter, dev in session.inspect_get_drive_mappings(root).items()
-                  if dev == root), "C")
-    version = catalog.version_for(major, minor, variant, build)
-    return WindowsReport(
-        root=root, product=session.inspect_get_product_name(root), major=major, minor=minor,
-        build=build, variant=variant, arch=arch,
-        systemroot=session.inspect_get_windows_systemroot(root),
-        hostname=session.inspect_get_hostname(root),
-        control_set=session.inspect_get_windows_current_control_set(root), drive=drive,
-        firmware="uefi" if has_esp(session) else "bios",
-        catalog_dir=version.dir if version else None)
-
-
-# ----------------------------------------------------------------------------------- plan
 
 def cdd_key(pci: str) -> str:
     """A PCI hardware ID as a CriticalDeviceDatabase key: pci#ven_1af4&dev_1001&..."""
@@ -229,17 +130,13 @@ def extended_device_path(current: str | None) -> str:
     return ";".join([*parts, STAGE_DEVICE_PATH])
 
 
-def _guest(session: GuestSession, rel: str) -> str:
+def guest_path(session: GuestSession, rel: str) -> str:
     """rel (under the system volume) as the appliance has it, in the case it exists."""
-    path = f"{GROOT}/{rel}"
-    try:
-        return session.case_sensitive_path(path)
-    except GuestfsError:
-        return path
+    return session.case_sensitive_path(f"{GROOT}/{rel}")
 
 
 def _same_file(session: GuestSession, tree: DriverTree | None, copy: FileCopy) -> bool:
-    path = _guest(session, copy.guest_path)
+    path = guest_path(session, copy.guest_path)
     if not session.is_file(path):
         return False
     have = session.checksum("sha256", path)
@@ -254,7 +151,7 @@ def _same_file(session: GuestSession, tree: DriverTree | None, copy: FileCopy) -
 
 
 def _text_file(session: GuestSession, rel: str) -> str:
-    path = _guest(session, rel)
+    path = guest_path(session, rel)
     if not session.is_file(path):
         return ""
     raw = session.read_file(path, action=f"reading {rel}")
@@ -432,97 +329,3 @@ def check_registry(plan: WindowsPlan, hives: dict[str, Path]) -> list[str]:
                     raise FixError(images=str(path), detail=f"{name}\\{edit.key}\\{edit.name} "
                                    "does not hold the value written")
     return [f"{len(plan.registry)} registry value(s) read back from {names}"]
-
-
-# ---------------------------------------------------------------------------------- apply
-
-def _mount(session: GuestSession, root: str, readonly: bool) -> None:
-    try:
-        if readonly:
-            session.mount_ro(root, GROOT)
-        else:
-            session.mount(root, GROOT)
-    except GuestfsError as exc:
-        if readonly:
-            raise
-        raise FixError(images=root, detail=f"the Windows volume cannot be opened for writing "
-                       f"({exc.fields.get('detail', exc)}); it is hibernated or was not shut "
-                       "down cleanly (Fast Startup): shut the source down fully "
-                       "(shutdown /s /t 0) and copy it again") from exc
-
-
-def _apply(session: GuestSession, tree: DriverTree | None, plan: WindowsPlan,
-           hives: dict[str, Path], hive_paths: dict[str, str]) -> list[str]:
-    changed = {c.target for c in plan.changes}
-    for name, path in hives.items():
-        session.upload(path, hive_paths[name], action=f"writing the {name} hive")
-    for copy in plan.files:
-        if copy.guest_path.replace("/", "\\") not in changed:
-            continue
-        target = _guest(session, copy.guest_path)
-        session.mkdir_p(target.rsplit("/", 1)[0])
-        if copy.data is not None:
-            session.write(target, copy.data, action=f"writing {copy.guest_path}")
-        else:
-            assert tree is not None and copy.tree_path is not None
-            tree.copy(copy.tree_path, target)
-    # Read the hives back out of the guest: what Windows will see.
-    with tempfile.TemporaryDirectory(prefix="p2v-hives-") as tmp:
-        back = {}
-        for name, remote in hive_paths.items():
-            back[name] = Path(tmp) / name
-            session.download(remote, back[name], action=f"reading the {name} hive back")
-        checks = check_registry(plan, back)
-    copied = sum(1 for c in plan.files if c.guest_path.replace("/", "\\") in changed)
-    return [*checks, f"{copied} file(s) written"]
-
-
-def fix_windows(session: GuestSession, root: str, images: Sequence[Path], *,
-                virtio_win: Path | None, virtio_kind: str | None, dry_run: bool,
-                caps_path: Path, progress: Callable[[str], None],
-                started: float, catalog: Catalog | None = None) -> FixResult:
-    """Inspect, plan and (unless dry-run or nothing to do) fix a Windows guest."""
-    catalog = catalog or load_catalog()
-    session.mkmountpoint(GROOT)
-    tree = None
-    if virtio_win is not None and virtio_kind is not None:
-        if virtio_kind == "iso":
-            session.mkmountpoint(ISO_MOUNT)
-            session.mount_ro(session.list_devices()[-1], ISO_MOUNT)
-        tree = DriverTree(session, virtio_win, virtio_kind)
-    _mount(session, root, readonly=True)
-    hive_paths = {
-        "SYSTEM": _guest(session, session.inspect_get_windows_system_hive(root).lstrip("/")),
-        "SOFTWARE": _guest(session,
-                           session.inspect_get_windows_software_hive(root).lstrip("/")),
-    }
-    # Windows 10 and later also keep the driver database in a hive of its own (HKLM\DRIVERS).
-    drivers_hive = hive_paths["SYSTEM"].rsplit("/", 1)[0] + "/DRIVERS"
-    drivers_hive = _guest(session, drivers_hive[len(GROOT) + 1:])
-    if session.is_file(drivers_hive):
-        hive_paths["DRIVERS"] = drivers_hive
-    with tempfile.TemporaryDirectory(prefix="p2v-hives-") as tmp:
-        hives = {}
-        for name, remote in hive_paths.items():
-            hives[name] = Path(tmp) / name
-            session.download(remote, hives[name], action=f"reading the {name} hive")
-        report = inspect_windows(session, root, hives["SOFTWARE"], catalog)
-        progress(f"found {report.product} (Windows NT {report.version}, {report.variant}, "
-                 f"{report.arch}); catalog entry: {report.catalog_dir or 'none'}")
-        plan = plan_windows(session, report, catalog, tree, hives)
-        checks: list[str] = []
-        applied = False
-        if not dry_run and not plan.empty:
-            progress(f"writing {len(plan.changes)} change(s) into the guest")
-            session.umount(GROOT)
-            _mount(session, root, readonly=False)
-            checks = _apply(session, tree, plan, hives, hive_paths)
-            applied = True
-    verdict = Verdict(plan.caps, caps_document(plan.caps, report, plan), summary(report, plan),
-                      {"drivers": {"boot": plan.drivers, "staged": plan.staged}})
-    caps_file = None
-    if not dry_run:
-        caps_file = caps_path
-        write_caps(caps_file, verdict.caps_document)
-    return FixResult(tuple(images), report, plan, applied, verdict, caps_file, dry_run, checks,
-                     round(time.monotonic() - started, 1))
