@@ -192,10 +192,11 @@ def wait_until_released(paths: Sequence[Path], say: Callable[[str], None],
 # ------------------------------------------------------------------------------- fix
 def fix(ctx: JobContext, inv: Inventory, plan: JobPlan,
         disks: Sequence[DiskReport]) -> GuestCaps:
-    from p2v.fix.fixer import FixOptions, disk_ids, fix_images, mac_changes
+    from p2v.fix.fixer import fix_images
     from p2v.fix.fsck import repair_filesystems
-    from p2v.fix.multipath import maps_from_dm
-    from p2v.fix.network import NicPin
+    from p2v.fix.linux.multipath import maps_from_dm
+    from p2v.fix.linux.network import NicPin
+    from p2v.fix.options import FixOptions, disk_ids, mac_changes
 
     source_macs = {n.name: n.mac.lower() for n in inv.nics if n.mac}
     known = {d.name: d for d in inv.disks}

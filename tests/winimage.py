@@ -20,10 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2v.fix import hive as hive_module
-from p2v.fix.catalog import CATALOG_PATH, Catalog, load_catalog
-from p2v.fix.hive import RegValue, create_hive, open_hive
 from p2v.fix.session import open_guest
+from p2v.fix.windows import hive as hive_module
+from p2v.fix.windows.catalog import CATALOG_PATH, Catalog, load_catalog
+from p2v.fix.windows.hive import RegValue, create_hive, open_hive
 from p2v.runner import run
 from p2v.testbed.fixtures import (
     build_unused,
@@ -170,29 +170,28 @@ def _build_windows_images(cache: Path, specs: tuple[WindowsSpec, ...]) -> None:
                 f.truncate(DISK_MB << 20)
             disks.append(disk)
         with open_guest(disks, fmt="raw") as s:
-            g = s.g
             for index, (spec, _disk) in enumerate(zip(specs, disks, strict=True)):
                 dev = f"/dev/sd{chr(ord('a') + index)}"
-                g.part_init(dev, "mbr")
-                g.part_add(dev, "p", 2048, -1)
-                g.part_set_mbr_id(dev, 1, 0x07)
-                g.part_set_bootable(dev, 1, True)
-                g.mkfs("ntfs", f"{dev}1", label="Windows")
-                g.mount(f"{dev}1", "/")
+                s.part_init(dev, "mbr")
+                s.part_add(dev, 2048, -1)
+                s.part_set_mbr_id(dev, 1, 0x07)
+                s.part_set_bootable(dev, 1)
+                s.mkfs("ntfs", f"{dev}1", label="Windows")
+                s.mount(f"{dev}1", "/")
                 hive_dir = work / spec.key
                 hive_dir.mkdir()
                 hives = write_hives(spec, hive_dir)
                 for path in ("/Windows/System32/config", "/Windows/System32/drivers",
                              "/Windows/INF", "/Windows/System32/DriverStore/FileRepository",
                              "/Program Files", "/Users"):
-                    g.mkdir_p(path)
+                    s.mkdir_p(path)
                 for name, hive in hives.items():
-                    g.upload(str(hive), f"/Windows/System32/config/{name}")
-                g.write("/Windows/System32/cmd.exe", pe_header(spec.arch))
-                g.write("/Windows/System32/ntoskrnl.exe", pe_header(spec.arch))
-                g.write("/Windows/System32/drivers/storahci.sys", pe_header(spec.arch))
-                g.write("/pagefile.sys", b"")
-                g.umount_all()
+                    s.upload(hive, f"/Windows/System32/config/{name}")
+                s.write("/Windows/System32/cmd.exe", pe_header(spec.arch))
+                s.write("/Windows/System32/ntoskrnl.exe", pe_header(spec.arch))
+                s.write("/Windows/System32/drivers/storahci.sys", pe_header(spec.arch))
+                s.write("/pagefile.sys", b"")
+                s.umount_all()
         # The disk signature MountedDevices names, in the MBR (part_init wrote zero).
         for disk in disks:
             with disk.open("r+b") as f:

@@ -51,9 +51,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from p2v.errors import UsageError
-    from p2v.fix.fixer import FixOptions, fix_images, mac_changes, read_inventory
-    from p2v.fix.network import NicPin, valid_name
-    from p2v.fix.windows import WindowsFixResult
+    from p2v.fix.fixer import fix_images
+    from p2v.fix.linux.network import NicPin, valid_name
+    from p2v.fix.options import FixOptions, mac_changes, read_inventory
     from p2v.inputs import check_json_text, read_text_input
     from p2v.model import normalise_mac
 
@@ -93,8 +93,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return ExitCode.OK
-    if isinstance(result, WindowsFixResult):
-        print("\n".join(result.lines()))
-        return ExitCode.OK
-    print_fix_result(result, args.dry_run)
+    print_fix_result(result)
     return ExitCode.OK

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from p2v.batch.driver import BatchResult
     from p2v.batch.ledger import PlanItem
     from p2v.batch.manifest import Manifest
-    from p2v.fix.fixer import FixResult
+    from p2v.fix.base import FixResult
     from p2v.target.request import RegisterResult
 
 
@@ -203,25 +203,15 @@ class BatchScreen:
             print(f"p2v: {text}", file=sys.stderr, flush=True)
 
 
-def print_fix_result(result: FixResult, dry_run: bool) -> None:
-    """`p2v fix` on a Linux guest, for people: what it found, what it changed, the caps."""
-    r = result.report
-    print(f"{r.product}: {r.distro} {r.version} (family {r.family or 'unknown'}), "
-          f"{r.firmware}, boot loader {r.bootloader}"
-          + (f" ({r.grub_cfg})" if r.grub_cfg else ""))
-    for k in r.kernels:
-        virtio = ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in k.virtio.items())
-        print(f"  kernel {k.version}: {k.initrd or 'no initramfs'}: {virtio}")
-    for f in r.filesystems:
-        print(f"  filesystem {f.device} {f.type} {f.mountpoint or '-'} UUID={f.uuid or '-'}")
-    if r.esp_loaders:
-        print(f"  EFI loaders: {', '.join(r.esp_loaders)}")
-    print(f"  NICs configured: {', '.join(r.nic_names) or 'none found'}"
-          + (f"; pinned by udev rules: {r.nic_pins}" if r.nic_pins else ""))
+def print_fix_result(result: FixResult) -> None:
+    """`p2v fix`, for people: what it found, what it changed, the caps."""
+    for line in result.verdict.summary:
+        print(line)
     if result.plan.empty:
         print("nothing to do: the guest needs no change")
     else:
-        print(f"{'planned' if dry_run else 'made'} {len(result.plan.changes)} change(s):")
+        print(f"{'planned' if result.dry_run else 'made'} {len(result.plan.changes)} "
+              "change(s):")
         for change in result.plan.changes:
             print(f"  {change}")
     for warning in result.plan.warnings:

@@ -28,7 +28,7 @@ def repair_filesystems(images: Sequence[Path], fmt: str = "qcow2",
     """Check and repair each ext2/3/4 and XFS filesystem; return one line per filesystem."""
     lines: list[str] = []
     with open_guest(list(images), fmt=fmt) as session:
-        found = session.g.list_filesystems()
+        found = session.list_filesystems()
         for device, fstype in sorted(found.items()):
             if fstype in EXT:
                 progress(f"checking {device} ({fstype}) with e2fsck -fy")
@@ -41,7 +41,7 @@ def repair_filesystems(images: Sequence[Path], fmt: str = "qcow2",
 
 def _e2fsck(session: GuestSession, device: str) -> str:
     try:
-        session.g.e2fsck(device, forceall=True)
+        session.e2fsck(device)
         return "clean or repaired"
     except GuestfsError as exc:
         # Exit status 1 (errors corrected) is reported as an error by some libguestfs
@@ -51,16 +51,16 @@ def _e2fsck(session: GuestSession, device: str) -> str:
 
 def _xfs(session: GuestSession, device: str) -> str:
     try:
-        session.g.mount(device, "/")
-        session.g.umount("/")
+        session.mount(device, "/")
+        session.umount("/")
     except GuestfsError as exc:
         return (f"left as it is: its log could not be replayed ({exc.fields['detail']}); "
                 "xfs_repair -L would discard it")
     try:
-        if session.g.xfs_repair(device, nomodify=True) == 0:
+        if session.xfs_repair(device, nomodify=True) == 0:
             return "clean"
-        session.g.xfs_repair(device)
-        return "repaired" if session.g.xfs_repair(device, nomodify=True) == 0 else \
+        session.xfs_repair(device)
+        return "repaired" if session.xfs_repair(device, nomodify=True) == 0 else \
             "xfs_repair ran, damage remains"
     except GuestfsError as exc:
         return f"xfs_repair reported: {exc.fields['detail']}"

@@ -824,7 +824,7 @@ def _kernel_names(s: GuestSession, count: int) -> KernelNames:
     in the appliance or the guest chroot: the daemon translates the names in its own calls
     only, and the kernel may enumerate the disks in another order (then /dev/sda can be the
     appliance's root, and grub-install there fails with "ext2 doesn't support embedding")."""
-    listing = str(s.call("listing the appliance's disks", "debug", "sh", [_KERNEL_DISKS_SH]))
+    listing = s.appliance_sh(_KERNEL_DISKS_SH, action="listing the appliance's disks")
     disks = kernel_disks(listing)
     if len(disks) < count:
         raise FixtureError(variant="appliance",
@@ -832,7 +832,7 @@ def _kernel_names(s: GuestSession, count: int) -> KernelNames:
     names: KernelNames = {}
     for index, (name, sectors) in enumerate(disks[:count]):
         disk = _disk_device(index)
-        want = int(s.call(f"sizing {disk}", "blockdev_getsz", disk))
+        want = s.blockdev_getsz(disk)
         if sectors != want:
             raise FixtureError(variant="appliance", detail=(
                 f"{name} has {sectors} sectors, {disk} {want}: not the same disk"))
@@ -852,39 +852,35 @@ def _layout(s: GuestSession, recipe: Recipe, names: KernelNames) -> None:
     for index, disk in enumerate(recipe.disks):
         dev = _disk_device(index)
         table = "msdos" if disk.table == "mbr" else "gpt"
-        s.call(f"partitioning {dev}", "part_init", dev, table)
-        total = int(s.call(f"sizing {dev}", "blockdev_getsz", dev))
+        s.part_init(dev, table)
+        total = s.blockdev_getsz(dev)
         bounds = partition_bounds([p.size_mib for p in disk.partitions], total, disk.table)
         for number, (part, (start, end)) in enumerate(zip(disk.partitions, bounds, strict=True), 1):
-            s.call(f"adding partition {number} on {dev}", "part_add", dev, "p", start, end)
+            s.part_add(dev, start, end, action=f"adding partition {number} on {dev}")
             mbr_id, gpt_guid = PARTITION_TYPES[part.type]
             if disk.table == "gpt":
-                s.call("setting a partition type", "part_set_gpt_type", dev, number, gpt_guid)
+                s.part_set_gpt_type(dev, number, gpt_guid)
             else:
-                s.call("setting a partition type", "part_set_mbr_id", dev, number, mbr_id)
+                s.part_set_mbr_id(dev, number, mbr_id)
                 if part.bootable:
-                    s.call("setting the boot flag", "part_set_bootable", dev, number, True)
+                    s.part_set_bootable(dev, number)
     for md in recipe.md_arrays:
         _create_md(s, recipe, md, names)
     for vg in recipe.volume_groups:
         for pv in vg.pvs:
-            s.call(f"creating PV {pv}", "pvcreate", pv)
-        s.call(f"creating VG {vg.name}", "vgcreate", vg.name, list(vg.pvs))
+            s.pvcreate(pv)
+        s.vgcreate(vg.name, vg.pvs)
         for lv in vg.lvs:
-            if lv.size_mib:
-                s.call(f"creating LV {lv.name}", "lvcreate", lv.name, vg.name, lv.size_mib)
-            else:
-                s.call(f"creating LV {lv.name}", "lvcreate_free", lv.name, vg.name, 100)
+            s.lvcreate(lv.name, vg.name, lv.size_mib)
     for fs in recipe.filesystems:
         if fs.type == "swap":
-            s.call(f"mkswap {fs.device}", "mkswap", fs.device)
+            s.mkswap(fs.device)
         else:
-            s.call(f"mkfs {fs.type} {fs.device}", "mkfs", fs.type, fs.device)
+            s.mkfs(fs.type, fs.device)
         if fs.subvolume:
-            s.call("mounting the btrfs top", "mount", fs.device, "/")
-            s.call(f"creating subvolume {fs.subvolume}", "btrfs_subvolume_create",
-                   f"/{fs.subvolume}")
-            s.call("unmounting the btrfs top", "umount", "/")
+            s.mount(fs.device, "/", action="mounting the btrfs top")
+            s.btrfs_subvolume_create(f"/{fs.subvolume}")
+            s.umount("/", action="unmounting the btrfs top")
 
 
 def _create_md(s: GuestSession, recipe: Recipe, md: MdArray, names: KernelNames) -> None:
@@ -894,8 +890,8 @@ def _create_md(s: GuestSession, recipe: Recipe, md: MdArray, names: KernelNames)
             f"--raid-devices={len(md.members)}", "--assume-clean", f"--uuid={md.uuid}",
             f"--homehost={recipe.hostname}", f"--name={Path(md.device).name.removeprefix('md')}",
             *(kernel_device(names, member) for member in md.members)]
-    s.call(f"creating {md.device}", "debug", "sh", [shlex.join(argv)])
-    if md.device not in s.call("listing md devices", "list_md_devices"):
+    s.appliance_sh(shlex.join(argv), action=f"creating {md.device}")
+    if md.device not in s.list_md_devices(action="listing md devices"):
         raise FixtureError(variant=recipe.variant, detail=f"mdadm did not create {md.device}")
 
 
@@ -908,17 +904,18 @@ def _mount_all(s: GuestSession, recipe: Recipe, unix: bool) -> None:
     for fs in mounted:
         assert fs.mountpoint is not None
         if fs.mountpoint != "/":
-            s.call(f"creating {fs.mountpoint}", "mkdir_p", fs.mountpoint)
+            s.mkdir_p(fs.mountpoint, action=f"creating {fs.mountpoint}")
         if fs.subvolume:
-            s.call(f"mounting {fs.device} subvol={fs.subvolume} on {fs.mountpoint}",
-                   "mount_options", f"subvol={fs.subvolume}", fs.device, fs.mountpoint)
+            s.mount_options(f"subvol={fs.subvolume}", fs.device, fs.mountpoint,
+                            action=f"mounting {fs.device} subvol={fs.subvolume} on "
+                                   f"{fs.mountpoint}")
         else:
-            s.call(f"mounting {fs.device} on {fs.mountpoint}", "mount", fs.device, fs.mountpoint)
+            s.mount(fs.device, fs.mountpoint, action=f"mounting {fs.device} on {fs.mountpoint}")
 
 
 def _guest_command(s: GuestSession, argv: list[str]) -> str:
     """Run one of the guest's own programs, chrooted in it (slow under TCG)."""
-    return str(s.call(f"running {' '.join(argv)} in the guest", "command", argv))
+    return s.command(argv, action=f"running {' '.join(argv)} in the guest")
 
 
 def _install_bootloader(s: GuestSession, recipe: Recipe, names: KernelNames) -> None:
@@ -965,9 +962,9 @@ def _check_disk(s: GuestSession, recipe: Recipe) -> None:
     if recipe.bootloader == "grub-efi":
         assert recipe.efi_loader is not None
         loader = "/boot/efi" + recipe.efi_loader.replace("\\", "/")
-        if not s.exists(loader):
+        if not s.exists(loader, action=f"checking {loader}"):
             raise fail(f"grub-install left no {loader}")
-        if s.exists("/boot/efi/EFI/BOOT"):
+        if s.exists("/boot/efi/EFI/BOOT", action="checking /boot/efi/EFI/BOOT"):
             raise fail("a removable-media fallback loader (/EFI/BOOT) was installed")
 
 
@@ -982,18 +979,17 @@ def _make_disks(
         names = _kernel_names(s, len(recipe.disks))
         _layout(s, recipe, names)
         _mount_all(s, recipe, unix=True)
-        s.call("unpacking the root file system", "tar_in", str(tarball), "/",
-               xattrs=True, acls=True)
+        s.tar_in(tarball, "/", action="unpacking the root file system")
         _mount_all(s, recipe, unix=False)
         uuids = {
-            fs.device: str(s.call(f"reading the UUID of {fs.device}", "vfs_uuid", fs.device))
+            fs.device: s.vfs_uuid(fs.device, action=f"reading the UUID of {fs.device}")
             for fs in recipe.filesystems
         }
         s.write_text("/etc/fstab", fstab_text(recipe, uuids), mode=0o644)
         progress(f"{recipe.variant}: grub-install and update-grub in the guest (slow under TCG)")
         _install_bootloader(s, recipe, names)
         _check_disk(s, recipe)
-        s.call("syncing", "sync")
+        s.sync(action="syncing")
         _stop_arrays(s, recipe, names)
 
 
@@ -1006,16 +1002,16 @@ def _stop_arrays(s: GuestSession, recipe: Recipe, names: KernelNames) -> None:
     """
     if not recipe.md_arrays:
         return
-    s.call("unmounting everything", "umount_all")
+    s.umount_all(action="unmounting everything")
     if recipe.volume_groups:
-        s.call("deactivating the volume groups", "vg_activate_all", False)
+        s.vg_activate_all(False, action="deactivating the volume groups")
     for md in recipe.md_arrays:
-        s.call(f"stopping {md.device}", "debug", "sh", [shlex.join(["mdadm", "--stop", md.device])])
+        s.appliance_sh(shlex.join(["mdadm", "--stop", md.device]), action=f"stopping {md.device}")
     for md in recipe.md_arrays:
         for member in md.members:
             device = kernel_device(names, member)
-            shown = str(s.call(f"examining {member}", "debug", "sh",
-                               [shlex.join(["mdadm", "--examine", device])]))
+            shown = s.appliance_sh(shlex.join(["mdadm", "--examine", device]),
+                                   action=f"examining {member}")
             state = next((line.split(":", 1)[1].strip() for line in shown.splitlines()
                           if line.strip().startswith("State :")), "")
             if state != "clean":

@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from p2v import qemuimg, runner
 from p2v.accel import choose_accel
 from p2v.errors import GuestfsError, InputNotFound, UsageError
 from p2v.firmware import fresh_ovmf_vars
-from p2v.fix.session import open_guest
+from p2v.fix.inspect import ESP_GUID
+from p2v.fix.session import GuestSession, open_guest
 from p2v.scratch import scratch_dir
 from p2v.verify import console as con
 from p2v.verify.probe import Prepared, prepare_overlay
@@ -24,7 +24,6 @@ from p2v.verify.qemu import Bus, Machine, Nic, NicModel
 log = logging.getLogger(__name__)
 
 DEFAULT_MAC = "52:54:00:70:32:76"
-ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
 
 @dataclass(frozen=True)
@@ -85,17 +84,16 @@ def _check_inputs(images: Sequence[Path], options: BootOptions) -> None:
         raise UsageError(detail="--timeout must be a positive number of seconds")
 
 
-def _has_esp(g: Any) -> bool:
+def _has_esp(session: GuestSession) -> bool:
     """True when the first disk is GPT with an EFI system partition (a UEFI install)."""
-    device = g.list_devices()[0]
+    device = session.list_devices()[0]
     try:
-        if g.part_get_parttype(device) != "gpt":
+        if session.part_get_parttype(device) != "gpt":
             return False
-        parts = g.part_list(device)
+        numbers = session.part_numbers(device)
     except GuestfsError:  # no partition table at all
         return False
-    return any(str(g.part_get_gpt_type(device, p["part_num"])).upper() == ESP_GUID
-               for p in parts)
+    return any(session.part_get_gpt_type(device, n).upper() == ESP_GUID for n in numbers)
 
 
 def _read(path: Path) -> str:
@@ -129,7 +127,7 @@ def verify_boot(
         with open_guest(overlays, fmt="qcow2") as session:
             firmware = options.firmware
             if firmware == "auto":
-                firmware = "uefi" if options.nvram or _has_esp(session.g) else "bios"
+                firmware = "uefi" if options.nvram or _has_esp(session) else "bios"
             prepared = prepare_overlay(session)
         nvram = None
         if firmware == "uefi":

@@ -80,19 +80,18 @@ class Prepared:
 
 def prepare_overlay(session: GuestSession) -> Prepared:
     """Put the serial console and the report unit into the (overlay) guest."""
-    g = session.g
-    roots = g.inspect_os()
+    roots = session.inspect_os()
     if not roots:
         return Prepared(False, "unknown", ())
     root = roots[0]
-    product = str(g.inspect_get_product_name(root))
+    product = session.inspect_get_product_name(root)
     session.mount_guest(root)
     changed: list[str] = []
     candidates = list(GRUB_CONFIGS)
     for pattern in ("/boot/efi/EFI/*/grub.cfg", "/boot/loader/entries/*.conf"):
-        candidates += [str(p) for p in g.glob_expand(pattern)]
+        candidates += session.glob_expand(pattern)
     for path in candidates:
-        if not g.is_file(path):
+        if not session.is_file(path):
             continue
         text = session.read_text(path)
         regex = _BLS_OPTIONS if path.startswith("/boot/loader/entries/") else KERNEL_LINE
@@ -100,17 +99,18 @@ def prepare_overlay(session: GuestSession) -> Prepared:
         if new != text:
             session.write_text(path, new)
             changed.append(path)
-    if g.is_dir("/etc/systemd/system"):
-        g.mkdir_p("/usr/local/sbin")
+    if session.is_dir("/etc/systemd/system"):
+        session.mkdir_p("/usr/local/sbin")
         session.write_text(PROBE_PATH, PROBE_SCRIPT, mode=0o755)
         session.write_text(UNIT_PATH, UNIT, mode=0o644)
-        g.mkdir_p("/etc/systemd/system/multi-user.target.wants")
-        if not g.exists(UNIT_LINK):
-            g.ln_s(UNIT_PATH, UNIT_LINK)
-    if g.is_dir("/etc/rc.d") or g.is_file("/etc/rc.local"):
+        session.mkdir_p("/etc/systemd/system/multi-user.target.wants")
+        if not session.exists(UNIT_LINK):
+            session.ln_s(UNIT_PATH, UNIT_LINK)
+    if session.is_dir("/etc/rc.d") or session.is_file("/etc/rc.local"):
         # Guests without systemd run rc.local at the end of boot.
         session.write_text(PROBE_PATH, PROBE_SCRIPT, mode=0o755)
-        rc = session.read_text("/etc/rc.local") if g.is_file("/etc/rc.local") else "#!/bin/sh\n"
+        rc = (session.read_text("/etc/rc.local") if session.is_file("/etc/rc.local")
+              else "#!/bin/sh\n")
         if PROBE_PATH not in rc:
             rc = rc.replace("\nexit 0", f"\n{PROBE_PATH} &\nexit 0", 1)
             if PROBE_PATH not in rc:

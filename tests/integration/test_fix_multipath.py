@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from p2v.fix.fixer import FixOptions, FixResult, fix_images
-from p2v.fix.multipath import dropin_text
+from p2v.fix.base import FixResult
+from p2v.fix.fixer import fix_images
+from p2v.fix.linux.inspect import GuestReport
+from p2v.fix.linux.multipath import dropin_text
+from p2v.fix.options import FixOptions
 from p2v.runner import run
 
 MiB = 1 << 20
@@ -64,7 +67,7 @@ def test_san_booted_guest_is_mounted_by_its_binding_and_every_map_name_rewritten
         tmp_path: Path) -> None:
     disk = _disk(tmp_path)
     result = fix_images([disk], FixOptions())
-    assert isinstance(result, FixResult)
+    assert isinstance(result, FixResult) and isinstance(result.report, GuestReport)
     # /boot was mounted through the binding: its grub config was found and fixed.
     assert result.report.grub_cfg == "/boot/grub/grub.cfg"
     plan = result.plan

@@ -22,12 +22,15 @@ import pytest
 from cmdsubset import CmdSubset
 from winimage import PHONY_WINDOWS, make_virtio_win_iso, make_virtio_win_tree
 
-from p2v.fix import firstboot
-from p2v.fix.catalog import load_catalog
-from p2v.fix.fixer import FixOptions, fix_images
-from p2v.fix.hive import RegValue, open_hive
+from p2v.fix.base import FixResult
+from p2v.fix.fixer import fix_images
+from p2v.fix.options import FixOptions
 from p2v.fix.session import open_guest
-from p2v.fix.windows import CONFIGURATION, WindowsFixResult, cdd_key
+from p2v.fix.windows import firstboot
+from p2v.fix.windows.catalog import load_catalog
+from p2v.fix.windows.hive import RegValue, open_hive
+from p2v.fix.windows.inspect import WindowsReport
+from p2v.fix.windows.plan import CONFIGURATION, cdd_key
 from p2v.runner import run
 
 CATALOG = load_catalog()
@@ -50,7 +53,7 @@ class Fixed:
     key: str
     image: Path
     options: FixOptions
-    first: WindowsFixResult
+    first: FixResult
     hash_first: str
     system: Path = Path()
     software: Path = Path()
@@ -73,25 +76,24 @@ def _overlay(raw: Path, dest: Path) -> Path:
 def _read_back(f: Fixed, work: Path) -> None:
     """A read-only appliance copies the hives and the files p2v wrote to the host."""
     with open_guest([f.image], readonly=True, fmt="qcow2") as s:
-        g = s.g
-        g.mount_ro("/dev/sda1", "/")
+        s.mount_ro("/dev/sda1", "/")
         local = work / f"{f.key}-hives"
         local.mkdir()
         f.system, f.software = local / "SYSTEM", local / "SOFTWARE"
-        g.download("/Windows/System32/config/SYSTEM", str(f.system))
-        g.download("/Windows/System32/config/SOFTWARE", str(f.software))
-        if g.is_file("/Windows/System32/config/DRIVERS"):
+        s.download("/Windows/System32/config/SYSTEM", f.system)
+        s.download("/Windows/System32/config/SOFTWARE", f.software)
+        if s.is_file("/Windows/System32/config/DRIVERS"):
             f.drivers = local / "DRIVERS"
-            g.download("/Windows/System32/config/DRIVERS", str(f.drivers))
+            s.download("/Windows/System32/config/DRIVERS", f.drivers)
         for top in (STAGE, "Windows/System32/drivers", "Windows/System32/GroupPolicy",
                     "Windows/System32/DriverStore/FileRepository"):
-            if not g.is_dir(f"/{top}"):
+            if not s.is_dir(f"/{top}"):
                 continue
-            for rel in g.find(f"/{top}"):
-                rel = str(rel).lstrip("/")
+            for rel in s.find(f"/{top}"):
+                rel = rel.lstrip("/")
                 path = f"/{top}/{rel}"
-                if g.is_file(path):
-                    f.files[f"{top}/{rel}"] = bytes(g.read_file(path))
+                if s.is_file(path):
+                    f.files[f"{top}/{rel}"] = s.read_file(path)
 
 
 class LazyFixed(dict[str, Fixed]):
@@ -110,7 +112,7 @@ class LazyFixed(dict[str, Fixed]):
         image = _overlay(raw, self.work / f"{key}.qcow2")
         options = FixOptions(virtio_win=iso if key in FROM_ISO else tree)
         first = fix_images([image], options)
-        assert isinstance(first, WindowsFixResult)
+        assert isinstance(first.report, WindowsReport)
         fixed = Fixed(key, image, options, first, sha256(image))
         _read_back(fixed, self.work)
         assert sha256(raw) == cached, "the cached image was written"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2v.fix import agents
+from p2v.fix.linux import agents
 
 
 def test_find_agents() -> None:

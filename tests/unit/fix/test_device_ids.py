@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from p2v.fix import devices
-from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
+from p2v.fix.linux import devices
+from p2v.fix.linux.devices import DeviceMap, DiskLayout, FsIdentity
 
 ROOT = FsIdentity("u-root", None, "ext4")
 PV = FsIdentity("Pv0000-1111", None, "LVM2_member")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from p2v.fix import devices
-from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity, MdContent
+from p2v.fix.linux import devices
+from p2v.fix.linux.devices import DeviceMap, DiskLayout, FsIdentity, MdContent
 
 ROOT = FsIdentity("1111-root", None, "ext4")
 SWAP = FsIdentity("2222-swap", None, "swap")

@@ -9,7 +9,7 @@ import pytest
 
 from p2v.cli import main
 from p2v.errors import ExitCode, UsageError
-from p2v.fix.fixer import read_inventory
+from p2v.fix.options import read_inventory
 
 
 def test_minimal_inventory() -> None:

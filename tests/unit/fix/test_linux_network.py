@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from p2v.fix import linux, network
-from p2v.fix.network import NicPin
+from p2v.fix.linux import distro as linux
+from p2v.fix.linux import network
+from p2v.fix.linux.network import NicPin
 
 
 @pytest.mark.parametrize(("distro", "major", "dracut", "family"), [

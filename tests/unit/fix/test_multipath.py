@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from p2v.fix import devices, multipath
-from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
-from p2v.fix.multipath import SourceMap
+from p2v.fix.linux import devices, multipath
+from p2v.fix.linux.devices import DeviceMap, DiskLayout, FsIdentity
+from p2v.fix.linux.multipath import SourceMap
 from p2v.model import DmDevice
 
 WWID_A = "3600508b400105e210000900000490000"     # the boot LUN

@@ -7,11 +7,14 @@ from typing import Any
 import pytest
 
 from p2v.errors import FixError
-from p2v.fix import fixer, network
-from p2v.fix.agents import Agent
-from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity, MdContent
-from p2v.fix.fixer import FixOptions, plan_fix
-from p2v.fix.inspect import FsInfo, GuestReport, KernelInfo
+from p2v.fix.fixer import caps_path_for
+from p2v.fix.linux import fixer, network
+from p2v.fix.linux.agents import Agent
+from p2v.fix.linux.check import check_guest
+from p2v.fix.linux.devices import DeviceMap, DiskLayout, FsIdentity, MdContent
+from p2v.fix.linux.inspect import FsInfo, GuestReport, KernelInfo
+from p2v.fix.linux.plan import FixPlan, plan_fix
+from p2v.fix.options import FixOptions
 from p2v.model import GuestCaps
 
 KVER = "6.1.0-9-amd64"
@@ -20,9 +23,14 @@ ALL_VIRTIO = {m: True for m in NO_VIRTIO}
 AVAILABLE = tuple(sorted(NO_VIRTIO))
 
 
-class FakeG:
+class FakeSession:
+    """The GuestSession methods planning reads the guest's files with."""
+
     def __init__(self, files: dict[str, str]) -> None:
         self.files = files
+
+    def read_text(self, path: str) -> str:
+        return str(self.files[path])
 
     def is_file(self, path: str) -> bool:
         return path in self.files
@@ -42,14 +50,6 @@ class FakeG:
             if f.lower() == path.lower():
                 return f
         return path
-
-
-class FakeSession:
-    def __init__(self, files: dict[str, str]) -> None:
-        self.g: Any = FakeG(files)
-
-    def read_text(self, path: str) -> str:
-        return str(self.g.files[path])
 
 
 BIOS_FILES = {
@@ -83,7 +83,7 @@ def report(virtio: dict[str, bool] = NO_VIRTIO, firmware: str = "bios",
 PIN = FixOptions(pins=(network.NicPin("eth0", "52:54:00:b1:05:01"),))
 
 
-def kinds(plan: fixer.FixPlan) -> list[tuple[str, str]]:
+def kinds(plan: FixPlan) -> list[tuple[str, str]]:
     return [(c.kind, c.target) for c in plan.changes]
 
 
@@ -192,7 +192,7 @@ def test_unknown_family_is_reported_not_guessed() -> None:
 
 
 def test_caps_path_beside_first_image(tmp_path: Any) -> None:
-    assert fixer.caps_path_for([tmp_path / "web01.qcow2", tmp_path / "b.qcow2"]) == \
+    assert caps_path_for([tmp_path / "web01.qcow2", tmp_path / "b.qcow2"]) == \
         tmp_path / "web01.qcow2.caps.json"
 
 
@@ -390,7 +390,7 @@ def lvm_on_md_report() -> GuestReport:
 
 def test_root_lv_on_md_is_checked_through_the_array_and_the_filter() -> None:
     session = FakeSession(dict(LVM_ON_MD_FILES))
-    checks = fixer.check_guest(session, lvm_on_md_report(), LVM_ON_MD_DMAP)  # type: ignore[arg-type]
+    checks = check_guest(session, lvm_on_md_report(), LVM_ON_MD_DMAP)  # type: ignore[arg-type]
     assert "md array /dev/md1 assembles on virtio from /dev/vda2, /dev/vdb2 " \
            "(mdadm.conf DEVICE partitions)" in checks
     assert "LVM PV /dev/md1 will be used on virtio (accepted by lvm.conf filter)" in checks
@@ -400,7 +400,7 @@ def test_root_lv_on_md_whose_pv_the_filter_rejects_is_not_said_to_boot() -> None
     files = dict(LVM_ON_MD_FILES)
     files["/etc/lvm/lvm.conf"] = 'devices {\n filter = [ "a|^/dev/sd|", "r|.*|" ]\n}\n'
     with pytest.raises(FixError, match="LVM PV /dev/md1: rejected by lvm.conf filter"):
-        fixer.check_guest(FakeSession(files), lvm_on_md_report(),  # type: ignore[arg-type]
+        check_guest(FakeSession(files), lvm_on_md_report(),  # type: ignore[arg-type]
                           LVM_ON_MD_DMAP)
     plan = plan_fix(FakeSession(files), lvm_on_md_report(), LVM_ON_MD_DMAP,  # type: ignore[arg-type]
                     PIN)

@@ -10,10 +10,12 @@ import pytest
 from test_plan import ALL_VIRTIO, BIOS_FILES, KVER, PIN, FakeSession, report
 
 from p2v.errors import FixError
-from p2v.fix import devices, fixer, multipath
-from p2v.fix.devices import DeviceMap, DiskLayout, FsIdentity
-from p2v.fix.fixer import FixOptions, check_guest, guest_device_map, plan_fix
-from p2v.fix.inspect import FsInfo
+from p2v.fix.linux import devices, multipath
+from p2v.fix.linux.check import check_guest
+from p2v.fix.linux.devices import DeviceMap, DiskLayout, FsIdentity
+from p2v.fix.linux.inspect import FsInfo
+from p2v.fix.linux.plan import FixPlan, guest_device_map, plan_fix
+from p2v.fix.options import FixOptions, read_inventory
 
 WWID_A = "3600508b400105e210000900000490000"
 WWID_B = "36001405f3a1b2c3d4e5f60718293a4b5"
@@ -53,7 +55,7 @@ def san_guest(files: dict[str, str]) -> tuple[Any, DeviceMap]:
                                      BASE, FixOptions())
 
 
-def apply(files: dict[str, str], plan: fixer.FixPlan, dmap: DeviceMap) -> dict[str, str]:
+def apply(files: dict[str, str], plan: FixPlan, dmap: DeviceMap) -> dict[str, str]:
     """What apply_plan leaves: the files, and the grub config's kernel lines rewritten
     where the guest's tool (not run here) would have left the old root."""
     done = {**files, **plan.files}
@@ -242,7 +244,7 @@ def test_the_inventory_gives_each_disk_its_serial_wwid_and_multipath_maps() -> N
                      {"name": "sdb", "path": "/dev/sdb"}],
            "dm": [{"device": "dm-0", "name": "mpatha", "uuid": f"mpath-{WWID_A}",
                    "kind": "multipath", "slaves": ["sda", "sdb"]}]}
-    facts = fixer.read_inventory(json.dumps(doc))
+    facts = read_inventory(json.dumps(doc))
     assert facts.disk_ids == (("S1X", "naa.5000c500a1b2c3d4"), ())
     assert facts.mpath_maps == (multipath.SourceMap("mpatha", WWID_A, ("sda", "sdb")),)
 

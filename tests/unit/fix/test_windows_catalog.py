@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from p2v.fix.catalog import CATALOG_PATH, CatalogError, load_catalog, parse_catalog
+from p2v.fix.windows.catalog import CATALOG_PATH, CatalogError, load_catalog, parse_catalog
 from p2v.model import GuestCaps, SourceInventory, SourceNic
 from p2v.target.domain import GuestDisk, NicMapping, domain_xml, plan_domain
 
@@ -22,7 +22,7 @@ LEGACY_IDS = {"virtio-net": 0x1000, "virtio-blk": 0x1001, "virtio-balloon": 0x10
 
 @pytest.mark.parametrize("driver", CATALOG.drivers, ids=lambda d: d.name)
 def test_every_driver_entry_is_sound(driver: object) -> None:
-    from p2v.fix.catalog import Driver
+    from p2v.fix.windows.catalog import Driver
 
     assert isinstance(driver, Driver)
     assert driver.sys_file.lower() == f"{driver.sys_file.rsplit('.', 1)[0].lower()}.sys"
@@ -49,7 +49,7 @@ def test_every_driver_entry_is_sound(driver: object) -> None:
 
 @pytest.mark.parametrize("version", CATALOG.windows, ids=lambda w: w.dir)
 def test_every_windows_entry_gets_storage_and_network(version: object) -> None:
-    from p2v.fix.catalog import WindowsVersion
+    from p2v.fix.windows.catalog import WindowsVersion
 
     assert isinstance(version, WindowsVersion)
     names = {d.name for d in CATALOG.drivers_for(version, "amd64")}

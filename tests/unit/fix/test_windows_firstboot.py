@@ -10,12 +10,12 @@ import pytest
 from cmdsubset import CmdSubset, Unsupported
 
 from p2v.errors import UsageError
-from p2v.fix import firstboot
-from p2v.fix.catalog import load_catalog
-from p2v.fix.hive import RegValue, create_hive, open_hive
 from p2v.fix.session import GuestSession
-from p2v.fix.windows import (
-    WindowsReport,
+from p2v.fix.windows import firstboot
+from p2v.fix.windows.catalog import load_catalog
+from p2v.fix.windows.hive import RegValue, create_hive, open_hive
+from p2v.fix.windows.inspect import WindowsReport
+from p2v.fix.windows.plan import (
     boot_driver_edits,
     cdd_key,
     extended_device_path,

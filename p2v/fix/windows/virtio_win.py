@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2v.errors import ExitCode, UsageError
-from p2v.fix.catalog import Driver, WindowsVersion
 from p2v.fix.session import GuestSession
+from p2v.fix.windows.catalog import Driver, WindowsVersion
 
 ISO_MOUNT = "/virtio-win"      # where the appliance mounts the ISO (its own mountpoint)
 
@@ -63,8 +63,8 @@ class DriverTree:
             local = self.path / directory if directory else self.path
             return sorted(p.name for p in local.iterdir()) if local.is_dir() else []
         remote = f"{ISO_MOUNT}/{directory}" if directory else ISO_MOUNT
-        return sorted(str(n) for n in self.session.g.ls(remote)) \
-            if self.session.g.is_dir(remote) else []
+        return sorted(str(n) for n in self.session.ls(remote)) \
+            if self.session.is_dir(remote) else []
 
     def _resolve(self, rel: str) -> str | None:
         """rel with each component in the case the tree has it, or None if absent."""
@@ -96,14 +96,13 @@ class DriverTree:
     def read(self, rel: str) -> bytes:
         if self.kind == "dir":
             return (self.path / rel).read_bytes()
-        return bytes(self.session.call(f"reading {rel} from the ISO", "read_file",
-                                       f"{ISO_MOUNT}/{rel}"))
+        return self.session.read_file(f"{ISO_MOUNT}/{rel}", action=f"reading {rel} from the ISO")
 
     def copy(self, rel: str, guest_path: str) -> None:
         """Copy a file of the tree to guest_path (a path in the appliance)."""
         if self.kind == "dir":
-            self.session.call(f"copying {rel} into the guest", "upload",
-                              str(self.path / rel), guest_path)
+            self.session.upload(self.path / rel, guest_path,
+                                action=f"copying {rel} into the guest")
         else:
-            self.session.call(f"copying {rel} into the guest", "cp",
-                              f"{ISO_MOUNT}/{rel}", guest_path)
+            self.session.cp(f"{ISO_MOUNT}/{rel}", guest_path,
+                            action=f"copying {rel} into the guest")

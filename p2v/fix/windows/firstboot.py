@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from p2v.fix.hive import RegValue
+from p2v.fix.windows.hive import RegValue
 
 MAX_TRIES = 3
 SCRIPT_NAME = "p2v-firstboot.cmd"

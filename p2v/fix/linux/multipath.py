@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from p2v.fix.devices import DeviceMap, ParsedDevice, id_keys, parse_device
+from p2v.fix.linux.devices import DeviceMap, ParsedDevice, id_keys, parse_device
 from p2v.model import DmDevice
 
 CONF = "/etc/multipath.conf"

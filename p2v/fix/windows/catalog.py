@@ -16,7 +16,7 @@ from typing import Any
 from p2v.errors import UsageError
 
 SCHEMA = "p2v.drivers/1"
-CATALOG_PATH = Path(__file__).resolve().parents[2] / "drivers" / "virtio-win.toml"
+CATALOG_PATH = Path(__file__).resolve().parents[3] / "drivers" / "virtio-win.toml"
 DATABASES = ("critical-device-database", "driver-database")
 VARIANTS = ("client", "server")
 ARCHS = ("amd64", "x86", "ARM64")

@@ -1,8 +1,8 @@
 """Linux distro families: how each one rebuilds its initramfs and regenerates its grub config.
 
 The families differ only in attributes (paths, argv templates), looked up from a table of
-libguestfs distro names; the fixing logic itself lives in p2v.fix.fixer and is the same for
-all of them.
+libguestfs distro names; the fixing logic itself lives in p2v.fix.linux.plan and is the
+same for all of them.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ functions (`rewrite_fstab`, `rewrite_crypttab`, `rewrite_kernel_args`, `rewrite_
 of what they changed; unchanged text comes back identical, which is what makes a second run
 of `p2v fix` a no-op. Beyond kernel names, a disk is known by the source disk's serial and
 WWID (`DiskLayout.ids`: /dev/disk/by-id names) and by the multipath maps that were on it
-(`DeviceMap.maps`, placed by p2v.fix.multipath: /dev/mapper/mpatha-part1 and its kin).
+(`DeviceMap.maps`, placed by p2v.fix.linux.multipath: /dev/mapper/mpatha-part1 and its kin).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Linux guests: device names, initramfs drivers, boot loader, NIC names (p2v.fix.linux.fixer)."""
