@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 venv: sysdeps $(STAMP)
 
 fixtures: setup
-	$(PY) -m p2v.testbed.fixtures build bios uefi
+	$(PY) -m p2v.demo.fixtures build bios uefi
 
 demo: setup
 	$(VENV)/bin/p2v demo

@@ -33,17 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))   # the link proxy is a test helper
 
+from loop_sources import LoopSource, write_random_disk  # noqa: E402
 from tcpproxy import LinkProxy  # noqa: E402
 
 from p2v import runner  # noqa: E402
-from p2v.testbed.fixtures import build_fixture  # noqa: E402
-from p2v.testbed.sources import (  # noqa: E402
-    LoopSource,
-    SourceEndpoint,
-    free_port,
-    known_hosts_line,
-    write_random_disk,
-)
+from p2v.demo.fixtures import build_fixture  # noqa: E402
+from p2v.demo.live import SourceEndpoint, free_port, known_hosts_line  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -60,13 +60,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))   # the link proxy is a test helper
 
+from loop_sources import LoopSource, copy_fixture  # noqa: E402
 from tcpproxy import LinkProxy  # noqa: E402
 
 from p2v import runner  # noqa: E402
+from p2v.demo.fixtures import build_fixture  # noqa: E402
+from p2v.demo.libvirtd import URI, Libvirtd, isolated_network  # noqa: E402
+from p2v.demo.live import SourceEndpoint  # noqa: E402
 from p2v.pipeline import STAGES  # noqa: E402
-from p2v.testbed.fixtures import build_fixture  # noqa: E402
-from p2v.testbed.libvirtd import URI, Libvirtd, isolated_network  # noqa: E402
-from p2v.testbed.sources import LoopSource, SourceEndpoint, copy_fixture  # noqa: E402
 from p2v.transfer.copy import DEFAULT_CHUNK, DEFAULT_PARALLEL  # noqa: E402
 from p2v.transfer.pump import FLUSH_BYTES  # noqa: E402
 

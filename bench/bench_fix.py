@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from p2v.accel import guestfs_env  # noqa: E402
-from p2v.testbed.fixtures import build_fixture  # noqa: E402
-from p2v.testbed.image import FixtureError, FixtureImage  # noqa: E402
+from p2v.demo.fixtures import build_fixture  # noqa: E402
+from p2v.demo.image import FixtureError, FixtureImage  # noqa: E402
 from p2v.verify.boot import BootOptions, make_overlays, verify_boot  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "fix.json"

@@ -37,16 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))   # the link proxy is a test helper
 
+from loop_sources import SshServer, attach_loop, detach_loop  # noqa: E402
 from tcpproxy import LinkProxy  # noqa: E402
 
 from p2v import runner  # noqa: E402
-from p2v.testbed.sources import (  # noqa: E402
-    SourceEndpoint,
-    SshServer,
-    attach_loop,
-    detach_loop,
-    known_hosts_line,
-)
+from p2v.demo.live import SourceEndpoint, known_hosts_line  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from loop_sources import LoopSource, copy_fixture
 
-from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LiveSource, LoopSource, SourceEndpoint, copy_fixture
+from p2v.demo.image import FixtureImage
+from p2v.demo.live import LiveSource, SourceEndpoint
 
 
 def _build(variant: str) -> FixtureImage:
-    from p2v.testbed.fixtures import build_fixture
+    from p2v.demo.fixtures import build_fixture
 
     return build_fixture(variant)
 

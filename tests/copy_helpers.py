@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from p2v import runner
+from p2v.demo.live import SourceEndpoint
 from p2v.source.ssh import SshOptions, SshSource
-from p2v.testbed.sources import SourceEndpoint
 
 
 def identical(raw: Path, image: Path) -> bool:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2v.testbed.sources import free_port
+from p2v.demo.live import free_port
 
 DASK = str(Path(sys.executable).with_name("dask"))
 

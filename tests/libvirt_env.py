@@ -1,6 +1,6 @@
 """A real libvirtd for the register tests, and the networks, bridge, pool and guests they use.
 
-The daemon itself is p2v.testbed.libvirtd.Libvirtd (shared with `p2v demo`).
+The daemon itself is p2v.demo.libvirtd.Libvirtd (shared with `p2v demo`).
 
 Imported by tests/integration/conftest.py and tests/e2e/conftest.py (the root conftest is
 shared, so these fixtures live here). One libvirtd serves the whole session: when one already
@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from p2v import runner
-from p2v.testbed.libvirtd import Libvirtd
+from p2v.demo.libvirtd import Libvirtd
 
 URI = "qemu:///system"
 # Per test process: several test sessions may share one libvirtd on this host, and one's
@@ -156,7 +156,7 @@ def _make_bridge(stack: ExitStack) -> str:
 
 
 def _make_ssh_uri(stack: ExitStack) -> str:
-    from p2v.testbed.sources import SshServer
+    from loop_sources import SshServer
 
     workdir = Path(tempfile.mkdtemp(prefix="p2v-ssh-uri-"))
     stack.callback(shutil.rmtree, workdir, ignore_errors=True)

@@ -20,18 +20,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2v.fix.session import open_guest
-from p2v.fix.windows import hive as hive_module
-from p2v.fix.windows.catalog import CATALOG_PATH, Catalog, load_catalog
-from p2v.fix.windows.hive import RegValue, create_hive, open_hive
-from p2v.runner import run
-from p2v.testbed.fixtures import (
+from p2v.demo.fixtures import (
     build_unused,
     default_cache_dir,
     locked,
     remove_build,
     use_build,
 )
+from p2v.fix.session import open_guest
+from p2v.fix.windows import hive as hive_module
+from p2v.fix.windows.catalog import CATALOG_PATH, Catalog, load_catalog
+from p2v.fix.windows.hive import RegValue, create_hive, open_hive
+from p2v.runner import run
 
 DISK_MB = 64
 DISK_SIGNATURE = 0x5032_5601   # MBR disk signature; MountedDevices names C: by it

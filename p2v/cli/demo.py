@@ -28,7 +28,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2v.testbed.demo import run_demo
+    from p2v.demo.run import run_demo
 
     result = run_demo(args.variant, progress=progress_printer(args))
     if args.json:

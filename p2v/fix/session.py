@@ -308,7 +308,7 @@ class GuestSession:
         return int(self._call("xfs_repair", device, nomodify=nomodify) if nomodify
                    else self._call("xfs_repair", device))
 
-    # ------------------------------------------------- authoring (test images, p2v.testbed)
+    # ------------------------------------------------- authoring (test images, p2v.demo.fixtures)
 
     def part_init(self, device: str, table: str) -> None:
         self._call("part_init", device, table, action=f"partitioning {device}")

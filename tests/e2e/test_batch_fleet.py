@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 from libvirt_env import open_conn
+from loop_sources import LoopSource
 
 from p2v.batch.ledger import Ledger
-from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LoopSource, SourceEndpoint
+from p2v.demo.image import FixtureImage
+from p2v.demo.live import SourceEndpoint
 
 NAMES = ("p2vbatch-a", "p2vbatch-b", "p2vbatch-c")
 MISSING_NET = "p2vbatch-no-such-net"

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from libvirt_env import Libvirtd, boot_checks, open_conn
 
+from p2v.demo.live import SourceEndpoint
 from p2v.pipeline import STAGES
-from p2v.testbed.sources import SourceEndpoint
 
 pytestmark = pytest.mark.e2e
 

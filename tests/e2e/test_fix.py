@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from p2v.demo.image import FixtureImage
 from p2v.model import GuestCaps, SourceNic
-from p2v.testbed.image import FixtureImage
 from p2v.verify.boot import BootOptions, BootVerdict, verify_boot
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from test_fix import Fixed, assert_boots_with_its_network, changes, p2v_fix, sha256
 
-from p2v.testbed.image import FixtureImage
+from p2v.demo.image import FixtureImage
 from p2v.verify.boot import BootOptions, BootVerdict, verify_boot
 from p2v.verify.console import next_step
 
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def _image(variant: str) -> FixtureImage:
-    from p2v.testbed.fixtures import build_fixture
+    from p2v.demo.fixtures import build_fixture
 
     return build_fixture(variant)
 

@@ -30,8 +30,8 @@ from test_fix import (
     sha256,
 )
 
+from p2v.demo.image import FixtureImage
 from p2v.model import GuestCaps, SourceNic
-from p2v.testbed.image import FixtureImage
 from p2v.verify.boot import BootOptions, BootVerdict, verify_boot
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="session")
 def dracut_image() -> FixtureImage:
     """The cached dracut fixture (hostname p2v-dracut, NIC enp0s25); built on first use."""
-    from p2v.testbed.fixtures import build_fixture
+    from p2v.demo.fixtures import build_fixture
 
     return build_fixture("dracut")
 

@@ -24,9 +24,9 @@ import pytest
 from test_fix import assert_boots_with_its_network, changes, sha256
 from test_fix_debian_releases import fix_and_boot, overlays, unfixed_on_virtio
 
+from p2v.demo.image import FixtureImage
 from p2v.errors import ExitCode
 from p2v.fix.session import open_guest
-from p2v.testbed.image import FixtureImage
 from p2v.verify.boot import BootOptions, verify_boot
 from p2v.verify.console import next_step
 

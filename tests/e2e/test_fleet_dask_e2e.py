@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from dask_cluster import Cluster, running_cluster
 from libvirt_env import open_conn
+from loop_sources import LoopSource
 from test_batch_fleet import _entry  # one [[server]] of a loop source
 
 from p2v.batch.ledger import Ledger
-from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LoopSource, SourceEndpoint
+from p2v.demo.image import FixtureImage
+from p2v.demo.live import SourceEndpoint
 
 
 def _defined(uri: str, names: tuple[str, ...]) -> set[str]:

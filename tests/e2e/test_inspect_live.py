@@ -7,8 +7,8 @@ import json
 import pytest
 
 from p2v import cli
+from p2v.demo.live import SourceEndpoint
 from p2v.model import Inventory, SourceInventory
-from p2v.testbed.sources import SourceEndpoint
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p2v.testbed.sources import SourceEndpoint
+from p2v.demo.live import SourceEndpoint
 
 pytestmark = pytest.mark.e2e
 

@@ -21,8 +21,8 @@ from libvirt_env import Libvirtd, open_conn
 
 from p2v import runner
 from p2v.cli import main
+from p2v.demo.image import FixtureImage
 from p2v.fix.session import open_guest
-from p2v.testbed.image import FixtureImage
 from p2v.verify import console as con
 from p2v.verify.probe import prepare_overlay
 

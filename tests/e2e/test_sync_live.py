@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from p2v import cli, runner
-from p2v.testbed.fixtures import FixtureImage
-from p2v.testbed.sources import LiveSource, SourceEndpoint
+from p2v.demo.fixtures import FixtureImage
+from p2v.demo.live import LiveSource, SourceEndpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

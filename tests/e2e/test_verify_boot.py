@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from libvirt_env import Libvirtd, boot_checks, open_conn
 
+from p2v.demo.image import FixtureImage
 from p2v.target.transient import PREFIX, scratch_of
-from p2v.testbed.image import FixtureImage
 
 pytestmark = pytest.mark.e2e
 

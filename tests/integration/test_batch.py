@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_sources import LoopSource
 
 from p2v.batch.ledger import Ledger
-from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LoopSource, SourceEndpoint, free_port
+from p2v.demo.image import FixtureImage
+from p2v.demo.live import SourceEndpoint, free_port
 
 DEAD_URI = "qemu:///system?socket=/nonexistent/p2v-test/libvirt-sock"
 

@@ -24,7 +24,7 @@ import pytest
 from dask_cluster import Cluster, running_cluster
 
 from p2v.batch.ledger import Ledger
-from p2v.testbed.sources import free_port
+from p2v.demo.live import free_port
 
 
 def _batch(manifest: Path, *args: str, timeout: float = 300) -> tuple[int, list[dict[str, Any]],

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from copy_helpers import identical
 from libvirt_env import Libvirtd
+from loop_sources import LoopSource, write_random_disk
 
 from p2v import cli
 from p2v.errors import ExitCode
-from p2v.testbed.sources import LoopSource, write_random_disk
 
 MiB = 1 << 20
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 from libvirt_env import Libvirtd, open_conn
+from loop_sources import LoopSource, write_random_disk
 
 from p2v import cli, runner
+from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import kill_after_first_batch
+from loop_sources import LoopSource, write_random_disk
 
 from p2v import cli, runner
+from p2v.demo.image import FixtureImage
+from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
 from p2v.source.ssh import SshOptions, SshSource
-from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loop_sources import LoopSource, write_random_disk
 from tcpproxy import LinkProxy
 
 from p2v import cli, runner
+from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode, P2VError
 from p2v.source.ssh import SshOptions, SshSource
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical, kill_after_first_batch, open_source, wait_closed
+from loop_sources import LoopSource, write_random_disk
 
 from p2v import cli, runner
+from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 from p2v.transfer.copy import CopyRequest, copy_disks
 from p2v.transfer.device import image_stem
 

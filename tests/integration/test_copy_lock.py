@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical
+from loop_sources import LoopSource, write_random_disk
 
 from p2v import cli
+from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode
 from p2v.jobdir import WorkDir
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 
 MiB = 1 << 20
 

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loop_sources import SshServer, attach_loop, detach_loop
 
 from p2v import cli, runner
-from p2v.testbed.sources import SshServer, attach_loop, detach_loop
 
 MiB = 1 << 20
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 from copy_helpers import identical, open_source
+from loop_sources import LoopSource, write_random_disk
 
 from p2v import cli
+from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode, StreamError
 from p2v.source import reader as reader_module
 from p2v.source.extents import Extent
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20

@@ -13,17 +13,12 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical, kill_after_first_batch, open_source
+from loop_sources import LoopSource, attach_loop, detach_loop, write_random_disk
 
 from p2v import cli, runner
+from p2v.demo.live import SourceEndpoint
 from p2v.source.extents import ranges_input
 from p2v.source.shreader import read_sh_extents, read_sh_header, sh_reader_argv
-from p2v.testbed.sources import (
-    LoopSource,
-    SourceEndpoint,
-    attach_loop,
-    detach_loop,
-    write_random_disk,
-)
 from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20

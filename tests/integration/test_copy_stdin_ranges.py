@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical, open_source
+from loop_sources import LoopSource, write_random_disk
 
+from p2v.demo.live import SourceEndpoint
 from p2v.source.extents import format_ranges
 from p2v.source.reader import choose_reader
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 from p2v.transfer.copy import CopyRequest, copy_disks, read_spec
 from p2v.transfer.device import probe_device
 from p2v.transfer.pump import open_extents

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from copy_helpers import open_source
+from loop_sources import LoopSource
 from test_freemap import free_ranges
 
 from p2v import runner
+from p2v.demo.image import FixtureImage
 from p2v.source.extents import FREEMAP
-from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LoopSource
 from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_sources import LoopSource
 
 from p2v import runner
 from p2v.source.extents import FREEMAP
 from p2v.source.ssh import SshOptions, SshSource
-from p2v.testbed.sources import LoopSource
 from p2v.transfer.copy import CopyRequest, copy_disks
 
 MiB = 1 << 20

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from loop_sources import SshServer, attach_loop, detach_loop
 
 from p2v import cli, runner
+from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode
-from p2v.testbed.sources import SourceEndpoint, SshServer, attach_loop, detach_loop
 
 MiB = 1 << 20
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LiveSource, SourceStartError, generate_key
+from p2v.demo.image import FixtureImage
+from p2v.demo.live import LiveSource, SourceStartError, generate_key
 
 
 def _running(pid: int) -> bool:

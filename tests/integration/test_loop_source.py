@@ -7,16 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from loop_sources import LoopSource, write_random_disk
 
 from p2v import runner
+from p2v.demo.live import SourceEndpoint, generate_key, known_hosts_line
 from p2v.errors import CommandFailed
-from p2v.testbed.sources import (
-    LoopSource,
-    SourceEndpoint,
-    generate_key,
-    known_hosts_line,
-    write_random_disk,
-)
 
 SIZE = 32 << 20
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical, kill_after_first_batch
+from loop_sources import LoopSource, write_random_disk
 from tcpproxy import LinkProxy
 
+from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode
-from p2v.testbed.sources import LoopSource, SourceEndpoint, write_random_disk
 
 MiB = 1 << 20
 

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loop_sources import SshServer
 
 from p2v import cli
+from p2v.demo.live import SourceEndpoint, free_port, generate_key
 from p2v.errors import (
     ExitCode,
     HostKeyChanged,
@@ -20,7 +22,6 @@ from p2v.errors import (
     SshUnreachable,
 )
 from p2v.source.ssh import SshOptions, SshSource
-from p2v.testbed.sources import SourceEndpoint, SshServer, free_port, generate_key
 
 
 @pytest.fixture(scope="module")

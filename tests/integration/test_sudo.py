@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical
+from loop_sources import LoopSource, write_random_disk
 from procwatch import ProcWatch
 
 from p2v import runner
-from p2v.testbed.image import FixtureImage
-from p2v.testbed.sources import LoopSource, SourceEndpoint, generate_key, write_random_disk
+from p2v.demo.image import FixtureImage
+from p2v.demo.live import SourceEndpoint, generate_key
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: it creates a login user and a sudoers drop-in")

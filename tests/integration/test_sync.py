@@ -21,20 +21,20 @@ from pathlib import Path
 
 import pytest
 from copy_helpers import identical, open_source
-from tcpproxy import LinkProxy
-
-from p2v import cli, runner
-from p2v.errors import ExitCode, P2VError
-from p2v.source.ssh import SshOptions, SshSource
-from p2v.testbed.sources import (
+from loop_sources import (
     LoopSource,
-    SourceEndpoint,
     SshServer,
     attach_loop,
     detach_loop,
     make_partition_nodes,
     write_random_disk,
 )
+from tcpproxy import LinkProxy
+
+from p2v import cli, runner
+from p2v.demo.live import SourceEndpoint
+from p2v.errors import ExitCode, P2VError
+from p2v.source.ssh import SshOptions, SshSource
 from p2v.transfer.copy import CopyRequest, copy_disks
 from p2v.transfer.sync import SyncRequest, sync
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from p2v.testbed import fixtures
-from p2v.testbed.fixtures import (
+from p2v.demo import fixtures
+from p2v.demo.fixtures import (
     ALIGN_SECTORS,
     fstab_text,
     load_recipe,
@@ -23,7 +23,7 @@ from p2v.testbed.fixtures import (
     rootfs_key,
     variants,
 )
-from p2v.testbed.image import FixtureError
+from p2v.demo.image import FixtureError
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -203,7 +203,7 @@ def test_remove_stale_keeps_a_build_another_process_uses(tmp_path: Path) -> None
         path.mkdir()
     user = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from p2v.testbed import fixtures; "
+         "import sys, time; from pathlib import Path; from p2v.demo import fixtures; "
          "fixtures.use_build(Path(sys.argv[1])); print('using', flush=True); time.sleep(600)",
          str(old)],
         stdout=subprocess.PIPE, text=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p2v.testbed.libvirtd import Libvirtd
+from p2v.demo.libvirtd import Libvirtd
 
 
 def _two_runs(lock: Path) -> tuple[Libvirtd, Libvirtd]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from p2v.testbed.sources import SourceEndpoint, known_hosts_line
+from p2v.demo.live import SourceEndpoint, known_hosts_line
 
 
 def test_known_hosts_line_brackets_non_default_port_and_drops_comment() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from p2v.testbed.libvirtd import virtlogd_answers
+from p2v.demo.libvirtd import virtlogd_answers
 
 
 def test_a_listening_socket_answers(tmp_path: Path) -> None:

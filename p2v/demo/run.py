@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from p2v.clean import clean_job
+from p2v.demo.fixtures import build_fixture
+from p2v.demo.libvirtd import URI, Libvirtd, ensure_network
+from p2v.demo.live import LiveSource
 from p2v.job import JobSpec
 from p2v.pipeline import run_job
 from p2v.report import JobReport
-from p2v.testbed.fixtures import build_fixture
-from p2v.testbed.libvirtd import URI, Libvirtd, ensure_network
-from p2v.testbed.sources import LiveSource
 
 DEMO_NETWORK = "p2v-demo"
 DEMO_BRIDGE = "virbr-p2vdemo"

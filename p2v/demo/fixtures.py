@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import IO, Any, Literal, cast
 
 from p2v import runner
+from p2v.demo.image import FixtureError, FixtureImage
 from p2v.errors import P2VError
 from p2v.fix.session import GuestSession, open_guest
-from p2v.testbed.image import FixtureError, FixtureImage
 
 log = logging.getLogger(__name__)
 
@@ -1080,12 +1080,12 @@ def _build(
 
 
 # --------------------------------------------------------------------------------------
-# Command line: python -m p2v.testbed.fixtures build|path|list
+# Command line: python -m p2v.demo.fixtures build|path|list
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m p2v.testbed.fixtures",
+        prog="python -m p2v.demo.fixtures",
         description="Build and locate the test bed's fixture images (legacy physical servers).",
     )
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -1117,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
             variant = cast(str, args.variant)
             image_or_none = cached_fixture(variant, args.cache_dir)
             if image_or_none is None:
-                say(f"{variant}: not built (run: python -m p2v.testbed.fixtures build {variant})")
+                say(f"{variant}: not built (run: python -m p2v.demo.fixtures build {variant})")
                 return 1
             if args.command == "path":
                 print(image_or_none.directory / FIXTURE_JSON)
