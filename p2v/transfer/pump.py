@@ -137,7 +137,8 @@ class Pump:
                  cancel: threading.Event | None = None) -> None:
         self.source, self.spec, self.writer, self.journal = source, spec, writer, journal
         self.wire, self.policy, self.progress = wire, policy, progress
-        self.meter, self.done_bytes, self.cancel = meter or QuietMeter(), done_bytes, cancel
+        self.meter: Meter = meter if meter is not None else QuietMeter()
+        self.done_bytes, self.cancel = done_bytes, cancel
         self.read = 0
         self.refetched = 0
         self._pending: list[tuple[int, str | None]] = []
