@@ -11,6 +11,7 @@ from typing import Any
 from p2v.errors import P2VError, UsageError
 from p2v.job import name_problem
 from p2v.jobdir import WorkDir, read_json
+from p2v.libvirt_uri import default_uri
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def clean_job(name: str, output_dir: Path, *, domain: bool = False,
                         f"domain {name!r} at {uri} uses the images in {wd.path}; pass "
                         "--domain to remove it too, or keep the work dir"))
     shutil.rmtree(wd.path)
-    notes += _sweep_boot_checks(str(uri or spec.get("connect") or "qemu:///system"))
+    notes += _sweep_boot_checks(str(uri or spec.get("connect") or default_uri()))
     return CleanResult(work_dir=str(wd.path), domain=removed_domain, notes=tuple(notes))
 
 

@@ -7,11 +7,12 @@ flags, from a manifest entry, or shipped to another conversion host and run ther
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DEFAULT_URI = "qemu:///system"
+from p2v.libvirt_uri import default_uri
+
 # The name is a domain name and a path component (work dir, images): safe characters only.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,62}")
 
@@ -41,7 +42,7 @@ class JobSpec:
     disks: tuple[str, ...] = ()                 # empty: the source's physical disks
     memory_mib: int | None = None               # None: the source's
     vcpus: int | None = None                    # None: the source's topology
-    connect: str = DEFAULT_URI                  # libvirt URI
+    connect: str = field(default_factory=default_uri)   # libvirt URI (as virsh picks it)
     networks: tuple[str, ...] = ()              # "[SRC=]NET" as `register --network` takes them
     bridges: tuple[str, ...] = ()               # "[SRC=]BR" as `register --bridge` takes them
     pool: str | None = None                     # libvirt storage pool for the images

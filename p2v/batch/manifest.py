@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from p2v.errors import InputNotFound, ManifestInvalid, SourceSpecError, UsageError
-from p2v.job import DEFAULT_URI, NAME_PATTERN, JobSpec, default_output_dir
+from p2v.job import NAME_PATTERN, JobSpec, default_output_dir
+from p2v.libvirt_uri import default_uri
 
 # The libvirt domain name, which is also the stem of the job's work dir and image names.
 NAME_RE = NAME_PATTERN
@@ -317,7 +318,7 @@ def _batch_settings(data: _Table, defaults_raw: _Table, base: Path,
             problems.add(where, "output_dir", str(exc))
     else:
         output_dir = default_output_dir()
-    connect = DEFAULT_URI
+    connect = default_uri()
     if "connect" in batch_values:
         value, where = batch_values["connect"]
         try:

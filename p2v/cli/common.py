@@ -136,13 +136,16 @@ def add_freeze_flags(p: argparse.ArgumentParser, scope: str, freeze_what: str) -
 
 def add_libvirt_target(p: argparse.ArgumentParser) -> None:
     """Where and how the guest is defined: convert and register say it the same way."""
-    p.add_argument("--connect", default="qemu:///system", metavar="URI",
-                   help="libvirt URI (default: qemu:///system)")
+    p.add_argument("--connect", metavar="URI",
+                   help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else uri_default in "
+                        "libvirt.conf, else qemu:///system for root, as virsh picks it)")
     p.add_argument("--network", action="append", default=[], metavar="[SRC=]NET",
-                   help="attach source NIC SRC (its name or MAC) to libvirt network NET; "
+                   help="attach source NIC SRC (its name or MAC) to libvirt network NET "
+                        "(SRC:NET, virt-v2v's spelling, works too); "
                         "without SRC=, every NIC not mapped otherwise (default: 'default')")
     p.add_argument("--bridge", action="append", default=[], metavar="[SRC=]BR",
-                   help="attach source NIC SRC (its name or MAC) to host bridge BR; "
+                   help="attach source NIC SRC (its name or MAC) to host bridge BR "
+                        "(or SRC:BR); "
                         "without SRC=, every NIC not mapped otherwise")
     p.add_argument("--pool", metavar="NAME",
                    help="upload the images into this libvirt storage pool (needed for a "

@@ -77,6 +77,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from p2v.errors import UsageError
     from p2v.job import JobSpec, default_output_dir
+    from p2v.libvirt_uri import resolve_uri
     from p2v.pipeline import run_job
     from p2v.source.freeze import check_freeze_timeout
 
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UsageError(detail=f"{flag} must be positive, not {value}")
     check_freeze_timeout(args.freeze_timeout)     # now, not at the final pass after the copy
+    uri = resolve_uri(args.connect)
     check_source_arg(args)
     check_name(args.name)
     check_output_dir(args.output_dir or default_output_dir())
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         source=args.source, name=args.name,
         output_dir=(args.output_dir or default_output_dir()).absolute(),
         disks=tuple(args.disk), memory_mib=args.memory, vcpus=args.vcpus,
-        connect=args.connect, networks=tuple(args.network), bridges=tuple(args.bridge),
+        connect=uri.uri, networks=tuple(args.network), bridges=tuple(args.bridge),
         pool=args.pool, start=args.start, verify=not args.no_verify, full=args.full,
         compress=not args.no_compress, identity=args.identity, known_hosts=args.known_hosts,
         accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
@@ -107,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(event), flush=True)
     else:
         sink = ConvertScreen(args.verbose > 0)
+    if not args.json and uri.chosen_by_config:
+        print(f"libvirt: {uri.uri} ({uri.origin})", file=sys.stderr)
     report = run_job(spec, sink)
     if not report.ok:
         print(f"p2v: error: {report.error}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from p2v.cli.common import add_libvirt_target, progress_printer
@@ -60,6 +61,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from p2v.errors import UsageError
     from p2v.inputs import check_json_text, read_text_input
+    from p2v.libvirt_uri import resolve_uri
     from p2v.model import GuestCaps, SourceInventory
     from p2v.target.domain import NicMapping
     from p2v.target.register import register
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--memory", args.memory), ("--vcpus", args.vcpus)):
         if value is not None and value < 1:
             raise UsageError(detail=f"{flag} must be positive, not {value}")
+    uri = resolve_uri(args.connect)
     inventory_text = read(args.inventory, "inventory")
     caps_text = read(args.caps, "guest caps")
     request = RegisterRequest(
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         memory_mib=args.memory,
         vcpus=args.vcpus,
         mappings=NicMapping.from_flags(args.network, args.bridge),
-        uri=args.connect,
+        uri=uri.uri,
         start=args.start,
         replace=args.replace,
         pool=args.pool,
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         new_macs=args.new_macs,
         force_new_macs=args.force_new_macs,
     )
+    if args.output == "libvirt" and not args.json and uri.chosen_by_config:
+        print(f"libvirt: {uri.uri} ({uri.origin})", file=sys.stderr)
     result = register(request, progress=progress_printer(args))
     if args.json:
         print(result.to_json())

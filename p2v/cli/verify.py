@@ -36,8 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="instead of IMAGEs: boot this domain XML (e.g. `register --output "
                         "local`'s NAME.xml) as a transient libvirt domain on overlays of its "
                         "disks, NICs on an isolated network (docs/verify.md)")
-    p.add_argument("--connect", default="qemu:///system", metavar="URI",
-                   help="with --domain-xml: the local libvirt to boot it in")
+    p.add_argument("--connect", metavar="URI",
+                   help="with --domain-xml: the local libvirt to boot it in (default: as "
+                        "virsh picks it, e.g. $LIBVIRT_DEFAULT_URI)")
     p.add_argument("--bus", choices=("virtio", "sata"), default="virtio",
                    help="disk bus the guest sees (default: virtio)")
     p.add_argument("--firmware", choices=("auto", "bios", "uefi"), default="auto",
@@ -95,13 +96,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _verify_domain_xml(args: argparse.Namespace) -> BootVerdict:
     from p2v.errors import InputNotFound, UsageError
+    from p2v.libvirt_uri import resolve_uri
     from p2v.target.libvirt import is_local
     from p2v.verify.libvirt_boot import DomainBoot, file_images, verify_domain
 
     if args.images:
         raise UsageError(detail="--domain-xml boots the disks its XML names: give no IMAGE")
-    if not is_local(args.connect):
-        raise UsageError(detail=f"--connect {args.connect}: the boot check runs on this "
+    uri = resolve_uri(args.connect)
+    if not is_local(uri.uri):
+        raise UsageError(detail=f"{uri.uri} ({uri.origin}): the boot check runs on this "
                                 "host's libvirt only (its overlays are local files)")
     if not args.domain_xml.is_file():
         raise InputNotFound(what="domain XML", path=str(args.domain_xml))
@@ -109,5 +112,5 @@ def _verify_domain_xml(args: argparse.Namespace) -> BootVerdict:
     images = file_images(xml)
     for index, image in enumerate(images.values()):
         check_disk_image(image, boot=index == 0)
-    return verify_domain(DomainBoot(xml=xml, images=images, uri=args.connect, nvram=args.nvram,
+    return verify_domain(DomainBoot(xml=xml, images=images, uri=uri.uri, nvram=args.nvram,
                                     timeout=args.timeout), progress=progress_printer(args))

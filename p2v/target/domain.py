@@ -81,10 +81,15 @@ class NicMapping:
 
     @classmethod
     def parse(cls, kind: NicKind, text: str) -> NicMapping:
-        src, sep, target = text.rpartition("=")
-        if sep and (not src or not target):
-            raise UsageError(detail=f"--{kind} {text!r}: want SRC={kind.upper()} or {kind.upper()}")
-        if not sep:
+        """SRC=TARGET, SRC:TARGET (virt-v2v's spelling; SRC may be a MAC, colons and all:
+        the last colon splits) or TARGET alone."""
+        sep = "=" if "=" in text else ":"
+        src, found, target = text.rpartition(sep)
+        if found and (not src or not target):
+            raise UsageError(detail=(f"--{kind} {text!r}: want SRC={kind.upper()} or "
+                                     f"{kind.upper()} (or SRC:{kind.upper()}, as virt-v2v "
+                                     "spells it)"))
+        if not found:
             return cls(kind, text)
         return cls(kind, target, src)
 

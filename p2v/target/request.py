@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 from p2v import qemuimg
 from p2v.errors import CommandFailed, InputNotFound, UsageError
+from p2v.libvirt_uri import default_uri
 from p2v.model import GuestCaps, SourceInventory, SourceNic
 from p2v.target.domain import NicMapping
 
 Progress = Callable[[str], None]
 OutputKind = Literal["libvirt", "local"]
 
-DEFAULT_URI = "qemu:///system"
 # The name is also the stem of image, NVRAM and log file names: keep it to safe characters.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,62}")
 
@@ -73,7 +73,7 @@ class RegisterRequest:
     memory_mib: int | None = None
     vcpus: int | None = None
     mappings: tuple[NicMapping, ...] = ()
-    uri: str = DEFAULT_URI
+    uri: str = field(default_factory=default_uri)
     start: bool = False
     replace: bool = False
     pool: str | None = None
@@ -183,6 +183,6 @@ def volume_names(name: str, images: Sequence[ImageInfo]) -> list[str]:
 
 
 __all__ = [
-    "DEFAULT_URI", "ImageInfo", "host_ovmf", "RegisterRequest", "RegisterResult", "check_request",
+    "ImageInfo", "host_ovmf", "RegisterRequest", "RegisterResult", "check_request",
     "inspect_image", "volume_names",
 ]

@@ -15,18 +15,18 @@ import os
 import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2v.errors import InputNotFound, TargetNotReady, UsageError
 from p2v.fix.session import open_guest
+from p2v.libvirt_uri import default_uri
 from p2v.scratch import owner_alive, scratch_dir
 from p2v.secure import grant_qemu, qemu_gid
 from p2v.target.transient import Throwaway, disk_sources, network_xml, transient_xml
 from p2v.verify.boot import BootVerdict, Logs, make_overlays, watch
 from p2v.verify.probe import prepare_overlay
 
-DEFAULT_URI = "qemu:///system"
 QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
 QEMU_RUN_DIR = Path("/run/libvirt/qemu")
 # The isolated bridge carries no host address at all and never forwards or answers ARP:
@@ -41,7 +41,7 @@ class DomainBoot:
 
     xml: str
     images: Mapping[str, Path]      # each disk source of the XML (file, or pool/volume)
-    uri: str = DEFAULT_URI
+    uri: str = field(default_factory=default_uri)
     nvram: Path | None = None       # a UEFI guest's NVRAM seed (default: the XML's template)
     timeout: float = 300.0
     scratch_root: Path | None = None
@@ -185,4 +185,4 @@ def file_images(xml: str) -> dict[str, Path]:
     return images
 
 
-__all__ = ["DEFAULT_URI", "DomainBoot", "file_images", "harden_bridge", "verify_domain"]
+__all__ = ["DomainBoot", "file_images", "harden_bridge", "verify_domain"]

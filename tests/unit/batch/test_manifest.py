@@ -17,7 +17,7 @@ import pytest
 from p2v.batch.manifest import load_manifest
 from p2v.cli import main
 from p2v.errors import ManifestInvalid
-from p2v.job import DEFAULT_URI
+from p2v.libvirt_uri import default_uri
 
 BAD = Path(__file__).parent.parent / "bad_manifests"
 DOCS = Path(__file__).parents[3] / "docs" / "batch.md"
@@ -111,7 +111,7 @@ def test_the_full_example_in_the_docs_is_valid(tmp_path: Path) -> None:
     # Defaults apply; entries override them; paths are taken from the manifest's directory.
     assert web.identity == tmp_path / "keys/p2v_ed25519"
     assert web.known_hosts == tmp_path / "keys/known_hosts"
-    assert web.connect == DEFAULT_URI and web.networks == ("default",)
+    assert web.connect == default_uri() and web.networks == ("default",)
     assert web.memory_mib is None and web.verify
     assert db.memory_mib == 8192 and db.vcpus == 4
     assert db.disks == ("/dev/sda", "/dev/sdb")

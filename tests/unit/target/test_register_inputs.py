@@ -87,6 +87,23 @@ def test_nic_mapping_parse() -> None:
         NicMapping.parse("bridge", "eth0=")
 
 
+@pytest.mark.parametrize("text, want", [
+    ("eth0:default", NicMapping("network", "default", "eth0")),
+    ("52:54:00:7e:57:01:lan", NicMapping("network", "lan", "52:54:00:7e:57:01")),
+    ("52:54:00:7e:57:01=lan", NicMapping("network", "lan", "52:54:00:7e:57:01")),
+    ("eth0=net:with:colons", NicMapping("network", "net:with:colons", "eth0")),
+    ("default", NicMapping("network", "default")),
+])
+def test_nic_mapping_takes_virt_v2v_colon_spelling(text: str, want: NicMapping) -> None:
+    assert NicMapping.parse("network", text) == want
+
+
+@pytest.mark.parametrize("text", ["eth0:", ":default", "="])
+def test_nic_mapping_with_an_empty_side_is_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="want SRC=NETWORK or NETWORK"):
+        NicMapping.parse("network", text)
+
+
 def test_volume_names_follow_source_order() -> None:
     from p2v.target.request import ImageInfo
 
