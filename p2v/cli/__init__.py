@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from p2v import __version__, runner
 from p2v.cli import batch, clean, convert, copy, demo, fix, inspect, register, sync, verify
-from p2v.errors import ExitCode, P2VError
+from p2v.errors import ExitCode, P2VError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,39 +25,66 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _add_output_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v and --log-file, before or after the subcommand (`p2v -v convert` = `p2v convert -v`).
+
+    On a subcommand the defaults are suppressed, so a flag given before it is not reset."""
+    verbose: object = 0 if top else argparse.SUPPRESS
+    log_file: object = None if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="count", default=verbose,
+                        help="more log output on stderr (-vv for debug)")
+    parser.add_argument("--log-file", type=Path, metavar="FILE", default=log_file,
+                        help="also write the log, at debug level, to FILE (created 0600)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="p2v",
         description="Turn a running physical server into a bootable, verified KVM guest.",
     )
     parser.add_argument("--version", action="version", version=f"p2v {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more log output on stderr (-vv for debug)")
+    _add_output_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    verify.add(sub)
-    demo.add(sub)
-    register.add(sub)
-    inspect.add(sub)
-    copy.add(sub)
-    sync.add(sub)
-    fix.add(sub)
-    convert.add(sub)
-    clean.add(sub)
-    batch.add(sub)
+    for command in (verify, demo, register, inspect, copy, sync, fix, convert, clean, batch):
+        command.add(sub)
+    for subparser in sub.choices.values():
+        _add_output_options(subparser, top=False)
     return parser
+
+
+def _log_to_file(path: Path) -> None:
+    """Append the whole log (debug level) to `path`, a file only its owner can read: it names
+    hosts, devices and paths (never a password or key)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise UsageError(detail=f"--log-file {path}: {exc.strerror}; give a writable file "
+                                "path") from None
+    handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s p2v: %(levelname)s: %(name)s: "
+                                           "%(message)s"))
+    ours = logging.getLogger("p2v")          # p2v's own records: no library's packet dumps
+    ours.addHandler(handler)
+    ours.setLevel(logging.DEBUG)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="p2v: %(levelname)s: %(message)s")
+    stderr = logging.StreamHandler()
+    stderr.setLevel(level)
+    stderr.setFormatter(logging.Formatter("p2v: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[stderr])
     from p2v.secure import private_umask, private_umask_restore
 
     umask = private_umask()     # every file p2v or its children write: 0600, dirs 0700
     runner.interrupt_on_sigint()    # even under nohup: p2v's own stop signal
     try:
+        if args.log_file is not None:
+            _log_to_file(args.log_file)
         return int(args.func(args))
     except P2VError as exc:
         print(f"p2v: error: {exc.message}", file=sys.stderr)
