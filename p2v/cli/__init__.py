@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _log_to_file(path: Path) -> None:
+def _log_to_file(path: Path) -> logging.Handler:
     """Append the whole log (debug level) to `path`, a file only its owner can read: it names
     hosts, devices and paths (never a password or key)."""
     try:
@@ -68,6 +68,7 @@ def _log_to_file(path: Path) -> None:
     ours = logging.getLogger("p2v")          # p2v's own records: no library's packet dumps
     ours.addHandler(handler)
     ours.setLevel(logging.DEBUG)
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,9 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     umask = private_umask()     # every file p2v or its children write: 0600, dirs 0700
     runner.interrupt_on_sigint()    # even under nohup: p2v's own stop signal
+    log_file: logging.Handler | None = None
     try:
         if args.log_file is not None:
-            _log_to_file(args.log_file)
+            log_file = _log_to_file(args.log_file)
         return int(args.func(args))
     except P2VError as exc:
         print(f"p2v: error: {exc.message}", file=sys.stderr)
@@ -94,3 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     finally:
         private_umask_restore(umask)
+        if log_file is not None:                # main() may run again in this process
+            logging.getLogger("p2v").removeHandler(log_file)
+            logging.getLogger("p2v").setLevel(logging.NOTSET)
+            log_file.close()
