@@ -13,6 +13,10 @@ from typing import Any
 
 from p2v.libvirt_uri import default_uri
 
+# The stages of a job, in order (p2v.pipeline runs them; `p2v jobs` reads their markers).
+STAGES = ("inspect", "preflight", "copy", "fix", "verify", "register")
+# With --cutover: sync passes (the last one frozen) between the copy and the fix.
+CUTOVER_STAGES = ("inspect", "preflight", "copy", "sync", "fix", "verify", "register")
 # The name is a domain name and a path component (work dir, images): safe characters only.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,62}")
 

@@ -29,16 +29,13 @@ from typing import Any, TypeVar, cast
 from p2v import preflight, stages
 from p2v.errors import ExitCode, P2VError, WorkDirMismatch
 from p2v.events import EventSink
-from p2v.job import JobSpec, name_problem
+from p2v.job import CUTOVER_STAGES, STAGES, JobSpec, name_problem
 from p2v.jobdir import WorkDir, read_json, write_json
 from p2v.report import JobReport, JobValues, StageTime, build_report
 from p2v.secure import open_private
 
 log = logging.getLogger(__name__)
 
-STAGES = ("inspect", "preflight", "copy", "fix", "verify", "register")
-# With --cutover: sync passes (the last one frozen) between the copy and the fix.
-CUTOVER_STAGES = ("inspect", "preflight", "copy", "sync", "fix", "verify", "register")
 EVENT_SCHEMA = "p2v.events/1"
 # JobSpec fields a rerun must share with the run that made the work dir: the rest (memory,
 # networks, --start, ...) only affect stages not run yet and may change between runs.

@@ -14,7 +14,19 @@ from pathlib import Path
 from typing import NoReturn
 
 from p2v import __version__, runner
-from p2v.cli import batch, clean, convert, copy, demo, fix, inspect, register, sync, verify
+from p2v.cli import (
+    batch,
+    clean,
+    convert,
+    copy,
+    demo,
+    fix,
+    inspect,
+    jobs,
+    register,
+    sync,
+    verify,
+)
 from p2v.errors import ExitCode, P2VError, UsageError
 
 
@@ -46,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for command in (verify, demo, register, inspect, copy, sync, fix, convert, clean, batch):
+    for command in (verify, demo, register, inspect, copy, sync, fix, convert, clean, batch,
+                    jobs):
         command.add(sub)
     for subparser in sub.choices.values():
         _add_output_options(subparser, top=False)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2v.cli.common import (
     add_freeze_flags,
@@ -17,6 +18,9 @@ from p2v.cli.common import (
 from p2v.cli.render import ConvertScreen, print_report
 from p2v.errors import ExitCode
 from p2v.inputs import check_name, check_output_dir
+
+if TYPE_CHECKING:
+    from p2v.job import JobSpec
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -74,9 +78,28 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def job_spec(args: argparse.Namespace, uri: str) -> JobSpec:
+    """The job these arguments ask for (`p2v jobs` prints the arguments of a spec back)."""
+    from p2v.job import JobSpec, default_output_dir
+
+    return JobSpec(
+        source=args.source, name=args.name,
+        output_dir=(args.output_dir or default_output_dir()).absolute(),
+        disks=tuple(args.disk), memory_mib=args.memory, vcpus=args.vcpus,
+        connect=uri, networks=tuple(args.network), bridges=tuple(args.bridge),
+        pool=args.pool, start=args.start, verify=not args.no_verify, full=args.full,
+        compress=not args.no_compress, identity=args.identity, known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
+        verify_timeout=args.verify_timeout, new_macs=args.new_macs,
+        cutover=args.cutover, freeze=args.freeze or "strict",
+        freeze_timeout=args.freeze_timeout, before_final=args.before_final,
+        after_final=args.after_final, serial_console=args.serial_console,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from p2v.errors import UsageError
-    from p2v.job import JobSpec, default_output_dir
+    from p2v.job import default_output_dir
     from p2v.libvirt_uri import resolve_uri
     from p2v.pipeline import run_job
     from p2v.source.freeze import check_freeze_timeout
@@ -89,19 +112,7 @@ def run(args: argparse.Namespace) -> int:
     check_source_arg(args)
     check_name(args.name)
     check_output_dir(args.output_dir or default_output_dir())
-    spec = JobSpec(
-        source=args.source, name=args.name,
-        output_dir=(args.output_dir or default_output_dir()).absolute(),
-        disks=tuple(args.disk), memory_mib=args.memory, vcpus=args.vcpus,
-        connect=uri.uri, networks=tuple(args.network), bridges=tuple(args.bridge),
-        pool=args.pool, start=args.start, verify=not args.no_verify, full=args.full,
-        compress=not args.no_compress, identity=args.identity, known_hosts=args.known_hosts,
-        accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
-        verify_timeout=args.verify_timeout, new_macs=args.new_macs,
-        cutover=args.cutover, freeze=args.freeze or "strict",
-        freeze_timeout=args.freeze_timeout, before_final=args.before_final,
-        after_final=args.after_final, serial_console=args.serial_console,
-    )
+    spec = job_spec(args, uri.uri)
     if not args.cutover and (args.before_final or args.after_final):
         raise UsageError(detail="--before-final and --after-final need --cutover")
     if args.json:

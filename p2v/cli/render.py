@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from p2v.batch.ledger import PlanItem
     from p2v.batch.manifest import Manifest
     from p2v.fix.base import FixResult
+    from p2v.jobs import JobStatus
     from p2v.target.request import RegisterResult
 
 
@@ -276,3 +277,19 @@ def print_register_result(result: RegisterResult) -> None:
               + (f"  (was {nic['source_nic']})" if nic.get("source_nic") else ""))
     if result.serial_log:
         print(f"  console log: {result.serial_log}")
+
+
+def print_jobs(directory: Path, jobs: Sequence[JobStatus]) -> None:
+    """`p2v jobs`: one block per job, the command to run next last."""
+    if not jobs:
+        print(f"no convert jobs in {directory}")
+        return
+    for job in jobs:
+        where = f" in {job.stage}" if job.stage and job.state != "done" else ""
+        print(f"{job.name}: {job.state}{where} ({len(job.done)} of {len(job.stages)} stages "
+              f"done) - {job.source}")
+        if job.error:
+            print(f"  error: {job.error}")
+        if job.domain:
+            print(f"  guest: {job.domain}")
+        print(f"  next:  {job.command}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -151,7 +152,43 @@ def test_convert_live_bios_server(live_source_bios: SourceEndpoint, libvirtd: Li
     assert code == 0, err
     assert [e["event"] for e in again].count("stage-skip") == len(STAGES)
     assert again[-1]["report"]["domain"] == report["domain"]
+    check_jobs_view(live_source_bios, name, out_dir, isolated_network)
     clean(name, out_dir)
+
+
+def check_jobs_view(ep: SourceEndpoint, done: str, out: Path, network: str) -> None:
+    """`p2v jobs` on a state dir holding a finished job (`done`), one that failed and one
+    SIGKILLed: each job's state, stage and the command that carries it on."""
+    failed, killed = "p2vtest-jobs-failed", "p2vtest-jobs-killed"
+    dead = [sys.executable, "-m", "p2v", "convert", "ssh://root@127.0.0.1:9", "--name", failed,
+            "--ssh-config", "/dev/null", "--known-hosts", str(ep.known_hosts),
+            "--output-dir", str(out), "--json"]
+    code, _events, _err = run(dead)
+    assert code != 0
+    code, _events, _err = run(convert_argv(ep, killed, out, network),
+                              lambda e: e["event"] == "stage-start" and e["stage"] == "preflight")
+    assert code == -signal.SIGKILL
+    proc = subprocess.run([sys.executable, "-m", "p2v", "jobs", "--output-dir", str(out),
+                           "--json"], capture_output=True, text=True, timeout=60, check=True)
+    jobs = {j["name"]: j for j in json.loads(proc.stdout)["jobs"]}
+    assert jobs[done]["state"] == "done" and jobs[done]["done"] == list(STAGES)
+    assert jobs[done]["domain"].startswith(f"{done} at ")
+    assert jobs[done]["command"] == f"p2v clean {done} --output-dir {out} --domain"
+    assert jobs[failed]["state"] == "failed" and jobs[failed]["stage"] == "inspect"
+    assert "127.0.0.1" in jobs[failed]["error"], jobs[failed]
+    assert jobs[failed]["command"].startswith(f"p2v convert ssh://root@127.0.0.1:9 --name {failed}")
+    assert jobs[killed]["state"] == "interrupted" and jobs[killed]["stage"] == "preflight"
+    assert jobs[killed]["done"] == ["inspect"] and jobs[killed]["domain"] is None
+    resume = shlex.split(jobs[killed]["command"])
+    want = [a for a in convert_argv(ep, killed, out, network)[4:] if a != "--json"]
+    assert resume[:2] == ["p2v", "convert"] and sorted(resume[2:]) == sorted(want), resume
+    text = subprocess.run([sys.executable, "-m", "p2v", "jobs", "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    print(text)
+    assert f"{killed}: interrupted in preflight (1 of 6 stages done)" in text, text
+    for name in (failed, killed):
+        subprocess.run([sys.executable, "-m", "p2v", "clean", name, "--output-dir", str(out)],
+                       capture_output=True, timeout=120, check=True)
 
 
 @pytest.mark.slow
