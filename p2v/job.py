@@ -71,6 +71,9 @@ class JobSpec:
     # fix adds a serial console (ttyS0) whose login prompt shows the addresses: what a
     # started guest's console log (and `virsh console`) shows.
     serial_console: bool = False
+    # The copy (and sync passes): disks at a time, and bytes/s on the wire over all of them.
+    parallel: int = 2
+    bandwidth_limit: float | None = None
 
     @property
     def work_dir(self) -> Path:

@@ -56,6 +56,10 @@ def convert_argv(spec: JobSpec) -> list[str]:
     ]
     if spec.cutover:
         pairs.append(("--freeze-timeout", _seconds(spec.freeze_timeout, 300.0)))
+    if spec.parallel != 2:
+        pairs.append(("--parallel", spec.parallel))
+    if spec.bandwidth_limit is not None:
+        pairs.append(("--bandwidth-limit", f"{spec.bandwidth_limit:.0f}"))     # bytes/s
     argv += [x for flag, value in pairs if value is not None for x in (flag, str(value))]
     argv += [x for net in spec.networks for x in ("--network", net)]
     argv += [x for br in spec.bridges for x in ("--bridge", br)]

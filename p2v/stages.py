@@ -106,7 +106,8 @@ def copy(ctx: JobContext, plan: JobPlan) -> tuple[DiskReport, ...]:
 
     spec = ctx.spec
     request = CopyRequest(disks=tuple(d.device for d in plan.disks), output_dir=ctx.wd.path,
-                          name=spec.name, full=spec.full, compress=spec.compress)
+                          name=spec.name, full=spec.full, compress=spec.compress,
+                          parallel=spec.parallel, bandwidth_limit=spec.bandwidth_limit)
     # Dirty pages the server has not written yet are not on the device the copy reads:
     # flush them first, so the copy starts from a consistent on-disk state.
     ctx.say("flushing the source's page cache to its disks (sync)")
@@ -129,7 +130,7 @@ def sync(ctx: JobContext, plan: JobPlan) -> dict[str, Any]:
     spec = ctx.spec
     live = transfer.SyncRequest(output_dir=ctx.wd.path,
                                 disks=tuple(d.device for d in plan.disks), name=spec.name,
-                                compress=spec.compress)
+                                compress=spec.compress, bandwidth_limit=spec.bandwidth_limit)
     passes: list[dict[str, Any]] = []
     for number in range(1, MAX_LIVE_PASSES + 1):
         result = transfer.sync(ctx.source(), live, emit=ctx.emit)

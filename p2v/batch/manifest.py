@@ -117,6 +117,28 @@ def _seconds(value: Any) -> float:
     return float(value)
 
 
+def _parallel(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4:
+        raise _Bad(f"must be 1 to 4 (disks copied at a time), got {_shown(value)}")
+    return value
+
+
+def _rate(value: Any) -> float:
+    """A rate as --bandwidth-limit takes it ("50M", "800K") or bytes/s as a number."""
+    from p2v.ratelimit import parse_rate
+
+    text = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+    if not isinstance(text, str):
+        raise _Bad(f"must be a rate such as \"50M\" (MiB/s) or bytes/s, got {_shown(value)}")
+    try:
+        rate = parse_rate(text)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+    if not math.isfinite(rate):
+        raise _Bad(f"must be a finite rate, got {_shown(value)}")
+    return rate
+
+
 def _path(value: Any) -> Path:
     return Path(_string(value)).expanduser()
 
@@ -142,6 +164,8 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "known_hosts": ("known_hosts", _path),
     "accept_new_host_key": ("accept_new_host_key", _bool),
     "ssh_config": ("ssh_config", _path),
+    "parallel": ("parallel", _parallel),
+    "bandwidth_limit": ("bandwidth_limit", _rate),
 }
 _PER_SERVER_ONLY = ("source", "name")
 _DEFAULT_FIELDS = {k: v for k, v in _SERVER_FIELDS.items() if k not in _PER_SERVER_ONLY}

@@ -13,7 +13,9 @@ from p2v.cli.common import (
     add_libvirt_target,
     add_ssh_source,
     check_source_arg,
+    parallel_arg,
     positive_arg,
+    rate_arg,
 )
 from p2v.cli.render import ConvertScreen, print_report
 from p2v.errors import ExitCode
@@ -62,6 +64,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--full", action="store_true",
                    help="copy every non-zero byte (default: skip ext2/3/4 free blocks and swap)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
+    p.add_argument("--parallel", type=parallel_arg, default=2, metavar="N",
+                   help="disks copied at the same time, 1 to 4 (default: 2)")
+    p.add_argument("--bandwidth-limit", type=rate_arg, metavar="RATE",
+                   help="at most RATE bytes/s on the wire over all disks, in the copy and "
+                        "the sync passes, e.g. 50M (MiB/s), 800K (default: unlimited)")
     p.add_argument("--new-macs", action="store_true",
                    help="give the guest fresh MACs (the source stays live with its own); the "
                         "guest's interface names are pinned to the new ones, so its network "
@@ -94,6 +101,7 @@ def job_spec(args: argparse.Namespace, uri: str) -> JobSpec:
         cutover=args.cutover, freeze=args.freeze or "strict",
         freeze_timeout=args.freeze_timeout, before_final=args.before_final,
         after_final=args.after_final, serial_console=args.serial_console,
+        parallel=args.parallel, bandwidth_limit=args.bandwidth_limit,
     )
 
 

@@ -21,10 +21,11 @@ from p2v.libvirt_uri import default_uri
      "--known-hosts", "/root/kh", "--ssh-config", "/dev/null", "--connect",
      "qemu+ssh://root@kvm1/system", "--verify-timeout", "900", "--network", "eth0=lan",
      "--network", "52:54:00:00:00:01:dmz", "--bridge", "eth1=br0", "--start", "--full",
-     "--no-compress", "--accept-new-host-key", "--new-macs", "--serial-console"],
+     "--no-compress", "--accept-new-host-key", "--new-macs", "--serial-console",
+     "--parallel", "3", "--bandwidth-limit", "50M"],
     ["--no-verify", "--cutover", "--freeze", "best-effort", "--freeze-timeout", "120",
      "--before-final", "systemctl stop 'my db'", "--after-final", "systemctl start db"],
-    ["--cutover"],
+    ["--cutover", "--parallel", "1", "--bandwidth-limit", "1234567"],
 ])
 def test_the_printed_command_asks_for_the_same_job(flags: list[str]) -> None:
     parser = build_parser()

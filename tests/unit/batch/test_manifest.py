@@ -120,3 +120,14 @@ def test_the_full_example_in_the_docs_is_valid(tmp_path: Path) -> None:
     assert erp.bridges == ("br0",) and erp.networks == ("default",)
     assert erp.start and erp.full and not erp.compress and erp.verify_timeout == 600
     assert all(s.work_dir == Path("/srv/p2v/jobs") / s.name for s in m.specs)
+
+
+def test_parallel_and_bandwidth_limit_reach_the_jobs(tmp_path: Path) -> None:
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text('[defaults]\nbandwidth_limit = "50M"\n'
+                        '[[server]]\nname = "a"\nsource = "ssh://root@a"\nparallel = 1\n'
+                        '[[server]]\nname = "b"\nsource = "ssh://root@b"\n'
+                        'bandwidth_limit = 1048576\n')
+    specs = {s.name: s for s in load_manifest(manifest).specs}
+    assert (specs["a"].parallel, specs["a"].bandwidth_limit) == (1, 50 * 2**20)
+    assert (specs["b"].parallel, specs["b"].bandwidth_limit) == (2, 2**20)
