@@ -6,11 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2v.cli.common import at_least_one
 from p2v.cli.render import BatchScreen, print_batch_plan, print_batch_result
 from p2v.errors import ExitCode
 from p2v.inputs import check_output_dir
+
+if TYPE_CHECKING:
+    from p2v.batch.manifest import Manifest
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the fleet's TOML manifest")
     p.add_argument("--jobs", type=at_least_one, metavar="N",
                    help="jobs run at the same time (default: the manifest's `jobs`, else 1)")
+    p.add_argument("--only", action="extend", nargs="+", default=[], metavar="NAME",
+                   help="run only these servers of the manifest (their `name`s); the others "
+                        "are left as they are")
     p.add_argument("--dry-run", action="store_true",
                    help="check the manifest and print which jobs would run, resume or be "
                         "skipped; change nothing")
@@ -49,6 +56,20 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def only(manifest: Manifest, names: list[str]) -> Manifest:
+    """The manifest with just the servers named (in the manifest's order)."""
+    from dataclasses import replace
+
+    from p2v.errors import UsageError
+
+    known = [s.name for s in manifest.specs]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(detail=(f"--only {unknown[0]}: {manifest.path} has no [[server]] of "
+                                 f"that name (its servers: {', '.join(known)})"))
+    return replace(manifest, specs=tuple(s for s in manifest.specs if s.name in names))
+
+
 def run(args: argparse.Namespace) -> int:
     from p2v.batch.driver import ledger_path, plan_batch, run_batch
     from p2v.batch.manifest import load_manifest
@@ -61,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"p2v: error: {problem}", file=sys.stderr)
         raise
     check_output_dir(manifest.output_dir, flag=f"{args.manifest}: output_dir")
+    if args.only:
+        manifest = only(manifest, args.only)
     jobs = args.jobs or manifest.jobs or 1
     if args.dry_run:
         plan = plan_batch(manifest)

@@ -131,3 +131,18 @@ def test_parallel_and_bandwidth_limit_reach_the_jobs(tmp_path: Path) -> None:
     specs = {s.name: s for s in load_manifest(manifest).specs}
     assert (specs["a"].parallel, specs["a"].bandwidth_limit) == (1, 50 * 2**20)
     assert (specs["b"].parallel, specs["b"].bandwidth_limit) == (2, 2**20)
+
+
+def test_only_runs_the_servers_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'output_dir = "{tmp_path / "jobs"}"\n'
+                        + "".join(f'[[server]]\nname = "{n}"\nsource = "ssh://root@{n}"\n'
+                                  for n in ("a", "b", "c")))
+    assert main(["batch", str(manifest), "--dry-run", "--json", "--only", "c", "a"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert [p["job"] for p in plan] == ["a", "c"]
+    assert main(["batch", str(manifest), "--dry-run", "--only", "d"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("p2v: error: --only d: ") and "its servers: a, b, c" in line, line
