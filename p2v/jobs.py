@@ -1,23 +1,25 @@
 """`p2v jobs`: every convert job in a state dir, how far it got, and the command that carries
 it on (the same convert to resume it, `p2v clean` once it is done).
 
-Read-only: a job is looked at, never locked, opened for writing or changed. Its state comes
-from what its runs left: spec.json is rewritten when a run starts and report.json when it
-ends, so a report older than the spec means the last run never ended (Ctrl-C, a kill).
+Read-only: a job is looked at, never locked, opened for writing or changed (whether a run
+holds its lock is read from /proc/locks, so a starting run is never refused because of us).
+Its state comes from what its runs left: spec.json is rewritten when a run starts and
+report.json when it ends, so a report older than the spec means the last run never ended
+(Ctrl-C, a kill).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from p2v.errors import UsageError
 from p2v.job import CUTOVER_STAGES, STAGES, JobSpec, default_output_dir
-from p2v.libvirt_uri import default_uri
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ def convert_argv(spec: JobSpec) -> list[str]:
         ("--memory", spec.memory_mib), ("--vcpus", spec.vcpus), ("--pool", spec.pool),
         ("--identity", spec.identity), ("--known-hosts", spec.known_hosts),
         ("--ssh-config", spec.ssh_config),
-        ("--connect", spec.connect if spec.connect != default_uri() else None),
+        # Always: the shell the command is pasted into may pick another default libvirt.
+        ("--connect", spec.connect or None),
         ("--verify-timeout", _seconds(spec.verify_timeout, 300.0)),
         ("--before-final", spec.before_final), ("--after-final", spec.after_final),
     ]
@@ -59,7 +62,7 @@ def convert_argv(spec: JobSpec) -> list[str]:
     if spec.parallel != 2:
         pairs.append(("--parallel", spec.parallel))
     if spec.bandwidth_limit is not None:
-        pairs.append(("--bandwidth-limit", f"{spec.bandwidth_limit:.0f}"))     # bytes/s
+        pairs.append(("--bandwidth-limit", _number(spec.bandwidth_limit)))     # bytes/s
     argv += [x for flag, value in pairs if value is not None for x in (flag, str(value))]
     argv += [x for net in spec.networks for x in ("--network", net)]
     argv += [x for br in spec.bridges for x in ("--bridge", br)]
@@ -74,43 +77,67 @@ def convert_argv(spec: JobSpec) -> list[str]:
     return argv
 
 
+def _number(value: float) -> str:
+    """`value` as a plain decimal that parses back to the same float (no exponent)."""
+    if float(value).is_integer():
+        return f"{value:.0f}"
+    return f"{value:.17f}".rstrip("0")
+
+
 def _seconds(value: float, default: float) -> str | None:
-    return None if value == default else f"{value:g}"
+    return None if value == default else _number(value)
+
+
+def _regular_bytes(path: Path, tail: int | None = None) -> bytes | None:
+    """The file's bytes (its last `tail`), or None unless it is a regular file: a FIFO or a
+    device planted in a work dir must not make a listing hang."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if tail is not None and info.st_size > tail:
+            os.lseek(fd, info.st_size - tail, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    raw = _regular_bytes(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
 
-def _locked(path: Path) -> bool:
-    """Whether a run holds the job's lock now (read-only probe: nothing is created)."""
+def _locked(path: Path, locks: Path = Path("/proc/locks")) -> bool:
+    """Whether a run holds the job's lock (an flock WRITE lock on it in /proc/locks)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        info = os.stat(path, follow_symlinks=False)
+        table = locks.read_text()
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    want = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF" ("->" marks a blocked waiter)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[3] == "WRITE" \
+                and fields[5] == want:
+            return True
     return False
 
 
 def _last_event(path: Path) -> str | None:
-    try:
-        with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
+    raw = _regular_bytes(path, tail=65536)
+    for line in reversed(raw.splitlines() if raw else []):
         try:
             event = json.loads(line)
         except ValueError:
@@ -125,7 +152,14 @@ def job_status(work_dir: Path) -> JobStatus | None:
     spec_data = _read(work_dir / "spec.json")
     if spec_data is None or "source" not in spec_data or "name" not in spec_data:
         return None
-    spec = JobSpec.from_dict(spec_data)
+    try:
+        spec = JobSpec.from_dict(spec_data)
+        resume = shlex.join(convert_argv(spec))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return JobStatus(name=str(spec_data.get("name")), work_dir=str(work_dir),
+                         source=str(spec_data.get("source")), state="unreadable", stage=None,
+                         done=(), stages=(), error=f"spec.json cannot be read: {exc}",
+                         domain=None, command=f"(look at {work_dir / 'spec.json'})")
     order = CUTOVER_STAGES if spec.cutover else STAGES
     done: list[str] = []
     for step in order:                   # a later marker counts only on top of the earlier
@@ -136,7 +170,6 @@ def job_status(work_dir: Path) -> JobStatus | None:
     report = _read(work_dir / "report.json")
     registered = _read(work_dir / "register.json")
     domain = (f"{registered.get('name')} at {registered.get('uri')}" if registered else None)
-    resume = shlex.join(convert_argv(spec))
     clean = ["p2v", "clean", spec.name, "--domain"]
     if spec.output_dir != default_output_dir():
         clean[3:3] = ["--output-dir", str(spec.output_dir)]
@@ -150,7 +183,7 @@ def _state(work_dir: Path, report: dict[str, Any] | None, nxt: str | None, resum
            clean: str) -> tuple[str, str | None, str | None, str]:
     """(state, stage, error, command) from the lock, the report and the markers."""
     if _locked(work_dir / ".lock"):
-        return "running", nxt, None, f"(running: wait, or Ctrl-C it; then {resume})"
+        return "running", nxt, None, f"(running now: wait for it; if it stops, {resume})"
     ended = report is not None and _newer_or_same(work_dir / "report.json",
                                                   work_dir / "spec.json")
     if ended and report is not None and report.get("ok") and nxt is None:
@@ -178,6 +211,9 @@ def list_jobs(output_dir: Path) -> list[JobStatus]:
         entries = sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.is_symlink())
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise UsageError(detail=(f"cannot read {output_dir}: {exc.strerror}; run p2v jobs as "
+                                 "the user that ran the jobs, or give --output-dir")) from None
     for path in entries:
         status = job_status(path)
         if status is not None:

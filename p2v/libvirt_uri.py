@@ -1,10 +1,10 @@
 """Which libvirt a command talks to when no --connect is given: the one virsh would use.
 
 An admin who set LIBVIRT_DEFAULT_URI, or `uri_default` in libvirt's client config, expects
-p2v to register where `virsh list` looks. The order is libvirt's own: --connect, else
-$LIBVIRT_DEFAULT_URI, else `uri_default` in /etc/libvirt/libvirt.conf (root) or
-$XDG_CONFIG_HOME/libvirt/libvirt.conf (anyone else), else qemu:///system for root and
-qemu:///session for anyone else.
+p2v to register where `virsh list` looks. The order is virsh's: --connect, else
+$VIRSH_DEFAULT_CONNECT_URI, else $LIBVIRT_DEFAULT_URI, else `uri_default` in
+/etc/libvirt/libvirt.conf (root) or $XDG_CONFIG_HOME/libvirt/libvirt.conf (anyone else), else
+qemu:///system for root and qemu:///session for anyone else. (uri_aliases are not expanded.)
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV = "LIBVIRT_DEFAULT_URI"
+VIRSH_ENV = "VIRSH_DEFAULT_CONNECT_URI"     # virsh's own, deprecated but still set
 SYSTEM_URI = "qemu:///system"
 SESSION_URI = "qemu:///session"
-_URI_DEFAULT = re.compile(r'^\s*uri_default\s*=\s*"([^"]*)"\s*(?:#.*)?$', re.M)
+# `uri_default = "..."` (or '...'), alone on its line or before a `;` or a comment.
+_URI_DEFAULT = re.compile(r"""^\s*uri_default\s*=\s*(?:"([^"]*)"|'([^']*)')\s*(?:[;#].*)?$""",
+                          re.M)
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ def read_uri_default(path: Path) -> str | None:
         text = path.read_text(errors="replace")
     except OSError:
         return None
-    found = _URI_DEFAULT.findall(text)
-    return found[-1] if found and found[-1] else None
+    match = _URI_DEFAULT.search(text)          # libvirt takes the first setting
+    value = (match.group(1) or match.group(2)) if match else None
+    return value or None
 
 
 def resolve_uri(flag: str | None, env: Mapping[str, str] | None = None,
@@ -60,8 +64,9 @@ def resolve_uri(flag: str | None, env: Mapping[str, str] | None = None,
     if flag:
         return LibvirtUri(flag, "--connect")
     env = os.environ if env is None else env
-    if env.get(ENV):
-        return LibvirtUri(env[ENV], f"${ENV}")
+    for name in (VIRSH_ENV, ENV):           # virsh reads its own variable first
+        if env.get(name):
+            return LibvirtUri(env[name], f"${name}")
     path = config if config is not None else client_config(env, root)
     value = read_uri_default(path)
     if value:

@@ -22,7 +22,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -31,6 +31,7 @@ from p2v.errors import ExitCode, P2VError, WorkDirMismatch
 from p2v.events import EventSink
 from p2v.job import CUTOVER_STAGES, STAGES, JobSpec, name_problem
 from p2v.jobdir import WorkDir, read_json, write_json
+from p2v.libvirt_uri import default_uri
 from p2v.report import JobReport, JobValues, StageTime, build_report
 from p2v.secure import open_private
 
@@ -66,6 +67,8 @@ def run_job(spec: JobSpec, events: EventSink | None = None) -> JobReport:
     the work dir is left consistent (markers only ever mark finished stages).
     """
     started = time.monotonic()
+    if not spec.connect:        # a batch without `connect`: resolved where the job runs
+        spec = replace(spec, connect=default_uri())
     problem = name_problem(spec.name)
     if problem is not None:
         return _refused(spec, problem, ExitCode.USAGE, started)

@@ -19,7 +19,6 @@ from typing import Any
 
 from p2v.errors import InputNotFound, ManifestInvalid, SourceSpecError, UsageError
 from p2v.job import NAME_PATTERN, JobSpec, default_output_dir
-from p2v.libvirt_uri import default_uri
 
 # The libvirt domain name, which is also the stem of the job's work dir and image names.
 NAME_RE = NAME_PATTERN
@@ -90,9 +89,10 @@ def _disk(item: str) -> None:
 
 def _mapping(kind: str) -> Callable[[str], None]:
     def check(item: str) -> None:
-        if not _MAPPING_RE.fullmatch(item):
-            raise _Bad(f"{json.dumps(item)}: want \"SRC={kind}\" (SRC a NIC name or MAC) "
-                       f"or \"{kind}\"")
+        src, sep, target = item.rpartition("=" if "=" in item else ":")
+        if not _MAPPING_RE.fullmatch(item) or (sep and not (src and target)):
+            raise _Bad(f"{json.dumps(item)}: want \"SRC={kind}\" (SRC a NIC name or MAC; "
+                       f"or \"SRC:{kind}\") or \"{kind}\"")
     return check
 
 
@@ -342,7 +342,7 @@ def _batch_settings(data: _Table, defaults_raw: _Table, base: Path,
             problems.add(where, "output_dir", str(exc))
     else:
         output_dir = default_output_dir()
-    connect = default_uri()
+    connect = ""          # none given: the URI virsh would use where the job runs
     if "connect" in batch_values:
         value, where = batch_values["connect"]
         try:

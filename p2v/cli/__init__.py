@@ -74,6 +74,7 @@ def _log_to_file(path: Path) -> logging.Handler:
     except OSError as exc:
         raise UsageError(detail=f"--log-file {path}: {exc.strerror}; give a writable file "
                                 "path") from None
+    os.fchmod(fd, 0o600)                    # an existing file too: the log names the server
     handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s p2v: %(levelname)s: %(name)s: "

@@ -36,9 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the fleet's TOML manifest")
     p.add_argument("--jobs", type=at_least_one, metavar="N",
                    help="jobs run at the same time (default: the manifest's `jobs`, else 1)")
-    p.add_argument("--only", action="extend", nargs="+", default=[], metavar="NAME",
-                   help="run only these servers of the manifest (their `name`s); the others "
-                        "are left as they are")
+    p.add_argument("--only", action="append", default=[], metavar="NAME[,NAME...]",
+                   help="run only these servers of the manifest (their `name`s; repeatable "
+                        "or comma-separated); the others are left as they are")
     p.add_argument("--dry-run", action="store_true",
                    help="check the manifest and print which jobs would run, resume or be "
                         "skipped; change nothing")
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     check_output_dir(manifest.output_dir, flag=f"{args.manifest}: output_dir")
     if args.only:
-        manifest = only(manifest, args.only)
+        manifest = only(manifest, [n for item in args.only for n in item.split(",") if n])
     jobs = args.jobs or manifest.jobs or 1
     if args.dry_run:
         plan = plan_batch(manifest)

@@ -292,4 +292,5 @@ def print_jobs(directory: Path, jobs: Sequence[JobStatus]) -> None:
             print(f"  error: {job.error}")
         if job.domain:
             print(f"  guest: {job.domain}")
-        print(f"  next:  {job.command}")
+        # A done job's command removes it (and its guest): say so, never call it "next".
+        print(f"  {'remove' if job.state == 'done' else 'next'}:  {job.command}")

@@ -104,7 +104,8 @@ def run_demo(variant: str, progress: Callable[[str], None]) -> dict[str, Any]:
             progress(f"running: {command}")
             spec = JobSpec(source=endpoint, name=name, output_dir=jobs,
                            networks=(DEMO_NETWORK,), identity=source.key,
-                           known_hosts=source.known_hosts, ssh_config=Path("/dev/null"))
+                           known_hosts=source.known_hosts, ssh_config=Path("/dev/null"),
+                           connect=URI)     # the demo's own libvirtd, whatever the env says
             report = run_job(spec, _progress_sink(progress))
     finally:
         owned = daemon.owned

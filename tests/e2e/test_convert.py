@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from libvirt_env import Libvirtd, boot_checks, open_conn
+from libvirt_env import URI, Libvirtd, boot_checks, open_conn
 
 from p2v.demo.live import SourceEndpoint
 from p2v.pipeline import STAGES
@@ -181,6 +181,7 @@ def check_jobs_view(ep: SourceEndpoint, done: str, out: Path, network: str) -> N
     assert jobs[killed]["done"] == ["inspect"] and jobs[killed]["domain"] is None
     resume = shlex.split(jobs[killed]["command"])
     want = [a for a in convert_argv(ep, killed, out, network)[4:] if a != "--json"]
+    want += ["--connect", URI]                  # always printed: the shell may differ
     assert resume[:2] == ["p2v", "convert"] and sorted(resume[2:]) == sorted(want), resume
     text = subprocess.run([sys.executable, "-m", "p2v", "jobs", "--output-dir", str(out)],
                           capture_output=True, text=True, timeout=60, check=True).stdout

@@ -38,10 +38,21 @@ def test_the_printed_command_asks_for_the_same_job(flags: list[str]) -> None:
     assert job_spec(again, again.connect or default_uri()) == spec
 
 
-def test_default_values_are_left_out() -> None:
+def test_default_values_are_left_out_but_the_libvirt_uri() -> None:
+    # The URI always: the shell the command is pasted into may pick another default.
     args = build_parser().parse_args(["convert", "web01", "--name", "web01"])
-    assert convert_argv(job_spec(args, default_uri())) == ["p2v", "convert", "web01", "--name",
-                                                          "web01"]
+    assert convert_argv(job_spec(args, "qemu:///system")) == [
+        "p2v", "convert", "web01", "--name", "web01", "--connect", "qemu:///system"]
+
+
+@pytest.mark.parametrize("flags", [["--verify-timeout", "1234567.5"],
+                                   ["--verify-timeout", "0.1234567"],
+                                   ["--bandwidth-limit", "1.3K"]])
+def test_odd_numbers_print_back_exactly(flags: list[str]) -> None:
+    parser = build_parser()
+    spec = job_spec(parser.parse_args(["convert", "w", "--name", "w", *flags]), "test:///")
+    again = parser.parse_args(convert_argv(spec)[1:])
+    assert job_spec(again, "test:///") == spec
 
 
 def test_a_relative_output_dir_is_printed_absolute(tmp_path: Path,

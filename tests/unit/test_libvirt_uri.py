@@ -48,3 +48,13 @@ def test_an_unreadable_or_empty_setting_is_no_setting(tmp_path: Path) -> None:
     empty = tmp_path / "e.conf"
     empty.write_text('uri_default = ""\n')
     assert read_uri_default(empty) is None
+
+
+def test_virshs_own_variable_first_then_the_first_uri_default(tmp_path: Path) -> None:
+    got = resolve_uri(None, env={"VIRSH_DEFAULT_CONNECT_URI": "qemu:///session",
+                                 "LIBVIRT_DEFAULT_URI": "test:///default"})
+    assert (got.uri, got.origin) == ("qemu:///session", "$VIRSH_DEFAULT_CONNECT_URI")
+    conf = tmp_path / "libvirt.conf"
+    conf.write_text("uri_default = 'qemu+ssh://first/system' ; the one libvirt reads\n"
+                    'uri_default = "qemu+ssh://second/system"\n')
+    assert read_uri_default(conf) == "qemu+ssh://first/system"

@@ -261,3 +261,12 @@ def test_a_spec_json_from_before_new_macs_is_the_same_job(
     fake.ran.clear()
     assert run_job(spec(tmp_path)).ok
     assert fake.ran == ["fix", "verify", "register"]
+
+
+def test_a_job_without_a_libvirt_uri_gets_the_one_virsh_would_use_where_it_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeStages(monkeypatch)
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "test:///default")
+    assert run_job(spec(tmp_path, connect="")).ok
+    written = json.loads((tmp_path / "web01" / "spec.json").read_text())
+    assert written["connect"] == "test:///default"

@@ -17,7 +17,6 @@ import pytest
 from p2v.batch.manifest import load_manifest
 from p2v.cli import main
 from p2v.errors import ManifestInvalid
-from p2v.libvirt_uri import default_uri
 
 BAD = Path(__file__).parent.parent / "bad_manifests"
 DOCS = Path(__file__).parents[3] / "docs" / "batch.md"
@@ -111,7 +110,7 @@ def test_the_full_example_in_the_docs_is_valid(tmp_path: Path) -> None:
     # Defaults apply; entries override them; paths are taken from the manifest's directory.
     assert web.identity == tmp_path / "keys/p2v_ed25519"
     assert web.known_hosts == tmp_path / "keys/known_hosts"
-    assert web.connect == default_uri() and web.networks == ("default",)
+    assert web.connect == "qemu:///system" and web.networks == ("default",)
     assert web.memory_mib is None and web.verify
     assert db.memory_mib == 8192 and db.vcpus == 4
     assert db.disks == ("/dev/sda", "/dev/sdb")
@@ -131,6 +130,8 @@ def test_parallel_and_bandwidth_limit_reach_the_jobs(tmp_path: Path) -> None:
     specs = {s.name: s for s in load_manifest(manifest).specs}
     assert (specs["a"].parallel, specs["a"].bandwidth_limit) == (1, 50 * 2**20)
     assert (specs["b"].parallel, specs["b"].bandwidth_limit) == (2, 2**20)
+    # No `connect`: left to the host the job runs on (run_job resolves it there, as virsh would).
+    assert specs["a"].connect == specs["b"].connect == ""
 
 
 def test_only_runs_the_servers_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,9 +141,19 @@ def test_only_runs_the_servers_named(tmp_path: Path, capsys: pytest.CaptureFixtu
     manifest.write_text(f'output_dir = "{tmp_path / "jobs"}"\n'
                         + "".join(f'[[server]]\nname = "{n}"\nsource = "ssh://root@{n}"\n'
                                   for n in ("a", "b", "c")))
-    assert main(["batch", str(manifest), "--dry-run", "--json", "--only", "c", "a"]) == 0
+    assert main(["batch", "--only", "c,a", str(manifest), "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert [p["job"] for p in plan] == ["a", "c"]
     assert main(["batch", str(manifest), "--dry-run", "--only", "d"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("p2v: error: --only d: ") and "its servers: a, b, c" in line, line
+
+
+@pytest.mark.parametrize("item", ["eth0:", ":lan"])
+def test_a_colon_mapping_with_an_empty_side_is_refused_at_load(tmp_path: Path, item: str) -> None:
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'[[server]]\nname = "a"\nsource = "ssh://root@a"\n'
+                        f'networks = ["{item}"]\n')
+    with pytest.raises(ManifestInvalid) as info:
+        load_manifest(manifest)
+    assert any(f'networks: "{item}": want "SRC=NET"' in p for p in info.value.problems)
