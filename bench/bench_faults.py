@@ -67,7 +67,7 @@ from p2v import runner  # noqa: E402
 from p2v.demo.fixtures import build_fixture  # noqa: E402
 from p2v.demo.libvirtd import URI, Libvirtd, isolated_network  # noqa: E402
 from p2v.demo.live import SourceEndpoint  # noqa: E402
-from p2v.pipeline import STAGES  # noqa: E402
+from p2v.job import STAGES  # noqa: E402
 from p2v.transfer.copy import DEFAULT_CHUNK, DEFAULT_PARALLEL  # noqa: E402
 from p2v.transfer.pump import FLUSH_BYTES  # noqa: E402
 

@@ -103,3 +103,8 @@ class JobSpec:
                 value = tuple(value)
             values[key] = value
         return cls(**values)
+
+
+def stages_for(spec: JobSpec) -> tuple[str, ...]:
+    """The stages this job runs, in order (with --cutover, sync comes after the copy)."""
+    return CUTOVER_STAGES if spec.cutover else STAGES

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from p2v.errors import UsageError
-from p2v.job import CUTOVER_STAGES, STAGES, JobSpec, default_output_dir
+from p2v.job import JobSpec, default_output_dir, stages_for
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def job_status(work_dir: Path) -> JobStatus | None:
                          source=str(spec_data.get("source")), state="unreadable", stage=None,
                          done=(), stages=(), error=f"spec.json cannot be read: {exc}",
                          domain=None, command=f"(look at {work_dir / 'spec.json'})")
-    order = CUTOVER_STAGES if spec.cutover else STAGES
+    order = stages_for(spec)
     done: list[str] = []
     for step in order:                   # a later marker counts only on top of the earlier
         if not (work_dir / "markers" / f"{step}.done").is_file():

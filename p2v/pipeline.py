@@ -29,7 +29,7 @@ from typing import Any, TypeVar, cast
 from p2v import preflight, stages
 from p2v.errors import ExitCode, P2VError, WorkDirMismatch
 from p2v.events import EventSink
-from p2v.job import CUTOVER_STAGES, STAGES, JobSpec, name_problem
+from p2v.job import CUTOVER_STAGES, JobSpec, name_problem, stages_for
 from p2v.jobdir import WorkDir, read_json, write_json
 from p2v.libvirt_uri import default_uri
 from p2v.report import JobReport, JobValues, StageTime, build_report
@@ -53,10 +53,6 @@ _REPORTED: dict[str, Callable[[WorkDir], Any]] = {
 _ALWAYS_REPORTED = ("inspect", "preflight", "copy")
 # What a missing, truncated or foreign record raises when it is loaded.
 _UNREADABLE = (OSError, ValueError, KeyError, TypeError, P2VError)
-
-
-def stages_for(spec: JobSpec) -> tuple[str, ...]:
-    return CUTOVER_STAGES if spec.cutover else STAGES
 
 
 def run_job(spec: JobSpec, events: EventSink | None = None) -> JobReport:

@@ -9,9 +9,9 @@ import pytest
 
 from p2v import preflight, stages
 from p2v.errors import StreamError
+from p2v.job import CUTOVER_STAGES
 from p2v.jobplan import JobPlan, PlannedDisk
 from p2v.model import Inventory
-from p2v.pipeline import CUTOVER_STAGES
 
 
 class FakeStages:

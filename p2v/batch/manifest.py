@@ -118,8 +118,10 @@ def _seconds(value: Any) -> float:
 
 
 def _parallel(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4:
-        raise _Bad(f"must be 1 to 4 (disks copied at a time), got {_shown(value)}")
+    from p2v.transfer.copy import MAX_PARALLEL
+
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PARALLEL:
+        raise _Bad(f"must be 1 to {MAX_PARALLEL} (disks copied at a time), got {_shown(value)}")
     return value
 
 

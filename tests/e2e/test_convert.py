@@ -26,7 +26,7 @@ import pytest
 from libvirt_env import URI, Libvirtd, boot_checks, open_conn
 
 from p2v.demo.live import SourceEndpoint
-from p2v.pipeline import STAGES
+from p2v.job import STAGES
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ from fake_stages import LOADERS, fake_value, stage_function
 
 from p2v import stages
 from p2v.errors import StreamError
-from p2v.job import JobSpec
+from p2v.job import CUTOVER_STAGES, STAGES, JobSpec
 from p2v.jobdir import WorkDir
-from p2v.pipeline import CUTOVER_STAGES, STAGES, run_job
+from p2v.pipeline import run_job
 from p2v.source.freeze import FreezeReport
 from p2v.transfer import sync as sync_module
 from p2v.transfer.sync import SyncRequest, SyncResult

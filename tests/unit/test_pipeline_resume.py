@@ -16,11 +16,11 @@ from fake_stages import FakeStages
 
 from p2v import pipeline
 from p2v.errors import ExitCode
-from p2v.job import JobSpec
+from p2v.job import STAGES, JobSpec
 from p2v.jobdir import JobLocked, WorkDir
 from p2v.jobplan import choose_disks, not_carried_over
 from p2v.model import DiskInfo, DmDevice, Filesystem, Inventory, NicInfo, Partition
-from p2v.pipeline import STAGES, run_job
+from p2v.pipeline import run_job
 from p2v.report import JobReport, load_report
 
 
