@@ -74,6 +74,13 @@ class JobSpec:
     # The copy (and sync passes): disks at a time, and bytes/s on the wire over all of them.
     parallel: int = 2
     bandwidth_limit: float | None = None
+    # `p2v batch --bandwidth-limit` (or the manifest's top-level bandwidth_limit): bytes/s
+    # shared by every job of the batch running at once on this host, through the bucket
+    # file host_bucket(output_dir). A batch setting, not part of what the job is asked to
+    # do: the ledger's spec hash leaves it out.
+    host_bandwidth_limit: float | None = None
+    # Windows sources: the virtio-win ISO or directory fix takes the drivers from.
+    virtio_win: Path | None = None
 
     @property
     def work_dir(self) -> Path:
@@ -103,6 +110,18 @@ class JobSpec:
                 value = tuple(value)
             values[key] = value
         return cls(**values)
+
+
+# Where the jobs of one batch on one host share host_bandwidth_limit (the batch's state dir).
+HOST_BUCKET = Path(".p2v-batch") / "bandwidth.bucket"
+# Fields added after ledgers existed: at their default they are left out of the spec hash,
+# so a manifest entry that does not use them still matches the row an older p2v wrote.
+LATER_FIELDS = ("host_bandwidth_limit", "virtio_win")
+
+
+def host_bucket(output_dir: Path) -> Path:
+    """The bucket file the batch's jobs on this host draw their shared bandwidth from."""
+    return output_dir / HOST_BUCKET
 
 
 def stages_for(spec: JobSpec) -> tuple[str, ...]:

@@ -42,7 +42,10 @@ class JobStatus:
 
 
 def convert_argv(spec: JobSpec) -> list[str]:
-    """The `p2v convert` command line that runs `spec` again (a rerun resumes the job)."""
+    """The `p2v convert` command line that runs `spec` again (a rerun resumes the job).
+
+    A batch's host-wide bandwidth limit has no convert flag: run alone, the job keeps only
+    its own --bandwidth-limit."""
     argv = ["p2v", "convert", spec.source, "--name", spec.name]
     if spec.output_dir != default_output_dir():
         argv += ["--output-dir", str(spec.output_dir)]
@@ -51,7 +54,7 @@ def convert_argv(spec: JobSpec) -> list[str]:
     pairs: list[tuple[str, object | None]] = [
         ("--memory", spec.memory_mib), ("--vcpus", spec.vcpus), ("--pool", spec.pool),
         ("--identity", spec.identity), ("--known-hosts", spec.known_hosts),
-        ("--ssh-config", spec.ssh_config),
+        ("--ssh-config", spec.ssh_config), ("--virtio-win", spec.virtio_win),
         # Always: the shell the command is pasted into may pick another default libvirt.
         ("--connect", spec.connect or None),
         ("--verify-timeout", _seconds(spec.verify_timeout, 300.0)),

@@ -44,9 +44,16 @@ def add(sub: argparse._SubParsersAction) -> None:
     add_ssh_source(p)
     p.add_argument("--name", required=True,
                    help="the guest's name: domain name, work dir and image names")
-    p.add_argument("--disk", action="append", default=[], metavar="DEV",
-                   help="source disk to copy, e.g. /dev/sda (repeatable; default: every "
-                        "physical disk)")
+    _add_guest_flags(p)
+    _add_copy_flags(p)
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: one event per stage change, progress tick and "
+                        "message, then job-done or job-failed with the report")
+    p.set_defaults(func=run)
+
+
+def _add_guest_flags(p: argparse.ArgumentParser) -> None:
+    """How the guest looks, where it goes, and how it is fixed and checked."""
     p.add_argument("--memory", type=int, metavar="MiB", help="guest RAM (default: the source's)")
     p.add_argument("--vcpus", type=int, metavar="N",
                    help="vCPUs (default: the source's topology)")
@@ -57,10 +64,24 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--serial-console", action="store_true",
                    help="fix adds a serial console (ttyS0) whose login prompt shows the "
                         "guest's IPv4 addresses: `virsh console` and the domain's console log")
+    p.add_argument("--virtio-win", type=Path, metavar="DIR|ISO",
+                   help="Windows sources: the virtio-win ISO or directory fix takes the "
+                        "drivers from (checked before anything runs; docs/windows.md)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the boot check before registering (not recommended)")
     p.add_argument("--verify-timeout", type=positive_arg, default=300.0, metavar="S",
                    help="seconds the boot check waits for userspace (default: 300)")
+    p.add_argument("--new-macs", action="store_true",
+                   help="give the guest fresh MACs (the source stays live with its own); the "
+                        "guest's interface names are pinned to the new ones, so its network "
+                        "configuration still applies")
+
+
+def _add_copy_flags(p: argparse.ArgumentParser) -> None:
+    """What is copied from the live source, how fast, and the cutover."""
+    p.add_argument("--disk", action="append", default=[], metavar="DEV",
+                   help="source disk to copy, e.g. /dev/sda (repeatable; default: every "
+                        "physical disk)")
     p.add_argument("--full", action="store_true",
                    help="copy every non-zero byte (default: skip ext2/3/4 free blocks and swap)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
@@ -69,20 +90,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bandwidth-limit", type=rate_arg, metavar="RATE",
                    help="at most RATE bytes/s on the wire over all disks, in the copy and "
                         "the sync passes, e.g. 50M (MiB/s), 800K (default: unlimited)")
-    p.add_argument("--new-macs", action="store_true",
-                   help="give the guest fresh MACs (the source stays live with its own); the "
-                        "guest's interface names are pinned to the new ones, so its network "
-                        "configuration still applies")
     p.add_argument("--cutover", action="store_true",
                    help="live cutover: after the copy, sync passes while the delta shrinks, "
                         "then a final pass with the source's filesystems frozen (fsfreeze, "
                         "a thaw timer on the source); the downtime window is reported "
                         "(docs/sync.md)")
     add_freeze_flags(p, "with --cutover: ", "the final pass always freezes; ")
-    p.add_argument("--json", action="store_true",
-                   help="JSON lines on stdout: one event per stage change, progress tick and "
-                        "message, then job-done or job-failed with the report")
-    p.set_defaults(func=run)
 
 
 def job_spec(args: argparse.Namespace, uri: str) -> JobSpec:
@@ -102,6 +115,7 @@ def job_spec(args: argparse.Namespace, uri: str) -> JobSpec:
         freeze_timeout=args.freeze_timeout, before_final=args.before_final,
         after_final=args.after_final, serial_console=args.serial_console,
         parallel=args.parallel, bandwidth_limit=args.bandwidth_limit,
+        virtio_win=args.virtio_win.absolute() if args.virtio_win else None,
     )
 
 
@@ -116,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UsageError(detail=f"{flag} must be positive, not {value}")
     check_freeze_timeout(args.freeze_timeout)     # now, not at the final pass after the copy
+    if args.virtio_win is not None:               # now, not at fix after the whole copy
+        from p2v.fix.windows.virtio_win import check_virtio_win
+
+        check_virtio_win(args.virtio_win)
     uri = resolve_uri(args.connect)
     check_source_arg(args)
     check_name(args.name)

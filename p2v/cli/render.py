@@ -236,6 +236,9 @@ def print_batch_plan(plan: Sequence[PlanItem], jobs: int, manifest: Manifest) ->
     print(f"{todo} job(s) to run, {len(plan) - todo} to skip, {jobs} at a time; work dirs "
           f"in {manifest.output_dir}; ledger {ledger_path(manifest)} (dry run: nothing "
           "changed)")
+    if manifest.bandwidth_limit is not None:
+        print(f"bandwidth: at most {manifest.bandwidth_limit / (1 << 20):.1f} MiB/s over all "
+              "jobs running at once on a host")
 
 
 def print_batch_result(result: BatchResult) -> None:
