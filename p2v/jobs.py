@@ -46,7 +46,10 @@ def convert_argv(spec: JobSpec) -> list[str]:
 
     A batch's host-wide bandwidth limit has no convert flag: run alone, the job keeps only
     its own --bandwidth-limit."""
-    argv = ["p2v", "convert", spec.source, "--name", spec.name]
+    if spec.images:
+        argv = ["p2v", "convert", "--from-image", *map(str, spec.images), "--name", spec.name]
+    else:
+        argv = ["p2v", "convert", spec.source, "--name", spec.name]
     if spec.output_dir != default_output_dir():
         argv += ["--output-dir", str(spec.output_dir)]
     for disk in spec.disks:
@@ -73,7 +76,7 @@ def convert_argv(spec: JobSpec) -> list[str]:
                 ("--full", spec.full), ("--no-compress", not spec.compress),
                 ("--accept-new-host-key", spec.accept_new_host_key),
                 ("--new-macs", spec.new_macs), ("--cutover", spec.cutover),
-                ("--serial-console", spec.serial_console)]
+                ("--serial-console", spec.serial_console), ("--in-place", spec.in_place)]
     argv += [flag for flag, on in switches if on]
     if spec.cutover and spec.freeze != "strict":
         argv += ["--freeze", spec.freeze]

@@ -214,9 +214,12 @@ def fix(ctx: JobContext, inv: Inventory, plan: JobPlan,
 
     source_macs = {n.name: n.mac.lower() for n in inv.nics if n.mac}
     known = {d.name: d for d in inv.disks}
-    options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
-                         mac_map=mac_changes(source_macs, dict(plan.pins)),
-                         source_disks=tuple(d.name for d in plan.disks),
+    # An imported image: no source names to pin or map, fix inspects it as `p2v fix` would.
+    pinned = plan.pins if plan.pin_nics else ()
+    options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pinned),
+                         mac_map=mac_changes(source_macs, dict(pinned)),
+                         source_disks=() if ctx.spec.images else
+                         tuple(d.name for d in plan.disks),
                          firmware=plan.firmware, serial_console=ctx.spec.serial_console,
                          # serial/WWID and multipath maps: what by-id names point at
                          disk_ids=tuple(disk_ids(known[d.name]) if d.name in known else ()

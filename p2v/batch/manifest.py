@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2v.errors import InputNotFound, ManifestInvalid, SourceSpecError, UsageError
-from p2v.job import NAME_PATTERN, JobSpec, default_output_dir
+from p2v.job import NAME_PATTERN, JobSpec, default_output_dir, image_source
 
 # The libvirt domain name, which is also the stem of the job's work dir and image names.
 NAME_RE = NAME_PATTERN
@@ -190,8 +190,12 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "freeze_timeout": ("freeze_timeout", _freeze_timeout),
     "before_final": ("before_final", _string),
     "after_final": ("after_final", _string),
+    "image": ("images", _strings(lambda item: None)),
+    "in_place": ("in_place", _bool),
 }
-_PER_SERVER_ONLY = ("source", "name")
+_PER_SERVER_ONLY = ("source", "name", "image")
+# What only a live source has: refused in an entry converted from images.
+_LIVE_ONLY = ("disks", "cutover", "new_macs")
 _DEFAULT_FIELDS = {k: v for k, v in _SERVER_FIELDS.items() if k not in _PER_SERVER_ONLY}
 _BATCH_KEYS = ("output_dir", "connect")       # top level or [defaults]
 # bandwidth_limit at the top level: the batch's own, shared by all its jobs on a host (in
@@ -426,6 +430,7 @@ def _check_servers(servers: list[_Table], defaults: _Values, connect: str,
     specs: list[JobSpec] = []
     names: dict[str, str] = {}
     sources: dict[str, str] = {}
+    images: dict[Path, str] = {}
     for index, raw in enumerate(servers, start=1):
         where = _label(index, raw)
         spec = _check_server(raw, where, defaults, connect, base, output_dir, problems)
@@ -446,6 +451,11 @@ def _check_servers(servers: list[_Table], defaults: _Values, connect: str,
             else:
                 sources[source] = where
         if spec is not None:
+            for image in spec.images:
+                if image in images:
+                    problems.add(where, "image", f"{image} is already a disk of "
+                                                 f"{images[image]}")
+                images.setdefault(image, where)
             specs.append(spec)
     return specs
 
@@ -503,21 +513,53 @@ def _check_server(raw: _Table, where: str, defaults: _Values, connect: str,
             values[key] = _SERVER_FIELDS[key][1](value)
         except _Bad as exc:
             problems.add(where, key, str(exc))
-    for key in _PER_SERVER_ONLY:
-        if key not in raw:
-            problems.add(where, key, "missing (required in every [[server]])")
+    if "name" not in raw:
+        problems.add(where, "name", "missing (required in every [[server]])")
+    if "source" not in raw and "image" not in raw:
+        problems.add(where, "source", "missing (required in every [[server]]), unless image "
+                                      "lists disk images to convert instead")
     for key in _PATH_KEYS:
         if key in values:
             values[key] = _absolute(values[key], base)
     config_ok = _check_files(values, raw, where, problems)
     _check_cutover(values, raw, where, problems)
-    if "source" in values and config_ok:
+    if "image" in values:
+        values["image"] = tuple(_absolute(Path(p).expanduser(), base) for p in values["image"])
+        _check_image_entry(values, raw, where, problems)
+    elif "source" in values and config_ok:
         _check_source(values, where, problems)
+    if values.get("in_place") and "image" not in values:
+        problems.add(where, "in_place", "only with image (the images used where they are)")
     if len(problems.lines) != before or output_dir is None:
         return None
     kwargs = {_SERVER_FIELDS[k][0]: v for k, v in values.items()}
     kwargs.setdefault("connect", connect)
+    if "images" in kwargs:
+        kwargs["source"] = image_source(kwargs["images"])
     return JobSpec(output_dir=output_dir, **kwargs)
+
+
+def _check_image_entry(values: _Values, raw: _Table, where: str, problems: _Problems) -> None:
+    """An entry from existing images: not also a source, nothing only a live source has,
+    each image there (its format and locks are the job's import stage to judge)."""
+    from p2v.image_import import mapping_problem
+
+    if "source" in raw:
+        problems.add(where, "image", "and source are both set: give one (image converts the "
+                                     "listed disk images, source a live server)")
+    if not values["image"]:
+        problems.add(where, "image", "is empty: list the guest's disk images, boot disk first")
+    for key in _LIVE_ONLY:
+        if values.get(key):
+            problems.add(where, key, "is for a live source, not image")
+    problem = mapping_problem(values.get("networks", ()), values.get("bridges", ()),
+                              ("networks", "bridges"))
+    if problem:
+        problems.add(where, *problem)
+    for path in values["image"]:
+        if not path.is_file():
+            what = "no such file" if not path.exists() else "not a regular file"
+            problems.add(where, "image", f"{what}: {path}")
 
 
 def _check_files(values: _Values, raw: _Table, where: str,

@@ -41,9 +41,16 @@ def add(sub: argparse._SubParsersAction) -> None:
             "mid-disk). `p2v clean NAME` removes it. See docs/convert.md."
         ),
     )
-    add_ssh_source(p)
+    add_ssh_source(p, optional="--from-image")
     p.add_argument("--name", required=True,
                    help="the guest's name: domain name, work dir and image names")
+    p.add_argument("--from-image", nargs="+", type=Path, metavar="IMG",
+                   help="convert existing disk images instead of a live SOURCE (raw, qcow2, "
+                        "VMDK, VHD, VHDX; boot disk first): imported into the work dir as "
+                        "qcow2, then fix, verify, register (docs/convert.md)")
+    p.add_argument("--in-place", action="store_true",
+                   help="with --from-image: use raw or qcow2 images where they are (fix "
+                        "writes to them) instead of converting copies")
     _add_guest_flags(p)
     _add_copy_flags(p)
     p.add_argument("--json", action="store_true",
@@ -54,9 +61,10 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def _add_guest_flags(p: argparse.ArgumentParser) -> None:
     """How the guest looks, where it goes, and how it is fixed and checked."""
-    p.add_argument("--memory", type=int, metavar="MiB", help="guest RAM (default: the source's)")
+    p.add_argument("--memory", type=int, metavar="MiB",
+                   help="guest RAM (default: the source's; from an image: 2048)")
     p.add_argument("--vcpus", type=int, metavar="N",
-                   help="vCPUs (default: the source's topology)")
+                   help="vCPUs (default: the source's topology; from an image: 2)")
     p.add_argument("--output-dir", type=Path, metavar="DIR",
                    help="where the job's work dir NAME/ goes (default: $P2V_STATE_DIR/jobs, "
                         "/var/lib/p2v/jobs)")
@@ -100,10 +108,12 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
 
 def job_spec(args: argparse.Namespace, uri: str) -> JobSpec:
     """The job these arguments ask for (`p2v jobs` prints the arguments of a spec back)."""
-    from p2v.job import JobSpec, default_output_dir
+    from p2v.job import JobSpec, default_output_dir, image_source
 
+    images = tuple(p.absolute() for p in args.from_image or ())
     return JobSpec(
-        source=args.source, name=args.name,
+        source=image_source(images) if images else args.source, name=args.name,
+        images=images, in_place=args.in_place,
         output_dir=(args.output_dir or default_output_dir()).absolute(),
         disks=tuple(args.disk), memory_mib=args.memory, vcpus=args.vcpus,
         connect=uri, networks=tuple(args.network), bridges=tuple(args.bridge),
@@ -117,6 +127,25 @@ def job_spec(args: argparse.Namespace, uri: str) -> JobSpec:
         parallel=args.parallel, bandwidth_limit=args.bandwidth_limit,
         virtio_win=args.virtio_win.absolute() if args.virtio_win else None,
     )
+
+
+def check_image_args(args: argparse.Namespace) -> None:
+    """--from-image: no SOURCE, nothing only a live source has, every image importable."""
+    from p2v.errors import UsageError
+    from p2v.image_import import check_images, mapping_problem
+
+    if args.source is not None:
+        raise UsageError(detail=f"give SOURCE ({args.source}) or --from-image, not both")
+    for flag, given in (("--disk", args.disk), ("--cutover", args.cutover),
+                        ("--new-macs", args.new_macs)):
+        if given:
+            raise UsageError(detail=f"{flag} is for a live SOURCE, not --from-image"
+                             + (" (an image's guest always gets fresh MACs)"
+                                if flag == "--new-macs" else ""))
+    problem = mapping_problem(args.network, args.bridge)
+    if problem:
+        raise UsageError(detail=" ".join(problem))
+    check_images([p.absolute() for p in args.from_image], in_place=args.in_place)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,7 +164,15 @@ def run(args: argparse.Namespace) -> int:
 
         check_virtio_win(args.virtio_win)
     uri = resolve_uri(args.connect)
-    check_source_arg(args)
+    if args.in_place and not args.from_image:
+        raise UsageError(detail="--in-place needs --from-image (the images it leaves where "
+                                "they are)")
+    if args.from_image:
+        check_image_args(args)
+    else:
+        if args.source is None:
+            raise UsageError(detail="give SOURCE (the live server) or --from-image IMG ...")
+        check_source_arg(args)
     check_name(args.name)
     check_output_dir(args.output_dir or default_output_dir())
     spec = job_spec(args, uri.uri)
