@@ -450,12 +450,15 @@ def _check_servers(servers: list[_Table], defaults: _Values, connect: str,
                                               f"the source of {sources[source]}")
             else:
                 sources[source] = where
+        listed = raw.get("image")
+        for item in listed if isinstance(listed, list) else ():
+            if not isinstance(item, str) or not item.strip():
+                continue
+            image = _absolute(Path(item).expanduser(), base)
+            if image in images and images[image] != where:
+                problems.add(where, "image", f"{image} is already a disk of {images[image]}")
+            images.setdefault(image, where)
         if spec is not None:
-            for image in spec.images:
-                if image in images:
-                    problems.add(where, "image", f"{image} is already a disk of "
-                                                 f"{images[image]}")
-                images.setdefault(image, where)
             specs.append(spec)
     return specs
 
