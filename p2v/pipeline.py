@@ -248,7 +248,8 @@ def _check_same_job(spec: JobSpec, wd: WorkDir) -> None:
     old = read_json(path)
     new = spec.to_dict()
     # A key missing from an older spec.json had its field's default then.
-    defaults = {f.name: f.default for f in fields(JobSpec)}
+    defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                for f in fields(JobSpec)}      # as to_dict writes them: tuples as lists
     differs = [k for k in _SAME_JOB if old.get(k, defaults.get(k)) != new.get(k)]
     if differs and not _copy_started(wd):
         # Nothing was copied yet (e.g. a disk name was wrong and preflight refused it): the
