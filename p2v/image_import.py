@@ -75,6 +75,10 @@ def check_image(path: Path, *, boot: bool, in_place: bool = False) -> ImageFacts
     if fmt not in FORMATS:
         raise ImageNotImportable(path=str(path), detail=(
             f"its format is {fmt}, not one p2v imports (raw, qcow2, VMDK, VHD, VHDX)"))
+    if info.get("encrypted"):
+        raise ImageNotImportable(path=str(path), detail=(
+            "it is encrypted: decrypt it into a plain image first (qemu-img convert with its "
+            "secret), then give that one"))
     if in_place and fmt not in IN_PLACE_FORMATS:
         raise ImageNotImportable(path=str(path), detail=(
             f"--in-place uses raw or qcow2 images where they are; a {FORMATS[fmt]} image is "

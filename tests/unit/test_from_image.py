@@ -235,3 +235,14 @@ def test_manifest_image_entries_are_checked(tmp_path: Path) -> None:
             'server[5] "empty": image: is empty: list the guest\'s disk images',
             'server[6] "in-place-live": in_place: only with image'):
         assert fragment in problems, (fragment, problems)
+
+
+def test_an_encrypted_image_is_refused_naming_it(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "secret.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "--object",
+                    "secret,id=s0,data=lab", "-o", "encrypt.format=luks,encrypt.key-secret=s0",
+                    str(image), "16M"], check=True)
+    rc, err = _convert(["--from-image", str(image), "--name", "lab01"], capsys)
+    assert rc == ExitCode.USAGE
+    assert err.startswith(f"p2v: error: --from-image {image}: it is encrypted"), err
