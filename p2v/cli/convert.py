@@ -38,7 +38,9 @@ def add(sub: argparse._SubParsersAction) -> None:
             "libvirt (shut off unless --start). Everything lives in the job's work dir "
             "DIR/NAME; a failure leaves no domain defined and keeps the work dir: rerun the "
             "same command to continue at the first unfinished stage (the copy resumes "
-            "mid-disk). `p2v clean NAME` removes it. See docs/convert.md."
+            "mid-disk). `p2v clean NAME` removes it. With --from-image IMG ... instead of "
+            "SOURCE, existing disk images (raw, qcow2, VMDK, VHD, VHDX) are imported into the "
+            "work dir as qcow2 in place of inspect, preflight and copy. See docs/convert.md."
         ),
     )
     add_ssh_source(p, optional="--from-image")
