@@ -104,7 +104,7 @@ def test_processes_sharing_one_bucket_stay_under_the_rate_together(tmp_path: Pat
     # 6 MiB at 4 MiB/s over all three: at least 1.5 s less the quarter-second burst. Each
     # alone at the rate would be done in half a second.
     assert elapsed >= (3 * each - rate / 4) / rate * 0.95, elapsed
-    assert elapsed < 10
+    assert elapsed < 60
 
 
 def test_a_bucket_from_another_boot_or_unreadable_starts_afresh(tmp_path: Path) -> None:
