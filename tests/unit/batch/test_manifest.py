@@ -89,7 +89,7 @@ def test_no_traceback_from_the_real_command(tmp_path: Path) -> None:
 def _docs_example() -> str:
     text = DOCS.read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
-    assert blocks, "docs/batch.md has no ```toml example"
+    assert blocks, "docs/user/batch.md has no ```toml example"
     return blocks[0]
 
 
