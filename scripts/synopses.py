@@ -8,7 +8,8 @@ A synopsis is a fenced block marked `synopsis` in a Markdown file under docs/:
 
 Its text is the subcommand's `format_usage()` without "usage: ". tests/unit/test_docs.py
 checks every block against the parser (whitespace and wrapping aside); run
-`scripts/update-synopses` to rewrite them all after a flag changes."""
+`scripts/update-synopses` to rewrite them all after a flag changes (it also adds a section
+for a new subcommand to docs/user/reference.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
+REFERENCE = DOCS / "user/reference.md"      # shows every subcommand (update-synopses adds new ones)
+FILES_HEADING = "## Files p2v reads"        # where on it a new subcommand's section goes
 WIDTH = 92             # the wrapping of the blocks written (the check ignores wrapping)
 BLOCK = re.compile(r"^```synopsis\n(.*?)^```$", re.S | re.M)
 
@@ -97,8 +100,40 @@ def rewrite(text: str, by_name: dict[str, argparse.ArgumentParser]) -> str:
     return BLOCK.sub(fresh, text)
 
 
+def helps() -> dict[str, str]:
+    """Each subcommand's one-line help, as `p2v --help` lists it."""
+    root = parsers()[""]
+    for action in root._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return {choice.dest: choice.help or "" for choice in action._get_subactions()}
+    return {}
+
+
+def _sentence(text: str) -> str:
+    return (text[:1].upper() + text[1:] + ".") if text else ""
+
+
+def add_missing(text: str, by_name: dict[str, argparse.ArgumentParser]) -> str:
+    """The reference page with a section for each subcommand it lacks, before FILES_HEADING."""
+    shown = {command_of(m.group(1)) for m in BLOCK.finditer(text)}
+    missing = [name for name in by_name if name not in shown]
+    if not missing:
+        return text
+    one_line = helps()
+    new = "".join(f"### `p2v {name}`\n\n{_sentence(one_line.get(name, ''))}\n\n"
+                  f"```synopsis\n{usage(by_name[name])}```\n\n" for name in missing)
+    at = text.find(FILES_HEADING)
+    return text + "\n" + new if at < 0 else text[:at] + new + text[at:]
+
+
 def main() -> int:
     by_name = parsers()
+    reference = REFERENCE.read_text(encoding="utf-8")
+    with_all = add_missing(reference, by_name)
+    if with_all != reference:
+        REFERENCE.write_text(with_all, encoding="utf-8")
+        print(f"update-synopses: added the missing subcommands to {REFERENCE.relative_to(ROOT)}"
+              " (say there what each is for)")
     for path in sorted([ROOT / "README.md", *DOCS.rglob("*.md")]):
         old = path.read_text(encoding="utf-8")
         new = rewrite(old, by_name)

@@ -46,8 +46,8 @@ def test_the_reference_shows_every_subcommand() -> None:
     shown = {b.command for b in synopses.blocks() if b.path == reference}
     missing = sorted(set(synopses.parsers()) - shown)
     assert not missing, (f"docs/user/reference.md has no synopsis of "
-                         f"{', '.join(repr(m) for m in missing)}: add a ```synopsis block "
-                         f"holding `p2v NAME`, then {FIX}")
+                         f"{', '.join(repr(m) for m in missing)}: run scripts/update-synopses "
+                         "(it adds a section for each), then say there what it is for")
 
 
 def test_a_changed_flag_is_caught_and_rewritten() -> None:

@@ -19,7 +19,7 @@ from p2v.cli import main
 from p2v.errors import ManifestInvalid
 
 BAD = Path(__file__).parent.parent / "bad_manifests"
-DOCS = Path(__file__).parents[3] / "docs" / "batch.md"
+DOCS = Path(__file__).parents[3] / "docs" / "user" / "batch.md"
 CASES = sorted(BAD.glob("*.toml"))
 
 
