@@ -6,7 +6,7 @@ from typing import Any
 
 
 class ExitCode:
-    """Exit codes scripts can branch on (documented in docs/errors.md)."""
+    """Exit codes scripts can branch on (documented in docs/user/errors.md)."""
 
     OK = 0
     FAILURE = 1

@@ -1,6 +1,6 @@
 """A conversion job's work directory: its files, per-stage markers, log, events and lock.
 
-Layout (docs/convert.md)::
+Layout (docs/user/convert.md)::
 
     <output-dir>/<name>/
       spec.json            the JobSpec the job runs (rewritten by each run)

@@ -5,7 +5,7 @@ caps and report files that name it. Every directory p2v makes is 0700 and every 
 whatever the caller's umask; an existing path p2v would write into that is a symlink or is
 owned by another user is refused (such a path lets another local user redirect or read what
 p2v writes). The one widening is `grant_qemu`: the group search bit that lets the qemu user
-libvirt runs guests as reach an image (docs/register.md, "Who can read the images", says
+libvirt runs guests as reach an image (docs/user/register.md, "Who can read the images", says
 why a group and not an ACL or a chown).
 """
 

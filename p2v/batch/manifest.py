@@ -198,7 +198,7 @@ class Manifest:
 
     @property
     def state_dir(self) -> Path:
-        """Where the batch keeps its ledger, lock and report (see docs/batch.md)."""
+        """Where the batch keeps its ledger, lock and report (see docs/user/batch.md)."""
         return self.output_dir / ".p2v-batch"
 
 

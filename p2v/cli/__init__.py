@@ -17,6 +17,7 @@ from p2v import __version__, runner
 from p2v.cli import (
     batch,
     clean,
+    completion,
     convert,
     copy,
     demo,
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (verify, demo, register, inspect, copy, sync, fix, convert, clean, batch,
                     jobs):
         command.add(sub)
+    completion.add(sub, parser)     # last: it completes every subcommand added above
     for subparser in sub.choices.values():
         _add_output_options(subparser, top=False)
     return parser

@@ -30,7 +30,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "records every job, so rerunning the same command skips finished jobs and "
             "resumes the rest; Ctrl-C stops the jobs cleanly. Ends with a summary table and "
             "a report (OUTPUT_DIR/.p2v-batch/report.json); exit 0 when every job succeeded, "
-            "1 when one failed. See docs/batch.md."
+            "1 when one failed. See docs/user/batch.md."
         ),
     )
     p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the fleet's TOML manifest")
@@ -49,7 +49,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="run the jobs on the workers of this Dask scheduler (each worker "
                         "started with --resources p2v=N runs N at once); the ledger stays "
-                        "here. See docs/fleet.md")
+                        "here. See docs/user/fleet.md")
     p.add_argument("--tries", type=at_least_one, metavar="N", default=3,
                    help="with --scheduler: how often a job is started when the worker "
                         "running it dies, before it is failed (default 3)")

@@ -38,7 +38,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "libvirt (shut off unless --start). Everything lives in the job's work dir "
             "DIR/NAME; a failure leaves no domain defined and keeps the work dir: rerun the "
             "same command to continue at the first unfinished stage (the copy resumes "
-            "mid-disk). `p2v clean NAME` removes it. See docs/convert.md."
+            "mid-disk). `p2v clean NAME` removes it. See docs/user/convert.md."
         ),
     )
     add_ssh_source(p)
@@ -77,7 +77,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="live cutover: after the copy, sync passes while the delta shrinks, "
                         "then a final pass with the source's filesystems frozen (fsfreeze, "
                         "a thaw timer on the source); the downtime window is reported "
-                        "(docs/sync.md)")
+                        "(docs/user/sync.md)")
     add_freeze_flags(p, "with --cutover: ", "the final pass always freezes; ")
     p.add_argument("--json", action="store_true",
                    help="JSON lines on stdout: one event per stage change, progress tick and "

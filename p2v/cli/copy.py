@@ -37,7 +37,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "the copy resumes. A manifest (chunk hashes, digest) is written beside each "
             "image. Disks are copied --parallel at a time under one --bandwidth-limit. A "
             "source without python3 gets a slower sh/dd reader: still verified and "
-            "resumable, zero chunks skipped, free space sent. See docs/copy.md."
+            "resumable, zero chunks skipped, free space sent. See docs/user/copy.md."
         ),
     )
     add_ssh_source(p)

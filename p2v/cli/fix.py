@@ -24,9 +24,9 @@ def add(sub: argparse._SubParsersAction) -> None:
             "in fstab/crypttab/grub/mdadm/LVM switched to UUID= or virtio names, the grub "
             "config regenerated and checked, NIC names pinned to the VM's MACs, the UEFI "
             "fallback loader. Windows guests get the virtio-win drivers of --virtio-win "
-            "(docs/windows.md). Writes the GuestCaps JSON beside the first image "
+            "(docs/user/windows.md). Writes the GuestCaps JSON beside the first image "
             "(IMAGE.caps.json). --dry-run stops after the report; a second run changes "
-            "nothing. See docs/fix.md."
+            "nothing. See docs/user/fix.md."
         ),
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
@@ -43,7 +43,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="add a serial console on ttyS0 (kernel and grub) for virsh console")
     p.add_argument("--virtio-win", type=Path, metavar="DIR|ISO",
                    help="Windows guests: the virtio-win ISO or directory to take the drivers "
-                        "from (see docs/windows.md)")
+                        "from (see docs/user/windows.md)")
     p.add_argument("--dry-run", action="store_true", help="report the plan, change nothing")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run)

@@ -24,7 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "readable, networks, bridges, pool and firmware exist. If libvirt refuses the "
             "definition the XML is kept and the way to define it by hand is printed. "
             "--output local writes NAME.xml and copies of the images into --output-dir and "
-            "needs no libvirt. See docs/register.md."
+            "needs no libvirt. See docs/user/register.md."
         ),
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",

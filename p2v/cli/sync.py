@@ -32,7 +32,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "started on the source first thaws them after --freeze-timeout seconds even "
             "if p2v or the link dies. --before-final/--after-final run YOUR shell command "
             "on the source around the pass (e.g. stop and start a database). These are "
-            "the only things p2v ever does on a source beyond reading. See docs/sync.md."
+            "the only things p2v ever does on a source beyond reading. See docs/user/sync.md."
         ),
     )
     add_ssh_source(p)

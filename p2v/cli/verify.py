@@ -35,7 +35,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain-xml", type=Path, metavar="FILE",
                    help="instead of IMAGEs: boot this domain XML (e.g. `register --output "
                         "local`'s NAME.xml) as a transient libvirt domain on overlays of its "
-                        "disks, NICs on an isolated network (docs/verify.md)")
+                        "disks, NICs on an isolated network (docs/user/verify.md)")
     p.add_argument("--connect", metavar="URI",
                    help="with --domain-xml: the local libvirt to boot it in (default: as "
                         "virsh picks it, e.g. $LIBVIRT_DEFAULT_URI)")

@@ -19,7 +19,7 @@ from p2v.cli import main
 from p2v.errors import ManifestInvalid
 
 BAD = Path(__file__).parent.parent / "bad_manifests"
-DOCS = Path(__file__).parents[3] / "docs" / "batch.md"
+DOCS = Path(__file__).parents[3] / "docs" / "user" / "batch.md"
 CASES = sorted(BAD.glob("*.toml"))
 
 
@@ -89,7 +89,7 @@ def test_no_traceback_from_the_real_command(tmp_path: Path) -> None:
 def _docs_example() -> str:
     text = DOCS.read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
-    assert blocks, "docs/batch.md has no ```toml example"
+    assert blocks, "docs/user/batch.md has no ```toml example"
     return blocks[0]
 
 
