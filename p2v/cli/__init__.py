@@ -24,6 +24,7 @@ from p2v.cli import (
     inspect,
     jobs,
     register,
+    report,
     sync,
     verify,
 )
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for command in (verify, demo, register, inspect, copy, sync, fix, convert, clean, batch,
-                    jobs):
+                    jobs, report):
         command.add(sub)
     for subparser in sub.choices.values():
         _add_output_options(subparser, top=False)
