@@ -254,7 +254,7 @@ def throughput_chart(samples: Sequence[Sample]) -> str:
         return '<p class="none">no copy progress recorded in the last run</p>'
     t0, t1 = samples[0].time, samples[-1].time
     top = max(s.rate for s in samples) or 1.0
-    left, bottom = 56, CHART_HEIGHT - 24
+    left, bottom = 84, CHART_HEIGHT - 24
     sx = (CHART_WIDTH - left - 10) / max(t1 - t0, 1e-3)
     sy = (bottom - 10) / top
     points = " ".join(f"{left + (s.time - t0) * sx:.1f},{bottom - s.rate * sy:.1f}"
