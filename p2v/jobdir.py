@@ -13,6 +13,7 @@ Layout (docs/convert.md)::
       fix.json, verify.json, register.json   each stage's full result
       markers/<stage>.done JSON: the stage finished, when, in how many seconds
       report.json          the final JobReport (also written on failure)
+      report.html          `p2v report WORKDIR`'s page, when asked for
       .lock                held (flock) while a run owns the job
       .<name>.lock         held too: the lock a standalone copy/sync of these images takes
 

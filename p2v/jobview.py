@@ -21,7 +21,7 @@ from p2v.htmlreport import DiskBar, JobView, ReportView, Sample, Span
 from p2v.job import CUTOVER_STAGES
 from p2v.jobdir import read_regular
 from p2v.jobs import job_status
-from p2v.report import JobReport
+from p2v.report import JobReport, allocated
 
 # Only the tail of a huge events.jsonl is read (the last run is at its end).
 EVENTS_TAIL = 32 << 20
@@ -161,16 +161,34 @@ def _report(work_dir: Path) -> JobReport | None:
         return None
 
 
-def _disks(report: JobReport | None, work_dir: Path) -> tuple[DiskBar, ...]:
+def _disks(report: JobReport | None, work_dir: Path,
+           run: Sequence[dict[str, Any]]) -> tuple[DiskBar, ...]:
+    """The copied disks (report.json, else copy.json), else the last run's copy so far."""
     if report is not None and report.disks:
         return tuple(DiskBar(d.device, d.size, d.wire_bytes, d.file_bytes)
                      for d in report.disks)
     copied = _json(work_dir / "copy.json")
-    if not isinstance(copied, list):
-        return ()
-    return tuple(DiskBar(str(d.get("device")), int(d.get("size", 0)),
-                         int(d.get("wire_bytes", 0)), int(d.get("file_bytes", 0)))
-                 for d in copied if isinstance(d, dict))
+    if isinstance(copied, list):
+        return tuple(DiskBar(str(d.get("device")), int(d.get("size", 0)),
+                             int(d.get("wire_bytes", 0)), int(d.get("file_bytes", 0)))
+                     for d in copied if isinstance(d, dict))
+    return in_flight(run)
+
+
+def in_flight(run: Sequence[dict[str, Any]]) -> tuple[DiskBar, ...]:
+    """Each disk the run's copy started: its size, the bytes sent so far, its part image."""
+    disks: dict[str, DiskBar] = {}
+    for event in run:
+        device = str(event.get("device"))
+        if event.get("event") == "disk-start" and event.get("stage") == "copy":
+            image = Path(str(event.get("image")))
+            held = allocated(image) or allocated(image.with_name(image.name + ".part"))
+            disks[device] = DiskBar(device, int(event.get("size", 0)), 0, held)
+        elif event.get("event") in ("progress", "disk-done") and device in disks:
+            bar = disks[device]
+            disks[device] = DiskBar(device, bar.size, int(event.get("wire_bytes", 0)),
+                                    bar.file_bytes)
+    return tuple(disks.values())
 
 
 def _left_behind(report: JobReport | None, work_dir: Path) -> tuple[str, ...]:
@@ -212,7 +230,7 @@ def job_view(work_dir: Path) -> JobView | None:
     state = {"done": "succeeded"}.get(status.state, status.state)
     return JobView(name=status.name, source=status.source, state=state,
                    stage=status.stage, error=status.error, spans=tuple(stage_spans),
-                   earlier=earlier_stages(run), disks=_disks(report, work_dir),
+                   earlier=earlier_stages(run), disks=_disks(report, work_dir, run),
                    throughput=tuple(throughput(run)), verdict=verdict, evidence=evidence,
                    not_carried_over=_left_behind(report, work_dir),
                    facts=tuple(_facts(work_dir, report)), notes=tuple(notes))
@@ -229,4 +247,5 @@ def job_page(work_dir: Path) -> ReportView | None:
                                                      and view.state != "succeeded" else ""))))
 
 
-__all__ = ["job_page", "job_view", "last_run", "marker_spans", "read_events", "spans", "throughput"]
+__all__ = ["in_flight", "job_page", "job_view", "last_run", "marker_spans", "read_events",
+           "spans", "throughput"]

@@ -2,11 +2,12 @@
 
 The batch is a real `p2v batch` of three jobs against loopback sources: one whose copy is
 under way (behind a bandwidth limit) when the batch is stopped with Ctrl-C, one whose
-source nobody listens on, one whose host key is unknown (the same server, as localhost). The job report is of a work dir
-made by the real inspect, preflight and copy stages over a loop source (libvirt's own test
-driver, test:///default, stands in for the target: nothing is booted); the stages after the
-copy need guest boots, so their records (the boot check's console among them, with a line
-that tries to inject a script) are written as those stages write them.
+source nobody listens on, one whose host key is unknown (the same server, as localhost).
+The job report is of a work dir made by the real inspect, preflight and copy stages over a
+loop source (libvirt's own test driver, test:///default, stands in for the target: nothing
+is booted); the stages after the copy need guest boots, so their records (the boot check's
+console among them, with a line that tries to inject a script) are written as those stages
+write them.
 
 Each page is opened in Chromium (Debian's `chromium`, `make setup` installs it): the
 rendered DOM must hold one timeline row per job, and a screenshot is kept (under the test's
@@ -34,6 +35,7 @@ from p2v import preflight, stages
 from p2v.demo.live import SourceEndpoint, free_port
 from p2v.job import JobSpec
 from p2v.jobdir import WorkDir, write_json
+from p2v.model import Inventory
 from p2v.report import JobValues, StageTime, build_report
 
 HOSTILE = '<script>document.title="owned"</script>'
@@ -153,6 +155,7 @@ disks = {json.dumps(list(ep.disks))}
         assert f'data-job="{name}"' in dom
     assert 'class="stage interrupted"' in dom and 'class="stage failed"' in dom
     assert "Connection refused" in dom and "is not known" in dom
+    assert "sent " in dom                    # alpha's copy so far, against its disk's size
 
     # `p2v report` of the same batch, from its output dir, to a file of one's own.
     mine = tmp_path / "mine.html"
@@ -185,13 +188,16 @@ def _recorded(ctx: stages.JobContext, name: str, seconds: float, record: str,
     ctx.emit({"event": "stage-done", "seconds": seconds})
 
 
-VERDICT = {"booted": True, "reason": None, "elapsed_s": 41.0, "accel": "kvm", "bus": "virtio",
-           "firmware": "bios", "os": "linux", "hostname": "p2v-bios", "root": "/dev/vda1",
-           "interfaces": [{"name": "eth0", "mac": "52:54:00:b1:05:01",
-                           "addresses": ["10.0.2.15/24"]}],
-           "evidence": ["[    0.000000] Linux version 6.1.0-18-amd64", HOSTILE,
-                        "Debian GNU/Linux 12 p2v-bios ttyS0", "p2v-bios login:"],
-           "via": "libvirt-transient", "domain": "p2v-verify-web01"}
+def _verdict(inv: Inventory) -> dict[str, Any]:
+    """verify.json as a boot of this source would leave it: its hostname and NICs."""
+    nics = [{"name": n.name, "mac": n.mac.lower(), "addresses": list(n.addresses)}
+            for n in inv.nics if n.mac]
+    return {"booted": True, "reason": None, "elapsed_s": 41.0, "accel": "kvm", "bus": "virtio",
+            "firmware": "bios", "os": "linux", "hostname": inv.hostname, "root": "/dev/vda1",
+            "interfaces": nics, "via": "libvirt-transient", "domain": "p2v-verify-web01",
+            "evidence": ["[    0.000000] Linux version 6.1.0-18-amd64", HOSTILE,
+                         f"Debian GNU/Linux 12 {inv.hostname} ttyS0",
+                         f"{inv.hostname} login:"]}
 
 
 def _job_from_a_real_copy(ep: SourceEndpoint, output_dir: Path) -> Path:
@@ -212,14 +218,15 @@ def _job_from_a_real_copy(ep: SourceEndpoint, output_dir: Path) -> Path:
         finally:
             ctx.close()
         _recorded(ctx, "fix", 1.0, "fix.json", {"changes": ["virtio drivers in initramfs"]})
-        _recorded(ctx, "verify", 1.5, "verify.json", VERDICT)
+        verdict = _verdict(inv)
+        _recorded(ctx, "verify", 1.5, "verify.json", verdict)
         domain = {"name": "web01", "uri": TEST_URI, "uuid": "0" * 32, "started": False}
         _recorded(ctx, "register", 0.5, "register.json", domain)
         times = [StageTime(s, float(wd.marker_data(s)["seconds"])) for s in
                  ("inspect", "preflight", "copy", "fix", "verify", "register")]
         report = build_report(spec, wd.path, times,
                               JobValues(inventory=inv, plan=plan, disks=disks,
-                                        verdict=VERDICT, domain=domain),
+                                        verdict=verdict, domain=domain),
                               None, None, time.monotonic() - t0)
         write_json(wd.file("report.json"), report.to_dict())
         ctx.emit({"event": "job-done", "stage": None, "report": report.to_dict()})
@@ -248,4 +255,5 @@ def test_a_job_report_of_a_real_copy_renders_in_chromium(
     assert "<title>p2v job report: web01</title>" in dom
     assert dom.count('<rect class="stage done"') == 6
     assert '<polyline class="rate"' in dom
-    assert "p2v-bios login:" in dom and "sent " in dom
+    assert " login:</pre>" in dom and "sent " in dom
+    assert "(as on the source)" in dom           # the guest NICs against the source's

@@ -16,7 +16,7 @@ from p2v.cli import main
 from p2v.cli.report import locate
 from p2v.errors import InputNotFound, UsageError
 from p2v.htmlreport import DiskBar, JobView, ReportView, Sample, Span, duration, render
-from p2v.jobview import job_view, last_run, marker_spans, read_events, spans, throughput
+from p2v.jobview import in_flight, job_view, last_run, marker_spans, read_events, spans, throughput
 
 HOSTILE = '<script>alert("owned")</script>'
 T0 = 1_700_000_000.0
@@ -114,6 +114,17 @@ def test_throughput_is_thinned_to_a_bounded_line() -> None:
     got = throughput(run, limit=100)
     assert 90 <= len(got) <= 101
     assert all(abs(s.rate - 1000) < 1e-6 for s in got)
+
+
+def test_a_copy_under_way_shows_what_it_sent_so_far(tmp_path: Path) -> None:
+    image = tmp_path / "web01-sda.qcow2"
+    Path(f"{image}.part").write_bytes(b"x" * 8192)
+    run = [_ev("disk-start", 0, "copy", device="/dev/sda", image=str(image), size=1 << 30),
+           _ev("progress", 5, "copy", device="/dev/sda", wire_bytes=3 << 20),
+           _ev("progress", 9, "copy", device="/dev/sdb", wire_bytes=1)]     # never started
+    (bar,) = in_flight(run)
+    assert (bar.device, bar.size, bar.wire_bytes) == ("/dev/sda", 1 << 30, 3 << 20)
+    assert bar.file_bytes >= 8192
 
 
 def test_torn_lines_are_skipped_and_a_fifo_never_blocks(tmp_path: Path) -> None:
