@@ -320,5 +320,5 @@ section.job{margin-top:28px}
 """
 
 
-__all__ = ["DiskBar", "JobView", "ReportView", "STAGE_COLOURS", "Sample", "Span", "duration",
-           "esc", "render"]
+__all__ = ["DiskBar", "JobView", "ReportView", "STAGE_COLOURS", "Sample", "Span", "clock",
+           "duration", "esc", "render"]

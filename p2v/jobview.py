@@ -37,6 +37,14 @@ def _json(path: Path) -> Any:
         return None
 
 
+def _int(value: Any) -> int:
+    """A byte count from a record, 0 when it is not one (a page never fails on a record)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     """The events in events.jsonl (its tail when huge), skipping a torn or foreign line."""
     raw = read_regular(path, tail=EVENTS_TAIL) or b""
@@ -96,7 +104,7 @@ def throughput(run: Sequence[dict[str, Any]], limit: int = MAX_SAMPLES) -> list[
             points.append((float(event["time"]), 0))
         if kind not in ("progress", "disk-done") or "wire_bytes" not in event:
             continue
-        device, wire = str(event.get("device")), int(event["wire_bytes"])
+        device, wire = str(event.get("device")), _int(event["wire_bytes"])
         if wire < last.get(device, 0):
             base[device] = base.get(device, 0) + last[device]
         last[device] = wire
@@ -143,8 +151,8 @@ def _verdict(data: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     facts = [("booted", "yes" if data.get("booted") else "NO")]
     keys = ("reason", "hostname", "root", "bus", "firmware", "os", "via", "accel")
     facts += [(k, str(data[k])) for k in keys if data.get(k) not in (None, "")]
-    if data.get("elapsed_s") is not None:
-        facts.append(("boot took", f"{float(data['elapsed_s']):.0f} s"))
+    if isinstance(data.get("elapsed_s"), int | float):
+        facts.append(("boot took", f"{data['elapsed_s']:.0f} s"))
     for nic in data.get("interfaces") or ():
         if isinstance(nic, dict):
             facts.append((f"guest NIC {nic.get('name')}",
@@ -169,8 +177,8 @@ def _disks(report: JobReport | None, work_dir: Path,
                      for d in report.disks)
     copied = _json(work_dir / "copy.json")
     if isinstance(copied, list):
-        return tuple(DiskBar(str(d.get("device")), int(d.get("size", 0)),
-                             int(d.get("wire_bytes", 0)), int(d.get("file_bytes", 0)))
+        return tuple(DiskBar(str(d.get("device")), _int(d.get("size")),
+                             _int(d.get("wire_bytes")), _int(d.get("file_bytes")))
                      for d in copied if isinstance(d, dict))
     return in_flight(run)
 
@@ -183,10 +191,10 @@ def in_flight(run: Sequence[dict[str, Any]]) -> tuple[DiskBar, ...]:
         if event.get("event") == "disk-start" and event.get("stage") == "copy":
             image = Path(str(event.get("image")))
             held = allocated(image) or allocated(image.with_name(image.name + ".part"))
-            disks[device] = DiskBar(device, int(event.get("size", 0)), 0, held)
+            disks[device] = DiskBar(device, _int(event.get("size")), 0, held)
         elif event.get("event") in ("progress", "disk-done") and device in disks:
             bar = disks[device]
-            disks[device] = DiskBar(device, bar.size, int(event.get("wire_bytes", 0)),
+            disks[device] = DiskBar(device, bar.size, _int(event.get("wire_bytes")),
                                     bar.file_bytes)
     return tuple(disks.values())
 

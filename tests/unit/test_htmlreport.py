@@ -127,6 +127,24 @@ def test_a_copy_under_way_shows_what_it_sent_so_far(tmp_path: Path) -> None:
     assert bar.file_bytes >= 8192
 
 
+def test_odd_values_in_the_records_never_break_the_page(tmp_path: Path) -> None:
+    work = _work_dir(tmp_path)
+    (work / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in [
+        _ev("job-start", 0), _ev("stage-start", 0, "copy"),
+        _ev("disk-start", 0, "copy", device="a", size="big", image=None),
+        _ev("progress", 3, "copy", device="a", wire_bytes="lots"),
+        _ev("progress", 4, "copy", device="a", wire_bytes=None)]))
+    (work / "verify.json").write_text(json.dumps({"booted": True, "elapsed_s": "slow",
+                                                  "interfaces": ["eth0"], "evidence": [7]}))
+    (work / "report.json").write_text('{"name": "web01", "ok": "maybe"}')     # no source
+    (work / "copy.json").write_text('[{"device": "a", "size": "x"}, 3]')
+    view = job_view(work)
+    assert view is not None and view.state == "interrupted"
+    assert [(d.device, d.size) for d in view.disks] == [("a", 0)]
+    page = render(ReportView(title="t", kind="job", jobs=(view,)))
+    assert page.count('<g class="timeline-row"') == 1 and "<pre" in page
+
+
 def test_torn_lines_are_skipped_and_a_fifo_never_blocks(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text(json.dumps(_ev("job-start", 0)) + "\n{torn\n" + json.dumps([1]) + "\n")
