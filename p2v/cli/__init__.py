@@ -25,6 +25,7 @@ from p2v.cli import (
     inspect,
     jobs,
     register,
+    report,
     sync,
     verify,
 )
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for command in (verify, demo, register, inspect, copy, sync, fix, convert, clean, batch,
-                    jobs):
+                    jobs, report):
         command.add(sub)
     completion.add(sub, parser)     # last: it completes every subcommand added above
     for subparser in sub.choices.values():

@@ -29,8 +29,8 @@ def add(sub: argparse._SubParsersAction) -> None:
             "job never stops the others. A ledger (OUTPUT_DIR/.p2v-batch/ledger.sqlite) "
             "records every job, so rerunning the same command skips finished jobs and "
             "resumes the rest; Ctrl-C stops the jobs cleanly. Ends with a summary table and "
-            "a report (OUTPUT_DIR/.p2v-batch/report.json); exit 0 when every job succeeded, "
-            "1 when one failed. See docs/user/batch.md."
+            "a report (OUTPUT_DIR/.p2v-batch/report.json, and report.html: see `p2v "
+            "report`); exit 0 when every job succeeded, 1 when one failed. See docs/user/batch.md."
         ),
     )
     p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the fleet's TOML manifest")

@@ -259,6 +259,8 @@ def print_batch_result(result: BatchResult) -> None:
           f"skipped" + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
           + (f", {counts['pending']} not started" if counts["pending"] else "")
           + f"; report {result.report_path}")
+    if result.html_report:
+        print(f"HTML report: {result.html_report}")
 
 
 def print_register_result(result: RegisterResult) -> None:
