@@ -377,9 +377,10 @@ class SshSource:
         accept_new = self.options.accept_new_host_key or target.accept_new_host_key
         client.set_missing_host_key_policy(_StrictPolicy(target, known_hosts, accept_new))
 
-    def _keys(self, target: SshTarget) -> dict[str, Any]:
-        """How `target` authenticates: its key files, and whether the agent and the default
-        ~/.ssh/id_* keys may add theirs (IdentitiesOnly and IdentityAgent none say no)."""
+    def _keys(self, target: SshTarget) -> tuple[list[str] | None, bool, bool]:
+        """How `target` authenticates: (its key files, whether the agent may add its keys,
+        whether the default ~/.ssh/id_* keys may); IdentitiesOnly and IdentityAgent none
+        keep the agent out."""
         identities = [str(p) for p in target.identity_files if p.is_file()]
         missing = [str(p) for p in target.identity_files if not p.is_file()]
         if self.options.identity is not None and missing:
@@ -387,8 +388,7 @@ class SshSource:
                                 detail=f"identity file {missing[0]} not found")
         agent = (self.options.use_agent and self.options.identity is None
                  and target.use_agent and not target.identities_only)
-        return {"key_filename": identities or None, "allow_agent": agent,
-                "look_for_keys": not identities}
+        return identities or None, agent, not identities
 
     def _connect_one(self, target: SshTarget, sock: Any | None) -> paramiko.SSHClient:
         """Log in to one hop (over `sock`: through the previous hop); fails as an SSH error."""
@@ -396,11 +396,13 @@ class SshSource:
         client = paramiko.SSHClient()
         self._clients.append(client)
         self._trust(client, target, known_hosts)
+        key_files, agent, default_keys = self._keys(target)
         timeout = target.connect_timeout or self.options.connect_timeout
         started = time.monotonic()
         try:
             client.connect(
-                target.host, port=target.port, username=target.user, **self._keys(target),
+                target.host, port=target.port, username=target.user, key_filename=key_files,
+                allow_agent=agent, look_for_keys=default_keys,
                 timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
                 sock=sock, transport_factory=partial(_transport, timeout),
             )
