@@ -363,9 +363,11 @@ class SshSource:
         """The host keys `client` accepts: known_hosts (and the system's file unless
         --known-hosts replaced both); an unknown one is refused or recorded (_StrictPolicy)."""
         if self.options.known_hosts is None:
-            # The system-wide files count too, as with OpenSSH; never written.
+            # The system-wide files count too, as with OpenSSH, and any further
+            # UserKnownHostsFile; read, never written.
             system = target.global_known_hosts_files
-            for path in (_SYSTEM_KNOWN_HOSTS,) if system is None else system:
+            for path in ((_SYSTEM_KNOWN_HOSTS,) if system is None else system) + tuple(
+                    p for p in target.known_hosts_files if p != known_hosts):
                 if path.is_file():
                     client.load_system_host_keys(str(path))
         if known_hosts.is_file():

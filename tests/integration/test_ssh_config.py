@@ -182,3 +182,17 @@ def test_cli_refuses_an_option_it_cannot_honour(
     assert cli.main(["inspect", "r", "--ssh-config", str(config)]) == ExitCode.USAGE
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and option in err[0] and "'r'" in err[0]
+
+
+def test_every_user_known_hosts_file_is_read(reader: str, sshd: SourceEndpoint,
+                                             tmp_path: Path) -> None:
+    """The key is in the second UserKnownHostsFile only; the first one stays untouched."""
+    first = tmp_path / "known_hosts"
+    first.write_text("")
+    config = tmp_path / "config"
+    config.write_text(f"Host two\n  HostName {sshd.host}\n  Port {sshd.port}\n"
+                      f"  User {sshd.user}\n  IdentityFile {sshd.key}\n"
+                      f"  UserKnownHostsFile {first} {sshd.known_hosts}\n")
+    with SshSource.open("two", no_agent(config)) as source:
+        assert source.run(["true"]).returncode == 0
+    assert first.read_text() == ""
