@@ -215,8 +215,8 @@ def _dump(ssh: str, config: Path, flags: list[str], alias: str, shown: str) -> O
     if result.returncode != 0:
         lines = [line.replace(str(config), shown) for line in result.stderr.splitlines()
                  if line.strip() and "Pseudo-terminal" not in line]
-        raise SourceSpecError(source=alias, detail="ssh_config: "
-                              + (" | ".join(lines[-2:]) or f"ssh -G exited {result.returncode}"))
+        said = " | ".join(lines[-2:]) or f"it exited with status {result.returncode}"
+        raise SourceSpecError(source=alias, detail=f"`ssh -G` refused it: {said}")
     return parse_dump(result.stdout)
 
 
@@ -352,9 +352,12 @@ def _shown(values: Sequence[str]) -> str:
 def check_options(alias: str, values: Options, set_keys: frozenset[str]) -> None:
     """Refuse (SshConfigRefused, naming it) the first option the config set that p2v
     cannot honour; log the ignored ones."""
+    unknown_ok = ",".join(values.get("ignoreunknown", ())).replace(",", " ")
     for key in sorted(set_keys):
         name = option_name(key)
         value = values.get(key, ())
+        if key.lower() not in _CANONICAL and unknown_ok and host_matches(unknown_ok, key):
+            continue    # IgnoreUnknown (ssh -G never shows these; paramiko does)
         if key in _HARMLESS and all(v.lower() in _HARMLESS[key] for v in value):
             continue
         if name in HONOURED and name not in REFUSED:

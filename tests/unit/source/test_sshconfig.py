@@ -176,6 +176,12 @@ def test_ignored_options_pass_and_unknown_ones_are_refused() -> None:
         check_options("a", {"FancyNewThing": ("1",)}, frozenset({"FancyNewThing"}))
 
 
+def test_ignore_unknown_covers_options_ssh_does_not_know(reader: str, tmp_path: Path) -> None:
+    config = write(tmp_path / "config", "IgnoreUnknown UseKeychain,AddKeys*\n"
+                                        "Host a\n  UseKeychain yes\n  HostName 192.0.2.3\n")
+    assert parse_source("a", ssh_config=config).host == "192.0.2.3"
+
+
 def test_tokens() -> None:
     tokens = {"h": "10.0.0.5", "p": "22", "r": "ops"}
     assert expand_tokens("%r@%h:%p 100%%", tokens, option="X", alias="a") == "ops@10.0.0.5:22 100%"
