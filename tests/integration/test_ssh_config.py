@@ -82,7 +82,7 @@ def proxy_script(tmp_path: Path, real_port: int) -> tuple[Path, Path]:
     return script, marker
 
 
-def test_proxycommand_is_the_way_in_and_dies_on_close(sshd: SourceEndpoint,
+def test_proxycommand_is_the_way_in_and_dies_on_close(reader: str, sshd: SourceEndpoint,
                                                       tmp_path: Path) -> None:
     script, marker = proxy_script(tmp_path, sshd.port)
     dead_port = free_port()
@@ -101,7 +101,7 @@ def test_proxycommand_is_the_way_in_and_dies_on_close(sshd: SourceEndpoint,
     assert not Path(f"/proc/{pid}").exists()
 
 
-def test_a_failing_proxycommand_is_named_with_its_stderr(sshd: SourceEndpoint,
+def test_a_failing_proxycommand_is_named_with_its_stderr(reader: str, sshd: SourceEndpoint,
                                                          tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text(f"Host broken\n{login_lines(sshd)}"
@@ -112,7 +112,7 @@ def test_a_failing_proxycommand_is_named_with_its_stderr(sshd: SourceEndpoint,
     assert "exited with status 3" in message and f"no route to {sshd.host}" in message
 
 
-def test_accept_new_from_the_config_records_the_key(sshd: SourceEndpoint,
+def test_accept_new_from_the_config_records_the_key(reader: str, sshd: SourceEndpoint,
                                                     tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     config = tmp_path / "config"
