@@ -158,6 +158,8 @@ def resolve(alias: str, *, user: str | None, port: int | None, config: Path | No
     else:
         values, set_keys = _fallback(alias, config, fallback)
     check_options(alias, values, set_keys)
+    # ssh -G prints HostName and UserKnownHostsFile expanded, but IdentityFile,
+    # ProxyCommand and GlobalKnownHostsFile as written (tokens are expanded on connect).
     return host_options(alias, values, set_keys, user=user, port=port,
                         expanded_known_hosts=ssh is not None)
 
