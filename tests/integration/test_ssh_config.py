@@ -196,3 +196,17 @@ def test_every_user_known_hosts_file_is_read(reader: str, sshd: SourceEndpoint,
     with SshSource.open("two", no_agent(config)) as source:
         assert source.run(["true"]).returncode == 0
     assert first.read_text() == ""
+
+
+def test_a_jump_host_reached_through_its_proxycommand(reader: str, sshd: SourceEndpoint,
+                                                      tmp_path: Path) -> None:
+    """ProxyJump hop whose own config has a ProxyCommand: the command carries the first
+    hop, the hop forwards to the target (the same sshd, forwarding to itself)."""
+    script, marker = proxy_script(tmp_path, sshd.port)
+    config = tmp_path / "config"
+    config.write_text(f"Host target\n{login_lines(sshd)}  ProxyJump hop\n"
+                      f"Host hop\n{login_lines(sshd)}  ProxyCommand {script} %h %p %r %n\n")
+    with SshSource.open("target", no_agent(config)) as source:
+        assert [hop.name for hop in source.target.jump] == ["hop"]
+        assert source.run(["echo", "two hops"]).text == "two hops\n"
+        assert marker.read_text().split()[1:] == [sshd.host, str(sshd.port), sshd.user, "hop"]
