@@ -12,6 +12,7 @@ paramiko is imported by `p2v.source.ssh` only, so the fallback parser comes in a
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -168,12 +169,20 @@ def resolve(alias: str, *, user: str | None, port: int | None, config: Path | No
 # ssh -G
 
 
+@functools.cache
 def ssh_binary() -> str | None:
-    """OpenSSH's client, or None (then paramiko's parser reads the config)."""
+    """OpenSSH's client if it has -G (6.8 and later), else None: then paramiko's parser
+    reads the config. Asked once per process."""
     try:
-        return runner.which("ssh")
-    except CommandNotFound:
+        ssh = runner.which("ssh")
+        probe = runner.run([ssh, "-G", "-F", "/dev/null", "--", "localhost"],
+                           timeout=_SSH_G_TIMEOUT, check=False)
+    except (CommandNotFound, CommandTimeout):
         return None
+    if probe.returncode != 0 or "hostname localhost" not in probe.stdout.splitlines():
+        log.info("%s cannot print its config (ssh -G); reading ssh_config with paramiko", ssh)
+        return None
+    return ssh
 
 
 def _wrapper_text(config: Path | None) -> str:
