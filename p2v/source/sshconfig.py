@@ -113,6 +113,7 @@ _HARMLESS = {
     "identityagent": {"none", "ssh_auth_sock"},
 }
 
+_COMMANDS = ("RemoteCommand", "LocalCommand", "KnownHostsCommand")
 _CANONICAL = {name.lower(): name for name in (*HONOURED, *IGNORED, *REFUSED)}
 
 
@@ -374,12 +375,15 @@ def check_options(alias: str, values: Options, set_keys: frozenset[str]) -> None
         if name in HONOURED and name not in REFUSED:
             continue
         if name in IGNORED:
-            log.debug("ssh_config for %s: %s %s ignored (it does not change how p2v logs in)",
-                      alias, name, _shown(value))
+            # Without its value: SetEnv and the like may carry secrets.
+            log.debug("ssh_config for %s: %s ignored (it does not change how p2v logs in)",
+                      alias, name)
             continue
         why = REFUSED.get(name, "p2v does not know this option")
+        # A command line (or an unknown option's value) may carry a secret: named only.
+        shown = "" if name in _COMMANDS or name not in REFUSED else f" {_shown(value)}"
         raise SshConfigRefused(source=alias, option=name, detail=(
-            f"{name} {_shown(value)} cannot be honoured ({why}); remove it from the Host "
+            f"{name}{shown} cannot be honoured ({why}); remove it from the Host "
             f"or Match block that applies to {alias!r}, or give p2v an alias without it"))
 
 

@@ -237,3 +237,10 @@ def test_include_inside_match_and_include_loops_are_refused(tmp_path: Path) -> N
     loop = write(tmp_path / "loop", f"Include {tmp_path}/loop\n")
     with pytest.raises(SourceSpecError, match="too deep"):
         expand_includes(loop, "x", relative_to=tmp_path)
+
+
+def test_a_refused_command_is_named_without_its_text(reader: str, tmp_path: Path) -> None:
+    config = write(tmp_path / "config", "Host a\n  RemoteCommand deploy --token=s3cret\n")
+    with pytest.raises(SshConfigRefused) as info:
+        parse_source("a", ssh_config=config)
+    assert "RemoteCommand" in info.value.message and "s3cret" not in info.value.message
