@@ -17,13 +17,12 @@ from p2v.source.ssh import parse_source
 from p2v.source.sshconfig import (
     changed_keys,
     check_options,
-    expand_includes,
     expand_path,
     expand_tokens,
-    host_matches,
     parse_dump,
     proxy_command,
 )
+from p2v.source.sshinclude import expand_includes, host_matches
 
 
 @pytest.fixture(params=["ssh", "paramiko"])
