@@ -98,6 +98,10 @@ class SourceSpecError(UsageError):
     """bad SOURCE {source!r}: {detail} (want ssh://[user@]host[:port] or an ssh_config Host alias)"""  # noqa: E501
 
 
+class SshConfigRefused(SourceSpecError):
+    """ssh_config for {source!r}: {detail}"""
+
+
 class HostKeyError(P2VError):
     """{detail}"""
 

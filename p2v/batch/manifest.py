@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2v.errors import InputNotFound, ManifestInvalid, SourceSpecError, UsageError
+from p2v.errors import (
+    InputNotFound,
+    ManifestInvalid,
+    SourceSpecError,
+    SshConfigRefused,
+    UsageError,
+)
 from p2v.job import NAME_PATTERN, JobSpec, default_output_dir
 
 # The libvirt domain name, which is also the stem of the job's work dir and image names.
@@ -517,6 +523,8 @@ def _check_source(values: _Values, where: str, problems: _Problems) -> None:
 
     try:
         parse_source(values["source"], ssh_config=values.get("ssh_config"))
+    except SshConfigRefused as exc:
+        problems.add(where, "source", exc.message)
     except SourceSpecError as exc:
         shown = json.dumps(redact_source(values["source"]))     # never the password itself
         problems.add(where, "source", f"{shown}: {exc.fields['detail']} "

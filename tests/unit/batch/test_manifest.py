@@ -157,3 +157,15 @@ def test_a_colon_mapping_with_an_empty_side_is_refused_at_load(tmp_path: Path, i
     with pytest.raises(ManifestInvalid) as info:
         load_manifest(manifest)
     assert any(f'networks: "{item}": want "SRC=NET"' in p for p in info.value.problems)
+
+
+def test_an_ssh_config_option_p2v_cannot_honour_is_refused_at_load(tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host erp\n  HostName 192.0.2.9\n  StrictHostKeyChecking no\n")
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'[[server]]\nname = "erp"\nsource = "erp"\nssh_config = "{config}"\n')
+    with pytest.raises(ManifestInvalid) as info:
+        load_manifest(manifest)
+    (problem,) = info.value.problems
+    assert "source: ssh_config for 'erp': StrictHostKeyChecking" in problem, problem
+    assert "(want ssh://" not in problem
