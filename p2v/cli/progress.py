@@ -7,6 +7,7 @@ terminal (CI, a log file) no bar at all, and a disk's progress as a plain line a
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -61,17 +62,28 @@ class Term:
         self._ticking: list[Any] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._moved: list[logging.StreamHandler[Any]] = []
 
     def line(self, text: str) -> None:
         """One finished line (`p2v: TEXT`), above the bars on a terminal."""
+        self.write(f"p2v: {text}")
+
+    def write(self, text: str) -> None:
         if self.tty:
             from tqdm import tqdm
 
             with self._lock:
-                tqdm.write(f"p2v: {text}", file=self.file)
+                tqdm.write(text, file=self.file)
         else:
             with self._lock:
-                print(f"p2v: {text}", file=self.file, flush=True)
+                print(text, file=self.file, flush=True)
+
+    def _log_above_bars(self) -> None:
+        """The log's records on this terminal go above the bars, not through them."""
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.file:
+                handler.setStream(_AboveBars(self))
+                self._moved.append(handler)
 
     def bar(self, desc: str, *, total: float | None = None, initial: float = 0,
             bar_format: str | None = None, ticking: bool = False, **kwargs: Any) -> Any:
@@ -79,6 +91,8 @@ class Term:
         elapsed time is redrawn every `tick` seconds even when nothing else changes."""
         from tqdm import tqdm
 
+        if not self._moved:
+            self._log_above_bars()
         with self._lock:
             bar = tqdm(total=total, initial=initial, desc=desc, file=self.file, leave=False,
                        ncols=self.ncols, dynamic_ncols=self.ncols is None,
@@ -113,12 +127,30 @@ class Term:
             self._thread.join(timeout=5)
         for bar in list(self._ticking):
             self.close_bar(bar)
+        for handler in self._moved:
+            handler.setStream(self.file)
+        self._moved.clear()
 
     def disk(self, name: str, total: int, done: int = 0) -> DiskMeter:
         """A disk's meter: a bar (bytes, rate, ETA, wire) or a plain line at each step."""
         if self.tty:
             return BarMeter(self, name, total, done)
         return LineMeter(self, name, total, done)
+
+
+class _AboveBars:
+    """The stream a log handler writes to while bars are drawn."""
+
+    def __init__(self, term: Term) -> None:
+        self._term = term
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self._term.write(text.rstrip("\n"))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 class BarMeter:

@@ -228,3 +228,26 @@ def test_batch_on_a_terminal_shows_each_running_job_and_an_overall_bar() -> None
                  "p2v: [web01] copy done in 1m20s\n"):
         assert line in text
     assert "p2v: [web01] copy ...\n" not in text        # the job's own line says so
+
+
+def test_a_log_record_on_a_terminal_goes_above_the_bars_not_through_them() -> None:
+    import logging
+
+    t, out = term(True)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("p2v: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        meter = t.disk("sda", 4 * GiB)
+        meter.update(GiB, GiB)
+        logging.getLogger("p2v.test").warning("the link is slow")
+        meter.update(2 * GiB, 2 * GiB)
+        meter.close()
+        t.close()
+        assert handler.stream is out                        # given back
+    finally:
+        root.removeHandler(handler)
+    text = out.getvalue()
+    # The bar's line is cleared, the record written on a line of its own, the bar redrawn.
+    assert re.search(r"\r +\rp2v: WARNING: the link is slow\n\rsda:  25%", text), repr(text)
