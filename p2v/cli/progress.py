@@ -213,11 +213,13 @@ class LineMeter:
 
 class StageLine:
     """The running stage: on a terminal a line with its elapsed time, redrawn each second;
-    elsewhere one plain line as it starts. `done()` prints `STAGE done in 1m12s`."""
+    elsewhere one plain line as it starts. `done()` prints `STAGE done in 1m12s`,
+    `failed()` `STAGE failed after 12s` (the error line follows)."""
 
     def __init__(self, term: Term, stage: str, prefix: str = "") -> None:
         self._term = term
         self.label = f"{prefix}{stage:<9}"
+        self._started = term.clock()
         self._bar = (term.bar(f"p2v: {self.label} running ", bar_format="{desc}{elapsed}",
                               ticking=True) if term.tty else None)
         if self._bar is None:
@@ -231,3 +233,8 @@ class StageLine:
     def done(self, seconds: float) -> None:
         self.close()
         self._term.line(f"{self.label} done in {duration(seconds)}")
+
+    def failed(self) -> None:
+        self.close()
+        self._term.line(f"{self.label} failed after "
+                        f"{duration(self._term.clock() - self._started)}")

@@ -129,6 +129,9 @@ class ConvertScreen:
             entry[0].close()
 
     def _job_end(self, event: Event) -> None:
+        if event.get("event") == "job-failed" and self.stage is not None:
+            self.stage.failed()
+            self.stage = None
         self.close()
 
 

@@ -137,3 +137,77 @@ def test_on_a_terminal_the_copy_draws_a_bar_with_rate_and_eta(source: SourceEndp
     assert any(re.search(r"<00:0[1-9]", bar) for bar in bars), bars       # a real ETA
     assert f"/dev/{name} -> " in screen                     # the disk's line above the bar
     assert "bytes on the wire" in out
+
+
+DEAD_URI = "qemu:///system?socket=/nonexistent/p2v-test/libvirt-sock"
+
+
+def convert_argv(ep: SourceEndpoint, out: Path, *extra: str) -> list[str]:
+    return ["convert", *ssh_flags(ep), "--name", "pv", "--output-dir", str(out),
+            "--connect", DEAD_URI, "--disk", ep.disks[0], *extra]
+
+
+def test_convert_off_a_terminal_prints_each_stage_with_its_time_then_the_error(
+        source: SourceEndpoint, tmp_path: Path) -> None:
+    """A real job that stops at preflight (no libvirt there): stage lines, no bar."""
+    proc = p2v(*convert_argv(source, tmp_path))
+    assert proc.returncode != 0 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert "\r" not in proc.stderr
+    assert lines[0] == "p2v: inspect   ..."
+    assert re.fullmatch(r"p2v: inspect   done in \d+s", lines[lines.index(
+        "p2v: preflight ...") - 1]), lines
+    assert re.fullmatch(r"p2v: preflight failed after \d+s", lines[-2]), lines
+    assert lines[-1].startswith("p2v: error: ") and "libvirt" in lines[-1], lines
+
+
+def test_convert_quiet_prints_only_the_error(source: SourceEndpoint, tmp_path: Path) -> None:
+    proc = p2v(*convert_argv(source, tmp_path, "-q"))
+    assert proc.returncode != 0 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("p2v: error: ") and "libvirt" in line, line
+
+
+def fleet(ep: SourceEndpoint, tmp_path: Path) -> Path:
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f"""
+output_dir = "{tmp_path / 'jobs'}"
+connect = "{DEAD_URI}"
+[defaults]
+identity = "{ep.key}"
+known_hosts = "{ep.known_hosts}"
+verify = false
+[[server]]
+name = "pv1"
+source = "ssh://{ep.user}@{ep.host}:{ep.port}"
+disks = ["{ep.disks[0]}"]
+""")
+    return manifest
+
+
+def test_batch_quiet_prints_one_error_line_per_failed_job(source: SourceEndpoint,
+                                                          tmp_path: Path) -> None:
+    proc = p2v("batch", str(fleet(source, tmp_path)), "-q")
+    assert proc.returncode == 1 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("p2v: error: pv1: ") and "(log: " in line, line
+
+
+def test_batch_on_a_terminal_draws_the_overall_bar(source: SourceEndpoint,
+                                                   tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    argv = [sys.executable, "-m", "p2v", "batch", str(fleet(source, tmp_path))]
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=slave, text=True) as proc:
+        os.close(slave)
+        try:
+            screen = _read_pty(master, proc, timeout=120)
+        finally:
+            os.close(master)
+        out = proc.stdout.read() if proc.stdout else ""
+        assert proc.wait(timeout=60) == 1, screen
+    assert re.search(r"batch: 0/1 job\(s\) done \|", screen), screen
+    assert re.search(r"  pv1 (inspect|preflight) +\d\d:\d\d", screen), screen   # its live line
+    assert "p2v: [pv1] failed: " in screen
+    assert out.splitlines()[0].split() == ["NAME", "STATE", "STAGE", "TIME", "DETAIL"]

@@ -5,6 +5,7 @@ off one (the plain lines a CI log gets)."""
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from collections.abc import Iterator
 
@@ -118,8 +119,8 @@ def test_on_a_terminal_a_disk_is_a_bar_with_bytes_rate_and_eta() -> None:
             if event.get("done_chunks") == 512:
                 drawn = out.getvalue()
     bar = drawn.rsplit("\r", 1)[-1]
-    assert re.match(r"sda:  50%\|[#0-9]+ *\| 2\.00G/4\.00G \[\d\d:\d\d<\d\d:\d\d, +[\d.]+[KMGT]?B/s,"
-                    r" wire 1\.0 GiB\]", bar), bar
+    assert re.match(r"sda:  50%\|[#0-9]+ *\| 2\.00G/4\.00G "
+                    r"\[\d\d:\d\d<\d\d:\d\d, +[\d.]+[KMGT]?B/s, wire 1\.0 GiB\]", bar), bar
     assert "p2v: copy      running 00:00" in drawn          # the stage line, elapsed time
     text = out.getvalue()
     # Finished lines stand above the bars; the bars are gone at the end.
@@ -134,10 +135,13 @@ def test_a_failed_job_takes_its_bars_off_so_the_error_stands_last() -> None:
     clock = Clock()
     t, out = term(True, clock)
     screen = ConvertScreen(t)
-    for event in list(copy_events(clock))[:6]:
+    for event in itertools.islice(copy_events(clock), 6):
         screen(event)
+    clock.now += 30
     screen({"event": "job-failed", "stage": "copy", "error": "boom", "exit_code": 5})
-    tail = out.getvalue().rsplit("\n", 1)[-1]
+    text = out.getvalue()
+    assert "p2v: copy      failed after 36s\n" in text      # 3 ticks of 2 s, then 30 s
+    tail = text.rsplit("\n", 1)[-1]
     assert tail.strip(" \r\x1b[A") == "", repr(tail)      # every bar line cleared
 
 
