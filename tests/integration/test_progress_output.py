@@ -211,3 +211,13 @@ def test_batch_on_a_terminal_draws_the_overall_bar(source: SourceEndpoint,
     assert re.search(r"  pv1 (inspect|preflight) +\d\d:\d\d", screen), screen   # its live line
     assert "p2v: [pv1] failed: " in screen
     assert out.splitlines()[0].split() == ["NAME", "STATE", "STAGE", "TIME", "DETAIL"]
+
+
+def test_quiet_register_prints_nothing_and_still_writes_the_guest(tmp_path: Path) -> None:
+    image = tmp_path / "a.raw"
+    image.write_bytes(bytes(1 << 20))
+    out = tmp_path / "out"
+    proc = p2v("register", "-q", "--name", "t1", str(image), "--output", "local",
+               "--output-dir", str(out))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert (out / "t1.xml").is_file()

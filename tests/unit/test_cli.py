@@ -119,3 +119,29 @@ def test_quiet_clean_prints_nothing_and_an_error_still_shows(
     assert rc != 0 and out == ""
     (line,) = err.strip().splitlines()
     assert line.startswith("p2v: error: ") and "nosuchjob" in line, line
+
+
+@pytest.mark.parametrize("booted", [True, False])
+def test_quiet_verify_prints_only_a_failed_boot_as_an_error(
+        booted: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The boot itself is faked (this is the CLI's -q logic); the image is a real qcow2."""
+    from p2v import runner
+    from p2v.verify import boot
+
+    image = tmp_path / "g.qcow2"
+    runner.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])
+    verdict = boot.BootVerdict(
+        booted=booted, reason=None if booted else "kernel-panic", elapsed_s=3.0,
+        accel="tcg", bus="virtio", firmware="bios", os="linux", hostname="h", root="/dev/vda1",
+        interfaces=(), evidence=("Kernel panic - not syncing: VFS",))
+    monkeypatch.setattr(boot, "verify_boot", lambda images, options, progress: verdict)
+    rc = main(["-q", "verify", str(image)])
+    out, err = capsys.readouterr()
+    assert out == ""
+    if booted:
+        assert (rc, err) == (0, "")
+    else:
+        assert rc == 4
+        (line,) = err.strip().splitlines()
+        assert line.startswith("p2v: error: the guest did not boot (kernel-panic); "), line
