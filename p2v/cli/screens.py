@@ -220,6 +220,7 @@ class BatchScreen:
         self.lines: dict[str, Any] = {}                    # job -> its tqdm line
         self.overall: Any = None
         self.last: dict[tuple[str, str], float] = {}
+        self.running: set[str] = set()       # a late event of an ended job draws nothing
 
     def __enter__(self) -> BatchScreen:
         return self
@@ -237,8 +238,11 @@ class BatchScreen:
 
     def __call__(self, event: Event) -> None:
         kind, job = str(event.get("event")), str(event.get("job"))
+        if kind == "batch-job-start":
+            self.running.add(job)
         if kind in ("disk-start", "progress"):
-            self._copy(kind, job, event)
+            if job in self.running:
+                self._copy(kind, job, event)
         elif kind == "batch-done":
             self.close()
         else:
@@ -251,7 +255,7 @@ class BatchScreen:
                 self.overall = self.term.bar(
                     "batch", total=_int(event, "to_run"), unit="job", ticking=True,
                     bar_format="{desc}: {n}/{total} job(s) done |{bar}| {elapsed}{postfix}")
-            elif kind == "stage-start" and self.term.tty:
+            elif kind == "stage-start" and self.term.tty and job in self.running:
                 self._show(job, str(event.get("stage")))
 
     def _copy(self, kind: str, job: str, event: Event) -> None:
@@ -296,6 +300,7 @@ class BatchScreen:
         self._overall_bytes()
 
     def _end(self, job: str) -> None:
+        self.running.discard(job)
         line = self.lines.pop(job, None)
         if line is not None:
             self.term.close_bar(line)

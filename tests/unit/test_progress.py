@@ -234,6 +234,21 @@ def test_batch_on_a_terminal_shows_each_running_job_and_an_overall_bar() -> None
     assert "p2v: [web01] copy ...\n" not in text        # the job's own line says so
 
 
+def test_batch_a_late_event_of_an_ended_job_draws_no_line() -> None:
+    t, out = term(True)
+    screen = BatchScreen(t)
+    for event in itertools.islice(batch_events(Clock()), 5):       # web01 started, copying
+        screen(event)
+    screen({"event": "batch-job-end", "job": "web01", "state": "failed", "error": "lost"})
+    drawn = len(out.getvalue())
+    screen({"event": "progress", "job": "web01", "stage": "copy", "device": "/dev/sda",
+            "done_chunks": 64, "chunks": 512, "wire_bytes": 1})
+    screen({"event": "stage-start", "job": "web01", "stage": "fix"})
+    assert "web01" not in out.getvalue()[drawn:]
+    assert not screen.lines
+    screen.close()
+
+
 def test_a_log_record_on_a_terminal_goes_above_the_bars_not_through_them() -> None:
     import logging
 
