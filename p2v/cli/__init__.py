@@ -45,7 +45,7 @@ codes are unchanged. Commands that do work (copy, sync, fix, verify, register, c
 batch, clean, demo) then print no progress and no summary: the exit code is the result,
 and a failed boot check (verify) or a failed job (batch) is an error line. Commands that
 only report print their report all the same, as it is their result: inspect, jobs,
-batch --dry-run, fix --dry-run. --json output is printed under -q too.
+completion, batch --dry-run, fix --dry-run. --json output is printed under -q too.
 """
 
 
