@@ -155,12 +155,12 @@ class _AboveBars:
 
 class BarMeter:
     """One disk's bar: bytes of the disk done (zero and free chunks count), rate, ETA, and
-    the bytes that crossed the wire."""
+    the bytes that crossed the wire; its elapsed time moves on while a slow disk waits."""
 
     def __init__(self, term: Term, name: str, total: int, done: int) -> None:
         self._term = term
         self._bar = term.bar(name, total=total, initial=min(done, total), unit="B",
-                             unit_scale=True, unit_divisor=1024)
+                             unit_scale=True, unit_divisor=1024, ticking=True)
         self._done = min(done, total)
         self._total = total
 
