@@ -142,6 +142,7 @@ _CONVERT = {
     "disk-done": ConvertScreen._disk_done, "disk-complete": ConvertScreen._disk_complete,
     "sync-delta": ConvertScreen._sync_delta, "sync-done": ConvertScreen._sync_done,
     "job-done": ConvertScreen._job_end, "job-failed": ConvertScreen._job_end,
+    "job-interrupted": ConvertScreen._job_end,
 }
 
 
