@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 QUIET_EPILOG = """\
 -q/--quiet: nothing on stdout or stderr but errors (each a `p2v: error:` line); exit
 codes are unchanged. Commands that do work (copy, sync, fix, verify, register, convert,
-batch, clean, demo) then print no progress and no summary: the exit code is the result,
+batch, clean, report, demo) then print no progress and no summary: the exit code is the result,
 and a failed boot check (verify) or a failed job (batch) is an error line. Commands that
 only report print their report all the same, as it is their result: inspect, jobs,
 completion, batch --dry-run, fix --dry-run. --json output is printed under -q too.
