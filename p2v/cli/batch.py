@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from p2v.cli.common import at_least_one
-from p2v.cli.render import BatchScreen, print_batch_plan, print_batch_result
+from p2v.cli.common import at_least_one, print_json, quiet
+from p2v.cli.render import print_batch_plan, print_batch_result
+from p2v.cli.screens import BatchScreen
 from p2v.errors import ExitCode
+from p2v.events import EventSink, discard
 from p2v.inputs import check_output_dir
 
 if TYPE_CHECKING:
@@ -97,22 +100,27 @@ def run(args: argparse.Namespace) -> int:
             return ExitCode.OK
         print_batch_plan(plan, jobs, manifest)
         return ExitCode.OK
-    if args.json:
-        def sink(event: dict[str, object]) -> None:
-            print(json.dumps(event), flush=True)
-    else:
-        sink = BatchScreen()
-    if args.scheduler:
-        from p2v.batch.dask_pool import DaskPool, connect
+    # --json: every event as it is; -q: none; else the screen (live lines on a terminal).
+    screen = None if args.json or quiet(args) else BatchScreen()
+    sink: EventSink = print_json if args.json else (screen or discard)
+    with screen or contextlib.nullcontext():
+        if args.scheduler:
+            from p2v.batch.dask_pool import DaskPool, connect
 
-        client = connect(args.scheduler)    # unreachable: one line, exit 6, nothing started
-        result = run_batch(manifest, jobs=jobs, events=sink, tries=args.tries,
-                           pool_factory=lambda run: DaskPool(client, run, manifest.hosts))
-    else:
-        result = run_batch(manifest, jobs=jobs, events=sink)
+            client = connect(args.scheduler)  # unreachable: one line, exit 6, nothing started
+            result = run_batch(manifest, jobs=jobs, events=sink, tries=args.tries,
+                               pool_factory=lambda run: DaskPool(client, run, manifest.hosts))
+        else:
+            result = run_batch(manifest, jobs=jobs, events=sink)
     if args.json:
         return result.exit_code
-    print_batch_result(result)
+    if screen is not None:
+        print_batch_result(result)
+    else:                                       # -q: a failed job is an error line
+        for job in result.jobs:
+            if job.state == "failed" and job.action != "skip":
+                print(f"p2v: error: {job.name}: {job.error}"
+                      + (f" (log: {job.log})" if job.log else ""), file=sys.stderr)
     if result.interrupted:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
     return result.exit_code

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,10 +15,14 @@ from p2v.cli.common import (
     check_source_arg,
     parallel_arg,
     positive_arg,
+    print_json,
+    quiet,
     rate_arg,
 )
-from p2v.cli.render import ConvertScreen, print_report
+from p2v.cli.render import print_report
+from p2v.cli.screens import ConvertScreen
 from p2v.errors import ExitCode
+from p2v.events import EventSink, discard
 from p2v.inputs import check_name, check_output_dir
 
 if TYPE_CHECKING:
@@ -123,17 +127,16 @@ def run(args: argparse.Namespace) -> int:
     spec = job_spec(args, uri.uri)
     if not args.cutover and (args.before_final or args.after_final):
         raise UsageError(detail="--before-final and --after-final need --cutover")
-    if args.json:
-        def sink(event: dict[str, object]) -> None:
-            print(json.dumps(event), flush=True)
-    else:
-        sink = ConvertScreen(args.verbose > 0)
-    if not args.json and uri.chosen_by_config:
+    # --json: the events as they are; -q: none; else the screen (bars on a terminal).
+    screen = None if args.json or quiet(args) else ConvertScreen()
+    sink: EventSink = print_json if args.json else (screen or discard)
+    if screen is not None and uri.chosen_by_config:
         print(f"libvirt: {uri.uri} ({uri.origin})", file=sys.stderr)
-    report = run_job(spec, sink)
+    with screen or contextlib.nullcontext():
+        report = run_job(spec, sink)
     if not report.ok:
         print(f"p2v: error: {report.error}", file=sys.stderr)
         return report.exit_code
-    if not args.json:
+    if screen is not None:
         print_report(report)
     return ExitCode.OK

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from p2v.cli.common import progress_printer
+from p2v.cli.common import progress_printer, quiet
 from p2v.cli.render import print_fix_result
 from p2v.errors import ExitCode
 from p2v.inputs import check_disk_image
@@ -93,5 +93,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return ExitCode.OK
-    print_fix_result(result)
+    if not quiet(args) or args.dry_run:         # -q --dry-run: the plan is the result
+        print_fix_result(result)
     return ExitCode.OK

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from p2v.cli.common import quiet
 from p2v.errors import ExitCode, InputNotFound, UsageError
 
 LEDGER_FILE = "ledger.sqlite"
@@ -73,5 +74,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(detail=f"-o {out}: {exc.strerror or exc}; give a file path in a "
                                 "directory you can write") from None
-    print(f"HTML report: {out}")
+    if not quiet(args):                 # -q: the file is the result
+        print(f"HTML report: {out}")
     return ExitCode.OK

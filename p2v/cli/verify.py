@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from p2v.cli.common import mac_arg, positive_arg, progress_printer
+from p2v.cli.common import mac_arg, positive_arg, progress_printer, quiet
 from p2v.errors import ExitCode
 from p2v.inputs import check_disk_image
 
@@ -74,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
         verdict = verify_boot(args.images, options, progress=progress_printer(args))
     if args.json:
         print(verdict.to_json())
+    elif quiet(args):
+        if not verdict.booted:
+            from p2v.verify.console import next_step
+
+            print(f"p2v: error: the guest did not boot ({verdict.reason}); "
+                  f"{next_step(verdict.reason, verdict.evidence)}", file=sys.stderr)
     else:
         state = "BOOTED" if verdict.booted else f"FAILED: {verdict.reason}"
         print(f"{state} after {verdict.elapsed_s:.0f} s "
