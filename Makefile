@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 PYTEST := scripts/pytest-honest $(PY) -m pytest
 export LIBGUESTFS_BACKEND_SETTINGS ?= $(if $(filter kvm,$(P2V_ACCEL)),,force_tcg)
 
-.PHONY: setup sysdeps venv fixtures demo test test-slow test-unit test-integration test-e2e \
+.PHONY: setup sysdeps venv completion fixtures demo test test-slow test-unit test-integration test-e2e \
         lint bench-fix clean-venv
 
-setup: sysdeps venv
+setup: sysdeps venv completion
 
 sysdeps:
 	@scripts/install-system-deps
@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 
 venv: sysdeps $(STAMP)
+
+# bash and zsh completion of p2v, from its own parser (as root; otherwise says where to put it).
+completion: venv
+	@scripts/install-completion $(VENV)/bin/p2v
 
 fixtures: setup
 	$(PY) -m p2v.demo.fixtures build bios uefi

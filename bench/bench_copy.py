@@ -7,7 +7,7 @@ Every tool reads the same read-only loop device through the same loopback sshd, 
 TCP proxy that counts the bytes the server sends ("wire bytes": what a WAN link would
 carry, SSH framing and encryption included). Writes bench/results/copy.json (a list of
 {workload, tool, wall_s, wire_bytes, used_bytes, peak_rss_bytes}) and prints the table
-for docs/performance.md.
+for docs/dev/performance.md.
 
 - p2v:           `p2v copy` (a subprocess; peak RSS is its own, from wait4).
 - virt-p2v-path: `nbdkit -r file` on the source, an `ssh -L` port forward, and

@@ -28,7 +28,7 @@ sshd, no boot-check overlay in /var/tmp, no file in the job's private TMPDIR.
 
 Results (one object per run, written after every run so an interrupted campaign still
 leaves figures): bench/results/faults.json; a campaign replaces only the rows of its own
-kind. The summary table for docs/performance.md is printed at the end (`--summary` prints
+kind. The summary table for docs/dev/performance.md is printed at the end (`--summary` prints
 it from the results file alone).
 """
 

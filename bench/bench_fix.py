@@ -15,7 +15,7 @@ Then each result is booted on virtio with `p2v verify` (a fresh NVRAM for UEFI, 
 fixture's MAC): `boots_virtio`, and `network_ok` when the fixture's interface name carries
 its static address. Writes bench/results/fix.json, a list of {fixture, tool, wall_s,
 completed, boots_virtio, network_ok, reason, load_1min} (rows of fixtures/tools not run
-this time are kept), and prints the table for docs/performance.md.
+this time are kept), and prints the table for docs/dev/performance.md.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ on bare loopback the source's own read would hide what a sync saves).
    window (fsfreeze to thaw, as p2v measured it).
 
 `changed_bytes` is what p2v found different (whole 4 MiB chunks); `written_bytes` what the
-workload wrote. Results: bench/results/sync.json; the table for docs/performance.md is
+workload wrote. Results: bench/results/sync.json; the table for docs/dev/performance.md is
 printed.
 """
 

@@ -6,7 +6,7 @@ from typing import Any
 
 
 class ExitCode:
-    """Exit codes scripts can branch on (documented in docs/errors.md)."""
+    """Exit codes scripts can branch on (documented in docs/user/errors.md)."""
 
     OK = 0
     FAILURE = 1
@@ -96,6 +96,10 @@ class StartFailed(P2VError):
 
 class SourceSpecError(UsageError):
     """bad SOURCE {source!r}: {detail} (want ssh://[user@]host[:port] or an ssh_config Host alias)"""  # noqa: E501
+
+
+class SshConfigRefused(SourceSpecError):
+    """ssh_config for {source!r}: {detail}"""
 
 
 class HostKeyError(P2VError):

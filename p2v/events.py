@@ -1,5 +1,5 @@
 """The one event type: every long-running command (copy, sync, convert, batch) reports
-progress as JSON-able dicts, one documented schema (docs/convert.md, p2v.events/1)."""
+progress as JSON-able dicts, one documented schema (docs/user/convert.md, p2v.events/1)."""
 
 from __future__ import annotations
 

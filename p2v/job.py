@@ -66,7 +66,7 @@ class JobSpec:
     # Fresh MACs for the guest, decided at preflight: fix pins the guest's interface names
     # to them, so the guest keeps its network while the source runs on with the old MACs.
     new_macs: bool = False
-    # Live cutover (issue 9): sync passes after the copy, the last one frozen (docs/sync.md).
+    # Live cutover (issue 9): sync passes after the copy, the last one frozen (docs/user/sync.md).
     cutover: bool = False
     freeze: str = "strict"                      # the final pass: "strict" or "best-effort"
     freeze_timeout: float = 300.0

@@ -1,6 +1,6 @@
 """A conversion job's work directory: its files, per-stage markers, log, events and lock.
 
-Layout (docs/convert.md)::
+Layout (docs/user/convert.md)::
 
     <output-dir>/<name>/
       spec.json            the JobSpec the job runs (rewritten by each run)
@@ -13,6 +13,7 @@ Layout (docs/convert.md)::
       fix.json, verify.json, register.json   each stage's full result
       markers/<stage>.done JSON: the stage finished, when, in how many seconds
       report.json          the final JobReport (also written on failure)
+      report.html          `p2v report WORKDIR`'s page, when asked for
       .lock                held (flock) while a run owns the job
       .<name>.lock         held too: the lock a standalone copy/sync of these images takes
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -48,6 +50,27 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
+
+
+def read_regular(path: Path, tail: int | None = None) -> bytes | None:
+    """The file's bytes (its last `tail`), or None unless it is a regular file: a FIFO or a
+    device planted in a work dir must not make a reader (`p2v jobs`, `p2v report`) hang."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if tail is not None and info.st_size > tail:
+            os.lseek(fd, info.st_size - tail, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class JobLocked(UsageError):
@@ -199,4 +222,4 @@ def images_lock(output_dir: Path, name: str) -> Iterator[None]:
 
 
 __all__ = ["JobLocked", "WorkDir", "images_lock", "images_lock_path", "read_json",
-           "write_json"]
+           "read_regular", "write_json"]

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from p2v.errors import UsageError
 from p2v.job import JobSpec, default_output_dir, stages_for
+from p2v.jobdir import read_regular
 
 
 @dataclass(frozen=True)
@@ -94,29 +94,8 @@ def _seconds(value: float, default: float) -> str | None:
     return None if value == default else _number(value)
 
 
-def _regular_bytes(path: Path, tail: int | None = None) -> bytes | None:
-    """The file's bytes (its last `tail`), or None unless it is a regular file: a FIFO or a
-    device planted in a work dir must not make a listing hang."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        if tail is not None and info.st_size > tail:
-            os.lseek(fd, info.st_size - tail, os.SEEK_SET)
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def _read(path: Path) -> dict[str, Any] | None:
-    raw = _regular_bytes(path)
+    raw = read_regular(path)
     try:
         data = json.loads(raw) if raw is not None else None
     except ValueError:
@@ -142,7 +121,7 @@ def _locked(path: Path, locks: Path = Path("/proc/locks")) -> bool:
 
 
 def _last_event(path: Path) -> str | None:
-    raw = _regular_bytes(path, tail=65536)
+    raw = read_regular(path, tail=65536)
     for line in reversed(raw.splitlines() if raw else []):
         try:
             event = json.loads(line)

@@ -230,7 +230,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# The full inventory `p2v inspect` writes (schema p2v.inventory/1, docs/inventory.md).
+# The full inventory `p2v inspect` writes (schema p2v.inventory/1, docs/user/inventory.md).
 #
 # Its JSON is a superset of SourceInventory's: hostname, firmware, memory_mib, cpu
 # {sockets, cores, threads}, nics [{name, mac}] and disks [{name, boot}] mean the same there,

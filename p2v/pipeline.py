@@ -59,7 +59,7 @@ _UNREADABLE = (OSError, ValueError, KeyError, TypeError, P2VError)
 def run_job(spec: JobSpec, events: EventSink | None = None) -> JobReport:
     """Run (or continue) one conversion job; never raises a P2VError: the report says.
 
-    `events` receives every event (docs/convert.md, schema p2v.events/1) as a dict; the same
+    `events` receives every event (docs/user/convert.md, schema p2v.events/1) as a dict; the same
     events are appended to the work dir's events.jsonl. KeyboardInterrupt is re-raised after
     the work dir is left consistent (markers only ever mark finished stages).
     """

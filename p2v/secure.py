@@ -5,7 +5,7 @@ caps and report files that name it. Every directory p2v makes is 0700 and every 
 whatever the caller's umask; an existing path p2v would write into that is a symlink or is
 owned by another user is refused (such a path lets another local user redirect or read what
 p2v writes). The one widening is `grant_qemu`: the group search bit that lets the qemu user
-libvirt runs guests as reach an image (docs/register.md, "Who can read the images", says
+libvirt runs guests as reach an image (docs/user/register.md, "Who can read the images", says
 why a group and not an ACL or a chown).
 """
 
@@ -131,6 +131,15 @@ def write_private(path: Path, data: str | bytes, what: str = "file") -> None:
         out.write(data.encode() if isinstance(data, str) else data)
 
 
+def replace_private(path: Path, data: str | bytes, what: str = "file") -> None:
+    """Write a whole file, 0600, atomically: a reader sees the old file or the new one (a
+    temporary file beside it is renamed over it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_private(tmp, data, what)
+    tmp.replace(path)
+
+
 def make_private(path: Path, what: str = "file") -> None:
     """0600 for a file a child process made (qemu-img create follows the umask)."""
     check_path(path, what)
@@ -201,5 +210,5 @@ def grant_qemu(image: Path) -> list[str]:
 __all__ = [
     "DEFAULT_STATE_DIR", "PRIVATE_DIR", "PRIVATE_FILE", "check_path", "grant_qemu",
     "make_private", "open_private", "private_dir", "private_umask", "private_umask_restore",
-    "qemu_gid", "state_dir", "write_private",
+    "qemu_gid", "replace_private", "state_dir", "write_private",
 ]

@@ -1,7 +1,7 @@
 """A real Dask cluster on loopback for the `p2v batch --scheduler` tests.
 
 The scheduler and each worker are separate processes started with Dask's own `dask
-scheduler` / `dask worker` commands, as docs/fleet.md tells users to; each worker has its
+scheduler` / `dask worker` commands, as docs/user/fleet.md tells users to; each worker has its
 own output dir (P2V_OUTPUT_DIR) and one p2v slot. Each runs in its own session, so killing
 a worker kills its nanny and worker process together, like a host going down.
 """

@@ -8,6 +8,7 @@ outcomes into ledger transitions, `--json` events and the batch report.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -19,13 +20,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from p2v.batch.execute import JobOutcome, stage_of
+from p2v.batch.htmlview import HTML_FILE, write_batch_html
 from p2v.batch.ledger import Ledger, PlanItem, StateLock, decide
 from p2v.batch.manifest import Manifest
 from p2v.batch.pool import LocalPool, PoolDone, PoolEvent, PoolMessage, PoolPlaced
 from p2v.errors import ExitCode, P2VError
 from p2v.events import EventSink
 from p2v.job import JobSpec
-from p2v.secure import private_dir, write_private
+from p2v.secure import private_dir, replace_private
+
+log = logging.getLogger(__name__)
 
 REPORT_SCHEMA = "p2v.batch-report/1"
 LEDGER_FILE = "ledger.sqlite"
@@ -80,6 +84,7 @@ class BatchResult:
     interrupted: bool
     jobs: list[JobResult]
     report_path: str | None = None
+    html_report: str | None = None       # the page beside the ledger (p2v.batch.htmlview)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -154,12 +159,20 @@ def run_batch(manifest: Manifest, *, jobs: int, events: EventSink,
             if item.action == "skip":
                 emit({"event": "batch-job-skip", "job": item.spec.name, "reason": item.reason})
         run = _Run(ledger, emit, events, run_id, tries)
-        interrupted = _drive(run, plan, pool, grace)
+        try:
+            interrupted = _drive(run, plan, pool, grace)
+        except P2VError:
+            _write_html(state_dir, ledger)      # what the ledger knows, as the run stops
+            raise
         results = [_result(item, ledger, run, logs) for item in plan]
         result = BatchResult(manifest=str(manifest.path), run_id=run_id,
                              state_dir=str(state_dir), jobs_in_parallel=jobs, started=started,
                              finished=_now(), interrupted=interrupted, jobs=results)
+        result.html_report = str(state_dir / HTML_FILE)
         result.report_path = str(_write_report(result, state_dir))
+        if _write_html(state_dir, ledger) is None:       # the page reads report.json
+            result.html_report = None
+            _write_report(result, state_dir)
         emit({"event": "batch-done", "run": run_id, "counts": result.counts,
               "exit_code": result.exit_code, "interrupted": interrupted,
               "report": result.report_path})
@@ -360,10 +373,19 @@ def _write_report(result: BatchResult, state_dir: Path) -> Path:
     result.report_path = str(path)
     text = json.dumps(result.to_dict(), indent=2) + "\n"
     for target in (path, state_dir / "report.json"):
-        tmp = target.with_name(f".{target.name}.tmp")
-        write_private(tmp, text)
-        tmp.replace(target)
+        replace_private(target, text)
     return path
+
+
+def _write_html(state_dir: Path, ledger: Ledger) -> str | None:
+    """The batch's HTML report beside its ledger; a page that cannot be written is a warning,
+    never the batch's failure (the ledger and report.json hold the same facts)."""
+    try:
+        return str(write_batch_html(state_dir, ledger))
+    except (OSError, ValueError, P2VError) as exc:
+        log.warning("the HTML report could not be written to %s: %s",
+                    state_dir / HTML_FILE, exc)
+        return None
 
 
 def _sigterm_as_interrupt() -> Callable[[], None]:

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2v.errors import InputNotFound, ManifestInvalid, SourceSpecError, UsageError
+from p2v.errors import (
+    InputNotFound,
+    ManifestInvalid,
+    SourceSpecError,
+    SshConfigRefused,
+    UsageError,
+)
 from p2v.job import NAME_PATTERN, JobSpec, default_output_dir, image_source
 
 # The libvirt domain name, which is also the stem of the job's work dir and image names.
@@ -230,7 +236,7 @@ class Manifest:
 
     @property
     def state_dir(self) -> Path:
-        """Where the batch keeps its ledger, lock and report (see docs/batch.md)."""
+        """Where the batch keeps its ledger, lock and report (see docs/user/batch.md)."""
         return self.output_dir / ".p2v-batch"
 
 
@@ -616,6 +622,8 @@ def _check_source(values: _Values, where: str, problems: _Problems) -> None:
 
     try:
         parse_source(values["source"], ssh_config=values.get("ssh_config"))
+    except SshConfigRefused as exc:
+        problems.add(where, "source", exc.message)
     except SourceSpecError as exc:
         shown = json.dumps(redact_source(values["source"]))     # never the password itself
         problems.add(where, "source", f"{shown}: {exc.fields['detail']} "

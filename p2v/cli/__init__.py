@@ -17,6 +17,7 @@ from p2v import __version__, runner
 from p2v.cli import (
     batch,
     clean,
+    completion,
     convert,
     copy,
     demo,
@@ -24,6 +25,7 @@ from p2v.cli import (
     inspect,
     jobs,
     register,
+    report,
     sync,
     verify,
 )
@@ -37,14 +39,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+QUIET_EPILOG = """\
+-q/--quiet: nothing on stdout or stderr but errors (each a `p2v: error:` line); exit
+codes are unchanged. Commands that do work (copy, sync, fix, verify, register, convert,
+batch, clean, report, demo) then print no progress and no summary: the exit code is the result,
+and a failed boot check (verify) or a failed job (batch) is an error line. Commands that
+only report print their report all the same, as it is their result: inspect, jobs,
+completion, batch --dry-run, fix --dry-run. --json output is printed under -q too.
+"""
+
+
 def _add_output_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    """-v and --log-file, before or after the subcommand (`p2v -v convert` = `p2v convert -v`).
+    """-v, -q and --log-file, before or after the subcommand (`p2v -q convert` = `p2v
+    convert -q`).
 
     On a subcommand the defaults are suppressed, so a flag given before it is not reset."""
     verbose: object = 0 if top else argparse.SUPPRESS
+    quiet: object = False if top else argparse.SUPPRESS
     log_file: object = None if top else argparse.SUPPRESS
     parser.add_argument("-v", "--verbose", action="count", default=verbose,
                         help="more log output on stderr (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", default=quiet,
+                        help="print nothing but errors (see `p2v --help`; not with -v)")
     parser.add_argument("--log-file", type=Path, metavar="FILE", default=log_file,
                         help="also write the log, at debug level, to FILE (created 0600)")
 
@@ -53,14 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="p2v",
         description="Turn a running physical server into a bootable, verified KVM guest.",
+        epilog=QUIET_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"p2v {__version__}")
     _add_output_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for command in (verify, demo, register, inspect, copy, sync, fix, convert, clean, batch,
-                    jobs):
+                    jobs, report):
         command.add(sub)
+    completion.add(sub, parser)     # last: it completes every subcommand added above
     for subparser in sub.choices.values():
         _add_output_options(subparser, top=False)
     return parser
@@ -88,7 +106,10 @@ def _log_to_file(path: Path) -> logging.Handler:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    if args.quiet and args.verbose:
+        parser.error("-q/--quiet and -v/--verbose contradict each other: give one of them")
+    level = logging.ERROR if args.quiet else {0: logging.WARNING, 1: logging.INFO}.get(
+        args.verbose, logging.DEBUG)
     stderr = logging.StreamHandler()
     stderr.setLevel(level)
     stderr.setFormatter(logging.Formatter("p2v: %(levelname)s: %(message)s"))

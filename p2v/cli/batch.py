@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from p2v.cli.common import at_least_one, rate_arg
-from p2v.cli.render import BatchScreen, print_batch_plan, print_batch_result
+from p2v.cli.common import at_least_one, print_json, quiet, rate_arg
+from p2v.cli.render import print_batch_plan, print_batch_result
+from p2v.cli.screens import BatchScreen
 from p2v.errors import ExitCode
+from p2v.events import EventSink, discard
 from p2v.inputs import check_output_dir
 
 if TYPE_CHECKING:
@@ -29,8 +32,8 @@ def add(sub: argparse._SubParsersAction) -> None:
             "job never stops the others. A ledger (OUTPUT_DIR/.p2v-batch/ledger.sqlite) "
             "records every job, so rerunning the same command skips finished jobs and "
             "resumes the rest; Ctrl-C stops the jobs cleanly. Ends with a summary table and "
-            "a report (OUTPUT_DIR/.p2v-batch/report.json); exit 0 when every job succeeded, "
-            "1 when one failed. See docs/batch.md."
+            "a report (OUTPUT_DIR/.p2v-batch/report.json, and report.html: see `p2v "
+            "report`); exit 0 when every job succeeded, 1 when one failed. See docs/user/batch.md."
         ),
     )
     p.add_argument("manifest", type=Path, metavar="MANIFEST", help="the fleet's TOML manifest")
@@ -43,7 +46,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="at most RATE bytes/s on the wire over ALL jobs running at once on "
                         "this host, e.g. 200M (wins over the manifest's top-level "
                         "bandwidth_limit; a server's own bandwidth_limit still caps that "
-                        "job). With --scheduler: per conversion host (docs/batch.md)")
+                        "job). With --scheduler: per conversion host (docs/user/batch.md)")
     p.add_argument("--dry-run", action="store_true",
                    help="check the manifest and print which jobs would run, resume or be "
                         "skipped; change nothing")
@@ -54,7 +57,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="run the jobs on the workers of this Dask scheduler (each worker "
                         "started with --resources p2v=N runs N at once); the ledger stays "
-                        "here. See docs/fleet.md")
+                        "here. See docs/user/fleet.md")
     p.add_argument("--tries", type=at_least_one, metavar="N", default=3,
                    help="with --scheduler: how often a job is started when the worker "
                         "running it dies, before it is failed (default 3)")
@@ -114,22 +117,27 @@ def run(args: argparse.Namespace) -> int:
             return ExitCode.OK
         print_batch_plan(plan, jobs, manifest)
         return ExitCode.OK
-    if args.json:
-        def sink(event: dict[str, object]) -> None:
-            print(json.dumps(event), flush=True)
-    else:
-        sink = BatchScreen()
-    if args.scheduler:
-        from p2v.batch.dask_pool import DaskPool, connect
+    # --json: every event as it is; -q: none; else the screen (live lines on a terminal).
+    screen = None if args.json or quiet(args) else BatchScreen()
+    sink: EventSink = print_json if args.json else (screen or discard)
+    with screen or contextlib.nullcontext():
+        if args.scheduler:
+            from p2v.batch.dask_pool import DaskPool, connect
 
-        client = connect(args.scheduler)    # unreachable: one line, exit 6, nothing started
-        result = run_batch(manifest, jobs=jobs, events=sink, tries=args.tries,
-                           pool_factory=lambda run: DaskPool(client, run, manifest.hosts))
-    else:
-        result = run_batch(manifest, jobs=jobs, events=sink)
+            client = connect(args.scheduler)  # unreachable: one line, exit 6, nothing started
+            result = run_batch(manifest, jobs=jobs, events=sink, tries=args.tries,
+                               pool_factory=lambda run: DaskPool(client, run, manifest.hosts))
+        else:
+            result = run_batch(manifest, jobs=jobs, events=sink)
     if args.json:
         return result.exit_code
-    print_batch_result(result)
+    if screen is not None:
+        print_batch_result(result)
+    else:                                       # -q: a failed job is an error line
+        for job in result.jobs:
+            if job.state == "failed" and job.action != "skip":
+                print(f"p2v: error: {job.name}: {job.error}"
+                      + (f" (log: {job.log})" if job.log else ""), file=sys.stderr)
     if result.interrupted:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
     return result.exit_code

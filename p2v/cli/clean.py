@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from p2v.cli.common import quiet
 from p2v.errors import ExitCode
 
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
                        domain=args.domain, uri=args.connect)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
+        return ExitCode.OK
+    if quiet(args):
         return ExitCode.OK
     if result.domain:
         print(f"undefined domain {result.domain}")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from p2v.inputs import finite_positive
 
@@ -20,9 +21,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2v")
 
 
+def quiet(args: argparse.Namespace) -> bool:
+    """-q: nothing but errors (`p2v --help` says what each command still prints)."""
+    return bool(getattr(args, "quiet", False))
+
+
+def print_json(event: dict[str, Any]) -> None:
+    """An event as one JSON line on stdout (--json), flushed: a reader sees it at once."""
+    print(json.dumps(event), flush=True)
+
+
 def progress_printer(args: argparse.Namespace) -> Callable[[str], None]:
-    """Progress messages go to stderr, and not at all with --json (stdout stays parseable)."""
-    if getattr(args, "json", False):
+    """Progress messages go to stderr, and only to the log with --json (stdout stays
+    parseable) or -q."""
+    if getattr(args, "json", False) or quiet(args):
         return lambda msg: log.info("%s", msg)
     return lambda msg: print(f"p2v: {msg}", file=sys.stderr, flush=True)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,10 +15,14 @@ from p2v.cli.common import (
     check_source_arg,
     parallel_arg,
     positive_arg,
+    print_json,
+    quiet,
     rate_arg,
 )
-from p2v.cli.render import ConvertScreen, print_report
+from p2v.cli.render import print_report
+from p2v.cli.screens import ConvertScreen
 from p2v.errors import ExitCode
+from p2v.events import EventSink, discard
 from p2v.inputs import check_name, check_output_dir
 
 if TYPE_CHECKING:
@@ -40,7 +44,8 @@ def add(sub: argparse._SubParsersAction) -> None:
             "same command to continue at the first unfinished stage (the copy resumes "
             "mid-disk). `p2v clean NAME` removes it. With --from-image IMG ... instead of "
             "SOURCE, existing disk images (raw, qcow2, VMDK, VHD, VHDX) are imported into the "
-            "work dir as qcow2 in place of inspect, preflight and copy. See docs/convert.md."
+            "work dir as qcow2 in place of inspect, preflight and copy. See "
+            "docs/user/convert.md."
         ),
     )
     add_ssh_source(p, optional="--from-image")
@@ -49,7 +54,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-image", nargs="+", type=Path, metavar="IMG",
                    help="convert existing disk images instead of a live SOURCE (raw, qcow2, "
                         "VMDK, VHD, VHDX; boot disk first): imported into the work dir as "
-                        "qcow2, then fix, verify, register (docs/convert.md)")
+                        "qcow2, then fix, verify, register (docs/user/convert.md)")
     p.add_argument("--in-place", action="store_true",
                    help="with --from-image: use raw or qcow2 images where they are (fix "
                         "writes to them) instead of converting copies")
@@ -76,7 +81,7 @@ def _add_guest_flags(p: argparse.ArgumentParser) -> None:
                         "guest's IPv4 addresses: `virsh console` and the domain's console log")
     p.add_argument("--virtio-win", type=Path, metavar="DIR|ISO",
                    help="Windows sources: the virtio-win ISO or directory fix takes the "
-                        "drivers from (checked before anything runs; docs/windows.md)")
+                        "drivers from (checked before anything runs; docs/user/windows.md)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the boot check before registering (not recommended)")
     p.add_argument("--verify-timeout", type=positive_arg, default=300.0, metavar="S",
@@ -104,7 +109,7 @@ def _add_copy_flags(p: argparse.ArgumentParser) -> None:
                    help="live cutover: after the copy, sync passes while the delta shrinks, "
                         "then a final pass with the source's filesystems frozen (fsfreeze, "
                         "a thaw timer on the source); the downtime window is reported "
-                        "(docs/sync.md)")
+                        "(docs/user/sync.md)")
     add_freeze_flags(p, "with --cutover: ", "the final pass always freezes; ")
 
 
@@ -180,17 +185,16 @@ def run(args: argparse.Namespace) -> int:
     spec = job_spec(args, uri.uri)
     if not args.cutover and (args.before_final or args.after_final):
         raise UsageError(detail="--before-final and --after-final need --cutover")
-    if args.json:
-        def sink(event: dict[str, object]) -> None:
-            print(json.dumps(event), flush=True)
-    else:
-        sink = ConvertScreen(args.verbose > 0)
-    if not args.json and uri.chosen_by_config:
+    # --json: the events as they are; -q: none; else the screen (bars on a terminal).
+    screen = None if args.json or quiet(args) else ConvertScreen()
+    sink: EventSink = print_json if args.json else (screen or discard)
+    if screen is not None and uri.chosen_by_config:
         print(f"libvirt: {uri.uri} ({uri.origin})", file=sys.stderr)
-    report = run_job(spec, sink)
+    with screen or contextlib.nullcontext():
+        report = run_job(spec, sink)
     if not report.ok:
         print(f"p2v: error: {report.error}", file=sys.stderr)
         return report.exit_code
-    if not args.json:
+    if screen is not None:
         print_report(report)
     return ExitCode.OK

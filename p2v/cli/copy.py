@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,10 +13,11 @@ from p2v.cli.common import (
     images_locked,
     parallel_arg,
     progress_printer,
+    quiet,
     rate_arg,
     ssh_options,
 )
-from p2v.cli.render import TqdmMeter, bar_safe_printer
+from p2v.cli.progress import Term
 from p2v.errors import ExitCode
 from p2v.inputs import check_name, check_output_dir
 
@@ -37,7 +37,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "the copy resumes. A manifest (chunk hashes, digest) is written beside each "
             "image. Disks are copied --parallel at a time under one --bandwidth-limit. A "
             "source without python3 gets a slower sh/dd reader: still verified and "
-            "resumable, zero chunks skipped, free space sent. See docs/copy.md."
+            "resumable, zero chunks skipped, free space sent. See docs/user/copy.md."
         ),
     )
     add_ssh_source(p)
@@ -79,12 +79,9 @@ def run(args: argparse.Namespace) -> int:
         low_priority=args.source_priority == "low", parallel=args.parallel,
         bandwidth_limit=args.bandwidth_limit,
     )
-    bars = not args.json and sys.stderr.isatty()
-    say = bar_safe_printer() if bars else progress_printer(args)
-    positions = {device: i for i, device in enumerate(args.disk)}
-
-    def meter(device: str, size: int, done: int) -> TqdmMeter:
-        return TqdmMeter(device, size, done, positions.get(device, 0))
+    # A bar per disk on a terminal, a plain line at each 10 % elsewhere; none with --json/-q.
+    term = None if args.json or quiet(args) else Term()
+    say = term.line if term is not None else progress_printer(args)
 
     def emit(event: dict[str, object]) -> None:
         if args.json:
@@ -97,11 +94,15 @@ def run(args: argparse.Namespace) -> int:
         elif event["event"] == "disk-complete":
             say(f"{event['device']}: {event['image']} is already complete")
 
-    with SshSource.open(args.source, options) as source, \
-            images_locked(source, request.output_dir, request.name) as name:
-        results = copy_disks(source, replace(request, name=name), emit,
-                             meter if bars else None)
-    if not args.json:
+    try:
+        with SshSource.open(args.source, options) as source, \
+                images_locked(source, request.output_dir, request.name) as name:
+            results = copy_disks(source, replace(request, name=name), emit,
+                                 term.disk if term is not None else None)
+    finally:
+        if term is not None:
+            term.close()
+    if term is not None:
         for r in results:
             print(f"{r.device}: {r.image} ({r.data_chunks} data + {r.zero_chunks} zero "
                   f"chunks, {r.wire_bytes} bytes on the wire, {r.seconds:.1f} s"

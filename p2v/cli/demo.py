@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from p2v.cli.common import progress_printer
+from p2v.cli.common import progress_printer, quiet
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(args.variant, progress=progress_printer(args))
     if args.json:
         print(json.dumps(result, indent=2))
+    elif quiet(args):
+        if result["job"].get("error"):
+            print(f"p2v: error: {result['job']['error']}", file=sys.stderr)
     else:
         for line in result["summary"]:
             print(line)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from p2v.cli.common import progress_printer
+from p2v.cli.common import progress_printer, quiet
 from p2v.cli.render import print_fix_result
 from p2v.errors import ExitCode
 from p2v.inputs import check_disk_image
@@ -24,9 +24,9 @@ def add(sub: argparse._SubParsersAction) -> None:
             "in fstab/crypttab/grub/mdadm/LVM switched to UUID= or virtio names, the grub "
             "config regenerated and checked, NIC names pinned to the VM's MACs, the UEFI "
             "fallback loader. Windows guests get the virtio-win drivers of --virtio-win "
-            "(docs/windows.md). Writes the GuestCaps JSON beside the first image "
+            "(docs/user/windows.md). Writes the GuestCaps JSON beside the first image "
             "(IMAGE.caps.json). --dry-run stops after the report; a second run changes "
-            "nothing. See docs/fix.md."
+            "nothing. See docs/user/fix.md."
         ),
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
@@ -43,7 +43,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="add a serial console on ttyS0 (kernel and grub) for virsh console")
     p.add_argument("--virtio-win", type=Path, metavar="DIR|ISO",
                    help="Windows guests: the virtio-win ISO or directory to take the drivers "
-                        "from (see docs/windows.md)")
+                        "from (see docs/user/windows.md)")
     p.add_argument("--dry-run", action="store_true", help="report the plan, change nothing")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=run)
@@ -93,5 +93,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return ExitCode.OK
-    print_fix_result(result)
+    if not quiet(args) or args.dry_run:         # -q --dry-run: the plan is the result
+        print_fix_result(result)
     return ExitCode.OK

@@ -19,7 +19,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "device-mapper, CPUs, memory, NICs (name, MAC, addresses, driver), firmware, OS "
             "and kernel, the boot disk, and at most how many bytes a copy will send. Only sh, "
             "coreutils, util-linux, /proc and /sys are needed; what is missing is reported "
-            "as unknown. --json prints the p2v.inventory/1 document (docs/inventory.md), "
+            "as unknown. --json prints the p2v.inventory/1 document (docs/user/inventory.md), "
             "which `p2v register --inventory` reads."
         ),
     )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from p2v.cli.common import add_libvirt_target, progress_printer
+from p2v.cli.common import add_libvirt_target, progress_printer, quiet
 from p2v.cli.render import print_register_result
 from p2v.errors import ExitCode
 from p2v.inputs import check_name, check_output_dir
@@ -24,7 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "readable, networks, bridges, pool and firmware exist. If libvirt refuses the "
             "definition the XML is kept and the way to define it by hand is printed. "
             "--output local writes NAME.xml and copies of the images into --output-dir and "
-            "needs no libvirt. See docs/register.md."
+            "needs no libvirt. See docs/user/register.md."
         ),
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
@@ -102,11 +102,12 @@ def run(args: argparse.Namespace) -> int:
         new_macs=args.new_macs,
         force_new_macs=args.force_new_macs,
     )
-    if args.output == "libvirt" and not args.json and uri.chosen_by_config:
+    if args.output == "libvirt" and not (args.json or quiet(args)) and uri.chosen_by_config:
         print(f"libvirt: {uri.uri} ({uri.origin})", file=sys.stderr)
     result = register(request, progress=progress_printer(args))
     if args.json:
         print(result.to_json())
         return ExitCode.OK
-    print_register_result(result)
+    if not quiet(args):
+        print_register_result(result)
     return ExitCode.OK

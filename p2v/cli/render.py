@@ -1,11 +1,9 @@
-"""What the CLI shows while a command runs and when it ends: progress bars, the convert
-and batch screens, the convert report."""
+"""What the CLI shows when a command ends: the convert report, the batch table, the results
+of fix, register and jobs (live progress is p2v.cli.progress and p2v.cli.screens)."""
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,97 +17,6 @@ if TYPE_CHECKING:
     from p2v.fix.base import FixResult
     from p2v.jobs import JobStatus
     from p2v.target.request import RegisterResult
-
-
-def bar_safe_printer() -> Callable[[str], None]:
-    """Messages printed above the progress bars instead of through them."""
-    from tqdm import tqdm
-
-    def say(msg: str) -> None:
-        tqdm.write(f"p2v: {msg}", file=sys.stderr)
-    return say
-
-
-class TqdmMeter:
-    """One progress bar per disk on stderr: bytes of the disk done, rate, ETA, wire bytes."""
-
-    def __init__(self, device: str, size: int, done: int, position: int) -> None:
-        from tqdm import tqdm
-
-        self._bar = tqdm(total=size, initial=done, unit="B", unit_scale=True,
-                         unit_divisor=1024, desc=device, position=position, leave=True,
-                         file=sys.stderr, mininterval=0.5)
-        self._done = done
-
-    def update(self, done_bytes: int, wire_bytes: int) -> None:
-        self._bar.update(done_bytes - self._done)
-        self._done = done_bytes
-        self._bar.set_postfix_str(f"wire {wire_bytes / 1048576:.0f} MiB", refresh=False)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-class ConvertScreen:
-    """Human progress on stderr: stage lines, one progress line per disk, messages."""
-
-    def __init__(self, verbose: bool) -> None:
-        self.tty = sys.stderr.isatty()
-        self.verbose = verbose
-        self.last: dict[str, float] = {}
-        self.disks: dict[str, tuple[int, int, int]] = {}   # device -> done, chunks, wire
-        self.open_line = False
-
-    def _line(self, text: str) -> None:
-        if self.open_line:
-            print(file=sys.stderr)
-            self.open_line = False
-        print(f"p2v: {text}", file=sys.stderr, flush=True)
-
-    def __call__(self, event: dict[str, object]) -> None:
-        kind, stage = event.get("event"), event.get("stage")
-        if kind == "stage-start":
-            self._line(f"[{stage}] ...")
-        elif kind == "stage-skip":
-            self._line(f"[{stage}] done in an earlier run")
-        elif kind == "stage-done":
-            self._line(f"[{stage}] done in {event.get('seconds')} s")
-        elif kind == "message":
-            self._line(f"  {event.get('text')}")
-        elif kind == "disk-start":
-            self._line(f"  {event.get('device')} -> {event.get('image')} "
-                       f"({event.get('resumed_chunks')} of {event.get('chunks')} chunks "
-                       "already done)")
-        elif kind == "disk-complete":
-            self._line(f"  {event.get('device')}: already complete")
-        elif kind == "progress":
-            self._progress(event)
-        elif kind == "disk-done":
-            self._line(f"  {event.get('device')}: copied, "
-                       f"{human_size(float(str(event.get('wire_bytes') or 0)))} sent in "
-                       f"{float(str(event.get('seconds') or 0)):.0f} s")
-
-    def _progress(self, event: dict[str, object]) -> None:
-        """A bar per disk and an overall line for the job, on one refreshed line."""
-        device = str(event.get("device"))
-        self.disks[device] = (int(str(event.get("done_chunks") or 0)),
-                              max(1, int(str(event.get("chunks") or 1))),
-                              int(str(event.get("wire_bytes") or 0)))
-        done = sum(d for d, _t, _w in self.disks.values())
-        total = sum(t for _d, t, _w in self.disks.values())
-        sent = human_size(float(sum(w for _d, _t, w in self.disks.values())))
-        width = max(10, 30 // len(self.disks))
-        bars = "  ".join(
-            f"{name.removeprefix('/dev/')} [{'#' * (width * d // t)}"
-            f"{'.' * (width - width * d // t)}] {100 * d // t:3d}%"
-            for name, (d, t, _w) in self.disks.items())
-        text = f"  {bars}  | job {100 * done // total:3d}%, {sent} sent"
-        if self.tty:
-            print(f"\r{text}\x1b[K", end="", file=sys.stderr, flush=True)
-            self.open_line = True
-        elif time.monotonic() - self.last.get(device, 0.0) > 10 or done == total:
-            self.last[device] = time.monotonic()
-            self._line(text.strip())
 
 
 def print_report(report: object) -> None:
@@ -156,55 +63,6 @@ def print_report(report: object) -> None:
         print(f"  start it{when}: virsh -c {domain.get('uri')} start {report.name}")
     print(f"  clean up: p2v clean {report.name} --domain --output-dir "
           f"{Path(report.work_dir).parent}  (removes the guest and the work dir)")
-
-
-class BatchScreen:
-    """Human progress on stderr: one line per job and stage change, copy progress every 30 s."""
-
-    def __init__(self) -> None:
-        self.last: dict[tuple[str, str], float] = {}
-
-    def __call__(self, event: dict[str, object]) -> None:
-        kind, job, stage = event.get("event"), event.get("job"), event.get("stage")
-        text = None
-        if kind == "batch-start":
-            text = (f"batch of {event.get('total')} job(s), {event.get('to_run')} to run, "
-                    f"{event.get('jobs')} at a time; state in {event.get('state_dir')}")
-        elif kind == "batch-job-skip":
-            text = f"[{job}] skipped: {event.get('reason')}"
-        elif kind == "batch-job-placed":
-            text = (f"[{job}] on worker {event.get('worker')} in {event.get('work_dir')}"
-                    + (" (resuming)" if event.get("resume") else ""))
-        elif kind == "batch-job-retry":
-            text = (f"[{job}] worker {event.get('previous_worker')} died; try "
-                    f"{event.get('try')} of {event.get('tries')} on {event.get('worker')}"
-                    + (" (resuming)" if event.get("resume") else " (afresh)"))
-        elif kind == "batch-job-start":
-            where = (f"in {event.get('work_dir')}" if event.get("worker") else
-                     "submitted to the cluster")     # --scheduler: placed later
-            text = (f"[{job}] {event.get('action')} (attempt {event.get('attempt')}, "
-                    f"{event.get('reason')}) {where}")
-        elif kind == "stage-start":
-            text = f"[{job}] {stage} ..."
-        elif kind == "stage-done":
-            text = f"[{job}] {stage} done in {event.get('seconds')} s"
-        elif kind == "progress":
-            key = (str(job), str(event.get("device")))
-            done, total = int(str(event.get("done_chunks") or 0)), int(str(event.get("chunks")
-                                                                          or 1))
-            if time.monotonic() - self.last.get(key, 0.0) > 30 or done == total:
-                self.last[key] = time.monotonic()
-                text = f"[{job}] {key[1]}: {100 * done // max(1, total)}% copied"
-        elif kind == "batch-job-end":
-            state = event.get("state")
-            text = f"[{job}] {state}" + (f": {event.get('error')}" if state != "succeeded"
-                                         else f" in {event.get('seconds')} s")
-        elif kind == "batch-stopping":
-            running = event.get("running")
-            count = len(running) if isinstance(running, list) else 0
-            text = f"stopping {count} running job(s); they are resumed by the next run ..."
-        if text is not None:
-            print(f"p2v: {text}", file=sys.stderr, flush=True)
 
 
 def print_fix_result(result: FixResult) -> None:
@@ -265,6 +123,8 @@ def print_batch_result(result: BatchResult) -> None:
           f"skipped" + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
           + (f", {counts['pending']} not started" if counts["pending"] else "")
           + f"; report {result.report_path}")
+    if result.html_report:
+        print(f"HTML report: {result.html_report}")
 
 
 def print_register_result(result: RegisterResult) -> None:

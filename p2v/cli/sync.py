@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,9 +13,11 @@ from p2v.cli.common import (
     add_ssh_source,
     images_locked,
     progress_printer,
+    quiet,
     rate_arg,
     ssh_options,
 )
+from p2v.cli.screens import ConvertScreen
 from p2v.errors import ExitCode
 from p2v.inputs import check_name, check_output_dir
 
@@ -32,7 +35,7 @@ def add(sub: argparse._SubParsersAction) -> None:
             "started on the source first thaws them after --freeze-timeout seconds even "
             "if p2v or the link dies. --before-final/--after-final run YOUR shell command "
             "on the source around the pass (e.g. stop and start a database). These are "
-            "the only things p2v ever does on a source beyond reading. See docs/sync.md."
+            "the only things p2v ever does on a source beyond reading. See docs/user/sync.md."
         ),
     )
     add_ssh_source(p)
@@ -72,16 +75,16 @@ def run(args: argparse.Namespace) -> int:
         freeze_timeout=args.freeze_timeout, before_final=args.before_final,
         after_final=args.after_final,
     )
-    say = progress_printer(args)
+    # The sync's lines and a bar per disk's pass, as convert draws them; none with --json/-q.
+    screen = None if args.json or quiet(args) else ConvertScreen()
+    say = screen.term.line if screen is not None else progress_printer(args)
 
     def emit(event: dict[str, object]) -> None:
         if args.json:
             print(json.dumps(event), flush=True)
-        elif event["event"] == "sync-delta":
-            say(f"{event['device']}: {event['changed_chunks']} changed, "
-                f"{event['dropped_chunks']} dropped chunk(s) ({event['changed_bytes']} "
-                f"bytes), hashed in {event['hash_seconds']} s")
-        elif event["event"] == "frozen":
+        elif screen is not None:
+            screen(event)
+        if event["event"] == "frozen":
             frozen = event["frozen"]
             say("frozen: " + (", ".join(frozen) if isinstance(frozen, list) and frozen
                               else "nothing (no mounted filesystem on these disks)"))
@@ -91,10 +94,13 @@ def run(args: argparse.Namespace) -> int:
             say(f"thawed after {event['freeze_s'] or 0:.1f} s")
 
     with SshSource.open(args.source, options) as source, \
-            images_locked(source, request.output_dir, request.name) as name:
+            images_locked(source, request.output_dir, request.name) as name, \
+            screen or contextlib.nullcontext():
         result = sync(source, replace(request, name=name), emit)
     if args.json:
         print(json.dumps({"event": "sync-result", **result.to_dict()}), flush=True)
+        return ExitCode.OK
+    if screen is None:
         return ExitCode.OK
     for d in result.disks:
         print(f"{d.device}: {d.image} ({d.changed_chunks} changed + {d.dropped_chunks} dropped"

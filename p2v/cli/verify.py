@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from p2v.cli.common import mac_arg, positive_arg, progress_printer
+from p2v.cli.common import mac_arg, positive_arg, progress_printer, quiet
 from p2v.errors import ExitCode
 from p2v.inputs import check_disk_image
 
@@ -35,7 +36,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--domain-xml", type=Path, metavar="FILE",
                    help="instead of IMAGEs: boot this domain XML (e.g. `register --output "
                         "local`'s NAME.xml) as a transient libvirt domain on overlays of its "
-                        "disks, NICs on an isolated network (docs/verify.md)")
+                        "disks, NICs on an isolated network (docs/user/verify.md)")
     p.add_argument("--connect", metavar="URI",
                    help="with --domain-xml: the local libvirt to boot it in (default: as "
                         "virsh picks it, e.g. $LIBVIRT_DEFAULT_URI)")
@@ -74,6 +75,12 @@ def run(args: argparse.Namespace) -> int:
         verdict = verify_boot(args.images, options, progress=progress_printer(args))
     if args.json:
         print(verdict.to_json())
+    elif quiet(args):
+        if not verdict.booted:
+            from p2v.verify.console import next_step
+
+            print(f"p2v: error: the guest did not boot ({verdict.reason}); "
+                  f"{next_step(verdict.reason, verdict.evidence)}", file=sys.stderr)
     else:
         state = "BOOTED" if verdict.booted else f"FAILED: {verdict.reason}"
         print(f"{state} after {verdict.elapsed_s:.0f} s "

@@ -12,7 +12,7 @@ A fixture is built in three stages, each as cheap as it can be:
    update-grub run; for UEFI variants a variable store holding the boot entry is made.
 
 The result lives in `<cache>/<variant>-<key>/` with a fixture.json (a FixtureImage); the key
-hashes the variant's recipe files and this source file. See docs/fixtures.md.
+hashes the variant's recipe files and this source file. See docs/dev/fixtures.md.
 """
 
 from __future__ import annotations

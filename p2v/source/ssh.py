@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -40,13 +40,15 @@ from p2v.errors import (
     SshUnreachable,
     SudoFailed,
 )
+from p2v.source import sshconfig
 from p2v.source.protocol import RemoteResult
+from p2v.source.proxy import ProxyCommand
 
 log = logging.getLogger(__name__)
 
 SUDO_PASSWORD_ENV = "P2V_SUDO_PASSWORD"
-DEFAULT_SSH_CONFIG = Path("~/.ssh/config")
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+_SYSTEM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 CONNECT_TIMEOUT = 15.0
 # A ProxyJump chain longer than this is most likely a loop in ssh_config.
 _MAX_JUMPS = 8
@@ -58,10 +60,11 @@ _MAX_JUMPS = 8
 
 @dataclass(frozen=True)
 class SshTarget:
-    """Where and as whom to log in, after ssh_config was applied.
+    """Where and as whom to log in, after ssh_config was applied (p2v.source.sshconfig).
 
     `name` is what the user typed (URL host or Host alias); `host` the address to connect to
-    (ssh_config HostName); `jump` the ProxyJump hops, outermost first.
+    (ssh_config HostName); `jump` the ProxyJump hops, outermost first (the first may have a
+    `proxy_command`: the command SSH to it is spoken through).
     """
 
     name: str
@@ -71,6 +74,12 @@ class SshTarget:
     identity_files: tuple[Path, ...] = ()
     jump: tuple[SshTarget, ...] = ()
     known_hosts_files: tuple[Path, ...] = ()
+    global_known_hosts_files: tuple[Path, ...] | None = None    # None: the system file
+    proxy_command: str | None = None
+    identities_only: bool = False       # the listed (or default) key files, no agent keys
+    use_agent: bool = True              # False: IdentityAgent none
+    connect_timeout: float | None = None
+    accept_new_host_key: bool = False   # StrictHostKeyChecking accept-new
 
     @property
     def known_hosts_pattern(self) -> str:
@@ -81,17 +90,22 @@ class SshTarget:
         return f"{self.user}@{self.host}" + ("" if self.port == 22 else f":{self.port}")
 
 
-def _load_ssh_config(path: Path | None) -> paramiko.SSHConfig:
-    config_path = (path or DEFAULT_SSH_CONFIG).expanduser()
-    if path is not None and not config_path.exists():
-        raise SourceSpecError(source=str(path), detail="ssh config file not found")
-    if not config_path.exists():
-        return paramiko.SSHConfig()
+class _RawConfig(paramiko.SSHConfig):
+    """paramiko's ssh_config reader, its token expansion left to p2v.source.sshconfig
+    (which expands as OpenSSH does); a Match exec command is still expanded."""
+
+    def _allowed_tokens(self, key: str) -> list[str]:
+        return list(super()._allowed_tokens(key)) if key == "match-exec" else []
+
+
+def _paramiko_lookup(text: str, alias: str) -> dict[str, list[str]]:
+    """Every option a config text sets for `alias`, by paramiko (no `ssh` installed)."""
     try:
-        return paramiko.SSHConfig.from_path(str(config_path))
-    except (OSError, ValueError, paramiko.SSHException) as exc:
-        raise SourceSpecError(source=str(config_path), detail=f"unreadable ssh config: {exc}"
-                              ) from None
+        entry = _RawConfig.from_text(text).lookup(alias)
+    except (paramiko.SSHException, ValueError, ImportError) as exc:
+        raise SourceSpecError(source=alias, detail=f"unreadable ssh config: {exc}") from None
+    return {key: (list(value) if isinstance(value, list) else [str(value)])
+            for key, value in entry.items() if value is not None}
 
 
 def _port(text: str, source: str) -> int:
@@ -195,39 +209,40 @@ def parse_source(
     *,
     ssh_config: Path | None = None,
     identity: Path | None = None,
-    _config: paramiko.SSHConfig | None = None,
     _depth: int = 0,
 ) -> SshTarget:
-    """Turn SOURCE into an SshTarget, applying ~/.ssh/config (or `ssh_config`).
+    """Turn SOURCE into an SshTarget, applying ~/.ssh/config (or `ssh_config`) as OpenSSH
+    reads it; an option p2v cannot honour is refused (SshConfigRefused).
 
     Values in SOURCE win over ssh_config (as with OpenSSH); `identity` replaces the
     IdentityFile list. The login user defaults to root: p2v reads block devices.
     """
     if _depth > _MAX_JUMPS:
         raise _bad_source(source, "ProxyJump chain too long (a loop?)")
-    config = _config if _config is not None else _load_ssh_config(ssh_config)
     user, name, port = _split_source(source)
-    entry = config.lookup(name)
-    host = str(entry.get("hostname", name))
-    problem = _host_problem(host) if host != name else None
+    found = sshconfig.resolve(name, user=user, port=port, config=ssh_config,
+                              fallback=_paramiko_lookup)
+    problem = _host_problem(found.host) if found.host != name.lower() else None
     if problem is not None:
         raise _bad_source(source, f"its ssh_config HostName is {problem}")
-    if port is None:
-        port = _port(str(entry.get("port", 22)), source)
-    user = user or entry.get("user") or "root"
-    if identity is not None:
-        identities: tuple[Path, ...] = (identity,)
-    else:
-        identities = tuple(Path(p).expanduser() for p in entry.get("identityfile", []))
-    known = tuple(Path(p).expanduser()
-                  for p in str(entry.get("userknownhostsfile", "")).split() if p != "none")
     jumps: list[SshTarget] = []
-    proxy_jump = str(entry.get("proxyjump", "")).strip()
-    if proxy_jump and proxy_jump.lower() != "none":
-        for hop in proxy_jump.split(","):
-            jumps.append(parse_source(hop.strip(), _config=config, _depth=_depth + 1))
-    return SshTarget(name=name, host=host, port=port, user=str(user), identity_files=identities,
-                     jump=tuple(jumps), known_hosts_files=known)
+    for index, hop_text in enumerate(found.proxy_jump):
+        hop = parse_source(hop_text, ssh_config=ssh_config, _depth=_depth + 1)
+        if index == 0:
+            # The first hop is reached as its own config says (its jumps, its proxy);
+            # the later ones through the chain, as `ssh -J` does.
+            jumps.extend(hop.jump)
+            jumps.append(replace(hop, jump=()))
+        else:
+            jumps.append(replace(hop, jump=(), proxy_command=None))
+    return SshTarget(
+        name=name, host=found.host, port=found.port, user=found.user,
+        identity_files=(identity,) if identity is not None else found.identity_files,
+        jump=tuple(jumps), known_hosts_files=found.known_hosts_files,
+        global_known_hosts_files=found.global_known_hosts_files,
+        proxy_command=None if jumps else found.proxy_command,
+        identities_only=found.identities_only, use_agent=found.use_agent,
+        connect_timeout=found.connect_timeout, accept_new_host_key=found.accept_new_host_key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,6 +339,7 @@ class SshSource:
         self.target = target
         self.options = options or SshOptions()
         self._clients: list[paramiko.SSHClient] = []
+        self._proxies: list[ProxyCommand] = []
         self._client: paramiko.SSHClient | None = None
         self._sudo: str | None = None       # "none" (root), "nopasswd" or "password"
         self._password: str | None = None
@@ -347,18 +363,34 @@ class SshSource:
         """The host keys `client` accepts: known_hosts (and the system's file unless
         --known-hosts replaced both); an unknown one is refused or recorded (_StrictPolicy)."""
         if self.options.known_hosts is None:
-            # The system-wide file counts too, as with OpenSSH; never written.
-            system = Path("/etc/ssh/ssh_known_hosts")
-            if system.is_file():
-                client.load_system_host_keys(str(system))
+            # The system-wide files count too, as with OpenSSH, and any further
+            # UserKnownHostsFile; read, never written.
+            system = target.global_known_hosts_files
+            for path in ((_SYSTEM_KNOWN_HOSTS,) if system is None else system) + tuple(
+                    p for p in target.known_hosts_files if p != known_hosts):
+                if path.is_file():
+                    client.load_system_host_keys(str(path))
         if known_hosts.is_file():
             try:
                 client.load_host_keys(str(known_hosts))
             except (OSError, paramiko.SSHException) as exc:
                 raise SshFailed(host=target.host,
                                 detail=f"cannot read known_hosts {known_hosts}: {exc}") from None
-        client.set_missing_host_key_policy(
-            _StrictPolicy(target, known_hosts, self.options.accept_new_host_key))
+        accept_new = self.options.accept_new_host_key or target.accept_new_host_key
+        client.set_missing_host_key_policy(_StrictPolicy(target, known_hosts, accept_new))
+
+    def _keys(self, target: SshTarget) -> tuple[list[str] | None, bool, bool]:
+        """How `target` authenticates: (its key files, whether the agent may add its keys,
+        whether the default ~/.ssh/id_* keys may); IdentitiesOnly and IdentityAgent none
+        keep the agent out."""
+        identities = [str(p) for p in target.identity_files if p.is_file()]
+        missing = [str(p) for p in target.identity_files if not p.is_file()]
+        if self.options.identity is not None and missing:
+            raise SshAuthFailed(user=target.user, host=target.host,
+                                detail=f"identity file {missing[0]} not found")
+        agent = (self.options.use_agent and self.options.identity is None
+                 and target.use_agent and not target.identities_only)
+        return identities or None, agent, not identities
 
     def _connect_one(self, target: SshTarget, sock: Any | None) -> paramiko.SSHClient:
         """Log in to one hop (over `sock`: through the previous hop); fails as an SSH error."""
@@ -366,19 +398,13 @@ class SshSource:
         client = paramiko.SSHClient()
         self._clients.append(client)
         self._trust(client, target, known_hosts)
-        identities = [str(p) for p in target.identity_files if p.is_file()]
-        missing = [str(p) for p in target.identity_files if not p.is_file()]
-        if self.options.identity is not None and missing:
-            raise SshAuthFailed(user=target.user, host=target.host,
-                                detail=f"identity file {missing[0]} not found")
-        timeout = self.options.connect_timeout
+        key_files, agent, default_keys = self._keys(target)
+        timeout = target.connect_timeout or self.options.connect_timeout
         started = time.monotonic()
         try:
             client.connect(
-                target.host, port=target.port, username=target.user,
-                key_filename=identities or None,
-                allow_agent=self.options.use_agent and self.options.identity is None,
-                look_for_keys=not identities,
+                target.host, port=target.port, username=target.user, key_filename=key_files,
+                allow_agent=agent, look_for_keys=default_keys,
                 timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
                 sock=sock, transport_factory=partial(_transport, timeout),
             )
@@ -421,13 +447,29 @@ class SshSource:
                                  detail=f"no SSH server answered ({exc})") from None
         return client
 
+    def _first_hop(self, hop: SshTarget) -> paramiko.SSHClient:
+        """Log in to the outermost hop: over TCP, or through its ProxyCommand (a command
+        that failed is named, with its stderr)."""
+        if hop.proxy_command is None:
+            return self._connect_one(hop, None)
+        proxy = ProxyCommand(hop.proxy_command)
+        self._proxies.append(proxy)
+        try:
+            return self._connect_one(hop, proxy.sock)
+        except (SshUnreachable, SshFailed):
+            why = proxy.failure()
+            if why is None:
+                raise
+            raise SshUnreachable(host=hop.host, port=hop.port, detail=why) from None
+
     def connect(self) -> SshSource:
-        """Log in (through the ProxyJump hops, if any); raises one of the SSH errors."""
+        """Log in (through the ProxyCommand and ProxyJump hops, if any); raises one of the
+        SSH errors."""
         try:
             sock: Any | None = None
             hops = [*self.target.jump, self.target]
             for index, hop in enumerate(hops):
-                client = self._connect_one(hop, sock)
+                client = self._first_hop(hop) if index == 0 else self._connect_one(hop, sock)
                 if index + 1 < len(hops):
                     nxt = hops[index + 1]
                     transport = client.get_transport()
@@ -451,6 +493,9 @@ class SshSource:
         for client in reversed(self._clients):
             client.close()
         self._clients.clear()
+        for proxy in self._proxies:
+            proxy.close()
+        self._proxies.clear()
         self._client = None
 
     def host_key(self) -> str:

@@ -100,3 +100,67 @@ def test_convert_checks_virtio_win_before_anything_runs(
                str(tmp_path / "jobs"), "--virtio-win", str(not_iso)])
     assert rc == ExitCode.DRIVERS_UNAVAILABLE
     assert "not an ISO 9660 image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["-q", "-v", "jobs"], ["-q", "jobs", "-v"],
+                                  ["jobs", "--quiet", "-vv"], ["-v", "jobs", "-q"]])
+def test_quiet_and_verbose_together_are_a_one_line_usage_error(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "-q/--quiet and -v/--verbose" in line and "give one of them" in line, line
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_works_on_either_side_and_a_report_command_still_reports(
+        where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["jobs", "--output-dir", str(tmp_path)]
+    assert main(["-q", *argv] if where == "before" else [*argv, "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"no convert jobs in {tmp_path}\n" and err == ""     # jobs' result is its output
+
+
+def test_help_says_what_quiet_keeps(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "-q, --quiet" in out
+    assert "nothing on stdout or stderr but errors" in out
+    assert "inspect, jobs," in out and "--json output is printed under -q too" in out
+
+
+def test_quiet_clean_prints_nothing_and_an_error_still_shows(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["-q", "clean", "nosuchjob", "--output-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc != 0 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("p2v: error: ") and "nosuchjob" in line, line
+
+
+@pytest.mark.parametrize("booted", [True, False])
+def test_quiet_verify_prints_only_a_failed_boot_as_an_error(
+        booted: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The boot itself is faked (this is the CLI's -q logic); the image is a real qcow2."""
+    from p2v import runner
+    from p2v.verify import boot
+
+    image = tmp_path / "g.qcow2"
+    runner.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])
+    verdict = boot.BootVerdict(
+        booted=booted, reason=None if booted else "kernel-panic", elapsed_s=3.0,
+        accel="tcg", bus="virtio", firmware="bios", os="linux", hostname="h", root="/dev/vda1",
+        interfaces=(), evidence=("Kernel panic - not syncing: VFS",))
+    monkeypatch.setattr(boot, "verify_boot", lambda images, options, progress: verdict)
+    rc = main(["-q", "verify", str(image)])
+    out, err = capsys.readouterr()
+    assert out == ""
+    if booted:
+        assert (rc, err) == (0, "")
+    else:
+        assert rc == 4
+        (line,) = err.strip().splitlines()
+        assert line.startswith("p2v: error: the guest did not boot (kernel-panic); "), line

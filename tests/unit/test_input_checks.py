@@ -29,7 +29,7 @@ def test_redact_source(source: str, shown: str) -> None:
                                     "root@.leading", "ssh://root@web\t01", "web\x00"])
 def test_host_names_dns_cannot_carry_are_refused(source: str) -> None:
     with pytest.raises(SourceSpecError) as info:
-        parse_source(source, _config=None, ssh_config=None)
+        parse_source(source, ssh_config=None)
     assert all(c.isprintable() for c in info.value.message)
 
 

@@ -19,7 +19,7 @@ from p2v.cli import main
 from p2v.errors import ManifestInvalid
 
 BAD = Path(__file__).parent.parent / "bad_manifests"
-DOCS = Path(__file__).parents[3] / "docs" / "batch.md"
+DOCS = Path(__file__).parents[3] / "docs" / "user" / "batch.md"
 CASES = sorted(BAD.glob("*.toml"))
 
 
@@ -89,7 +89,7 @@ def test_no_traceback_from_the_real_command(tmp_path: Path) -> None:
 def _docs_example() -> str:
     text = DOCS.read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
-    assert blocks, "docs/batch.md has no ```toml example"
+    assert blocks, "docs/user/batch.md has no ```toml example"
     return blocks[0]
 
 
@@ -199,3 +199,15 @@ def test_the_top_level_bandwidth_limit_is_the_batchs_shared_one(
     plan = json.loads(capsys.readouterr().out)
     assert {p["spec"]["host_bandwidth_limit"] for p in plan["plan"]} == {8 * 2**20}
     assert [p["spec"]["bandwidth_limit"] for p in plan["plan"]] == [10 * 2**20, None]
+
+
+def test_an_ssh_config_option_p2v_cannot_honour_is_refused_at_load(tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host erp\n  HostName 192.0.2.9\n  StrictHostKeyChecking no\n")
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'[[server]]\nname = "erp"\nsource = "erp"\nssh_config = "{config}"\n')
+    with pytest.raises(ManifestInvalid) as info:
+        load_manifest(manifest)
+    (problem,) = info.value.problems
+    assert "source: ssh_config for 'erp': StrictHostKeyChecking" in problem, problem
+    assert "(want ssh://" not in problem
