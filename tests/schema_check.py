@@ -8,6 +8,7 @@ names the key that is wrong rather than "not valid under any of the given schema
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,7 +39,10 @@ def validator(name: str, part: str | None = None) -> Draft202012Validator:
 
 
 def problems(doc: Any, name: str) -> list[str]:
-    """Every way DOC breaks schema NAME, each as `path: message` (empty: valid)."""
+    """Every way DOC breaks schema NAME, each as `path: message` (empty: valid).
+
+    DOC is taken as its JSON text reads (tuples are arrays): what a consumer gets."""
+    doc = json.loads(json.dumps(doc))
     checks = [validator(name)]
     defs = schemas.load(name).get("$defs", {})
     if name == "events" and isinstance(doc, dict) and doc.get("event") in defs:
