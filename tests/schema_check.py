@@ -3,6 +3,8 @@
 `assert_valid(doc, "events")` fails the test with the first problem's path and message.
 An event is checked against the schema of its own `event` first, so a bad `disk-done`
 names the key that is wrong rather than "not valid under any of the given schemas".
+`NAME/PART` checks against one entry of a schema's $defs: "report/domain" is what
+`p2v register --json` prints, "report/verdict" what `p2v verify --json` prints.
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ def problems(doc: Any, name: str) -> list[str]:
 
     DOC is taken as its JSON text reads (tuples are arrays): what a consumer gets."""
     doc = json.loads(json.dumps(doc))
-    checks = [validator(name)]
+    name, _, part = name.partition("/")
+    checks = [validator(name, part or None)]
     defs = schemas.load(name).get("$defs", {})
-    if name == "events" and isinstance(doc, dict) and doc.get("event") in defs:
+    if part:
+        assert part in defs, f"{name}.schema.json has no $defs/{part}"
+    if name == "events" and not part and isinstance(doc, dict) and doc.get("event") in defs:
         checks.insert(0, validator(name, str(doc["event"])))
     for check in checks:
         errors = list(check.iter_errors(doc))
@@ -59,7 +64,7 @@ def problems(doc: Any, name: str) -> list[str]:
 
 def assert_valid(doc: Any, name: str) -> Any:
     """DOC itself, after checking it against schema NAME (events, inventory, report, caps,
-    manifest); fails the test naming what is wrong."""
+    manifest, or NAME/PART); fails the test naming what is wrong."""
     found = problems(doc, name)
     assert not found, f"not a valid {name} document: {found[0]}\n{doc!r:.2000}"
     return doc
