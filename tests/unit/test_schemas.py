@@ -4,6 +4,7 @@ the documents of real runs the same way (tests/schema_check.py)."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 import typing
@@ -198,6 +199,13 @@ def _cut(text: str, section: str) -> str:
 def test_the_inventory_of_recorded_and_degraded_sources_is_valid(output: Any) -> None:
     inv = build_inventory(output())
     assert_valid(inv.to_dict(), "inventory")
+
+
+def test_the_inventory_docs_show_is_valid() -> None:
+    """docs/inventory.md's example, its // comments taken out."""
+    (block,) = re.findall(r"```jsonc\n(.*?)```", (REPO / "docs" / "inventory.md").read_text(),
+                          re.S)
+    assert_valid(json.loads(re.sub(r"\s+//.*$", "", block, flags=re.M)), "inventory")
 
 
 def test_the_inventory_schema_refuses_another_version_and_a_missing_key() -> None:
