@@ -38,6 +38,8 @@ def _batch(manifest: Path, *args: str, timeout: float = 300) -> tuple[int, list[
     proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest), "--json", *args],
                           capture_output=True, text=True, timeout=timeout)
     events = assert_all_valid([json.loads(line) for line in proc.stdout.splitlines()], "events")
+    for end in (e for e in events if e["event"] == "batch-job-end" and e["report"]):
+        assert_valid(json.loads(Path(end["report"]).read_text()), "report")
     return proc.returncode, events, proc.stderr
 
 

@@ -34,7 +34,10 @@ def _batch(manifest: Path, *args: str, timeout: float = 300) -> tuple[int, list[
     assert_valid(tomllib.loads(manifest.read_text()), "manifest")
     proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest), "--json", *args],
                           capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, _events(proc.stdout, proc.stderr), proc.stderr
+    events = _events(proc.stdout, proc.stderr)
+    for end in (e for e in events if e["event"] == "batch-job-end" and e["report"]):
+        assert_valid(json.loads(Path(end["report"]).read_text()), "report")
+    return proc.returncode, events, proc.stderr
 
 
 def _events(stdout: str, stderr: str = "") -> list[dict[str, Any]]:
