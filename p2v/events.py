@@ -1,5 +1,6 @@
 """The one event type: every long-running command (copy, sync, convert, batch) reports
-progress as JSON-able dicts, one documented schema (docs/user/convert.md, p2v.events/1)."""
+progress as JSON-able dicts, one documented schema (docs/user/convert.md, p2v.events/1; its JSON
+Schema is p2v/schemas/events.schema.json)."""
 
 from __future__ import annotations
 

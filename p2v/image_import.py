@@ -172,20 +172,32 @@ def image_inventory(spec: JobSpec, facts: Sequence[ImageFacts], firmware: str) -
     """What the guest is known to be without a live source: its disks, the firmware its
     boot disk shows, the memory and vCPUs asked for (or the defaults)."""
     vcpus = spec.vcpus or DEFAULT_VCPUS
-    disks = tuple(DiskInfo(name=f"disk{i}", path=str(f.path), size_bytes=f.size, boot=i == 1)
-                  for i, f in enumerate(facts, 1))
+    # The disks as the guest will see them on virtio (vda, vdb, ...): the images themselves
+    # are the plan's and copy.json's devices.
+    disks = tuple(DiskInfo(name=guest_disk(i), path=f"/dev/{guest_disk(i)}", size_bytes=f.size,
+                           boot=i == 0) for i, f in enumerate(facts))
     return Inventory(hostname=None, firmware="uefi" if firmware == "uefi" else "bios",
                      cpu=CpuInfo(sockets=1, cores=vcpus, threads=1),
                      memory_mib=spec.memory_mib or DEFAULT_MEMORY_MIB, disks=disks,
-                     boot_disk="disk1")
+                     boot_disk=guest_disk(0))
+
+
+def guest_disk(index: int) -> str:
+    """The INDEXth (from 0) virtio disk's kernel name: vda ... vdz, vdaa, ..."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return "vd" + letters
 
 
 def image_plan(spec: JobSpec, facts: Sequence[ImageFacts], firmware: str) -> JobPlan:
     """The disks in the order given (the first boots), one fresh MAC per NIC, unpinned."""
     from p2v.target.request import fresh_mac
 
-    disks = tuple(PlannedDisk(str(f.path), f"disk{i}", i == 1, f.size, f.allocated)
-                  for i, f in enumerate(facts, 1))
+    disks = tuple(PlannedDisk(str(f.path), guest_disk(i), i == 0, f.size, f.allocated)
+                  for i, f in enumerate(facts))
     how = "used where they are (--in-place)" if spec.in_place else \
         "converted to qcow2 in the work dir (the originals are only read)"
     listed = ", ".join(f"{f.path.name} ({human_size(f.size)} {FORMATS[f.format]}"
@@ -261,5 +273,5 @@ def _same(stamp: Path, origin: dict[str, object]) -> bool:
 
 
 __all__ = ["DEFAULT_MEMORY_MIB", "DEFAULT_VCPUS", "FORMATS", "ImageFacts", "check_image",
-           "check_images", "image_inventory", "image_plan", "import_images", "load",
-           "mapping_problem", "run"]
+           "check_images", "guest_disk", "image_inventory", "image_plan", "import_images",
+           "load", "mapping_problem", "run"]

@@ -3,6 +3,7 @@ resume, the report). tests/integration and tests/e2e run the real stages."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -12,6 +13,15 @@ from p2v.errors import StreamError
 from p2v.job import ALL_STAGES
 from p2v.jobplan import JobPlan, PlannedDisk
 from p2v.model import Inventory
+from p2v.target.request import RegisterResult
+
+# What register returns (its register.json, as read back): a real RegisterResult's JSON.
+_DOMAIN = json.loads(json.dumps(RegisterResult(
+    name="web01", uuid="6f1c1c52-3f0e-4c1e-9d2b-0b7f2d3e4a51", output="libvirt",
+    domain_type="kvm", firmware="bios", disk_bus="virtio", nic_model="virtio",
+    disks=("/var/lib/p2v/jobs/web01/web01-sda.qcow2",),
+    nics=({"mac": "52:54:00:00:00:01", "network": "default", "source_nic": "eth0"},),
+    uri="qemu:///system").to_dict()))
 
 
 class FakeStages:
@@ -61,4 +71,4 @@ def fake_value(stage: str) -> Any:
                                  pins=(), firmware="bios", disk_choice="copying sda",
                                  not_carried_over=()),
             "copy": (), "sync": {"downtime_s": None}, "fix": None, "verify": None,
-            "register": {"name": "web01"}}[stage]
+            "register": dict(_DOMAIN)}[stage]

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from libvirt_env import open_conn
 from loop_sources import LoopSource
+from schema_check import assert_all_valid, assert_valid
 
 from p2v.batch.ledger import Ledger
 from p2v.demo.image import FixtureImage
@@ -42,10 +44,11 @@ networks = ["{network}"]
 
 
 def _run(manifest: Path) -> tuple[int, list[dict[str, Any]], float]:
+    assert_valid(tomllib.loads(manifest.read_text()), "manifest")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest), "--jobs", "2",
                            "--json"], capture_output=True, text=True, timeout=3600)
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    events = assert_all_valid([json.loads(line) for line in proc.stdout.splitlines()], "events")
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, events, time.monotonic() - t0
 
@@ -104,6 +107,7 @@ def test_batch_of_three_one_broken_then_fixed(
             assert job["summary"]["domain"] == job["name"]
             assert job["summary"].get("booted") is (True if verify else None)
             assert Path(job["report_path"]).is_file()
+            assert_valid(json.loads(Path(job["report_path"]).read_text()), "report")
 
         # Fix the manifest: the rerun converts only the broken entry.
         manifest.write_text(head + "".join(good) + _entry(NAMES[2], eps[2], isolated_network))

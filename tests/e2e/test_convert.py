@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from libvirt_env import URI, Libvirtd, boot_checks, open_conn
+from schema_check import assert_all_valid, assert_valid
 
 from p2v.demo.live import SourceEndpoint
 from p2v.job import STAGES
@@ -63,7 +64,7 @@ def run(argv: list[str], kill_when: Callable[[dict[str, Any]], bool] | None = No
             assert time.monotonic() < deadline, "convert took too long"
         code = proc.wait(timeout=JOB_TIMEOUT)
         err.seek(0)
-        return code, events, err.read().decode(errors="replace")
+        return code, assert_all_valid(events, "events"), err.read().decode(errors="replace")
 
 
 def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[dict[str, Any]],
@@ -109,6 +110,12 @@ def check_converted(ep: SourceEndpoint, name: str, network: str, events: list[di
     work = out / name
     assert sorted(p.stem for p in (work / "markers").glob("*.done")) == sorted(STAGES)
     assert json.loads((work / "report.json").read_text())["ok"] is True
+    # Every document the job left is what its schema says (docs/user/schemas.md).
+    assert_valid(json.loads((work / "report.json").read_text()), "report")
+    assert_valid(json.loads((work / "inventory.json").read_text()), "inventory")
+    assert_valid(json.loads((work / "caps.json").read_text()), "caps")
+    assert_all_valid([json.loads(line) for line in
+                      (work / "events.jsonl").read_text().splitlines()], "events")
     (disk,) = report["disks"]
     assert disk["device"] == "/dev/sda" and disk["size"] == 2048 << 20
     assert 0 < report["bytes_sent"] < disk["size"] // 2

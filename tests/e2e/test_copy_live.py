@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from schema_check import assert_all_valid
 
 from p2v import cli, runner
 from p2v.demo.live import SourceEndpoint
@@ -22,8 +23,9 @@ def test_live_bios_server_disk(live_source_bios: SourceEndpoint, tmp_path: Path,
             "--known-hosts", str(live.known_hosts), "--ssh-config", "/dev/null",
             "--disk", "/dev/sda", "--output-dir", str(tmp_path), "--no-compress", "--json"]
     assert cli.main(argv) == 0, capsys.readouterr().err
-    done = next(e for line in capsys.readouterr().out.splitlines()
-                if (e := json.loads(line))["event"] == "disk-done")
+    events = assert_all_valid([json.loads(line) for line in
+                               capsys.readouterr().out.splitlines()], "events")
+    done = next(e for e in events if e["event"] == "disk-done")
     image = tmp_path / f"{fixture.hostname}-sda.qcow2"   # the name is the source's hostname
     assert done["image"] == str(image)
     assert done["free_chunks"] > 0 and done["wire_bytes"] < (2048 << 20) // 2

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from schema_check import assert_valid
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,7 +25,7 @@ def test_demo_converts_the_live_source_into_a_guest_that_boots_on_virtio(
         report = json.loads(proc.stdout)
         assert report["live_source"]["hostname"] == "p2v-bios"
         assert "10.0.2.15/24" in report["live_source"]["addresses"]
-        job = report["job"]
+        job = assert_valid(report["job"], "report")
         assert job["ok"] is True and job["domain"]["disk_bus"] == "virtio"
         verdict = job["verdict"]
         assert verdict["booted"] is True and verdict["bus"] == "virtio"

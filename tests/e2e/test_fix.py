@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from schema_check import assert_valid
 
 from p2v.demo.image import FixtureImage
 from p2v.model import GuestCaps, SourceNic
@@ -40,7 +41,11 @@ def p2v_fix(*args: str) -> tuple[dict[str, Any], float]:
     proc = subprocess.run([sys.executable, "-m", "p2v.cli", "fix", "--json", *args],
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout), time.monotonic() - started
+    data = json.loads(proc.stdout)
+    assert_valid(data["caps"], "caps")
+    if data["caps_path"] is not None:       # IMAGE.caps.json, as register --caps reads it
+        assert_valid(json.loads(Path(data["caps_path"]).read_text()), "caps")
+    return data, time.monotonic() - started
 
 
 def overlay(image: FixtureImage, directory: Path) -> Path:

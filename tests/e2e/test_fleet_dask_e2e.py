@@ -21,6 +21,7 @@ import pytest
 from dask_cluster import Cluster, running_cluster
 from libvirt_env import open_conn
 from loop_sources import LoopSource
+from schema_check import assert_all_valid
 from test_batch_fleet import _entry  # one [[server]] of a loop source
 
 from p2v.batch.ledger import Ledger
@@ -82,7 +83,8 @@ def test_three_servers_over_two_workers_converted_and_verified(
                               timeout=3600)
         seconds = time.monotonic() - t0
         assert "Traceback" not in proc.stderr, proc.stderr
-        events = [json.loads(line) for line in proc.stdout.splitlines()]
+        events = assert_all_valid([json.loads(line) for line in proc.stdout.splitlines()],
+                                  "events")
         assert proc.returncode == 0, _failures(events, cluster)
     assert _defined(libvirtd.uri, names) == set(names)
     rows, _ = _ledger(out)
@@ -138,6 +140,7 @@ def test_a_worker_killed_mid_copy_its_job_finishes_on_the_other(
         rest, err = proc.communicate(timeout=3600)
         seconds = time.monotonic() - t0
         events += [json.loads(line) for line in rest.splitlines()]
+    assert_all_valid(events, "events")
     assert "Traceback" not in err, err
     assert proc.returncode == 0, _failures(events, cluster)
     other = next(w for w in cluster.workers.values() if w is not victim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from schema_check import assert_valid
 
 from p2v import cli
 from p2v.demo.live import SourceEndpoint
@@ -21,11 +22,18 @@ def inspect(live: SourceEndpoint, capsys: pytest.CaptureFixture[str], *extra: st
     return capsys.readouterr().out
 
 
+def inspect_json(live: SourceEndpoint, capsys: pytest.CaptureFixture[str]) -> str:
+    """`p2v inspect --json`, checked against inventory.schema.json."""
+    text = inspect(live, capsys, "--json")
+    assert_valid(json.loads(text), "inventory")
+    return text
+
+
 def test_bios_server(live_source_bios: SourceEndpoint,
                      capsys: pytest.CaptureFixture[str]) -> None:
     fixture = live_source_bios.fixture
     assert fixture is not None
-    inv = Inventory.from_json(inspect(live_source_bios, capsys, "--json"))
+    inv = Inventory.from_json(inspect_json(live_source_bios, capsys))
     assert (inv.hostname, inv.firmware, inv.boot_disk) == (fixture.hostname, "bios", "sda")
     assert inv.os.id == "debian" and inv.os.kernel
     (disk,) = inv.disks
@@ -47,7 +55,7 @@ def test_uefi_server_lvm_and_esp(live_source_uefi: SourceEndpoint,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     fixture = live_source_uefi.fixture
     assert fixture is not None
-    text = inspect(live_source_uefi, capsys, "--json")
+    text = inspect_json(live_source_uefi, capsys)
     inv = Inventory.from_json(text)
     assert (inv.hostname, inv.firmware, inv.boot_disk) == (fixture.hostname, "uefi", "sda")
     (disk,) = inv.disks

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from libvirt_env import Libvirtd, open_conn
+from schema_check import assert_valid
 
 from p2v import runner
 from p2v.cli import main
@@ -75,7 +76,7 @@ def register_and_boot(
                  "--start", "--json", *extra])
     out, err = capsys.readouterr()
     assert code == 0, err
-    result = json.loads(out)
+    result = assert_valid(json.loads(out), "report/domain")
     assert result["started"] is True
     conn = open_conn()
     try:

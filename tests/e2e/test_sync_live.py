@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from schema_check import assert_all_valid
 
 from p2v import cli, runner
 from p2v.demo.fixtures import FixtureImage
@@ -69,7 +70,8 @@ def test_live_sync_freeze_with_a_writer(private_live: SourceEndpoint, tmp_path: 
         t1 = time.monotonic()
         assert cli.main(["sync", *common, "--freeze", "--json"]) == 0, capsys.readouterr().err
         synced = time.monotonic() - t1
-        events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        events = assert_all_valid([json.loads(line) for line in
+                                   capsys.readouterr().out.splitlines()], "events")
         # The writer went on after the thaw: the source is not left frozen.
         written(live, more_than=written(live))
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from libvirt_env import Libvirtd, boot_checks, open_conn
+from schema_check import assert_valid
 
 from p2v.demo.image import FixtureImage
 from p2v.target.transient import PREFIX, scratch_of
@@ -34,7 +35,7 @@ def p2v_verify(*args: str, timeout: float = 900) -> tuple[int, dict[str, Any], s
     proc = subprocess.run([sys.executable, "-m", "p2v.cli", "verify", "--json", *args],
                           capture_output=True, text=True, timeout=timeout)
     assert proc.stdout, f"no JSON on stdout; stderr: {proc.stderr}"
-    return proc.returncode, json.loads(proc.stdout), proc.stderr
+    return proc.returncode, assert_valid(json.loads(proc.stdout), "report/verdict"), proc.stderr
 
 
 def hashes(image: FixtureImage, *extra: Path) -> dict[str, str]:

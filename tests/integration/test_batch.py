@@ -13,11 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from loop_sources import LoopSource
+from schema_check import assert_all_valid, assert_valid
 
 from p2v.batch.ledger import Ledger
 from p2v.demo.image import FixtureImage
@@ -32,9 +34,13 @@ def _source(ep: SourceEndpoint) -> str:
 
 def _batch(manifest: Path, *args: str, timeout: float = 300) -> tuple[int, list[dict[str, Any]],
                                                                        str]:
+    assert_valid(tomllib.loads(manifest.read_text()), "manifest")
     proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest), "--json", *args],
                           capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
+    events = assert_all_valid([json.loads(line) for line in proc.stdout.splitlines()], "events")
+    for end in (e for e in events if e["event"] == "batch-job-end" and e["report"]):
+        assert_valid(json.loads(Path(end["report"]).read_text()), "report")
+    return proc.returncode, events, proc.stderr
 
 
 def _ledger(out: Path) -> dict[str, Any]:
@@ -137,7 +143,7 @@ def _interrupt_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 24
         pytest.fail(f"the batch ended before it was interrupted: {events[-3:]}")
     rest, _ = proc.communicate(timeout=120)
     events += [json.loads(line) for line in rest.splitlines()]
-    return proc.returncode, events
+    return proc.returncode, assert_all_valid(events, "events")
 
 
 def _sigint_ignored() -> None:

@@ -16,12 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from dask_cluster import Cluster, running_cluster
+from schema_check import assert_all_valid, assert_valid
 
 from p2v.batch.ledger import Ledger
 from p2v.demo.live import free_port
@@ -29,9 +31,13 @@ from p2v.demo.live import free_port
 
 def _batch(manifest: Path, *args: str, timeout: float = 300) -> tuple[int, list[dict[str, Any]],
                                                                        str]:
+    assert_valid(tomllib.loads(manifest.read_text()), "manifest")
     proc = subprocess.run([sys.executable, "-m", "p2v", "batch", str(manifest), "--json", *args],
                           capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, _events(proc.stdout, proc.stderr), proc.stderr
+    events = _events(proc.stdout, proc.stderr)
+    for end in (e for e in events if e["event"] == "batch-job-end" and e["report"]):
+        assert_valid(json.loads(Path(end["report"]).read_text()), "report")
+    return proc.returncode, events, proc.stderr
 
 
 def _events(stdout: str, stderr: str = "") -> list[dict[str, Any]]:
@@ -42,7 +48,7 @@ def _events(stdout: str, stderr: str = "") -> list[dict[str, Any]]:
             events.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise AssertionError(f"not a JSON event line ({exc}): {line!r}\n{stderr}") from exc
-    return events
+    return assert_all_valid(events, "events")
 
 
 def _manifest(path: Path, out: Path, sources: dict[str, str]) -> Path:

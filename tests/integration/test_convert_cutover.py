@@ -15,6 +15,7 @@ import pytest
 from copy_helpers import identical
 from libvirt_env import Libvirtd
 from loop_sources import LoopSource, write_random_disk
+from schema_check import assert_all_valid
 
 from p2v import cli
 from p2v.errors import ExitCode
@@ -54,7 +55,8 @@ def test_cutover_syncs_the_hooks_change_then_stops_at_fix_and_resumes_there(
 
         code = cli.main(argv)
         capsys.readouterr()
-        events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
+        events = assert_all_valid([json.loads(line) for line in
+                                   (work / "events.jsonl").read_text().splitlines()], "events")
         last_run = events[max(i for i, e in enumerate(events) if e["event"] == "job-start"):]
         assert last_run[0]["resume_at"] == "fix"
         assert [e["stage"] for e in last_run if e["event"] == "stage-skip"] == [

@@ -10,6 +10,7 @@ import pytest
 from copy_helpers import identical
 from libvirt_env import Libvirtd
 from loop_sources import LoopSource, write_random_disk
+from schema_check import assert_all_valid, assert_valid
 
 from p2v import cli
 from p2v.errors import ExitCode
@@ -37,7 +38,9 @@ def test_convert_copies_under_its_bandwidth_limit_and_parallel(
     work = guest_dir / name
     spec = json.loads((work / "spec.json").read_text())
     assert (spec["bandwidth_limit"], spec["parallel"]) == (limit, 1)
-    events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
+    events = assert_all_valid([json.loads(line) for line in
+                               (work / "events.jsonl").read_text().splitlines()], "events")
+    assert_valid(json.loads((work / "report.json").read_text()), "report")
     done = [e for e in events if e["event"] == "disk-done"]
     wire = sum(e["wire_bytes"] for e in done)
     assert wire > 24 * MiB

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from libvirt_env import Libvirtd, open_conn
 from loop_sources import LoopSource, write_random_disk
+from schema_check import assert_all_valid, assert_valid
 
 from p2v import cli, runner
 from p2v.demo.live import SourceEndpoint
@@ -55,8 +56,10 @@ def assert_refused(err: str, out: Path, name: str, stage: str) -> str:
     assert f"convert stopped at {stage}" in line and "rerun the same command" in line
     work = out / name
     assert (work / "job.log").is_file() and (work / "spec.json").is_file()
-    report = json.loads((work / "report.json").read_text())
+    report = assert_valid(json.loads((work / "report.json").read_text()), "report")
     assert report["ok"] is False and report["failed_stage"] == stage
+    assert_all_valid([json.loads(line) for line in
+                      (work / "events.jsonl").read_text().splitlines()], "events")
     assert not list(work.glob("*.qcow2*")), "nothing may be copied before preflight passes"
     return line
 
@@ -158,7 +161,8 @@ def test_a_failed_stage_keeps_the_work_dir_and_the_rerun_resumes_there(
 
         code, err = convert(ep, name, out_dir, isolated_network, capsys, "--disk", ep.disks[0])
         assert code == ExitCode.FAILURE
-        events = [json.loads(line) for line in (work / "events.jsonl").read_text().splitlines()]
+        events = assert_all_valid([json.loads(line) for line in
+                                   (work / "events.jsonl").read_text().splitlines()], "events")
         last_run = events[max(i for i, e in enumerate(events) if e["event"] == "job-start"):]
         assert last_run[0]["resume_at"] == "fix"
         assert [e["stage"] for e in last_run if e["event"] == "stage-skip"] == [

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from copy_helpers import kill_after_first_batch
 from loop_sources import LoopSource, write_random_disk
+from schema_check import assert_all_valid
 
 from p2v import cli, runner
 from p2v.demo.image import FixtureImage
@@ -83,7 +84,8 @@ def test_copy_is_identical_sends_only_data_and_leaves_the_source_alone(
         capsys: pytest.CaptureFixture[str]) -> None:
     ep, raw, before = random_source
     assert cli.main(copy_argv(ep, tmp_path, "--name", "w1", "--json")) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    events = assert_all_valid([json.loads(line) for line in capsys.readouterr().out.splitlines()],
+                              "events")
     done = next(e for e in events if e["event"] == "disk-done")
     image = tmp_path / f"w1-{Path(ep.disks[0]).name}.qcow2"
     assert done["image"] == str(image) and image.is_file()

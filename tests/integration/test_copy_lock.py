@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from copy_helpers import identical
 from loop_sources import LoopSource, write_random_disk
+from schema_check import assert_all_valid
 
 from p2v import cli
 from p2v.demo.live import SourceEndpoint
@@ -67,7 +68,7 @@ def test_a_second_copy_into_the_same_images_refuses(source: tuple[SourceEndpoint
             first.kill()
             first.wait()
     assert first.returncode == 0, err
-    done = [json.loads(line) for line in rest.splitlines()]
+    done = assert_all_valid([json.loads(line) for line in rest.splitlines()], "events")
     image = Path(next(e["image"] for e in done if e["event"] == "disk-done"))
     assert identical(raw, image)
     # Only the first copy's image and manifest: the second one wrote nothing.

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from copy_helpers import identical, open_source
 from loop_sources import LoopSource, write_random_disk
+from schema_check import assert_all_valid
 
 from p2v import cli
 from p2v.demo.live import SourceEndpoint
@@ -51,7 +52,8 @@ def test_two_disks_copy_in_parallel(two_disks: tuple[SourceEndpoint, list[Path]]
     ep, raws = two_disks
     assert cli.main(copy_argv(ep, tmp_path, "--name", "p", "--chunk-size", "1",
                               "--parallel", "2", "--json")) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    events = assert_all_valid([json.loads(line) for line in capsys.readouterr().out.splitlines()],
+                              "events")
     kinds = [(e["event"], e.get("device")) for e in events if e["event"] != "progress"]
     # Both disks started before either finished: they really ran at the same time.
     assert [k for k, _ in kinds[:2]] == ["disk-start", "disk-start"], kinds
@@ -69,7 +71,8 @@ def test_bandwidth_limit_holds_the_copy_back(two_disks: tuple[SourceEndpoint, li
     assert cli.main(copy_argv(ep, tmp_path, "--name", "l", "--bandwidth-limit", "16M",
                               "--json")) == 0
     elapsed = time.monotonic() - started
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    events = assert_all_valid([json.loads(line) for line in capsys.readouterr().out.splitlines()],
+                              "events")
     wire = sum(e["wire_bytes"] for e in events if e["event"] == "disk-done")
     assert wire > 40 * MiB
     # 40 MiB of random data at 16 MiB/s: at least 2.5 s less the bucket's quarter second.

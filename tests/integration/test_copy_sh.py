@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from copy_helpers import identical, kill_after_first_batch, open_source
 from loop_sources import LoopSource, attach_loop, detach_loop, write_random_disk
+from schema_check import assert_all_valid
 
 from p2v import cli, runner
 from p2v.demo.live import SourceEndpoint
@@ -76,7 +77,8 @@ def test_sh_copy_is_identical_verified_and_skips_zeros(
     before = sha256(raw)
     assert cli.main(copy_argv(ep, tmp_path, "--name", "sh", "--chunk-size", "1",
                               "--json")) == 0
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    events = assert_all_valid([json.loads(line) for line in capsys.readouterr().out.splitlines()],
+                              "events")
     start = next(e for e in events if e["event"] == "disk-start")
     done = next(e for e in events if e["event"] == "disk-done")
     assert start["reader"] == "sh" and done["reader"] == "sh"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cmdsubset import CmdSubset
+from schema_check import assert_valid
 from winimage import PHONY_WINDOWS, make_virtio_win_iso, make_virtio_win_tree
 
 from p2v.fix.base import FixResult
@@ -300,6 +301,7 @@ def test_a_second_run_changes_nothing(fixed: LazyFixed, key: str) -> None:
     f = fixed[key]
     assert f.first.caps_path is not None
     caps_text = f.first.caps_path.read_text()
+    assert_valid(json.loads(caps_text), "caps")
     source = f.options.virtio_win
     assert source is not None
     proc = _cli(str(f.image), "--virtio-win", str(source))
@@ -329,6 +331,7 @@ def test_dry_run_reports_and_writes_nothing(tmp_path: Path, windows_images: dict
     assert "SYSTEM: DriverDatabase entries for viostor" in targets
     assert "DRIVERS: DriverDatabase entries for viostor" in targets
     assert data["caps"]["disk_bus"] == "virtio" and data["caps"]["os"]["catalog"] == "2k25"
+    assert_valid(data["caps"], "caps")
     assert sha256(image) == before
     assert not (tmp_path / "w25.qcow2.caps.json").exists()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from loop_sources import SshServer, attach_loop, detach_loop
+from schema_check import assert_all_valid
 
 from p2v import cli, runner
 from p2v.demo.live import SourceEndpoint
@@ -154,8 +155,9 @@ def test_the_frozen_pass_runs_at_normal_priority(disk: Disk, tmp_path: Path,
         capsys.readouterr()
         assert cli.main(["sync", *ssh_args(ep), "--output-dir", str(out), "--name", "n",
                          "--freeze", "--json"]) == 0, capsys.readouterr().err
-        done = [json.loads(line) for line in capsys.readouterr().out.splitlines()
-                if '"sync-done"' in line]
+        lines = capsys.readouterr().out.splitlines()
+        assert_all_valid([json.loads(line) for line in lines], "events")
+        done = [json.loads(line) for line in lines if '"sync-done"' in line]
         assert done and done[0]["changed_chunks"] > 0
         assert not log.exists(), f"niced while frozen: {log.read_text()}"
     assert not was_frozen(disk.mnt)

@@ -6,12 +6,14 @@ rerun keeps finished copies; a locked image is refused naming the file. Boots no
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from schema_check import assert_valid
 
 from p2v.errors import ImageNotImportable
 from p2v.image_import import check_images, import_images
@@ -58,7 +60,9 @@ def _context(tmp_path: Path, images: tuple[Path, ...]) -> tuple[JobContext, Work
     spec = JobSpec(source=image_source(images), name="lab01", output_dir=tmp_path / "jobs",
                    images=images)
     wd = WorkDir(spec.work_dir, spec.name)
-    return JobContext(spec, wd, None), wd
+    ctx = JobContext(spec, wd, None)
+    ctx.stage = "import"                   # as the pipeline runs it
+    return ctx, wd
 
 
 def test_images_are_imported_as_identical_qcow2_copies(tmp_path: Path) -> None:
@@ -82,6 +86,10 @@ def test_images_are_imported_as_identical_qcow2_copies(tmp_path: Path) -> None:
         assert oct(copy.stat().st_mode & 0o777) == "0o600"
     # The originals were only read.
     assert {p: _digest(p) for p in (raw, vmdk)} == before
+    events = [json.loads(line) for line in wd.file("events.jsonl").read_text().splitlines()]
+    imported = [assert_valid(e, "events") for e in events if e["event"] == "image-imported"]
+    assert [(e["source_image"], e["format"]) for e in imported] == [(str(raw), "raw"),
+                                                                    (str(vmdk), "vmdk")]
     assert [d.device for d in disks] == [str(raw), str(vmdk)]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import libvirt
 import pytest
 from libvirt_env import DEAD_URI, URI, Libvirtd, open_conn, qcow2
+from schema_check import assert_valid
 
 from p2v.cli import main
 
@@ -83,7 +84,7 @@ def test_register_defines_a_guest_that_reads_back_as_built(
         "--vcpus", "2", "--json",
     ], capsys)
     assert code == 0, err
-    result = json.loads(out)
+    result = assert_valid(json.loads(out), "report/domain")
     assert result["name"] == name and result["output"] == "libvirt" and not result["started"]
     root = xml_of(name)
     assert root.get("type") == ("kvm" if result["domain_type"] == "kvm" else "qemu")
@@ -299,7 +300,7 @@ def test_output_local_needs_no_libvirt_at_all(guest_dir: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "P2V_ACCEL": "tcg"}, check=False)
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    result = assert_valid(json.loads(proc.stdout), "report/domain")
     xml = out_dir / "p2vtest-local.xml"
     assert result["xml"] == str(xml)
     copied = out_dir / "p2vtest-local-disk0.qcow2"
@@ -352,7 +353,7 @@ def test_remote_uri_uploads_into_the_pool_and_defines_there(
     assert not defined(name)
     code, out, err = run([*argv, "--pool", storage_pool], capsys)
     assert code == 0, err
-    result = json.loads(out)
+    result = assert_valid(json.loads(out), "report/domain")
     assert result["uri"] == ssh_uri
     root = xml_of(name)
     (source,) = root.iterfind("devices/disk/source")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from loop_sources import SshServer
+from schema_check import assert_valid
 
 from p2v import cli
 from p2v.demo.live import SourceEndpoint, free_port, generate_key
@@ -178,7 +179,7 @@ def test_inspect_cli_json_on_the_loop_host(
         sshd: SourceEndpoint, capsys: pytest.CaptureFixture[str]) -> None:
     """The loop source is this host itself: the inventory must describe it."""
     assert cli.main(inspect_cli(sshd, "--json")) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = assert_valid(json.loads(capsys.readouterr().out), "inventory")
     assert data["schema"] == "p2v.inventory/1"
     assert data["hostname"] == Path("/proc/sys/kernel/hostname").read_text().strip()
     assert data["firmware"] == ("uefi" if Path("/sys/firmware/efi").is_dir() else "bios")

@@ -24,6 +24,7 @@ import pytest
 from copy_helpers import identical
 from loop_sources import LoopSource, write_random_disk
 from procwatch import ProcWatch
+from schema_check import assert_all_valid, assert_valid
 
 from p2v import runner
 from p2v.demo.image import FixtureImage
@@ -110,7 +111,7 @@ def root_inventory(user_source: tuple[SourceEndpoint, Path], sudo_user: SudoUser
     as_root = replace(ep, user="root", key=workdir / "client_ed25519")
     run = run_p2v(["inspect", "--json"], sudo_user, None, as_root)
     assert run.returncode == 0, run.stderr
-    inventory: dict[str, object] = json.loads(run.stdout)
+    inventory: dict[str, object] = assert_valid(json.loads(run.stdout), "inventory")
     return inventory
 
 
@@ -212,7 +213,7 @@ def test_inspect_and_copy_through_sudo_leak_no_password(
 
     inspected = run_p2v(["inspect", "--json"], sudo_user, password, ep)
     assert inspected.returncode == 0, inspected.stderr
-    inventory = json.loads(inspected.stdout)
+    inventory = assert_valid(json.loads(inspected.stdout), "inventory")
     # Loop devices are not disks to an inventory: the host's own disks are what it sees.
     assert inventory["disks"] and inventory["disks"] == root_inventory["disks"]
     # What only root may read (serials, DMI) came through sudo. Filesystems and free space
@@ -228,7 +229,7 @@ def test_inspect_and_copy_through_sudo_leak_no_password(
     copied = run_p2v(["copy", "--output-dir", str(out), "--disk", disk, "--name", "s",
                       "--json"], sudo_user, password, ep)
     assert copied.returncode == 0, copied.stderr
-    events = [json.loads(line) for line in copied.stdout.splitlines()]
+    events = assert_all_valid([json.loads(line) for line in copied.stdout.splitlines()], "events")
     done = next(e for e in events if e["event"] == "disk-done")
     assert identical(Path(raw), Path(done["image"]))
 

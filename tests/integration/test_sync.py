@@ -29,6 +29,7 @@ from loop_sources import (
     make_partition_nodes,
     write_random_disk,
 )
+from schema_check import assert_all_valid
 from tcpproxy import LinkProxy
 
 from p2v import cli, runner
@@ -47,7 +48,8 @@ def ssh_args(ep: SourceEndpoint) -> list[str]:
 
 
 def events(out: str) -> list[dict[str, object]]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return assert_all_valid([json.loads(line) for line in out.splitlines()
+                             if line.startswith("{")], "events")
 
 
 # Where the kernel parks a writer on a frozen filesystem (sb_start_write's rwsem).

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from schema_check import assert_valid
 
 from p2v.batch.manifest import load_manifest
 from p2v.cli import build_parser, main
@@ -161,10 +162,14 @@ def test_without_flags_the_guest_gets_the_defaults_and_the_report_says_so(
     spec = JobSpec(source=image_source(images), name="lab01", output_dir=tmp_path,
                    images=images)
     inv = image_inventory(spec, _facts(tmp_path), "bios")
+    assert_valid(inv.to_dict(), "inventory")       # what inventory.json holds, as inspect's
     assert (inv.memory_mib, inv.cpu.logical if inv.cpu else None) == (DEFAULT_MEMORY_MIB,
                                                                       DEFAULT_VCPUS)
-    assert [d.boot for d in inv.disks] == [True, False] and inv.firmware == "bios"
+    assert [(d.name, d.boot) for d in inv.disks] == [("vda", True), ("vdb", False)]
+    assert inv.firmware == "bios"
     plan = image_plan(spec, _facts(tmp_path), "bios")
+    assert [(d.device, d.name) for d in plan.disks] == [(str(tmp_path / "boot.vmdk"), "vda"),
+                                                        (str(tmp_path / "data.qcow2"), "vdb")]
     assert not plan.pin_nics
     assert [n for n, _mac in plan.pins] == ["net1"]             # one NIC, default network
     assert nic_mappings(spec, inv) == ()
@@ -201,6 +206,9 @@ def test_manifest_images_are_taken_from_the_manifests_directory(qcow2: Path,
     manifest.write_text('[[server]]\nname = "lab01"\nimage = ["lab.qcow2", "disks/data.raw"]\n'
                         'networks = ["lan"]\nin_place = true\n'
                         '[[server]]\nname = "web01"\nsource = "ssh://root@web01"\n')
+    import tomllib
+
+    assert_valid(tomllib.loads(manifest.read_text()), "manifest")
     specs = {s.name: s for s in load_manifest(manifest).specs}
     lab = specs["lab01"]
     assert lab.images == (qcow2, data) and lab.in_place
@@ -246,3 +254,10 @@ def test_an_encrypted_image_is_refused_naming_it(tmp_path: Path,
     rc, err = _convert(["--from-image", str(image), "--name", "lab01"], capsys)
     assert rc == ExitCode.USAGE
     assert err.startswith(f"p2v: error: --from-image {image}: it is encrypted"), err
+
+
+def test_guest_disk_names_go_on_past_z() -> None:
+    from p2v.image_import import guest_disk
+
+    assert [guest_disk(i) for i in (0, 1, 25, 26, 27, 701, 702)] == [
+        "vda", "vdb", "vdz", "vdaa", "vdab", "vdzz", "vdaaa"]

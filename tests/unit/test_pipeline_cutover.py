@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fake_stages import LOADERS, fake_value, stage_function
+from schema_check import assert_all_valid, assert_valid
 
 from p2v import stages
 from p2v.errors import StreamError
@@ -63,8 +64,11 @@ def test_cutover_syncs_while_the_delta_shrinks_then_freezes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[str] = []
     fake_stages(monkeypatch, ran, [])
-    report = run_job(spec(tmp_path, before_final="systemctl stop db"))
+    events: list[dict[str, Any]] = []
+    report = run_job(spec(tmp_path, before_final="systemctl stop db"), events.append)
     assert report.ok, report.error
+    assert_all_valid(events, "events")
+    assert_valid(json.loads((tmp_path / "web01" / "report.json").read_text()), "report")
     # 100 -> 50 shrinks, 60 does not: three live passes, then the frozen one.
     assert ran == ["inspect", "preflight", "copy", "sync-live", "sync-live", "sync-live",
                    "sync-final", "fix", "verify", "register"]

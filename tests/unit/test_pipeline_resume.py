@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fake_stages import FakeStages
+from schema_check import assert_all_valid, assert_valid
 
 from p2v import pipeline
 from p2v.errors import ExitCode
@@ -43,6 +44,8 @@ def test_a_rerun_continues_at_the_first_unfinished_stage(
     assert wd.done_stages(STAGES) == ["inspect", "preflight"]
     assert json.loads((wd.path / "report.json").read_text())["failed_stage"] == "copy"
     assert events[-1]["event"] == "job-failed" and events[-1]["stage"] == "copy"
+    assert_all_valid(events, "events")
+    assert_valid(json.loads((wd.path / "report.json").read_text()), "report")
 
     fake.ran.clear()
     events.clear()
@@ -57,6 +60,10 @@ def test_a_rerun_continues_at_the_first_unfinished_stage(
     assert all(e["job"] == "web01" and "time" in e for e in events)
     assert events[0]["event"] == "job-start" and events[0]["resume_at"] == "copy"
     assert events[-1]["event"] == "job-done"
+    assert_all_valid(events, "events")
+    assert_all_valid([json.loads(line) for line in
+                      (wd.path / "events.jsonl").read_text().splitlines()], "events")
+    assert_valid(json.loads((wd.path / "report.json").read_text()), "report")
 
     fake.ran.clear()
     third = run_job(spec(tmp_path))
@@ -107,6 +114,7 @@ def test_a_finished_job_with_an_unreadable_record_runs_nothing_again(
     report = run_job(spec(tmp_path), events.append)
     assert report.ok and fake.ran == []
     assert [e["stage"] for e in events if e["event"] == "stage-skip"] == list(STAGES)
+    assert_all_valid(events, "events")
     assert all(s.earlier_run for s in report.stages)
 
 

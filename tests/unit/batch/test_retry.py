@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from schema_check import assert_all_valid
+
 from p2v.batch.driver import run_batch
 from p2v.batch.execute import JobOutcome
 from p2v.batch.ledger import Ledger
@@ -62,6 +64,8 @@ def _run(tmp_path: Path, script: list[list[PoolMessage]], tries: int) -> tuple[
     events: list[dict[str, Any]] = []
     pool = ScriptedPool(script)
     run_batch(manifest, jobs=1, events=events.append, pool=pool, tries=tries)
+    # The batch's own events are real (the job events here are the script's stand-ins).
+    assert_all_valid([e for e in events if e["event"].startswith("batch-")], "events")
     with Ledger.open(manifest.state_dir / "ledger.sqlite", readonly=True) as ledger:
         return events, pool, ledger.get("web01"), ledger.attempts("web01")
 

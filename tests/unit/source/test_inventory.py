@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from schema_check import assert_valid
 
 from p2v.errors import UsageError
 from p2v.model import INVENTORY_SCHEMA, Inventory, SourceDisk, SourceInventory, SourceNic
@@ -126,6 +127,7 @@ def test_wrong_schema_is_refused() -> None:
 def test_without_lsblk_ip_and_lvm_tools_the_essentials_remain() -> None:
     """sh, coreutils, util-linux minus lsblk, /proc and /sys: still disks, LVM, NIC."""
     inv = build_inventory(without(recorded("uefi"), "lsblk", "ipaddr", "pvs", "vgs", "lvs"))
+    assert_valid(inv.to_dict(), "inventory")
     (disk,) = inv.disks
     assert disk.serial == "QM00013"           # from the t10 wwid in sysfs
     assert (disk.wwid or "").split() == ["t10.ATA", "QEMU", "HARDDISK", "QM00013"]
@@ -216,6 +218,7 @@ def test_md_mirror_members_each_skip_the_arrays_free_space() -> None:
         "/dev/md0 1000000 200000 800000 20% /\n@@p2v-rc 0@@\n"
     )
     inv = build_inventory(out)
+    assert_valid(inv.to_dict(), "inventory")
     assert [(m.name, m.level, m.devices) for m in inv.md] == [("md0", "raid1", ("sda1", "sdb1"))]
     assert [d.name for d in inv.disks] == ["sda", "sdb"]
     assert inv.boot_disk == "sda"
