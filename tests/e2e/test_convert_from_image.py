@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from libvirt_env import Libvirtd, boot_checks, open_conn
+from schema_check import assert_all_valid, assert_valid
 
 from p2v.demo.image import FixtureImage
 from p2v.job import IMAGE_STAGES
@@ -95,6 +96,12 @@ def test_convert_from_a_vmdk_image_boots_on_virtio(
     assert root.findtext("memory") == str(1024 * 1024) and root.findtext("vcpu") == "1"
     assert root.find("os/loader") is None                       # BIOS, as its table says
     assert sorted(p.stem for p in (work / "markers").glob("*.done")) == sorted(IMAGE_STAGES)
+    # Every document the job left is what its schema says, as for a live conversion.
+    assert_valid(json.loads((work / "report.json").read_text()), "report")
+    assert_valid(json.loads((work / "inventory.json").read_text()), "inventory")
+    assert_valid(json.loads((work / "caps.json").read_text()), "caps")
+    assert_all_valid([json.loads(line) for line in
+                      (work / "events.jsonl").read_text().splitlines()], "events")
 
     # The rerun of a finished job does nothing (no import, no boot) and reports the same.
     code, again, err = _convert(argv)

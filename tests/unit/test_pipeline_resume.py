@@ -300,6 +300,12 @@ def test_a_job_from_images_imports_then_resumes_at_the_first_unfinished_stage(
     assert [s.stage for s in second.stages] == list(IMAGE_STAGES)
     # The import's values reach the report as inspect, preflight and copy would.
     assert second.disk_choice == "copying sda"
+    from schema_check import assert_all_valid, assert_valid
+
+    work = tmp_path / "web01"
+    assert_valid(json.loads((work / "report.json").read_text()), "report")
+    assert_all_valid([json.loads(line) for line in
+                      (work / "events.jsonl").read_text().splitlines()], "events")
 
 
 def test_other_images_for_the_same_work_dir_are_refused_once_imported(
