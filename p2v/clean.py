@@ -80,8 +80,17 @@ def clean_job(name: str, output_dir: Path, *, domain: bool = False,
                         f"domain {name!r} at {uri} uses the images in {wd.path}; pass "
                         "--domain to remove it too, or keep the work dir"))
     shutil.rmtree(wd.path)
+    notes += _kept_in_place(spec)
     notes += _sweep_boot_checks(str(uri or spec.get("connect") or default_uri()))
     return CleanResult(work_dir=str(wd.path), domain=removed_domain, notes=tuple(notes))
+
+
+def _kept_in_place(spec: dict[str, Any]) -> list[str]:
+    """A --from-image --in-place job's images are the user's files: never removed."""
+    if not (spec.get("in_place") and spec.get("images")):
+        return []
+    return ["the images it used in place are kept (fixed for virtio): "
+            + ", ".join(map(str, spec["images"]))]
 
 
 def _sweep_boot_checks(uri: str) -> list[str]:

@@ -235,6 +235,10 @@ class NotADiskImage(UsageError):
     """{path} is not a disk image: {detail}; give a disk image (qcow2 or raw), nothing was booted or opened"""  # noqa: E501
 
 
+class ImageNotImportable(UsageError):
+    """--from-image {path}: {detail}; nothing was copied"""
+
+
 class OutputDirUnusable(UsageError):
     """{flag} {path} {detail}; give a writable directory (it is created if missing), nothing was written"""  # noqa: E501
 

@@ -17,6 +17,10 @@ from p2v.libvirt_uri import default_uri
 STAGES = ("inspect", "preflight", "copy", "fix", "verify", "register")
 # With --cutover: sync passes (the last one frozen) between the copy and the fix.
 CUTOVER_STAGES = ("inspect", "preflight", "copy", "sync", "fix", "verify", "register")
+# With --from-image: the images are imported into the work dir in place of the live source's
+# inspect, preflight and copy.
+IMAGE_STAGES = ("import", "fix", "verify", "register")
+ALL_STAGES = ("import", *CUTOVER_STAGES)
 # The name is a domain name and a path component (work dir, images): safe characters only.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,62}")
 
@@ -74,6 +78,17 @@ class JobSpec:
     # The copy (and sync passes): disks at a time, and bytes/s on the wire over all of them.
     parallel: int = 2
     bandwidth_limit: float | None = None
+    # `p2v batch --bandwidth-limit` (or the manifest's top-level bandwidth_limit): bytes/s
+    # shared by every job of the batch running at once on this host, through the bucket
+    # file host_bucket(output_dir). A batch setting, not part of what the job is asked to
+    # do: the ledger's spec hash leaves it out.
+    host_bandwidth_limit: float | None = None
+    # Windows sources: the virtio-win ISO or directory fix takes the drivers from.
+    virtio_win: Path | None = None
+    # --from-image: existing disk images (boot disk first, absolute paths) instead of a live
+    # source; `source` is then image_source(images). in_place: raw/qcow2 used where they are.
+    images: tuple[Path, ...] = ()
+    in_place: bool = False
 
     @property
     def work_dir(self) -> Path:
@@ -85,7 +100,7 @@ class JobSpec:
             if isinstance(value, Path):
                 out[key] = str(value)
             elif isinstance(value, tuple):
-                out[key] = list(value)
+                out[key] = [str(v) if isinstance(v, Path) else v for v in value]
         return out
 
     @classmethod
@@ -97,14 +112,35 @@ class JobSpec:
             if key not in kinds:
                 continue
             kind = str(kinds[key])
-            if value is not None and "Path" in kind:
+            if isinstance(value, list):
+                value = tuple(Path(v) if "Path" in kind else v for v in value)
+            elif value is not None and "Path" in kind:
                 value = Path(value)
-            elif isinstance(value, list):
-                value = tuple(value)
             values[key] = value
         return cls(**values)
 
 
+# Where the jobs of one batch on one host share host_bandwidth_limit (the batch's state dir).
+HOST_BUCKET = Path(".p2v-batch") / "bandwidth.bucket"
+# Fields added after ledgers existed: at their default they are left out of the spec hash,
+# so a manifest entry that does not use them still matches the row an older p2v wrote.
+LATER_FIELDS = ("host_bandwidth_limit", "virtio_win", "images", "in_place")
+IMAGE_PREFIX = "image:"
+
+
+def image_source(images: tuple[Path, ...]) -> str:
+    """What a job from existing images records as its source (reports, the ledger, p2v jobs)."""
+    return IMAGE_PREFIX + ",".join(str(p) for p in images)
+
+
+def host_bucket(output_dir: Path) -> Path:
+    """The bucket file the batch's jobs on this host draw their shared bandwidth from."""
+    return output_dir / HOST_BUCKET
+
+
 def stages_for(spec: JobSpec) -> tuple[str, ...]:
-    """The stages this job runs, in order (with --cutover, sync comes after the copy)."""
+    """The stages this job runs, in order (with --cutover, sync comes after the copy; from
+    images, the import replaces inspect, preflight and copy)."""
+    if spec.images:
+        return IMAGE_STAGES
     return CUTOVER_STAGES if spec.cutover else STAGES

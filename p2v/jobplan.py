@@ -15,7 +15,7 @@ from p2v.model import Inventory, SourceDisk, SourceInventory, SourceNic
 from p2v.units import human_size
 
 if TYPE_CHECKING:
-    from p2v.target.domain import NicMapping
+    from p2v.target.domain import NicKind, NicMapping
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class JobPlan:
     firmware: str
     disk_choice: str
     not_carried_over: tuple[str, ...]
+    # Whether fix pins the guest's interface names to `pins` (the source's NIC names). An
+    # imported image has no source NICs: its NICs (net1, ...) get MACs, never pinned names.
+    pin_nics: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,7 +48,8 @@ class JobPlan:
         return cls(disks=tuple(PlannedDisk(**d) for d in data["disks"]),
                    pins=tuple((str(n), str(m)) for n, m in data["pins"]),
                    firmware=str(data["firmware"]), disk_choice=str(data["disk_choice"]),
-                   not_carried_over=tuple(data["not_carried_over"]))
+                   not_carried_over=tuple(data["not_carried_over"]),
+                   pin_nics=bool(data.get("pin_nics", True)))
 
 
 def other_paths(inventory: Inventory) -> dict[str, tuple[str, str]]:
@@ -181,6 +185,10 @@ def nic_mappings(spec: JobSpec, inv: Inventory | None) -> tuple[NicMapping, ...]
     still means that NIC, whatever MAC the guest gets."""
     from p2v.target.domain import NicMapping
 
+    if spec.images:
+        return tuple(NicMapping(kind, target, name)
+                     for name, (kind, target) in zip(image_nic_names(spec), _targets(spec),
+                                                     strict=False))
     mappings = NicMapping.from_flags(spec.networks, spec.bridges)
     if spec.new_macs and inv is not None:
         by_mac = {n.mac.lower(): n.name for n in inv.nics if n.mac}
@@ -188,3 +196,14 @@ def nic_mappings(spec: JobSpec, inv: Inventory | None) -> tuple[NicMapping, ...]
                                                    m.src)) if m.src else m
                          for m in mappings)
     return mappings
+
+
+def _targets(spec: JobSpec) -> list[tuple[NicKind, str]]:
+    kinds: list[tuple[NicKind, str]] = [("network", n) for n in spec.networks]
+    return kinds + [("bridge", b) for b in spec.bridges]
+
+
+def image_nic_names(spec: JobSpec) -> tuple[str, ...]:
+    """An imported image's NICs: one per --network and --bridge, in that order (at least one,
+    on libvirt's default network): net1, net2, ..."""
+    return tuple(f"net{i}" for i in range(1, max(1, len(_targets(spec))) + 1))

@@ -42,8 +42,14 @@ class JobStatus:
 
 
 def convert_argv(spec: JobSpec) -> list[str]:
-    """The `p2v convert` command line that runs `spec` again (a rerun resumes the job)."""
-    argv = ["p2v", "convert", spec.source, "--name", spec.name]
+    """The `p2v convert` command line that runs `spec` again (a rerun resumes the job).
+
+    A batch's host-wide bandwidth limit has no convert flag: run alone, the job keeps only
+    its own --bandwidth-limit."""
+    if spec.images:
+        argv = ["p2v", "convert", "--from-image", *map(str, spec.images), "--name", spec.name]
+    else:
+        argv = ["p2v", "convert", spec.source, "--name", spec.name]
     if spec.output_dir != default_output_dir():
         argv += ["--output-dir", str(spec.output_dir)]
     for disk in spec.disks:
@@ -51,7 +57,7 @@ def convert_argv(spec: JobSpec) -> list[str]:
     pairs: list[tuple[str, object | None]] = [
         ("--memory", spec.memory_mib), ("--vcpus", spec.vcpus), ("--pool", spec.pool),
         ("--identity", spec.identity), ("--known-hosts", spec.known_hosts),
-        ("--ssh-config", spec.ssh_config),
+        ("--ssh-config", spec.ssh_config), ("--virtio-win", spec.virtio_win),
         # Always: the shell the command is pasted into may pick another default libvirt.
         ("--connect", spec.connect or None),
         ("--verify-timeout", _seconds(spec.verify_timeout, 300.0)),
@@ -70,7 +76,7 @@ def convert_argv(spec: JobSpec) -> list[str]:
                 ("--full", spec.full), ("--no-compress", not spec.compress),
                 ("--accept-new-host-key", spec.accept_new_host_key),
                 ("--new-macs", spec.new_macs), ("--cutover", spec.cutover),
-                ("--serial-console", spec.serial_console)]
+                ("--serial-console", spec.serial_console), ("--in-place", spec.in_place)]
     argv += [flag for flag, on in switches if on]
     if spec.cutover and spec.freeze != "strict":
         argv += ["--freeze", spec.freeze]

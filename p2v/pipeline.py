@@ -26,10 +26,10 @@ from dataclasses import fields, replace
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from p2v import preflight, stages
+from p2v import image_import, preflight, stages
 from p2v.errors import ExitCode, P2VError, WorkDirMismatch
 from p2v.events import EventSink
-from p2v.job import CUTOVER_STAGES, JobSpec, name_problem, stages_for
+from p2v.job import ALL_STAGES, JobSpec, name_problem, stages_for
 from p2v.jobdir import WorkDir, read_json, write_json
 from p2v.libvirt_uri import default_uri
 from p2v.report import JobReport, JobValues, StageTime, build_report
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 EVENT_SCHEMA = "p2v.events/1"
 # JobSpec fields a rerun must share with the run that made the work dir: the rest (memory,
 # networks, --start, ...) only affect stages not run yet and may change between runs.
-_SAME_JOB = ("source", "disks", "full", "new_macs")  # new_macs: the MACs fix pinned
+# new_macs: the MACs fix pinned; images, in_place: which files the guest's disks are.
+_SAME_JOB = ("source", "disks", "full", "new_macs", "images", "in_place")
 
 T = TypeVar("T")
 
@@ -73,9 +74,14 @@ def run_job(spec: JobSpec, events: EventSink | None = None) -> JobReport:
         with wd, _job_log_handler(wd), _Run(spec, wd, events, started) as run:
             run.begin()
             ctx = run.ctx
-            inv = run.step("inspect", lambda: stages.inspect(ctx), stages.load_inventory)
-            plan = run.step("preflight", lambda: preflight.run(ctx, inv), stages.load_plan)
-            disks = run.step("copy", lambda: stages.copy(ctx, plan), stages.load_disks)
+            if spec.images:
+                inv, plan, disks = run.step("import", lambda: image_import.run(ctx),
+                                            image_import.load)
+                run.values.update(inspect=inv, preflight=plan, copy=disks)
+            else:
+                inv = run.step("inspect", lambda: stages.inspect(ctx), stages.load_inventory)
+                plan = run.step("preflight", lambda: preflight.run(ctx, inv), stages.load_plan)
+                disks = run.step("copy", lambda: stages.copy(ctx, plan), stages.load_disks)
             if spec.cutover:
                 run.step("sync", lambda: stages.sync(ctx, plan), stages.load_sync)
             caps = run.step("fix", lambda: stages.fix(ctx, inv, plan, disks), stages.load_caps)
@@ -229,7 +235,7 @@ class _Run:
 
 def _copy_started(wd: WorkDir) -> bool:
     """Whether any disk of this job has been (partly) copied into the work dir."""
-    if wd.is_done("copy"):
+    if wd.is_done("copy") or wd.is_done("import"):
         return True
     return any(p.name.endswith((".qcow2", ".qcow2.part", ".journal"))
                for p in wd.path.iterdir())
@@ -242,12 +248,13 @@ def _check_same_job(spec: JobSpec, wd: WorkDir) -> None:
     old = read_json(path)
     new = spec.to_dict()
     # A key missing from an older spec.json had its field's default then.
-    defaults = {f.name: f.default for f in fields(JobSpec)}
+    defaults = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                for f in fields(JobSpec)}      # as to_dict writes them: tuples as lists
     differs = [k for k in _SAME_JOB if old.get(k, defaults.get(k)) != new.get(k)]
     if differs and not _copy_started(wd):
         # Nothing was copied yet (e.g. a disk name was wrong and preflight refused it): the
         # corrected job simply replaces the old one, from inspect on.
-        wd.clear(CUTOVER_STAGES)
+        wd.clear(ALL_STAGES)
         wd.log("spec changed before any copy (" + ", ".join(differs) + "): starting afresh")
         return
     if differs:

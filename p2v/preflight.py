@@ -33,15 +33,8 @@ def run(ctx: JobContext, inv: Inventory) -> JobPlan:
 
     spec = ctx.spec
     # Tools first: nothing else is worth checking on a host that cannot do the job.
-    for program in ("qemu-img", "qemu-storage-daemon", "qemu-system-x86_64"):
-        runner.which(program)
-    if importlib.util.find_spec("guestfs") is None:
-        raise CommandNotFound(program="libguestfs Python binding (python3-guestfs)")
     firmware = inv.firmware or "bios"
-    if firmware == "uefi":
-        from p2v.target.request import host_ovmf
-
-        host_ovmf()
+    check_tools(("qemu-img", "qemu-storage-daemon", "qemu-system-x86_64"), firmware)
     disks, choice, left = choose_disks(inv, spec.disks)
     if not disks:
         raise UsageError(detail=f"{spec.source} reports no disk to copy; name one with "
@@ -62,7 +55,7 @@ def run(ctx: JobContext, inv: Inventory) -> JobPlan:
         from p2v.target.request import fresh_mac
 
         pins = tuple((name, fresh_mac()) for name, _mac in pins)
-    _check_target(ctx, inv, target_inventory(inv, sized, pins), firmware)
+    check_target(ctx, inv, target_inventory(inv, sized, pins), firmware)
     plan = JobPlan(disks=tuple(sized), pins=pins, firmware=firmware, disk_choice=choice,
                    not_carried_over=tuple(left + not_carried_over(inv, sized)))
     write_json(ctx.wd.file("plan.json"), plan.to_dict())
@@ -74,7 +67,19 @@ def run(ctx: JobContext, inv: Inventory) -> JobPlan:
     return plan
 
 
-def _check_target(ctx: JobContext, inv: Inventory, guest: SourceInventory,
+def check_tools(programs: tuple[str, ...], firmware: str) -> None:
+    """The host programs the job runs, the libguestfs binding fix needs, OVMF for UEFI."""
+    for program in programs:
+        runner.which(program)
+    if importlib.util.find_spec("guestfs") is None:
+        raise CommandNotFound(program="libguestfs Python binding (python3-guestfs)")
+    if firmware == "uefi":
+        from p2v.target.request import host_ovmf
+
+        host_ovmf()
+
+
+def check_target(ctx: JobContext, inv: Inventory, guest: SourceInventory,
                   firmware: str) -> None:
     """The libvirt side, before any copy: a free name, the networks, the pool, firmware."""
     from p2v.target.libvirt import LibvirtTarget

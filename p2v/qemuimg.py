@@ -27,7 +27,8 @@ def image_format(path: Path) -> str:
 
 def lock_holder(path: Path) -> str | None:
     """qemu-img's complaint if another process holds the image's write lock, else None
-    (a free image, or another problem its user will report)."""
+    (a free image, or another problem its user will report). Sees a writer of a qcow2;
+    of a raw file only read_head (a convert) does."""
     probe = runner.run(["qemu-img", "info", str(path)], check=False, timeout=INFO_TIMEOUT)
     if probe.returncode == 0 or "lock" not in probe.stderr:
         return None
@@ -54,6 +55,30 @@ def allocation_map(path: Path, *, share: bool = False) -> list[dict[str, Any]]:
     return list(json.loads(runner.run([*argv, path], timeout=600).stdout))
 
 
-def convert(source: Path, dest: Path, fmt: str) -> None:
-    """A flat copy of SOURCE (its backing chain folded in) as FMT at DEST."""
-    runner.run(["qemu-img", "convert", "-O", fmt, str(source), str(dest)], timeout=None)
+def convert(source: Path, dest: Path, fmt: str, *, source_format: str | None = None) -> None:
+    """A flat copy of SOURCE (its backing chain folded in) as FMT at DEST. source_format:
+    the format SOURCE was found to be (never probed again: a raw image stays raw)."""
+    argv = ["qemu-img", "convert", *(["-f", source_format] if source_format else []),
+            "-O", fmt, str(source), str(dest)]
+    runner.run(argv, timeout=None)
+
+
+def read_head(path: Path, fmt: str, nbytes: int) -> bytes:
+    """The first NBYTES of the disk the image holds (what a guest sees at offset 0), whatever
+    its format: a `qemu-img convert` of just that much (a raw node of that size over the
+    image), so it takes the locks a whole convert takes. Raises CommandFailed, whose stderr
+    says "lock" when another process writes the image."""
+    import tempfile
+
+    def escaped(text: str) -> str:          # option values: a comma is doubled
+        return text.replace(",", ",,")
+
+    # A raw file is the raw node's own file; any other format is a node between them.
+    below = "file." if fmt == "raw" else f"file.driver={escaped(fmt)},file.file."
+    opts = (f"driver=raw,offset=0,size={nbytes},{below}driver=file,{below}filename="
+            + escaped(str(path)))
+    with tempfile.TemporaryDirectory(prefix="p2v-head-") as tmp:
+        out = Path(tmp) / "head.raw"
+        runner.run(["qemu-img", "convert", "--image-opts", opts, "-O", "raw", str(out)],
+                   timeout=INFO_TIMEOUT)
+        return out.read_bytes()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 from p2v import qemuimg
 from p2v.errors import BootFailed, P2VError, UsageError
 from p2v.events import Event, EventSink
-from p2v.job import JobSpec
+from p2v.job import JobSpec, host_bucket
 from p2v.jobdir import WorkDir, read_json, write_json
 from p2v.jobplan import JobPlan, nic_mappings, target_inventory
 from p2v.model import GuestCaps, Inventory
@@ -101,13 +101,25 @@ def load_plan(wd: WorkDir) -> JobPlan:
 
 
 # ------------------------------------------------------------------------------- copy, sync
+def shared_limit(spec: JobSpec) -> tuple[Path, float] | None:
+    """The batch's host-wide bandwidth bucket and rate, or None outside such a batch."""
+    if spec.host_bandwidth_limit is None:
+        return None
+    from p2v.secure import private_dir
+
+    bucket = host_bucket(spec.output_dir)
+    private_dir(bucket.parent, "batch state dir")
+    return bucket, spec.host_bandwidth_limit
+
+
 def copy(ctx: JobContext, plan: JobPlan) -> tuple[DiskReport, ...]:
     from p2v.transfer.copy import CopyRequest, copy_disks
 
     spec = ctx.spec
     request = CopyRequest(disks=tuple(d.device for d in plan.disks), output_dir=ctx.wd.path,
                           name=spec.name, full=spec.full, compress=spec.compress,
-                          parallel=spec.parallel, bandwidth_limit=spec.bandwidth_limit)
+                          parallel=spec.parallel, bandwidth_limit=spec.bandwidth_limit,
+                          shared_limit=shared_limit(spec))
     # Dirty pages the server has not written yet are not on the device the copy reads:
     # flush them first, so the copy starts from a consistent on-disk state.
     ctx.say("flushing the source's page cache to its disks (sync)")
@@ -130,7 +142,8 @@ def sync(ctx: JobContext, plan: JobPlan) -> dict[str, Any]:
     spec = ctx.spec
     live = transfer.SyncRequest(output_dir=ctx.wd.path,
                                 disks=tuple(d.device for d in plan.disks), name=spec.name,
-                                compress=spec.compress, bandwidth_limit=spec.bandwidth_limit)
+                                compress=spec.compress, bandwidth_limit=spec.bandwidth_limit,
+                                shared_limit=shared_limit(spec))
     passes: list[dict[str, Any]] = []
     for number in range(1, MAX_LIVE_PASSES + 1):
         result = transfer.sync(ctx.source(), live, emit=ctx.emit)
@@ -201,14 +214,17 @@ def fix(ctx: JobContext, inv: Inventory, plan: JobPlan,
 
     source_macs = {n.name: n.mac.lower() for n in inv.nics if n.mac}
     known = {d.name: d for d in inv.disks}
-    options = FixOptions(pins=tuple(NicPin(n, m) for n, m in plan.pins),
-                         mac_map=mac_changes(source_macs, dict(plan.pins)),
-                         source_disks=tuple(d.name for d in plan.disks),
+    # An imported image: no source names to pin or map, fix inspects it as `p2v fix` would.
+    pinned = plan.pins if plan.pin_nics else ()
+    options = FixOptions(pins=tuple(NicPin(n, m) for n, m in pinned),
+                         mac_map=mac_changes(source_macs, dict(pinned)),
+                         source_disks=() if ctx.spec.images else
+                         tuple(d.name for d in plan.disks),
                          firmware=plan.firmware, serial_console=ctx.spec.serial_console,
                          # serial/WWID and multipath maps: what by-id names point at
                          disk_ids=tuple(disk_ids(known[d.name]) if d.name in known else ()
                                         for d in plan.disks),
-                         mpath_maps=maps_from_dm(inv.dm))
+                         mpath_maps=maps_from_dm(inv.dm), virtio_win=ctx.spec.virtio_win)
     paths = images(disks)
     wait_until_released(paths, ctx.say)
     # A live copy is not a snapshot: repair its filesystems before fix mounts them.

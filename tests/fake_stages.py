@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from p2v import preflight, stages
+from p2v import image_import, preflight, stages
 from p2v.errors import StreamError
-from p2v.job import CUTOVER_STAGES
+from p2v.job import ALL_STAGES
 from p2v.jobplan import JobPlan, PlannedDisk
 from p2v.model import Inventory
 from p2v.target.request import RegisterResult
@@ -34,10 +34,12 @@ class FakeStages:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: str | None = None) -> None:
         self.ran: list[str] = []
         self.fail = fail
-        for stage in CUTOVER_STAGES:
+        for stage in ALL_STAGES:
             module, attr = stage_function(stage)
             monkeypatch.setattr(module, attr, self._make(stage))
-            monkeypatch.setattr(stages, LOADERS[stage], lambda wd, s=stage: fake_value(s))
+            loader_module = image_import if stage == "import" else stages
+            monkeypatch.setattr(loader_module, LOADERS[stage],
+                                lambda wd, s=stage: fake_value(s))
 
     def _make(self, stage: str) -> Any:
         def run(*args: Any) -> Any:
@@ -49,17 +51,21 @@ class FakeStages:
         return run
 
 
-LOADERS = {"inspect": "load_inventory", "preflight": "load_plan", "copy": "load_disks",
-           "sync": "load_sync", "fix": "load_caps", "verify": "load_verdict",
+LOADERS = {"import": "load", "inspect": "load_inventory", "preflight": "load_plan",
+           "copy": "load_disks", "sync": "load_sync", "fix": "load_caps", "verify": "load_verdict",
            "register": "load_domain"}
 
 
 def stage_function(stage: str) -> tuple[Any, str]:
     """Where the pipeline finds the stage's function (module, attribute)."""
+    if stage == "import":
+        return image_import, "run"
     return (preflight, "run") if stage == "preflight" else (stages, stage)
 
 
 def fake_value(stage: str) -> Any:
+    if stage == "import":
+        return fake_value("inspect"), fake_value("preflight"), fake_value("copy")
     return {"inspect": Inventory(hostname="web01"),
             "preflight": JobPlan(disks=(PlannedDisk("/dev/sda", "sda", True, 1 << 30, None),),
                                  pins=(), firmware="bios", disk_choice="copying sda",

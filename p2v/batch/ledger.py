@@ -14,13 +14,13 @@ import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 from p2v.errors import BatchBusy, LedgerError
-from p2v.job import JobSpec
+from p2v.job import LATER_FIELDS, JobSpec
 from p2v.secure import private_dir
 
 State = Literal["pending", "running", "succeeded", "failed", "interrupted"]
@@ -65,8 +65,19 @@ CREATE TABLE IF NOT EXISTS attempts (
 
 
 def spec_hash(spec: JobSpec) -> str:
-    """A stable digest of everything the job is asked to do."""
-    text = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"))
+    """A stable digest of everything the job is asked to do.
+
+    The batch's shared bandwidth limit is not part of it (changing it reruns nothing), and a
+    field added later counts only once it is set, so older ledgers' rows still match."""
+    data = spec.to_dict()
+    defaults = {f.name: f.default for f in fields(JobSpec)}
+    data.pop("host_bandwidth_limit", None)
+    for key in LATER_FIELDS:
+        default = defaults[key]
+        if key in data and data[key] in (default, list(default) if isinstance(default, tuple)
+                                         else default):
+            del data[key]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

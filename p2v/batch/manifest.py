@@ -24,7 +24,7 @@ from p2v.errors import (
     SshConfigRefused,
     UsageError,
 )
-from p2v.job import NAME_PATTERN, JobSpec, default_output_dir
+from p2v.job import NAME_PATTERN, JobSpec, default_output_dir, image_source
 
 # The libvirt domain name, which is also the stem of the job's work dir and image names.
 NAME_RE = NAME_PATTERN
@@ -151,6 +151,22 @@ def _path(value: Any) -> Path:
     return Path(_string(value)).expanduser()
 
 
+def _freeze(value: Any) -> str:
+    if value not in ("strict", "best-effort"):
+        raise _Bad(f"must be \"strict\" or \"best-effort\", got {_shown(value)}")
+    return str(value)
+
+
+def _freeze_timeout(value: Any) -> float:
+    from p2v.source.freeze import MAX_FREEZE_TIMEOUT, MIN_FREEZE_TIMEOUT
+
+    seconds = _seconds(value)
+    if not MIN_FREEZE_TIMEOUT <= seconds <= MAX_FREEZE_TIMEOUT:
+        raise _Bad(f"must be between {MIN_FREEZE_TIMEOUT:.0f} and {MAX_FREEZE_TIMEOUT:.0f} "
+                   f"seconds, got {_shown(value)}")
+    return seconds
+
+
 # key -> (JobSpec field, check). Paths are made absolute against the manifest's directory.
 _SERVER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "source": ("source", _string),
@@ -174,13 +190,27 @@ _SERVER_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "ssh_config": ("ssh_config", _path),
     "parallel": ("parallel", _parallel),
     "bandwidth_limit": ("bandwidth_limit", _rate),
+    "virtio_win": ("virtio_win", _path),
+    "cutover": ("cutover", _bool),
+    "freeze": ("freeze", _freeze),
+    "freeze_timeout": ("freeze_timeout", _freeze_timeout),
+    "before_final": ("before_final", _string),
+    "after_final": ("after_final", _string),
+    "image": ("images", _strings(lambda item: None)),
+    "in_place": ("in_place", _bool),
 }
-_PER_SERVER_ONLY = ("source", "name")
+_PER_SERVER_ONLY = ("source", "name", "image")
+# What only a live source has: refused in an entry converted from images.
+_LIVE_ONLY = ("disks", "cutover", "new_macs")
 _DEFAULT_FIELDS = {k: v for k, v in _SERVER_FIELDS.items() if k not in _PER_SERVER_ONLY}
 _BATCH_KEYS = ("output_dir", "connect")       # top level or [defaults]
-_TOP_KEYS = ("output_dir", "connect", "jobs", "defaults", "server", "hosts")
+# bandwidth_limit at the top level: the batch's own, shared by all its jobs on a host (in
+# [defaults] or a [[server]] it is each job's own).
+_TOP_KEYS = ("output_dir", "connect", "jobs", "bandwidth_limit", "defaults", "server", "hosts")
 _HOST_KEYS = ("output_dir", "connect")
-_PATH_KEYS = ("identity", "known_hosts", "ssh_config")
+_PATH_KEYS = ("identity", "known_hosts", "ssh_config", "virtio_win")
+# Only with cutover = true: the final pass is where they run.
+_CUTOVER_ONLY = ("before_final", "after_final")
 
 
 @dataclass(frozen=True)
@@ -199,6 +229,8 @@ class Manifest:
     output_dir: Path
     jobs: int | None
     specs: tuple[JobSpec, ...]
+    # The top-level bandwidth_limit: bytes/s shared by every job of the batch on one host.
+    bandwidth_limit: float | None = None
     # `p2v batch --scheduler`: per conversion host (a Dask worker's name, address or host).
     hosts: dict[str, HostSettings] = field(default_factory=dict)
 
@@ -306,6 +338,12 @@ def check_manifest(data: _Table, path: Path) -> Manifest:
             jobs = _positive("")(data["jobs"])
         except _Bad as exc:
             problems.add("", "jobs", str(exc))
+    shared: float | None = None
+    if "bandwidth_limit" in data:
+        try:
+            shared = _rate(data["bandwidth_limit"])
+        except _Bad as exc:
+            problems.add("", "bandwidth_limit", str(exc))
     defaults = _check_defaults(defaults_raw, problems)
     specs = _check_servers(_server_tables(data, problems), defaults, connect, base, output_dir,
                            problems)
@@ -314,7 +352,7 @@ def check_manifest(data: _Table, path: Path) -> Manifest:
         raise ManifestInvalid(str(path), problems.lines)
     assert output_dir is not None
     return Manifest(path=path, output_dir=output_dir, jobs=jobs, specs=tuple(specs),
-                    hosts=hosts)
+                    bandwidth_limit=shared, hosts=hosts)
 
 
 def _check_top_keys(data: _Table, problems: _Problems) -> None:
@@ -398,6 +436,7 @@ def _check_servers(servers: list[_Table], defaults: _Values, connect: str,
     specs: list[JobSpec] = []
     names: dict[str, str] = {}
     sources: dict[str, str] = {}
+    images: dict[Path, str] = {}
     for index, raw in enumerate(servers, start=1):
         where = _label(index, raw)
         spec = _check_server(raw, where, defaults, connect, base, output_dir, problems)
@@ -417,6 +456,14 @@ def _check_servers(servers: list[_Table], defaults: _Values, connect: str,
                                               f"the source of {sources[source]}")
             else:
                 sources[source] = where
+        listed = raw.get("image")
+        for item in listed if isinstance(listed, list) else ():
+            if not isinstance(item, str) or not item.strip():
+                continue
+            image = _absolute(Path(item).expanduser(), base)
+            if image in images and images[image] != where:
+                problems.add(where, "image", f"{image} is already a disk of {images[image]}")
+            images.setdefault(image, where)
         if spec is not None:
             specs.append(spec)
     return specs
@@ -475,20 +522,53 @@ def _check_server(raw: _Table, where: str, defaults: _Values, connect: str,
             values[key] = _SERVER_FIELDS[key][1](value)
         except _Bad as exc:
             problems.add(where, key, str(exc))
-    for key in _PER_SERVER_ONLY:
-        if key not in raw:
-            problems.add(where, key, "missing (required in every [[server]])")
+    if "name" not in raw:
+        problems.add(where, "name", "missing (required in every [[server]])")
+    if "source" not in raw and "image" not in raw:
+        problems.add(where, "source", "missing (required in every [[server]]), unless image "
+                                      "lists disk images to convert instead")
     for key in _PATH_KEYS:
         if key in values:
             values[key] = _absolute(values[key], base)
     config_ok = _check_files(values, raw, where, problems)
-    if "source" in values and config_ok:
+    _check_cutover(values, raw, where, problems)
+    if "image" in values:
+        values["image"] = tuple(_absolute(Path(p).expanduser(), base) for p in values["image"])
+        _check_image_entry(values, raw, where, problems)
+    elif "source" in values and config_ok:
         _check_source(values, where, problems)
+    if values.get("in_place") and "image" not in values:
+        problems.add(where, "in_place", "only with image (the images used where they are)")
     if len(problems.lines) != before or output_dir is None:
         return None
     kwargs = {_SERVER_FIELDS[k][0]: v for k, v in values.items()}
     kwargs.setdefault("connect", connect)
+    if "images" in kwargs:
+        kwargs["source"] = image_source(kwargs["images"])
     return JobSpec(output_dir=output_dir, **kwargs)
+
+
+def _check_image_entry(values: _Values, raw: _Table, where: str, problems: _Problems) -> None:
+    """An entry from existing images: not also a source, nothing only a live source has,
+    each image there (its format and locks are the job's import stage to judge)."""
+    from p2v.image_import import mapping_problem
+
+    if "source" in raw:
+        problems.add(where, "image", "and source are both set: give one (image converts the "
+                                     "listed disk images, source a live server)")
+    if not values["image"]:
+        problems.add(where, "image", "is empty: list the guest's disk images, boot disk first")
+    for key in _LIVE_ONLY:
+        if values.get(key):
+            problems.add(where, key, "is for a live source, not image")
+    problem = mapping_problem(values.get("networks", ()), values.get("bridges", ()),
+                              ("networks", "bridges"))
+    if problem:
+        problems.add(where, *problem)
+    for path in values["image"]:
+        if not path.is_file():
+            what = "no such file" if not path.exists() else "not a regular file"
+            problems.add(where, "image", f"{what}: {path}")
 
 
 def _check_files(values: _Values, raw: _Table, where: str,
@@ -510,11 +590,30 @@ def _check_files(values: _Values, raw: _Table, where: str,
         if path is not None and not path.is_file():
             add(key, f"no such file: {path}")
             config_ok = config_ok and key != "ssh_config"
+    drivers = values.get("virtio_win")
+    if drivers is not None:
+        from p2v.fix.windows.virtio_win import VirtioWinError, check_virtio_win
+
+        try:
+            check_virtio_win(drivers)
+        except VirtioWinError as exc:
+            add("virtio_win", f"{drivers}: {exc.fields['detail']}")
     known = values.get("known_hosts")
     if known is not None and not known.is_file() and not values.get("accept_new_host_key"):
         add("known_hosts", f"no such file: {known} (set accept_new_host_key = true to create "
                            "it with the servers' keys)")
     return config_ok
+
+
+def _check_cutover(values: _Values, raw: _Table, where: str, problems: _Problems) -> None:
+    """before_final/after_final run at the cutover's final pass: without cutover, refused."""
+    if values.get("cutover"):
+        return
+    for key in _CUTOVER_ONLY:
+        if key in values:
+            inherited = "" if key in raw else " (set in [defaults])"
+            problems.add(where, key, f"needs cutover = true{inherited}: the hook runs at the "
+                                     "cutover's final pass")
 
 
 def _check_source(values: _Values, where: str, problems: _Problems) -> None:

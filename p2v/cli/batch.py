@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from p2v.cli.common import at_least_one, print_json, quiet
+from p2v.cli.common import at_least_one, print_json, quiet, rate_arg
 from p2v.cli.render import print_batch_plan, print_batch_result
 from p2v.cli.screens import BatchScreen
 from p2v.errors import ExitCode
@@ -42,6 +42,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", action="append", default=[], metavar="NAME[,NAME...]",
                    help="run only these servers of the manifest (their `name`s; repeatable "
                         "or comma-separated); the others are left as they are")
+    p.add_argument("--bandwidth-limit", type=rate_arg, metavar="RATE",
+                   help="at most RATE bytes/s on the wire over ALL jobs running at once on "
+                        "this host, e.g. 200M (wins over the manifest's top-level "
+                        "bandwidth_limit; a server's own bandwidth_limit still caps that "
+                        "job). With --scheduler: per conversion host (docs/user/batch.md)")
     p.add_argument("--dry-run", action="store_true",
                    help="check the manifest and print which jobs would run, resume or be "
                         "skipped; change nothing")
@@ -73,6 +78,16 @@ def only(manifest: Manifest, names: list[str]) -> Manifest:
     return replace(manifest, specs=tuple(s for s in manifest.specs if s.name in names))
 
 
+def share_bandwidth(manifest: Manifest, rate: float | None) -> Manifest:
+    """Every job draws on the batch's host-wide limit: RATE (--bandwidth-limit), else the
+    manifest's top-level bandwidth_limit, else none."""
+    from dataclasses import replace
+
+    rate = rate if rate is not None else manifest.bandwidth_limit
+    specs = tuple(replace(s, host_bandwidth_limit=rate) for s in manifest.specs)
+    return replace(manifest, specs=specs, bandwidth_limit=rate)
+
+
 def run(args: argparse.Namespace) -> int:
     from p2v.batch.driver import ledger_path, plan_batch, run_batch
     from p2v.batch.manifest import load_manifest
@@ -87,11 +102,13 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(manifest.output_dir, flag=f"{args.manifest}: output_dir")
     if args.only:
         manifest = only(manifest, [n for item in args.only for n in item.split(",") if n])
+    manifest = share_bandwidth(manifest, args.bandwidth_limit)
     jobs = args.jobs or manifest.jobs or 1
     if args.dry_run:
         plan = plan_batch(manifest)
         if args.json:
             print(json.dumps({"manifest": str(manifest.path), "jobs": jobs,
+                              "bandwidth_limit": manifest.bandwidth_limit,
                               "ledger": str(ledger_path(manifest)),
                               "plan": [{"job": i.spec.name, "action": i.action,
                                         "reason": i.reason, "source": i.spec.source,

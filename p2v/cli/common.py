@@ -51,10 +51,12 @@ def mac_arg(text: str) -> str:
 positive_arg = finite_positive
 
 
-def add_ssh_source(p: argparse.ArgumentParser) -> None:
-    """SOURCE and the SSH flags every subcommand that logs in to a source shares."""
-    p.add_argument("source", metavar="SOURCE",
-                   help="ssh://[user@]host[:port] or a Host alias from ~/.ssh/config")
+def add_ssh_source(p: argparse.ArgumentParser, *, optional: str | None = None) -> None:
+    """SOURCE and the SSH flags every subcommand that logs in to a source shares; OPTIONAL
+    says what stands in for SOURCE when it may be left out (convert's --from-image)."""
+    p.add_argument("source", metavar="SOURCE", nargs="?" if optional else None,
+                   help="ssh://[user@]host[:port] or a Host alias from ~/.ssh/config"
+                        + (f" (or {optional})" if optional else ""))
     p.add_argument("--identity", "-i", type=Path, metavar="FILE",
                    help="private key to log in with (default: ssh-agent and ssh_config)")
     p.add_argument("--known-hosts", type=Path, metavar="FILE",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from p2v.job import IMAGE_PREFIX
 from p2v.units import human_size
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ def print_report(report: object) -> None:
     for disk in report.disks:
         print(f"  disk {disk.device}: {human_size(disk.size)} -> {disk.image} "
               f"({human_size(disk.file_bytes)} on disk)")
-    print(f"  bytes sent: {human_size(report.bytes_sent)} ({report.bytes_sent} B)")
+    imported = report.source.startswith(IMAGE_PREFIX)      # --from-image: nothing sent
+    if not imported:
+        print(f"  bytes sent: {human_size(report.bytes_sent)} ({report.bytes_sent} B)")
     if report.downtime_s is not None:
         print(f"  cutover: the source was frozen {report.downtime_s:.1f} s (freeze to thaw); "
               "passes in sync.json")
@@ -56,8 +59,8 @@ def print_report(report: object) -> None:
             print(f"    - {item}")
     print(f"  work dir: {report.work_dir} (log: job.log, report: report.json)")
     if not domain.get("started"):
-        print(f"  start it (once the source is off its network): virsh -c {domain.get('uri')} "
-              f"start {report.name}")
+        when = "" if imported else " (once the source is off its network)"
+        print(f"  start it{when}: virsh -c {domain.get('uri')} start {report.name}")
     print(f"  clean up: p2v clean {report.name} --domain --output-dir "
           f"{Path(report.work_dir).parent}  (removes the guest and the work dir)")
 
@@ -94,6 +97,9 @@ def print_batch_plan(plan: Sequence[PlanItem], jobs: int, manifest: Manifest) ->
     print(f"{todo} job(s) to run, {len(plan) - todo} to skip, {jobs} at a time; work dirs "
           f"in {manifest.output_dir}; ledger {ledger_path(manifest)} (dry run: nothing "
           "changed)")
+    if manifest.bandwidth_limit is not None:
+        print(f"bandwidth: at most {manifest.bandwidth_limit / (1 << 20):.1f} MiB/s over all "
+              "jobs running at once on a host")
 
 
 def print_batch_result(result: BatchResult) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 from p2v.errors import IntegrityError, SourceMismatch, UsageError
 from p2v.events import Event
-from p2v.ratelimit import RateLimiter
+from p2v.ratelimit import Limiter, job_limiter
 from p2v.secure import check_path, make_private, private_dir
 from p2v.sink.qcow2 import Qcow2Writer, create_qcow2
 from p2v.source.extents import missing_ranges
@@ -78,6 +78,8 @@ class CopyRequest:
     low_priority: bool = True
     parallel: int = DEFAULT_PARALLEL   # disks copied at the same time
     bandwidth_limit: float | None = None   # bytes/s over all disks; None: unlimited
+    # (bucket file, bytes/s) shared with other processes on this host (a batch's jobs)
+    shared_limit: tuple[Path, float] | None = None
     reader: str = "auto"               # "auto": python3 where the source has it, else sh
 
 
@@ -114,7 +116,7 @@ def read_spec(source: Source, info: DeviceInfo, request: CopyRequest, reader: Re
 
 
 def _copy_chunks(source: Source, spec: ReadSpec, journal: Journal, part: Path, *,
-                 meter: Meter, emit: Callable[[Event], None], limiter: RateLimiter | None,
+                 meter: Meter, emit: Callable[[Event], None], limiter: Limiter | None,
                  cancel: threading.Event | None, done_bytes: int) -> tuple[int, int, int]:
     """Every chunk the journal lacks into the image; returns (wire, read, refetched)."""
     count = -(-spec.size // spec.chunk_size)
@@ -284,7 +286,7 @@ def _manifest(header: dict[str, Any], image: Path, hashes: list[str | None], ful
 def copy_disk(source: Source, device: str, request: CopyRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
               info: DeviceInfo | None = None, meter_factory: MeterFactory | None = None,
-              limiter: RateLimiter | None = None,
+              limiter: Limiter | None = None,
               cancel: threading.Event | None = None,
               identity: SourceIdentity | None = None) -> DiskResult:
     """Copy one disk (see the module docstring). `info`: the probe's answer if already
@@ -358,7 +360,7 @@ def copy_disks(source: Source, request: CopyRequest,
     infos = [probe_device(source, device) for device in request.disks]
     identities = {info.device: source_identity(source, info.device) for info in infos}
     name = request.name or source_hostname(source)
-    limiter = RateLimiter(request.bandwidth_limit) if request.bandwidth_limit else None
+    limiter = job_limiter(request.bandwidth_limit, request.shared_limit)
     lock = threading.Lock()
 
     def emit_locked(event: Event) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from p2v.errors import IntegrityError, SourceDeviceError
-from p2v.ratelimit import RateLimiter
+from p2v.ratelimit import Limiter
 from p2v.sink.writer import DiskWriter
 from p2v.source.extents import Extent, ranges_input
 from p2v.source.protocol import Source
@@ -58,7 +58,7 @@ class QuietMeter:
 class Wire:
     """Bytes received for one disk, drawn from the bandwidth limit all disks share."""
 
-    def __init__(self, limiter: RateLimiter | None = None) -> None:
+    def __init__(self, limiter: Limiter | None = None) -> None:
         self.limiter = limiter
         self.bytes = 0
 

@@ -38,7 +38,7 @@ from p2v.errors import (
     UsageError,
 )
 from p2v.events import Event
-from p2v.ratelimit import RateLimiter
+from p2v.ratelimit import Limiter, job_limiter
 from p2v.secure import check_path
 from p2v.sink.qcow2 import Qcow2Writer
 from p2v.source.freeze import (
@@ -91,6 +91,7 @@ class SyncRequest:
     compress: bool = True
     low_priority: bool = True
     bandwidth_limit: float | None = None
+    shared_limit: tuple[Path, float] | None = None    # as CopyRequest's
     reader: str = "auto"               # "auto", "python3" or "sh"
     freeze: str | None = None          # None, "strict" or "best-effort"
     freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT
@@ -288,7 +289,7 @@ def _final_hashes(journal: Journal, hashes: list[str | None], count: int, spec: 
 
 def sync_disk(source: Source, device: str, request: SyncRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
-              limiter: RateLimiter | None = None,
+              limiter: Limiter | None = None,
               info: DeviceInfo | None = None,
               identity: SourceIdentity | None = None) -> SyncDiskResult:
     """One pass over one disk (see the module docstring); `info`, `identity`: the probe's
@@ -354,7 +355,7 @@ def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | Non
 
 
 def sync_pass(source: Source, request: SyncRequest, name: str, infos: list[DeviceInfo],
-              emit: Callable[[Event], None], limiter: RateLimiter | None,
+              emit: Callable[[Event], None], limiter: Limiter | None,
               identities: dict[str, SourceIdentity] | None = None
               ) -> list[SyncDiskResult]:
     ids = identities or {}
@@ -396,7 +397,7 @@ def sync(source: Source, request: SyncRequest,
     for device in disks:                       # another server's image: no hook, no freeze
         paths = image_paths(request.output_dir, name, device)
         check_source(read_manifest(paths.manifest), identities[device], paths.image)
-    limiter = RateLimiter(request.bandwidth_limit) if request.bandwidth_limit else None
+    limiter = job_limiter(request.bandwidth_limit, request.shared_limit)
     hooks: dict[str, str] = {}
     report: FreezeReport | None = None
     failed = False

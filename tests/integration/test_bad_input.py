@@ -98,7 +98,24 @@ _OUT_DIR_CASES = [
     for cmd, build in _OUT_DIR_BUILDERS.items()
 ]
 
+def _from_image(out: str, *images: str) -> list[str]:
+    return ["convert", "--from-image", *images, "--name", "lab01", "--output-dir", out]
+
+
 CASES: list[Case] = [
+    # convert --from-image: a bad image is one line naming it, before the work dir exists.
+    Case("convert-from-image-text-file", lambda e: _from_image(e.p("out"), e.p("notes.txt")),
+         USAGE, "notes.txt is not a disk image: no partition table"),
+    Case("convert-from-image-empty", lambda e: _from_image(e.p("out"), e.p("empty.img")),
+         USAGE, "empty.img is not a disk image: it is empty (0 bytes)"),
+    Case("convert-from-image-missing", lambda e: _from_image(e.p("out"), e.p("nope.vmdk")),
+         USAGE, "image not found: "),
+    Case("convert-from-image-and-source",
+         lambda e: [*_convert_argv(e.p("out")), "--from-image", e.p("notes.txt")], USAGE,
+         "give SOURCE (ssh://root@127.0.0.1:1) or --from-image, not both"),
+    Case("convert-virtio-win-missing",
+         lambda e: _convert_argv(e.p("out"), "--virtio-win", e.p("nope.iso")),
+         ExitCode.DRIVERS_UNAVAILABLE, "nope.iso: no such file or directory"),
     # verify / fix: nothing boots, no appliance starts, for a file that is not a disk.
     Case("verify-empty-image", lambda e: ["verify", e.p("empty.img")], USAGE,
          "is not a disk image: it is empty (0 bytes)"),

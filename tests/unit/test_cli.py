@@ -83,6 +83,25 @@ def test_domain_xml_bad_input_is_one_line(argv: list[str], message: str, tmp_pat
     assert message in err and err.count("\n") == 0
 
 
+def test_convert_checks_virtio_win_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from p2v.errors import ExitCode
+
+    missing = tmp_path / "virtio-win.iso"
+    rc = main(["convert", "ssh://root@127.0.0.1:1", "--name", "win01", "--output-dir",
+               str(tmp_path / "jobs"), "--virtio-win", str(missing)])
+    err = capsys.readouterr().err.strip()
+    assert rc == ExitCode.DRIVERS_UNAVAILABLE
+    assert err.count("\n") == 0 and f"--virtio-win {missing}: no such file" in err, err
+    assert not (tmp_path / "jobs").exists()        # no work dir, no connection tried
+    not_iso = tmp_path / "drivers.iso"
+    not_iso.write_bytes(b"\0" * 40000)
+    rc = main(["convert", "ssh://root@127.0.0.1:1", "--name", "win01", "--output-dir",
+               str(tmp_path / "jobs"), "--virtio-win", str(not_iso)])
+    assert rc == ExitCode.DRIVERS_UNAVAILABLE
+    assert "not an ISO 9660 image" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["-q", "-v", "jobs"], ["-q", "jobs", "-v"],
                                   ["jobs", "--quiet", "-vv"], ["-v", "jobs", "-q"]])
 def test_quiet_and_verbose_together_are_a_one_line_usage_error(

@@ -26,6 +26,7 @@ from p2v.libvirt_uri import default_uri
     ["--no-verify", "--cutover", "--freeze", "best-effort", "--freeze-timeout", "120",
      "--before-final", "systemctl stop 'my db'", "--after-final", "systemctl start db"],
     ["--cutover", "--parallel", "1", "--bandwidth-limit", "1234567"],
+    ["--virtio-win", "/srv/iso/virtio-win-0.1.240.iso"],
 ])
 def test_the_printed_command_asks_for_the_same_job(flags: list[str]) -> None:
     parser = build_parser()

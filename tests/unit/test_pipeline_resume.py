@@ -264,7 +264,8 @@ def test_a_spec_json_from_before_new_macs_is_the_same_job(
     run_job(spec(tmp_path))
     saved = tmp_path / "web01" / "spec.json"
     old = json.loads(saved.read_text())
-    del old["new_macs"]                       # written by a p2v without the field
+    for key in ("new_macs", "images", "in_place"):   # written by a p2v without the fields
+        del old[key]
     saved.write_text(json.dumps(old))
     fake.ran.clear()
     assert run_job(spec(tmp_path)).ok
@@ -278,3 +279,42 @@ def test_a_job_without_a_libvirt_uri_gets_the_one_virsh_would_use_where_it_runs(
     assert run_job(spec(tmp_path, connect="")).ok
     written = json.loads((tmp_path / "web01" / "spec.json").read_text())
     assert written["connect"] == "test:///default"
+
+
+def test_a_job_from_images_imports_then_resumes_at_the_first_unfinished_stage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2v.job import IMAGE_STAGES, image_source
+
+    images = (tmp_path / "lab.qcow2",)
+    job = spec(tmp_path, source=image_source(images), images=images)
+    fake = FakeStages(monkeypatch, fail="fix")
+    first = run_job(job)
+    assert not first.ok and first.failed_stage == "fix"
+    assert fake.ran == ["import", "fix"]        # no inspect, preflight or copy of a live source
+    fake.ran.clear()
+    events: list[dict[str, Any]] = []
+    second = run_job(job, events.append)
+    assert second.ok, second.error
+    assert fake.ran == ["fix", "verify", "register"]
+    assert [e["stage"] for e in events if e["event"] == "stage-skip"] == ["import"]
+    assert [s.stage for s in second.stages] == list(IMAGE_STAGES)
+    # The import's values reach the report as inspect, preflight and copy would.
+    assert second.disk_choice == "copying sda"
+    from schema_check import assert_all_valid, assert_valid
+
+    work = tmp_path / "web01"
+    assert_valid(json.loads((work / "report.json").read_text()), "report")
+    assert_all_valid([json.loads(line) for line in
+                      (work / "events.jsonl").read_text().splitlines()], "events")
+
+
+def test_other_images_for_the_same_work_dir_are_refused_once_imported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2v.job import image_source
+
+    FakeStages(monkeypatch, fail="fix")
+    a, b = (tmp_path / "a.qcow2",), (tmp_path / "b.qcow2",)
+    run_job(spec(tmp_path, source=image_source(a), images=a))
+    other = run_job(spec(tmp_path, source=image_source(b), images=b))
+    assert not other.ok and other.exit_code == ExitCode.USAGE
+    assert "a.qcow2" in (other.error or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,71 @@ def test_threads_share_one_limit() -> None:
     # 40 MiB from 4 threads at 4 MiB/s, all at one instant: each MiB waits 0.25 s longer
     # than the one before, none lost to a race: the last waits 10 s.
     assert sorted(delays) == pytest.approx([0.25 * k for k in range(1, 41)])
+
+
+# ------------------------------------------------------------------ the batch's shared bucket
+def _draw(path: str, rate: float, total: int, chunk: int, start: float) -> None:
+    """A job process drawing TOTAL bytes from the shared bucket (after START, to line up)."""
+    import time
+
+    from p2v.ratelimit import SharedRateLimiter
+
+    while time.monotonic() < start:
+        time.sleep(0.005)
+    limiter = SharedRateLimiter(Path(path), rate)
+    for _ in range(total // chunk):
+        limiter.consume(chunk)
+
+
+def test_processes_sharing_one_bucket_stay_under_the_rate_together(tmp_path: Path) -> None:
+    import multiprocessing
+    import time
+
+    rate, each, chunk = 4 * MiB, 2 * MiB, 64 << 10
+    bucket = tmp_path / "bandwidth.bucket"
+    ctx = multiprocessing.get_context("spawn")
+    start = time.monotonic() + 1.0          # both processes begin at once, after spawning
+    procs = [ctx.Process(target=_draw, args=(str(bucket), rate, each, chunk, start))
+             for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    elapsed = time.monotonic() - start
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    # 6 MiB at 4 MiB/s over all three: at least 1.5 s less the quarter-second burst. Each
+    # alone at the rate would be done in half a second.
+    assert elapsed >= (3 * each - rate / 4) / rate * 0.95, elapsed
+    assert elapsed < 60
+
+
+def test_a_bucket_from_another_boot_or_unreadable_starts_afresh(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from p2v.ratelimit import SharedRateLimiter
+
+    bucket = tmp_path / "bandwidth.bucket"
+    slept: list[float] = []
+    # An hour of debt, written in another boot (its monotonic clock meant something else).
+    bucket.write_text(json.dumps({"boot": "another-boot", "due": time.monotonic() + 3600}))
+    limiter = SharedRateLimiter(bucket, MiB, sleep=slept.append)
+    assert limiter.consume(1024) == 0.0 and slept == []
+    bucket.write_text("garbage")
+    assert SharedRateLimiter(bucket, MiB, sleep=slept.append).consume(1024) == 0.0
+    # The same boot's debt is honoured: a second process sees the first one's bytes.
+    other = SharedRateLimiter(bucket, MiB, sleep=slept.append)
+    assert other.consume(MiB) > 0.5
+    limiter.close()
+    other.close()
+
+
+def test_a_job_limit_and_the_shared_one_both_apply(tmp_path: Path) -> None:
+    from p2v.ratelimit import BothLimits, SharedRateLimiter, job_limiter
+
+    assert job_limiter(None, None) is None
+    assert isinstance(job_limiter(MiB, None), RateLimiter)
+    shared = job_limiter(None, (tmp_path / "b", 2 * MiB))
+    assert isinstance(shared, SharedRateLimiter)
+    both = job_limiter(MiB, (tmp_path / "b", 2 * MiB))
+    assert isinstance(both, BothLimits) and len(both.limits) == 2

@@ -24,7 +24,7 @@ from p2v.fix.linux.network import NicPin
 from p2v.fix.windows.fixer import caps_document as windows_caps
 from p2v.fix.windows.inspect import WindowsReport
 from p2v.fix.windows.plan import WindowsPlan
-from p2v.job import CUTOVER_STAGES, JobSpec
+from p2v.job import ALL_STAGES, CUTOVER_STAGES, JobSpec
 from p2v.model import DiskBus, Firmware, GuestCaps, NicModel
 from p2v.report import DiskReport, JobValues, StageTime, build_report
 from p2v.source.inventory import build_inventory
@@ -83,8 +83,8 @@ def test_every_event_p2v_builds_has_its_schema_and_no_schema_is_for_none() -> No
 
 
 def test_stage_names_are_the_jobs() -> None:
-    assert schemas.load("events")["$defs"]["stage"]["enum"] == list(CUTOVER_STAGES)
-    assert schemas.load("report")["$defs"]["stage"]["enum"] == list(CUTOVER_STAGES)
+    assert schemas.load("events")["$defs"]["stage"]["enum"] == list(ALL_STAGES)
+    assert schemas.load("report")["$defs"]["stage"]["enum"] == list(ALL_STAGES)
 
 
 def test_caps_and_domain_values_are_the_models() -> None:

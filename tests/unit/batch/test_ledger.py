@@ -138,3 +138,22 @@ def test_one_batch_per_state_dir(tmp_path: Path) -> None:
     with StateLock(state):
         pass
     assert BatchBusy.exit_code == 1
+
+
+def test_the_shared_bandwidth_limit_and_unset_new_fields_leave_the_hash_alone(
+        tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    a = _spec(tmp_path, "a")
+    # As p2v hashed a spec before the new fields existed: every older key, nothing else.
+    old = {k: v for k, v in a.to_dict().items() if k not in ("host_bandwidth_limit",
+                                                              "virtio_win", "images",
+                                                              "in_place")}
+    before = hashlib.sha256(json.dumps(old, sort_keys=True, separators=(",", ":"))
+                            .encode()).hexdigest()
+    assert spec_hash(a) == before
+    # The batch's --bandwidth-limit changes how fast, not what: a finished job stays done.
+    assert spec_hash(replace(a, host_bandwidth_limit=8e6)) == spec_hash(a)
+    assert spec_hash(replace(a, virtio_win=tmp_path / "virtio-win.iso")) != spec_hash(a)
+    assert spec_hash(replace(a, images=(tmp_path / "a.qcow2",))) != spec_hash(a)

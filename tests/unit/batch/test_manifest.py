@@ -159,6 +159,48 @@ def test_a_colon_mapping_with_an_empty_side_is_refused_at_load(tmp_path: Path, i
     assert any(f'networks: "{item}": want "SRC=NET"' in p for p in info.value.problems)
 
 
+def test_cutover_keys_and_virtio_win_reach_the_jobs(tmp_path: Path) -> None:
+    (tmp_path / "drivers").mkdir()
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text('[defaults]\ncutover = true\nfreeze = "best-effort"\n'
+                        'virtio_win = "drivers"\n'
+                        '[[server]]\nname = "db"\nsource = "ssh://root@db"\n'
+                        'freeze_timeout = 120\nbefore_final = "systemctl stop pg"\n'
+                        'after_final = "systemctl start pg"\n'
+                        '[[server]]\nname = "web"\nsource = "ssh://root@web"\ncutover = false\n')
+    specs = {s.name: s for s in load_manifest(manifest).specs}
+    db, web = specs["db"], specs["web"]
+    assert (db.cutover, db.freeze, db.freeze_timeout) == (True, "best-effort", 120.0)
+    assert (db.before_final, db.after_final) == ("systemctl stop pg", "systemctl start pg")
+    assert not web.cutover and web.before_final is None
+    # Relative to the manifest's directory, as every other path.
+    assert db.virtio_win == web.virtio_win == tmp_path / "drivers"
+
+
+def test_the_top_level_bandwidth_limit_is_the_batchs_shared_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'output_dir = "{tmp_path / "jobs"}"\nbandwidth_limit = "100M"\n'
+                        '[[server]]\nname = "a"\nsource = "ssh://root@a"\n'
+                        'bandwidth_limit = "10M"\n'
+                        '[[server]]\nname = "b"\nsource = "ssh://root@b"\n')
+    m = load_manifest(manifest)
+    assert m.bandwidth_limit == 100 * 2**20
+    # Per server, bandwidth_limit is still the job's own.
+    assert [s.bandwidth_limit for s in m.specs] == [10 * 2**20, None]
+    assert main(["batch", str(manifest), "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["bandwidth_limit"] == 100 * 2**20
+    assert {p["spec"]["host_bandwidth_limit"] for p in plan["plan"]} == {100 * 2**20}
+    # --bandwidth-limit wins over the manifest's.
+    assert main(["batch", str(manifest), "--dry-run", "--json", "--bandwidth-limit", "8M"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert {p["spec"]["host_bandwidth_limit"] for p in plan["plan"]} == {8 * 2**20}
+    assert [p["spec"]["bandwidth_limit"] for p in plan["plan"]] == [10 * 2**20, None]
+
+
 def test_an_ssh_config_option_p2v_cannot_honour_is_refused_at_load(tmp_path: Path) -> None:
     config = tmp_path / "ssh_config"
     config.write_text("Host erp\n  HostName 192.0.2.9\n  StrictHostKeyChecking no\n")
