@@ -25,9 +25,12 @@ from types import TracebackType
 import nbd
 
 FALLBACK_MAX_REQUEST = 32 << 20     # a server advertising no limit: qemu's own
+LIBNBD_MAX_REQUEST = 64 << 20       # libnbd refuses larger reads and writes itself
 ZERO_REQUEST = 1 << 30              # WRITE_ZEROES carries no payload: far larger pieces
 MAX_IN_FLIGHT = 8                   # requests
-IN_FLIGHT_BYTES = 64 << 20          # write payload in flight (and held in memory)
+# Write payload in flight, held in memory until answered: per disk copied at once, so
+# small (copy.MAX_PARALLEL counts it); 4 MiB chunks still overlap 4 deep.
+IN_FLIGHT_BYTES = 16 << 20
 _POLL_MS = 1000
 
 
@@ -45,11 +48,15 @@ class NbdError(OSError):
 
 @dataclass(frozen=True)
 class _Request:
-    what: str                   # "write", "zeroing"
+    what: str                   # "write", "zeroing", "flush"
     offset: int
     length: int
     payload: int                # bytes it carries (the budget)
     buf: object                 # kept alive until the server answered
+
+    @property
+    def where(self) -> str:
+        return self.what if self.what == "flush" else f"{self.what} at {self.offset}"
 
 
 def _from_libnbd(exc: nbd.Error, where: str) -> NbdError:
@@ -95,7 +102,8 @@ class NbdClient:
         self.max_in_flight, self.in_flight_bytes = max_in_flight, in_flight_bytes
         self._h: nbd.NBD | None = connect(socket_path, export, timeout)
         self.size: int = self._h.get_size()
-        self.max_request = self._h.get_block_size(nbd.SIZE_MAXIMUM) or FALLBACK_MAX_REQUEST
+        self.max_request = min(self._h.get_block_size(nbd.SIZE_MAXIMUM)
+                               or FALLBACK_MAX_REQUEST, LIBNBD_MAX_REQUEST)
         self.can_zero: bool = self._h.can_zero()
         self._flight: dict[int, _Request] = {}
         self._bytes = 0
@@ -129,7 +137,7 @@ class NbdClient:
                 finished = handle.aio_command_completed(cookie)
             except nbd.Error as exc:
                 finished = True
-                self._fail(_from_libnbd(exc, f"{request.what} at {request.offset}"))
+                self._fail(_from_libnbd(exc, request.where))
             if finished:
                 del self._flight[cookie]
                 self._bytes -= request.payload
@@ -139,7 +147,7 @@ class NbdClient:
 
     def _oldest(self) -> str:
         first = next(iter(self._flight.values()), None)
-        return "waiting for the NBD server" if first is None else f"{first.what} at {first.offset}"
+        return "waiting for the NBD server" if first is None else first.where
 
     def _fits(self, request: _Request) -> bool:
         """Room in the budget, and no request in flight overlaps it: a server may answer
@@ -180,10 +188,12 @@ class NbdClient:
         try:
             if request.what == "write":
                 cookie = handle.aio_pwrite(request.buf, request.offset)
-            else:
+            elif request.what == "zeroing":
                 cookie = handle.aio_zero(request.length, request.offset)
+            else:
+                cookie = handle.aio_flush()
         except nbd.Error as exc:
-            raise self._fail(_from_libnbd(exc, f"{request.what} at {request.offset}")) from None
+            raise self._fail(_from_libnbd(exc, request.where)) from None
         self._flight[cookie] = request
         self._bytes += request.payload
 
@@ -219,12 +229,11 @@ class NbdClient:
         self._wait(self._idle)
 
     def flush(self) -> None:
-        """Every request so far is answered and on stable storage when this returns."""
+        """Every request so far is answered and on stable storage when this returns (a
+        flush covers only writes answered before it was sent: hence the drain first)."""
         self.drain()
-        try:
-            self._handle().flush()
-        except nbd.Error as exc:
-            raise self._fail(_from_libnbd(exc, "flush")) from None
+        self._issue(_Request("flush", 0, 0, 0, None))
+        self.drain()
 
     def pread(self, length: int, offset: int) -> bytes:
         """The bytes at `offset`, as written (every write in flight answered first)."""
