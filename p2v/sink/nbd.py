@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import nbd
+try:
+    import nbd
+except ImportError:  # pragma: no cover - depends on the host
+    nbd = None
 
 FALLBACK_MAX_REQUEST = 32 << 20     # a server advertising no limit: qemu's own
 LIBNBD_MAX_REQUEST = 64 << 20       # libnbd refuses larger reads and writes itself
@@ -69,6 +72,11 @@ def _from_libnbd(exc: nbd.Error, where: str) -> NbdError:
     return NbdError(code, reason, where)
 
 
+def available() -> bool:
+    """Whether the libnbd binding imports (python3-libnbd, seen through the venv)."""
+    return nbd is not None
+
+
 def connect(socket_path: Path, export: str, timeout: float) -> nbd.NBD:
     """A handle connected to the export on `socket_path` (NbdError if not within
     `timeout` seconds: a server that accepts and then says nothing hangs no one)."""
@@ -108,28 +116,45 @@ class NbdClient:
         self._flight: dict[int, _Request] = {}
         self._bytes = 0
         self._failure: NbdError | None = None
+        self._failed: list[_Request] = []       # the server answered these with an error
+        self._usable = True                     # False once the connection itself failed
+        self._salvaged = False
         self._zeros = b""
 
     @property
     def failed(self) -> NbdError | None:
-        """The first request that failed: the connection takes nothing more."""
+        """The first request that failed: the connection takes no new request."""
         return self._failure
 
+    def unwritten(self) -> list[tuple[int, int]] | None:
+        """After a flush raised: the (offset, length) ranges whose requests failed, every
+        other write sent being on stable storage; None when nothing can be promised."""
+        if not self._salvaged:
+            return None
+        return sorted((r.offset, r.length) for r in self._failed)
+
     def _handle(self) -> nbd.NBD:
-        if self._failure is not None:
-            first = self._failure
-            raise NbdError(first.errno or errno.EIO, first.strerror or "failed", first.where)
         if self._h is None:
             raise NbdError(errno.EBADF, "the NBD connection is closed", "request")
         return self._h
 
-    def _fail(self, exc: NbdError) -> NbdError:
+    def _check(self) -> None:
+        """Raise the first failure again: once one request failed, no new one is taken."""
+        if self._failure is not None:
+            first = self._failure
+            raise NbdError(first.errno or errno.EIO, first.strerror or "failed", first.where)
+
+    def _fail(self, exc: NbdError, *, connection: bool = True) -> NbdError:
+        """Record a failure; `connection`: of the link itself (nothing more will work),
+        not a request the server refused."""
         if self._failure is None:
             self._failure = exc
+        if connection:
+            self._usable = False
         return exc
 
     def _reap(self) -> int:
-        """Retire every answered request; returns how many. Raises the first failure."""
+        """Retire every answered request, recording those that failed; returns how many."""
         handle = self._handle()
         done = 0
         for cookie, request in list(self._flight.items()):
@@ -137,12 +162,12 @@ class NbdClient:
                 finished = handle.aio_command_completed(cookie)
             except nbd.Error as exc:
                 finished = True
-                self._fail(_from_libnbd(exc, request.where))
+                self._failed.append(request)
+                self._fail(_from_libnbd(exc, request.where), connection=False)
             if finished:
                 del self._flight[cookie]
                 self._bytes -= request.payload
                 done += 1
-        self._handle()
         return done
 
     def _oldest(self) -> str:
@@ -163,14 +188,16 @@ class NbdClient:
     def _idle(self) -> bool:
         return not self._flight and not self._handle().aio_in_flight()
 
-    def _wait(self, ready: Callable[[], bool]) -> None:
-        """Poll the connection until `ready()`; raise the first failure, or a timeout
-        when no answer came for `timeout` seconds."""
+    def _wait(self, ready: Callable[[], bool], *, strict: bool = True) -> None:
+        """Poll the connection until `ready()`; raise a timeout when no answer came for
+        `timeout` seconds, and (`strict`) the first failure as soon as it is known."""
         handle = self._handle()
         deadline = time.monotonic() + self.timeout
         while True:
             if self._reap():
                 deadline = time.monotonic() + self.timeout
+            if strict:
+                self._check()
             if ready():
                 return
             if time.monotonic() > deadline:
@@ -181,9 +208,9 @@ class NbdClient:
             except nbd.Error as exc:
                 raise self._fail(_from_libnbd(exc, self._oldest())) from None
 
-    def _issue(self, request: _Request) -> None:
+    def _issue(self, request: _Request, *, strict: bool = True) -> None:
         """Send one request (at most max_request long) once `_fits` lets it."""
-        self._wait(lambda: self._fits(request))
+        self._wait(lambda: self._fits(request), strict=strict)
         handle = self._handle()
         try:
             if request.what == "write":
@@ -230,10 +257,28 @@ class NbdClient:
 
     def flush(self) -> None:
         """Every request so far is answered and on stable storage when this returns (a
-        flush covers only writes answered before it was sent: hence the drain first)."""
-        self.drain()
-        self._issue(_Request("flush", 0, 0, 0, None))
-        self.drain()
+        flush covers only writes answered before it was sent: hence the drain first).
+
+        After a failure it raises, but first still flushes what did land if the link
+        works, so that `unwritten` can name the only ranges lost."""
+        try:
+            self.drain()
+            self._issue(_Request("flush", 0, 0, 0, None))
+            self.drain()
+        except NbdError:
+            self._salvage()
+            raise
+
+    def _salvage(self) -> None:
+        if self._salvaged or not self._usable or self._h is None:
+            return
+        try:
+            self._wait(self._idle, strict=False)
+            self._issue(_Request("flush", 0, 0, 0, None), strict=False)
+            self._wait(self._idle, strict=False)
+        except NbdError:
+            return
+        self._salvaged = self._usable and all(r.what != "flush" for r in self._failed)
 
     def pread(self, length: int, offset: int) -> bytes:
         """The bytes at `offset`, as written (every write in flight answered first)."""
@@ -244,7 +289,8 @@ class NbdClient:
                 n = min(self.max_request, length - len(out))
                 out += self._handle().pread(n, offset + len(out))
         except nbd.Error as exc:
-            raise self._fail(_from_libnbd(exc, f"read at {offset + len(out)}")) from None
+            raise self._fail(_from_libnbd(exc, f"read at {offset + len(out)}"),
+                             connection=False) from None
         return bytes(out)
 
     def close(self) -> None:

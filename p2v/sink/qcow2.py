@@ -18,6 +18,7 @@ from typing import NoReturn
 from p2v import qemuimg, runner
 from p2v.errors import CommandFailed, DestinationFull, P2VError
 from p2v.scratch import scratch_dir, socket_root
+from p2v.sink import nbd
 from p2v.sink.nbd import NbdClient, NbdError
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class Qcow2Writer:
                  request_timeout: float = 300.0) -> None:
         self.image = image
         self._request_timeout = request_timeout
+        if not nbd.available():
+            raise SinkError(image=image, detail="the libnbd Python binding is missing: "
+                            "install python3-libnbd (scripts/install-system-deps) and run "
+                            "p2v from the venv `make setup` builds")
         # A scratch dir, not a temp dir: the next writer sweeps what a killed p2v left.
         self._scratch = ExitStack()
         tmp = self._scratch.enter_context(scratch_dir("nbd", socket_root()))
@@ -135,6 +140,10 @@ class Qcow2Writer:
             return self.client.pread(length, offset)
         except OSError as exc:
             self._raise(exc, f"read at {offset}")
+
+    def unwritten(self) -> list[tuple[int, int]] | None:
+        """After a flush raised: the ranges that did not land (see `writer.DiskWriter`)."""
+        return self.client.unwritten()
 
     def flush(self) -> None:
         """Everything written so far is on disk when this returns (journal after it)."""

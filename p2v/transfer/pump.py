@@ -207,13 +207,39 @@ class Pump:
             self._commit()
 
     def _commit(self) -> None:
-        if self._pending:
+        if not self._pending:
+            return
+        try:
             self.writer.flush()
-            self.journal.append(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
-            self._last = time.monotonic()
-            self.progress()
+        except Exception:
+            self._keep_landed()
+            raise
+        self._journal(self._pending, [])
+
+    def _journal(self, chunks: list[tuple[int, str | None]],
+                 rest: list[tuple[int, str | None]]) -> None:
+        """Journal `chunks` (flushed); `rest` of the batch stays pending."""
+        self.journal.append(chunks)
+        self._pending = rest
+        self._pending_bytes = 0
+        self._last = time.monotonic()
+        self.progress()
+
+    def _keep_landed(self) -> None:
+        """A flush failed: journal the batch's chunks the writer still vouches for (every
+        write but the failed ones made durable), so the rerun fetches only the rest."""
+        lost = self.writer.unwritten()
+        if lost is None:
+            return
+        size, chunk = self.spec.size, self.spec.chunk_size
+
+        def landed(index: int) -> bool:
+            start, end = index * chunk, min((index + 1) * chunk, size)
+            return all(offset >= end or start >= offset + length for offset, length in lost)
+
+        kept = [c for c in self._pending if landed(c[0])]
+        if kept:
+            self._journal(kept, [c for c in self._pending if not landed(c[0])])
 
 
 __all__ = ["FLUSH_BYTES", "Cancelled", "Meter", "Policy", "Pump", "QuietMeter", "ReadSpec",

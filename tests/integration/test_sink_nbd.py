@@ -147,3 +147,38 @@ def test_a_server_that_stops_answering_times_out_instead_of_hanging(tmp_path: Pa
     message = caught.value.message
     assert "did not answer within 3 s" in message and "write at 0" in message
     assert "\n" not in message
+
+
+def test_a_full_disk_loses_only_the_writes_that_failed(tmp_path: Path) -> None:
+    """Writes in flight when the disk fills: flush raises DestinationFull, and every write
+    but the failed ones is on disk (the pump journals those: the rerun fetches the rest)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    runner.run(["mount", "-t", "tmpfs", "-o", "size=20m", "p2v-test-full", mount])
+    try:
+        image = mount / "x.qcow2"
+        create_qcow2(image, 64 * MiB)
+        chunks = [_pattern(i, MiB) for i in range(48)]
+        with Qcow2Writer(image) as writer:
+            sent = 0                                # write() returned: queued
+            with pytest.raises(P2VError) as caught:
+                for i, data in enumerate(chunks):
+                    writer.write(i * MiB, data)
+                    sent = i + 1
+                writer.flush()
+            assert writer.unwritten() is None      # not before a flush saved what landed
+            with pytest.raises(P2VError) as again:  # as the pump's commit after the error
+                writer.flush()
+            lost = writer.unwritten()
+        for error in (caught.value, again.value):
+            assert type(error).__name__ == "DestinationFull", error.message
+            assert "\n" not in error.message
+        assert lost, "some write must have failed"
+        landed = [i for i in range(sent)
+                  if all(o >= (i + 1) * MiB or i * MiB >= o + n for o, n in lost)]
+        assert len(landed) > 8
+        with Qcow2Writer(image) as reopened:
+            for i in landed:
+                assert reopened.read(i * MiB, MiB) == chunks[i], f"chunk {i}"
+    finally:
+        runner.run(["umount", mount], check=False)
