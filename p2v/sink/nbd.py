@@ -6,7 +6,8 @@ the next chunk arrives; each request is cut to the server's largest (qemu's NBD 
 drops the connection on a write over 32 MiB), so any chunk size works. A request's
 failure is reported by the next call, naming the request, and sticks: once one failed,
 every later call (a flush above all) raises, so a caller that journals after `flush`
-never journals a chunk whose write did not land.
+never journals a chunk whose write did not land. That flush still makes durable what did
+land, if the connection works, and `unwritten` then names the only ranges lost.
 
 Completions are polled (`aio_command_completed`), never delivered by callback: an
 exception raised inside a libnbd callback (Ctrl-C) is printed and lost there.
@@ -120,11 +121,6 @@ class NbdClient:
         self._usable = True                     # False once the connection itself failed
         self._salvaged = False
         self._zeros = b""
-
-    @property
-    def failed(self) -> NbdError | None:
-        """The first request that failed: the connection takes no new request."""
-        return self._failure
 
     def unwritten(self) -> list[tuple[int, int]] | None:
         """After a flush raised: the (offset, length) ranges whose requests failed, every

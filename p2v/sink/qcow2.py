@@ -51,7 +51,8 @@ class Qcow2Writer:
     """An open qcow2 image (a `writer.DiskWriter`): `write(offset, data)`, `flush()`, `close()`.
 
     Writes are asynchronous (see `nbd.NbdClient`): `flush` waits for them all and raises
-    the first failure, so the journal, written after a flush, only ever holds chunks on disk.
+    the first failure, so the journal, written after a flush, only ever holds chunks on
+    disk; `unwritten` then names what did not land (all else is durable).
 
     Zero chunks are never written into a fresh image: its unallocated clusters already
     read as zeros. A reopened one may hold data the journal does not know of: `zero` it.

@@ -4,7 +4,9 @@ against the hash the source computed, written into the image, journaled in batch
 A batch is journaled only after a flush made its chunks durable, so a cut link, a kill or
 Ctrl-C loses at most the batch in flight: on any interruption the pump saves what arrived
 (without letting that attempt hide why it stopped) and the rerun asks only for what the
-journal lacks. A chunk that arrives corrupt is fetched once more; corrupt twice, it is an
+journal lacks. Writes may still be in flight when `write` returns, so one that failed is
+reported later, by the flush: then only its chunks are lost, the sink naming what did not
+land. A chunk that arrives corrupt is fetched once more; corrupt twice, it is an
 IntegrityError. Every byte received is counted for the progress meter and drawn from the
 shared bandwidth limit.
 """
