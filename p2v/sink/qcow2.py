@@ -13,10 +13,12 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
 from p2v import qemuimg, runner
 from p2v.errors import CommandFailed, DestinationFull, P2VError
 from p2v.scratch import scratch_dir, socket_root
+from p2v.sink import nbd
 from p2v.sink.nbd import NbdClient, NbdError
 
 log = logging.getLogger(__name__)
@@ -48,12 +50,22 @@ def data_ranges(image: Path, *, force_share: bool = False) -> list[tuple[int, in
 class Qcow2Writer:
     """An open qcow2 image (a `writer.DiskWriter`): `write(offset, data)`, `flush()`, `close()`.
 
+    Writes are asynchronous (see `nbd.NbdClient`): `flush` waits for them all and raises
+    the first failure, so the journal, written after a flush, only ever holds chunks on
+    disk; `unwritten` then names what did not land (all else is durable).
+
     Zero chunks are never written into a fresh image: its unallocated clusters already
     read as zeros. A reopened one may hold data the journal does not know of: `zero` it.
     """
 
-    def __init__(self, image: Path, start_timeout: float = 30.0) -> None:
+    def __init__(self, image: Path, start_timeout: float = 30.0,
+                 request_timeout: float = 300.0) -> None:
         self.image = image
+        self._request_timeout = request_timeout
+        if not nbd.available():
+            raise SinkError(image=image, detail="the libnbd Python binding is missing: "
+                            "install python3-libnbd (scripts/install-system-deps) and run "
+                            "p2v from the venv `make setup` builds")
         # A scratch dir, not a temp dir: the next writer sweeps what a killed p2v left.
         self._scratch = ExitStack()
         tmp = self._scratch.enter_context(scratch_dir("nbd", socket_root()))
@@ -84,29 +96,36 @@ class Qcow2Writer:
                                 + self._log.read_text(errors="replace").strip()[-300:])
             if self.socket_path.exists():
                 try:
-                    return NbdClient(self.socket_path, "disk0")
+                    return NbdClient(self.socket_path, "disk0", self._request_timeout)
                 except OSError:
                     pass
             if time.monotonic() > deadline:
                 raise SinkError(image=self.image, detail="qemu-storage-daemon did not start")
             time.sleep(0.05)
 
-    def _raise(self, exc: OSError, action: str) -> None:
+    def _raise(self, exc: OSError, action: str) -> NoReturn:
+        """The sink's one-line error for a failed request: the image, what failed where
+        (an asynchronous write's failure names that write, not the call that saw it)."""
+        where = exc.where if isinstance(exc, NbdError) else action
+        reason = exc.strerror or str(exc)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DestinationFull(image=self.image, detail=f"{action}: {exc.strerror}") from None
-        raise SinkError(image=self.image, detail=f"{action}: {exc}") from None
+            raise DestinationFull(image=self.image, detail=f"{where}: {reason}") from None
+        if self._proc.poll() is not None:
+            reason = f"qemu-storage-daemon exited ({_exit_status(self._proc.returncode)})"
+        raise SinkError(image=self.image, detail=f"{where}: {reason}") from None
 
     def write(self, offset: int, data: bytes) -> None:
+        """Queue a write (several are in flight); a failure is raised by a later call."""
         try:
             self.client.pwrite(data, offset)
-        except (NbdError, OSError) as exc:
+        except OSError as exc:
             self._raise(exc, f"write at {offset}")
 
     def zero(self, offset: int, length: int) -> None:
         """Make a range read as zeros again (a sync dropping a chunk no longer used)."""
         try:
-            self.client.write_zeroes(offset, length)
-        except (NbdError, OSError) as exc:
+            self.client.zero(offset, length)
+        except OSError as exc:
             self._raise(exc, f"zeroing at {offset}")
 
     def data_ranges(self) -> list[tuple[int, int]]:
@@ -118,13 +137,20 @@ class Qcow2Writer:
         return data_ranges(self.image, force_share=True)
 
     def read(self, offset: int, length: int) -> bytes:
-        return self.client.pread(length, offset)
+        try:
+            return self.client.pread(length, offset)
+        except OSError as exc:
+            self._raise(exc, f"read at {offset}")
+
+    def unwritten(self) -> list[tuple[int, int]] | None:
+        """After a flush raised: the ranges that did not land (see `writer.DiskWriter`)."""
+        return self.client.unwritten()
 
     def flush(self) -> None:
         """Everything written so far is on disk when this returns (journal after it)."""
         try:
             self.client.flush()
-        except (NbdError, OSError) as exc:
+        except OSError as exc:
             self._raise(exc, "flush")
 
     def _stop(self) -> None:
@@ -149,6 +175,10 @@ class Qcow2Writer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _exit_status(code: int | None) -> str:
+    return f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
 
 
 def _escape(path: Path) -> str:

@@ -19,7 +19,15 @@ class DiskWriter(Protocol):
         """Make the range read as zeros (whatever it held)."""
 
     def flush(self) -> None:
-        """Everything written so far is durable when this returns (journal after it)."""
+        """Everything written so far is durable when this returns (journal after it).
+
+        Writes may still be in flight when `write` returns: one that failed is raised by a
+        later call, and from then on every flush raises."""
+
+    def unwritten(self) -> list[tuple[int, int]] | None:
+        """After a flush raised: the (offset, length) ranges whose writes failed, every
+        other write being durable (what a journal may still record); None when nothing
+        written since the last good flush can be trusted."""
 
     def data_ranges(self) -> list[tuple[int, int]]:
         """(offset, length) of every range that may not read as zeros, as of the last

@@ -55,7 +55,8 @@ MAX_BATCH_CHUNKS = 4096    # a batch is journaled at pump.FLUSH_BYTES of data or
 
 DEFAULT_PARALLEL = 2
 # Each disk in flight costs p2v about 35 MiB (SSH window, chunk, its compressed and
-# decompressed forms): 4 keep the peak under 256 MiB, and this receiver is CPU-bound
+# decompressed forms) and at most 16 MiB more of chunks whose writes are in flight
+# (p2v.sink.nbd.IN_FLIGHT_BYTES): 4 keep the peak under 256 MiB, and this receiver is CPU-bound
 # (paramiko's crypto) well before 4 disks on a few cores anyway.
 MAX_PARALLEL = 4
 

@@ -4,7 +4,9 @@ against the hash the source computed, written into the image, journaled in batch
 A batch is journaled only after a flush made its chunks durable, so a cut link, a kill or
 Ctrl-C loses at most the batch in flight: on any interruption the pump saves what arrived
 (without letting that attempt hide why it stopped) and the rerun asks only for what the
-journal lacks. A chunk that arrives corrupt is fetched once more; corrupt twice, it is an
+journal lacks. Writes may still be in flight when `write` returns, so one that failed is
+reported later, by the flush: then only its chunks are lost, the sink naming what did not
+land. A chunk that arrives corrupt is fetched once more; corrupt twice, it is an
 IntegrityError. Every byte received is counted for the progress meter and drawn from the
 shared bandwidth limit.
 """
@@ -207,13 +209,39 @@ class Pump:
             self._commit()
 
     def _commit(self) -> None:
-        if self._pending:
+        if not self._pending:
+            return
+        try:
             self.writer.flush()
-            self.journal.append(self._pending)
-            self._pending.clear()
-            self._pending_bytes = 0
-            self._last = time.monotonic()
-            self.progress()
+        except Exception:
+            self._keep_landed()
+            raise
+        self._journal(self._pending, [])
+
+    def _journal(self, chunks: list[tuple[int, str | None]],
+                 rest: list[tuple[int, str | None]]) -> None:
+        """Journal `chunks` (flushed); `rest` of the batch stays pending."""
+        self.journal.append(chunks)
+        self._pending = rest
+        self._pending_bytes = 0
+        self._last = time.monotonic()
+        self.progress()
+
+    def _keep_landed(self) -> None:
+        """A flush failed: journal the batch's chunks the writer still vouches for (every
+        write but the failed ones made durable), so the rerun fetches only the rest."""
+        lost = self.writer.unwritten()
+        if lost is None:
+            return
+        size, chunk = self.spec.size, self.spec.chunk_size
+
+        def landed(index: int) -> bool:
+            start, end = index * chunk, min((index + 1) * chunk, size)
+            return all(offset >= end or start >= offset + length for offset, length in lost)
+
+        kept = [c for c in self._pending if landed(c[0])]
+        if kept:
+            self._journal(kept, [c for c in self._pending if not landed(c[0])])
 
 
 __all__ = ["FLUSH_BYTES", "Cancelled", "Meter", "Policy", "Pump", "QuietMeter", "ReadSpec",

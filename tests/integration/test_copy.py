@@ -104,6 +104,19 @@ def test_copy_is_identical_sends_only_data_and_leaves_the_source_alone(
     assert "already complete" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("chunk_mib", ["64", "96"])
+def test_chunks_over_the_nbd_request_limit_copy_identically(
+        random_source: tuple[SourceEndpoint, Path, str], tmp_path: Path,
+        chunk_mib: str) -> None:
+    """--chunk-size above qemu's 32 MiB NBD request limit (the sink cuts each write to
+    it); 96 MiB: the last chunk is short and not a multiple of the limit."""
+    ep, raw, _ = random_source
+    assert cli.main(copy_argv(ep, tmp_path, "--name", "big", "--chunk-size", chunk_mib)) == 0
+    image = tmp_path / f"big-{Path(ep.disks[0]).name}.qcow2"
+    assert identical(raw, image)
+    runner.run(["qemu-img", "check", "-q", image])
+
+
 def test_killed_copy_resumes_to_the_same_image(
         random_source: tuple[SourceEndpoint, Path, str], tmp_path: Path) -> None:
     ep, raw, before = random_source

@@ -82,6 +82,32 @@ class FakeWriter:
     def data_ranges(self) -> list[tuple[int, int]]:
         return [(0, SIZE)]
 
+    def unwritten(self) -> list[tuple[int, int]] | None:
+        return None
+
+
+@dataclass
+class FailingWriter(FakeWriter):
+    """Writes are queued (an NBD sink with several in flight): the one at `bad` fails, and
+    the flush after it raises; `lost` is what the sink then vouches was not written."""
+
+    bad: int = 2 * CHUNK
+    lost: list[tuple[int, int]] | None = None
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset == self.bad:
+            self.lost = [(offset, len(data))]
+        else:
+            super().write(offset, data)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.lost is not None:
+            raise OSError(28, "No space left on device")
+
+    def unwritten(self) -> list[tuple[int, int]] | None:
+        return self.lost
+
 
 @dataclass
 class Limiter:
@@ -199,3 +225,21 @@ def test_a_device_of_another_size_is_refused(disk: Path, tmp_path: Path) -> None
 def test_index_ranges() -> None:
     assert index_ranges([3, 1, 2, 7]) == [(1, 4), (7, 8)]
     assert index_ranges([]) == []
+
+
+def test_a_failed_write_in_flight_costs_only_its_own_chunk(disk: Path, tmp_path: Path) -> None:
+    """The failure surfaces at the flush, after later chunks were sent too: those the sink
+    vouches for are journaled, the failed one is not (the rerun fetches it)."""
+    writer, journal = FailingWriter(), new_journal(tmp_path)
+    with pytest.raises(OSError, match="No space left"):
+        pump(FakeSource(), disk, writer, journal).run([(0, 5)])
+    assert sorted(journal.done) == [0, 1, 3, 4]
+    assert sorted(Journal.load(journal.path).done) == [0, 1, 3, 4]
+
+
+def test_a_flush_that_vouches_for_nothing_journals_nothing(disk: Path, tmp_path: Path) -> None:
+    writer, journal = FailingWriter(), new_journal(tmp_path)
+    writer.unwritten = lambda: None  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        pump(FakeSource(), disk, writer, journal).run([(0, 5)])
+    assert journal.done == {}
