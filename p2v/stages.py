@@ -29,8 +29,8 @@ from p2v.report import DiskReport, allocated
 if TYPE_CHECKING:
     from p2v.source.ssh import SshSource
     from p2v.source.tracker import WriteTracker
-    from p2v.transfer.sync import SyncRequest
     from p2v.target.request import RegisterRequest
+    from p2v.transfer.sync import SyncRequest
 
 # Live sync passes before the frozen one: more while each delta is smaller than the last.
 MAX_LIVE_PASSES = 4

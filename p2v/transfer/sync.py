@@ -527,5 +527,21 @@ def sync(source: Source, request: SyncRequest,
     return SyncResult(results, time.monotonic() - started, report, hooks)
 
 
+def sync_passes(source: Source, request: SyncRequest, passes: int,
+                emit: Callable[[Event], None] = lambda e: None, **tracker_options: Any
+                ) -> list[SyncResult]:
+    """`passes` passes in one session with the writes tracked between them: the first
+    hashes every used chunk, each later one reads only what was written since the one
+    before; the hooks and the freeze belong to the last (the final) pass."""
+    if passes <= 1:
+        return [sync(source, request, emit)]
+    _check(request)
+    live = replace(request, freeze=None, before_final=None, after_final=None)
+    with write_tracker(source, request, **tracker_options) as tracker:
+        results = [sync(source, live, emit, tracker) for _ in range(passes - 1)]
+        results.append(sync(source, request, emit, tracker))
+    return results
+
+
 __all__ = ["FREEZE_MODES", "SyncDiskResult", "SyncRequest", "SyncResult", "find_disks",
-           "sync", "sync_disk", "write_tracker"]
+           "sync", "sync_disk", "sync_passes", "write_tracker"]
