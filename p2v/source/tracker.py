@@ -67,6 +67,10 @@ _EVENT = re.compile(r"block_rq_complete: (\d+),(\d+) (\S+) \(.*?\) (\d+) \+ (\d+
 _MARK = re.compile(r"tracing_mark_write: p2v-([0-9a-f]+)-(live|beat|cut) (\d+)")
 _LOST = re.compile(r"CPU:(\d+) \[LOST (\d+) EVENTS\]")
 _COUNTER = re.compile(r"^(overrun|dropped events): (\d+)$", re.M)
+# The watchdog's exit status, as the tracer reports it when the stream ends ("E DOG
+# READER"); 0 (stopped) and 5 (the reader ended first) name the reader's own status.
+_ENDED = {"3": "tracing was switched off on the source (a heartbeat could not be written)",
+          "4": "p2v did not renew the tracer's watchdog in time"}
 
 
 @dataclass(frozen=True)
@@ -254,10 +258,10 @@ class WriteTracker:
         except Exception as exc:        # a thread must not die silently: lost, not missed
             why = f"the trace stream broke ({exc})"
         with self._changed:
-            if self._dead is None and not self._closing.is_set():
-                log.warning("write tracking on %s stopped: %s; the next pass rehashes",
-                            self.host, why)
             self._dead = self._dead or why
+            if not self._closing.is_set():
+                log.warning("write tracking on %s stopped: %s; the next pass rehashes",
+                            self.host, self._dead)
             self._changed.notify_all()
 
     def _header(self, raw: IO[bytes]) -> None:
@@ -285,6 +289,12 @@ class WriteTracker:
         assert self._intervals is not None
         event = _EVENT.search(line)
         with self._changed:
+            if line.startswith("E "):
+                dog, _, status = line[2:].partition(" ")
+                self._dead = self._dead or _ENDED.get(
+                    dog, f"the tracer's reader on the source ended (status {status})")
+                self._changed.notify_all()
+                return
             if event is not None:
                 self._intervals.write((int(event.group(1)), int(event.group(2))),
                                       int(event.group(4)), int(event.group(5)))

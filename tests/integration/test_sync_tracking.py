@@ -212,48 +212,57 @@ def test_lost_events_fall_back_to_a_rehash_that_says_why(
     ep, raw, image = loop_disk
     (device,) = ep.disks
     request = SyncRequest(output_dir=image.parent, name="t", compress=False)
-    with open_source(ep) as source, write_tracker(source, request, buffer_kb=4) as tracker:
-        assert tracker.instance is not None
-        instance = Path(tracker.instance)
-        sync(source, request, tracker=tracker)
-        assert sync(source, request, tracker=tracker).disks[0].tracked
-        # A buffer overrun made real: the tracer's reader stopped while a burst of 3000
-        # writes goes into a buffer of a few KiB.
-        reader = reader_pid(str(instance))
-        os.kill(reader, signal.SIGSTOP)
-        try:
-            runner.run(["dd", "if=/dev/urandom", f"of={device}", "bs=4k", "count=3000",
-                        f"seek={30 * 256}", "oflag=direct", "conv=notrunc", "status=none"])
-        finally:
-            os.kill(reader, signal.SIGCONT)
-        overrun = sync(source, request, tracker=tracker).disks[0]
-        assert not overrun.tracked and overrun.rehash_why is not None
-        assert "overran" in overrun.rehash_why, overrun.rehash_why
-        assert overrun.changed_chunks >= 11 and identical(raw, image)
-        # A loss taints the interval after it too; then tracking is trusted again.
-        sync(source, request, tracker=tracker)
-        assert sync(source, request, tracker=tracker).disks[0].tracked
-        # Tracing switched off from outside for a while: writes then are not seen.
-        (instance / "tracing_on").write_text("0\n")
-        write_at(device, [(33 * MiB, os.urandom(4096))])
-        time.sleep(2.5)
-        (instance / "tracing_on").write_text("1\n")
-        off = sync(source, request, tracker=tracker).disks[0]
-        assert not off.tracked and off.rehash_why is not None
-        assert "heartbeat" in off.rehash_why or "switched off" in off.rehash_why
-        assert off.changed_chunks == 1 and identical(raw, image)
-        # The tracer's reader killed on the source (as when the session drops): tracking
-        # stops for good, every later pass rehashes, the watchdog removes the instance.
-        os.kill(reader_pid(str(instance)), signal.SIGKILL)
-        write_at(device, [(34 * MiB, os.urandom(4096))])
-        for _ in range(2):
-            gone = sync(source, request, tracker=tracker).disks[0]
-            assert not gone.tracked and gone.rehash_why is not None
-        assert identical(raw, image)
-        wait_for(lambda: not instance.exists(), 15, "the instance outlived its reader")
+    with open_source(ep) as source:
+        with write_tracker(source, request, buffer_kb=4) as tracker:
+            assert tracker.instance is not None
+            instance = Path(tracker.instance)
+            sync(source, request, tracker=tracker)
+            assert sync(source, request, tracker=tracker).disks[0].tracked
+            # A buffer overrun made real: the tracer's reader stopped while a burst of 3000
+            # writes goes into a buffer of a few KiB.
+            reader = reader_pid(str(instance))
+            os.kill(reader, signal.SIGSTOP)
+            try:
+                runner.run(["dd", "if=/dev/urandom", f"of={device}", "bs=4k", "count=3000",
+                            f"seek={30 * 256}", "oflag=direct", "conv=notrunc",
+                            "status=none"])
+            finally:
+                os.kill(reader, signal.SIGCONT)
+            overrun = sync(source, request, tracker=tracker).disks[0]
+            assert not overrun.tracked and overrun.rehash_why is not None
+            assert "overran" in overrun.rehash_why, overrun.rehash_why
+            assert overrun.changed_chunks >= 11 and identical(raw, image)
+            # A loss taints the interval after it too; then tracking is trusted again.
+            sync(source, request, tracker=tracker)
+            assert sync(source, request, tracker=tracker).disks[0].tracked
+            # Tracing switched off from outside: the writes then are not seen; the
+            # watchdog's next heartbeat fails, tracking stops for good and cleans up.
+            (instance / "tracing_on").write_text("0\n")
+            write_at(device, [(33 * MiB, os.urandom(4096))])
+            wait_for(lambda: not instance.exists(), 15, "tracing off was not noticed")
+            off = sync(source, request, tracker=tracker).disks[0]
+            assert not off.tracked and off.rehash_why is not None
+            assert "switched off" in off.rehash_why, off.rehash_why
+            assert off.changed_chunks == 1 and identical(raw, image)
+        with write_tracker(source, request) as tracker:
+            assert tracker.instance is not None
+            sync(source, request, tracker=tracker)
+            assert sync(source, request, tracker=tracker).disks[0].tracked
+            # The tracer's reader killed on the source (as when the session drops):
+            # every later pass rehashes, the watchdog removes the instance.
+            os.kill(reader_pid(tracker.instance), signal.SIGKILL)
+            write_at(device, [(34 * MiB, os.urandom(4096))])
+            wait_for(lambda: tracker.dead is not None, 15, "the killed reader went unnoticed")
+            for _ in range(2):
+                gone = sync(source, request, tracker=tracker).disks[0]
+                assert not gone.tracked and gone.rehash_why is not None
+                assert "reader on the source ended" in gone.rehash_why, gone.rehash_why
+            assert identical(raw, image)
+            wait_for(lambda: not Path(str(tracker.instance)).exists(), 15,
+                     "the instance outlived its reader")
     manifest = json.loads(image.with_name(image.name + ".manifest.json").read_text())
     assert [s["tracked"] for s in manifest["syncs"]] == [
-        False, True, False, False, True, False, False, False]
+        False, True, False, False, True, False, False, True, False, False]
 
 
 def test_sigkill_mid_pass_leaves_the_source_tracing_as_it_was(

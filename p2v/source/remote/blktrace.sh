@@ -6,8 +6,9 @@
 # $1 hex, $2 grace (s), $3 buffer_size_kb per CPU, $4 the watchdog's program, $5... devices.
 # Prints: "P2VTRACE1", per device "D DEVICE MAJ:MIN OFFSET 1" (traced: the whole disk's
 # major:minor and the device's first sector on it) or "D DEVICE - 0 0 WHY", then
-# "T INSTANCE MOUNTED", then the instance's trace_pipe. A failure before the stream: "X WHY",
-# exit 3, nothing left behind.
+# "T INSTANCE MOUNTED", then the instance's trace_pipe, and when that ends "E DOG READER"
+# (the watchdog's and the reader's exit status: why tracing stopped). A failure before the stream: "X WHY", exit
+# 3, nothing left behind.
 hex=$1 grace=$2 kb=$3 watchdog=$4
 shift 4
 echo P2VTRACE1
@@ -74,8 +75,10 @@ dog=$!
 echo 1 > "$I/tracing_on"
 echo "p2v-$hex-live $dog" > "$I/trace_marker"
 wait "$reader"
+r=$?
 # The stream ended (p2v stopped it, the link or the reader died): the watchdog cleans up,
 # and the stream ends only once it has.
 kill -TERM "$dog" 2>/dev/null
 wait "$dog"
+echo "E $? $r"
 exit 0
