@@ -360,3 +360,44 @@ def test_the_frozen_pass_reads_only_what_was_written_since_the_last_pass(
     dump = tmp_path / "dump"
     runner.run(["debugfs", "-R", f"dump /new {dump}", part])
     assert hashlib.sha256(dump.read_bytes()).digest() == hashlib.sha256(new).digest()
+
+
+# A p2v that traces and then hangs: the link stays up (no end of stream reaches the source),
+# only the renewals stop.
+_HANGING = """
+import sys, time
+from pathlib import Path
+from p2v.source.ssh import SshOptions, SshSource
+from p2v.source.tracker import WriteTracker
+url, key, known, device = sys.argv[1:5]
+source = SshSource.open(url, SshOptions(identity=Path(key), known_hosts=Path(known),
+                                        use_agent=False, ssh_config=Path("/dev/null")))
+tracker = WriteTracker(source, {device: 1 << 20}, grace=8)
+tracker.start()
+print(tracker.instance if tracker.dead is None else "dead: " + tracker.dead, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_p2v_that_stops_renewing_is_cleaned_up_after_the_grace(
+        loop_disk: tuple[LoopSource, Path, Path], tracefs_untouched: None) -> None:
+    """SIGSTOP, not SIGKILL: the session stays open, so the stream never ends on the
+    source; the watchdog's deadline (grace 8 s) alone removes the instance."""
+    ep, _, _ = loop_disk
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HANGING, f"ssh://{ep.user}@{ep.host}:{ep.port}", str(ep.key),
+         str(ep.known_hosts), ep.disks[0]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        instance = Path(proc.stdout.readline().strip())
+        assert instance.is_dir(), instance
+        proc.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        time.sleep(3)
+        assert instance.is_dir(), "removed before the deadline: not the watchdog's doing"
+        wait_for(lambda: not instance.exists(), 30, "the watchdog never fired")
+        assert 6 <= time.monotonic() - stopped <= 25
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait()
