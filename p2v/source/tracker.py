@@ -326,10 +326,17 @@ class WriteTracker:
             return all_lost(self.chunk_sizes, self._dead or "not tracking")
         self._cut_number += 1
         number = self._cut_number
+        detail = ""
         try:
-            self._control("mark", self.instance, f"p2v-{self.hex}-cut {number}")
+            status = self._mark(number)
         except P2VError as exc:
-            return self._give_up(f"cannot write a marker into the trace ({exc.message})")
+            status, detail = -1, exc.message
+        if status == 4:         # no marker: this interval goes on into the next pass's
+            return all_lost(self.chunk_sizes, "the devices' page cache could not be "
+                                              "written out before the cut")
+        if status != 0:
+            return self._give_up("cannot write a marker into the trace" + (
+                f" ({detail})" if status == -1 else f" (exit status {status})"))
         cuts = self._wait_cut(number)
         if cuts is None:
             return self._give_up(self._dead or "the cut's marker did not come back in time")
@@ -340,6 +347,16 @@ class WriteTracker:
                 self._intervals.lose(why)       # a loss now may hide the next writes too
             return {d: Cut(d, None, c.why or why) for d, c in cuts.items()}
         return cuts
+
+    def _mark(self, number: int) -> int:
+        """Write the traced devices' page cache out, then cut marker NUMBER into the
+        trace; the control script's exit status (4: a device could not be flushed)."""
+        assert self.instance is not None
+        traced = [d.device for d in self.disks if d.dev is not None]
+        return self.source.run(["sh", "-c", CONTROL, "p2v-trace-ctl", self._dog or "0",
+                                f"p2v-trace-watchdog-{self.hex}", "mark", self.instance,
+                                f"p2v-{self.hex}-cut {number}", *traced],
+                               check=False, timeout=120).returncode
 
     def _wait_cut(self, number: int) -> dict[str, Cut] | None:
         deadline = time.monotonic() + WAIT_TIMEOUT
@@ -381,7 +398,7 @@ class WriteTracker:
     def _control(self, action: str, *args: str) -> bool:
         result = self.source.run(["sh", "-c", CONTROL, "p2v-trace-ctl", self._dog or "0",
                                   f"p2v-trace-watchdog-{self.hex}", action, *args],
-                                 check=action == "mark", timeout=60)
+                                 check=False, timeout=60)
         return result.returncode == 0
 
     def _renew(self) -> None:
