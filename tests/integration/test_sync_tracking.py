@@ -305,6 +305,33 @@ def test_sigkill_mid_pass_leaves_the_source_tracing_as_it_was(
     assert result.disks[0].resumed and identical(raw, image)
 
 
+def test_ctrl_c_mid_pass_switches_tracing_off_before_p2v_exits(
+        loop_disk: tuple[LoopSource, Path, Path], tracefs_untouched: None) -> None:
+    """SIGINT, unlike SIGKILL, lets p2v clean up itself: by the time it has exited
+    (130), the instance is gone and tracefs is as it was, with no wait for a timer."""
+    ep, _, image = loop_disk
+    (device,) = ep.disks
+    write_at(device, [(0, os.urandom(40 * MiB))])
+    before = tracefs_state()
+    argv = [sys.executable, "-m", "p2v", "sync", *ssh_args(ep), "--output-dir",
+            str(image.parent), "--name", "t", "--passes", "2", "--bandwidth-limit", "2M",
+            "--no-compress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for(lambda: proc.poll() is not None or (
+            len(tracefs_state()[1]) > len(before[1])
+            and image.with_name(image.name + ".sync-journal").exists()), 60,
+            "the sync never started tracking")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert tracefs_state() == before and not tracer_processes()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.fixture
 def ext4_disk(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A 128 MiB writable loop disk with ext4 on partition 1, mounted here."""
