@@ -313,7 +313,8 @@ class WriteTracker:
             elif kind == "beat":
                 if number != self._beat + 1:
                     self._intervals.lose(f"heartbeats {self._beat + 1}..{number - 1} of the "
-                                         "trace are missing (tracing was switched off?)")
+                                         "trace are missing (lost events, or tracing was "
+                                         "switched off)")
                 self._beat = number
             else:
                 self._cuts[number] = self._intervals.cut()
@@ -345,7 +346,12 @@ class WriteTracker:
             with self._changed:
                 assert self._intervals is not None
                 self._intervals.lose(why)       # a loss now may hide the next writes too
-            return {d: Cut(d, None, c.why or why) for d, c in cuts.items()}
+            # The counters are the surer account (a missing heartbeat may be one lost event),
+            # but a device that cannot be traced, or the first pass, keep their own reason.
+            kept = {d.device: d.why for d in self.disks if d.why}
+            return {d: Cut(d, None, kept.get(d) or (c.why if c.why == NOT_SINCE_COPY
+                                                    else why))
+                    for d, c in cuts.items()}
         return cuts
 
     def _mark(self, number: int) -> int:
