@@ -332,6 +332,35 @@ def test_ctrl_c_mid_pass_switches_tracing_off_before_p2v_exits(
             proc.kill()
 
 
+def test_tracing_not_available_means_every_pass_rehashes(
+        tmp_path: Path, tracefs_untouched: None) -> None:
+    """A source where tracefs is not mounted and cannot be (a `mount` on the session's PATH
+    that refuses, as on a locked-down server): the passes run, rehashed, and say why."""
+    if tracefs_state()[0] is not None:
+        pytest.skip("tracefs is mounted on this machine: the tracer would not mount it")
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "mount").write_text("#!/bin/sh\necho 'mount: permission denied' >&2\nexit 32\n")
+    (shims / "mount").chmod(0o755)
+    raw = tmp_path / "disk.raw"
+    write_random_disk(raw, 16 * MiB, 8 * MiB)
+    out = tmp_path / "out"
+    with LoopSource.from_files([raw], writable=True,
+                               session_path=f"{shims}:{os.environ['PATH']}") as ep, \
+            open_source(ep) as source:
+        copy_disks(source, CopyRequest(disks=ep.disks, output_dir=out, name="n",
+                                       chunk_size=MiB))
+        request = SyncRequest(output_dir=out, name="n")
+        with write_tracker(source, request) as tracker:
+            assert tracker.dead is not None and "cannot be mounted" in tracker.dead
+            for _ in range(2):
+                write_at(ep.disks[0], [(3 * MiB, os.urandom(4096))])
+                d = sync(source, request, tracker=tracker).disks[0]
+                assert not d.tracked and d.rehash_why is not None
+                assert "cannot be mounted" in d.rehash_why and d.changed_chunks == 1
+        assert identical(raw, out / f"n-{Path(ep.disks[0]).name}.qcow2")
+
+
 @pytest.fixture
 def ext4_disk(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A 128 MiB writable loop disk with ext4 on partition 1, mounted here."""
