@@ -6,6 +6,7 @@ tests/integration/test_sync_tracking.py."""
 
 from __future__ import annotations
 
+from p2v.source.protocol import RemoteResult
 from p2v.source.tracker import (
     NOT_SINCE_COPY,
     Intervals,
@@ -128,3 +129,62 @@ def test_a_tracker_that_never_started_answers_every_cut_with_a_lost_one() -> Non
     tracker._dead = "tracefs is not mounted and cannot be mounted"
     cut = tracker.cut()["/dev/sda"]
     assert cut.chunks is None and cut.why == "tracefs is not mounted and cannot be mounted"
+
+
+class _TraceSource:
+    """Answers the tracker's cut commands as the source would: a mark comes back through
+    the trace at once (fed to the tracker's line handling), the counters are set here."""
+
+    target = type("T", (), {"host": "db01"})()
+
+    def __init__(self) -> None:
+        self.tracker: WriteTracker | None = None
+        self.mark_status = 0
+        self.lost = 0
+        self.marked: list[list[str]] = []
+
+    def run(self, argv: list[str], **_: object) -> RemoteResult:
+        assert self.tracker is not None
+        if "mark" in argv:
+            self.marked.append(argv)
+            if self.mark_status == 0:
+                self.tracker._line(f"tracing_mark_write: {argv[argv.index('mark') + 2]}")
+            return RemoteResult("mark", self.mark_status, b"", "")
+        stats = f"overrun: {self.lost}\ndropped events: 0\non 1 1\n"
+        return RemoteResult("stats", 0, stats.encode(), "")
+
+
+def _cutting() -> tuple[WriteTracker, _TraceSource]:
+    source = _TraceSource()
+    tracker = WriteTracker(source, {"/dev/sda": MiB})  # type: ignore[arg-type]
+    source.tracker = tracker
+    tracker.instance, tracker._dog = "/sys/kernel/tracing/instances/p2v-abc", "42"
+    tracker.hex = tracker.instance.rsplit("-", 1)[1]
+    tracker.disks = [TracedDisk("/dev/sda", MiB, (8, 0))]
+    tracker._intervals = Intervals(tracker.disks)
+    return tracker, source
+
+
+def test_a_cut_flushes_the_traced_devices_and_counters_grown_lose_two_intervals() -> None:
+    tracker, source = _cutting()
+    assert tracker.cut()["/dev/sda"].why == NOT_SINCE_COPY
+    assert source.marked[0][-1] == "/dev/sda"        # the device's page cache written out
+    tracker._line("block_rq_complete: 8,0 W () 0 + 8 [0]")
+    assert tracker.cut()["/dev/sda"].chunks == frozenset({0})
+    source.lost = 1800                                  # an overrun, counted at this cut
+    overran = tracker.cut()["/dev/sda"]
+    assert overran.chunks is None and overran.why is not None and "overran" in overran.why
+    tainted = tracker.cut()["/dev/sda"]                 # may have lost events after the mark
+    assert tainted.chunks is None and tainted.why is not None and "overran" in tainted.why
+    assert tracker.cut()["/dev/sda"].chunks == frozenset()
+
+
+def test_a_device_that_cannot_be_flushed_loses_the_pass_but_keeps_its_writes() -> None:
+    tracker, source = _cutting()
+    tracker.cut()
+    tracker._line("block_rq_complete: 8,0 W () 4096 + 8 [0]")     # chunk 2
+    source.mark_status = 4
+    lost = tracker.cut()["/dev/sda"]
+    assert lost.chunks is None and lost.why is not None and "page cache" in lost.why
+    source.mark_status = 0                          # no marker went in: the interval went on
+    assert tracker.cut()["/dev/sda"].chunks == frozenset({2})
