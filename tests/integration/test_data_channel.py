@@ -1,0 +1,199 @@
+"""The OpenSSH data channel (p2v/source/sshchild.py) against real sshds on loopback: a copy
+through it is identical; it refuses a host whose key is not the one paramiko verified; it
+follows a ProxyJump hop with the hop's own identity; without `ssh` p2v falls back to
+paramiko and says so; no ssh child outlives a copy or a SIGKILLed p2v."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from copy_helpers import identical
+from loop_sources import LoopSource, SshServer, write_random_disk
+from tcpproxy import LinkProxy
+
+from p2v import cli
+from p2v.demo.live import SourceEndpoint, known_hosts_line
+from p2v.errors import DataChannelHostKey, ExitCode
+from p2v.source.ssh import SshOptions, SshSource
+from p2v.source.sshchild import DATA_CHANNEL_ENV
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
+# The private known_hosts' scratch dir (ROOT/sshchild-XXXX): on every child's argv.
+CHILD_MARK = "/sshchild-"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SourceEndpoint, Path]]:
+    """64 MiB, 24 MiB of it random, behind a loopback sshd."""
+    path = tmp_path_factory.mktemp("chan-src") / "disk.raw"
+    write_random_disk(path, 64 * MiB, 24 * MiB)
+    with LoopSource.from_files([path]) as ep:
+        yield ep, path
+
+
+def children() -> list[str]:
+    """Command lines of the ssh children (and their ProxyCommands) now running."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if CHILD_MARK in text and "/proc" not in text:
+            found.append(text)
+    return found
+
+
+def copy_argv(ep: SourceEndpoint, out: Path, *extra: str) -> list[str]:
+    return ["copy", f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
+            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null",
+            "--output-dir", str(out), "--disk", ep.disks[0], "--name", "c", "--json", *extra]
+
+
+def done_image(out: str) -> Path:
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return Path(next(e for e in events if e["event"] == "disk-done")["image"])
+
+
+def test_a_copy_through_the_openssh_channel_is_identical_and_leaves_no_child(
+        source: tuple[SourceEndpoint, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    ep, raw = source
+    monkeypatch.setenv(DATA_CHANNEL_ENV, "openssh")
+    caplog.set_level(logging.INFO, logger="p2v")
+    assert cli.main(copy_argv(ep, tmp_path / "out")) == 0
+    assert identical(raw, done_image(capsys.readouterr().out))
+    assert "goes through an OpenSSH child" in caplog.text
+    assert "paramiko carries the data" not in caplog.text
+    assert children() == []
+
+
+def test_the_child_refuses_a_host_key_paramiko_did_not_verify(
+        source: tuple[SourceEndpoint, Path], tmp_path: Path) -> None:
+    """Two sshds, two host keys, one address (a proxy): paramiko logs in to the first and
+    verifies its key; then the address leads to the second, and the child must refuse."""
+    ep, _ = source
+    proxy = LinkProxy(ep.port)
+    try:
+        key = ep.known_hosts.read_text().split()
+        known = tmp_path / "known_hosts"
+        known.write_text(known_hosts_line(ep.host, proxy.port, f"{key[1]} {key[2]}"))
+        options = SshOptions(identity=ep.key, known_hosts=known, use_agent=False,
+                             ssh_config=Path("/dev/null"), data_channel="openssh")
+        with SshServer([]) as other, \
+                SshSource.open(f"ssh://{ep.user}@{ep.host}:{proxy.port}", options) as src:
+            assert other.known_hosts.read_text().split()[2] != key[2]
+            proxy.target = other.port
+            with pytest.raises(DataChannelHostKey) as info, \
+                    src.stream(["cat", "/proc/version"]) as out:
+                out.read()
+            assert info.value.exit_code == ExitCode.HOST_KEY
+            assert f"[{ep.host}]:{proxy.port}" in info.value.message
+            assert "\n" not in info.value.message
+    finally:
+        proxy.close()
+    assert children() == []
+
+
+def test_proxyjump_with_the_hops_own_identity(
+        source: tuple[SourceEndpoint, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """The hop is another sshd with its own client key and host key: the child reaches the
+    source through it (its log shows the child's logins), and the copy is identical."""
+    ep, raw = source
+    server = SshServer([])
+    with server as hop:
+        config = tmp_path / "config"
+        config.write_text(
+            f"Host src\n  HostName {ep.host}\n  Port {ep.port}\n  User {ep.user}\n"
+            f"  IdentityFile {ep.key}\n  IdentitiesOnly yes\n  ProxyJump hop\n"
+            f"Host hop\n  HostName {hop.host}\n  Port {hop.port}\n  User {hop.user}\n"
+            f"  IdentityFile {hop.key}\n  IdentitiesOnly yes\n")
+        known = tmp_path / "known_hosts"
+        known.write_text(ep.known_hosts.read_text() + hop.known_hosts.read_text())
+        monkeypatch.setenv(DATA_CHANNEL_ENV, "openssh")
+        caplog.set_level(logging.INFO, logger="p2v")
+        argv = ["copy", "src", "--known-hosts", str(known), "--ssh-config", str(config),
+                "--output-dir", str(tmp_path / "out"), "--disk", ep.disks[0], "--name", "j",
+                "--json"]
+        assert cli.main(argv) == 0
+        assert identical(raw, done_image(capsys.readouterr().out))
+        assert "goes through an OpenSSH child" in caplog.text
+        assert server.workdir is not None
+        hop_log = "".join(p.read_text(errors="replace")
+                          for p in server.workdir.glob("sshd-*.log"))
+        # paramiko's login, the child's check and at least one stream: three logins.
+        assert hop_log.count("Accepted publickey") >= 3, hop_log[-2000:]
+    assert children() == []
+
+
+def test_without_ssh_on_path_paramiko_carries_the_data_and_says_so(
+        source: tuple[SourceEndpoint, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    ep, raw = source
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in os.environ["PATH"].split(os.pathsep):
+        for program in Path(directory).glob("*") if Path(directory).is_dir() else ():
+            link = bin_dir / program.name
+            if program.name != "ssh" and not link.exists() and os.access(program, os.X_OK):
+                link.symlink_to(program)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv(DATA_CHANNEL_ENV, "openssh")
+    assert cli.main(copy_argv(ep, tmp_path / "out")) == 0
+    assert identical(raw, done_image(capsys.readouterr().out))
+    # A warning: on stderr unless -q (cli.main's handler; here pytest's captures it).
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "OpenSSH data channel" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert "no OpenSSH client (ssh) on PATH" in warnings[0]
+    assert "paramiko carries the data" in warnings[0]
+
+
+def test_no_child_outlives_a_sigkilled_p2v(tmp_path: Path) -> None:
+    """p2v copying through a slow link, SIGKILLed while its ssh child streams: the child
+    (and so the source's reader) is gone within seconds."""
+    path = tmp_path / "big.raw"
+    write_random_disk(path, 256 * MiB, 128 * MiB)
+    with LoopSource.from_files([path]) as ep:
+        proxy = LinkProxy(ep.port, link_bps=8e6)
+        try:
+            key = ep.known_hosts.read_text().split()
+            known = tmp_path / "known_hosts"
+            known.write_text(known_hosts_line(ep.host, proxy.port, f"{key[1]} {key[2]}"))
+            argv = [sys.executable, "-m", "p2v.cli", "copy",
+                    f"ssh://{ep.user}@{ep.host}:{proxy.port}", "--identity", str(ep.key),
+                    "--known-hosts", str(known), "--ssh-config", "/dev/null",
+                    "--output-dir", str(tmp_path / "out"), "--disk", ep.disks[0]]
+            env = {**os.environ, DATA_CHANNEL_ENV: "openssh"}
+            proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + 120
+                while not any(" exit 0" not in c for c in children()):
+                    assert proc.poll() is None, "p2v ended before its child streamed"
+                    assert time.monotonic() < deadline, "no ssh child streamed"
+                    time.sleep(0.05)
+                time.sleep(1.0)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            deadline = time.monotonic() + 15
+            while children() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert children() == []
+        finally:
+            proxy.close()
