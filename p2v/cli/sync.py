@@ -10,6 +10,7 @@ from pathlib import Path
 
 from p2v.cli.common import (
     add_freeze_flags,
+    add_data_channel,
     add_ssh_source,
     images_locked,
     progress_printer,
@@ -39,6 +40,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_ssh_source(p)
+    add_data_channel(p)
     p.add_argument("--output-dir", type=Path, required=True, metavar="DIR",
                    help="the directory the copy wrote its images and manifests into")
     p.add_argument("--disk", action="append", metavar="DEV",
