@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from p2v.cli.common import (
-    add_freeze_flags,
     add_data_channel,
+    add_freeze_flags,
     add_ssh_source,
     images_locked,
     progress_printer,

@@ -120,7 +120,8 @@ def hop_argv(ssh: str, hops: Sequence[Hop], known_hosts: Path,
     *before, hop = hops
     argv = [ssh, "-F", "/dev/null", "-T", *_hop_options(hop, known_hosts)]
     if before:
-        forward = hop_argv(ssh, before, known_hosts, ["-W", f"{hop.host}:{hop.port}"])
+        address = f"[{hop.host}]" if ":" in hop.host else hop.host      # IPv6
+        forward = hop_argv(ssh, before, known_hosts, ["-W", f"{address}:{hop.port}"])
         argv += ["-o", "ProxyCommand=" + _escape(shlex.join(forward))]
     elif hop.proxy_command is not None:
         argv += ["-o", "ProxyCommand=" + _escape(hop.proxy_command)]

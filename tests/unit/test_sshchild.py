@@ -80,3 +80,11 @@ def test_the_setting_comes_from_the_option_then_the_environment(
     monkeypatch.setenv(DATA_CHANNEL_ENV, "scp")
     with pytest.raises(UsageError, match="'scp'.*P2V_DATA_CHANNEL.*paramiko, openssh, auto"):
         data_channel_setting(None)
+
+
+def test_an_ipv6_hop_is_forwarded_to_in_brackets() -> None:
+    jump = Hop("bastion", 22, "jump", "ssh-ed25519", "A")
+    target = Hop("fd00::5", 22, "root", "ssh-ed25519", "C")
+    proxy = [o for o in options(command_argv(SSH, [jump, target], KH, "true"))
+             if o.startswith("ProxyCommand=")][0]
+    assert shlex.split(proxy.removeprefix("ProxyCommand="))[-4:-2] == ["-W", "[fd00::5]:22"]
