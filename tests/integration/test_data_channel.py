@@ -23,8 +23,14 @@ from tcpproxy import LinkProxy
 from p2v import cli
 from p2v.demo.live import SourceEndpoint, known_hosts_line
 from p2v.errors import DataChannelHostKey, ExitCode
+from p2v.source.extents import format_ranges
+from p2v.source.reader import choose_reader
 from p2v.source.ssh import SshOptions, SshSource
 from p2v.source.sshchild import DATA_CHANNEL_ENV
+from p2v.transfer.copy import CopyRequest, copy_disks, read_spec
+from p2v.transfer.device import probe_device
+from p2v.transfer.pump import open_extents
+from p2v.transfer.sync import SyncRequest, sync
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +45,15 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SourceEnd
     write_random_disk(path, 64 * MiB, 24 * MiB)
     with LoopSource.from_files([path]) as ep:
         yield ep, path
+
+
+def over_openssh(ep: SourceEndpoint) -> SshSource:
+    source = SshSource.open(f"ssh://{ep.user}@{ep.host}:{ep.port}",
+                            SshOptions(identity=ep.key, known_hosts=ep.known_hosts,
+                                       use_agent=False, ssh_config=Path("/dev/null"),
+                                       data_channel="openssh"))
+    assert source.data_channel() == "openssh"
+    return source
 
 
 def children() -> list[str]:
@@ -197,3 +212,43 @@ def test_no_child_outlives_a_sigkilled_p2v(tmp_path: Path) -> None:
             assert children() == []
         finally:
             proxy.close()
+
+
+@pytest.mark.parametrize("reader", ["python3", "sh"])
+def test_both_readers_take_15000_ranges_on_the_childs_stdin(
+        source: tuple[SourceEndpoint, Path], tmp_path: Path, reader: str) -> None:
+    """Over 128 KiB of ranges go down the child's stdin before its output is read."""
+    ep, raw = source
+    chunk = 64 << 10
+    ranges = [(5, 6), (7, 8)] + [(i, i + 1) for i in range(2000, 32_000, 2)]
+    assert len(format_ranges(ranges)) > 128 << 10
+    request = CopyRequest(disks=ep.disks, output_dir=tmp_path, name="r", chunk_size=chunk)
+    with over_openssh(ep) as src:
+        info = probe_device(src, ep.disks[0])
+        chosen = choose_reader(reader, python3=info.python3, gzip=info.gzip,
+                               host=src.target.host, device=info.device)
+        with open_extents(src, read_spec(src, info, request, chosen), ranges) as extents:
+            got = [(e.index, e.corrupt, e.data) for e in extents]
+    data = raw.read_bytes()
+    assert got == [(5, False, data[5 * chunk:6 * chunk]), (7, False, data[7 * chunk:8 * chunk])]
+
+
+def test_a_sync_over_the_child_fetches_only_what_changed(tmp_path: Path) -> None:
+    path = tmp_path / "rw.raw"
+    write_random_disk(path, 32 * MiB, 12 * MiB)
+    with LoopSource.from_files([path], writable=True) as ep:
+        with over_openssh(ep) as src:
+            (copied,) = copy_disks(src, CopyRequest(disks=ep.disks, output_dir=tmp_path,
+                                                    name="s", chunk_size=MiB))
+        assert identical(path, copied.image)
+        fd = os.open(ep.disks[0], os.O_WRONLY)
+        try:
+            for index in (2, 9, 30):
+                os.pwrite(fd, b"changed", index * MiB + 100)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with over_openssh(ep) as src:
+            (result,) = sync(src, SyncRequest(output_dir=tmp_path, name="s")).disks
+        assert result.changed_chunks == 3 and identical(path, result.image)
+    assert children() == []
