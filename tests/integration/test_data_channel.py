@@ -175,6 +175,26 @@ def test_without_ssh_on_path_paramiko_carries_the_data_and_says_so(
     assert "paramiko carries the data" in warnings[0]
 
 
+def test_a_key_only_paramiko_will_use_falls_back_to_paramiko(
+        source: tuple[SourceEndpoint, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    """OpenSSH refuses a private key others can read; paramiko uses it: the login works,
+    the child's is refused, and paramiko carries the data (one warning names why)."""
+    ep, raw = source
+    key = tmp_path / "open_key"
+    key.write_bytes(ep.key.read_bytes())
+    key.chmod(0o644)
+    monkeypatch.setenv(DATA_CHANNEL_ENV, "auto")
+    argv = copy_argv(ep, tmp_path / "out")
+    argv[argv.index(str(ep.key))] = str(key)
+    assert cli.main(argv) == 0
+    assert identical(raw, done_image(capsys.readouterr().out))
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "OpenSSH data channel" in r.getMessage()]
+    assert len(warnings) == 1 and "Permission denied" in warnings[0], caplog.text
+    assert children() == []
+
+
 def test_no_child_outlives_a_sigkilled_p2v(tmp_path: Path) -> None:
     """p2v copying through a slow link, SIGKILLed while its ssh child streams: the child
     (and so the source's reader) is gone within seconds."""
