@@ -16,6 +16,7 @@ No paramiko here (p2v.source.ssh is its only importer): the hops come in as `Hop
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
@@ -50,6 +51,7 @@ DATA_CHANNEL_ENV = "P2V_DATA_CHANNEL"
 SERVER_ALIVE_INTERVAL = 15
 # ssh's own exit status when it failed (connect, host key, login), not the command's.
 SSH_ERROR = 255
+PIPE_BYTES = 1 << 20
 
 # paramiko names an RSA host key ssh-rsa; OpenSSH would then offer only SHA-1 signatures.
 _ALGORITHMS = {"ssh-rsa": "rsa-sha2-512,rsa-sha2-256,ssh-rsa"}
@@ -144,17 +146,26 @@ class LoginRefused(Exception):
 
 
 class _TimedPipe(io.RawIOBase):
-    """The child's stdout, each read waiting at most `timeout` (as a paramiko channel's)."""
+    """The child's stdout, each read waiting at most `timeout` (as a paramiko channel's).
+
+    The pipe is widened to PIPE_BYTES where the kernel allows, so a read takes a MiB at a
+    time rather than the default 64 KiB: fewer trips through the interpreter per byte."""
 
     def __init__(self, pipe: IO[bytes], timeout: float | None) -> None:
-        self._pipe, self._fd, self._timeout = pipe, pipe.fileno(), timeout
+        self._pipe, self._fd = pipe, pipe.fileno()
+        self._timeout_ms = None if timeout is None else max(1, round(timeout * 1000))
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass        # over /proc/sys/fs/pipe-max-size for a non-root user: 64 KiB it is
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:    # type: ignore[override]
-        ready, _, _ = select.select([self._fd], [], [], self._timeout)
-        if not ready:
+        if not self._poll.poll(self._timeout_ms):
             raise TimeoutError
         return os.readv(self._fd, [buffer])
 

@@ -22,7 +22,7 @@ from tcpproxy import LinkProxy
 
 from p2v import cli
 from p2v.demo.live import SourceEndpoint, known_hosts_line
-from p2v.errors import DataChannelHostKey, ExitCode
+from p2v.errors import DataChannelHostKey, ExitCode, RemoteCommandFailed, SshFailed
 from p2v.source.extents import format_ranges
 from p2v.source.reader import choose_reader
 from p2v.source.ssh import SshOptions, SshSource
@@ -271,4 +271,21 @@ def test_a_sync_over_the_child_fetches_only_what_changed(tmp_path: Path) -> None
         with over_openssh(ep) as src:
             (result,) = sync(src, SyncRequest(output_dir=tmp_path, name="s")).disks
         assert result.changed_chunks == 3 and identical(path, result.image)
+    assert children() == []
+
+
+def test_a_failed_or_stalled_command_over_the_child_is_named_as_over_paramiko(
+        source: tuple[SourceEndpoint, Path]) -> None:
+    ep, _ = source
+    with over_openssh(ep) as src:
+        with pytest.raises(RemoteCommandFailed) as info, \
+                src.stream(["sh", "-c", "echo no such device >&2; exit 3"]) as out:
+            out.read()
+        assert info.value.fields["returncode"] == 3
+        assert "no such device" in info.value.message
+        started = time.monotonic()
+        with pytest.raises(SshFailed, match="stalled for 1 s"), \
+                src.stream(["sleep", "60"], timeout=1.0) as out:
+            out.read()
+        assert time.monotonic() - started < 20
     assert children() == []
