@@ -21,7 +21,7 @@ from loop_sources import LoopSource, SshServer, write_random_disk
 from tcpproxy import LinkProxy
 
 from p2v import cli
-from p2v.demo.live import SourceEndpoint, known_hosts_line
+from p2v.demo.live import SourceEndpoint, free_port, known_hosts_line
 from p2v.errors import DataChannelHostKey, ExitCode, RemoteCommandFailed, SshFailed
 from p2v.source.extents import format_ranges
 from p2v.source.reader import choose_reader
@@ -288,4 +288,36 @@ def test_a_failed_or_stalled_command_over_the_child_is_named_as_over_paramiko(
                 src.stream(["sleep", "60"], timeout=1.0) as out:
             out.read()
         assert time.monotonic() - started < 20
+    assert children() == []
+
+
+def test_a_proxycommand_carries_the_child_too_and_dies_with_it(
+        source: tuple[SourceEndpoint, Path], tmp_path: Path) -> None:
+    """ssh_config's ProxyCommand (tokens expanded by p2v) is the child's way in as well;
+    every instance, paramiko's and the children's, is gone once the session closes."""
+    ep, raw = source
+    marker = tmp_path / "proxy-pids"
+    script = tmp_path / "proxy.sh"
+    script.write_text(f'#!/bin/sh\necho "$$ $*" >> {marker}\nexec nc 127.0.0.1 {ep.port}\n')
+    script.chmod(0o755)
+    dead_port = free_port()
+    key = ep.known_hosts.read_text().split()
+    known = tmp_path / "known_hosts"
+    known.write_text(known_hosts_line(ep.host, dead_port, f"{key[1]} {key[2]}"))
+    config = tmp_path / "config"
+    config.write_text(f"Host viaproxy\n  HostName {ep.host}\n  Port {dead_port}\n"
+                      f"  User {ep.user}\n  IdentityFile {ep.key}\n"
+                      f"  UserKnownHostsFile {known}\n  ProxyCommand {script} %h %p\n")
+    options = SshOptions(ssh_config=config, use_agent=False, data_channel="openssh")
+    with SshSource.open("viaproxy", options) as src:
+        assert src.data_channel() == "openssh"
+        with src.stream(["cat", ep.disks[0]]) as out:
+            assert out.read() == raw.read_bytes()
+    runs = [line.split() for line in marker.read_text().splitlines()]
+    # paramiko's login, the child's check, the stream: each through the proxy, %h %p as set.
+    assert len(runs) >= 3 and all(r[1:] == [ep.host, str(dead_port)] for r in runs)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{r[0]}").exists() for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [r[0] for r in runs if Path(f"/proc/{r[0]}").exists()]
     assert children() == []
