@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from p2v.cli.common import (
+    add_data_channel,
     add_freeze_flags,
     add_ssh_source,
     at_least_one,
@@ -45,6 +46,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_ssh_source(p)
+    add_data_channel(p)
     p.add_argument("--output-dir", type=Path, required=True, metavar="DIR",
                    help="the directory the copy wrote its images and manifests into")
     p.add_argument("--disk", action="append", metavar="DEV",
