@@ -649,8 +649,10 @@ class SshSource:
                     busy = True
                 if busy:
                     continue
-                # Data precedes exit-status on the wire, so everything is buffered by now.
+                # Data precedes exit-status on the wire, so everything is buffered once the
+                # status is in; what arrived since the checks above is drained below.
                 if channel.exit_status_ready() or channel.closed:
+                    _drain(channel, out, err)
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError
@@ -731,6 +733,15 @@ class SshSource:
         raise RemoteCommandFailed(command=_short(argv), host=self.target.host,
                                   returncode=channel.recv_exit_status(),
                                   stderr_tail=_tail(err.decode("utf-8", "replace")))
+
+
+def _drain(channel: paramiko.Channel, out: bytearray, err: bytearray) -> None:
+    """Read what is buffered on `channel`: output and exit status can both arrive between
+    a recv_ready() that said no and the exit_status_ready() that says yes."""
+    while channel.recv_ready():
+        out += channel.recv(1 << 16)
+    while channel.recv_stderr_ready():
+        err += channel.recv_stderr(1 << 16)
 
 
 def _short(argv: Sequence[str], limit: int = 80) -> str:
