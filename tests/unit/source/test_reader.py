@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from p2v.errors import SourceDeviceError, StreamError
-from p2v.source.extents import ranges_input
 from p2v.source import reader as reader_module
+from p2v.source.extents import ranges_input
 from p2v.source.reader import Python3Reader, Reader, ShReader, choose_reader
 
 CHUNK = 64 << 10
