@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from copy_helpers import identical, open_source
+from copy_helpers import identical, kill_after_first_batch, open_source, wait_closed
 from loop_sources import LoopSource, write_random_disk
 
 from p2v import runner
@@ -127,3 +128,31 @@ def test_incompressible_data_goes_raw_never_larger(noise: Path, tmp_path: Path,
         assert result.wire_bytes == RANDOM + chunks * FRAME
     else:                              # a "D" line and an "H" line per chunk
         assert RANDOM < result.wire_bytes < RANDOM + chunks * 128
+
+
+def test_a_resume_records_the_codec_of_the_run_that_finished(tmp_path: Path) -> None:
+    """Killed under --no-compress after its first batch, resumed with compression: the
+    manifest names zstd and counts only the chunks the resuming run sent."""
+    path = tmp_path / "big.raw"
+    write_random_disk(path, 112 * MiB, 96 * MiB)           # chunks 96-103 text, then zeros
+    with path.open("r+b") as f:
+        f.seek(96 * MiB)
+        f.write((b"compressible text, a line of a log " * MiB)[:8 * MiB])
+    out = tmp_path / "out"
+    with LoopSource.from_files([path]) as ep:
+        argv = [sys.executable, "-m", "p2v.cli", "copy", f"ssh://{ep.user}@{ep.host}:{ep.port}",
+                "--identity", str(ep.key), "--known-hosts", str(ep.known_hosts),
+                "--ssh-config", "/dev/null", "--output-dir", str(out), "--disk", ep.disks[0],
+                "--name", "r", "--chunk-size", "1", "--no-compress"]
+        part = out / f"r-{Path(ep.disks[0]).name}.qcow2"
+        journaled = kill_after_first_batch(argv, part.with_name(part.name + ".journal"))
+        assert 0 < journaled < 96
+        wait_closed(part.with_name(part.name + ".part"))
+        with open_source(ep) as source:
+            (result,) = copy_disks(source, CopyRequest(disks=ep.disks, output_dir=out,
+                                                       name="r", chunk_size=MiB))
+    assert identical(path, result.image)
+    manifest = json.loads(result.manifest.read_text())
+    assert result.resumed_chunks == journaled
+    # This run read the rest: random chunks raw, the 8 text chunks zstd, 8 zero chunks.
+    assert wire_counts(manifest) == ("zstd", 8, result.read_chunks - 8 - 8)
