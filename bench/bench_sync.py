@@ -14,6 +14,10 @@ on bare loopback the source's own read would hide what a sync saves).
 3. `sync`: a live sync pass, timed.
 4. The same change again, then `sync-freeze`: `p2v sync --freeze`, timed, with its freeze
    window (fsfreeze to thaw, as p2v measured it).
+5. `sync-freeze-tracked`: `p2v sync --passes 2 --freeze`, the same change made by the
+   `--before-final` hook (after the live pass, before the freeze): the frozen pass reads
+   only the chunks the source wrote since the live pass (write tracking), so its window
+   follows the change, not the 1 GiB of data.
 
 `changed_bytes` is what p2v found different (whole 4 MiB chunks); `written_bytes` what the
 workload wrote. Results: bench/results/sync.json; the table for docs/dev/performance.md is
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -83,6 +88,33 @@ def change(mnt: Path, rng: random.Random) -> int:
     return written
 
 
+def change_hook(mnt: Path, rng: random.Random) -> tuple[str, int]:
+    """The change of `change` as a shell command for --before-final; bytes it writes."""
+    files = [mnt / "data" / f"f{n:04d}" for n in rng.sample(range(FILES), CHANGED_FILES)]
+    command = "; ".join(
+        [f"dd if=/dev/urandom of={shlex.quote(str(f))} bs=1M count=1 conv=notrunc "
+         "status=none" for f in files]
+        + [f"head -c {256 << 10} /dev/urandom >> {shlex.quote(str(mnt / 'app.log'))}"])
+    return command, CHANGED_FILES * MiB + (256 << 10)
+
+
+def tracked_row(ep: SourceEndpoint, proxy: LinkProxy, mnt: Path, rng: random.Random,
+                common: list[str]) -> dict[str, object]:
+    """Case 5: a live pass, the change by the hook, the tracked frozen pass."""
+    hook, written = change_hook(mnt, rng)
+    proxy.take()
+    wall, events = p2v(ep, "sync", *common, "--passes", "2", "--freeze",
+                       "--before-final", hook)
+    result = events[-1]                         # the frozen pass's sync-result
+    freeze = result.get("freeze")
+    return {"case": "sync-freeze-tracked", "wall_s": round(wall, 2),
+            "wire_bytes": proxy.take(), "changed_bytes": result["changed_bytes"],
+            "written_bytes": written, "p2v_wire_bytes": result["wire_bytes"],
+            "tracked": result.get("tracked"),
+            "freeze_s": (round(float(freeze["freeze_s"]), 2)
+                         if isinstance(freeze, dict) else None)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", default="50000000", help="--bandwidth-limit of every run "
@@ -135,6 +167,8 @@ def main() -> int:
                             "freeze_s": (round(float(freeze["freeze_s"]), 2)
                                          if isinstance(freeze, dict) else None)})
                         print(json.dumps(rows[-1]), flush=True)
+                    rows.append(tracked_row(ep, proxy, mnt, rng, common))
+                    print(json.dumps(rows[-1]), flush=True)
                 finally:
                     proxy.close()
         finally:

@@ -116,6 +116,10 @@ class HostKeyChanged(HostKeyError):
     """the host key of {host} has CHANGED ({key_type} {fingerprint}, {known_hosts} holds another key): refusing to connect; if the server really was reinstalled, remove its old entry with `ssh-keygen -f {known_hosts} -R '{pattern}'`"""  # noqa: E501
 
 
+class DataChannelHostKey(HostKeyError):
+    """the OpenSSH data channel to {host} was refused the host key the session verified ({key_type}): {detail}; refusing to copy over it (the address may lead to another machine for another client); rerun with P2V_DATA_CHANNEL=paramiko, and find out why"""  # noqa: E501
+
+
 class SshUnreachable(P2VError):
     """cannot reach {host} port {port}: {detail}"""
 

@@ -218,7 +218,8 @@ def _facts(work_dir: Path, report: JobReport | None) -> list[tuple[str, str]]:
     if report.domain:
         facts.append(("domain", f"{report.domain.get('name')} at {report.domain.get('uri')}"))
     if report.downtime_s is not None:
-        facts.append(("cutover downtime", f"{report.downtime_s:.1f} s"))
+        facts.append(("cutover downtime", f"{report.downtime_s:.1f} s" + (
+            f" ({report.downtime_bound})" if report.downtime_bound else "")))
     facts += [("network", line) for line in report.network]
     return facts
 

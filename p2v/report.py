@@ -51,6 +51,7 @@ class JobReport:
     exit_code: int = ExitCode.OK
     elapsed_s: float = 0.0
     downtime_s: float | None = None          # --cutover: the source frozen, freeze to thaw
+    downtime_bound: str | None = None        # what bounded it: "tracked: ..." / "rehashed: ..."
 
     @property
     def bytes_sent(self) -> int:
@@ -74,7 +75,7 @@ class JobReport:
             network=tuple(data.get("network", ())),
             failed_stage=data.get("failed_stage"), error=data.get("error"),
             exit_code=int(data.get("exit_code", 0)), elapsed_s=float(data.get("elapsed_s", 0)),
-            downtime_s=data.get("downtime_s"),
+            downtime_s=data.get("downtime_s"), downtime_bound=data.get("downtime_bound"),
         )
 
 
@@ -124,7 +125,8 @@ def build_report(spec: JobSpec, work_dir: Path, stages: Sequence[StageTime],
         verdict=values.verdict,
         network=tuple(network_lines(values.inventory, plan, values.verdict)),
         failed_stage=failed_stage, error=message, exit_code=code, elapsed_s=round(elapsed_s, 1),
-        downtime_s=(values.sync or {}).get("downtime_s"))
+        downtime_s=(values.sync or {}).get("downtime_s"),
+        downtime_bound=(values.sync or {}).get("downtime_bound"))
 
 
 def network_lines(inv: Inventory | None, plan: JobPlan | None,

@@ -32,7 +32,7 @@ OWNER = ".owner"
 ROOT_LOCK = ".lock"
 ADOPTED = ".adopted"     # dirs made elsewhere by this run's helpers, removed with this one
 # The only entries a sweep may remove: the dirs this module makes.
-KINDS = ("verify", "kvmprobe", "nbd", "guestfs")
+KINDS = ("verify", "kvmprobe", "nbd", "guestfs", "sshchild")
 WORK_DIR_ROOT = ".p2v-scratch"   # the root inside a job's work dir
 
 

@@ -28,7 +28,9 @@ from p2v.report import DiskReport, allocated
 
 if TYPE_CHECKING:
     from p2v.source.ssh import SshSource
+    from p2v.source.tracker import WriteTracker
     from p2v.target.request import RegisterRequest
+    from p2v.transfer.sync import SyncRequest
 
 # Live sync passes before the frozen one: more while each delta is smaller than the last.
 MAX_LIVE_PASSES = 4
@@ -136,7 +138,9 @@ def load_disks(wd: WorkDir) -> tuple[DiskReport, ...]:
 
 
 def sync(ctx: JobContext, plan: JobPlan) -> dict[str, Any]:
-    """Live sync passes while the delta shrinks, then the frozen final pass."""
+    """Live sync passes while the delta shrinks, then the frozen final pass; the writes on
+    the source are tracked from before the first pass, so later passes (and the frozen
+    one) read only what was written since the pass before."""
     from p2v.transfer import sync as transfer
 
     spec = ctx.spec
@@ -144,29 +148,54 @@ def sync(ctx: JobContext, plan: JobPlan) -> dict[str, Any]:
                                 disks=tuple(d.device for d in plan.disks), name=spec.name,
                                 compress=spec.compress, bandwidth_limit=spec.bandwidth_limit,
                                 shared_limit=shared_limit(spec))
+    final_request = replace(live, freeze=spec.freeze, freeze_timeout=spec.freeze_timeout,
+                            before_final=spec.before_final, after_final=spec.after_final)
+    with transfer.write_tracker(ctx.source(), live) as tracker:
+        passes = _live_passes(ctx, live, tracker)
+        ctx.say("final pass: " + ("running the before-final hook, " if spec.before_final
+                                  else "") + f"freezing ({spec.freeze})")
+        final = transfer.sync(ctx.source(), final_request, emit=ctx.emit, tracker=tracker)
+    freeze = final.freeze.to_dict() if final.freeze else None
+    downtime = final.freeze.seconds if final.freeze else None
+    bound = pass_mode(final.to_dict())
+    ctx.say(f"final pass: {final.changed_bytes} bytes changed; the source was frozen "
+            f"{downtime or 0:.1f} s (the downtime window; {bound})")
+    data = {"live_passes": passes, "final": final.to_dict(), "freeze": freeze,
+            "downtime_s": None if downtime is None else round(downtime, 2),
+            "downtime_bound": bound}
+    write_json(ctx.wd.file("sync.json"), data)
+    return data
+
+
+def _live_passes(ctx: JobContext, live: SyncRequest, tracker: WriteTracker
+                 ) -> list[dict[str, Any]]:
+    """Live passes while the delta shrinks (at most MAX_LIVE_PASSES); their records."""
+    from p2v.transfer import sync as transfer
+
     passes: list[dict[str, Any]] = []
     for number in range(1, MAX_LIVE_PASSES + 1):
-        result = transfer.sync(ctx.source(), live, emit=ctx.emit)
+        result = transfer.sync(ctx.source(), live, emit=ctx.emit, tracker=tracker)
+        how = pass_mode(result.to_dict())
         passes.append({"pass": number, "changed_bytes": result.changed_bytes,
-                       "wire_bytes": result.wire_bytes, "seconds": round(result.seconds, 2)})
+                       "wire_bytes": result.wire_bytes, "seconds": round(result.seconds, 2),
+                       "tracked": result.tracked, "how": how})
         ctx.say(f"sync pass {number}: {result.changed_bytes} bytes changed, "
-                f"{result.seconds:.1f} s")
+                f"{result.wire_bytes} bytes sent, {result.seconds:.1f} s ({how})")
         if result.changed_bytes == 0 or (
                 len(passes) > 1 and result.changed_bytes >= passes[-2]["changed_bytes"]):
             break               # nothing left, or the delta stopped shrinking
-    final_request = replace(live, freeze=spec.freeze, freeze_timeout=spec.freeze_timeout,
-                            before_final=spec.before_final, after_final=spec.after_final)
-    ctx.say("final pass: " + ("running the before-final hook, " if spec.before_final
-                              else "") + f"freezing ({spec.freeze})")
-    final = transfer.sync(ctx.source(), final_request, emit=ctx.emit)
-    freeze = final.freeze.to_dict() if final.freeze else None
-    downtime = final.freeze.seconds if final.freeze else None
-    ctx.say(f"final pass: {final.changed_bytes} bytes changed; the source was frozen "
-            f"{downtime or 0:.1f} s (the downtime window)")
-    data = {"live_passes": passes, "final": final.to_dict(), "freeze": freeze,
-            "downtime_s": None if downtime is None else round(downtime, 2)}
-    write_json(ctx.wd.file("sync.json"), data)
-    return data
+    return passes
+
+
+def pass_mode(result: dict[str, Any]) -> str:
+    """How a pass found its chunks, in words: tracked, or rehashed and why."""
+    disks = [d for d in result.get("disks", ()) if isinstance(d, dict)]
+    if disks and all(d.get("tracked") for d in disks):
+        read = sum(int(d.get("read_chunks") or 0) for d in disks)
+        return f"tracked: only the {read} chunk(s) written since the last pass were read"
+    whys = sorted({str(d.get("rehash_why")) for d in disks
+                   if not d.get("tracked") and d.get("rehash_why")})
+    return "rehashed: every used chunk was hashed" + (f" ({'; '.join(whys)})" if whys else "")
 
 
 def load_sync(wd: WorkDir) -> dict[str, Any]:

@@ -69,6 +69,16 @@ def add_ssh_source(p: argparse.ArgumentParser, *, optional: str | None = None) -
                    help="ssh client config to read instead of ~/.ssh/config")
 
 
+def add_data_channel(p: argparse.ArgumentParser) -> None:
+    """--data-channel: what carries the disks' data (copy and sync; convert reads
+    P2V_DATA_CHANNEL only)."""
+    p.add_argument("--data-channel", choices=("paramiko", "openssh", "auto"),
+                   help="what carries the disks' data: p2v's own SSH session (paramiko), "
+                        "or an OpenSSH ssh child trusting only the host keys p2v verified "
+                        "(openssh, auto; paramiko where ssh cannot log in) (default: "
+                        "$P2V_DATA_CHANNEL, else paramiko)")
+
+
 def ssh_options(args: argparse.Namespace) -> SshOptions:
     """SshOptions from the flags add_ssh_source added (a sudo prompt only on a terminal)."""
     from p2v.source.ssh import SshOptions, terminal_sudo_prompt
@@ -77,6 +87,7 @@ def ssh_options(args: argparse.Namespace) -> SshOptions:
         identity=args.identity, known_hosts=args.known_hosts,
         accept_new_host_key=args.accept_new_host_key, ssh_config=args.ssh_config,
         sudo_prompt=terminal_sudo_prompt if sys.stdin.isatty() else None,
+        data_channel=getattr(args, "data_channel", None),
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from p2v.cli.common import (
+    add_data_channel,
     add_ssh_source,
     at_least_one,
     images_locked,
@@ -41,6 +42,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_ssh_source(p)
+    add_data_channel(p)
     p.add_argument("--disk", action="append", required=True, metavar="DEV",
                    help="source block device to copy, e.g. /dev/sda (repeatable)")
     p.add_argument("--output-dir", type=Path, required=True, metavar="DIR",

@@ -37,8 +37,9 @@ def print_report(report: object) -> None:
     if not imported:
         print(f"  bytes sent: {human_size(report.bytes_sent)} ({report.bytes_sent} B)")
     if report.downtime_s is not None:
-        print(f"  cutover: the source was frozen {report.downtime_s:.1f} s (freeze to thaw); "
-              "passes in sync.json")
+        bound = f"; {report.downtime_bound}" if report.downtime_bound else ""
+        print(f"  cutover: the source was frozen {report.downtime_s:.1f} s (freeze to thaw"
+              f"{bound}); passes in sync.json")
     print("  time per stage: " + ", ".join(
         f"{s.stage} {s.seconds:.0f} s" + (" (earlier run)" if s.earlier_run else "")
         for s in report.stages))

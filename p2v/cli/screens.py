@@ -112,9 +112,15 @@ class ConvertScreen:
 
     def _sync_delta(self, event: Event) -> None:
         device, changed = str(event.get("device")), _int(event, "changed_bytes")
+        if event.get("tracked"):
+            how = "tracked: written since the last pass"
+        else:
+            how = f"hashed in {duration(float(event.get('hash_seconds') or 0))}"
+            if event.get("rehash_why"):
+                how += f"; rehashed: {event['rehash_why']}"
         self.term.line(f"  {device}: {event.get('changed_chunks')} changed, "
                        f"{event.get('dropped_chunks')} dropped chunk(s), {human_size(changed)}"
-                       f" to fetch (hashed in {duration(float(event.get('hash_seconds') or 0))})")
+                       f" to fetch ({how})")
         self._end_disk(device)
         if changed:
             meter = self.term.disk(f"{_short(device)} sync", changed)

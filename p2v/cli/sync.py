@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2v.cli.common import (
+    add_data_channel,
     add_freeze_flags,
     add_ssh_source,
+    at_least_one,
     images_locked,
     progress_printer,
     quiet,
@@ -20,6 +24,9 @@ from p2v.cli.common import (
 from p2v.cli.screens import ConvertScreen
 from p2v.errors import ExitCode
 from p2v.inputs import check_name, check_output_dir
+
+if TYPE_CHECKING:
+    from p2v.transfer.sync import SyncResult
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +46,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_ssh_source(p)
+    add_data_channel(p)
     p.add_argument("--output-dir", type=Path, required=True, metavar="DIR",
                    help="the directory the copy wrote its images and manifests into")
     p.add_argument("--disk", action="append", metavar="DEV",
@@ -48,6 +56,12 @@ def add(sub: argparse._SubParsersAction) -> None:
                                   "source's hostname)")
     add_freeze_flags(p, "", "freeze the source's mounted filesystems on these disks during "
                              "the pass; ")
+    p.add_argument("--passes", type=at_least_one, default=1, metavar="N",
+                   help="N passes in this one session, the source's writes tracked between "
+                        "them (a tracing instance of p2v's own on the source, removed at the "
+                        "end): the first hashes every used chunk, each later one reads only "
+                        "the chunks written since; --freeze and the hooks apply to the last "
+                        "(default: 1)")
     p.add_argument("--source-priority", choices=("low", "normal"), default="low",
                    help="CPU/IO priority of the readers on the source (default: low)")
     p.add_argument("--no-compress", action="store_true", help="never compress on the wire")
@@ -55,14 +69,14 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="at most RATE bytes/s on the wire, e.g. 50M (default: unlimited)")
     p.add_argument("--json", action="store_true",
                    help="JSON lines on stdout, one event each (sync-start, sync-delta, "
-                        "progress, sync-done, frozen, thawed, sync-result)")
+                        "progress, sync-done, frozen, thawed, sync-result per pass)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from p2v.source.freeze import check_freeze_timeout
     from p2v.source.ssh import SshSource
-    from p2v.transfer.sync import SyncRequest, sync
+    from p2v.transfer.sync import SyncRequest, sync_passes
 
     check_freeze_timeout(args.freeze_timeout)     # before connecting
     check_name(args.name)
@@ -84,34 +98,47 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(event), flush=True)
         elif screen is not None:
             screen(event)
-        if event["event"] == "frozen":
-            frozen = event["frozen"]
-            say("frozen: " + (", ".join(frozen) if isinstance(frozen, list) and frozen
-                              else "nothing (no mounted filesystem on these disks)"))
-            for item in event["not_frozen"] if isinstance(event["not_frozen"], list) else []:
-                say(f"NOT frozen: {item['mountpoint']} ({item['why']})")
-        elif event["event"] == "thawed":
-            say(f"thawed after {event['freeze_s'] or 0:.1f} s")
+        _say_event(say, event)
 
     with SshSource.open(args.source, options) as source, \
             images_locked(source, request.output_dir, request.name) as name, \
             screen or contextlib.nullcontext():
-        result = sync(source, replace(request, name=name), emit)
-    if args.json:
-        print(json.dumps({"event": "sync-result", **result.to_dict()}), flush=True)
-        return ExitCode.OK
-    if screen is None:
-        return ExitCode.OK
+        passes = sync_passes(source, replace(request, name=name), args.passes, emit)
+    for number, result in enumerate(passes, 1):
+        if args.json:
+            print(json.dumps({"event": "sync-result", "pass": number, **result.to_dict()}),
+                  flush=True)
+        elif screen is not None:
+            _print_result(result, f"pass {number}: " if len(passes) > 1 else "")
+    return ExitCode.OK
+
+
+def _say_event(say: Callable[[str], None], event: dict[str, object]) -> None:
+    """The freeze's lines (the screen draws the passes themselves)."""
+    if event["event"] == "frozen":
+        frozen = event["frozen"]
+        say("frozen: " + (", ".join(frozen) if isinstance(frozen, list) and frozen
+                          else "nothing (no mounted filesystem on these disks)"))
+        for item in event["not_frozen"] if isinstance(event["not_frozen"], list) else []:
+            say(f"NOT frozen: {item['mountpoint']} ({item['why']})")
+    elif event["event"] == "thawed":
+        say(f"thawed after {event['freeze_s'] or 0:.1f} s")
+
+
+def _print_result(result: SyncResult, prefix: str) -> None:
     for d in result.disks:
-        print(f"{d.device}: {d.image} ({d.changed_chunks} changed + {d.dropped_chunks} dropped"
-              f" of {d.chunks} chunks, {d.changed_bytes} bytes changed, {d.wire_bytes} bytes "
-              f"on the wire, {d.seconds:.1f} s" + (", resumed" if d.resumed else "") + ")")
+        how = "tracked" if d.tracked else "rehashed" + (f": {d.rehash_why}"
+                                                        if d.rehash_why else "")
+        print(f"{prefix}{d.device}: {d.image} ({d.changed_chunks} changed + "
+              f"{d.dropped_chunks} dropped of {d.chunks} chunks, {d.changed_bytes} bytes "
+              f"changed, {d.wire_bytes} bytes on the wire, {d.seconds:.1f} s, {how}"
+              + (", resumed" if d.resumed else "") + ")")
     if result.freeze is not None:
         f = result.freeze
-        print(f"frozen {f.seconds or 0:.1f} s: {', '.join(m.mountpoint for m in f.frozen)}"
-              if f.frozen else "nothing was frozen")
+        print(f"{prefix}frozen {f.seconds or 0:.1f} s: "
+              f"{', '.join(m.mountpoint for m in f.frozen)}" if f.frozen
+              else f"{prefix}nothing was frozen")
         for m, why in f.not_frozen:
             print(f"NOT frozen (not consistent): {m.mountpoint} ({m.fstype}): {why}")
-    print(f"total: {result.changed_bytes} bytes changed, {result.wire_bytes} bytes sent, "
-          f"{result.seconds:.1f} s")
-    return ExitCode.OK
+    print(f"{prefix}total: {result.changed_bytes} bytes changed, {result.wire_bytes} bytes "
+          f"sent, {result.seconds:.1f} s")

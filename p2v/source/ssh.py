@@ -43,6 +43,7 @@ from p2v.errors import (
 from p2v.source import sshconfig
 from p2v.source.protocol import RemoteResult
 from p2v.source.proxy import ProxyCommand
+from p2v.source.sshchild import PARAMIKO, Hop, LoginRefused, SshChild, data_channel_setting
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +319,9 @@ class SshOptions:
     ssh_config: Path | None = None
     use_agent: bool = True
     connect_timeout: float = CONNECT_TIMEOUT
+    # What carries stream(): "paramiko", "openssh" (an ssh child, paramiko where it cannot
+    # log in) or "auto" (the same, for now); None: $P2V_DATA_CHANNEL, else paramiko.
+    data_channel: str | None = None
     # Asked for the sudo password when P2V_SUDO_PASSWORD is unset; None: fail instead.
     sudo_prompt: Callable[[str], str] | None = field(default=None, repr=False)
 
@@ -344,6 +348,9 @@ class SshSource:
         self._sudo: str | None = None       # "none" (root), "nopasswd" or "password"
         self._password: str | None = None
         self._sudo_lock = threading.Lock()
+        self._child: SshChild | None = None
+        self._channel: str | None = None    # what carries stream(), decided once
+        self._channel_lock = threading.Lock()
 
     # -- connecting -------------------------------------------------------------------------
     @classmethod
@@ -497,6 +504,10 @@ class SshSource:
             proxy.close()
         self._proxies.clear()
         self._client = None
+        if self._child is not None:
+            self._child.close()
+        self._child = None
+        self._channel = None
 
     def host_key(self) -> str:
         """The logged-in server's host key as "TYPE SHA256:…" (the last hop, past any jump):
@@ -567,6 +578,55 @@ class SshSource:
         self._password = password
         return "password"
 
+    # -- the data channel ---------------------------------------------------------------------
+    def _hops(self) -> list[Hop]:
+        """The logins paramiko made, outermost first, with the host keys it verified."""
+        hops: list[Hop] = []
+        for client, target in zip(self._clients, [*self.target.jump, self.target],
+                                  strict=True):
+            transport = client.get_transport()
+            if transport is None or not transport.is_active():
+                raise SshFailed(host=target.host, detail="the connection was lost")
+            key = transport.get_remote_server_key()
+            key_files, agent, _ = self._keys(target)
+            hops.append(Hop(host=target.host, port=target.port, user=target.user,
+                            key_type=key.get_name(), key_base64=key.get_base64(),
+                            identities=tuple(Path(p) for p in key_files or ()), agent=agent,
+                            proxy_command=target.proxy_command,
+                            connect_timeout=target.connect_timeout
+                            or self.options.connect_timeout))
+        return hops
+
+    def data_channel(self) -> str:
+        """What carries stream(): "openssh" or "paramiko" (decided on first use: an ssh
+        child that cannot log in leaves it to paramiko, said once in the log)."""
+        with self._channel_lock:
+            if self._channel is None:
+                self._channel = self._choose_channel()
+            return self._channel
+
+    def _choose_channel(self) -> str:
+        wanted = data_channel_setting(self.options.data_channel)
+        if wanted == PARAMIKO:
+            return PARAMIKO
+        child: SshChild | None = None
+        try:
+            child = SshChild.find(self._hops())
+            child.check()
+        except LoginRefused as exc:
+            if child is not None:
+                child.close()
+            log.warning("the OpenSSH data channel to %s cannot log in (%s); paramiko "
+                        "carries the data", self.target, exc)
+            return PARAMIKO
+        except BaseException:
+            if child is not None:
+                child.close()
+            raise
+        self._child = child
+        log.info("the data to %s goes through an OpenSSH child (%s)", self.target, child.ssh)
+        return "openssh"
+
     # -- commands ---------------------------------------------------------------------------
     def _plain(self, argv: Sequence[str], *, timeout: float | None,
                stdin: bytes | None = None) -> RemoteResult:
@@ -627,6 +687,13 @@ class SshSource:
         RemoteCommandFailed with its stderr tail, unless the block itself raised.
         """
         mode = self._sudo_mode() if root else "none"
+        if self.data_channel() != PARAMIKO and self._child is not None:
+            feed = (password_input(self._password) if mode == "password" and self._password
+                    else b"") + (stdin or b"")
+            with self._child.stream(shlex.join(sudo_argv(argv, mode)), shown=_short(argv),
+                                    stdin=feed, timeout=timeout) as out:
+                yield out
+            return
         channel = self._exec(shlex.join(sudo_argv(argv, mode)), timeout)
         try:
             if mode == "password" and self._password:

@@ -17,6 +17,12 @@ flush made them durable, the chunks written with their new hash. The manifest wi
 journal's lines on top always describes the image, so a rerun after a kill, a cut link or
 Ctrl-C sends only what is still different (a dirty chunk never matches). Nothing is
 written on the source by a pass.
+
+With a `WriteTracker` (`source/tracker.py`: the kernel's block tracepoints, read over the
+session), a pass after the first skips steps 1-2: the chunks written since the previous
+pass are read again, and only those. Whenever the tracker cannot vouch for an interval
+(lost events, a dropped stream, a device it cannot see) that pass falls back to the hash
+list for the disks concerned and says why (`rehash_why`).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from p2v.source.hasher import FREE, ZERO, hasher_argv, read_hashes
 from p2v.source.identity import SourceIdentity, mismatch, source_identity
 from p2v.source.protocol import Source
 from p2v.source.reader import PYTHON3, READERS, choose_reader
+from p2v.source.tracker import Cut, WriteTracker
 from p2v.transfer.device import (
     DeviceInfo,
     ImagePaths,
@@ -111,6 +118,9 @@ class SyncDiskResult:
     seconds: float
     resumed: bool                      # a sync journal from an interrupted run was found
     reader: str
+    tracked: bool = False              # only the chunks written since the last pass read
+    rehash_why: str | None = None      # why every used chunk was hashed instead
+    read_chunks: int = 0               # chunks read again (tracked: every written one)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -131,9 +141,15 @@ class SyncResult:
     def wire_bytes(self) -> int:
         return sum(d.wire_bytes for d in self.disks)
 
+    @property
+    def tracked(self) -> bool:
+        """Every disk read only its written chunks (none was rehashed)."""
+        return bool(self.disks) and all(d.tracked for d in self.disks)
+
     def to_dict(self) -> dict[str, Any]:
         return {"disks": [d.to_dict() for d in self.disks], "seconds": self.seconds,
                 "changed_bytes": self.changed_bytes, "wire_bytes": self.wire_bytes,
+                "tracked": self.tracked,
                 "freeze": self.freeze.to_dict() if self.freeze else None}
 
 
@@ -218,7 +234,8 @@ def _open_journal(paths: ImagePaths, manifest: dict[str, Any], hashes: list[str 
 
 @dataclass
 class _Delta:
-    """What differs between the source and the image (1-2 of the module docstring)."""
+    """What differs between the source and the image (1-2 of the module docstring), or,
+    tracked, the chunks written since the last pass (all in `changed`)."""
 
     size: int
     chunk: int
@@ -287,13 +304,42 @@ def _final_hashes(journal: Journal, hashes: list[str | None], count: int, spec: 
     return final
 
 
+def _tracked_delta(spec: ReadSpec, cut: Cut | None, resumed: bool) -> tuple[
+        _Delta | None, str | None]:
+    """The written chunks as the delta when the tracker vouches for them, else None and
+    why the pass rehashes."""
+    if cut is None:
+        return None, None
+    if resumed:
+        return None, "an interrupted pass is resumed: its chunks are compared"
+    if cut.chunks is None:
+        return None, cut.why
+    count = -(-spec.size // spec.chunk_size)
+    return _Delta(spec.size, spec.chunk_size, sorted(i for i in cut.chunks if i < count)), None
+
+
+def _written_outcome(delta: _Delta, before: list[str | None], final: list[str | None]
+                     ) -> _Delta:
+    """A tracked pass's delta as a rehash would have counted it: the written chunks whose
+    content changed, and those that held data and are zero now."""
+    out = _Delta(delta.size, delta.chunk)
+    for i in delta.changed:
+        if final[i] is None and before[i] not in (None, FREE_MARK):
+            out.dropped.append((i, None))
+        elif final[i] != before[i] and final[i] is not None:
+            out.changed.append(i)
+    return out
+
+
 def sync_disk(source: Source, device: str, request: SyncRequest, name: str,
               emit: Callable[[Event], None] = lambda e: None, *,
               limiter: Limiter | None = None,
               info: DeviceInfo | None = None,
-              identity: SourceIdentity | None = None) -> SyncDiskResult:
+              identity: SourceIdentity | None = None,
+              cut: Cut | None = None) -> SyncDiskResult:
     """One pass over one disk (see the module docstring); `info`, `identity`: the probe's
-    answers if already known (probed before a freeze, to keep the frozen window short)."""
+    answers if already known (probed before a freeze, to keep the frozen window short);
+    `cut`: the tracker's writes since the last pass (None: no tracker)."""
     started = time.monotonic()
     paths = image_paths(request.output_dir, name, device)
     for path in (request.output_dir, paths.image, paths.part, paths.manifest,
@@ -303,44 +349,69 @@ def sync_disk(source: Source, device: str, request: SyncRequest, name: str,
     manifest = read_manifest(paths.manifest)
     info = info or probe_device(source, device)
     _check_manifest(source, manifest, paths, device, request.output_dir, info, identity)
-    chunk, size = int(manifest["chunk_size"]), int(manifest["size"])
-    count = -(-size // chunk)
     hashes: list[str | None] = list(manifest["chunk_hashes"])
     reader = choose_reader(request.reader, python3=info.python3, gzip=info.gzip,
                            zstd=info.zstd, host=source.target.host, device=device,
                            preferred=manifest.get("reader", PYTHON3))
     journal, resumed = _open_journal(paths, manifest, hashes)
-    emit({"event": "sync-start", "device": device, "image": str(paths.image), "chunks": count,
-          "resumed": resumed, "reader": reader.name})
+    emit({"event": "sync-start", "device": device, "image": str(paths.image),
+          "chunks": len(hashes), "resumed": resumed, "reader": reader.name})
     wire = Wire(limiter)
     # Every chunk asked for is read (no free-space parsing): the hash list said it is used.
-    spec = ReadSpec(reader, source.target.host, device, info.size, chunk, request.compress,
-                    request.low_priority, skip_free=False,
+    spec = ReadSpec(reader, source.target.host, device, info.size, int(manifest["chunk_size"]),
+                    request.compress, request.low_priority, skip_free=False,
                     resized="changed size since the copy ({was} -> {now} bytes); copy it again")
-    delta = _delta(source, spec, hashes, wire=wire, skip_free=not manifest.get(
-        "full", False) and reader.name == PYTHON3)
-    hash_seconds = time.monotonic() - started
-    emit({"event": "sync-delta", "device": device, "changed_chunks": len(delta.changed),
-          "dropped_chunks": len(delta.dropped), "changed_bytes": delta.changed_bytes,
-          "hash_seconds": round(hash_seconds, 3), "wire_bytes": wire.bytes})
-    log.info("%s: %d chunk(s) changed, %d dropped (%d bytes), hashed in %.1f s", device,
-             len(delta.changed), len(delta.dropped), delta.changed_bytes, hash_seconds)
+    delta, why = _tracked_delta(spec, cut, resumed)
+    tracked = delta is not None
+    if delta is None:
+        delta = _delta(source, spec, hashes, wire=wire, skip_free=not manifest.get(
+            "full", False) and reader.name == PYTHON3)
+    _announce(emit, device, delta, started, wire, tracked, why)
+    before = list(hashes)
     _rewrite(source, spec, delta, paths.part, journal, wire, emit)
-    final = _final_hashes(journal, hashes, count, spec)
-    # In this order, a kill between any two steps leaves a state the rerun understands:
-    # the image with the journal (resumed against the old manifest), or the image with its
-    # new manifest and a stale journal (dropped).
-    paths.part.replace(paths.image)
-    _write_manifest(paths.manifest, manifest, final, size, chunk, {
+    final = _final_hashes(journal, hashes, len(hashes), spec)
+    read_chunks = len(delta.changed)
+    if tracked:
+        delta = _written_outcome(delta, before, final)
+    _commit(paths, manifest, final, spec, {
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "frozen": bool(request.freeze), "changed_chunks": len(delta.changed),
-        "dropped_chunks": len(delta.dropped)})
-    paths.sync_journal.unlink()
-    result = SyncDiskResult(device, paths.image, count, len(delta.changed), len(delta.dropped),
-                            delta.changed_bytes, wire.bytes, time.monotonic() - started,
-                            resumed, reader.name)
+        "dropped_chunks": len(delta.dropped), "tracked": tracked, "rehash_why": why})
+    result = SyncDiskResult(device, paths.image, len(hashes), len(delta.changed),
+                            len(delta.dropped), delta.changed_bytes, wire.bytes,
+                            time.monotonic() - started, resumed, reader.name, tracked, why,
+                            read_chunks)
     emit({"event": "sync-done", **result.to_dict()})
     return result
+
+
+def _announce(emit: Callable[[Event], None], device: str, delta: _Delta, started: float,
+              wire: Wire, tracked: bool, why: str | None) -> None:
+    """The sync-delta event and log line: what this pass is about to read."""
+    seconds = time.monotonic() - started
+    emit({"event": "sync-delta", "device": device, "changed_chunks": len(delta.changed),
+          "dropped_chunks": len(delta.dropped), "changed_bytes": delta.changed_bytes,
+          "hash_seconds": round(seconds, 3), "wire_bytes": wire.bytes, "tracked": tracked,
+          "rehash_why": why})
+    if tracked:
+        log.info("%s: %d chunk(s) written since the last pass (tracked, nothing hashed)",
+                 device, len(delta.changed))
+        return
+    log.info("%s: %d chunk(s) changed, %d dropped (%d bytes), hashed in %.1f s%s", device,
+             len(delta.changed), len(delta.dropped), delta.changed_bytes, seconds,
+             f" (rehashed: {why})" if why else "")
+
+
+def _commit(paths: ImagePaths, manifest: dict[str, Any], final: list[str | None],
+            spec: ReadSpec, sync: dict[str, Any]) -> None:
+    """The image renamed back, its new manifest, the journal gone: in this order, a kill
+    between any two steps leaves a state the rerun understands (the image with the journal:
+    resumed against the old manifest; the image with its new manifest and a stale journal:
+    dropped)."""
+    paths.part.replace(paths.image)
+    _write_manifest(paths.manifest, manifest, final, int(manifest["size"]), spec.chunk_size,
+                    sync)
+    paths.sync_journal.unlink()
 
 
 def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | None],
@@ -356,12 +427,25 @@ def _write_manifest(path: Path, manifest: dict[str, Any], hashes: list[str | Non
 
 def sync_pass(source: Source, request: SyncRequest, name: str, infos: list[DeviceInfo],
               emit: Callable[[Event], None], limiter: Limiter | None,
-              identities: dict[str, SourceIdentity] | None = None
-              ) -> list[SyncDiskResult]:
+              identities: dict[str, SourceIdentity] | None = None,
+              tracker: WriteTracker | None = None) -> list[SyncDiskResult]:
+    """Every disk once; with a tracker, its cut first: the writes since the last pass (for
+    the frozen pass: up to after the freeze)."""
     ids = identities or {}
+    cuts = tracker.cut() if tracker is not None else {}
     return [sync_disk(source, info.device, request, name, emit, limiter=limiter, info=info,
-                      identity=ids.get(info.device))
+                      identity=ids.get(info.device), cut=cuts.get(info.device))
             for info in infos]
+
+
+def write_tracker(source: Source, request: SyncRequest, **options: Any) -> WriteTracker:
+    """A tracker of the writes to the disks `request` syncs, at their copies' chunk sizes;
+    `with` it around the passes (options: WriteTracker's grace, buffer_kb)."""
+    name = request.name or source_hostname(source)
+    sizes = {device: int(read_manifest(image_paths(request.output_dir, name, device
+                                                   ).manifest)["chunk_size"])
+             for device in _ready_disks(request, name)}
+    return WriteTracker(source, sizes, **options)
 
 
 def _check(request: SyncRequest) -> None:
@@ -385,9 +469,11 @@ def _ready_disks(request: SyncRequest, name: str) -> tuple[str, ...]:
 
 
 def sync(source: Source, request: SyncRequest,
-         emit: Callable[[Event], None] = lambda e: None) -> SyncResult:
+         emit: Callable[[Event], None] = lambda e: None,
+         tracker: WriteTracker | None = None) -> SyncResult:
     """One sync pass over every disk; with hooks or --freeze, the final pass: before-final
-    hook, freeze (timer first), the pass, thaw, after-final hook (always, once started)."""
+    hook, freeze (timer first), the pass, thaw, after-final hook (always, once started).
+    With a tracker (`write_tracker`), the pass reads only what was written since the last."""
     _check(request)
     started = time.monotonic()
     name = request.name or source_hostname(source)
@@ -419,13 +505,14 @@ def sync(source: Source, request: SyncRequest,
                 # live passes may stay under nice/ionice), each second of it is downtime.
                 frozen_pass = replace(request, low_priority=False)
                 results = sync_pass(source, frozen_pass, name, infos, emit, limiter,
-                                    identities)
+                                    identities, tracker)
                 if freeze.expired():
                     raise FreezeExpired(host=source.target.host,
                                         timeout=request.freeze_timeout)
             emit({"event": "thawed", "freeze_s": report.seconds})
         else:
-            results = sync_pass(source, request, name, infos, emit, limiter, identities)
+            results = sync_pass(source, request, name, infos, emit, limiter, identities,
+                                tracker)
     except BaseException:
         failed = True
         raise
@@ -441,5 +528,21 @@ def sync(source: Source, request: SyncRequest,
     return SyncResult(results, time.monotonic() - started, report, hooks)
 
 
+def sync_passes(source: Source, request: SyncRequest, passes: int,
+                emit: Callable[[Event], None] = lambda e: None, **tracker_options: Any
+                ) -> list[SyncResult]:
+    """`passes` passes in one session with the writes tracked between them: the first
+    hashes every used chunk, each later one reads only what was written since the one
+    before; the hooks and the freeze belong to the last (the final) pass."""
+    if passes <= 1:
+        return [sync(source, request, emit)]
+    _check(request)
+    live = replace(request, freeze=None, before_final=None, after_final=None)
+    with write_tracker(source, request, **tracker_options) as tracker:
+        results = [sync(source, live, emit, tracker) for _ in range(passes - 1)]
+        results.append(sync(source, request, emit, tracker))
+    return results
+
+
 __all__ = ["FREEZE_MODES", "SyncDiskResult", "SyncRequest", "SyncResult", "find_disks",
-           "sync", "sync_disk"]
+           "sync", "sync_disk", "sync_passes", "write_tracker"]

@@ -301,3 +301,27 @@ def test_a_source_without_sudo_is_named(small_disk: Path, sudo_user: SudoUser) -
             assert_one_error_line(run, "sudo is not installed")
     finally:
         shutil.rmtree(bin_dir, ignore_errors=True)
+
+
+def test_copy_over_the_openssh_channel_feeds_sudo_its_password_on_stdin(
+        user_source: tuple[SourceEndpoint, Path], sudo_user: SudoUser, small_disk: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+        ) -> None:
+    """The ssh child runs the reader under `sudo -S` too: the password goes down its stdin,
+    never onto its command line or into its environment (the watcher sees both)."""
+    rule = install_rule(sudo_user.name, nopasswd=False)
+    request.addfinalizer(lambda: rule.unlink(missing_ok=True))
+    monkeypatch.setenv("P2V_DATA_CHANNEL", "openssh")
+    ep, sshd_dir = user_source
+    out = tmp_path / "out"
+    copied = run_p2v(["copy", "--output-dir", str(out), "--disk", ep.disks[1], "--name", "o",
+                      "--json", "-v"], sudo_user, sudo_user.password, ep)
+    assert copied.returncode == 0, copied.stderr
+    events = [json.loads(line) for line in copied.stdout.splitlines()]
+    done = next(e for e in events if e["event"] == "disk-done")
+    assert identical(small_disk, Path(done["image"]))
+    assert "goes through an OpenSSH child" in copied.stderr
+    # The child itself was seen, with the sudo -S reader as its remote command.
+    assert any("/sshchild-" in c and "sudo -k -S " in c for c in copied.watch.seen), (
+        copied.watch.seen[:5])
+    assert_nowhere(copied, sudo_user, files_under(out, sshd_dir))

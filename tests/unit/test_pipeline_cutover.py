@@ -6,6 +6,7 @@ tests/integration/test_sync.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from p2v.job import CUTOVER_STAGES, STAGES, JobSpec
 from p2v.jobdir import WorkDir
 from p2v.pipeline import run_job
 from p2v.source.freeze import FreezeReport
+from p2v.source.tracker import NOT_SINCE_COPY
 from p2v.transfer import sync as sync_module
-from p2v.transfer.sync import SyncRequest, SyncResult
+from p2v.transfer.sync import SyncDiskResult, SyncRequest, SyncResult
 
 
 def spec(tmp_path: Path, **kw: Any) -> JobSpec:
@@ -44,13 +46,19 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch, ran: list[str], fail: list[str]
     calls: list[SyncRequest] = []
     deltas = iter([100, 50, 60, 7, 100, 50, 60, 7])
 
-    def fake_sync(source: Any, request: SyncRequest, emit: Any = None) -> SyncResult:
+    def fake_sync(source: Any, request: SyncRequest, emit: Any = None,
+                  tracker: Any = None) -> SyncResult:
+        assert tracker is trackers[-1]      # one tracker across the passes of a run
         ran.append("sync-final" if request.freeze else "sync-live")
         if fail and request.freeze:
             fail.pop()
             raise StreamError(host="web01", device="/dev/sda", detail="connection reset")
         calls.append(request)
-        result = SyncResult([], 1.0)
+        # The first pass rehashes (nothing tracked before it), the others are tracked.
+        first = len(calls) == 1
+        result = SyncResult([SyncDiskResult(
+            "/dev/sda", Path("i"), 4, 1, 0, 4, 5, 1.0, False, "python3", tracked=not first,
+            rehash_why=NOT_SINCE_COPY if first else None, read_chunks=2)], 1.0)
         changed = next(deltas)
         monkeypatch.setattr(SyncResult, "changed_bytes", property(lambda self, c=changed: c))
         if request.freeze:
@@ -58,6 +66,13 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch, ran: list[str], fail: list[str]
         return result
 
     monkeypatch.setattr(sync_module, "sync", fake_sync)
+    trackers: list[Any] = []
+
+    def fake_tracker(source: Any, request: SyncRequest) -> Any:
+        trackers.append(object())
+        return contextlib.nullcontext(trackers[-1])
+
+    monkeypatch.setattr(sync_module, "write_tracker", fake_tracker)
 
 
 def test_cutover_syncs_while_the_delta_shrinks_then_freezes(
@@ -76,6 +91,12 @@ def test_cutover_syncs_while_the_delta_shrinks_then_freezes(
     assert report.downtime_s == 2.5
     data = json.loads((tmp_path / "web01" / "sync.json").read_text())
     assert [p["changed_bytes"] for p in data["live_passes"]] == [100, 50, 60]
+    # How each pass found its chunks, and what bounded the downtime.
+    assert [p["tracked"] for p in data["live_passes"]] == [False, True, True]
+    assert data["live_passes"][0]["how"].startswith("rehashed: every used chunk was hashed")
+    assert NOT_SINCE_COPY in data["live_passes"][0]["how"]
+    assert report.downtime_bound == data["downtime_bound"] == (
+        "tracked: only the 2 chunk(s) written since the last pass were read")
 
 
 def test_a_failed_final_pass_resumes_at_the_sync_stage(
