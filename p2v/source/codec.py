@@ -11,12 +11,15 @@ without a length), whichever decoder is used.
 from __future__ import annotations
 
 import functools
+import logging
 import subprocess
 import threading
 from collections.abc import Callable
 
 from p2v import runner
 from p2v.errors import CommandNotFound
+
+log = logging.getLogger(__name__)
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BLOCK_MAX = 128 << 10            # no zstd block holds more (the format's limit)
@@ -115,7 +118,11 @@ def _binary_decoder() -> Decoder | None:
 def zstd_decoder() -> Decoder | None:
     """How this host decompresses zstd: the zstandard module, else the zstd binary, else
     None (decided once per process)."""
-    return _zstandard_decoder() or _binary_decoder()
+    module = _zstandard_decoder()
+    decoder = module or _binary_decoder()
+    log.info("zstd off the wire: %s", "the zstandard module" if module else
+             "the zstd binary" if decoder else "neither zstandard nor zstd here: zlib")
+    return decoder
 
 
 def accepts_zstd() -> bool:
