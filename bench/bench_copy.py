@@ -6,8 +6,9 @@ Run as root from the repo: `bench/copy [--workloads W1,W2,W3] [--tools p2v,...]`
 Every tool reads the same read-only loop device through the same loopback sshd, behind a
 TCP proxy that counts the bytes the server sends ("wire bytes": what a WAN link would
 carry, SSH framing and encryption included). Writes bench/results/copy.json (a list of
-{workload, tool, wall_s, wire_bytes, used_bytes, peak_rss_bytes}) and prints the table
-for docs/dev/performance.md.
+{workload, tool, wall_s, wire_bytes, used_bytes, peak_rss_bytes, codec,
+compressed_chunks, raw_chunks}: the codec p2v's manifest records per workload) and prints
+the table for docs/dev/performance.md.
 
 - p2v:           `p2v copy` (a subprocess; peak RSS is its own, from wait4).
 - virt-p2v-path: `nbdkit -r file` on the source, an `ssh -L` port forward, and
@@ -82,6 +83,18 @@ def run_p2v(ep: SourceEndpoint, device: str, out: Path) -> tuple[float, int]:
     if code != 0:
         raise SystemExit(f"p2v copy failed ({code})")
     return wall, rss
+
+
+def p2v_codec(out: Path) -> dict[str, object]:
+    """The wire codec p2v's manifest records, and the data chunks sent compressed and raw
+    (a baseline tool: "none", nothing compressed)."""
+    manifests = sorted(out.glob("*.manifest.json"))
+    if not manifests:
+        return {"codec": "none", "compressed_chunks": 0, "raw_chunks": None}
+    manifest = json.loads(manifests[0].read_text())
+    chunks = manifest.get("wire_chunks", {})
+    return {"codec": manifest.get("wire_codec", "?"),
+            "compressed_chunks": chunks.get("compressed"), "raw_chunks": chunks.get("raw")}
 
 
 def run_virt_p2v_path(ep: SourceEndpoint, device: str, out: Path) -> tuple[float, int]:
@@ -205,7 +218,7 @@ def main() -> int:
                         wire = proxy.take()
                         row = {"workload": workload, "tool": tool, "wall_s": round(wall, 2),
                                "wire_bytes": wire, "used_bytes": used,
-                               "peak_rss_bytes": rss, "link": link}
+                               "peak_rss_bytes": rss, "link": link, **p2v_codec(out)}
                         rows.append(row)
                         print(json.dumps(row), flush=True)
                         runner.run(["rm", "-rf", out])
@@ -215,13 +228,15 @@ def main() -> int:
                 disk.unlink()
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| workload | tool | wall s | wire MiB | used MiB | wire/used | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| workload | tool | wall s | wire MiB | used MiB | wire/used | peak RSS MiB "
+          "| codec (chunks compressed) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         wire, used = int(r["wire_bytes"]), int(r["used_bytes"])  # type: ignore[call-overload]
         print(f"| {r['workload']} | {r['tool']} | {r['wall_s']} | {wire / MiB:.0f} | "
               f"{used / MiB:.0f} | {wire / used:.2f} | "
-              f"{int(r['peak_rss_bytes']) / MiB:.0f} |")  # type: ignore[call-overload]
+              f"{int(r['peak_rss_bytes']) / MiB:.0f} | "  # type: ignore[call-overload]
+              f"{r['codec']} ({r['compressed_chunks']}) |")
     return 0
 
 

@@ -28,17 +28,17 @@ def add(sub: argparse._SubParsersAction) -> None:
         "copy",
         help="copy source disks over SSH into qcow2 images (verified, resumable)",
         description=(
-            "Copy each --disk of SOURCE into DIR/NAME-DEV.qcow2 while the server runs. The "
-            "device is opened read-only on the source and read at idle I/O and lowest CPU "
-            "priority; every chunk is hashed there and checked here (a mismatch is fetched "
-            "again, then exit 5); all-zero chunks are not sent, nor (without --full) "
-            "ext2/3/4 and XFS free blocks and swap areas; data is zlib-compressed on "
-            "the wire when it pays. Written straight into the qcow2 (no raw staging copy) "
-            "with a journal beside it: rerun the same command after any interruption and "
-            "the copy resumes. A manifest (chunk hashes, digest) is written beside each "
-            "image. Disks are copied --parallel at a time under one --bandwidth-limit. A "
-            "source without python3 gets a slower sh/dd reader: still verified and "
-            "resumable, zero chunks skipped, free space sent. See docs/user/copy.md."
+            "Copy each --disk of SOURCE into DIR/NAME-DEV.qcow2 while the server runs. The device "
+            "is opened read-only on the source and read at idle I/O and lowest CPU priority; every"
+            " chunk is hashed there and checked here (a mismatch is fetched again, then exit 5); "
+            "all-zero chunks are not sent, nor (without --full) ext2/3/4 and XFS free blocks and "
+            "swap areas; data is compressed on the wire when it pays (zstd where the source has "
+            "it, else zlib or gzip). Written straight into the qcow2 (no raw staging copy) with a "
+            "journal beside it: rerun the same command after any interruption and the copy "
+            "resumes. A manifest (chunk hashes, digest) is written beside each image. Disks are "
+            "copied --parallel at a time under one --bandwidth-limit. A source without python3 "
+            "gets a slower sh/dd reader: still verified and resumable, zero chunks skipped, free "
+            "space sent. See docs/user/copy.md."
         ),
     )
     add_ssh_source(p)

@@ -3,9 +3,12 @@
 A small Python program (`READER`) runs on the source under `python3 -B -c`: it opens the
 device read-only, reads the requested chunks, and for each sends a frame: all-zero chunks
 as a header only; others with their sha256 (computed on the source, over the raw bytes)
-and the bytes, zlib-compressed when that pays. Incompressible data is recognised from a
-64 KiB sample of each chunk and sent as it is, so compression never slows a fast link
-much (a chunk that does not shrink by 10 % is sent raw).
+and the bytes, compressed when that pays: with zstd where the source has it (Python 3.14's
+compression.zstd, the zstandard module or the zstd binary) and this host can decompress
+it (`p2v.source.codec`), else zlib. The header names the codec; each frame's kind says
+whether that chunk was compressed. Incompressible data is recognised from a 64 KiB
+sample of each chunk and sent as it is, so compression never slows a fast link much (a
+chunk that does not shrink by 5 % is sent raw).
 
 `read_extents` parses the stream on this side, decompresses, checks every hash and yields
 `Extent`s; a chunk whose bytes do not match its hash is yielded as `corrupt` so the caller
@@ -23,11 +26,14 @@ from typing import IO
 
 from p2v.errors import StreamError
 from p2v.source import remote
+from p2v.source.codec import unzstd
 
-MAGIC = b"P2VSTRM1"
-_HEAD = struct.Struct(">8sQI")          # magic, device size, chunk size
+MAGIC = b"P2VSTRM2"
+_HEAD = struct.Struct(">8sQI4s")        # magic, device size, chunk size, codec
 _FRAME = struct.Struct(">BQI32sI")      # kind, index, raw length, sha256, payload length
-KIND_ZERO, KIND_RAW, KIND_ZLIB, KIND_END, KIND_FREE = 0, 1, 2, 3, 4
+KIND_ZERO, KIND_RAW, KIND_ZLIB, KIND_END, KIND_FREE, KIND_ZSTD = 0, 1, 2, 3, 4, 5
+CODECS = ("zstd", "zlib", "none")       # what the python3 reader's header may name
+_PACKED = {KIND_ZLIB: "zlib", KIND_ZSTD: "zstd"}
 
 # Free space the copy may skip (runs on the source, stdlib only): ext2/3/4 block bitmaps,
 # XFS free-space B+trees and swap areas, on the whole device and on each of its partitions
@@ -54,6 +60,7 @@ class Extent:
     wire_bytes: int             # frame + payload as sent
     corrupt: bool = False       # the bytes did not match sha256
     free: bool = False          # not read: free space of a filesystem, or swap (zero=True)
+    packed: bool = False        # sent compressed (with the stream's codec)
 
 
 def format_ranges(ranges: Sequence[tuple[int, int]]) -> str:
@@ -82,14 +89,17 @@ def ranges_input(ranges: Sequence[tuple[int, int]]) -> bytes:
     return format_ranges(ranges).encode("ascii") + b"\n"
 
 
-def reader_argv(device: str, chunk_size: int, compress: bool = True,
+def reader_argv(device: str, chunk_size: int, codec: str = "zlib",
                 low_priority: bool = True, skip_free: bool = False) -> list[str]:
     """The source-side command: the reader under python3 -B (no bytecode written there),
     at idle I/O and lowest CPU priority unless told otherwise (the source is a live
-    server); its ranges go on stdin (`ranges_input`). skip_free: chunks wholly inside
-    ext2/3/4 free space or a swap area (past its header page) are not read."""
-    argv = ["python3", "-B", "-c", READER, device, str(chunk_size),
-            "1" if compress else "0", "1" if skip_free else "0"]
+    server); its ranges go on stdin (`ranges_input`). codec: what this host accepts
+    ("zstd": zstd, else zlib, where the source has it; "zlib"; "none"). skip_free: chunks
+    wholly inside ext2/3/4 free space or a swap area (past its header page) are not read."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}")
+    argv = ["python3", "-B", "-c", READER, device, str(chunk_size), codec,
+            "1" if skip_free else "0"]
     if not low_priority:
         return argv
     # ionice is util-linux and nearly always there, but a missing one must not stop a copy.
@@ -146,12 +156,15 @@ def _read_exact(stream: IO[bytes], n: int, what: str) -> bytes:
     return bytes(data)
 
 
-def read_header(stream: IO[bytes]) -> tuple[int, int]:
-    """(device size, chunk size) from the stream's header."""
-    magic, size, chunk = _HEAD.unpack(_read_exact(stream, _HEAD.size, "the header"))
+def read_header(stream: IO[bytes]) -> tuple[int, int, str]:
+    """(device size, chunk size, codec) from the stream's header."""
+    magic, size, chunk, codec = _HEAD.unpack(_read_exact(stream, _HEAD.size, "the header"))
     if magic != MAGIC:
         raise ValueError(f"bad stream magic {magic!r}")
-    return size, chunk
+    name = codec.decode("ascii", "replace")
+    if name not in CODECS:
+        raise ValueError(f"unknown codec {codec!r} in the stream header")
+    return size, chunk, name
 
 
 def _inflate(payload: bytes, length: int) -> bytes | None:
@@ -165,6 +178,15 @@ def _inflate(payload: bytes, length: int) -> bytes | None:
     if len(data) != length or not inflate.eof or inflate.unused_data:
         return None
     return data
+
+
+def _unpack(kind: int, payload: bytes, length: int) -> bytes:
+    """A frame's chunk as sent (b"" when it does not decompress to `length` bytes)."""
+    if kind == KIND_RAW:
+        return payload
+    if kind == KIND_ZLIB:
+        return _inflate(payload, length) or b""
+    return unzstd(payload, length) or b""
 
 
 def read_extents(stream: IO[bytes], chunk_size: int, host: str = "source",
@@ -181,7 +203,7 @@ def read_extents(stream: IO[bytes], chunk_size: int, host: str = "source",
             if kind == KIND_END:
                 check.finish()
                 return
-            if kind not in (KIND_ZERO, KIND_FREE, KIND_RAW, KIND_ZLIB):
+            if kind not in (KIND_ZERO, KIND_FREE, KIND_RAW, KIND_ZLIB, KIND_ZSTD):
                 raise ValueError(f"unknown frame kind {kind}")
             check.check(index, length)
             offset = index * chunk_size
@@ -191,19 +213,19 @@ def read_extents(stream: IO[bytes], chunk_size: int, host: str = "source",
                 yield Extent(index, offset, length, True, None, b"", _FRAME.size,
                              free=kind == KIND_FREE)
                 continue
-            # Raw payloads are the chunk; zlib is sent only when it is smaller.
+            # Raw payloads are the chunk; a compressed one is sent only when it is smaller.
             if plen > length or (kind == KIND_RAW and plen != length) or not plen:
                 raise ValueError(f"chunk {index} of {length} bytes with a {plen}-byte payload")
             payload = _read_exact(stream, plen, f"chunk {index}")
-            data = (payload if kind == KIND_RAW else _inflate(payload, length)) or b""
+            data = _unpack(kind, payload, length)
             expected = digest.hex()
             ok = len(data) == length and hashlib.sha256(data).hexdigest() == expected
             yield Extent(index, offset, length, False, expected, data, _FRAME.size + plen,
-                         corrupt=not ok)
+                         corrupt=not ok, packed=kind in _PACKED)
     except (EOFError, ValueError, OSError, struct.error) as exc:
         raise StreamError(host=host, device=device, detail=str(exc) or type(exc).__name__
                           ) from None
 
 
-__all__ = ["Extent", "FrameCheck", "READER", "format_ranges", "missing_ranges",
+__all__ = ["CODECS", "Extent", "FrameCheck", "READER", "format_ranges", "missing_ranges",
            "ranges_input", "read_extents", "read_header", "reader_argv"]

@@ -118,8 +118,9 @@ def read_spec(source: Source, info: DeviceInfo, request: CopyRequest, reader: Re
 
 def _copy_chunks(source: Source, spec: ReadSpec, journal: Journal, part: Path, *,
                  meter: Meter, emit: Callable[[Event], None], limiter: Limiter | None,
-                 cancel: threading.Event | None, done_bytes: int) -> tuple[int, int, int]:
-    """Every chunk the journal lacks into the image; returns (wire, read, refetched)."""
+                 cancel: threading.Event | None, done_bytes: int) -> tuple[int, Pump]:
+    """Every chunk the journal lacks into the image; returns the wire bytes and the pump
+    (its counts)."""
     count = -(-spec.size // spec.chunk_size)
     wire = Wire(limiter)
 
@@ -136,7 +137,7 @@ def _copy_chunks(source: Source, spec: ReadSpec, journal: Journal, part: Path, *
             raise IntegrityError(device=spec.device, index=missing[0][0],
                                  offset=missing[0][0] * spec.chunk_size, got="nothing",
                                  expected="a chunk")
-    return wire.bytes, pump.read, pump.refetched
+    return wire.bytes, pump
 
 
 def _complete_manifest(image: Path, manifest_path: Path, device: str, size: int,
@@ -260,8 +261,9 @@ def _open_journal(paths: ImagePaths, request: CopyRequest, header: dict[str, Any
 
 
 def _manifest(header: dict[str, Any], image: Path, hashes: list[str | None], full: bool,
-              reader: str) -> dict[str, Any]:
-    """The finished image's manifest (`hashes`: every chunk's, from the journal)."""
+              reader: str, pump: Pump) -> dict[str, Any]:
+    """The finished image's manifest (`hashes`: every chunk's, from the journal; `pump`:
+    this run's, whose codec and counts it records)."""
     size, chunk = header["size"], header["chunk_size"]
     digest, zero_chunks, free_chunks = chunk_summary(hashes, size, chunk)
     return {
@@ -271,6 +273,12 @@ def _manifest(header: dict[str, Any], image: Path, hashes: list[str | None], ful
         "zero_chunks": zero_chunks, "free_chunks": free_chunks,
         "data_chunks": len(hashes) - zero_chunks - free_chunks, "full": full,
         "reader": reader,
+        "wire_codec": pump.codec,
+        "wire_chunks": {"compressed": pump.packed, "raw": pump.raw},
+        "wire_is": "the codec the source compressed with in the run that finished the "
+                   "copy, and the data chunks it sent compressed and as they were (a "
+                   "chunk that would not shrink by 5 % is sent raw); chunks an earlier, "
+                   "interrupted run sent are not counted",
         "skipped": {"zero": "all-zero chunks are not sent and not written (they read as "
                             "zeros in the image)",
                     "free": "chunks wholly inside ext2/3/4 or XFS free blocks or a swap "
@@ -298,7 +306,7 @@ def copy_disk(source: Source, device: str, request: CopyRequest, name: str,
     paths = image_paths(request.output_dir, name, device)
     info = info or probe_device(source, device)
     reader = choose_reader(request.reader, python3=info.python3, gzip=info.gzip,
-                           host=source.target.host, device=device)
+                           zstd=info.zstd, host=source.target.host, device=device)
     identity = identity or source_identity(source, device)
     size = info.size
     count = -(-size // chunk)
@@ -317,19 +325,19 @@ def copy_disk(source: Source, device: str, request: CopyRequest, name: str,
     done_bytes = sum(min(chunk, size - i * chunk) for i in journal.done)
     meter = (meter_factory or (lambda d, s, n: QuietMeter()))(device, size, done_bytes)
     try:
-        wire, read, refetched = _copy_chunks(
+        wire, pump = _copy_chunks(
             source, read_spec(source, info, request, reader), journal, paths.part,
             meter=meter, emit=emit, limiter=limiter, cancel=cancel, done_bytes=done_bytes)
     finally:
         meter.close()
     manifest = _manifest(header, paths.image, [journal.done[i] for i in range(count)],
-                         request.full, reader.name)
+                         request.full, reader.name, pump)
     write_manifest(paths.manifest, manifest)
     paths.part.replace(paths.image)
     paths.journal.unlink()
     result = DiskResult(device, paths.image, paths.manifest, size, count,
-                        manifest["zero_chunks"], manifest["data_chunks"], resumed, read,
-                        refetched, wire, time.monotonic() - started,
+                        manifest["zero_chunks"], manifest["data_chunks"], resumed, pump.read,
+                        pump.refetched, wire, time.monotonic() - started,
                         free_chunks=manifest["free_chunks"], reader=reader.name,
                         stale_zeroed_bytes=scrubbed)
     emit({"event": "disk-done", **result.to_dict()})

@@ -20,6 +20,8 @@ class DeviceInfo:
     size: int
     python3: bool
     gzip: bool
+    zstd: bool = False                 # the zstd binary (the sh reader's; python3 may also
+                                       # have the zstandard module, which it finds itself)
 
 
 def image_stem(device: str) -> str:
@@ -39,11 +41,12 @@ def probe_device(source: Source, device: str) -> DeviceInfo:
         raise SourceDeviceError(device=device, host=host,
                                 detail="not a block device (give a whole disk, e.g. /dev/sda)")
     fields = result.text.split()
-    if result.returncode != 0 or len(fields) != 3 or not all(f.isdigit() for f in fields):
+    if result.returncode != 0 or len(fields) != 4 or not all(f.isdigit() for f in fields):
         raise RemoteCommandFailed(command=f"probe {device}", host=host,
                                   returncode=result.returncode,
                                   stderr_tail=result.stderr.strip()[-200:] or "(no output)")
-    return DeviceInfo(device, int(fields[0]), fields[1] == "1", fields[2] == "1")
+    return DeviceInfo(device, int(fields[0]), fields[1] == "1", fields[2] == "1",
+                      fields[3] == "1")
 
 
 def source_hostname(source: Source) -> str:

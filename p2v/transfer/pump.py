@@ -26,7 +26,7 @@ from p2v.ratelimit import Limiter
 from p2v.sink.writer import DiskWriter
 from p2v.source.extents import Extent, ranges_input
 from p2v.source.protocol import Source
-from p2v.source.reader import Reader
+from p2v.source.reader import Reader, Stream
 from p2v.transfer.journal import Journal
 from p2v.transfer.manifest import FREE_MARK
 
@@ -99,7 +99,7 @@ def index_ranges(indexes: Sequence[int]) -> list[tuple[int, int]]:
 
 @contextmanager
 def open_extents(source: Source, spec: ReadSpec, ranges: list[tuple[int, int]]
-                 ) -> Iterator[Iterator[Extent]]:
+                 ) -> Iterator[Stream]:
     """The reader over `ranges`, its header checked against the device as probed."""
     argv = spec.reader.argv(spec.device, spec.chunk_size, compress=spec.compress,
                             low_priority=spec.low_priority, skip_free=spec.skip_free)
@@ -110,7 +110,7 @@ def open_extents(source: Source, spec: ReadSpec, ranges: list[tuple[int, int]]
         if stream.chunk_size != spec.chunk_size or stream.size != spec.size:
             raise SourceDeviceError(device=spec.device, host=spec.host,
                                     detail=spec.resized.format(was=spec.size, now=stream.size))
-        yield stream.extents
+        yield stream
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,8 @@ class Pump:
 
     `progress` is called after each commit; `meter` after each chunk; `cancel`, once set,
     stops the pump at the next chunk (raising Cancelled). `read` and `refetched` count the
-    chunks received and those fetched again."""
+    chunks received and those fetched again; `codec` is the one the source compressed
+    with, `packed` and `raw` count the data chunks it sent compressed and as they are."""
 
     def __init__(self, source: Source, spec: ReadSpec, writer: DiskWriter, journal: Journal,
                  wire: Wire, policy: Policy, *, progress: Callable[[], None] = lambda: None,
@@ -143,6 +144,9 @@ class Pump:
         self.done_bytes, self.cancel = done_bytes, cancel
         self.read = 0
         self.refetched = 0
+        self.codec = "none"
+        self.packed = 0
+        self.raw = 0
         self._pending: list[tuple[int, str | None]] = []
         self._pending_bytes = 0
         self._last = time.monotonic()
@@ -166,12 +170,14 @@ class Pump:
         """Read those chunks; return the indexes that arrived corrupt."""
         corrupt: list[int] = []
         try:
-            with open_extents(self.source, self.spec, ranges) as extents:
-                for extent in extents:
+            with open_extents(self.source, self.spec, ranges) as stream:
+                self.codec = stream.codec
+                for extent in stream.extents:
                     if self.cancel is not None and self.cancel.is_set():
                         raise Cancelled
                     self.wire.add(extent.wire_bytes)
                     self.read += 1
+                    self._count(extent)
                     if extent.corrupt:
                         corrupt.append(extent.index)
                         continue
@@ -189,6 +195,12 @@ class Pump:
             raise
         self._commit()
         return corrupt
+
+    def _count(self, extent: Extent) -> None:
+        if extent.packed:
+            self.packed += 1
+        elif not extent.zero:
+            self.raw += 1
 
     def _put(self, extent: Extent) -> None:
         """One verified chunk into the image, committed when the batch is full."""

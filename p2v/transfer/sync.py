@@ -351,7 +351,7 @@ def sync_disk(source: Source, device: str, request: SyncRequest, name: str,
     _check_manifest(source, manifest, paths, device, request.output_dir, info, identity)
     hashes: list[str | None] = list(manifest["chunk_hashes"])
     reader = choose_reader(request.reader, python3=info.python3, gzip=info.gzip,
-                           host=source.target.host, device=device,
+                           zstd=info.zstd, host=source.target.host, device=device,
                            preferred=manifest.get("reader", PYTHON3))
     journal, resumed = _open_journal(paths, manifest, hashes)
     emit({"event": "sync-start", "device": device, "image": str(paths.image),

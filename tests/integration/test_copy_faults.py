@@ -97,9 +97,9 @@ def exact(n):
             break
         data += got
     return data
-head = exact(20)
+head = exact(24)
 out.write(head)
-if head[:8] != b"P2VSTRM1":                 # not the copy's reader: pass it through
+if head[:8] != b"P2VSTRM2":                 # not the copy's reader: pass it through
     while True:
         block = src.read(1 << 16)
         if not block:

@@ -88,6 +88,10 @@ def test_sh_copy_is_identical_verified_and_skips_zeros(
     assert RANDOM < done["wire_bytes"] < RANDOM + 2 * MiB
     manifest = json.loads(Path(done["manifest"]).read_text())
     assert manifest["reader"] == "sh" and manifest["size"] == SIZE
+    # No zstd on this source: gzip, the text (and the mostly zero last chunk) compressed,
+    # the random data as it is.
+    assert manifest["wire_codec"] == "gzip"
+    assert manifest["wire_chunks"] == {"compressed": 8 + 1, "raw": 80}
     assert manifest["data_chunks"] == 80 + 8 + 1 and manifest["zero_chunks"] == 129 - 89
     assert manifest["chunk_hashes"][0] == hashlib.sha256(raw.read_bytes()[:MiB]).hexdigest()
 
@@ -127,7 +131,7 @@ def test_a_failed_read_never_passes_as_zeros(tmp_path: Path) -> None:
                               env={"PATH": str(tools)}, timeout=60)
     finally:
         detach_loop(device)
-    buffered, size, chunk = read_sh_header(io.BytesIO(proc.stdout))
+    buffered, size, chunk, _ = read_sh_header(io.BytesIO(proc.stdout))
     seen = [(e.index, e.zero, e.corrupt) for e in read_sh_extents(buffered, chunk)]
     # Chunk 2 arrives as data that fails its check (fetched again, then exit 5), never as
     # zeros the image would silently hold.

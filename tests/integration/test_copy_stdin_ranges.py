@@ -134,11 +134,11 @@ def test_both_readers_take_15000_ranges(small_source: tuple[SourceEndpoint, Path
     request = CopyRequest(disks=ep.disks, output_dir=tmp_path, name="r", chunk_size=CHUNK)
     with open_source(ep) as source:
         info = probe_device(source, ep.disks[0])
-        chosen = choose_reader(reader, python3=info.python3, gzip=info.gzip,
+        chosen = choose_reader(reader, python3=info.python3, gzip=info.gzip, zstd=info.zstd,
                                host=source.target.host, device=info.device)
         with open_extents(source, read_spec(source, info, request, chosen),
-                          ranges) as extents:
-            got = [(e.index, e.zero, e.corrupt, e.data) for e in extents]
+                          ranges) as stream:
+            got = [(e.index, e.zero, e.corrupt, e.data) for e in stream.extents]
     data = raw.read_bytes()
     assert got == [(5, False, False, data[5 * CHUNK:6 * CHUNK]),
                    (7, False, False, data[7 * CHUNK:8 * CHUNK])]

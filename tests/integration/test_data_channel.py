@@ -245,10 +245,10 @@ def test_both_readers_take_15000_ranges_on_the_childs_stdin(
     request = CopyRequest(disks=ep.disks, output_dir=tmp_path, name="r", chunk_size=chunk)
     with over_openssh(ep) as src:
         info = probe_device(src, ep.disks[0])
-        chosen = choose_reader(reader, python3=info.python3, gzip=info.gzip,
+        chosen = choose_reader(reader, python3=info.python3, gzip=info.gzip, zstd=info.zstd,
                                host=src.target.host, device=info.device)
-        with open_extents(src, read_spec(src, info, request, chosen), ranges) as extents:
-            got = [(e.index, e.corrupt, e.data) for e in extents]
+        with open_extents(src, read_spec(src, info, request, chosen), ranges) as stream:
+            got = [(e.index, e.corrupt, e.data) for e in stream.extents]
     data = raw.read_bytes()
     assert got == [(5, False, data[5 * chunk:6 * chunk]), (7, False, data[7 * chunk:8 * chunk])]
 

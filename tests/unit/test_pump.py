@@ -137,12 +137,12 @@ def new_journal(tmp_path: Path) -> Journal:
 
 def flip_first_chunk(times: int) -> Callable[[int, bytes], bytes]:
     """Flip a bit of the first chunk's payload in the first `times` streams (chunk 0 is
-    random, sent raw: its payload follows the 20-byte header and a 49-byte frame)."""
+    random, sent raw: its payload follows the 24-byte header and a 49-byte frame)."""
     def alter(n: int, raw: bytes) -> bytes:
         if n >= times:
             return raw
         out = bytearray(raw)
-        out[20 + 49 + 100] ^= 0x10
+        out[24 + 49 + 100] ^= 0x10
         return bytes(out)
     return alter
 
@@ -158,6 +158,9 @@ def test_every_chunk_is_written_verified_and_journaled(disk: Path, tmp_path: Pat
     assert Journal.load(journal.path).done == journal.done          # durable, on disk
     assert p.read == 5 and p.refetched == 0 and writer.flushes == 1 and progressed == [1]
     assert wire.bytes == limiter.taken > 2 * CHUNK and not writer.zeroed
+    # The text went compressed (zstd: this host has zstandard or the zstd binary, and so
+    # does the "source"), the random chunks as they are.
+    assert (p.codec, p.packed, p.raw) == ("zstd", 1, 3)
     # The ranges went on stdin, never on the command line.
     assert source.stdins == [b"0-5\n"] and not any("0-5" in a for a in source.argvs[0])
 

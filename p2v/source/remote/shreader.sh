@@ -12,16 +12,24 @@ case $size in ''|*[!0-9]*)
 esac
 case $size in ''|*[!0-9]*) exit 6 ;; esac
 if [ "$mode" = probe ]; then
-    py=0; gz=0
+    py=0; gz=0; zs=0
     command -v python3 >/dev/null 2>&1 && py=1
     command -v gzip >/dev/null 2>&1 && gz=1
-    echo "$size $py $gz"
+    command -v zstd >/dev/null 2>&1 && zs=1
+    echo "$size $py $gz $zs"
     exit 0
 fi
-cs=$3 gz=$4
+# $4, the codec p2v asks for: zstd (gzip where the source lacks it), gzip or none.
+cs=$3 codec=$4
 # All of stdin before any output: the sender never waits on us while we wait on it.
 [ "$mode" = read ] && { ranges=$(cat) || exit 7; }
-[ "$gz" = 1 ] && ! command -v gzip >/dev/null 2>&1 && gz=0
+[ "$codec" = zstd ] && ! command -v zstd >/dev/null 2>&1 && codec=gzip
+[ "$codec" = gzip ] && ! command -v gzip >/dev/null 2>&1 && codec=none
+case $codec in
+    zstd) pack='zstd -q -1 -c' kind=S ;;
+    gzip) pack='gzip -1 -c' kind=G ;;
+    *) codec=none pack= ;;
+esac
 full=
 dd if=/dev/null of=/dev/null iflag=fullblock count=0 2>/dev/null && full=iflag=fullblock
 # iflag=direct reads past the device's cache, which a mounted filesystem's writes bypass.
@@ -46,7 +54,7 @@ if [ "$mode" = hash ]; then
     exit 0
 fi
 exec 4>&1
-printf 'P2VSH1 %s %s\n' "$size" "$cs"
+printf 'P2VSH2 %s %s %s\n' "$size" "$cs" "$codec"
 set -f
 IFS=',
 '
@@ -68,17 +76,18 @@ for r in "$@"; do
             i=$((i + 1))
             continue
         fi
-        kind=R
-        if [ "$gz" = 1 ]; then
-            c=$(dd if="$dev" bs=65536 skip=$((off / 65536)) count=1 2>/dev/null | gzip -1 | wc -c)
+        # A 64 KiB sample decides: the chunk goes compressed if the sample shrinks by 5 %.
+        k=R
+        if [ -n "$pack" ]; then
+            c=$(dd if="$dev" bs=65536 skip=$((off / 65536)) count=1 2>/dev/null | $pack | wc -c)
             s=65536
             [ "$n" -lt "$s" ] && s=$n
-            [ $((c * 10)) -lt $((s * 9)) ] && kind=G
+            [ $((c * 20)) -lt $((s * 19)) ] && k=$kind
         fi
-        printf 'D %s %s %s\n' "$i" "$n" "$kind"
-        if [ "$kind" = G ]; then
+        printf 'D %s %s %s\n' "$i" "$n" "$k"
+        if [ "$k" != R ]; then
             h=$( { dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null |
-                   tee /dev/fd/3 | gzip -1 -c >&4; } 3>&1 | sha256sum ) || exit 5
+                   tee /dev/fd/3 | $pack >&4; } 3>&1 | sha256sum ) || exit 5
         else
             h=$( { dd if="$dev" bs="$cs" skip="$i" count=1 $full 2>/dev/null |
                    tee /dev/fd/3 >&4; } 3>&1 | sha256sum ) || exit 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,15 @@ from p2v.transfer.device import image_stem
 CHUNK = 64 << 10
 
 
-def run_reader(path: Path, ranges: str, compress: bool = True) -> bytes:
-    return subprocess.run([sys.executable, "-B", "-c", READER, str(path), str(CHUNK),
-                           "1" if compress else "0"], input=ranges.encode(),
-                          capture_output=True, check=True).stdout
+def run_reader(path: Path, ranges: str, compress: bool = True, codec: str | None = None,
+               *, no_site: bool = False, path_env: str | None = None) -> bytes:
+    """The reader run locally; no_site: a python3 without the zstandard module (-S: no
+    site-packages); path_env: its PATH (where it looks for the zstd binary)."""
+    codec = codec or ("zlib" if compress else "none")
+    env = None if path_env is None else {"PATH": path_env}
+    return subprocess.run([sys.executable, "-B", *(["-S"] if no_site else []), "-c", READER,
+                           str(path), str(CHUNK), codec], input=ranges.encode(),
+                          capture_output=True, check=True, env=env).stdout
 
 
 @pytest.fixture
@@ -43,7 +49,7 @@ def disk(tmp_path: Path) -> Path:
 def test_frames_verify_and_skip_zeros(disk: Path) -> None:
     raw = run_reader(disk, "0-5")
     stream = io.BytesIO(raw)
-    assert read_header(stream) == (disk.stat().st_size, CHUNK)
+    assert read_header(stream) == (disk.stat().st_size, CHUNK, "zlib")
     extents = list(read_extents(stream, CHUNK))
     content = disk.read_bytes()
     assert [e.index for e in extents] == [0, 1, 2, 3, 4]
@@ -53,11 +59,48 @@ def test_frames_verify_and_skip_zeros(disk: Path) -> None:
         expected = content[e.offset:e.offset + e.length]
         assert (e.data if not e.zero else bytes(e.length)) == expected
     assert extents[4].length == CHUNK // 2
+    assert [e.packed for e in extents] == [True, False, False, False, False]
     # Zeros cost a header; text compresses; random data is sent as it is.
     assert extents[1].wire_bytes < 64
     assert extents[0].wire_bytes < CHUNK // 10
     assert extents[2].wire_bytes > CHUNK
     assert len(raw) < len(content) - CHUNK   # zeros and text did not cross in full
+
+
+def _zstd_tools(directory: Path) -> str:
+    """A PATH holding only the zstd binary."""
+    directory.mkdir()
+    (directory / "zstd").symlink_to(shutil.which("zstd") or "/usr/bin/zstd")
+    return str(directory)
+
+
+@pytest.mark.parametrize("how", ["module", "binary"])
+def test_zstd_where_the_source_has_it(disk: Path, tmp_path: Path, how: str) -> None:
+    """zstd through the zstandard module, or (python3 without it) the zstd binary: text
+    goes compressed and verifies, random data goes as it is (not larger)."""
+    if how == "module":
+        pytest.importorskip("zstandard")
+        raw = run_reader(disk, "0-5", codec="zstd", path_env="/nonexistent")
+    else:
+        raw = run_reader(disk, "0-5", codec="zstd", no_site=True,
+                         path_env=_zstd_tools(tmp_path / "bin"))
+    stream = io.BytesIO(raw)
+    assert read_header(stream)[2] == "zstd"
+    extents = list(read_extents(stream, CHUNK))
+    content = disk.read_bytes()
+    assert not any(e.corrupt for e in extents)
+    assert [e.packed for e in extents] == [True, False, False, False, False]
+    assert extents[0].data == content[:CHUNK] and extents[0].wire_bytes < CHUNK // 10
+    assert extents[2].wire_bytes == CHUNK + 49        # the frame header, the bytes as read
+
+
+def test_no_zstd_on_the_source_falls_back_to_zlib(disk: Path) -> None:
+    """No module (-S) and no zstd on PATH: zlib, named in the header."""
+    stream = io.BytesIO(run_reader(disk, "0-1", codec="zstd", no_site=True,
+                                   path_env="/nonexistent"))
+    assert read_header(stream)[2] == "zlib"
+    (extent,) = read_extents(stream, CHUNK)
+    assert extent.packed and not extent.corrupt
 
 
 def test_ranges_are_honoured(disk: Path) -> None:
@@ -101,9 +144,12 @@ def test_reader_argv_low_priority_and_quoting() -> None:
     argv = reader_argv("/dev/sda", CHUNK)
     assert argv[:2] == ["sh", "-c"] and "ionice -c 3" in argv[2] and "nice -n 19" in argv[2]
     assert argv[4:7] == ["python3", "-B", "-c"] and argv[-4:] == ["/dev/sda", str(CHUNK),
-                                                                   "1", "0"]
-    assert reader_argv("/dev/sda", CHUNK, compress=False,
+                                                                   "zlib", "0"]
+    assert reader_argv("/dev/sda", CHUNK, codec="none",
                        low_priority=False)[:3] == ["python3", "-B", "-c"]
+    assert reader_argv("/dev/sda", CHUNK, codec="zstd")[-2] == "zstd"
+    with pytest.raises(ValueError, match="codec"):
+        reader_argv("/dev/sda", CHUNK, codec="lz4")
     assert ranges_input([(0, 3), (5, 9)]) == b"0-3,5-9\n"
 
 

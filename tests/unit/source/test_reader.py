@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from p2v.errors import SourceDeviceError, StreamError
+from p2v.source import reader as reader_module
 from p2v.source.extents import ranges_input
 from p2v.source.reader import Python3Reader, Reader, ShReader, choose_reader
 
@@ -18,9 +19,9 @@ CHUNK = 64 << 10
 
 
 def pick(requested: str, python3: bool = True, gzip: bool = True,
-         preferred: str = "python3") -> Reader:
+         preferred: str = "python3", zstd: bool = False) -> Reader:
     return choose_reader(requested, python3=python3, gzip=gzip, host="h", device="/dev/x",
-                         preferred=preferred)
+                         preferred=preferred, zstd=zstd)
 
 
 def test_auto_takes_python3_where_the_source_has_it_else_sh() -> None:
@@ -39,11 +40,28 @@ def test_auto_keeps_the_preferred_reader_and_python3_needs_python3() -> None:
         pick("python3", python3=False)
 
 
-def test_the_sh_reader_compresses_only_where_the_source_has_gzip() -> None:
-    def gzip_flag(reader: Reader) -> str:
-        return reader.argv("/dev/x", CHUNK, compress=True, low_priority=False,
-                           skip_free=True)[-1]
-    assert gzip_flag(ShReader(gzip=True)) == "1" and gzip_flag(ShReader(gzip=False)) == "0"
+def codec_arg(reader: Reader, compress: bool = True) -> str:
+    argv = reader.argv("/dev/x", CHUNK, compress=compress, low_priority=False, skip_free=True)
+    return argv[-1] if reader.name == "sh" else argv[-2]
+
+
+def test_the_sh_reader_compresses_only_where_the_source_has_gzip_or_zstd() -> None:
+    assert codec_arg(ShReader(gzip=True)) == "gzip"
+    assert codec_arg(ShReader(gzip=False)) == "none"
+    assert codec_arg(ShReader(gzip=True, zstd=True)) == "zstd"
+    assert codec_arg(ShReader(gzip=False, zstd=True)) == "zstd"
+    assert codec_arg(ShReader(gzip=True, zstd=True), compress=False) == "none"
+    assert pick("sh", gzip=False, zstd=True) == ShReader(gzip=False, zstd=True)
+
+
+def test_zstd_is_asked_for_only_where_this_host_decompresses_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No zstandard module and no zstd binary here: zlib (python3), gzip (sh)."""
+    assert codec_arg(Python3Reader()) == "zstd"
+    assert codec_arg(Python3Reader(), compress=False) == "none"
+    monkeypatch.setattr(reader_module, "accepts_zstd", lambda: False)
+    assert codec_arg(Python3Reader()) == "zlib"
+    assert codec_arg(ShReader(gzip=True, zstd=True)) == "gzip"
 
 
 def test_the_python3_reader_streams_the_chunks_asked_for(tmp_path: Path) -> None:
@@ -65,7 +83,7 @@ def test_the_python3_reader_streams_the_chunks_asked_for(tmp_path: Path) -> None
 
 def test_the_sh_reader_parses_its_stream() -> None:
     """(The sh reader needs a block device to run: its stream is canned here.)"""
-    raw = b"P2VSH1 70000 65536\nZ 0 65536\nZ 1 4464\nE\n"
+    raw = b"P2VSH2 70000 65536 none\nZ 0 65536\nZ 1 4464\nE\n"
     stream = ShReader().parse(io.BytesIO(raw), CHUNK, host="h", device="d", size=70000,
                               ranges=[(0, 2)])
     assert (stream.size, stream.chunk_size) == (70000, CHUNK)

@@ -20,10 +20,10 @@ def test_the_python_reader_streams_a_file_chunk_by_chunk(tmp_path: Path) -> None
     disk = tmp_path / "disk.raw"
     data = os.urandom(CHUNK) + bytes(CHUNK) + b"p2v" * (CHUNK // 3) + b"x"
     disk.write_bytes(data)
-    argv = reader_argv(str(disk), CHUNK, compress=True, low_priority=False)
+    argv = reader_argv(str(disk), CHUNK, codec="zlib", low_priority=False)
     out = subprocess.run(argv, input=b"0-3", capture_output=True, check=True).stdout
     stream = io.BytesIO(out)
-    assert read_header(stream) == (len(data), CHUNK)
+    assert read_header(stream) == (len(data), CHUNK, "zlib")
     extents = list(read_extents(stream, CHUNK, size=len(data), ranges=[(0, 3)]))
     assert [(e.index, e.zero, e.corrupt) for e in extents] == [
         (0, False, False), (1, True, False), (2, False, False)]

@@ -23,7 +23,7 @@ def frame(index: int, data: bytes, packed: bool) -> bytes:
 
 
 def parse(stream: bytes) -> list:
-    buffered, size, chunk = read_sh_header(io.BytesIO(stream))
+    buffered, size, chunk, _ = read_sh_header(io.BytesIO(stream))
     assert (size, chunk) == (4 * CHUNK - 100, CHUNK)
     return list(read_sh_extents(buffered, chunk))
 
@@ -32,7 +32,7 @@ def test_zero_raw_and_gzip_chunks_in_one_stream() -> None:
     text = (b"some text that compresses " * 5000)[:CHUNK]
     noise = os.urandom(CHUNK)
     tail = b"\n" * (CHUNK - 100)         # a gzip member whose content looks like lines
-    stream = (f"P2VSH1 {4 * CHUNK - 100} {CHUNK}\n".encode() + b"Z 0 65536\n"
+    stream = (f"P2VSH2 {4 * CHUNK - 100} {CHUNK} gzip\n".encode() + b"Z 0 65536\n"
               + frame(1, text, True) + frame(2, noise, False) + frame(3, tail, True) + b"E\n")
     extents = parse(stream)
     assert [e.index for e in extents] == [0, 1, 2, 3]
@@ -40,22 +40,22 @@ def test_zero_raw_and_gzip_chunks_in_one_stream() -> None:
     assert [e.data for e in extents[1:]] == [text, noise, tail]
     assert not any(e.corrupt for e in extents)
     assert extents[1].wire_bytes < CHUNK // 10 < CHUNK < extents[2].wire_bytes
-    assert sum(e.wire_bytes for e in extents) == len(stream) - len(b"P2VSH1 262044 65536\n"
-                                                                 b"E\n")
+    assert sum(e.wire_bytes for e in extents) == len(
+        stream) - len(b"P2VSH2 262044 65536 gzip\nE\n")
 
 
 def test_a_damaged_chunk_is_flagged_not_written() -> None:
     data = os.urandom(CHUNK)
     good = frame(1, data, False)
     bad = good.replace(data[:8], b"\0" * 8, 1)
-    stream = f"P2VSH1 {4 * CHUNK - 100} {CHUNK}\n".encode() + bad + b"E\n"
+    stream = f"P2VSH2 {4 * CHUNK - 100} {CHUNK} gzip\n".encode() + bad + b"E\n"
     (extent,) = parse(stream)
     assert extent.corrupt
 
 
 @pytest.mark.parametrize("cut", [30, 200, CHUNK // 2, CHUNK + 40])
 def test_a_cut_stream_is_a_stream_error(cut: int) -> None:
-    stream = (f"P2VSH1 {4 * CHUNK - 100} {CHUNK}\n".encode()
+    stream = (f"P2VSH2 {4 * CHUNK - 100} {CHUNK} gzip\n".encode()
               + frame(0, os.urandom(CHUNK), False) + b"E\n")
     with pytest.raises(StreamError):
         parse(stream[:cut])
@@ -65,6 +65,6 @@ def test_a_short_read_on_the_source_does_not_pass_as_a_chunk() -> None:
     data = os.urandom(CHUNK)
     short = (f"D 0 {CHUNK} R\n".encode() + data[:1000]
              + f"H {hashlib.sha256(data[:1000]).hexdigest()}\n".encode())
-    stream = f"P2VSH1 {4 * CHUNK - 100} {CHUNK}\n".encode() + short + b"E\n"
+    stream = f"P2VSH2 {4 * CHUNK - 100} {CHUNK} gzip\n".encode() + short + b"E\n"
     with pytest.raises(StreamError):
         parse(stream)

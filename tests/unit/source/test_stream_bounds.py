@@ -127,8 +127,8 @@ def test_a_zlib_payload_shorter_than_its_chunk_is_corrupt() -> None:
 
 def sh_parse(body: bytes, ranges: list[tuple[int, int]], chunk: int = CHUNK,
              size: int = SIZE) -> list:
-    buffered, got_size, got_chunk = read_sh_header(io.BytesIO(
-        f"P2VSH1 {size} {chunk}\n".encode() + body))
+    buffered, got_size, got_chunk, _ = read_sh_header(io.BytesIO(
+        f"P2VSH2 {size} {chunk} gzip\n".encode() + body))
     return list(read_sh_extents(buffered, got_chunk, host="h", device="/dev/sda",
                                 size=got_size, ranges=ranges))
 
@@ -185,10 +185,10 @@ def test_the_python_reader_takes_more_ranges_than_argv_could(tmp_path: Path) -> 
     ranges = scattered(count)
     text = ranges_input(ranges)
     assert len(text) > 128 << 10                        # over one argument's limit
-    out = subprocess.run([sys.executable, "-B", "-c", READER, str(disk), "512", "1", "0"],
+    out = subprocess.run([sys.executable, "-B", "-c", READER, str(disk), "512", "zlib", "0"],
                          input=text, capture_output=True, check=True, timeout=120).stdout
     stream = io.BytesIO(out)
-    size, chunk = read_header(stream)
+    size, chunk, _ = read_header(stream)
     got = [e.index for e in read_extents(stream, chunk, size=size, ranges=ranges)]
     assert got == list(range(0, count, 2))
 
