@@ -19,6 +19,13 @@ def identical(raw: Path, image: Path) -> bool:
                       check=False).returncode == 0
 
 
+def ssh_args(ep: SourceEndpoint) -> list[str]:
+    """SOURCE and the flags a CLI test logs in to a test-bed source with (strict host keys,
+    no ssh_config)."""
+    return [f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
+            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null"]
+
+
 def open_source(ep: SourceEndpoint) -> SshSource:
     """A logged-in session to a test-bed source, strict host keys, no agent or ssh_config."""
     return SshSource.open(f"ssh://{ep.user}@{ep.host}:{ep.port}",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from copy_helpers import identical, kill_after_first_batch, open_source, wait_closed
+from copy_helpers import identical, kill_after_first_batch, open_source, ssh_args, wait_closed
 from loop_sources import LoopSource, write_random_disk
 
 from p2v import cli, runner
@@ -57,10 +57,6 @@ def clones(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clones]:
         assert a.known_hosts.read_text().split()[1:] != b.known_hosts.read_text().split()[1:]
         yield Clones(a, b, raw_a, raw_b, base / "dev" / "sda")
 
-
-def ssh_args(ep: SourceEndpoint) -> list[str]:
-    return [f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
-            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null"]
 
 
 def copy_argv(ep: SourceEndpoint, out: Path, disk: Path, *extra: str) -> list[str]:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from copy_helpers import ssh_args
 from loop_sources import SshServer, attach_loop, detach_loop
 from schema_check import assert_all_valid
 
 from p2v import cli, runner
-from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode
 
 MiB = 1 << 20
@@ -37,10 +37,6 @@ class Disk:
     state: Path                     # the shims' flag files and logs
     shims: Path
 
-
-def ssh_args(ep: SourceEndpoint) -> list[str]:
-    return [f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
-            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null"]
 
 
 def was_frozen(mnt: Path) -> bool:

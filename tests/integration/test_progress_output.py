@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from copy_helpers import ssh_args
 from loop_sources import LoopSource, write_random_disk
 
 from p2v.demo.live import SourceEndpoint
@@ -34,10 +35,6 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourceEndpoint]
         yield ep
 
 
-def ssh_flags(ep: SourceEndpoint) -> list[str]:
-    return [f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
-            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null"]
-
 
 def p2v(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "p2v", *argv], capture_output=True,
@@ -51,16 +48,16 @@ def test_quiet_copy_and_sync_print_nothing(source: SourceEndpoint, tmp_path: Pat
         return ["-q", *argv] if where == "before" else [*argv, "-q"]
 
     out = tmp_path / "out"
-    copy = p2v(*quiet("copy", *ssh_flags(source), "--output-dir", str(out), "--name", "q",
+    copy = p2v(*quiet("copy", *ssh_args(source), "--output-dir", str(out), "--name", "q",
                       "--disk", source.disks[0]))
     assert (copy.returncode, copy.stdout, copy.stderr) == (0, "", "")
     assert (out / f"q-{Path(source.disks[0]).name}.qcow2").is_file()     # it did copy
-    sync = p2v(*quiet("sync", *ssh_flags(source), "--output-dir", str(out), "--name", "q"))
+    sync = p2v(*quiet("sync", *ssh_args(source), "--output-dir", str(out), "--name", "q"))
     assert (sync.returncode, sync.stdout, sync.stderr) == (0, "", "")
 
 
 def test_an_error_under_quiet_is_its_one_line(source: SourceEndpoint, tmp_path: Path) -> None:
-    argv = ["copy", *ssh_flags(source), "--output-dir", str(tmp_path), "--name", "e",
+    argv = ["copy", *ssh_args(source), "--output-dir", str(tmp_path), "--name", "e",
             "--disk", "/dev/nosuchdisk"]
     loud, proc = p2v(*argv), p2v("-q", *argv)
     assert proc.returncode == loud.returncode != 0       # -q changes no exit code
@@ -73,7 +70,7 @@ def test_an_error_under_quiet_is_its_one_line(source: SourceEndpoint, tmp_path: 
 def test_quiet_with_verbose_is_refused_before_anything_runs(source: SourceEndpoint,
                                                             tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = p2v("-q", "copy", *ssh_flags(source), "--output-dir", str(out), "--disk",
+    proc = p2v("-q", "copy", *ssh_args(source), "--output-dir", str(out), "--disk",
                source.disks[0], "-v")
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
@@ -83,7 +80,7 @@ def test_quiet_with_verbose_is_refused_before_anything_runs(source: SourceEndpoi
 
 def test_off_a_terminal_the_copy_prints_plain_progress_lines(source: SourceEndpoint,
                                                              tmp_path: Path) -> None:
-    proc = p2v("copy", *ssh_flags(source), "--output-dir", str(tmp_path), "--name", "p",
+    proc = p2v("copy", *ssh_args(source), "--output-dir", str(tmp_path), "--name", "p",
                "--disk", source.disks[0], "--chunk-size", "1")
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr     # no bar in a log
@@ -113,22 +110,29 @@ def _read_pty(master: int, proc: subprocess.Popen[str], timeout: float) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-def test_on_a_terminal_the_copy_draws_a_bar_with_rate_and_eta(source: SourceEndpoint,
-                                                              tmp_path: Path) -> None:
+def _run_on_pty(p2v_args: list[str]) -> tuple[int, str, str]:
+    """`python -m p2v ARGS` with stderr on a 120x40 pseudo-terminal: (exit code, what the
+    terminal showed, stdout)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    argv = [sys.executable, "-m", "p2v", "copy", *ssh_flags(source), "--output-dir",
-            str(tmp_path), "--name", "t", "--disk", source.disks[0], "--chunk-size", "1",
-            "--bandwidth-limit", "12M"]              # about 4 s: several redraws
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=slave, text=True) as proc:
+    with subprocess.Popen([sys.executable, "-m", "p2v", *p2v_args], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=slave, text=True) as proc:
         os.close(slave)
         try:
             screen = _read_pty(master, proc, timeout=120)
         finally:
             os.close(master)
         out = proc.stdout.read() if proc.stdout else ""
-        assert proc.wait(timeout=60) == 0, screen
+        return proc.wait(timeout=60), screen, out
+
+
+def test_on_a_terminal_the_copy_draws_a_bar_with_rate_and_eta(source: SourceEndpoint,
+                                                              tmp_path: Path) -> None:
+    code, screen, out = _run_on_pty(
+        ["copy", *ssh_args(source), "--output-dir", str(tmp_path), "--name", "t", "--disk",
+         source.disks[0], "--chunk-size", "1",
+         "--bandwidth-limit", "12M"])               # about 4 s: several redraws
+    assert code == 0, screen
     name = Path(source.disks[0]).name
     # e.g. "/dev/loop3:  40%|####      | 25.6M/64.0M [00:02<00:03, 12.0MB/s, wire 25.7 MiB]"
     bars = re.findall(rf"/dev/{name}: +\d+%\|[^|]*\| [\d.]+[KMG]?/64\.0M "
@@ -143,7 +147,7 @@ DEAD_URI = "qemu:///system?socket=/nonexistent/p2v-test/libvirt-sock"
 
 
 def convert_argv(ep: SourceEndpoint, out: Path, *extra: str) -> list[str]:
-    return ["convert", *ssh_flags(ep), "--name", "pv", "--output-dir", str(out),
+    return ["convert", *ssh_args(ep), "--name", "pv", "--output-dir", str(out),
             "--connect", DEAD_URI, "--disk", ep.disks[0], *extra]
 
 
@@ -195,18 +199,8 @@ def test_batch_quiet_prints_one_error_line_per_failed_job(source: SourceEndpoint
 
 def test_batch_on_a_terminal_draws_the_overall_bar(source: SourceEndpoint,
                                                    tmp_path: Path) -> None:
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    argv = [sys.executable, "-m", "p2v", "batch", str(fleet(source, tmp_path))]
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=slave, text=True) as proc:
-        os.close(slave)
-        try:
-            screen = _read_pty(master, proc, timeout=120)
-        finally:
-            os.close(master)
-        out = proc.stdout.read() if proc.stdout else ""
-        assert proc.wait(timeout=60) == 1, screen
+    code, screen, out = _run_on_pty(["batch", str(fleet(source, tmp_path))])
+    assert code == 1, screen
     assert re.search(r"batch: 0/1 job\(s\) done \|", screen), screen
     assert re.search(r"  pv1 (inspect|preflight) +\d\d:\d\d", screen), screen   # its live line
     assert "p2v: [pv1] failed: " in screen

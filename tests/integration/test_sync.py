@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from copy_helpers import identical, open_source
+from copy_helpers import identical, open_source, ssh_args
 from loop_sources import (
     LoopSource,
     SshServer,
@@ -33,7 +33,6 @@ from schema_check import assert_all_valid
 from tcpproxy import LinkProxy
 
 from p2v import cli, runner
-from p2v.demo.live import SourceEndpoint
 from p2v.errors import ExitCode, P2VError
 from p2v.source.ssh import SshOptions, SshSource
 from p2v.transfer.copy import CopyRequest, copy_disks
@@ -41,10 +40,6 @@ from p2v.transfer.sync import SyncRequest, sync
 
 MiB = 1 << 20
 
-
-def ssh_args(ep: SourceEndpoint) -> list[str]:
-    return [f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
-            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null"]
 
 
 def events(out: str) -> list[dict[str, object]]:

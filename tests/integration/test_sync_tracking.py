@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from copy_helpers import identical, open_source, wait_closed
+from copy_helpers import identical, open_source, ssh_args, wait_closed
 from loop_sources import (
     LoopSource,
     SshServer,
@@ -40,17 +40,12 @@ from loop_sources import (
 )
 
 from p2v import runner
-from p2v.demo.live import SourceEndpoint
 from p2v.source.tracker import NOT_SINCE_COPY
 from p2v.transfer.copy import CopyRequest, copy_disks
 from p2v.transfer.sync import SyncRequest, sync, write_tracker
 
 MiB = 1 << 20
 
-
-def ssh_args(ep: SourceEndpoint) -> list[str]:
-    return [f"ssh://{ep.user}@{ep.host}:{ep.port}", "--identity", str(ep.key),
-            "--known-hosts", str(ep.known_hosts), "--ssh-config", "/dev/null"]
 
 
 def tracefs_state() -> tuple[str | None, frozenset[str]]:
