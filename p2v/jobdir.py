@@ -52,6 +52,16 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def read_regular_json(path: Path) -> Any:
+    """The JSON in a regular file, or None when it is missing, not a regular file (see
+    read_regular) or not JSON: for readers that must list what they can and go on."""
+    raw = read_regular(path)
+    try:
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
 def read_regular(path: Path, tail: int | None = None) -> bytes | None:
     """The file's bytes (its last `tail`), or None unless it is a regular file: a FIFO or a
     device planted in a work dir must not make a reader (`p2v jobs`, `p2v report`) hang."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from p2v.errors import UsageError
 from p2v.job import JobSpec, default_output_dir, stages_for
-from p2v.jobdir import read_regular
+from p2v.jobdir import read_regular, read_regular_json
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,7 @@ def _seconds(value: float, default: float) -> str | None:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    raw = read_regular(path)
-    try:
-        data = json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
+    data = read_regular_json(path)
     return data if isinstance(data, dict) else None
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from p2v.htmlreport import DiskBar, JobView, ReportView, Sample, Span
 from p2v.job import CUTOVER_STAGES
-from p2v.jobdir import read_regular
+from p2v.jobdir import read_regular, read_regular_json
 from p2v.jobs import job_status
 from p2v.report import JobReport, allocated
 
@@ -27,14 +27,6 @@ from p2v.report import JobReport, allocated
 EVENTS_TAIL = 32 << 20
 # The throughput line is drawn from at most this many samples.
 MAX_SAMPLES = 120
-
-
-def _json(path: Path) -> Any:
-    raw = read_regular(path)
-    try:
-        return json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
 
 
 def _int(value: Any) -> int:
@@ -132,7 +124,7 @@ def marker_spans(work_dir: Path) -> list[Span]:
     """The stages' spans from their markers (finished, seconds): when events.jsonl is gone."""
     out = []
     for stage in CUTOVER_STAGES:
-        data = _json(work_dir / "markers" / f"{stage}.done")
+        data = read_regular_json(work_dir / "markers" / f"{stage}.done")
         if not isinstance(data, dict):
             continue
         try:
@@ -162,7 +154,7 @@ def _verdict(data: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
 
 
 def _report(work_dir: Path) -> JobReport | None:
-    data = _json(work_dir / "report.json")
+    data = read_regular_json(work_dir / "report.json")
     try:
         return JobReport.from_dict(data) if isinstance(data, dict) else None
     except (KeyError, TypeError, ValueError):
@@ -175,7 +167,7 @@ def _disks(report: JobReport | None, work_dir: Path,
     if report is not None and report.disks:
         return tuple(DiskBar(d.device, d.size, d.wire_bytes, d.file_bytes)
                      for d in report.disks)
-    copied = _json(work_dir / "copy.json")
+    copied = read_regular_json(work_dir / "copy.json")
     if isinstance(copied, list):
         return tuple(DiskBar(str(d.get("device")), _int(d.get("size")),
                              _int(d.get("wire_bytes")), _int(d.get("file_bytes")))
@@ -202,7 +194,7 @@ def in_flight(run: Sequence[dict[str, Any]]) -> tuple[DiskBar, ...]:
 def _left_behind(report: JobReport | None, work_dir: Path) -> tuple[str, ...]:
     if report is not None and report.not_carried_over:
         return report.not_carried_over
-    plan = _json(work_dir / "plan.json")
+    plan = read_regular_json(work_dir / "plan.json")
     left = plan.get("not_carried_over") if isinstance(plan, dict) else None
     return tuple(str(x) for x in left) if isinstance(left, list) else ()
 
@@ -233,7 +225,7 @@ def job_view(work_dir: Path) -> JobView | None:
     run = last_run(read_events(work_dir / "events.jsonl"))
     running = status.state == "running"
     stage_spans = spans(run, running) if run else marker_spans(work_dir)
-    verdict, evidence = _verdict(_json(work_dir / "verify.json"))
+    verdict, evidence = _verdict(read_regular_json(work_dir / "verify.json"))
     notes = [] if run else ["no events.jsonl in the work dir: the stage times come from "
                             "their markers, and no throughput was recorded"]
     state = {"done": "succeeded"}.get(status.state, status.state)

@@ -9,14 +9,13 @@ every run; `p2v report` writes it on demand.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from p2v.batch.ledger import JobRow, Ledger
 from p2v.htmlreport import JobView, ReportView, Span, clock, render
-from p2v.jobdir import read_regular
+from p2v.jobdir import read_regular_json
 from p2v.jobview import job_view
 from p2v.secure import replace_private
 
@@ -24,11 +23,7 @@ HTML_FILE = "report.html"
 
 
 def _latest_run(state_dir: Path) -> dict[str, Any]:
-    raw = read_regular(state_dir / "report.json")
-    try:
-        data = json.loads(raw) if raw is not None else {}
-    except ValueError:
-        return {}
+    data = read_regular_json(state_dir / "report.json")
     return data if isinstance(data, dict) else {}
 
 
